@@ -1,0 +1,68 @@
+"""torch Datasets over a manifest DataFrame (see dgnet.data.manifest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from dgnet.data.transforms import load_image, normalize, pad_random_crop, random_erasing, random_flip
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation of METHOD.md section 4."""
+
+    flip: bool = True
+    padding: int = 10
+    erasing_p: float = 0.5
+
+
+class TrainImages(Dataset):
+    """Training images indexed by (row, augmentation seed) pairs from a dgnet sampler.
+
+    Each item: `image` (flip + pad/crop, normalised), `image_erased` (the same with random
+    erasing, for the identity losses only), `label` (0..C-1) and `camera`.
+    """
+
+    def __init__(self, frame: pd.DataFrame, size: tuple[int, int], augmentation: Augmentation | None = None):
+        frame = frame[frame["split"] == "train"]
+        self.paths = frame["path"].tolist()
+        self.labels = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.long)
+        self.cameras = torch.as_tensor(frame["camera_id"].to_numpy(), dtype=torch.long)
+        self.size = size
+        self.augmentation = augmentation or Augmentation()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        generator = torch.Generator().manual_seed(int(seed))
+        image = load_image(self.paths[index], self.size)
+        aug = self.augmentation
+        if aug.flip:
+            image = random_flip(image, generator)
+        image = normalize(pad_random_crop(image, generator, aug.padding))
+        erased = random_erasing(image, generator, p=aug.erasing_p)
+        return {"image": image, "image_erased": erased, "label": self.labels[index],
+                "camera": self.cameras[index]}
+
+
+class EvalImages(Dataset):
+    """Query or gallery images, no augmentation: `image`, `person_id`, `camera`, `index`."""
+
+    def __init__(self, frame: pd.DataFrame, size: tuple[int, int]):
+        self.paths = frame["path"].tolist()
+        self.person_ids = torch.as_tensor(frame["person_id"].to_numpy(), dtype=torch.long)
+        self.cameras = torch.as_tensor(frame["camera_id"].to_numpy(), dtype=torch.long)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": normalize(load_image(self.paths[index], self.size)),
+                "person_id": self.person_ids[index], "camera": self.cameras[index], "index": index}

@@ -1,0 +1,88 @@
+"""Image transforms driven by an explicit torch.Generator.
+
+Every random choice takes its generator from the caller, who seeds it from (seed, iteration,
+slot). Augmentation is then a pure function of the training position: a resumed run, a run
+with another number of loader workers, and an uninterrupted run see the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """Decode `path` as RGB, resize to size=(height, width), return a float tensor in [0, 1]."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation: the generator's output lives in this space too (METHOD.md)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+    return (image - mean) / std
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """Back to [0, 1] RGB, for pictures."""
+    shape = (-1, 1, 1) if image.dim() == 3 else (1, -1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(shape)
+    return (image * std + mean).clamp(0, 1)
+
+
+def random_flip(image: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Horizontal flip with probability p."""
+    return image.flip(-1) if torch.rand((), generator=generator) < p else image
+
+
+def pad_random_crop(image: torch.Tensor, generator: torch.Generator, padding: int = 10) -> torch.Tensor:
+    """Zero-pad by `padding` pixels on each side, then crop back to the original size at random."""
+    if padding <= 0:
+        return image
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (padding, padding, padding, padding))
+    top = int(torch.randint(0, 2 * padding + 1, (), generator=generator))
+    left = int(torch.randint(0, 2 * padding + 1, (), generator=generator))
+    return padded[..., top:top + height, left:left + width]
+
+
+def random_erasing(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    p: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.4),
+    aspect: tuple[float, float] = (0.3, 3.3),
+    attempts: int = 100,
+) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020) on a normalised image: a rectangle filled with zeros,
+    i.e. the dataset mean. Returns a new tensor; the input is left untouched."""
+    if torch.rand((), generator=generator) >= p:
+        return image
+    height, width = image.shape[-2:]
+    for _ in range(attempts):
+        u = torch.rand(3, generator=generator).tolist()
+        target_area = (area[0] + (area[1] - area[0]) * u[0]) * height * width
+        log_ratio = math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u[1]
+        ratio = math.exp(log_ratio)
+        h = round(math.sqrt(target_area * ratio))
+        w = round(math.sqrt(target_area / ratio))
+        if 0 < h < height and 0 < w < width:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            erased = image.clone()
+            erased[:, top:top + h, left:left + w] = 0.0
+            return erased
+    return image
