@@ -1,0 +1,87 @@
+"""Checkpoints that let a resumed run equal an uninterrupted one.
+
+A checkpoint holds the iteration, every state dict (models, optimisers, LR schedulers, AMP
+scaler) and the global RNG states (dropout draws from torch's). Batches and augmentation need
+no state: dgnet's samplers derive them from (seed, iteration). Files are written to a temporary
+name and renamed, so a crash mid-write keeps the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgnet.errors import DgnetError
+from dgnet.io import atomic_path
+
+_NAME = re.compile(r"^iter_(\d+)\.pt$")
+
+
+class CheckpointError(DgnetError):
+    """A checkpoint that is missing, unreadable or from another configuration."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG a training step may draw from."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(folder: str | os.PathLike, iteration: int) -> Path:
+    return Path(folder) / f"iter_{iteration:08d}.pt"
+
+
+def save_checkpoint(folder: str | os.PathLike, iteration: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write `state` (+ iteration and RNG states) as folder/iter_XXXXXXXX.pt, atomically; keep the
+    newest `keep` checkpoints."""
+    path = checkpoint_path(folder, iteration)
+    with atomic_path(path) as tmp:
+        torch.save({**state, "iteration": iteration, "rng": rng_state()}, tmp)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Checkpoints in `folder`, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by save_checkpoint; CheckpointError names the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # Our own files: they hold RNG tuples and numpy arrays, which weights_only=True refuses.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a dgnet training checkpoint (no iteration)")
+    return state

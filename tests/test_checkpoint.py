@@ -1,0 +1,57 @@
+"""Checkpoint files: atomic, rotated, RNG states restored, clear errors."""
+
+import random
+
+import pytest
+import torch
+
+from dgnet.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def test_roundtrip_restores_rng_and_state(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    torch.manual_seed(0)
+    random.seed(1)
+    path = save_checkpoint(tmp_path, 10, {"model": model.state_dict()})
+    expected = (torch.rand(3), random.random())
+    state = load_checkpoint(path)
+    set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert state["iteration"] == 10
+    assert torch.equal(state["model"]["weight"], model.weight)
+
+
+def test_rotation_keeps_newest(tmp_path):
+    for it in (5, 10, 15):
+        save_checkpoint(tmp_path, it, {}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["iter_00000010.pt", "iter_00000015.pt"]
+    assert latest_checkpoint(tmp_path).name == "iter_00000015.pt"
+    assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_failed_write_keeps_previous(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 1, {"x": 1})
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 2, {"x": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_00000001.pt"]
+
+
+def test_corrupt_and_missing_files_name_the_file(tmp_path):
+    bad = tmp_path / "iter_00000003.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"iter_00000003\.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
