@@ -1,0 +1,272 @@
+"""Dataset manifests: Market-1501, DukeMTMC-reID and MSMT17 parsed into one pandas DataFrame.
+
+One row per image, columns in this order (see `COLUMNS`):
+
+- ``path``: absolute path (str); ``file_name``: the original file name (str)
+- ``person_id`` (int64): the original id. Market/Duke: -1 = junk, 0 = distractor. MSMT17 has no
+  junk or distractor id; its test ids are shifted by `MSMT_TEST_ID_OFFSET` (see below).
+- ``camera_id`` (int64): 1-based, as written in the file name
+- ``split``: "train", "query", "gallery" (and "gt_bbox", Market only, on request)
+- ``width``, ``height`` (int64): from the image header, 0 when the header cannot be read (the
+  validation rule ``images_decode`` then reports the file)
+- ``label`` (int64): train ids relabelled 0..C-1 in sorted person_id order; -1 elsewhere
+
+``frame.attrs`` holds ``format``, ``root`` and ``label_map`` ({person_id: label}).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from dgnet.errors import DatasetError
+
+FORMATS = ("market1501", "dukemtmc", "msmt17")
+NUM_CAMERAS = {"market1501": 6, "dukemtmc": 8, "msmt17": 15}
+COLUMNS = ("path", "file_name", "person_id", "camera_id", "split", "width", "height", "label")
+INT_COLUMNS = ("person_id", "camera_id", "width", "height", "label")
+STR_COLUMNS = ("path", "file_name", "split")
+SPLITS = ("train", "query", "gallery")
+
+# MSMT17 numbers its test identities 0..3059 independently of its train identities 0..1040.
+# Test ids are shifted by this offset so that the two sets stay disjoint; the original test id
+# is person_id - MSMT_TEST_ID_OFFSET on query/gallery rows (file_name keeps it as written).
+MSMT_TEST_ID_OFFSET = 100_000
+
+# Camera fields are matched as whole numbers, never as one digit: MSMT17 has cameras 10..15.
+# Range checks (camera 1..NUM_CAMERAS) belong to validation, not to parsing.
+PATTERNS = {
+    # 0002_c1s1_000451_03.jpg, -1_c3s2_012345_01.jpg (junk), 0000_c1s1_000151_01.jpg (distractor)
+    "market1501": re.compile(r"^(?P<pid>-1|\d+)_c(?P<cam>\d+)s\d+_\d+_\d+\.jpg$", re.IGNORECASE),
+    # 0001_c2_f0046182.jpg
+    "dukemtmc": re.compile(r"^(?P<pid>-1|\d+)_c(?P<cam>\d+)_f\d+\.jpg$", re.IGNORECASE),
+    # 0000_000_01_0303morning_0015_0.jpg: id, index, two-digit camera, date+time of day, frame, n
+    "msmt17": re.compile(r"^(?P<pid>\d+)_\d+_(?P<cam>\d{2})_\d+[a-z]+_\d+_\d+\.jpg$", re.IGNORECASE),
+}
+PATTERN_EXAMPLES = {
+    "market1501": "PPPP_cCsS_FFFFFF_BB.jpg, e.g. 0002_c1s1_000451_03.jpg (PPPP may be -1)",
+    "dukemtmc": "PPPP_cC_fFFFFFFF.jpg, e.g. 0001_c2_f0046182.jpg",
+    "msmt17": "PPPP_NNN_CC_DDDDtime_FFFF_N.jpg, e.g. 0000_000_01_0303morning_0015_0.jpg",
+}
+
+_MARKET_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+_MSMT_DIRS = {"train": ("train", "mask_train_v2"), "test": ("test", "mask_test_v2")}
+_MSMT_LISTS = {"train": "list_train.txt", "val": "list_val.txt", "query": "list_query.txt",
+               "gallery": "list_gallery.txt"}
+_MARKET_LAYOUT = "bounding_box_train/, bounding_box_test/, query/ (Market: optional gt_bbox/)"
+_MSMT_LAYOUT = (
+    "train/ and test/ (or mask_train_v2/ and mask_test_v2/) beside list_train.txt, list_val.txt, "
+    "list_query.txt, list_gallery.txt"
+)
+_LAYOUTS = (
+    f"market1501: {_MARKET_LAYOUT} with names like 0002_c1s1_000451_03.jpg; "
+    "dukemtmc: the same folders with names like 0001_c2_f0046182.jpg; "
+    f"msmt17: {_MSMT_LAYOUT}"
+)
+
+
+def parse_file_name(name: str, fmt: str) -> tuple[int, int]:
+    """Return (person_id, camera_id) from an image file name of format `fmt`."""
+    return _parse(name, fmt, name)
+
+
+def _parse(name: str, fmt: str, where: str | os.PathLike) -> tuple[int, int]:
+    """parse_file_name, with `where` (the full path, a list line) naming the file in the error."""
+    if fmt not in PATTERNS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    match = PATTERNS[fmt].match(name)
+    if match is None:
+        raise DatasetError(f"{where}: file name does not follow the {fmt} pattern {PATTERN_EXAMPLES[fmt]}")
+    return int(match["pid"]), int(match["cam"])
+
+
+def _jpg_names(folder: Path) -> list[str]:
+    """Sorted .jpg file names in `folder`; other files (Thumbs.db, README) are ignored."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.name.lower().endswith(".jpg") and e.is_file())
+
+
+def _first_jpg(folder: Path) -> str | None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.lower().endswith(".jpg"):
+                return entry.name
+    return None
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """Guess the dataset format from the folders and files under `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root does not exist or is not a folder")
+    if (root / _MSMT_LISTS["train"]).is_file() and any((root / d).is_dir() for d in _MSMT_DIRS["train"]):
+        return "msmt17"
+    train = root / _MARKET_DIRS["train"]
+    if all((root / d).is_dir() for d in _MARKET_DIRS.values()):
+        # Market and Duke share the folder layout: the file names tell them apart.
+        for folder in (train, root / _MARKET_DIRS["gallery"], root / _MARKET_DIRS["query"]):
+            name = _first_jpg(folder)
+            if name is None:
+                continue
+            for fmt in ("market1501", "dukemtmc"):
+                if PATTERNS[fmt].match(name):
+                    return fmt
+            raise DatasetError(
+                f"{folder / name}: cannot tell the dataset format from this file name; expected "
+                f"{PATTERN_EXAMPLES['market1501']} or {PATTERN_EXAMPLES['dukemtmc']}"
+            )
+        raise DatasetError(f"{root}: the split folders hold no .jpg images; expected layouts: {_LAYOUTS}")
+    present = sorted(p.name for p in root.iterdir())[:20]
+    raise DatasetError(
+        f"{root}: no known dataset layout found (present: {', '.join(present) or 'nothing'}); "
+        f"expected one of: {_LAYOUTS}"
+    )
+
+
+def _read_size(path: str) -> tuple[int, int]:
+    """(width, height) from the image header; PIL decodes no pixels until asked. (0, 0) if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # any unreadable header: reported later by the "images decode" rule
+        return 0, 0
+
+
+def _folder_rows(root: Path, fmt: str, split: str, folder_name: str) -> list[tuple]:
+    folder = root / folder_name
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{folder}: {split} folder missing; a {fmt} root holds {_MARKET_LAYOUT}"
+        )
+    names = _jpg_names(folder)
+    if not names:
+        raise DatasetError(f"{folder}: the {split} split is empty (no .jpg images)")
+    rows = []
+    for name in names:
+        pid, cam = _parse(name, fmt, folder / name)
+        rows.append((str(folder / name), name, pid, cam, split))
+    return rows
+
+
+def _msmt_dir(root: Path, kind: str) -> Path:
+    for name in _MSMT_DIRS[kind]:
+        if (root / name).is_dir():
+            return root / name
+    raise DatasetError(
+        f"{root / _MSMT_DIRS[kind][0]}: MSMT17 {kind} folder missing (also looked for "
+        f"{_MSMT_DIRS[kind][1]}/); expected layout: {_MSMT_LAYOUT}"
+    )
+
+
+def _existing_files(folder: Path) -> set[str]:
+    """Relative paths (with '/') of the files under `folder`: one walk instead of a stat per line."""
+    found = set()
+    for dirpath, _, files in os.walk(folder):
+        rel = os.path.relpath(dirpath, folder)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        found.update(prefix + f for f in files)
+    return found
+
+
+def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[str], split: str,
+                    id_offset: int) -> list[tuple]:
+    list_path = root / list_name
+    if not list_path.is_file():
+        raise DatasetError(f"{list_path}: MSMT17 list file missing; expected layout: {_MSMT_LAYOUT}")
+    rows = []
+    with open(list_path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+                raise DatasetError(
+                    f"{list_path}, line {line_no}: malformed line {line.strip()!r}; expected "
+                    "'<id folder>/<file name>.jpg <person id>', "
+                    "e.g. '0000/0000_000_01_0303morning_0015_0.jpg 0'"
+                )
+            rel, label = fields[0], int(fields[1])
+            name = rel.rsplit("/", 1)[-1]
+            where = f"{list_path}, line {line_no}: {image_dir / rel}"
+            if rel not in existing:
+                raise DatasetError(f"{where}: listed image does not exist")
+            pid, cam = _parse(name, "msmt17", where)
+            if pid != label:
+                raise DatasetError(f"{where}: the listed person id {label} differs from the id {pid} "
+                                   "in the file name")
+            rows.append((str(image_dir / rel), name, pid + id_offset, cam, split))
+    if not rows:
+        raise DatasetError(f"{list_path}: the {split} split is empty (the list has no images)")
+    return rows
+
+
+def _market_like_rows(root: Path, fmt: str, include_gt_bbox: bool) -> list[tuple]:
+    rows = []
+    for split, folder_name in _MARKET_DIRS.items():
+        rows += _folder_rows(root, fmt, split, folder_name)
+    if include_gt_bbox:
+        if fmt != "market1501":
+            raise DatasetError(f"{root}: gt_bbox exists only in market1501, not in {fmt}")
+        rows += _folder_rows(root, fmt, "gt_bbox", "gt_bbox")
+    return rows
+
+
+def _msmt_rows(root: Path, include_val: bool) -> list[tuple]:
+    train_dir, test_dir = _msmt_dir(root, "train"), _msmt_dir(root, "test")
+    train_files, test_files = _existing_files(train_dir), _existing_files(test_dir)
+    rows = _msmt_list_rows(root, _MSMT_LISTS["train"], train_dir, train_files, "train", 0)
+    if include_val:
+        # list_val holds further images of the train identities (same id space as list_train).
+        rows += _msmt_list_rows(root, _MSMT_LISTS["val"], train_dir, train_files, "train", 0)
+    for split in ("query", "gallery"):
+        rows += _msmt_list_rows(root, _MSMT_LISTS[split], test_dir, test_files, split, MSMT_TEST_ID_OFFSET)
+    return rows
+
+
+def build_manifest(root: str | os.PathLike, fmt: str | None = None, *, include_gt_bbox: bool = False,
+                   msmt_include_val: bool = True) -> pd.DataFrame:
+    """Parse the dataset at `root` into a manifest DataFrame (columns `COLUMNS`).
+
+    `fmt` is detected from the layout when None. `include_gt_bbox` adds Market's hand-drawn
+    boxes as split "gt_bbox": they are outside the standard train/query/gallery protocol.
+    `msmt_include_val` adds MSMT17's list_val.txt to the training split (the usual protocol).
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: dataset root does not exist or is not a folder; expected one of: {_LAYOUTS}")
+    if fmt is None:
+        fmt = detect_format(root)
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    rows = _msmt_rows(root, msmt_include_val) if fmt == "msmt17" else _market_like_rows(
+        root, fmt, include_gt_bbox)
+    paths, names, pids, cams, splits = (list(col) for col in zip(*rows, strict=True))
+    sizes = np.array([_read_size(p) for p in paths], dtype=np.int64).reshape(-1, 2)
+    frame = pd.DataFrame({
+        "path": pd.Series(paths, dtype=str),
+        "file_name": pd.Series(names, dtype=str),
+        "person_id": np.asarray(pids, dtype=np.int64),
+        "camera_id": np.asarray(cams, dtype=np.int64),
+        "split": pd.Series(splits, dtype=str),
+        "width": sizes[:, 0],
+        "height": sizes[:, 1],
+    })
+    label_map = train_label_map(frame)
+    labels = np.full(len(frame), -1, dtype=np.int64)
+    is_train = (frame["split"] == "train").to_numpy()
+    labels[is_train] = frame.loc[is_train, "person_id"].map(label_map).to_numpy(dtype=np.int64)
+    frame["label"] = labels
+    frame.attrs.update(format=fmt, root=str(root), label_map=label_map)
+    return frame
+
+
+def train_label_map(frame: pd.DataFrame) -> dict[int, int]:
+    """{person_id: label}: the train split's ids numbered 0..C-1 in sorted person_id order."""
+    ids = np.unique(frame.loc[frame["split"] == "train", "person_id"].to_numpy())
+    return {int(pid): label for label, pid in enumerate(ids)}

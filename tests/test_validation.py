@@ -1,0 +1,364 @@
+"""Validation rules: the pandas engine and the Great Expectations stage must agree, rule by rule."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import ImageFile
+
+from dgnet.data.manifest import COLUMNS, build_manifest
+from dgnet.data.validation import (
+    CHECK_COLUMNS,
+    RULES,
+    ValidationReport,
+    build_rule_frames,
+    compute_file_checks,
+    validate,
+)
+from stages import validate as stage
+from tests.fixtures import make_duke, make_market, make_msmt, truncate, write_jpeg
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_MAKERS = {"market1501": make_market, "dukemtmc": make_duke, "msmt17": make_msmt}
+
+
+# --- fixtures: one good tree per format, one bad Market tree breaking every rule ------------------
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """{format: (manifest, checks)} of the three good trees."""
+    out = {}
+    for fmt, make in GOOD_MAKERS.items():
+        frame = build_manifest(make(tmp_path_factory.mktemp(fmt)))
+        out[fmt] = (frame, compute_file_checks(frame, fmt))
+    return out
+
+
+class Bad:
+    """A Market tree with one fault per rule, and the files expected to be reported."""
+
+    def __init__(self, root: Path) -> None:
+        make_market(root, gt_bbox=False)
+        self.truncated = write_jpeg(root / "bounding_box_test" / "0011_c5s1_002401_01.jpg")
+        truncate(self.truncated)
+        self.random = root / "bounding_box_train" / "0002_c3s1_000601_01.jpg"
+        self.random.write_bytes(np.random.default_rng(0).bytes(500))
+        self.camera9 = write_jpeg(root / "bounding_box_train" / "0007_c9s1_001201_01.jpg")
+        write_jpeg(root / "bounding_box_test" / "0007_c2s1_003001_01.jpg")  # train id 7 in the gallery
+        self.lonely_query = write_jpeg(root / "query" / "0020_c1s1_004001_00.jpg")
+        write_jpeg(root / "bounding_box_test" / "0020_c1s1_004101_01.jpg")  # same camera only
+        self.tiny = write_jpeg(root / "bounding_box_train" / "0002_c4s1_000701_01.jpg", size=(3, 3))
+        frame = build_manifest(root)
+        self.missing = root / "bounding_box_train" / "0007_c6s1_001101_01.jpg"
+        self.missing.unlink()
+        # A name that breaks the pattern would stop build_manifest: break it in the frame instead.
+        self.renamed = root / "bounding_box_test" / "-1_c2s1_000201_03.jpg"
+        frame.loc[frame["path"] == str(self.renamed.resolve()), "file_name"] = "junk-box.jpg"
+        # schema: width and height must be int64 (two problems: both engines list them alike)
+        frame[["width", "height"]] = frame[["width", "height"]].astype("float64")
+        self.frame = frame
+        self.checks = compute_file_checks(frame, "market1501")
+        # What each rule must report (a path, an id, a column).
+        self.expected = {
+            "schema": "column width",
+            "files_exist": str(self.missing.resolve()),
+            "images_decode": str(self.truncated.resolve()),
+            "file_names_follow_pattern": str(self.renamed.resolve()),
+            "camera_ids_in_range": str(self.camera9.resolve()),
+            "image_sizes_plausible": str(self.tiny.resolve()),
+            "train_test_ids_disjoint": "7",
+            "query_has_cross_camera_gallery": str(self.lonely_query.resolve()),
+        }
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> Bad:
+    return Bad(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def no_gallery(good: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The good Market manifest with its gallery split dropped (build_manifest refuses empty splits)."""
+    frame, checks = good["market1501"]
+    keep = frame["split"] != "gallery"
+    return frame[keep].reset_index(drop=True), checks[keep].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def gx_reports(good: dict, bad: Bad, no_gallery: tuple, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every Great Expectations run of this module, done once (GX costs ~2.5 s to import)."""
+    docs = tmp_path_factory.mktemp("docs")
+    reports = {fmt: stage.gx_validate(frame, fmt, checks=checks) for fmt, (frame, checks) in good.items()}
+    reports["bad"] = stage.gx_validate(bad.frame, "market1501", checks=bad.checks, docs_dir=docs / "bad")
+    reports["no_gallery"] = stage.gx_validate(no_gallery[0], "market1501", checks=no_gallery[1])
+    reports["docs"] = docs
+    return reports
+
+
+# --- per-file checks ---------------------------------------------------------------------------
+
+def test_file_checks_columns(good: dict) -> None:
+    frame, checks = good["market1501"]
+    assert list(checks.columns) == [*COLUMNS, *CHECK_COLUMNS]
+    assert all(checks[c].dtype == bool and checks[c].all() for c in CHECK_COLUMNS)
+    assert checks.attrs["format"] == "market1501"
+    pd.testing.assert_frame_equal(checks[list(COLUMNS)], frame)
+
+
+def test_file_checks_flag_each_fault(bad: Bad) -> None:
+    checks = bad.checks.set_index("path")
+    flagged = {column: set(checks.index[~checks[column]]) for column in CHECK_COLUMNS}
+    resolved = {name: str(getattr(bad, name).resolve()) for name in
+                ("missing", "truncated", "random", "camera9", "tiny", "renamed")}
+    assert flagged["exists"] == {resolved["missing"]}
+    assert flagged["decodes"] == {resolved["missing"], resolved["truncated"], resolved["random"]}
+    assert flagged["name_ok"] == {resolved["renamed"]}
+    assert flagged["camera_ok"] == {resolved["camera9"]}
+    assert flagged["size_ok"] == {resolved["tiny"], resolved["random"]}  # random bytes: size 0 x 0
+
+
+def test_truncated_jpeg_caught_even_if_pil_allows_it(bad: Bad) -> None:
+    row = bad.frame[bad.frame["path"] == str(bad.truncated.resolve())]
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as a lenient training loader might leave it
+    try:
+        checks = compute_file_checks(row, "market1501", workers=1)
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    assert not checks["decodes"].iloc[0] and checks["exists"].iloc[0]
+
+
+def test_name_check_knows_msmt_offset(good: dict) -> None:
+    frame, checks = good["msmt17"]
+    assert checks["name_ok"].all()
+    moved = frame.copy()
+    moved.loc[moved["split"] == "query", "person_id"] -= 100_000  # the original, un-offset id
+    assert not compute_file_checks(moved, "msmt17")["name_ok"][moved["split"] == "query"].any()
+
+
+def test_rule_frames(good: dict) -> None:
+    frames = build_rule_frames(good["market1501"][1], "market1501")
+    assert list(frames["queries"]["has_cross_camera_gallery"]) == [True, True]
+    assert list(frames["ids"]["person_id"]) == [2, 7, 10, 11]  # 0 and -1 left out
+    assert list(frames["splits"]["images"]) == [4, 2, 5]
+    msmt = build_rule_frames(good["msmt17"][1], "msmt17")
+    assert 0 in set(msmt["ids"]["person_id"])  # MSMT17 id 0 is a real person
+
+
+# --- the pandas engine -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", list(GOOD_MAKERS))
+def test_good_dataset_passes(good: dict, fmt: str) -> None:
+    frame, checks = good[fmt]
+    report = validate(frame, fmt, checks=checks)
+    assert [r.name for r in report.rules] == list(RULES)
+    assert report.ok, report.failure_message()
+    assert report.failure_message() == ""
+    assert set(report.counts) >= {"train", "query", "gallery"}
+    assert all(report.counts[s]["images"] > 0 for s in ("train", "query", "gallery"))
+
+
+def test_validate_decodes_by_itself(good: dict) -> None:
+    frame, _ = good["dukemtmc"]
+    assert validate(frame).ok  # format from frame.attrs, checks computed here
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "split_counts"])
+def test_bad_dataset_fails_each_rule(bad: Bad, rule: str) -> None:
+    report = validate(bad.frame, "market1501", checks=bad.checks)
+    result = report.rule(rule)
+    assert not result.passed and result.num_failed >= 1
+    assert bad.expected[rule] in " ".join(result.first_offending)
+    message = report.failure_message()
+    assert f"rule {rule}:" in message and bad.expected[rule] in message
+
+
+def test_empty_split_fails(no_gallery: tuple) -> None:
+    report = validate(no_gallery[0], "market1501", checks=no_gallery[1])
+    result = report.rule("split_counts")
+    assert not result.passed and result.first_offending == ["gallery"]
+    assert report.counts["gallery"] == {"images": 0, "ids": 0}
+    assert "rule split_counts:" in report.failure_message() and "split gallery" in report.failure_message()
+
+
+def test_missing_columns_reported_not_crashed(good: dict) -> None:
+    frame = good["market1501"][0].drop(columns=["camera_id"])
+    report = validate(frame, "market1501")
+    assert not report.ok and "camera_id" in report.rule("schema").first_offending[0]
+    assert all(not r.passed for r in report.rules)
+
+
+def test_report_to_dict_is_json(bad: Bad) -> None:
+    report = validate(bad.frame, "market1501", checks=bad.checks)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] is False and [r["name"] for r in data["rules"]] == list(RULES)
+    assert set(data["rules"][0]) == {"name", "description", "passed", "num_failed", "first_offending"}
+
+
+# --- Great Expectations agrees -----------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", list(GOOD_MAKERS))
+def test_gx_good_dataset_passes_and_agrees(good: dict, gx_reports: dict, fmt: str) -> None:
+    frame, checks = good[fmt]
+    gx_report = gx_reports[fmt]
+    assert gx_report.ok, gx_report.failure_message()
+    assert gx_report.engine == "great_expectations"
+    assert gx_report.to_dict()["rules"] == validate(frame, fmt, checks=checks).to_dict()["rules"]
+
+
+def test_gx_bad_dataset_agrees(bad: Bad, gx_reports: dict) -> None:
+    gx_report: ValidationReport = gx_reports["bad"]
+    pure = validate(bad.frame, "market1501", checks=bad.checks)
+    assert gx_report.to_dict()["rules"] == pure.to_dict()["rules"]
+    for rule, item in bad.expected.items():
+        assert not gx_report.rule(rule).passed and item in " ".join(gx_report.rule(rule).first_offending)
+        assert f"rule {rule}:" in gx_report.failure_message()
+    assert gx_report.rule("split_counts").passed
+
+
+def test_gx_empty_split_agrees(no_gallery: tuple, gx_reports: dict) -> None:
+    pure = validate(no_gallery[0], "market1501", checks=no_gallery[1])
+    assert gx_reports["no_gallery"].to_dict()["rules"] == pure.to_dict()["rules"]
+    assert gx_reports["no_gallery"].rule("split_counts").first_offending == ["gallery"]
+
+
+def test_gx_broken_table_fails_not_passes(good: dict) -> None:
+    frames = build_rule_frames(good["market1501"][1], "market1501")
+    frames["files"] = frames["files"].drop(columns=["camera_ok"])
+    results = {r.name: r for r in stage.run_gx(frames)}
+    assert not results["schema"].passed
+    camera = results["camera_ids_in_range"]  # GX could not compute it: reported, never passed
+    assert not camera.passed and camera.first_offending[0].startswith("error:")
+
+
+def test_gx_data_docs(gx_reports: dict) -> None:
+    site = gx_reports["docs"] / "bad"
+    assert (site / "index.html").is_file()
+    pages = {p.relative_to(site / "validations").parts[0] for p in (site / "validations").rglob("*.html")}
+    assert pages == {"dgnet_files", "dgnet_queries", "dgnet_ids", "dgnet_splits"}
+    assert not list(gx_reports["docs"].glob(".*.tmp"))  # the atomic temp folder is gone
+
+
+# --- the stage: CLI, DVC entry point -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_runs(good: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run `dgnet validate` (the registered function) on a good tree, a corrupted copy, a broken one."""
+    base = tmp_path_factory.mktemp("cli")
+    good_root = Path(good["market1501"][0].attrs["root"])
+    corrupt_root = Path(shutil.copytree(good_root, base / "corrupt"))
+    corrupted = corrupt_root / "bounding_box_test" / "0011_c4s1_002301_02.jpg"
+    truncate(corrupted)
+    broken_root = Path(shutil.copytree(good_root, base / "broken"))
+    shutil.rmtree(broken_root / "bounding_box_train")
+
+    parser = argparse.ArgumentParser(prog="dgnet")
+    stage.add_command(parser.add_subparsers(dest="command"))
+    runs = {"corrupted": corrupted}
+    for name, root in {"good": good_root, "corrupt": corrupt_root, "broken": broken_root}.items():
+        out = base / name
+        args = parser.parse_args(["validate", "--data", str(root), "--report", str(out / "validation.json"),
+                                  "--docs", str(out / "gx_docs"), "--manifest", str(out / "manifest.csv")])
+        runs[name] = (args.func(args), out)
+    return runs
+
+
+def test_cli_good(cli_runs: dict, good: dict) -> None:
+    code, out = cli_runs["good"]
+    assert code == 0
+    report = json.loads((out / "validation.json").read_text())
+    assert report["ok"] and [r["name"] for r in report["rules"]] == list(RULES)
+    assert report["counts"]["train"] == {"images": 4, "ids": 2}
+    assert (out / "gx_docs" / "index.html").is_file()
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert list(manifest.columns) == list(COLUMNS)
+    assert list(manifest["path"]) == list(good["market1501"][0]["path"])
+
+
+def test_cli_corrupt_image(cli_runs: dict) -> None:
+    code, out = cli_runs["corrupt"]
+    assert code == 1
+    assert not (out / "manifest.csv").exists()
+    report = json.loads((out / "validation.json").read_text())
+    assert not report["ok"] and report["manifest"] is None
+    decode = next(r for r in report["rules"] if r["name"] == "images_decode")
+    assert decode["first_offending"] == [str(cli_runs["corrupted"].resolve())]
+    assert (out / "gx_docs" / "index.html").is_file()
+
+
+def test_cli_messages(good: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = Path(shutil.copytree(good["market1501"][0].attrs["root"], tmp_path / "data"))
+    corrupted = root / "query" / "0011_c2s1_002101_00.jpg"
+    truncate(corrupted)
+    code = stage.run_validation(root, report=tmp_path / "r.json", docs=tmp_path / "docs",
+                                manifest=tmp_path / "m.csv")
+    err = capsys.readouterr().err
+    assert code == 1 and "rule images_decode" in err and str(corrupted) in err
+    assert not (tmp_path / "m.csv").exists()
+    (root / "query" / "0011_c2s1_002101_00.jpg").unlink()
+    (root / "query" / "0011.jpg").write_bytes(b"")
+    code = stage.run_validation(root, "market1501", report=tmp_path / "r2.json", docs=tmp_path / "d2",
+                                manifest=tmp_path / "m2.csv")
+    err = capsys.readouterr().err
+    assert code == 2 and str(root / "query" / "0011.jpg") in err
+    assert not (tmp_path / "r2.json").exists() and not (tmp_path / "m2.csv").exists()
+
+
+def test_cli_missing_folder(cli_runs: dict) -> None:
+    code, out = cli_runs["broken"]
+    assert code == 2 and not (out / "manifest.csv").exists() and not (out / "validation.json").exists()
+
+
+def _params_repo(tmp_path: Path, good_root: Path) -> Path:
+    shutil.copytree(good_root, tmp_path / "data" / "synthetic")
+    (tmp_path / "params.yaml").write_text(
+        "data:\n  root: data/synthetic\n  format: market1501\n"
+        "validate:\n  report: reports/validation.json\n  docs: reports/gx_docs\n"
+        "  manifest: data/manifest.csv\n")
+    return tmp_path
+
+
+def test_stage_main_reads_params(good: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _params_repo(tmp_path, Path(good["market1501"][0].attrs["root"]))
+    monkeypatch.chdir(repo)
+    assert stage.main([]) == 0
+    assert (repo / "reports" / "validation.json").is_file()
+    assert (repo / "reports" / "gx_docs" / "index.html").is_file()
+    assert (repo / "data" / "manifest.csv").is_file()
+    (repo / "params.yaml").write_text("data:\n  format: market1501\n")
+    assert stage.main([]) == 2
+
+
+def _subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_python_m_stages_validate(good: dict, tmp_path: Path) -> None:
+    repo = _params_repo(tmp_path, Path(good["market1501"][0].attrs["root"]))
+    truncate(repo / "data" / "synthetic" / "query" / "0010_c1s1_002001_00.jpg")
+    done = subprocess.run([sys.executable, "-m", "stages.validate"], cwd=repo, env=_subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "0010_c1s1_002001_00.jpg" in done.stderr and "images_decode" in done.stderr
+    assert not (repo / "data" / "manifest.csv").exists()
+    assert (repo / "reports" / "validation.json").is_file()
+
+
+@pytest.mark.skipif(not (REPO / "dgnet" / "cli.py").exists(), reason="dgnet/cli.py not wired yet")
+def test_dgnet_cli_validate(good: dict, tmp_path: Path) -> None:
+    root = good["market1501"][0].attrs["root"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dgnet.cli", "validate", "--data", root, "--report", str(tmp_path / "r.json"),
+         "--docs", str(tmp_path / "docs"), "--manifest", str(tmp_path / "m.csv")],
+        cwd=tmp_path, env=_subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m.csv").is_file() and (tmp_path / "docs" / "index.html").is_file()
