@@ -1,0 +1,99 @@
+"""The test-time re-ID feature (METHOD.md section 5).
+
+For DG-Net: each id head's post-BN embedding, L2-normalised, concatenated (primary half first,
+fine-grained half second: 1024-d in the paper); summed with the horizontally flipped image's
+feature and each half re-normalised. Queries weight the fine-grained half by `query_alpha` (0.5 in
+the published numbers); gallery features are left as they are. Similarity is the dot product.
+A single-head model (the teacher baseline) gives its one normalised embedding, flip-averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgnet.models.appearance import AppearanceOutput
+
+
+def _encoder(model: nn.Module) -> nn.Module:
+    """The module whose forward gives the embeddings: a DGNet's appearance encoder, else the model."""
+    return getattr(model, "appearance_encoder", model)
+
+
+def _normalised_parts(output: Any) -> list[torch.Tensor]:
+    """The L2-normalised embeddings of one forward: [primary, fine] for E_a, [embedding] for a baseline."""
+    if isinstance(output, AppearanceOutput):
+        parts = [output.primary_embedding, output.fine_embedding]
+    elif isinstance(output, tuple | list) and len(output) == 2:  # (logits, embedding) of a ReidBaseline
+        parts = [output[1]]
+    else:
+        raise TypeError(f"extract_features: cannot find embeddings in a {type(output).__name__} output")
+    return [F.normalize(part.float(), dim=1) for part in parts]
+
+
+def features_of_batch(encoder: nn.Module, images: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    """Feature of one batch (the encoder must already be in eval mode): per-half normalised, flip-summed."""
+    parts = _normalised_parts(encoder(images))
+    if flip:
+        flipped = _normalised_parts(encoder(images.flip(3)))
+        parts = [F.normalize(p + q, dim=1) for p, q in zip(parts, flipped, strict=True)]
+    return torch.cat(parts, dim=1)
+
+
+def scale_fine_half(features: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Multiply the second (fine-grained) half of each feature by alpha: the query-side weighting."""
+    half = features.shape[1] // 2
+    return torch.cat([features[:, :half], alpha * features[:, half:]], dim=1)
+
+
+def _images_of(item: Any) -> torch.Tensor:
+    if isinstance(item, torch.Tensor):
+        return item
+    if isinstance(item, Mapping):
+        for key in ("image", "images"):
+            if key in item:
+                return item[key]
+        raise KeyError(f"extract_features: batch dict has no 'image' key (keys: {sorted(item)})")
+    if isinstance(item, tuple | list):
+        return item[0]
+    raise TypeError(f"extract_features: cannot take images from a {type(item).__name__} batch")
+
+
+def extract_features(
+    model: nn.Module,
+    data: torch.Tensor | Iterable[Any],
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 128,
+    flip: bool = True,
+    query_alpha: float | None = None,
+) -> torch.Tensor:
+    """Features (N x D, float32, on the CPU) of every image of `data`.
+
+    `model`: a DGNet, an AppearanceEncoder or a ReidBaseline. `data`: an N x 3 x H x W tensor (cut
+    into batches of `batch_size`) or an iterable of batches (a DataLoader; a batch is a tensor, a
+    tuple/list whose first item is the images, or a dict with an "image" key). The model runs under
+    `torch.inference_mode()` in eval mode; its previous train/eval mode is restored afterwards.
+    `query_alpha`: give it for query images only; it scales the fine-grained half.
+    """
+    encoder = _encoder(model)
+    if device is None:
+        device = next(encoder.parameters()).device
+    batches = (
+        data.split(batch_size) if isinstance(data, torch.Tensor) else (_images_of(item) for item in data)
+    )
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.inference_mode():
+            chunks = [features_of_batch(encoder, images.to(device), flip).cpu() for images in batches]
+    finally:
+        encoder.train(was_training)
+    if not chunks:
+        raise ValueError("extract_features: no images")
+    features = torch.cat(chunks)
+    return scale_fine_half(features, query_alpha) if query_alpha is not None else features

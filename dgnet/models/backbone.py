@@ -1,0 +1,113 @@
+"""ResNet trunk (torchvision ResNet without pooling and fc), last stage with stride 1.
+
+ImageNet weights are used when the user has them: a path in the config, or the torchvision
+checkpoint file already in the torch hub cache. Nothing is ever downloaded: without weights the
+trunk is randomly initialised with a warning, or ConfigError when `require_pretrained` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from dgnet.errors import ConfigError
+from dgnet.models.config import ModelConfig
+
+_BUILDERS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+}
+
+
+class PretrainedWeightsMissingWarning(UserWarning):
+    """ImageNet weights were asked for but are not on this machine; the trunk starts from random init."""
+
+
+class ResNetTrunk(nn.Module):
+    """conv1 .. layer4 of a torchvision ResNet; output C x H/16 x W/16 (C = 2048 for ResNet-50).
+
+    The attribute names are torchvision's, so a torchvision state dict (minus `fc.*`) loads as is.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name not in _BUILDERS:
+            raise ConfigError(f"model.backbone: {name!r} is not one of {sorted(_BUILDERS)}")
+        resnet = _BUILDERS[name][0](weights=None)
+        # Re-ID keeps the last stage at stride 1 (a 16x8 map at 256x128) for finer spatial detail.
+        first = resnet.layer4[0]
+        strided_conv = first.conv2 if isinstance(first, torchvision.models.resnet.Bottleneck) else first.conv1
+        strided_conv.stride = (1, 1)
+        first.downsample[0].stride = (1, 1)
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
+        )  # fmt: skip
+        self.out_channels = resnet.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def cached_imagenet_checkpoint(name: str) -> Path | None:
+    """The torchvision ImageNet checkpoint for `name` if it is already in the torch hub cache, else None.
+
+    Looks at `torch.hub.get_dir()/checkpoints/<file name of the weights enum's url>` for each of the
+    enum's weights (V1 first: the classic weights re-ID papers used). Never downloads.
+    """
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    for weights in _BUILDERS[name][1]:
+        candidate = checkpoints / os.path.basename(weights.url)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_trunk_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> None:
+    """Load a torchvision ResNet state dict (`fc.*` entries ignored) into `trunk`; ConfigError if unfit."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained_path: {path} does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file is the user's to fix
+        raise ConfigError(
+            f"model.pretrained_path: {path} is not a readable torch state dict ({error})"
+        ) from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.pretrained_path: {path} does not hold a state dict")
+    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    try:
+        trunk.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"model.pretrained_path: {path} does not fit the configured backbone ({error})"
+        ) from error
+
+
+def build_trunk(cfg: ModelConfig) -> ResNetTrunk:
+    """The configured ResNet trunk, with ImageNet weights when asked for and available."""
+    trunk = ResNetTrunk(cfg.backbone)
+    if not cfg.pretrained:
+        return trunk
+    path = Path(cfg.pretrained_path) if cfg.pretrained_path else cached_imagenet_checkpoint(cfg.backbone)
+    if path is not None:
+        load_trunk_weights(trunk, path)
+        return trunk
+    message = (
+        f"model.pretrained: no ImageNet weights for {cfg.backbone} (no model.pretrained_path and none in "
+        f"{Path(torch.hub.get_dir()) / 'checkpoints'}); nothing is downloaded"
+    )
+    if cfg.require_pretrained:
+        raise ConfigError(message + "; model.require_pretrained is set")
+    warnings.warn(message + "; starting from random init", PretrainedWeightsMissingWarning, stacklevel=2)
+    return trunk

@@ -1,0 +1,63 @@
+"""Structure encoder E_s: a shallow conv net on the grayscale image, keeping a 1/4-resolution map."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dgnet.models.config import ModelConfig
+from dgnet.models.layers import ConvBlock, ResidualBlock
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """The mean of the 3 (normalised) colour channels, N x 1 x H x W; 1-channel input passes through.
+
+    Dropping colour keeps clothing colour out of the structure code, so it must come from E_a.
+    """
+    if images.shape[1] == 1:
+        return images
+    if images.shape[1] != 3:
+        raise ValueError(f"structure encoder: expected 1 or 3 channels, got {images.shape[1]}")
+    return images.mean(dim=1, keepdim=True)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: a 1x1 branch and 1x1 -> dilated 3x3 branches, fused by a 1x1 conv."""
+
+    def __init__(self, in_channels: int, width: int, dilations: tuple[int, ...], out_channels: int) -> None:
+        super().__init__()
+        branches = [ConvBlock(in_channels, width, 1, instance_norm=True)]
+        for dilation in dilations:
+            branches.append(
+                nn.Sequential(
+                    ConvBlock(in_channels, width, 1, instance_norm=True),
+                    ConvBlock(width, width, 3, dilation=dilation, instance_norm=True),
+                )
+            )
+        self.branches = nn.ModuleList(branches)
+        # No norm and no activation after the fusion: the structure code is unbounded.
+        self.fuse = nn.Conv2d(width * len(branches), out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+class StructureEncoder(nn.Module):
+    """E_s: grayscale image -> structure code (structure_channels x H/4 x W/4; 128x64x32 in the paper)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = cfg.structure_widths
+        self.stem = nn.Sequential(
+            ConvBlock(1, w0, 3, stride=2, instance_norm=True),
+            ConvBlock(w0, w1, 3, instance_norm=True),
+            ConvBlock(w1, w2, 3, instance_norm=True),
+            ConvBlock(w2, w3, 3, stride=2, instance_norm=True),
+        )
+        self.blocks = nn.Sequential(
+            *(ResidualBlock(w3, instance_norm=True) for _ in range(cfg.structure_residual_blocks))
+        )
+        self.aspp = ASPP(w3, cfg.aspp_width, cfg.aspp_dilations, cfg.structure_channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.aspp(self.blocks(self.stem(to_grayscale(images))))

@@ -1,0 +1,78 @@
+"""`dgnet summary`: parameter counts per module and code shapes of a configuration, without real compute."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from dgnet.models.config import ModelConfig
+from dgnet.models.dgnet import DGNet
+from dgnet.models.teacher import ReidBaseline
+
+
+def count_parameters(module: nn.Module | list[nn.Parameter]) -> int:
+    """Number of parameter elements of a module (or a list of parameters)."""
+    parameters = module.parameters() if isinstance(module, nn.Module) else module
+    return sum(p.numel() for p in parameters)
+
+
+def summarize(cfg: ModelConfig) -> str:
+    """A text table of per-module parameter counts and code shapes for `cfg`.
+
+    The networks are built on the meta device (no memory, no weights loaded) and the shapes come from
+    a meta forward of one image at the configured size.
+    """
+    cfg = dataclasses.replace(cfg, pretrained=False)  # counts and shapes do not depend on the weights
+    with torch.device("meta"):
+        model = DGNet(cfg).eval()  # eval: BatchNorm1d accepts a batch of one
+        teacher = ReidBaseline(cfg)
+        image = torch.zeros(1, 3, cfg.image_height, cfg.image_width)
+        with torch.no_grad():
+            structure, appearance = model.encode(image)
+            generated = model.decode(structure, appearance.code)
+            patches = model.discriminator(image)
+
+    encoder, decoder = model.appearance_encoder, model.decoder
+    mlps = [*decoder.mapping.scale_mlps, *decoder.mapping.bias_mlps]
+    generator = count_parameters(model.structure_encoder) + count_parameters(decoder)
+    rows: list[tuple[str, str]] = [
+        (f"E_a trunk ({cfg.backbone}, no fc)", f"{count_parameters(encoder.trunk):,}"),
+        (f"E_a primary id head ({cfg.num_classes} classes)", f"{count_parameters(encoder.primary_head):,}"),
+        (f"E_a fine-grained id head ({cfg.num_classes} classes)", f"{count_parameters(encoder.fine_head):,}"),
+        ("E_s structure encoder", f"{count_parameters(model.structure_encoder):,}"),
+        ("G decoder (without AdaIN MLPs)", f"{count_parameters(decoder.body_parameters()):,}"),
+        ("AdaIN MLP, each", f"{count_parameters(mlps[0]):,}"),
+        (f"AdaIN MLPs, all {len(mlps)}", f"{count_parameters(decoder.mapping):,}"),
+        ("G in all (E_s + decoder + MLPs)", f"{generator:,}"),
+        (
+            f"D discriminator ({cfg.discriminator_scales} scales)",
+            f"{count_parameters(model.discriminator):,}",
+        ),
+        (f"teacher ({cfg.backbone} + one id head)", f"{count_parameters(teacher):,}"),
+    ]
+    shapes: list[tuple[str, str]] = [
+        ("input image", _shape(image)),
+        ("structure code", _shape(structure)),
+        ("appearance code", _shape(appearance.code)),
+        ("global feature", _shape(appearance.feature)),
+        ("id embedding, each head", _shape(appearance.primary_embedding)),
+        ("generated image", _shape(generated)),
+        ("D patch maps", ", ".join(_shape(p) for p in patches)),
+    ]
+    width = max(len(name) for name, _ in rows + shapes) + 2
+    lines = [
+        f"DG-Net: {cfg.backbone}, {cfg.image_height}x{cfg.image_width} input, {cfg.num_classes} classes",
+        "",
+        f"{'module':<{width}}parameters",
+        *(f"{name:<{width}}{value:>12}" for name, value in rows),
+        "",
+        f"{'tensor (per image)':<{width}}shape",
+        *(f"{name:<{width}}{value}" for name, value in shapes),
+    ]
+    return "\n".join(lines)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return " x ".join(str(size) for size in tensor.shape[1:])

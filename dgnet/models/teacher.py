@@ -1,0 +1,83 @@
+"""The teacher: a plain ResNet re-ID baseline, and a frozen (ensemble) wrapper that gives soft labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgnet.models.appearance import IdHead
+from dgnet.models.backbone import ResNetTrunk, build_trunk
+from dgnet.models.config import ModelConfig
+
+
+class ReidBaseline(nn.Module):
+    """Trunk -> global pooling -> one IdHead, trained with the ID loss only. Returns (logits, embedding)."""
+
+    def __init__(self, cfg: ModelConfig, trunk: ResNetTrunk | None = None) -> None:
+        super().__init__()
+        self.trunk = trunk if trunk is not None else build_trunk(cfg)
+        self.pooling = cfg.teacher_pooling
+        self.head = IdHead(self.trunk.out_channels, cfg.embedding_dim, cfg.num_classes, cfg.primary_dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map = self.trunk(x)
+        pool = F.adaptive_avg_pool2d if self.pooling == "avg" else F.adaptive_max_pool2d
+        return self.head(pool(feature_map, 1).flatten(1))
+
+
+class FrozenTeacher(nn.Module):
+    """One or more trained teachers, frozen: soft labels = their softmax outputs averaged.
+
+    Always in eval mode: `.train()` on it or on a parent leaves it in eval (a teacher in train mode
+    would apply dropout and batch-statistics BN to its soft labels). Its parameters never require
+    grad, and its forward runs under `torch.no_grad()`.
+    """
+
+    def __init__(self, teachers: nn.Module | Sequence[nn.Module]) -> None:
+        super().__init__()
+        members = [teachers] if isinstance(teachers, nn.Module) else list(teachers)
+        if not members:
+            raise ValueError("FrozenTeacher needs at least one teacher")
+        self.members = nn.ModuleList(members)
+        for parameter in self.members.parameters():
+            parameter.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Stay in eval mode whatever `mode` is asked for."""
+        return super().train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> FrozenTeacher:
+        """A frozen teacher's parameters never require grad, whatever is asked for."""
+        for parameter in self.members.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """N x C class probabilities: the mean over teachers of softmax(logits)."""
+        probabilities = None
+        for member in self.members:
+            output = member(images)
+            logits = output[0] if isinstance(output, tuple | list) else output
+            p = F.softmax(logits.float(), dim=1)
+            if probabilities is not None and p.shape != probabilities.shape:
+                raise ValueError(
+                    f"teacher ensemble: members disagree on the number of classes "
+                    f"({probabilities.shape[1]} vs {p.shape[1]})"
+                )
+            probabilities = p if probabilities is None else probabilities + p
+        return probabilities / len(self.members)
+
+    def soft_labels(self, images: torch.Tensor, flip_average: bool = True) -> torch.Tensor:
+        """Teacher probabilities for `images`, averaged with those of the horizontally flipped images.
+
+        Both views go through the teachers in one batch: in eval mode that equals two forwards.
+        """
+        if not flip_average:
+            return self(images)
+        both = self(torch.cat([images, images.flip(3)]))
+        return both.view(2, images.shape[0], -1).mean(0)

@@ -1,0 +1,318 @@
+"""One DG-Net iteration's losses (METHOD.md section 3), with the gradient routing of the paper.
+
+The training loop calls, each iteration:
+    fakes = generate_cross(model, batch.a, batch.b)                      # no grad
+    d_loss, d_logs = discriminator_objective(model, real, fakes)        # D step
+    g_loss, g_logs = generator_objective(model, teacher, batch, w, cfg) # joint G + E_a step
+
+Naming: x_ij = G(s_j, a_i) has i's appearance and j's structure; here i, j are the streams a, b,
+so x_ab = G(s_b, a_a) and x_ba = G(s_a, a_b). Every pairwise loss is the sum of its a-stream and
+b-stream terms, each a batch mean.
+
+Gradient routing, and how it is obtained without copying any network:
+- The appearance code given to the decoder is detached (published behaviour: generation losses
+  must not pull E_a away from re-ID; E_a learns from the id losses only). So no generation loss
+  reaches E_a through a_i.
+- E_a applied to generated images for L_id^c and the code/cycle losses is a *frozen view*:
+  `frozen_call` runs E_a's forward with `torch.func.functional_call` on detached parameters and
+  cloned buffers. Autograd then differentiates w.r.t. the input image only (so the generator gets
+  L_id^c's gradient and E_a's weights get none, and no weight gradients are even computed), and
+  BatchNorm's in-place running-stat updates land in the throw-away clones, so E_a's statistics do
+  not move. It behaves like the published per-iteration deep copy of E_a (same train/eval mode,
+  same batch statistics) at the cost of cloning a few BN buffers.
+- The primary KL and fine-grained losses see `x_ij.detach()` through the live E_a: they train E_a
+  (trunk and heads) and not G.
+- The generator's adversarial loss runs D through the same frozen view (detached parameters; D has
+  no buffers): cheaper than toggling requires_grad (nothing to restore, exception-safe, no weight
+  gradients computed), and D's parameters receive no gradient from the generator step.
+- The teacher runs under no_grad in eval mode (`FrozenTeacher`).
+
+Batching (one forward where it gives the same result): E_s, the decoder and D have no batch
+statistics (instance/layer norm or none), so E_s(a, b) is one forward, all six decodes of the step
+(two self, two positive, two cross) are one decoder forward, E_s and the frozen E_a on (x_ab, x_ba)
+are one forward each, and the cycle's two decodes are one. E_a's BatchNorm does use batch statistics:
+the 4N real images go through it together (as one training batch would), and generated images go
+separately so that their statistics do not mix with the real ones'.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgnet.errors import ConfigError
+from dgnet.losses import (
+    NonFiniteLossError,
+    code_reconstruction_loss,
+    cycle_reconstruction_loss,
+    fine_grained_id_loss,
+    identity_loss,
+    image_reconstruction_loss,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+    primary_kl_loss,
+    r1_penalty,
+)
+from dgnet.models.dgnet import DGNet
+from dgnet.models.teacher import FrozenTeacher
+from dgnet.training.schedule import LossWeights
+
+__all__ = [
+    "DGNetBatch",
+    "NonFiniteLossError",
+    "ObjectiveConfig",
+    "check_finite",
+    "discriminator_objective",
+    "frozen_call",
+    "generate_cross",
+    "generator_objective",
+]
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Switches of the objective that are not loss weights."""
+
+    # False (published): the appearance-code loss |E_a(x_ij) - a_i| has no gradient (logged only), and
+    # the cycle decodes from a detached recovered code. True (the paper's intent): the recovered code
+    # E_a(x_ij) (frozen view) carries gradient into G, in the code loss and in the cycle; target detached.
+    appearance_code_loss_grad: bool = False
+    r1_weight: float = 0.01
+    teacher_flip_average: bool = True
+
+    def __post_init__(self) -> None:
+        if self.r1_weight < 0:
+            raise ConfigError(f"objective.r1_weight: must be >= 0, got {self.r1_weight!r}")
+
+
+@dataclass(frozen=True)
+class DGNetBatch:
+    """One iteration's real images, each N x 3 x H x W (normalised), and labels (N,).
+
+    a and b are different people (label_a[n] != label_b[n]); pos_a[n] is another image of a[n]'s
+    person, pos_b[n] of b[n]'s. The `*_erased` tensors, all four or none, are the same images with
+    random erasing: when given, the id losses on real images use them (one extra E_a forward) and
+    everything else uses the clean ones; when absent, the id losses use the clean images.
+    """
+
+    a: torch.Tensor
+    label_a: torch.Tensor
+    b: torch.Tensor
+    label_b: torch.Tensor
+    pos_a: torch.Tensor
+    pos_b: torch.Tensor
+    a_erased: torch.Tensor | None = None
+    b_erased: torch.Tensor | None = None
+    pos_a_erased: torch.Tensor | None = None
+    pos_b_erased: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.a.shape
+        for name in ("b", "pos_a", "pos_b"):
+            if getattr(self, name).shape != shape:
+                raise ValueError(
+                    f"DGNetBatch.{name}: shape {tuple(getattr(self, name).shape)} != a's {tuple(shape)}"
+                )
+        for name in ("label_a", "label_b"):
+            if getattr(self, name).shape != (shape[0],):
+                raise ValueError(
+                    f"DGNetBatch.{name}: expected shape ({shape[0]},), got {tuple(getattr(self, name).shape)}"
+                )
+        erased = [self.a_erased, self.b_erased, self.pos_a_erased, self.pos_b_erased]
+        given = [t for t in erased if t is not None]
+        if given and (len(given) != 4 or any(t.shape != shape for t in given)):
+            raise ValueError("DGNetBatch: give all four *_erased tensors, each shaped like a, or none")
+
+    @property
+    def erased(self) -> tuple[torch.Tensor, ...] | None:
+        """(a, b, pos_a, pos_b) with random erasing, or None."""
+        if self.a_erased is None:
+            return None
+        return (self.a_erased, self.b_erased, self.pos_a_erased, self.pos_b_erased)
+
+
+def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """`module(*args, **kwargs)` with its weights frozen and its buffers untouched; no copy of the module.
+
+    Parameters are passed detached (they share storage, so this is free): gradients flow to the
+    inputs, never to the weights, and no weight gradient is computed. Buffers are passed as clones,
+    so BatchNorm's running-stat updates in train mode are discarded. The module's train/eval mode
+    is respected (train mode: batch statistics and dropout, as in a deep copy of a training E_a).
+    """
+    tensors = {name: p.detach() for name, p in module.named_parameters()}
+    tensors.update({name: b.clone() for name, b in module.named_buffers()})
+    return torch.func.functional_call(module, tensors, args, kwargs)
+
+
+@torch.no_grad()
+def generate_cross(model: DGNet, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cat(x_ab, x_ba) = cat(G(s_b, a_a), G(s_a, a_b)), without grad, for the discriminator step.
+
+    E_a runs as a frozen view so that this extra forward does not move its BN running statistics.
+    """
+    images = torch.cat([a, b])
+    structure_a, structure_b = model.structure_encoder(images).chunk(2)
+    code_a, code_b = frozen_call(model.appearance_encoder, images).code.chunk(2)
+    return model.decoder(torch.cat([structure_b, structure_a]), torch.cat([code_a, code_b]))
+
+
+def discriminator_objective(
+    model: DGNet, real: torch.Tensor, fake_detached: torch.Tensor, r1_weight: float = 0.01
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """D's loss: LSGAN (real -> 1, fake -> 0, summed over scales) + R1 penalty on real images.
+
+    The fakes are detached here as well, so only D's parameters get gradient. Real and fake go
+    through D in two forwards rather than one: the R1 double-backward then spans the real half only.
+    The penalty is on the full-resolution scale, 0.01 * mean_n ||grad_{x_n} sum D_0(x)_n||^2.
+    """
+    real = real.detach().requires_grad_(True)
+    real_outputs = model.discriminator(real)
+    fake_outputs = model.discriminator(fake_detached.detach())
+    adversarial = lsgan_discriminator_loss(real_outputs, fake_outputs)
+    penalty = r1_penalty(real_outputs[0], real, r1_weight) if r1_weight > 0 else adversarial.new_zeros(())
+    loss = adversarial + penalty
+    return loss, _to_floats({"d_adversarial": adversarial, "d_r1": penalty, "d_total": loss})
+
+
+def _pair(loss_fn: Any, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """loss(a-stream half) + loss(b-stream half) for two tensors stacked a-stream first."""
+    first_a, first_b = first.chunk(2)
+    second_a, second_b = second.chunk(2)
+    return loss_fn(first_a, second_a) + loss_fn(first_b, second_b)
+
+
+def generator_objective(
+    model: DGNet,
+    teacher: FrozenTeacher | None,
+    batch: DGNetBatch,
+    weights: LossWeights,
+    cfg: ObjectiveConfig | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The joint G + E_a loss of one iteration, and every term's unweighted value (plus "total").
+
+    Terms whose weight is 0 at this iteration and which nothing else needs are not computed (before
+    the warm-up: no teacher, no cycle, no E_a on detached fakes) and are absent from the logs.
+    `teacher` may be None only while the primary weight is 0.
+    """
+    cfg = cfg if cfg is not None else ObjectiveConfig()
+    if teacher is None and weights.primary > 0:
+        raise ConfigError(
+            "teacher: the primary KL loss has weight > 0 at this iteration but no teacher was given"
+        )
+    encoder = model.appearance_encoder
+    labels = torch.cat([batch.label_a, batch.label_b])
+    terms: dict[str, tuple[float, torch.Tensor]] = {}  # name -> (weight, unweighted loss)
+
+    # --- Real images: E_a (codes + id logits) on a, b, pos_a, pos_b together; E_s on a, b.
+    real = torch.cat([batch.a, batch.b, batch.pos_a, batch.pos_b])
+    if batch.erased is None:
+        id_outputs = encoder(real)
+        codes = id_outputs.code.detach()
+    else:
+        id_outputs = encoder(torch.cat(batch.erased))
+        with torch.no_grad():
+            codes = frozen_call(encoder, real).code
+    code_a, code_b, code_pos_a, code_pos_b = codes.chunk(4)
+    primary_logits = id_outputs.primary_logits.chunk(2)  # (a, b) | (pos_a, pos_b)
+    terms["id"] = (weights.id, _pair(identity_loss, primary_logits[0], labels))
+    terms["id_positive"] = (weights.id_positive, _pair(identity_loss, primary_logits[1], labels))
+    fine_real_logits = id_outputs.fine_logits[: 2 * batch.a.shape[0]]
+    terms["fine_real"] = (weights.fine, _pair(fine_grained_id_loss, fine_real_logits, labels))
+    structure_a, structure_b = model.structure_encoder(torch.cat([batch.a, batch.b])).chunk(2)
+
+    # --- All six decodes in one forward: self, positive appearance, cross identity.
+    generated = model.decoder(
+        torch.cat([structure_a, structure_b, structure_a, structure_b, structure_b, structure_a]),
+        torch.cat([code_a, code_b, code_pos_a, code_pos_b, code_a, code_b]),
+    )
+    self_recon, positive_recon, cross = generated.split(2 * batch.a.shape[0])  # cross = (x_ab, x_ba)
+    originals = torch.cat([batch.a, batch.b])
+    terms["recon_image"] = (weights.recon_image, _pair(image_reconstruction_loss, self_recon, originals))
+    terms["recon_image_positive"] = (
+        weights.recon_image_positive, _pair(image_reconstruction_loss, positive_recon, originals),
+    )  # fmt: skip
+
+    # --- Generated images through the frozen E_a: L_id^c (x_ij as i) and the recovered appearance codes.
+    recovered = frozen_call(encoder, cross)
+    terms["id_generated"] = (weights.id_generated, _pair(identity_loss, recovered.primary_logits, labels))
+    recovered_codes = recovered.code if cfg.appearance_code_loss_grad else recovered.code.detach()
+    own_codes = torch.cat([code_a, code_b])  # x_ab should give back a's code, x_ba b's
+    terms["code_appearance"] = (
+        weights.code_appearance, _pair(code_reconstruction_loss, recovered_codes, own_codes),
+    )  # fmt: skip
+
+    # --- Structure codes of the generated images; cycle back to the originals.
+    if weights.code_structure > 0 or weights.cycle > 0:
+        recovered_structure = model.structure_encoder(cross)  # (s(x_ab) ~ s_b, s(x_ba) ~ s_a)
+        # Target not detached (the paper's |E_s(x_ij) - s_j| as written): both E_s passes learn from it.
+        donor_structures = torch.cat([structure_b, structure_a])
+        terms["code_structure"] = (
+            weights.code_structure, _pair(code_reconstruction_loss, recovered_structure, donor_structures),
+        )  # fmt: skip
+        if weights.cycle > 0:
+            from_ab, from_ba = recovered_structure.chunk(2)
+            code_from_ab, code_from_ba = recovered_codes.chunk(2)
+            # x_a's cycle: structure recovered from x_ba, appearance from x_ab; x_b's the other way round.
+            cycled = model.decoder(torch.cat([from_ba, from_ab]), torch.cat([code_from_ab, code_from_ba]))
+            terms["cycle"] = (weights.cycle, _pair(cycle_reconstruction_loss, cycled, originals))
+
+    # --- Adversarial: D as a frozen view, so the generator step leaves D's parameters without gradient.
+    fake_outputs = frozen_call(model.discriminator, cross)
+    terms["adversarial"] = (
+        weights.adversarial,
+        lsgan_generator_loss([o.chunk(2)[0] for o in fake_outputs])
+        + lsgan_generator_loss([o.chunk(2)[1] for o in fake_outputs]),
+    )
+
+    # --- Discriminative module on detached generated images: trains E_a, not G.
+    if weights.primary > 0 or weights.fine > 0:
+        detached = cross.detach()
+        student = encoder(detached)
+        if weights.primary > 0:
+            soft_labels = teacher.soft_labels(detached, flip_average=cfg.teacher_flip_average)
+            terms["primary_kl"] = (
+                weights.primary,
+                _pair(primary_kl_loss, student.primary_logits, soft_labels),
+            )
+        # x_ab has b's structure, x_ba a's: the label is the structure provider's.
+        structure_labels = torch.cat([batch.label_b, batch.label_a])
+        terms["fine_generated"] = (
+            weights.fine,
+            _pair(fine_grained_id_loss, student.fine_logits, structure_labels),
+        )
+
+    total = sum((weight * loss for weight, loss in terms.values() if weight > 0), generated.new_zeros(()))
+    if torch.is_grad_enabled() and not total.requires_grad:
+        # Only gradient-free terms (e.g. the published appearance-code loss): keep `backward()` valid.
+        total = total + 0.0 * generated.sum()
+    logs = {name: loss for name, (_, loss) in terms.items()}
+    logs["total"] = total
+    return total, _to_floats(logs)
+
+
+def _to_floats(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Detached tensors to floats with a single device synchronisation."""
+    names = list(values)
+    numbers = torch.stack([values[name].detach().float().reshape(()) for name in names]).tolist()
+    return dict(zip(names, numbers, strict=True))
+
+
+def check_finite(logs_or_losses: Mapping[str, float | torch.Tensor], iteration: int) -> None:
+    """Raise NonFiniteLossError naming the first loss that is NaN or infinite at `iteration`."""
+    for name, value in logs_or_losses.items():
+        if isinstance(value, torch.Tensor):
+            finite = bool(torch.isfinite(value.detach()).all())
+            shown = value.detach().float().flatten()[:4].tolist()
+        else:
+            finite = math.isfinite(float(value))
+            shown = value
+        if not finite:
+            raise NonFiniteLossError(
+                f"loss {name!r} is not finite ({shown}) at iteration {iteration}; "
+                f"lower the learning rate or check the input images"
+            )
