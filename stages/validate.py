@@ -40,9 +40,10 @@ from dgnet.data.validation import (
     compute_file_checks,
     split_counts,
 )
-from dgnet.errors import DatasetError
+from dgnet.errors import ConfigError, DatasetError
 from dgnet.io import atomic_dir, atomic_path, write_json
 from dgnet.progress import progress
+from stages.common import load_params, repo_root, resolve, section
 
 DEFAULT_REPORT = "reports/validation.json"
 DEFAULT_DOCS = "reports/gx_docs"
@@ -226,6 +227,9 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
     index = Path(docs) / "index.html"
     write_json(report, {**result.to_dict(), "data_docs": str(index),
                         "manifest": str(manifest) if result.ok else None})
+    # Data Docs style themselves from a CDN; this page reads well offline too.
+    with atomic_path(Path(report).with_suffix(".md")) as tmp:
+        tmp.write_text(result.to_markdown())
     if not result.ok:
         print(result.failure_message(), file=sys.stderr)
         print(f"report: {report}; data docs: {index}; manifest {manifest} not written", file=sys.stderr)
@@ -267,26 +271,24 @@ def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    """DVC stage: read params.yaml sections `data` and `validate`; paths are relative to its folder."""
-    import yaml
-
+    """DVC stage: read params.yaml sections `data` and `validate`; paths are relative to the repo root."""
     parser = argparse.ArgumentParser(prog="python -m stages.validate", description=main.__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    if not args.params.is_file():
-        print(f"stages.validate: {args.params}: params file not found", file=sys.stderr)
-        return 2
-    params = yaml.safe_load(args.params.read_text()) or {}
-    repo = args.params.resolve().parent
-    data, stage = params.get("data") or {}, params.get("validate") or {}
-    if "root" not in data:
-        print(f"stages.validate: {args.params}: section data needs a `root`", file=sys.stderr)
+    parser.parse_args(argv)
+    try:
+        root = repo_root()
+        params = load_params(root)
+        data, stage = section(params, "data"), params.get("validate") or {}
+        if "root" not in data:
+            raise ConfigError(f"{root / 'params.yaml'}: section data needs a `root`")
+    except ConfigError as err:
+        print(f"stages.validate: {err}", file=sys.stderr)
         return 2
     fmt = data.get("format")
     return run_validation(
-        repo / data["root"], None if fmt in (None, "", "auto") else fmt,
-        report=repo / stage.get("report", DEFAULT_REPORT), docs=repo / stage.get("docs", DEFAULT_DOCS),
-        manifest=repo / stage.get("manifest", DEFAULT_MANIFEST),
+        resolve(root, data["root"]), None if fmt in (None, "", "auto") else fmt,
+        report=resolve(root, stage.get("report", DEFAULT_REPORT)),
+        docs=resolve(root, stage.get("docs", DEFAULT_DOCS)),
+        manifest=resolve(root, stage.get("manifest", DEFAULT_MANIFEST)),
         include_gt_bbox=bool(data.get("include_gt_bbox", False)),
         msmt_include_val=bool(data.get("msmt_include_val", True)), workers=stage.get("workers"))
 

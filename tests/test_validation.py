@@ -351,6 +351,8 @@ def test_python_m_stages_validate(good: dict, tmp_path: Path) -> None:
     assert "0010_c1s1_002001_00.jpg" in done.stderr and "images_decode" in done.stderr
     assert not (repo / "data" / "manifest.csv").exists()
     assert (repo / "reports" / "validation.json").is_file()
+    page = (repo / "reports" / "validation.md").read_text()
+    assert "FAIL" in page and "0010_c1s1_002001_00.jpg" in page and "images_decode" in page
 
 
 @pytest.mark.skipif(not (REPO / "dgnet" / "cli.py").exists(), reason="dgnet/cli.py not wired yet")

@@ -131,6 +131,22 @@ class ValidationReport:
             "rules": [asdict(rule) for rule in self.rules],
         }
 
+    def to_markdown(self, limit: int = 5) -> str:
+        """A page a person reads: verdict, counts per split, one table row per rule."""
+        verdict = "PASSED" if self.ok else "FAILED"
+        lines = [f"# Dataset validation: {verdict}", "",
+                 f"{self.format} at `{self.root}` (engine: {self.engine})", "",
+                 "| split | images | ids |", "| --- | ---: | ---: |"]
+        lines += [f"| {split} | {c['images']} | {c['ids']} |" for split, c in self.counts.items()]
+        lines += ["", "| rule | result | failing | what it checks |", "| --- | --- | ---: | --- |"]
+        lines += [f"| `{r.name}` | {'pass' if r.passed else '**FAIL**'} | {r.num_failed} | {r.description} |"
+                  for r in self.rules]
+        failed = [r for r in self.rules if not r.passed]
+        for rule in failed:
+            lines += ["", f"## `{rule.name}`: first offending items", ""]
+            lines += [f"- `{item}`" for item in rule.first_offending[:limit]]
+        return "\n".join(lines) + "\n"
+
     def failure_message(self, limit: int = 5) -> str:
         """One paragraph per failed rule, naming it and its first `limit` offending items."""
         failed = [rule for rule in self.rules if not rule.passed]
