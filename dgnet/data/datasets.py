@@ -30,8 +30,8 @@ class TrainImages(Dataset):
     def __init__(self, frame: pd.DataFrame, size: tuple[int, int], augmentation: Augmentation | None = None):
         frame = frame[frame["split"] == "train"]
         self.paths = frame["path"].tolist()
-        self.labels = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.long)
-        self.cameras = torch.as_tensor(frame["camera_id"].to_numpy(), dtype=torch.long)
+        self.labels = torch.tensor(frame["label"].to_numpy(), dtype=torch.long)
+        self.cameras = torch.tensor(frame["camera_id"].to_numpy(), dtype=torch.long)
         self.size = size
         self.augmentation = augmentation or Augmentation()
 
@@ -56,8 +56,8 @@ class EvalImages(Dataset):
 
     def __init__(self, frame: pd.DataFrame, size: tuple[int, int]):
         self.paths = frame["path"].tolist()
-        self.person_ids = torch.as_tensor(frame["person_id"].to_numpy(), dtype=torch.long)
-        self.cameras = torch.as_tensor(frame["camera_id"].to_numpy(), dtype=torch.long)
+        self.person_ids = torch.tensor(frame["person_id"].to_numpy(), dtype=torch.long)
+        self.cameras = torch.tensor(frame["camera_id"].to_numpy(), dtype=torch.long)
         self.size = size
 
     def __len__(self) -> int:
