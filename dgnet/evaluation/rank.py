@@ -4,14 +4,29 @@ Protocol (METHOD.md section 5): for each query, gallery items with the query's i
 are junk, so are gallery ids -1; both are removed before ranking. Id 0 (distractors) is a plain
 negative. Queries with no valid match are counted and reported, and left out of the averages.
 
-Instead of sorting every gallery row (the costly part of the usual implementation), we only
-need the rank of each positive: the number of valid negatives ordered before it. Distances and
-gallery indices are packed into one int64 key per item (order-preserving float bits in the high
-32 bits, the index in the low 32), so ties are broken by gallery index exactly as a stable sort
-would, on every platform. `searchsorted` against the query's few sorted positive keys then
-gives, for every negative, how many positives it precedes; a histogram of that is the answer.
-Work proceeds in chunks of queries, so memory stays bounded (MSMT17 size fits in < 4 GB), and
-on whatever device the tensors live.
+The order is exactly that of a stable sort of each row (ties broken by gallery index, NaN
+last), but no row is ever sorted. All we need is the rank of each positive, i.e. how many
+valid gallery items come before it, and a query has few positives (Market: about 14 of 16k).
+So, per chunk of queries:
+
+1. The query's same-id items (positives and same-camera junk) are gathered from a per-id
+   table of gallery columns, and sorted: a (queries x same-id) problem, tiny.
+2. Every distance of the row goes through one monotone map into an integer bucket, uniform
+   over [first positive, last positive] (below: bucket 0, above or NaN: the top bucket), and
+   a per-row histogram of buckets is counted. Elementwise arithmetic and an index_add: a few
+   cheap passes, where a per-element binary search (`searchsorted`, the previous method) or
+   a sort costs 5-10x more.
+3. All items in a lower bucket than a positive's come before it (the map is monotone and the
+   positive's own bucket is computed by the very same float operations); all items in a
+   higher bucket come after it. Only items sharing a bucket with some positive (well under 1%
+   of the row) are compared exactly, by (distance, gallery index): ties stay exact.
+4. Negatives before positive k = all valid items before it - same-id items before it.
+
+Gallery ids -1 are dropped once (from the features) or parked in a bucket above every
+positive's (distance matrix given). Scratch buffers are reused from chunk to chunk (fresh
+multi-megabyte tensors cost page faults), and work is bounded per chunk, so MSMT17 size
+(11,659 x 82,161) fits in well under 4 GB, on whatever device the tensors live. Timings and
+memory: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,7 +38,6 @@ import numpy as np
 import torch
 
 ApConvention = Literal["market", "finite"]
-_INT64_MAX = torch.iinfo(torch.int64).max
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray | Sequence, device: torch.device) -> torch.Tensor:
@@ -32,47 +46,173 @@ def _as_tensor(values: torch.Tensor | np.ndarray | Sequence, device: torch.devic
     return torch.as_tensor(np.asarray(values), device=device)
 
 
-def _sortable_keys(dist: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose order is (distance, gallery index) lexicographic, ties by index."""
-    dist = dist.float().contiguous()
-    bits = dist.view(torch.int32).to(torch.int64)
-    # IEEE floats order like sign-magnitude ints: flip the magnitude bits of negatives.
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
-    return (bits << 32) + index
+def _num_buckets(num_gallery: int) -> int:
+    """Buckets per row: about 4 gallery items each (fewer items to compare exactly), capped so
+    that the per-row histogram stays small next to the row."""
+    return int(min(8192, max(64, num_gallery // 4)))
+
+
+def _same_id_table(q_pids: torch.Tensor, g_pids: torch.Tensor, g_valid: torch.Tensor):
+    """Gallery columns grouped by id (ascending within an id) and each query's slice of them.
+
+    Returns (columns, start, count): query i's same-id columns are columns[start[i]:][:count[i]].
+    Columns where `g_valid` is False (ids -1) belong to no query.
+    """
+    cols = torch.nonzero(g_valid).squeeze(1)
+    pids = g_pids[cols]
+    order = torch.sort(pids, stable=True).indices  # stable: columns stay ascending within an id
+    cols, pids = cols[order], pids[order]
+    zero = torch.zeros_like(q_pids)
+    if len(cols) == 0:
+        return cols, zero, zero
+    ids, counts = torch.unique_consecutive(pids, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.searchsorted(ids, q_pids).clamp_(max=len(ids) - 1)
+    found = ids[slot] == q_pids
+    return cols, torch.where(found, starts[slot], zero), torch.where(found, counts[slot], zero)
+
+
+def _comes_before(d: torch.Tensor, i: torch.Tensor, t: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Whether item (distance d, index i) precedes (t, j) in a stable ascending sort, NaN last."""
+    d_nan, t_nan = torch.isnan(d), torch.isnan(t)
+    less = (d < t) | (t_nan & ~d_nan)
+    equal = (d == t) | (d_nan & t_nan)
+    return less | (equal & (i < j))
+
+
+class _Scratch:
+    """Reusable buffers, one per name: a fresh (queries x gallery) tensor at every chunk costs
+    page faults, several times the arithmetic done in it on a CPU."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        numel = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
+
+
+def _buckets(values: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, num_buckets: int,
+             row_offset: torch.Tensor, junk_columns: torch.Tensor | None = None,
+             scratch: _Scratch | None = None) -> torch.Tensor:
+    """Monotone map of distances to int32 buckets 0..B+1 (B+2 for junk columns), plus each
+    row's offset, so that the rows of a chunk share one flat histogram.
+
+    A composition of monotone float operations (subtract, scale by >= 0, clamp, truncate), so
+    a < b implies bucket(a) <= bucket(b); NaN goes to the top like +inf. The same function
+    maps the positives' distances, so an item and a positive of equal distance share a bucket
+    (plain IEEE operations, no fused multiply-add: the same inputs give the same bits).
+    """
+    scratch = scratch or _Scratch()
+    v = torch.sub(values, lo, out=scratch.get("float", values.shape, values.dtype, values.device))
+    v.mul_(scale)
+    v.clamp_(-1.0, float(num_buckets))  # keeps NaN...
+    torch.nan_to_num_(v, nan=float(num_buckets))  # ...which goes to the top, with +inf
+    if junk_columns is not None:
+        v.masked_fill_(junk_columns, float(num_buckets + 1))
+    # Truncation toward zero is monotone too (-1 < v < 1 share a bucket, which costs nothing).
+    out = scratch.get("int", values.shape, torch.int32, values.device).copy_(v)
+    return out.add_(row_offset + 1)
 
 
 def _positive_ranks(
-    dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor,
-    g_pids: torch.Tensor, g_camids: torch.Tensor,
+    dist: torch.Tensor, same_idx: torch.Tensor, same_valid: torch.Tensor, same_cams: torch.Tensor,
+    q_camids: torch.Tensor, junk_columns: torch.Tensor | None = None, scratch: _Scratch | None = None,
+    max_refine: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-based ranks (among valid gallery items) of each query's positives, sorted ascending.
+    """1-based ranks (among valid gallery items) of each query's positives, ascending.
 
-    Returns (ranks, is_positive), both (num_queries, max_positives); padding has is_positive False.
+    `same_idx` (queries x M): the query's same-id gallery columns, ascending, padded (where
+    `same_valid` is False); `same_cams` their cameras. Returns (ranks, is_positive), both
+    (num_queries, max_positives); padding has is_positive False.
     """
-    same_id = g_pids[None, :] == q_pids[:, None]
-    junk = (same_id & (g_camids[None, :] == q_camids[:, None])) | (g_pids[None, :] == -1)
-    positive = same_id & ~junk
-    negative = ~same_id & ~junk
-    keys = _sortable_keys(dist)
-
-    max_pos = int(positive.sum(dim=1).max().item()) if positive.numel() else 0
-    num_q = dist.shape[0]
+    num_q, num_g = dist.shape
+    device = dist.device
+    scratch = scratch or _Scratch()
+    is_pos = same_valid & (same_cams != q_camids[:, None])
+    max_pos = int(is_pos.sum(dim=1).max().item()) if is_pos.numel() else 0
     if max_pos == 0:
-        empty = torch.zeros(num_q, 0, device=dist.device)
+        empty = torch.zeros(num_q, 0, device=device)
         return empty.long(), empty.bool()
-    # The positives' keys, ascending, padded with +inf keys (topk on a masked copy is O(G)).
-    pos_keys = torch.where(positive, keys, torch.full_like(keys, _INT64_MAX))
-    pos_keys = torch.topk(pos_keys, max_pos, dim=1, largest=False, sorted=True).values
-    is_positive = pos_keys != _INT64_MAX
 
-    # For each negative: how many positives come before it = the slot it falls into.
-    slot = torch.searchsorted(pos_keys, keys, right=False)
-    counts = torch.zeros(num_q, max_pos + 1, device=dist.device, dtype=torch.int64)
-    counts.scatter_add_(1, slot, negative.to(torch.int64))
-    negatives_before = torch.cumsum(counts, dim=1)[:, :max_pos]
-    k = torch.arange(1, max_pos + 1, device=dist.device, dtype=torch.int64)
-    ranks = negatives_before + k[None, :]
+    # 1. Same-id items in (distance, index) order; padding is NaN at the row's end, so it sorts
+    #    after every real item (stable sort, NaN last).
+    d_same = dist.gather(1, same_idx).masked_fill_(~same_valid, float("nan"))
+    d_same, perm = torch.sort(d_same, dim=1, stable=True)
+    pos_sorted = is_pos.gather(1, perm)
+    # The positives, first max_pos slots after a stable partition; a slot's position in the
+    # sorted same-id row is the number of same-id items before it.
+    slot = torch.sort((~pos_sorted).to(torch.uint8), dim=1, stable=True).indices[:, :max_pos]
+    is_positive = pos_sorted.gather(1, slot)
+    t = d_same.gather(1, slot)
+    t_idx = same_idx.gather(1, perm).gather(1, slot)
+    same_before = slot
+
+    # 2. Buckets, uniform between the first and last finite positive distance of the row.
+    finite = is_positive & torch.isfinite(t)
+    lo = torch.where(finite, t, torch.full_like(t, float("inf"))).amin(dim=1, keepdim=True)
+    hi = torch.where(finite, t, torch.full_like(t, float("-inf"))).amax(dim=1, keepdim=True)
+    lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+    hi = torch.where(torch.isfinite(hi), hi, lo)
+    num_b = _num_buckets(num_g)
+    # One positive: a tiny width puts all but its near-equals above it (nothing to refine). The
+    # scale stays finite and > 0, so that -inf and +inf keep their sides.
+    width = (hi - lo).clamp_(min=1e-30, max=torch.finfo(dist.dtype).max)
+    scale = (num_b - 1) / width
+    bins = num_b + 3
+    row_offset = torch.arange(num_q, device=device, dtype=torch.int32)[:, None] * bins
+    bucket = _buckets(dist, lo, scale, num_b, row_offset, junk_columns, scratch).view(-1)
+    # Per-row histograms (one flat int32 array, row r at r * bins) and their running sums.
+    hist = scratch.get("hist", (num_q * bins,), torch.int32, device).zero_()
+    hist.index_add_(0, bucket, torch.ones(1, dtype=torch.int32, device=device).expand(len(bucket)))
+    cum = torch.cumsum(hist.view(num_q, bins), dim=1, dtype=torch.int32,
+                       out=scratch.get("cum", (num_q, bins), torch.int32, device)).view(-1)
+    # Same float operations on the same rows: a positive shares its bucket with its equals. The
+    # positives are sorted, so their buckets never decrease along a row.
+    t_bucket = _buckets(t, lo, scale, num_b, row_offset).long()
+    t_bucket = torch.where(is_positive, t_bucket, row_offset.long().expand_as(t_bucket))
+    ranks_all = (cum.take(t_bucket) - hist.take(t_bucket)).long()  # items in strictly lower buckets
+
+    # 3. Items that share a bucket with a positive are compared exactly. Positives sharing a
+    #    bucket are consecutive (k0 .. k0 + n - 1, usually n = 1), and an item before positive k is
+    #    before k + 1 too: each item adds 1 to a run of positives, recorded in a difference array.
+    first_k = torch.ones_like(t_bucket, dtype=torch.bool)
+    first_k[:, 1:] = t_bucket[:, 1:] != t_bucket[:, :-1]
+    first_k &= is_positive
+    kk = torch.arange(max_pos, device=device).expand_as(t_bucket)
+    flag = scratch.get("flag", (num_q * bins,), torch.bool, device).zero_()
+    flag[t_bucket[is_positive]] = True
+    first_of = scratch.get("first_of", (num_q * bins,), torch.int64, device)  # only read where flagged
+    first_of[t_bucket[first_k]] = kk[first_k]
+    per_bucket = scratch.get("per_bucket", (num_q * bins,), torch.int64, device)
+    per_bucket[t_bucket[first_k]] = 0
+    per_bucket.index_add_(0, t_bucket[is_positive], torch.ones_like(kk[is_positive]))
+    flagged = torch.index_select(flag, 0, bucket, out=scratch.get("bool", bucket.shape, torch.bool, device))
+    selected = torch.nonzero(flagged).squeeze(1)
+    diff = torch.zeros(num_q * (max_pos + 1), dtype=torch.int64, device=device)
+    for part in selected.split(max_refine):  # bounded memory, even when every distance ties
+        rows, cols = part // num_g, part % num_g
+        e_bucket = bucket[part].long()
+        first, count = first_of[e_bucket], per_bucket[e_bucket]
+        e_dist = dist.reshape(-1)[part]
+        start = first.clone()
+        for j in range(int(count.max().item())):
+            k = (first + j).clamp_(max=max_pos - 1)
+            start += (j < count) & ~_comes_before(e_dist, cols, t[rows, k], t_idx[rows, k])
+        # Now the item precedes positives start .. first + count - 1 of its bucket.
+        ones = torch.ones_like(start)
+        diff.index_add_(0, rows * (max_pos + 1) + start, ones)
+        diff.index_add_(0, rows * (max_pos + 1) + first + count, -ones)
+    ranks_all += diff.view(num_q, max_pos + 1).cumsum(dim=1)[:, :max_pos]
+
+    # 4. Negatives before positive k = items before it - same-id items before it; then + k + 1.
+    k = torch.arange(1, max_pos + 1, device=device, dtype=torch.int64)
+    ranks = ranks_all - same_before + k[None, :]
     return ranks, is_positive
 
 
@@ -120,11 +260,14 @@ def rank_metrics(
 
     Returns fractions: `rank1`, `rank5`, `rank10`, `mAP`, `mINP`, the `cmc` curve (list of
     `max_rank` values), `num_queries`, `num_valid_queries` and `num_queries_without_match`.
+    Ties rank by gallery index (a stable sort), NaN distances last.
     """
     device = dist.device if isinstance(dist, torch.Tensor) else torch.device("cpu")
+    max_rank = min(max_rank, max(int(dist.shape[1]), 1))
     return _accumulate(
-        lambda start, stop: _as_tensor(dist[start:stop], device),
+        lambda start, stop, scratch: _as_tensor(dist[start:stop], device),
         int(dist.shape[0]), q_pids, q_camids, g_pids, g_camids, ap, max_rank, chunk_size, device,
+        drop_junk_columns=False,
     )
 
 
@@ -132,11 +275,20 @@ def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 
     """Distances between rows: `cosine` = -dot product (features L2-normalised by the caller, as
     the paper's protocol scores by dot product), `euclidean` = squared Euclidean distance."""
     if metric == "cosine":
-        return -(query @ gallery.T)
+        return (query @ gallery.T).neg_()  # in place: no second (queries x gallery) buffer
     if metric == "euclidean":
         dist = query.pow(2).sum(1, keepdim=True) + gallery.pow(2).sum(1)[None, :] - 2 * query @ gallery.T
         return dist.clamp_(min=0)
     raise ValueError(f"metric must be 'cosine' or 'euclidean', not {metric!r}")
+
+
+def _chunk_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str,
+                    scratch: _Scratch) -> torch.Tensor:
+    """`pairwise_distance` into a reused buffer (cosine, the common case)."""
+    if metric != "cosine" or query.dtype != gallery.dtype:
+        return pairwise_distance(query, gallery, metric)
+    out = scratch.get("dist", (query.shape[0], gallery.shape[0]), query.dtype, query.device)
+    return torch.mm(query, gallery.T, out=out).neg_()
 
 
 def rank_metrics_from_features(
@@ -152,36 +304,67 @@ def rank_metrics_from_features(
     chunk_size: int = 256,
 ) -> dict:
     """`rank_metrics` without ever holding the full distance matrix: distances are computed
-    chunk by chunk of queries, on the features' device."""
+    chunk by chunk of queries, on the features' device. Gallery ids -1 (junk for every query)
+    are dropped before any distance is computed; the remaining items keep their order, so ties
+    still rank by gallery index."""
     device = query_features.device
+    g_pids = _as_tensor(g_pids, device).long()
+    if len(g_pids) != gallery_features.shape[0]:
+        raise ValueError(f"{gallery_features.shape[0]} gallery features but {len(g_pids)} gallery ids")
+    max_rank = min(max_rank, max(len(g_pids), 1))  # the cap as if nothing were dropped
+    keep = g_pids != -1
     gallery_features = gallery_features.to(device)
+    if not bool(keep.all()):
+        gallery_features, g_pids = gallery_features[keep], g_pids[keep]
+        g_camids = _as_tensor(g_camids, device)[keep]
     return _accumulate(
-        lambda start, stop: pairwise_distance(query_features[start:stop], gallery_features, metric),
+        lambda start, stop, scratch: _chunk_distance(query_features[start:stop], gallery_features, metric,
+                                                     scratch),
         int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, ap, max_rank, chunk_size,
-        device,
+        device, drop_junk_columns=True,
     )
 
 
 def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, ap, max_rank,
-                chunk_size, device) -> dict:
+                chunk_size, device, drop_junk_columns) -> dict:
+    if ap not in ("market", "finite"):
+        raise ValueError(f"ap must be 'market' or 'finite', not {ap!r}")
     q_pids, q_camids = _as_tensor(q_pids, device).long(), _as_tensor(q_camids, device).long()
     g_pids, g_camids = _as_tensor(g_pids, device).long(), _as_tensor(g_camids, device).long()
     if not (len(q_pids) == len(q_camids) == num_queries):
         raise ValueError(f"{num_queries} query rows but {len(q_pids)} ids and {len(q_camids)} cameras")
     if len(g_pids) != len(g_camids):
         raise ValueError(f"{len(g_pids)} gallery ids but {len(g_camids)} gallery cameras")
-    max_rank = min(max_rank, max(len(g_pids), 1))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    # Bucket ids of a chunk are int32, row after row: keep rows x buckets below 2^31.
+    chunk_size = min(chunk_size, (2**31 - 1) // (_num_buckets(len(g_pids)) + 3))
+    g_valid = g_pids != -1
+    junk_columns = None if drop_junk_columns or bool(g_valid.all()) else ~g_valid[None, :]
+    columns, q_start, q_count = _same_id_table(q_pids, g_pids, g_valid)
     ap_sum = inp_sum = 0.0
     cmc_sum = torch.zeros(max_rank, dtype=torch.float64, device=device)
     num_valid = 0
+    scratch = _Scratch()
     with torch.no_grad():
         for start in range(0, num_queries, chunk_size):
             stop = min(start + chunk_size, num_queries)
-            dist = dist_chunk(start, stop)
+            dist = dist_chunk(start, stop, scratch)
             if dist.shape[1] != len(g_pids):
                 raise ValueError(f"{dist.shape[1]} gallery columns but {len(g_pids)} gallery ids")
-            ranks, is_positive = _positive_ranks(dist, q_pids[start:stop], q_camids[start:stop],
-                                                 g_pids, g_camids)
+            if dist.dtype not in (torch.float32, torch.float64):
+                dist = dist.float()  # half / bfloat16 / ints: exact in float32, order unchanged
+            dist = dist.contiguous()
+            # This chunk's same-id columns, padded to the longest list.
+            count = q_count[start:stop]
+            width = int(count.max().item()) if len(count) else 0
+            offsets = torch.arange(width, device=device)
+            same_valid = offsets[None, :] < count[:, None]
+            at = (q_start[start:stop, None] + offsets[None, :]).clamp_(max=max(len(columns) - 1, 0))
+            same_idx = torch.where(same_valid, columns[at], torch.zeros_like(at)) if len(columns) \
+                else torch.zeros_like(at)
+            ranks, is_positive = _positive_ranks(dist, same_idx, same_valid, g_camids[same_idx],
+                                                 q_camids[start:stop], junk_columns, scratch)
             ap_values, inp, cmc, has_match = _query_scores(ranks, is_positive, ap, max_rank)
             ap_sum += float(ap_values[has_match].sum())
             inp_sum += float(inp[has_match].sum())

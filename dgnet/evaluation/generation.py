@@ -1,0 +1,285 @@
+"""Generation metrics: SSIM and SSIM diversity, swap fidelity on the synthetic data, FID.
+
+* SSIM (Wang et al. 2004): Gaussian window 11 x 11, sigma 1.5, C1 = (0.01)^2, C2 = (0.03)^2
+  on [0, 1] RGB; the window slides over the image without padding (the reference
+  implementation's "valid" filtering), the map is averaged over the channels, then over the
+  pixels (or over a mask's pixels).
+* SSIM diversity (DG-Net, Table 2): the mean SSIM between random pairs of distinct images of a
+  set. Lower means more diverse; it is read beside the same figure on real images (the paper:
+  real 0.350, DG-Net 0.360, i.e. as diverse as the data).
+* Swap fidelity: the synthetic dataset renders the exact ground truth of G(s_j, a_i) (image
+  i's clothing in image j's structure, `render_swap`), so a generated swap can be scored by
+  L1 and SSIM against it, over the whole image and inside the person mask.
+* FID: the Frechet distance between Inception-v3 pool features (2048-d) of real and generated
+  images, when the Inception weights are on this machine (torch hub cache or a given path);
+  never downloaded, never faked: without them the result says it was skipped, and why. The
+  weights are torchvision's ImageNet ones, so values are comparable within dgnet, not with the
+  paper's TF-Inception FID (18.24).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dgnet.data.synthetic import render_swap
+from dgnet.data.transforms import denormalize
+
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
+
+
+# --------------------------------------------------------------------------------------------
+# SSIM
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The 1-D Gaussian weights (summing to 1) of the separable SSIM window."""
+    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def _filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' Gaussian filtering of (..., H, W): weighted sums of shifted slices.
+
+    Plain elementwise arithmetic in a fixed order: exact to reproduce, and free of the thread
+    start-up that a grouped float64 conv2d pays on every call (which dominates small batches).
+    """
+    k = len(window)
+    h, w = x.shape[-2] - k + 1, x.shape[-1] - k + 1
+    rows = sum(window[i] * x[..., i:i + h, :] for i in range(k))
+    return sum(window[i] * rows[..., i:i + w] for i in range(k))
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM of two (N, C, H, W) batches in [0, 1], averaged over the channels:
+    (N, H - window_size + 1, W - window_size + 1). Computed in float64."""
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"ssim needs two (N, C, H, W) batches of one shape, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < window_size:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window_size}-pixel window")
+    x, y = x.double(), y.double()
+    window = gaussian_window(window_size, sigma).to(x.device)
+    # The five local moments in one filtering pass (stacked along the channels).
+    c = x.shape[1]
+    moments = _filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), window)
+    mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
+    var_x, var_y, cov = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
+    num = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    den = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    return (num / den).mean(dim=1)
+
+
+def _crop_mask(mask: torch.Tensor, window_size: int) -> torch.Tensor:
+    """The mask at the centres of the 'valid' SSIM windows."""
+    r = (window_size - 1) // 2
+    return mask[..., r:mask.shape[-2] - r, r:mask.shape[-1] - r]
+
+
+def _reduce(value: torch.Tensor, mask: torch.Tensor | None, window_size: int) -> torch.Tensor:
+    """Mean of an SSIM map per image, over all its pixels or over a mask's."""
+    if mask is None:
+        return value.flatten(1).mean(dim=1)
+    m = _crop_mask(mask.to(value.device).bool(), window_size).double()
+    return (value * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, window_size: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
+    """SSIM of each image pair: (N,) float64. With a (N, H, W) bool `mask`, the SSIM map is
+    averaged over the masked pixels only (NaN for an image whose cropped mask is empty)."""
+    return _reduce(ssim_map(x, y, window_size, sigma), mask, window_size)
+
+
+def ssim_diversity(images: torch.Tensor, num_pairs: int = 1000, seed: int = 0,
+                   batch_size: int = 64) -> float:
+    """Mean SSIM over random pairs of distinct images of a (N, C, H, W) set in [0, 1].
+
+    Lower = more diverse. Pairs (i, j), i != j, are drawn uniformly with a seeded generator;
+    when `num_pairs` reaches the number of unordered pairs, every pair is used once.
+    """
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"ssim_diversity needs at least 2 images, got {n}")
+    total = n * (n - 1) // 2
+    if num_pairs >= total:
+        first, second = torch.triu_indices(n, n, offset=1)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        first = torch.randint(0, n, (num_pairs,), generator=gen)
+        second = (first + torch.randint(1, n, (num_pairs,), generator=gen)) % n  # never first itself
+    values = [ssim(images[first[s:s + batch_size]], images[second[s:s + batch_size]])
+              for s in range(0, len(first), batch_size)]
+    return float(torch.cat(values).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Swap fidelity on the synthetic data
+# --------------------------------------------------------------------------------------------
+
+
+def _records(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+
+
+def swap_ground_truth(appearance_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+                      structure_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+                      size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`render_swap(appearance_rows[n], structure_rows[n])` for each n: ((N, 3, H, W) in [0, 1],
+    (N, H, W) bool person masks), resized to size = (H, W) when given (bilinear; masks nearest)."""
+    a_rows, s_rows = _records(appearance_rows), _records(structure_rows)
+    if len(a_rows) != len(s_rows):
+        raise ValueError(f"{len(a_rows)} appearance rows but {len(s_rows)} structure rows")
+    images, masks = [], []
+    for a, s in zip(a_rows, s_rows, strict=True):
+        image, mask = render_swap(a, s)
+        if size is not None and image.shape[:2] != tuple(size):
+            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+            mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
+        images.append(torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0))
+        masks.append(torch.from_numpy(mask.copy()).bool())
+    if not images:
+        return torch.zeros(0, 3, *(size or (0, 0))), torch.zeros(0, *(size or (0, 0)), dtype=torch.bool)
+    return torch.stack(images), torch.stack(masks)
+
+
+def swap_fidelity(
+    generated: torch.Tensor,
+    appearance_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    structure_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    normalized: bool = True,
+) -> dict[str, float | int]:
+    """How close generated swaps G(s_j, a_i) are to their exact synthetic ground truth.
+
+    `generated`: (N, 3, H, W), in the ImageNet-normalised space the generator outputs
+    (`normalized=True`) or in [0, 1]. Row n of `appearance_rows` (image i: the clothing) and of
+    `structure_rows` (image j: everything else) are factor records (`read_factors` rows).
+    Returns the means over images of: `l1` (mean absolute difference on [0, 1], all pixels and
+    channels), `l1_person` (over the person mask's pixels), `ssim`, `ssim_person` (the SSIM map
+    averaged over the mask), and `num_images`.
+    """
+    if generated.dim() != 4 or generated.shape[1] != 3:
+        raise ValueError(f"generated must be (N, 3, H, W), got {tuple(generated.shape)}")
+    fake = denormalize(generated.float()) if normalized else generated.float().clamp(0, 1)
+    real, mask = swap_ground_truth(appearance_rows, structure_rows, size=tuple(fake.shape[-2:]))
+    if len(real) != len(fake):
+        raise ValueError(f"{len(fake)} generated images but {len(real)} (appearance, structure) pairs")
+    fake = fake.cpu()
+    diff = (fake.double() - real.double()).abs().mean(dim=1)  # (N, H, W)
+    m = mask.double()
+    person_l1 = (diff * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+    value = ssim_map(fake, real)
+    return {
+        "l1": float(diff.flatten(1).mean(1).mean()),
+        "l1_person": float(person_l1.nanmean()),
+        "ssim": float(_reduce(value, None, 11).mean()),
+        "ssim_person": float(_reduce(value, mask, 11).nanmean()),
+        "num_images": len(fake),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# FID
+# --------------------------------------------------------------------------------------------
+
+
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (unbiased, float64) of an (N, D) feature set."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"feature statistics need an (N >= 2, D) array, got shape {f.shape}")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix by eigen-decomposition."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2):
+    |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+
+    sigma1 sigma2 is not symmetric, but it is similar to the symmetric PSD matrix
+    S = sigma1^(1/2) sigma2 sigma1^(1/2) (conjugate by sigma1^(1/2)), so tr((sigma1 sigma2)^(1/2))
+    = sum of sqrt(eigenvalues of S): two symmetric eigen-decompositions, no complex arithmetic,
+    eigenvalues clipped at 0 against rounding.
+    """
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"statistics disagree: mu {mu1.shape} / {mu2.shape}, "
+                         f"sigma {sigma1.shape} / {sigma2.shape}")
+    root = _sqrt_psd(sigma1)
+    product = root @ sigma2 @ root
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt, 0.0))
+
+
+def find_inception_weights(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """(path, "") of the Inception-v3 weights to use, or (None, why not). Looks only on disk:
+    `path` when given, else torchvision's checkpoint in the torch hub cache."""
+    if path is not None:
+        p = Path(path).expanduser()
+        return (p, "") if p.is_file() else (None, f"Inception weights {p}: no such file")
+    p = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if p.is_file():
+        return p, ""
+    return None, (f"no Inception-v3 weights on this machine ({p} is missing; put torchvision's "
+                  f"{INCEPTION_FILE} there or give a path); FID needs them and they are never downloaded")
+
+
+def _inception(weights: Path, device: torch.device) -> torch.nn.Module:
+    from torchvision.models import inception_v3
+
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.fc = torch.nn.Identity()  # the 2048-d pool features
+    return model.eval().to(device)
+
+
+def inception_features(model: torch.nn.Module, images: torch.Tensor | Iterable[torch.Tensor],
+                       device: torch.device, batch_size: int = 50) -> np.ndarray:
+    """Pool features of images in [0, 1] (a (N, 3, H, W) tensor or an iterable of batches),
+    resized to 299 x 299 and scaled to [-1, 1] as the Inception weights expect."""
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    out = []
+    with torch.inference_mode():
+        for batch in batches:
+            x = F.interpolate(batch.float().to(device), size=(299, 299), mode="bilinear", align_corners=False)
+            out.append(model(x * 2 - 1).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def fid(
+    real_images: torch.Tensor | Iterable[torch.Tensor],
+    fake_images: torch.Tensor | Iterable[torch.Tensor],
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 50,
+) -> dict[str, Any]:
+    """FID between two image sets in [0, 1]: {"fid": value}, or {"fid": None, "fid_skipped": why}
+    when no Inception weights are on this machine."""
+    path, reason = find_inception_weights(weights)
+    if path is None:
+        return {"fid": None, "fid_skipped": reason}
+    device = torch.device(device)
+    model = _inception(path, device)
+    real = feature_statistics(inception_features(model, real_images, device, batch_size))
+    fake = feature_statistics(inception_features(model, fake_images, device, batch_size))
+    return {"fid": frechet_distance(*real, *fake), "fid_weights": str(path)}

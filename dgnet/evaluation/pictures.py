@@ -1,0 +1,371 @@
+"""Pictures of results, drawn with PIL only (dgnet cannot import matplotlib): swap grids,
+ranked retrieval lists and CMC curves. Every function returns a PIL Image; `save` writes one
+atomically.
+
+Images may be given as PIL Images, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1]
+(generator outputs: `denormalize` them first, or pass `normalized=True`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from dgnet.data.transforms import denormalize
+from dgnet.io import atomic_path
+
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+GREY_INK = (110, 110, 110)
+MATCH_COLOURS = {"hit": (30, 160, 60), "miss": (215, 40, 40), "junk": (150, 150, 150)}
+# Colour-blind-safe line colours (Okabe and Ito).
+PALETTE = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233),
+           (120, 120, 120), (240, 228, 66)]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one small bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def to_pil(image: Any, normalized: bool = False) -> Image.Image:
+    """A PIL RGB image from a PIL Image, an (H, W, 3) uint8 array or a (3, H, W) tensor in [0, 1]
+    (ImageNet-normalised with `normalized=True`)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        x = image.detach().float().cpu()
+        if x.dim() != 3 or x.shape[0] != 3:
+            raise ValueError(f"image tensors must be (3, H, W), got {tuple(x.shape)}")
+        x = denormalize(x) if normalized else x.clamp(0, 1)
+        image = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image arrays must be (H, W, 3), got {array.shape}")
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
+def _tile(image: Any, size: tuple[int, int], normalized: bool) -> Image.Image:
+    """The image fitted to size = (width, height); pixel-art upscaling stays sharp."""
+    pil = to_pil(image, normalized)
+    if pil.size == size:
+        return pil
+    whole = size[0] % pil.width == 0 and size[1] % pil.height == 0
+    return pil.resize(size, Image.Resampling.NEAREST if whole else Image.Resampling.BILINEAR)
+
+
+def save(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write `image` atomically; the format follows the suffix (PNG when there is none)."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+    return path
+
+
+def _cell_size(images: Sequence[Any], scale: float, normalized: bool) -> tuple[int, int]:
+    w, h = to_pil(images[0], normalized).size
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+# --------------------------------------------------------------------------------------------
+# Swap grid
+# --------------------------------------------------------------------------------------------
+
+
+def swap_grid(
+    appearance_images: Sequence[Any],
+    structure_images: Sequence[Any],
+    generated: Sequence[Sequence[Any]] | torch.Tensor,
+    scale: float = 2.0,
+    normalized: bool = False,
+    title: str | None = None,
+    appearance_label: str = "appearance from",
+    structure_label: str = "structure from",
+) -> Image.Image:
+    """A grid of generated swaps: cell (i, j) = G(s_j, a_i), the clothing of appearance image i
+    in the pose, body and background of structure image j. The first column shows the
+    appearance donors, the first row the structure donors, and the corner says which is which.
+    `generated`: a nested list (len(appearance) x len(structure)) or a (A, S, 3, H, W) tensor.
+    """
+    num_a, num_s = len(appearance_images), len(structure_images)
+    if num_a == 0 or num_s == 0:
+        raise ValueError("swap_grid needs at least one appearance and one structure image")
+    if len(generated) != num_a or any(len(row) != num_s for row in generated):
+        raise ValueError(f"generated must be {num_a} rows of {num_s} images (appearance x structure)")
+    cw, ch = _cell_size(appearance_images, scale, normalized)
+    gap, sep, margin = 4, 10, 10
+    font, small = _font(15), _font(12)
+    title_h = 28 if title else 0
+    width = 2 * margin + (num_s + 1) * cw + num_s * gap + sep
+    height = 2 * margin + title_h + (num_a + 1) * ch + num_a * gap + sep
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((margin, margin), title, INK, font)
+    top = margin + title_h
+
+    def x_of(j: int) -> int:  # column 0 = donors, 1.. = structure images
+        return margin + j * (cw + gap) + (sep - gap if j else 0)
+
+    def y_of(i: int) -> int:
+        return top + i * (ch + gap) + (sep - gap if i else 0)
+
+    # The corner: a light panel naming the donors, arrows pointing at them.
+    x0, y0 = x_of(0), y_of(0)
+    draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=(242, 243, 246))
+    lines = _wrap(draw, structure_label, small, cw - 12)
+    for k, line in enumerate(lines):
+        draw.text((x0 + 6, y0 + 8 + 15 * k), line, INK, small)
+    y = y0 + 8 + 15 * len(lines) + 6
+    _arrow(draw, (x0 + 6, y), (x0 + cw - 6, y))
+    lines = _wrap(draw, appearance_label, small, cw - 28)
+    y = y0 + ch - 10 - 15 * len(lines)
+    for k, line in enumerate(lines):
+        draw.text((x0 + 6, y + 15 * k), line, INK, small)
+    _arrow(draw, (x0 + cw - 14, y0 + ch // 2 + 4), (x0 + cw - 14, y0 + ch - 6))
+    for j, image in enumerate(structure_images):
+        sheet.paste(_tile(image, (cw, ch), normalized), (x_of(j + 1), y_of(0)))
+    for i, image in enumerate(appearance_images):
+        sheet.paste(_tile(image, (cw, ch), normalized), (x_of(0), y_of(i + 1)))
+        for j in range(num_s):
+            sheet.paste(_tile(generated[i][j], (cw, ch), normalized), (x_of(j + 1), y_of(i + 1)))
+    # Separators between the donors and the generated block.
+    line_x = x_of(1) - sep // 2 - 1
+    line_y = y_of(1) - sep // 2 - 1
+    draw.line([(line_x, top), (line_x, height - margin)], fill=GREY_INK, width=2)
+    draw.line([(margin, line_y), (width - margin, line_y)], fill=GREY_INK, width=2)
+    return sheet
+
+
+def _arrow(draw: ImageDraw.ImageDraw, start: tuple[float, float], end: tuple[float, float],
+           fill: tuple[int, int, int] = INK, width: int = 2, head: float = 7.0) -> None:
+    """A straight arrow with a filled triangular head (the default font has no arrow glyphs)."""
+    (x1, y1), (x2, y2) = start, end
+    length = max(math.hypot(x2 - x1, y2 - y1), 1e-9)
+    ux, uy = (x2 - x1) / length, (y2 - y1) / length
+    bx, by = x2 - ux * head, y2 - uy * head
+    draw.line([(x1, y1), (bx, by)], fill=fill, width=width)
+    draw.polygon([(x2, y2), (bx - uy * head * 0.6, by + ux * head * 0.6),
+                  (bx + uy * head * 0.6, by - ux * head * 0.6)], fill=fill)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    """Greedy word wrap to a pixel width."""
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and _text_size(draw, trial, font)[0] > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
+
+
+# --------------------------------------------------------------------------------------------
+# Ranked lists
+# --------------------------------------------------------------------------------------------
+
+
+def ranked_list(
+    query_image: Any | Sequence[Any],
+    gallery_images: Sequence[Any] | Sequence[Sequence[Any]],
+    matches: Sequence[str] | Sequence[Sequence[str]],
+    top_k: int = 10,
+    scale: float = 1.5,
+    normalized: bool = False,
+    query_labels: Sequence[str] | None = None,
+    gallery_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    title: str | None = None,
+) -> Image.Image:
+    """Retrieval results: each row is a query, then its top-k gallery images in rank order,
+    framed green (hit: same id, other camera), red (miss) or grey (junk), with rank numbers.
+
+    One query: `query_image`, its ranked `gallery_images` and `matches` ("hit", "miss" or
+    "junk" per image). Several queries, stacked: lists of each (`matches` a list of lists).
+    Optional captions: `query_labels` (one per query), `gallery_labels` (like `matches`).
+    """
+    single = len(matches) == 0 or isinstance(matches[0], str)
+    queries = [query_image] if single else list(query_image)
+    galleries = [gallery_images] if single else list(gallery_images)
+    match_rows = [matches] if single else list(matches)
+    label_rows = None
+    if gallery_labels is not None:
+        label_rows = [gallery_labels] if single else list(gallery_labels)
+    if not (len(queries) == len(galleries) == len(match_rows)):
+        raise ValueError(f"{len(queries)} queries, {len(galleries)} gallery lists and "
+                         f"{len(match_rows)} match lists: one of each per query")
+    for row in match_rows:
+        bad = sorted({m for m in row} - set(MATCH_COLOURS))
+        if bad:
+            raise ValueError(f"matches must be 'hit', 'miss' or 'junk', got {bad}")
+    cw, ch = _cell_size(queries, scale, normalized)
+    border, gap, margin, sep = 4, 6, 10, 22
+    number_h, caption_h = 18, (14 if label_rows or query_labels else 0)
+    font, small = _font(14), _font(11)
+    title_h = 28 if title else 0
+    k = min(top_k, max((len(g) for g in galleries), default=0))
+    cell_w, row_h = cw + 2 * border, number_h + ch + 2 * border + caption_h
+    width = 2 * margin + cell_w + sep + k * cell_w + max(k - 1, 0) * gap
+    legend_h = 22
+    height = 2 * margin + title_h + len(queries) * (row_h + gap) + legend_h
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((margin, margin), title, INK, font)
+    for q, (query, gallery, row) in enumerate(zip(queries, galleries, match_rows, strict=True)):
+        y = margin + title_h + q * (row_h + gap)
+        _centred(draw, "query", margin + cell_w // 2, y + 1, small, INK)
+        draw.rectangle([margin, y + number_h, margin + cell_w - 1, y + number_h + ch + 2 * border - 1],
+                       fill=(60, 60, 60))
+        sheet.paste(_tile(query, (cw, ch), normalized), (margin + border, y + number_h + border))
+        if query_labels:
+            _centred(draw, query_labels[q], margin + cell_w // 2, y + number_h + ch + 2 * border + 1, small,
+                     GREY_INK)
+        x0 = margin + cell_w + sep
+        # A thin divider between the query and its results.
+        draw.line([(x0 - sep // 2, y + number_h), (x0 - sep // 2, y + number_h + ch + 2 * border)],
+                  fill=(200, 200, 200), width=1)
+        for r, (image, match) in enumerate(zip(gallery[:k], row[:k], strict=False)):
+            x = x0 + r * (cell_w + gap)
+            colour = MATCH_COLOURS[match]
+            _centred(draw, str(r + 1), x + cell_w // 2, y + 1, font, colour if match == "hit" else INK)
+            draw.rectangle([x, y + number_h, x + cell_w - 1, y + number_h + ch + 2 * border - 1], fill=colour)
+            sheet.paste(_tile(image, (cw, ch), normalized), (x + border, y + number_h + border))
+            if label_rows is not None and r < len(label_rows[q]):
+                _centred(draw, label_rows[q][r], x + cell_w // 2, y + number_h + ch + 2 * border + 1, small,
+                         GREY_INK)
+    # Legend.
+    y = height - margin - legend_h + 6
+    x = margin
+    for name, label in (("hit", "same id, other camera"), ("miss", "other id"), ("junk", "junk")):
+        draw.rectangle([x, y + 2, x + 12, y + 14], fill=MATCH_COLOURS[name])
+        draw.text((x + 18, y), label, INK, small)
+        x += 30 + _text_size(draw, label, small)[0]
+    return sheet
+
+
+def _centred(draw: ImageDraw.ImageDraw, text: str, cx: int, y: int, font: Any,
+             fill: tuple[int, int, int]) -> None:
+    w, _ = _text_size(draw, text, font)
+    draw.text((cx - w // 2, y), text, fill, font)
+
+
+# --------------------------------------------------------------------------------------------
+# CMC curves
+# --------------------------------------------------------------------------------------------
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    """A round tick step (1, 2 or 5 x 10^n) giving about `ticks` intervals over `span`."""
+    raw = span / max(ticks, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def cmc_plot(
+    curves: Mapping[str, Sequence[float]],
+    max_rank: int = 20,
+    title: str = "CMC",
+    size: tuple[int, int] = (720, 460),
+    percent: bool = True,
+) -> Image.Image:
+    """A line chart of CMC curves (matching rate against rank 1..max_rank), one per name, with
+    axes, ticks, a grid and a legend. Values are fractions (shown as percentages)."""
+    if not curves:
+        raise ValueError("cmc_plot needs at least one curve")
+    width, height = size
+    sheet = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font, small, title_font = _font(13), _font(12), _font(16)
+    factor = 100.0 if percent else 1.0
+    values = {name: [factor * float(v) for v in curve[:max_rank]] for name, curve in curves.items()}
+    ranks = max(len(v) for v in values.values())
+    if ranks == 0:
+        raise ValueError("cmc_plot: the curves are empty")
+    # Y range: from a round value below the lowest point up to the top (100%).
+    top = factor
+    low = min(min(v) for v in values.values() if v)
+    step = _nice_step(max(top - low, factor / 20))
+    bottom = math.floor(low / step) * step
+    if bottom >= low - 0.02 * step:  # a point on the bottom line would hide in the axis
+        bottom -= step
+    bottom = max(0.0, min(bottom, top - step))
+
+    left, right, upper, lower = 64, width - 20, 44, height - 52
+    draw.text(((width - _text_size(draw, title, title_font)[0]) // 2, 12), title, INK, title_font)
+
+    def px(rank: float) -> float:  # 8 px inside the axes, so that no dot sits on the Y axis
+        return left + 8 + (rank - 1) / max(ranks - 1, 1) * (right - left - 16)
+
+    def py(value: float) -> float:
+        return lower - (value - bottom) / (top - bottom) * (lower - upper)
+
+    # Grid and Y ticks.
+    tick = bottom
+    while tick <= top + 1e-9:
+        y = py(tick)
+        draw.line([(left, y), (right, y)], fill=(232, 232, 232), width=1)
+        label = f"{tick:g}" + ("%" if percent else "")
+        tw, th = _text_size(draw, label, small)
+        draw.text((left - 8 - tw, y - th // 2 - 2), label, GREY_INK, small)
+        tick += step
+    # X ticks: every rank up to 20, then a round step.
+    x_step = 1 if ranks <= 20 else int(_nice_step(ranks, 10))
+    for rank in range(1, ranks + 1):
+        if rank == 1 or rank % x_step == 0:
+            x = px(rank)
+            draw.line([(x, lower), (x, lower + 5)], fill=INK, width=1)
+            _centred(draw, str(rank), int(x), lower + 8, small, GREY_INK)
+    # Axes and their names.
+    draw.line([(left, upper), (left, lower), (right, lower)], fill=INK, width=2)
+    _centred(draw, "rank", (left + right) // 2, height - 24, font, INK)
+    ylabel = "matching rate"
+    tw, th = _text_size(draw, ylabel, font)
+    label = Image.new("RGB", (tw + 4, th + 6), BACKGROUND)
+    ImageDraw.Draw(label).text((2, 0), ylabel, INK, font)
+    sheet.paste(label.rotate(90, expand=True), (6, (upper + lower) // 2 - tw // 2))
+
+    # The curves: lines with dots (up to 25 ranks), then the legend in an empty corner.
+    dot = 3 if ranks <= 25 else 0
+    points = {}
+    for n, (name, curve) in enumerate(values.items()):
+        colour = PALETTE[n % len(PALETTE)]
+        points[name] = [(px(r + 1), py(v)) for r, v in enumerate(curve)]
+        if len(points[name]) > 1:
+            draw.line(points[name], fill=colour, width=3, joint="curve")
+        for x, y in points[name] if dot else ():
+            draw.ellipse([x - dot, y - dot, x + dot, y + dot], fill=colour)
+    entries = [f"{name} (rank-1 {curve[0]:.1f}{'%' if percent else ''})" for name, curve in values.items()]
+    box_w = max(_text_size(draw, e, small)[0] for e in entries) + 44
+    box_h = 20 * len(entries) + 10
+    # The first corner (lower right, upper left, ...) that no curve point falls into.
+    corners = [(right - box_w - 10, lower - box_h - 10), (left + 14, upper + 10),
+               (right - box_w - 10, upper + 10), (left + 14, lower - box_h - 10)]
+    every = [p for curve in points.values() for p in curve]
+    bx, by = next((c for c in corners if not any(c[0] - 6 <= x <= c[0] + box_w + 6 and c[1] - 6 <= y
+                                                 <= c[1] + box_h + 6 for x, y in every)), corners[0])
+    draw.rectangle([bx, by, bx + box_w, by + box_h], fill=BACKGROUND, outline=(200, 200, 200))
+    for n, entry in enumerate(entries):
+        colour = PALETTE[n % len(PALETTE)]
+        y = by + 8 + 20 * n
+        draw.line([(bx + 8, y + 7), (bx + 30, y + 7)], fill=colour, width=3)
+        draw.text((bx + 36, y), entry, INK, small)
+    return sheet
