@@ -12,10 +12,9 @@ from dgnet.errors import ConfigError
 
 
 def repo_root() -> Path:
-    """The pipeline's root: DVC_ROOT when DVC runs us (also in `dvc exp` temp dirs), else the
-    nearest folder upwards holding params.yaml."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+    """The workspace: the nearest folder upwards holding params.yaml. DVC runs stages from the
+    workspace root, which for a queued `dvc exp run` is its temporary copy (whose params differ
+    from the parent's), so DVC_ROOT is not used here; only the MLflow store lives at DVC_ROOT."""
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / "params.yaml").is_file():

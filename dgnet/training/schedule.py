@@ -48,6 +48,26 @@ class ScheduleConfig:
         if self.warmup_rate <= 0:
             raise ConfigError(f"schedule.warmup_rate: must be > 0, got {self.warmup_rate!r}")
 
+    def scaled_to(self, iterations: int, reference: int = 100_000) -> ScheduleConfig:
+        """This schedule for a run of `iterations` instead of `reference` iterations.
+
+        Iteration counts (warm-up start, LR milestones) are multiplied by iterations / reference
+        and the ramp rate divided by it, so every event happens at the same fraction of the run:
+        the paper's warm-up from 30k of 100k (code weights full at 32k, cycle and lambda_prim at 34k)
+        and LR steps at 60k and 90k become 240 (256, 272), 480 and 720 in an 800-iteration run.
+        Loss-weight maxima are unchanged.
+        """
+        for name, value in (("iterations", iterations), ("reference", reference)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"schedule.scaled_to: {name} must be a positive integer, got {value!r}")
+        factor = iterations / reference
+        return dataclasses.replace(
+            self,
+            warmup_start=round(self.warmup_start * factor),
+            warmup_rate=self.warmup_rate / factor,
+            lr_milestones=tuple(round(m * factor) for m in self.lr_milestones),
+        )
+
 
 @dataclass(frozen=True)
 class LossWeights:

@@ -1,0 +1,310 @@
+"""The loop skeleton both trainers share: resume, cadences, progress, hooks, checkpoints.
+
+A trainer builds its networks and optimisers, then hands a `TrainingSession`:
+- the objects to checkpoint (anything with state_dict / load_state_dict), to `resume`;
+- a `step(iteration, batch) -> logs` function and the batches, to `run`, which calls the step
+  for iterations [start, total) and, on their cadences, logs (window means of the step's logs plus
+  the trainer's weights / learning rates), pictures, checkpoints and evaluations, then the same at
+  the end of the run.
+Only rank 0 shows progress, calls hooks, evaluates and writes files. Iterations are counted from 0
+(the argument of the schedule functions); hooks and checkpoint names get the number of iterations
+completed, so `iter_00000500.pt` holds the state after 500 iterations and resumes at iteration 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from dgnet.data.manifest import train_label_map
+from dgnet.data.samplers import IdentityPairSampler, IterationBatchSampler, RandomImageSampler
+from dgnet.errors import ConfigError, DatasetError
+from dgnet.progress import progress
+from dgnet.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
+from dgnet.training.runtime import AMP_MODES, DEVICES, DistContext, broadcast_object
+
+StepFn = Callable[[int, Any], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """How often things happen, in completed iterations (0 = only at the end of the run)."""
+
+    iterations: int
+    log_every: int = 100
+    eval_every: int = 0
+    image_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+
+    @staticmethod
+    def due(every: int, done: int) -> bool:
+        return every > 0 and done % every == 0
+
+
+def make_loader(dataset: Dataset, sampler: IdentityPairSampler | RandomImageSampler, start: int, stop: int,
+                num_workers: int, device: torch.device) -> DataLoader:
+    """Batches of iterations [start, stop). Workers change nothing: each image's augmentation is seeded
+    by the sampler, and the loader gets its own generator so it draws nothing from the global RNG."""
+    return DataLoader(
+        dataset,
+        batch_sampler=IterationBatchSampler(sampler, start, stop),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
+    )
+
+
+class TrainingSession:
+    """One training run on this process (see the module docstring)."""
+
+    def __init__(self, kind: str, out_dir: str | Path, cadence: Cadence, ctx: DistContext,
+                 hooks: Sequence[TrainingHooks] = (), config: Mapping[str, Any] | None = None) -> None:
+        self.kind, self.cadence, self.ctx = kind, cadence, ctx
+        self.out_dir = Path(out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.hooks = HookList(hooks if ctx.is_main else ())
+        self.config = dict(config or {})
+        self.metrics: dict[str, float] = {}
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def resume(self, stateful: Mapping[str, Any], identity: Mapping[str, Any], resume: bool = True) -> int:
+        """Load the newest checkpoint of out_dir/checkpoints into `stateful`; return the start iteration.
+
+        `identity` (e.g. the model configuration) must equal the checkpoint's: a checkpoint of another
+        model is an error, not something to half-load. Without `resume`, old checkpoints are deleted
+        so that a fresh run never resumes from a stale one later. Every rank loads rank 0's choice
+        (ranks share the file system, as under torchrun on one machine).
+        """
+        path = None
+        if self.ctx.is_main:
+            if resume:
+                path = latest_checkpoint(self.checkpoint_dir)
+            else:
+                for old in list_checkpoints(self.checkpoint_dir):
+                    old.unlink()
+        path = broadcast_object(str(path) if path is not None else None, self.ctx)
+        if path is None:
+            return 0
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        for name, value in identity.items():
+            if state.get("identity", {}).get(name) != value:
+                raise CheckpointError(
+                    f"checkpoint {path} was written for another {name}; resume with the same settings, "
+                    f"or start over with --no-resume (or another --out)"
+                )
+        for name, obj in stateful.items():
+            try:
+                obj.load_state_dict(state["state"][name])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {path}: cannot restore {name!r} ({type(exc).__name__}: {exc}); "
+                    "resume with the settings it was written with, or start over with --no-resume"
+                ) from exc
+        if self.ctx.is_main:
+            print(f"{self.kind}: resumed from {path} at iteration {state['iteration']}")
+        return int(state["iteration"])
+
+    def _save(self, done: int, stateful: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        state = {"kind": self.kind, "identity": dict(identity),
+                 "state": {name: obj.state_dict() for name, obj in stateful.items()}}
+        path = save_checkpoint(self.checkpoint_dir, done, state, keep=self.cadence.keep_checkpoints)
+        self.hooks.on_checkpoint(done, path)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        start: int,
+        batches: Iterable[Any],
+        step: StepFn,
+        *,
+        stateful: Mapping[str, Any],
+        identity: Mapping[str, Any],
+        describe: Callable[[int], Mapping[str, float]] = lambda _: {},
+        evaluate: Callable[[], Mapping[str, float]] | None = None,
+        picture: Callable[[], tuple[str, Image.Image]] | None = None,
+        postfix: Sequence[str] = (),
+    ) -> dict[str, float]:
+        """Run iterations [start, total); return the last evaluation's metrics ({} without evaluation).
+
+        `describe(iteration)` adds values that are not window means (loss weights, learning rates) to
+        each log line; `postfix` names the logs shown on the progress bar.
+        """
+        cadence, main = self.cadence, self.ctx.is_main
+        self.hooks.on_start(self.kind, self.config, start)
+        sums: dict[str, float] = {}
+        count, busy, waiting = 0, 0.0, 0.0
+        bar = progress(total=cadence.iterations, initial=start, desc=self.kind, disable=not main)
+        try:
+            iterator = iter(batches)
+            for iteration in range(start, cadence.iterations):
+                tick = time.perf_counter()
+                batch = next(iterator)
+                fetched = time.perf_counter()
+                logs = step(iteration, batch)
+                busy += time.perf_counter() - tick
+                waiting += fetched - tick
+                count += 1
+                for name, value in logs.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                done = iteration + 1
+                bar.update(1)
+                if main and (done % 10 == 0 or done == cadence.iterations) and postfix:
+                    bar.set_postfix({name.split("/")[-1]: logs[name] for name in postfix if name in logs})
+                last = done == cadence.iterations and cadence.log_every > 0
+                if Cadence.due(cadence.log_every, done) or last:
+                    window = {name: total / count for name, total in sums.items()}
+                    window.update(describe(iteration))
+                    window.update({"time/iteration": busy / count, "time/data": waiting / count,
+                                   "speed/it_per_s": count / max(busy, 1e-9)})
+                    self.hooks.on_iteration(done, window)
+                    sums, count, busy, waiting = {}, 0, 0.0, 0.0
+                if done < cadence.iterations:
+                    self._events(done, stateful, identity, evaluate, picture, at_end=False)
+        finally:
+            bar.close()
+        done = max(start, cadence.iterations)
+        self._events(done, stateful, identity, evaluate, picture, at_end=start < cadence.iterations)
+        return self.metrics
+
+    def _events(self, done: int, stateful: Mapping[str, Any], identity: Mapping[str, Any],
+                evaluate: Callable[[], Mapping[str, float]] | None,
+                picture: Callable[[], tuple[str, Image.Image]] | None, at_end: bool) -> None:
+        """Checkpoint first (it protects the progress), then picture and evaluation (rank 0)."""
+        cadence = self.cadence
+        final = done >= cadence.iterations
+        if at_end or Cadence.due(cadence.checkpoint_every, done):
+            self._save(done, stateful, identity)
+        if not self.ctx.is_main:
+            return
+        if picture is not None and (final or Cadence.due(cadence.image_every, done)):
+            name, image = picture()
+            self.hooks.on_image(done, name, image)
+        if evaluate is not None and (final or Cadence.due(cadence.eval_every, done)):
+            self.metrics = dict(evaluate())
+            self.hooks.on_evaluation(done, self.metrics)
+            shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("rank1", "mAP") if k in self.metrics)
+            print(f"{self.kind}: iteration {done}: {shown}")
+
+    def finish(self, model_path: Path, iterations: int) -> TrainingResult:
+        """The run's result; rank 0 tells the hooks."""
+        result = TrainingResult(self.kind, Path(model_path), iterations, dict(self.metrics),
+                                dict(self.config))
+        self.hooks.on_end(result)
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration helpers shared by the trainers
+# --------------------------------------------------------------------------------------------
+
+
+def check_run_fields(cfg: Any, section: str) -> None:
+    """The fields every trainer config has: counts, cadences, device, amp. ConfigError names the field."""
+    positive = ("iterations", "batch_size", "keep_checkpoints", "eval_batch_size")
+    for name in positive:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{section}.{name}: must be a positive integer, got {value!r}")
+    for name in ("log_every", "eval_every", "checkpoint_every", "num_workers", "seed"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{section}.{name}: must be an integer >= 0, got {value!r}")
+    if cfg.device not in DEVICES and not str(cfg.device).startswith("cuda:"):
+        raise ConfigError(f"{section}.device: {cfg.device!r} is not one of {DEVICES} (or cuda:N)")
+    if cfg.amp not in AMP_MODES:
+        raise ConfigError(f"{section}.amp: {cfg.amp!r} is not one of {AMP_MODES}")
+
+
+def check_positive(cfg: Any, section: str, names: Iterable[str]) -> None:
+    """Learning rates and the like: numbers > 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{section}.{name}: must be a number > 0, got {value!r}")
+
+
+def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    """`cls(**values)` for a (nested) frozen config dataclass, from JSON/YAML values.
+
+    Nested dataclass fields take a mapping of their own fields; lists become tuples. An unknown
+    key is a ConfigError that names it and lists the known ones.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of fields, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
+            value = config_from_mapping(kind, value, f"{section}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+def flat_config(**sections: Any) -> dict[str, Any]:
+    """{"section.field": value} for dataclasses / mappings, nested fields dotted; JSON-friendly values."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, tuple | list):
+            flat[prefix] = [str(v) if isinstance(v, Path) else v for v in value]
+        else:
+            flat[prefix] = str(value) if isinstance(value, Path) else value
+
+    for name, value in sections.items():
+        visit(name, value)
+    return flat
+
+
+def training_labels(frame: pd.DataFrame) -> dict[int, int]:
+    """The training split's label map {person_id: label}, checked against the manifest's label column.
+
+    Training takes its number of classes from here, whatever the model profile says.
+    """
+    train = frame[frame["split"] == "train"]
+    if train.empty:
+        raise DatasetError("training: the manifest has no training images (split 'train')")
+    label_map = train_label_map(frame)
+    expected = train["person_id"].map(label_map).to_numpy()
+    if not (train["label"].to_numpy() == expected).all():
+        raise DatasetError(
+            "training: the manifest's label column does not number the train ids 0..C-1 in sorted "
+            "person_id order; rebuild the manifest with dgnet.data.manifest.build_manifest"
+        )
+    return label_map

@@ -1,0 +1,270 @@
+"""Where and how a training run executes: device, mixed precision, determinism, compilation, DDP.
+
+Each is a switch that leaves the training code the same: an autocast context that may be a no-op,
+a GradScaler that may be disabled, a gradient average that returns at once on one process.
+
+Multi-process training (torchrun) uses explicit gradient averaging rather than wrapping models in
+DistributedDataParallel. The DG-Net objective calls sub-networks directly and through
+`frozen_call` (functional views that must bypass any wrapper), it has two backward passes and
+three optimisers an iteration, and some parameters get no gradient before the warm-up: a DDP
+wrapper fits none of that well. Instead every rank starts from rank 0's weights
+(`broadcast_module`) and, after each backward, the gradients of the parameters being stepped are
+averaged over ranks (`average_gradients`), so every rank applies the same update and the weights
+stay identical. Which parameters have a gradient depends only on the iteration (loss weights are a
+function of it), so every rank reduces the same list. BatchNorm uses per-rank batch statistics
+(plain BN, as with DDP without SyncBatchNorm); its running statistics are averaged over ranks after
+each iteration (`average_buffers`) so that every rank, and rank 0's checkpoint, holds one model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dgnet.errors import ConfigError
+
+AMP_MODES = ("off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+# Elements per all-reduce call: large enough to amortise latency, small enough to bound the copy.
+_BUCKET_ELEMENTS = 1 << 24
+
+
+# --------------------------------------------------------------------------------------------
+# Device, mixed precision, determinism, compilation
+# --------------------------------------------------------------------------------------------
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" (CUDA when present, else CPU), "cpu" or "cuda" (GPU `local_rank` under torchrun)."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError(f"device: {name!r} is not one of {DEVICES} (or cuda:N)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name if ":" in name else f"cuda:{local_rank}")
+
+
+def _check_amp(device: torch.device, amp: str) -> None:
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp: {amp!r} is not one of {AMP_MODES}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp: fp16 needs a CUDA device; use bf16 (or off) on the CPU")
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The autocast region for forward passes: a no-op for "off", bf16 or fp16 autocast otherwise."""
+    _check_amp(device, amp)
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.amp.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """A GradScaler that scales only for fp16 (bf16 and fp32 need none); disabled it passes through."""
+    _check_amp(device, amp)
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed every global RNG; with `deterministic`, also ask torch for deterministic kernels.
+
+    On the CPU a run is then bit-for-bit repeatable for a given thread count (CPU reductions split
+    work by thread). On CUDA some kernels this model uses (max-pool and reflect-pad backward) have no
+    deterministic version: torch warns about them instead of failing, so the run is close to but not
+    exactly repeatable. The setting is process-wide; `determinism` restores the previous one.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required for deterministic cuBLAS
+    torch.use_deterministic_algorithms(deterministic, warn_only=torch.cuda.is_available())
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+@contextlib.contextmanager
+def determinism(seed: int, deterministic: bool) -> Iterator[None]:
+    """`set_determinism` for the length of a block; torch's global flags are restored afterwards."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    set_determinism(seed, deterministic)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The torch seed of one iteration on one rank (dropout masks): a pure function, like the batches.
+
+    Reseeding every iteration means a resumed run needs no RNG state to draw the same masks, and
+    ranks draw different masks for their different images.
+    """
+    return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0])
+
+
+def prepare_module(module: nn.Module, *, channels_last: bool, compile: bool) -> nn.Module:
+    """Move to channels-last memory format and/or compile in place (`nn.Module.compile`).
+
+    In-place compilation keeps the module object, its state-dict keys and its sub-modules, so
+    checkpoints and `frozen_call` are unaffected.
+    """
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if compile:
+        module.compile()
+    return module
+
+
+def to_channels_last(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A 4-d image batch in channels-last layout when asked for, as is otherwise."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed (torchrun) helpers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run: rank 0 of 1 when not distributed."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool  # True when init_distributed created the process group (and so destroys it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -> DistContext:
+    """Join the torchrun process group when RANK/WORLD_SIZE/LOCAL_RANK are set; else a single process.
+
+    Backend: NCCL on CUDA, gloo on the CPU. A process group that already exists (created by the
+    caller, e.g. torch.multiprocessing tests) is used as it is. The timeout covers rank 0's
+    evaluations, during which the other ranks wait.
+    """
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return DistContext(rank, world, local_rank, select_device(device_name, local_rank), False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(0, 1, 0, select_device(device_name), False)
+    if not dist.is_available():
+        raise ConfigError("distributed: WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, True)
+
+
+def is_main_process() -> bool:
+    """True on rank 0, and in a process that is not part of a process group."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; nothing to wait for without a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def cleanup_distributed(ctx: DistContext) -> None:
+    """Destroy the process group if `init_distributed` created it."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], world_size: int) -> None:
+    """Average `tensors` over ranks in place, a few large all-reduces instead of one per tensor."""
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    for group in by_dtype.values():
+        start = 0
+        while start < len(group):
+            bucket, size = [], 0
+            while start < len(group) and (not bucket or size + group[start].numel() <= _BUCKET_ELEMENTS):
+                bucket.append(group[start])
+                size += group[start].numel()
+                start += 1
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for tensor in bucket:
+                tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+                offset += tensor.numel()
+
+
+def average_gradients(parameters: Iterable[nn.Parameter], ctx: DistContext) -> None:
+    """Average the gradients of `parameters` over ranks (those without a gradient are skipped)."""
+    if ctx.distributed:
+        _all_reduce_mean([p.grad for p in parameters if p.grad is not None], ctx.world_size)
+
+
+def average_buffers(module: nn.Module, ctx: DistContext) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks."""
+    if ctx.distributed:
+        _all_reduce_mean([b for b in module.buffers() if b.is_floating_point()], ctx.world_size)
+
+
+def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if ctx.distributed:
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor, src=0)
+
+
+def mean_over_ranks(values: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
+    """Average a dict of floats over ranks (every rank must pass the same keys).
+
+    Used on the losses before they are checked, so a NaN on any rank stops every rank together.
+    """
+    if not ctx.distributed or not values:
+        return dict(values)
+    names = list(values)
+    tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor)
+    return dict(zip(names, (tensor / ctx.world_size).tolist(), strict=True))
+
+
+def broadcast_object(value: object, ctx: DistContext) -> object:
+    """Rank 0's `value` on every rank (small picklable objects: a path, a flag)."""
+    if not ctx.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
+    return holder[0]

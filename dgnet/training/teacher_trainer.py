@@ -1,0 +1,189 @@
+"""The teacher: a plain ResNet re-ID baseline trained with the identity loss (METHOD.md section 2).
+
+Each iteration: `batch_size` random training images (flip, pad + random crop, random erasing), the
+cross-entropy of the one id head, one SGD step (Nesterov momentum; the new head learns x10 faster
+than the trunk; step-down learning rate, a pure function of the iteration). An ensemble of teachers
+is several runs (e.g. seeds 0, 1, 2) whose model files `train_dgnet` takes as a list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dgnet.data.datasets import Augmentation, TrainImages
+from dgnet.data.samplers import RandomImageSampler
+from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
+from dgnet.losses import identity_loss
+from dgnet.models.config import ModelConfig
+from dgnet.models.persist import save_model
+from dgnet.models.teacher import ReidBaseline
+from dgnet.training.hooks import TrainingHooks, TrainingResult
+from dgnet.training.loop import (
+    Cadence,
+    TrainingSession,
+    check_positive,
+    check_run_fields,
+    flat_config,
+    make_loader,
+    training_labels,
+)
+from dgnet.training.objective import check_finite
+from dgnet.training.runtime import (
+    DistContext,
+    autocast_context,
+    average_buffers,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    cleanup_distributed,
+    determinism,
+    grad_scaler,
+    init_distributed,
+    iteration_seed,
+    mean_over_ranks,
+    prepare_module,
+    to_channels_last,
+)
+from dgnet.training.schedule import _check_milestones, learning_rate_at
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Teacher training; defaults are the usual Market-1501 baseline (about 60 epochs at batch 32)."""
+
+    iterations: int = 24_000
+    batch_size: int = 32  # per rank
+    lr: float = 0.005  # the trunk's (ImageNet-initialised) learning rate
+    head_lr_mult: float = 10.0  # the new id head learns at lr x 10 = 0.05
+    momentum: float = 0.9  # Nesterov
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = (16_000,)
+    lr_gamma: float = 0.1
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 4_000  # 0: only at the end
+    checkpoint_every: int = 2_000  # 0: only at the end
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 128
+    device: str = "auto"
+    amp: str = "off"  # "off", "bf16", "fp16" (CUDA)
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr_milestones, list):
+            object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        check_run_fields(self, "teacher")
+        check_positive(self, "teacher", ("lr", "head_lr_mult", "lr_gamma"))
+        _check_milestones(self.lr_milestones, "teacher.lr_milestones")
+
+    def scaled_to(self, iterations: int) -> TeacherTrainConfig:
+        """The same run compressed or stretched to `iterations`: LR milestones at the same fractions."""
+        factor = iterations / self.iterations
+        milestones = tuple(round(m * factor) for m in self.lr_milestones)
+        return dataclasses.replace(self, iterations=iterations, lr_milestones=milestones)
+
+
+def train_teacher(
+    frame: pd.DataFrame,
+    model_cfg: ModelConfig,
+    cfg: TeacherTrainConfig,
+    out_dir: str | Path,
+    hooks: Sequence[TrainingHooks] = (),
+    resume: bool = True,
+) -> TrainingResult:
+    """Train a ReidBaseline on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
+
+    Checkpoints go to out_dir/checkpoints; with `resume` the newest one is continued. Evaluated on
+    the query/gallery splits (when the manifest has them) every `eval_every` iterations and at the
+    end. Under torchrun every rank trains on its own images and rank 0 writes everything.
+    """
+    out_dir = Path(out_dir)
+    label_map = training_labels(frame)
+    model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
+    ctx = init_distributed(cfg.device)
+    try:
+        with determinism(cfg.seed, cfg.deterministic):
+            return _train(frame, model_cfg, cfg, out_dir, hooks, resume, ctx, label_map)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig, out_dir: Path,
+           hooks: Sequence[TrainingHooks], resume: bool, ctx: DistContext,
+           label_map: dict[int, int]) -> TrainingResult:
+    device = ctx.device
+    model = ReidBaseline(model_cfg).to(device)
+    broadcast_module(model, ctx)
+    prepare_module(model, channels_last=cfg.channels_last, compile=cfg.compile)
+    head = list(model.head.parameters())
+    head_ids = {id(p) for p in head}
+    trunk = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.SGD(
+        [{"params": trunk, "lr": cfg.lr, "lr_mult": 1.0},
+         {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    scaler = grad_scaler(device, cfg.amp)
+    stateful = {"model": model, "optimizer": optimizer, "scaler": scaler}
+    identity = {"model_config": dataclasses.asdict(model_cfg)}
+
+    config = flat_config(train=cfg, model=model_cfg, world_size=ctx.world_size)
+    cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, 0, cfg.checkpoint_every,
+                      cfg.keep_checkpoints)
+    session = TrainingSession("teacher", out_dir, cadence, ctx, hooks, config)
+    start = session.resume(stateful, identity, resume)
+
+    size = (model_cfg.image_height, model_cfg.image_width)
+    dataset = TrainImages(frame, size, cfg.augmentation)
+    sampler = RandomImageSampler(len(dataset), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
+
+    def learning_rate(iteration: int) -> float:
+        return learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma)
+
+    def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(iteration) * group["lr_mult"]
+        images = to_channels_last(batch["image_erased"].to(device, non_blocking=True), cfg.channels_last)
+        labels = batch["label"].to(device, non_blocking=True)
+        with autocast_context(device, cfg.amp):
+            logits, _ = model(images)
+        loss = identity_loss(logits.float(), labels)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        logs = mean_over_ranks({"loss/id": loss.item(), "train/accuracy": accuracy.item()}, ctx)
+        check_finite(logs, iteration)  # before the step: a NaN never reaches the weights
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        average_gradients(model.parameters(), ctx)
+        scaler.step(optimizer)
+        scaler.update()
+        average_buffers(model, ctx)
+        return logs
+
+    def describe(iteration: int) -> dict[str, float]:
+        return {"lr/trunk": learning_rate(iteration), "lr/head": learning_rate(iteration) * cfg.head_lr_mult}
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size)
+
+    model.train()
+    session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
+                evaluate=evaluate if has_eval_splits(frame) else None, postfix=("loss/id",))
+    model_path = out_dir / "model.pt"
+    if ctx.is_main:
+        save_model(model_path, model, "teacher", model_cfg,
+                   extra={"label_map": label_map, "iterations": cfg.iterations, "seed": cfg.seed,
+                          "metrics": session.metrics})
+    barrier()  # every rank returns once the model file exists
+    return session.finish(model_path, cfg.iterations)

@@ -1,0 +1,377 @@
+"""The joint DG-Net training loop (METHOD.md section 4).
+
+Each iteration, from a batch [a, pos_a, b, pos_b] of the identity-pair sampler:
+1. one discriminator step on detached cross-identity fakes (`generate_cross`,
+   `discriminator_objective`), Adam;
+2. one joint step of the generator (E_s, decoder, AdaIN MLPs; Adam) and the appearance encoder
+   (E_a trunk and id heads; SGD, heads x10) on `generator_objective`, whose gradient routing
+   decides which loss trains which network.
+Loss weights (`loss_weights_at`), learning rates (`learning_rate_at`), batches, augmentation and
+dropout masks (`iteration_seed`) are pure functions of the iteration, so a resumed run equals an
+uninterrupted one given the checkpointed weights, optimiser and scaler states.
+The teacher(s), trained first by `train_teacher`, give the soft labels of the primary loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from dgnet.data.datasets import Augmentation, TrainImages
+from dgnet.data.samplers import IdentityPairSampler
+from dgnet.data.transforms import denormalize, load_image, normalize
+from dgnet.errors import ConfigError
+from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
+from dgnet.models.config import ModelConfig
+from dgnet.models.dgnet import DGNet
+from dgnet.models.persist import ModelFileError, load_model, save_model
+from dgnet.models.teacher import FrozenTeacher
+from dgnet.training.hooks import TrainingHooks, TrainingResult
+from dgnet.training.loop import (
+    Cadence,
+    TrainingSession,
+    check_positive,
+    check_run_fields,
+    flat_config,
+    make_loader,
+    training_labels,
+)
+from dgnet.training.objective import (
+    DGNetBatch,
+    ObjectiveConfig,
+    check_finite,
+    discriminator_objective,
+    generate_cross,
+    generator_objective,
+)
+from dgnet.training.runtime import (
+    DistContext,
+    autocast_context,
+    average_buffers,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    cleanup_distributed,
+    determinism,
+    grad_scaler,
+    init_distributed,
+    iteration_seed,
+    mean_over_ranks,
+    prepare_module,
+    to_channels_last,
+)
+from dgnet.training.schedule import ScheduleConfig, learning_rate_at, loss_weights_at
+
+
+@dataclass(frozen=True)
+class DGNetTrainConfig:
+    """Joint training; defaults are the paper's (Market-1501: 100k iterations, batch 8 per stream)."""
+
+    iterations: int = 100_000
+    batch_size: int = 8  # per stream and rank: 4 x batch_size real images an iteration
+    lr_generator: float = 1e-4  # Adam: E_s, decoder, AdaIN MLPs
+    lr_discriminator: float = 1e-4  # Adam: D
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    lr_appearance: float = 0.002  # SGD: E_a's trunk
+    head_lr_mult: float = 10.0  # E_a's id heads learn at lr_appearance x 10
+    momentum: float = 0.9  # Nesterov, for E_a
+    weight_decay: float = 5e-4  # every optimiser
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # loss-weight ramps and LR milestones
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    query_alpha: float = 0.5  # evaluation: query-side weight of the fine-grained half
+    swap_images: int = 5  # the swap grid is swap_images x swap_images decodes
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 10_000  # 0: only at the end
+    image_every: int = 5_000  # 0: only at the end
+    checkpoint_every: int = 5_000  # 0: only at the end
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 128
+    device: str = "auto"
+    amp: str = "off"  # "off", "bf16", "fp16" (CUDA; bf16 preferred: the R1 gradient is not loss-scaled)
+    channels_last: bool = False
+    compile: bool = False  # E_a, E_s, decoder (D too when r1_weight is 0: R1 needs double backward)
+    deterministic: bool = False
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adam_betas, list):
+            object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        check_run_fields(self, "train")
+        check_positive(self, "train", ("lr_generator", "lr_discriminator", "lr_appearance", "head_lr_mult"))
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {self.adam_betas!r}")
+        image_every = self.image_every
+        if isinstance(image_every, bool) or not isinstance(image_every, int) or image_every < 0:
+            raise ConfigError(f"train.image_every: must be an integer >= 0, got {self.image_every!r}")
+        if not isinstance(self.swap_images, int) or not 2 <= self.swap_images <= 8:
+            raise ConfigError(f"train.swap_images: must be an integer in 2..8, got {self.swap_images!r}")
+
+    def scaled_to(self, iterations: int) -> DGNetTrainConfig:
+        """This run compressed or stretched to `iterations`: warm-up and LR steps at the same fractions."""
+        schedule = self.schedule.scaled_to(iterations, reference=self.iterations)
+        return dataclasses.replace(self, iterations=iterations, schedule=schedule)
+
+    def needs_teacher(self) -> bool:
+        """Whether lambda_prim becomes > 0 within the run (the weights ramp up, never down)."""
+        return loss_weights_at(self.iterations - 1, self.schedule).primary > 0
+
+
+def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_cfg: ModelConfig,
+                  device: torch.device) -> FrozenTeacher | None:
+    """The trained teachers as one frozen ensemble, checked against this training set; None for no paths."""
+    members = []
+    for path in paths:
+        teacher, info = load_model(path, map_location=device, kind="teacher")
+        if info.config.num_classes != len(label_map) or (info.label_map not in (None, label_map)):
+            raise ModelFileError(
+                f"teacher {path}: trained on {info.config.num_classes} identities that are not this "
+                f"training split's {len(label_map)}; train the teacher on the same dataset"
+            )
+        size = (info.config.image_height, info.config.image_width)
+        if size != (model_cfg.image_height, model_cfg.image_width):
+            raise ModelFileError(
+                f"teacher {path}: trained at {size[0]}x{size[1]}, DG-Net runs at "
+                f"{model_cfg.image_height}x{model_cfg.image_width}; use the same model profile"
+            )
+        members.append(teacher)
+    return FrozenTeacher(members) if members else None
+
+
+def make_optimizers(model: DGNet, cfg: DGNetTrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """Adam for the generator and for D; SGD (Nesterov) for E_a, its id heads at x head_lr_mult.
+
+    Each param group carries its "lr_mult": the loop sets lr = learning_rate_at(iteration) x lr_mult.
+    """
+    groups = model.parameter_groups()
+    adam = {"betas": cfg.adam_betas, "weight_decay": cfg.weight_decay}
+    return {
+        "generator": torch.optim.Adam(groups.generator, lr=cfg.lr_generator, **adam),
+        "discriminator": torch.optim.Adam(groups.discriminator, lr=cfg.lr_discriminator, **adam),
+        "appearance": torch.optim.SGD(
+            [{"params": groups.appearance_trunk, "lr": cfg.lr_appearance, "lr_mult": 1.0},
+             {"params": groups.id_heads, "lr": cfg.lr_appearance * cfg.head_lr_mult,
+              "lr_mult": cfg.head_lr_mult}],
+            lr=cfg.lr_appearance, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
+        ),
+    }
+
+
+def train_dgnet(
+    frame: pd.DataFrame,
+    model_cfg: ModelConfig,
+    cfg: DGNetTrainConfig,
+    teacher_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    hooks: Sequence[TrainingHooks] = (),
+    resume: bool = True,
+) -> TrainingResult:
+    """Train DG-Net on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
+
+    `teacher_paths`: model files of `train_teacher` runs (several = an ensemble); needed when the
+    primary loss switches on within `cfg.iterations`, checked before anything is trained.
+    Checkpoints go to out_dir/checkpoints; with `resume` the newest one is continued. Rank 0 logs,
+    evaluates (query/gallery, every `eval_every` and at the end), draws the swap grid and writes.
+    """
+    out_dir = Path(out_dir)
+    teacher_paths = [Path(p) for p in teacher_paths]
+    if cfg.needs_teacher() and not teacher_paths:
+        start = cfg.schedule.warmup_start
+        raise ConfigError(
+            f"teacher: the primary loss switches on after iteration {start} of {cfg.iterations} but no "
+            "teacher model was given; train one with `dgnet train-teacher` and pass --teacher PATH"
+        )
+    for path in teacher_paths:
+        if not path.is_file():
+            raise ModelFileError(f"missing teacher: {path} does not exist — run the teacher stage first "
+                                 "(`dgnet train-teacher`)")
+    label_map = training_labels(frame)
+    model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
+    if cfg.schedule.primary_max > 0 and not cfg.needs_teacher():
+        warnings.warn(
+            f"schedule.warmup_start {cfg.schedule.warmup_start} is past the run's {cfg.iterations} "
+            "iterations: the ramped losses and the teacher never switch on "
+            "(DGNetTrainConfig.scaled_to(iterations) keeps the paper's proportions)",
+            stacklevel=2,
+        )
+    ctx = init_distributed(cfg.device)
+    try:
+        with determinism(cfg.seed, cfg.deterministic):
+            teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device)
+            return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx,
+                          label_map)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, teacher: FrozenTeacher | None,
+           teacher_paths: list[Path], out_dir: Path, hooks: Sequence[TrainingHooks], resume: bool,
+           ctx: DistContext, label_map: dict[int, int]) -> TrainingResult:
+    device = ctx.device
+    model = DGNet(model_cfg).to(device)
+    broadcast_module(model, ctx)
+    for module in (model.appearance_encoder, model.structure_encoder, model.decoder):
+        prepare_module(module, channels_last=cfg.channels_last, compile=cfg.compile)
+    # The R1 penalty differentiates D twice, which compiled (AOT-autograd) modules cannot do.
+    compile_d = cfg.compile and cfg.objective.r1_weight == 0
+    prepare_module(model.discriminator, channels_last=cfg.channels_last, compile=compile_d)
+    if teacher is not None:
+        prepare_module(teacher, channels_last=cfg.channels_last, compile=False)
+
+    groups = model.parameter_groups()
+    optimizers = make_optimizers(model, cfg)
+    base_lr = {"generator": cfg.lr_generator, "discriminator": cfg.lr_discriminator,
+               "appearance": cfg.lr_appearance}
+    # One scaler per backward pass: D's and G's losses differ in scale (both pass-through unless fp16).
+    scalers = {"discriminator": grad_scaler(device, cfg.amp), "joint": grad_scaler(device, cfg.amp)}
+    stateful = {"model": model, **{f"optimizer.{k}": v for k, v in optimizers.items()},
+                **{f"scaler.{k}": v for k, v in scalers.items()}}
+    identity = {"model_config": dataclasses.asdict(model_cfg)}
+    joint_parameters = [*groups.generator, *groups.appearance_trunk, *groups.id_heads]
+
+    config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
+                         world_size=ctx.world_size)
+    cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, cfg.image_every, cfg.checkpoint_every,
+                      cfg.keep_checkpoints)
+    session = TrainingSession("dgnet", out_dir, cadence, ctx, hooks, config)
+    start = session.resume(stateful, identity, resume)
+
+    size = (model_cfg.image_height, model_cfg.image_width)
+    dataset = TrainImages(frame, size, cfg.augmentation)
+    sampler = IdentityPairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
+
+    def learning_rates(iteration: int) -> dict[str, float]:
+        schedule = cfg.schedule
+        return {name: learning_rate_at(iteration, lr, schedule.lr_milestones, schedule.lr_gamma)
+                for name, lr in base_lr.items()}
+
+    def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
+        for name, lr in learning_rates(iteration).items():
+            for group in optimizers[name].param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+        weights = loss_weights_at(iteration, cfg.schedule)
+        real = split_batch(batch, device, cfg.channels_last)
+
+        # 1. Discriminator step on detached fakes.
+        with autocast_context(device, cfg.amp):
+            fakes = generate_cross(model, real.a, real.b)
+            d_loss, d_logs = discriminator_objective(model, torch.cat([real.a, real.b]), fakes,
+                                                     cfg.objective.r1_weight)
+        d_logs = mean_over_ranks(d_logs, ctx)  # a NaN on any rank stops every rank
+        check_finite(d_logs, iteration)
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        scalers["discriminator"].scale(d_loss).backward()
+        average_gradients(groups.discriminator, ctx)
+        scalers["discriminator"].step(optimizers["discriminator"])
+        scalers["discriminator"].update()
+
+        # 2. Joint step of the generator and E_a.
+        with autocast_context(device, cfg.amp):
+            g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective)
+        g_logs = mean_over_ranks(g_logs, ctx)
+        check_finite(g_logs, iteration)
+        optimizers["generator"].zero_grad(set_to_none=True)
+        optimizers["appearance"].zero_grad(set_to_none=True)
+        scalers["joint"].scale(g_loss).backward()
+        average_gradients(joint_parameters, ctx)
+        scalers["joint"].step(optimizers["generator"])
+        scalers["joint"].step(optimizers["appearance"])
+        scalers["joint"].update()
+        average_buffers(model.appearance_encoder, ctx)
+        return {**{f"loss/{k}": v for k, v in d_logs.items()}, **{f"loss/{k}": v for k, v in g_logs.items()}}
+
+    def describe(iteration: int) -> dict[str, float]:
+        weights = dataclasses.asdict(loss_weights_at(iteration, cfg.schedule))
+        logs = {f"weight/{k}": float(v) for k, v in weights.items()}
+        lrs = learning_rates(iteration)
+        logs.update({"lr/generator": lrs["generator"], "lr/discriminator": lrs["discriminator"],
+                     "lr/appearance_trunk": lrs["appearance"],
+                     "lr/id_heads": lrs["appearance"] * cfg.head_lr_mult})
+        return logs
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size,
+                             query_alpha=cfg.query_alpha)
+
+    grid_images = swap_grid_inputs(frame, size, cfg.swap_images).to(device) if ctx.is_main else None
+
+    def picture() -> tuple[str, Image.Image]:
+        return "swap_grid", swap_grid_picture(model, grid_images)
+
+    model.train()
+    session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
+                evaluate=evaluate if has_eval_splits(frame) else None, picture=picture,
+                postfix=("loss/total", "loss/d_total"))
+    model_path = out_dir / "model.pt"
+    if ctx.is_main:
+        save_model(model_path, model, "dgnet", model_cfg,
+                   extra={"label_map": label_map, "iterations": cfg.iterations, "seed": cfg.seed,
+                          "teachers": [str(p) for p in teacher_paths], "metrics": session.metrics})
+    barrier()  # every rank returns once the model file exists
+    return session.finish(model_path, cfg.iterations)
+
+
+def split_batch(batch: dict[str, torch.Tensor], device: torch.device,
+                channels_last: bool = False) -> DGNetBatch:
+    """The sampler's [a, pos_a, b, pos_b] batch (clean and random-erased images) as a DGNetBatch."""
+
+    def move(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return to_channels_last(images.to(device, non_blocking=True), channels_last).chunk(4)
+
+    a, pos_a, b, pos_b = move(batch["image"])
+    a_erased, pos_a_erased, b_erased, pos_b_erased = move(batch["image_erased"])
+    label_a, _, label_b, _ = batch["label"].to(device, non_blocking=True).chunk(4)
+    return DGNetBatch(a, label_a, b, label_b, pos_a, pos_b, a_erased, b_erased, pos_a_erased, pos_b_erased)
+
+
+# --------------------------------------------------------------------------------------------
+# The swap grid: rows give the appearance, columns the structure
+# --------------------------------------------------------------------------------------------
+
+
+def swap_grid_inputs(frame: pd.DataFrame, size: tuple[int, int], count: int) -> torch.Tensor:
+    """A fixed set of `count` training images of different identities (first image of the first ids),
+    normalised and without augmentation, so that grids from different iterations compare."""
+    train = frame[frame["split"] == "train"].sort_values(["label", "path"])
+    paths = train.groupby("label", sort=True)["path"].first().tolist()[:count]
+    return torch.stack([normalize(load_image(p, size)) for p in paths])
+
+
+@torch.no_grad()
+def swap_grid_picture(model: DGNet, images: torch.Tensor) -> Image.Image:
+    """(k+1) x (k+1) tiles: top row the structure donors, left column the appearance donors, and tile
+    (i, j) the decode G(s_j, a_i), in eval mode; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        k = images.shape[0]
+        structure = model.structure_encoder(images)
+        codes = model.appearance_encoder(images).code
+        # Row i, column j at index i * k + j: structures cycle fastest, appearance codes repeat.
+        decoded = model.decoder(structure.repeat(k, 1, 1, 1), codes.repeat_interleave(k, dim=0))
+    finally:
+        model.train(was_training)
+    tiles = (denormalize(torch.cat([images, decoded]).float()) * 255).round().byte()
+    tiles = tiles.permute(0, 2, 3, 1).cpu().numpy()
+    height, width = tiles.shape[1:3]
+    canvas = np.full(((k + 1) * height, (k + 1) * width, 3), 255, dtype=np.uint8)
+    for j in range(k):
+        canvas[:height, (j + 1) * width:(j + 2) * width] = tiles[j]  # structure donors
+        canvas[(j + 1) * height:(j + 2) * height, :width] = tiles[j]  # appearance donors
+    for i in range(k):
+        for j in range(k):
+            canvas[(i + 1) * height:(i + 2) * height, (j + 1) * width:(j + 2) * width] = tiles[k + i * k + j]
+    picture = Image.fromarray(canvas)
+    scale = max(1, 128 // height)  # small profiles: enlarge so that the grid is legible
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)

@@ -1,0 +1,222 @@
+"""DVC stage `teacher`: train the re-ID teacher(s) on the validated manifest, tracked in MLflow.
+
+Reads params.yaml `model` (profile + overrides; the number of classes comes from the manifest),
+`teacher` (TeacherTrainConfig fields, plus `seeds`: one teacher per seed, an ensemble for DG-Net,
+and an optional `scale_schedule_from`) and `mlflow`. Writes
+- outputs/teacher/seed<S>/model.pt for every seed, and outputs/teacher/teachers.json (the index the
+  train stage reads), all at once when every teacher has trained;
+- reports/metrics/teacher.json: rank1, mAP, mINP (fractions; the mean over seeds, and per seed);
+- one MLflow run `teacher` (with one child run per seed when there are several), each teacher
+  registered as a version of `mlflow.teacher_model` with the alias `mlflow.alias`.
+Checkpoints live in checkpoints/teacher-seed<S>-<config hash>/ (outside DVC's outputs) so that an
+interrupted run resumes; they are deleted once the stage has succeeded.
+
+Exit codes: 0 done; 2 bad params, missing manifest, unreachable tracking store, or a training
+error (message on stderr, the MLflow run marked FAILED, outputs left untouched); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dgnet.errors import ConfigError, DgnetError
+from dgnet.io import atomic_dir, write_json
+from stages.common import load_params, section
+from stages.tracking import (
+    MlflowHooks,
+    artifact_location,
+    connect,
+    ensure_experiment,
+    file_md5,
+    interrupt_on_sigterm,
+    link_previous_run,
+    manifest_path,
+    metrics_summary,
+    mlflow_settings,
+    model_config,
+    quiet_mlflow,
+    read_manifest,
+    remove_work_dirs,
+    run_tags,
+    tracked_run,
+    tracking_uri,
+    train_config,
+    view_hint,
+    work_dir,
+    workspace_root,
+)
+
+STAGE = "teacher"
+OUT = Path("outputs/teacher")
+METRICS = Path("reports/metrics/teacher.json")
+INDEX = "teachers.json"
+
+
+def parse_seeds(values: dict[str, Any]) -> list[int]:
+    """`teacher.seeds`: a non-empty list of distinct integers >= 0 (one teacher each)."""
+    seeds = values.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"teacher.seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"teacher.seeds: {seeds} repeats a seed")
+    return seeds
+
+
+@contextlib.contextmanager
+def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: bool,
+              tags: dict[str, str]) -> Iterator[str]:
+    """The run one teacher logs into: the stage run itself, or a child of it for an ensemble."""
+    if not nested:
+        yield parent.info.run_id
+        return
+    with tracked_run(client, experiment_id, f"{STAGE}-seed{seed}", {**tags, "dgnet.variant": f"seed{seed}"},
+                     parent_run_id=parent.info.run_id) as child:
+        yield child.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.teacher", description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    quiet_mlflow()
+    interrupt_on_sigterm()
+    from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
+
+    try:
+        workspace = workspace_root()
+        params = load_params(workspace)
+        settings = mlflow_settings(params)
+        values = section(params, STAGE)
+        seeds = parse_seeds(values)
+        configs = {seed: train_config(TeacherTrainConfig, values, STAGE, ("seeds",), fixed={"seed": seed})[0]
+                   for seed in seeds}
+        manifest = manifest_path(params, workspace)
+        frame = read_manifest(manifest)
+        model_cfg = model_config(params, frame)
+        uri = tracking_uri()
+        client = connect(uri)
+        experiment_id = ensure_experiment(client, settings["experiment"], artifact_location(uri))
+    except DgnetError as exc:
+        print(f"stages.teacher: error: {exc}", file=sys.stderr)
+        return 2
+
+    manifest_md5 = file_md5(manifest)
+    train = frame[frame["split"] == "train"]
+    extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
+             "teacher.seeds": seeds, "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
+             "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique())}
+    nested = len(seeds) > 1
+    tags = run_tags(STAGE, "teacher", f"seed{seeds[0]}" if not nested else "ensemble", "stages/teacher.py",
+                    workspace)
+    started = time.monotonic()
+    results, folders = {}, {}
+    try:
+        with tracked_run(client, experiment_id, STAGE, tags) as parent:
+            for index, seed in enumerate(seeds):
+                cfg = configs[seed]
+                folders[seed] = work_dir(workspace, f"teacher-seed{seed}", {
+                    "model": model_cfg, "teacher": cfg, "manifest": manifest_md5})
+                alias = settings["alias"] or None
+                if alias and nested:  # every member gets <alias>-seed<S>; the first also <alias>
+                    aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])]
+                else:
+                    aliases = [alias] if alias else []
+                with _seed_run(client, experiment_id, parent, seed, nested, tags) as run_id:
+                    link_previous_run(client, folders[seed], run_id)
+                    hooks = MlflowHooks(client, run_id, registered_model=settings["teacher_model"] or None,
+                                        alias=aliases[0] if aliases else None, variant=f"seed{seed}",
+                                        extra_params=extra, version_tags={"dgnet.seed": seed})
+                    try:
+                        results[seed] = train_teacher(frame, model_cfg, cfg, folders[seed], hooks=[hooks],
+                                                      resume=True)
+                    finally:
+                        hooks.close()
+                    results[seed].config["mlflow.run_id"] = run_id
+                    if hooks.model_version is not None:
+                        for more in aliases[1:]:
+                            hooks.set_alias(more)
+                        results[seed].config["mlflow.model_version"] = hooks.model_version.version
+            summary = _write_outputs(workspace, seeds, results)
+            if nested:
+                hooks = MlflowHooks(client, parent.info.run_id, extra_params=extra)
+                hooks.log_params({"teacher.iterations": configs[seeds[0]].iterations})
+                hooks.on_evaluation(configs[seeds[0]].iterations,
+                                    {k: v for k, v in summary.items() if not isinstance(v, dict)})
+    except DgnetError as exc:
+        print(f"stages.teacher: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stages.teacher: interrupted; re-run to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    for seed in seeds:
+        remove_work_dirs(workspace, f"teacher-seed{seed}")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not isinstance(v, dict))
+    print(f"teacher: {len(seeds)} model(s) in {workspace / OUT} after {time.monotonic() - started:.0f} s; "
+          f"{shown}")
+    print(f"metrics: {workspace / METRICS}; MLflow run {parent.info.run_id} in experiment "
+          f"{settings['experiment']!r} at {uri} (view: {view_hint(uri)})")
+    return 0
+
+
+def _write_outputs(workspace: Path, seeds: list[int], results: dict[int, Any]) -> dict[str, Any]:
+    """outputs/teacher (models + index) in one atomic swap, then the metrics JSON."""
+    entries = []
+    with atomic_dir(workspace / OUT) as tmp:
+        for seed in seeds:
+            result = results[seed]
+            target = tmp / f"seed{seed}" / "model.pt"
+            target.parent.mkdir(parents=True)
+            shutil.copy2(result.model_path, target)
+            entries.append({"seed": seed, "path": str(target.relative_to(tmp)),
+                            "iterations": result.iterations,
+                            "metrics": metrics_summary(result.metrics),
+                            "mlflow_run_id": result.config.get("mlflow.run_id"),
+                            "model_version": result.config.get("mlflow.model_version")})
+        write_json(tmp / INDEX, {"kind": "teacher", "teachers": entries})
+    per_seed = {str(e["seed"]): e["metrics"] for e in entries}
+    names = [name for name in ("rank1", "mAP", "mINP") if any(name in m for m in per_seed.values())]
+    summary: dict[str, Any] = {
+        name: round(sum(m[name] for m in per_seed.values() if name in m)
+                    / sum(1 for m in per_seed.values() if name in m), 6) for name in names}
+    if len(seeds) > 1:
+        summary["seeds"] = per_seed
+    write_json(workspace / METRICS, summary)
+    return summary
+
+
+def teacher_paths(workspace: Path, out: Path = OUT) -> list[Path]:
+    """The teacher model files listed in outputs/teacher/teachers.json; DgnetError when missing."""
+    import json
+
+    from dgnet.models.persist import ModelFileError
+
+    index = workspace / out / INDEX
+    if not index.is_file():
+        raise ModelFileError(f"missing teacher: {index} does not exist; run the teacher stage first "
+                             f"(`dvc repro teacher`)")
+    try:
+        entries = json.loads(index.read_text())["teachers"]
+        paths = [workspace / out / entry["path"] for entry in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(
+            f"teacher index {index} is not valid ({exc}); re-run `dvc repro teacher`") from exc
+    for path in paths:
+        if not path.is_file():
+            raise ModelFileError(f"missing teacher: {path} (listed in {index}) does not exist; "
+                                 f"re-run `dvc repro teacher`")
+    if not paths:
+        raise ModelFileError(f"teacher index {index} lists no teacher; re-run `dvc repro teacher`")
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(main())

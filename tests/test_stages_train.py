@@ -1,0 +1,205 @@
+"""The `teacher` and `train` DVC stages end to end on a tiny synthetic dataset, tracked in a temp store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+import dgnet.training.teacher_trainer as teacher_trainer
+from dgnet.data.manifest import build_manifest
+from dgnet.data.synthetic import generate_dataset
+from dgnet.errors import ConfigError
+from dgnet.losses import NonFiniteLossError
+from dgnet.models.config import get_profile
+from dgnet.models.persist import load_model
+from dgnet.training.teacher_trainer import TeacherTrainConfig
+from dgnet.training.trainer import DGNetTrainConfig
+from stages import teacher as teacher_stage
+from stages import train as train_stage
+from stages.tracking import connect, train_config
+
+RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
+       "eval_batch_size": 64, "deterministic": True}
+PARAMS = {
+    "validate": {"manifest": "data/manifest.csv"},
+    "model": {"profile": "tiny", "overrides": {}},
+    # Two seeds: an ensemble of two teachers, one child run each.
+    "teacher": {"seeds": [0, 1], "iterations": 2, "batch_size": 8, "lr": 0.01, **RUN},
+    # The warm-up starts at once, so the teachers' soft labels are used within the 2 iterations.
+    "train": {"iterations": 2, "batch_size": 2, "image_every": 1, "swap_images": 2,
+              "schedule": {"warmup_start": 0, "warmup_rate": 0.5}, **RUN},
+    "mlflow": {"experiment": "stages-test", "teacher_model": "t-teacher", "model": "t-dgnet",
+               "alias": "current"},
+}
+
+
+def write_params(workspace: Path, params: dict) -> None:
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A repository-like folder: params.yaml and a validated manifest of a tiny synthetic dataset."""
+    root = tmp_path_factory.mktemp("workspace")
+    generate_dataset(root / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
+    build_manifest(root / "data" / "synthetic").to_csv(root / "data" / "manifest.csv", index=False)
+    write_params(root, PARAMS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    return uri, connect(uri)
+
+
+@pytest.fixture()
+def in_workspace(workspace, store, monkeypatch):
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])  # never the repository's mlflow.db
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def trained(workspace, store):
+    """Both stages run once (teacher, then DG-Net), as `dvc repro train` would."""
+    patch = pytest.MonkeyPatch()
+    patch.chdir(workspace)
+    patch.delenv("DVC_ROOT", raising=False)
+    patch.setenv("MLFLOW_TRACKING_URI", store[0])
+    try:
+        codes = teacher_stage.main([]), train_stage.main([])
+    finally:
+        patch.undo()
+    return codes
+
+
+def runs(client, name: str):
+    experiment = client.get_experiment_by_name("stages-test")
+    return client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+
+
+def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store, in_workspace):
+    assert trained == (0, 0)
+    _, client = store
+    for name in ("teacher", "dgnet"):
+        metrics = json.loads((workspace / "reports" / "metrics" / f"{name}.json").read_text())
+        assert {"rank1", "mAP", "mINP"} <= set(metrics)
+        assert all(0.0 <= metrics[k] <= 1.0 for k in ("rank1", "mAP", "mINP"))
+    teacher_metrics = json.loads((workspace / "reports" / "metrics" / "teacher.json").read_text())
+    assert set(teacher_metrics["seeds"]) == {"0", "1"}
+    index = json.loads((workspace / "outputs" / "teacher" / "teachers.json").read_text())
+    assert [t["seed"] for t in index["teachers"]] == [0, 1]
+    assert (workspace / "outputs" / "teacher" / "seed1" / "model.pt").is_file()
+    assert (workspace / "outputs" / "dgnet" / "model.pt").is_file()
+    assert (workspace / "reports" / "figures" / "dgnet_swap_grid.png").is_file()
+    assert not (workspace / "checkpoints").exists()  # deleted once the stages succeeded
+
+    (dgnet_run,) = runs(client, "dgnet")
+    assert dgnet_run.info.status == "FINISHED"
+    params = dgnet_run.data.params
+    assert params["train.iterations"] == "2" and params["model.profile"] == "tiny"
+    assert dgnet_run.data.tags["dvc.stage"] == "train" and dgnet_run.data.tags["dgnet.kind"] == "dgnet"
+    assert [m.step for m in client.get_metric_history(dgnet_run.info.run_id, "loss/total")] == [1, 2]
+    assert "loss/primary_kl" in dgnet_run.data.metrics  # the teacher ensemble was used
+    assert "eval/rank1" in dgnet_run.data.metrics
+    images = [a.path for a in client.list_artifacts(dgnet_run.info.run_id, "images")]
+    assert sum(p.endswith(".png") for p in images) == 2  # iterations 1 and 2
+    version = client.get_model_version_by_alias("t-dgnet", "current")
+    assert version.run_id == dgnet_run.info.run_id
+    # The registered version loads back through the registry: models:/<name>@<alias> -> model.pt.
+    local = mlflow.artifacts.download_artifacts(artifact_uri="models:/t-dgnet@current",
+                                                dst_path=str(workspace / "download"), tracking_uri=store[0],
+                                                registry_uri=store[0])
+    model, info = load_model(Path(local) / "model.pt", kind="dgnet")
+    assert info.config.num_classes == 4 and not model.training
+
+    (parent,) = runs(client, "teacher")
+    children = [runs(client, f"teacher-seed{s}")[0] for s in (0, 1)]
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert client.get_model_version_by_alias("t-teacher", "current").run_id == children[0].info.run_id
+    assert client.get_model_version_by_alias("t-teacher", "current-seed1").run_id == children[1].info.run_id
+
+
+def test_missing_manifest_exits_non_zero_without_a_run(in_workspace, store, tmp_path, monkeypatch, capsys):
+    params = {**PARAMS, "validate": {"manifest": str(tmp_path / "absent.csv")}}
+    write_params(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    before = len(store[1].search_runs([e.experiment_id for e in store[1].search_experiments()]))
+    assert teacher_stage.main([]) == 2
+    assert "absent.csv does not exist" in capsys.readouterr().err
+    assert len(store[1].search_runs([e.experiment_id for e in store[1].search_experiments()])) == before
+
+
+def test_missing_teacher_exits_non_zero(in_workspace, tmp_path, monkeypatch, capsys):
+    write_params(tmp_path, {**PARAMS, "validate": {"manifest": str(in_workspace / "data" / "manifest.csv")}})
+    monkeypatch.chdir(tmp_path)
+    assert train_stage.main([]) == 2
+    err = capsys.readouterr().err
+    assert "missing teacher" in err and "teachers.json" in err
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_nan_loss_fails_the_run_and_leaves_outputs_alone(trained, in_workspace, store, monkeypatch, capsys):
+    metrics = in_workspace / "reports" / "metrics" / "teacher.json"
+    before = metrics.read_text()
+
+    def diverging(frame, model_cfg, cfg, out_dir, hooks=(), resume=True):
+        for hook in hooks:
+            hook.on_start("teacher", {"train.seed": cfg.seed}, 0)
+        raise NonFiniteLossError("loss 'loss/id' is not finite (nan) at iteration 0")
+
+    monkeypatch.setattr(teacher_trainer, "train_teacher", diverging)
+    assert teacher_stage.main([]) == 2
+    assert "not finite" in capsys.readouterr().err
+    assert metrics.read_text() == before
+    assert (in_workspace / "outputs" / "teacher" / "seed0" / "model.pt").is_file()
+    failed = [r for r in runs(store[1], "teacher") if r.info.status == "FAILED"]
+    failed_children = [r for r in runs(store[1], "teacher-seed0") if r.info.status == "FAILED"]
+    assert len(failed) == 1 and len(failed_children) == 1
+
+
+def test_unknown_params_key_is_named(in_workspace, tmp_path, monkeypatch, capsys):
+    write_params(tmp_path, {**PARAMS, "train": {**PARAMS["train"], "schedule": {"warmup_strat": 3}}})
+    monkeypatch.chdir(tmp_path)
+    assert train_stage.main([]) == 2
+    assert "train.schedule" in capsys.readouterr().err
+
+
+def test_params_map_onto_the_dataclasses():
+    values = {"seeds": [0, 1], "iterations": 300, "lr_milestones": [16000], "scale_schedule_from": 24000}
+    cfg, stage = train_config(TeacherTrainConfig, values, "teacher", ("seeds",), fixed={"seed": 1})
+    assert stage == {"seeds": [0, 1], "scale_schedule_from": 24000}
+    assert cfg.iterations == 300 and cfg.lr_milestones == (200,) and cfg.seed == 1
+    cfg, _ = train_config(DGNetTrainConfig, {"iterations": 600, "scale_schedule_from": 100000,
+                                             "schedule": {"lr_milestones": [60000, 90000]}}, "train")
+    assert cfg.schedule.warmup_start == 180 and cfg.schedule.lr_milestones == (360, 540)
+    with pytest.raises(ConfigError, match=r"teacher\.seed"):
+        train_config(TeacherTrainConfig, {"seed": 3}, "teacher", ("seeds",), fixed={"seed": 0})
+    with pytest.raises(ConfigError, match="unknown"):
+        train_config(DGNetTrainConfig, {"iterationz": 3}, "train")
+    assert train_stage.apply_overrides({"objective": {"r1_weight": 0.01}}, ["objective.r1_weight=0"],
+                                       "train") == {"objective": {"r1_weight": 0}}
+
+
+def test_repository_params_build_valid_configs():
+    """params.yaml and params/paper.yaml map onto the config dataclasses without unknown keys."""
+    repo = Path(__file__).resolve().parents[1]
+    for path in (repo / "params.yaml", repo / "params" / "paper.yaml"):
+        params = yaml.safe_load(path.read_text())
+        teacher, _ = train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",),
+                                  fixed={"seed": 0})
+        train, _ = train_config(DGNetTrainConfig, params["train"], "train")
+        get_profile(params["model"]["profile"], **params["model"]["overrides"])
+        assert train.needs_teacher() and teacher.iterations > 0
+    paper = yaml.safe_load((repo / "params" / "paper.yaml").read_text())
+    train, _ = train_config(DGNetTrainConfig, paper["train"], "train")
+    assert (train.iterations, train.batch_size, train.amp) == (100_000, 8, "bf16")
+    assert (train.schedule.warmup_start, train.schedule.lr_milestones) == (30_000, (60_000, 90_000))

@@ -1,0 +1,232 @@
+"""stages.tracking: where runs land, the MLflow training hook (driven by a fake loop), dead servers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dgnet.errors import ConfigError, DgnetError
+from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
+from stages import tracking
+from stages.tracking import (
+    MAX_PARAM_VALUE,
+    MlflowHooks,
+    TrackingError,
+    artifact_location,
+    check_alias,
+    connect,
+    ensure_experiment,
+    flatten,
+    param_value,
+    safe_key,
+    tracked_run,
+    tracking_uri,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh SQLite store in a temp folder (creating its tables takes a few seconds: once here)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, "test", artifact_location(uri))
+    return folder, uri, client, experiment_id
+
+
+@pytest.fixture()
+def no_tracking_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+
+
+def closed_port() -> int:
+    """A local port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- tracking URI ---------------------------------------------------------------------------------
+
+
+def test_default_uri_is_sqlite_at_the_root_from_a_subfolder(tmp_path, monkeypatch, no_tracking_env):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert artifact_location(tracking_uri()) == (tmp_path.resolve() / "mlruns").as_uri()
+
+
+def test_dvc_root_wins_over_the_working_directory(tmp_path, monkeypatch, no_tracking_env):
+    """A queued `dvc exp run` works in .dvc/tmp/exps/<x> but sets DVC_ROOT to the parent repo."""
+    repo = tmp_path / "repo"
+    temp_copy = repo / ".dvc" / "tmp" / "exps" / "tmpabc"
+    temp_copy.mkdir(parents=True)
+    (temp_copy / "params.yaml").write_text("{}\n")
+    monkeypatch.chdir(temp_copy)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert tracking_uri() == f"sqlite:///{repo.resolve()}/mlflow.db"
+    assert tracking.workspace_root() == temp_copy.resolve()  # outputs and params stay the copy's
+
+
+def test_environment_override(tmp_path, monkeypatch, no_tracking_env):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri(tmp_path) == "http://mlflow.example:5000"
+    assert artifact_location("http://mlflow.example:5000") is None  # the server decides
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere/runs.db")  # relative: against the root
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/elsewhere/runs.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////abs/runs.db")
+    assert tracking_uri(tmp_path) == "sqlite:////abs/runs.db"
+    assert artifact_location("sqlite:////abs/runs.db") == "file:///abs/mlruns"
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+
+def test_flatten_keys_and_param_values():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+    assert param_value([1, 2]) == "[1, 2]" and param_value("x") == "x" and param_value(None) == "null"
+    assert len(param_value("y" * 10_000)) == MAX_PARAM_VALUE
+    assert safe_key("loss/id") == "loss/id" and safe_key("a|b") == "a_b" and safe_key("/x/../y") == "x/y"
+
+
+@pytest.mark.parametrize("alias", ["latest", "Latest", "v3", ""])
+def test_reserved_or_empty_aliases_are_refused(alias):
+    with pytest.raises(ConfigError):
+        check_alias(alias)
+    assert check_alias("current") == "current"
+
+
+# --- the hook, driven by a fake loop ----------------------------------------------------------------
+
+
+def fake_loop(hooks: TrainingHooks, out: Path, iterations: int = 3) -> TrainingResult:
+    """What a dgnet training loop does, in the order it does it (see dgnet.training.loop)."""
+    hooks = HookList([hooks])
+    config = {"train.iterations": iterations, "train.schedule.lr_milestones": [2],
+              "model.backbone": "resnet18"}
+    hooks.on_start("dgnet", config, 0)
+    for done in range(1, iterations + 1):
+        hooks.on_iteration(done, {"loss/total": 10.0 / done, "weight/cycle": 0.5 * done, "lr/generator": 1e-4,
+                                  "speed/it_per_s": 2.0})
+        if done == 2:
+            hooks.on_checkpoint(done, out / "checkpoints" / f"iter_{done:08d}.pt")
+    hooks.on_image(iterations, "swap_grid", Image.new("RGB", (96, 192), (30, 120, 200)))
+    metrics = {"rank1": 0.5, "mAP": 0.25, "mINP": 0.125, "num_queries": 4.0}
+    hooks.on_evaluation(iterations, metrics)
+    model = out / "model.pt"
+    model.write_bytes(b"weights")
+    result = TrainingResult("dgnet", model, iterations, metrics, config)
+    hooks.on_end(result)
+    return result
+
+
+def test_hooks_record_params_metrics_image_model_and_alias(store, tmp_path):
+    folder, _, client, experiment_id = store
+    with tracked_run(client, experiment_id, "fake", {"dgnet.kind": "dgnet"}) as run:
+        hooks = MlflowHooks(client, run.info.run_id, registered_model="fake-model", alias="current",
+                            variant="fake", extra_params={"data.manifest": "m.csv"})
+        fake_loop(hooks, tmp_path)
+    run_id = run.info.run_id
+    data = client.get_run(run_id)
+    assert data.info.status == "FINISHED"
+    assert data.data.params["train.schedule.lr_milestones"] == "[2]"
+    assert data.data.params["data.manifest"] == "m.csv"
+    assert data.data.tags["dgnet.variant"] == "fake" and data.data.tags["dgnet.checkpoint_iteration"] == "2"
+    history = client.get_metric_history(run_id, "loss/total")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 10.0), (2, 5.0),
+                                                                                (3, 10.0 / 3)]
+    assert [m.step for m in client.get_metric_history(run_id, "weight/cycle")] == [1, 2, 3]
+    assert data.data.metrics["eval/rank1"] == 0.5 and data.data.metrics["eval/mINP"] == 0.125
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert any(p.startswith("images/swap_grid+step+3+") and p.endswith(".png") for p in images), images
+    model_files = {a.path for a in client.list_artifacts(run_id, "model")}
+    assert model_files == {"model/model.pt", "model/config.json"}
+    version = client.get_model_version_by_alias("fake-model", "current")
+    assert version.run_id == run_id and version.tags["dgnet.kind"] == "dgnet"
+    # Artifacts live beside the store, never under the working directory.
+    assert version.source.startswith((folder / "mlruns").as_uri())
+    card = json.loads(Path(version.source.removeprefix("file://"), "config.json").read_text())
+    assert card["metrics"]["rank1"] == 0.5 and card["config"]["model.backbone"] == "resnet18"
+
+    # A second run moves the alias to its new version.
+    with tracked_run(client, experiment_id, "fake-2", {}) as second:
+        fake_loop(MlflowHooks(client, second.info.run_id, registered_model="fake-model"), tmp_path)
+    moved = client.get_model_version_by_alias("fake-model", "current")
+    assert int(moved.version) == int(version.version) + 1 and moved.run_id == second.info.run_id
+
+
+def test_a_failing_loop_leaves_the_run_failed(store, tmp_path):
+    _, _, client, experiment_id = store
+
+    class Boom(DgnetError):
+        pass
+
+    with pytest.raises(Boom), tracked_run(client, experiment_id, "boom", {}) as run:
+        hooks = MlflowHooks(client, run.info.run_id)
+        hooks.on_start("teacher", {"a": 1}, 0)
+        hooks.on_iteration(1, {"loss/id": float("nan")})
+        hooks.close()
+        raise Boom("loss 'id' is not finite")
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_missing_model_file_is_an_error(store, tmp_path):
+    _, _, client, experiment_id = store
+    with tracked_run(client, experiment_id, "nomodel", {}) as run:
+        hooks = MlflowHooks(client, run.info.run_id)
+        with pytest.raises(DgnetError, match="does not exist"):
+            hooks.on_end(TrainingResult("teacher", tmp_path / "absent.pt", 1, {}, {}))
+
+
+# --- an unreachable store -------------------------------------------------------------------------------
+
+
+def test_dead_server_fails_fast_naming_the_uri():
+    uri = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=uri.replace(".", r"\.")):
+        connect(uri)
+    assert time.monotonic() - start < 10
+
+
+def test_stage_with_dead_server_exits_non_zero_quickly(tmp_path):
+    """The stage process itself: exit code, message on stderr, within seconds (no retry storm)."""
+    (tmp_path / "params.yaml").write_text(
+        "validate:\n  manifest: m.csv\nmodel:\n  profile: tiny\nteacher:\n  iterations: 1\n")
+    (tmp_path / "m.csv").write_text(
+        "path,file_name,person_id,camera_id,split,width,height,label\n"
+        "/x/0001_c1s1_000001_01.jpg,0001_c1s1_000001_01.jpg,1,1,train,64,128,0\n")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": str(REPO)}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "stages.teacher"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert uri in proc.stderr and "unreachable" in proc.stderr
+    assert time.monotonic() - start < 20  # imports (torch, mlflow) included; the check itself < 5 s
+
+
+def test_a_resumed_run_links_and_closes_the_interrupted_one(store, tmp_path):
+    """A hard kill leaves a run RUNNING; the run that resumes from its checkpoints ends it KILLED."""
+    _, _, client, experiment_id = store
+    folder = tmp_path / "work"
+    first = client.create_run(experiment_id, run_name="interrupted").info.run_id
+    assert tracking.link_previous_run(client, folder, first) is None
+    with tracked_run(client, experiment_id, "resumed", {}) as run:
+        assert tracking.link_previous_run(client, folder, run.info.run_id) == first
+    assert client.get_run(first).info.status == "KILLED"
+    assert client.get_run(first).data.tags["dgnet.resumed_by_run"] == run.info.run_id
+    assert client.get_run(run.info.run_id).data.tags["dgnet.resumed_from_run"] == first
