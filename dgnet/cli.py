@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=int, default=None, help="identities of the id heads")
     summary.set_defaults(func=_cmd_summary)
 
+    from dgnet.training.cli import add_train_commands
+
+    add_train_commands(sub)
+
     for ep in entry_points(group="dgnet.commands"):
         try:
             add_command = ep.load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -203,3 +204,38 @@ def test_repository_params_build_valid_configs():
     train, _ = train_config(DGNetTrainConfig, paper["train"], "train")
     assert (train.iterations, train.batch_size, train.amp) == (100_000, 8, "bf16")
     assert (train.schedule.warmup_start, train.schedule.lr_milestones) == (30_000, (60_000, 90_000))
+
+
+def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace, store, in_workspace):
+    from stages import evaluate as evaluate_stage
+
+    params = {**PARAMS, "evaluate": {"num_swaps": 6, "ranked_queries": 2, "rerank": False}}
+    write_params(workspace, params)
+    try:
+        assert evaluate_stage.main([]) == 0
+    finally:
+        write_params(workspace, PARAMS)
+    summary = json.loads((workspace / "reports" / "metrics" / "eval.json").read_text())
+    assert set(summary) == {"teacher_0", "teacher_1", "dgnet"}  # an ensemble: one row per teacher
+    assert set(summary["dgnet"]) >= {"alpha_0", "alpha_0.5", "alpha_1", "fine_only", "generation"}
+    assert 0.0 <= summary["dgnet"]["alpha_0.5"]["mAP"] <= 1.0
+    assert "swap_l1_person" in summary["dgnet"]["generation"]  # synthetic data: ground truth exists
+    report = (workspace / "reports" / "benchmark.md").read_text()
+    assert "| dgnet | dgnet | alpha_0.5 |" in report and "FID skipped" in report
+    for picture in ("eval_cmc.png", "eval_dgnet_swap_grid.png", "eval_teacher_0_ranked_list.png"):
+        assert (workspace / "reports" / "figures" / picture).is_file()
+    assert (workspace / "reports" / "plots" / "cmc" / "dgnet.csv").read_text().startswith("rank,cmc")
+    (run,) = runs(store[1], "evaluate")
+    assert run.info.status == "FINISHED" and "dgnet/alpha_0.5/mAP" in run.data.metrics
+    assert any(a.path.endswith("benchmark.md") for a in store[1].list_artifacts(run.info.run_id, "report"))
+
+
+def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp_path, monkeypatch, capsys):
+    from stages import evaluate as evaluate_stage
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, PARAMS)
+    (tmp_path / "data").mkdir()
+    shutil.copy(in_workspace / "data" / "manifest.csv", tmp_path / "data" / "manifest.csv")
+    assert evaluate_stage.main([]) == 2
+    assert "missing teacher" in capsys.readouterr().err
