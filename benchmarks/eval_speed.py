@@ -1,0 +1,307 @@
+"""Speed and peak memory of the re-ID evaluation: distances + ranking at Market-1501 and MSMT17 size.
+
+    python benchmarks/eval_speed.py                     # market and msmt, both feature kinds
+    python benchmarks/eval_speed.py --sizes market --repeats 5 --no-write
+
+What is timed: `rank_metrics_from_features` (ap="market") from given L2-normalised 1024-d
+features, i.e. the query x gallery dot products, chunk by chunk, and the exact ranking
+(CMC, mAP, mINP). Feature extraction is not included. The chunked product alone is timed
+too, so that "ranking" = total - distances.
+
+The features are synthetic, with Market-like (or MSMT-like) id and camera layouts: gallery
+ids with ~14 (MSMT: ~27) images each over the cameras, one query per (id, camera) seen, and
+distractors (id 0) and junk (id -1) in the gallery. Two kinds of features:
+`trained`: an id centre plus noise, tuned to land near a trained model's mAP (~75-85%);
+`random`: pure noise (mAP ~0), where every query's positives are spread over the whole row.
+
+Peak memory: each measurement runs in a fresh child process; on the CPU its peak resident set
+size (`resource.getrusage`, which covers the features too: their size is listed beside it),
+on a GPU `torch.cuda.max_memory_allocated` during the evaluation.
+
+The results go to a delimited section of benchmarks/RESULTS.md (one section per device kind,
+and per --threads when given; other sections of the file are left as they are), with the
+machine, the load average at the start (other processes on the machine slow the figures down;
+with torch's default threads an op waits for its slowest thread, so a busy machine hurts more
+than its share: --threads 1 then gives steadier figures) and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dgnet.evaluation.rank import pairwise_distance, rank_metrics_from_features
+from dgnet.io import atomic_path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = """# Benchmarks
+
+Speed and memory measurements of dgnet. Each section below is written by one script (named in
+its heading) between its BEGIN/END markers; re-running a script replaces only its section.
+Never timed asserts: these are measurements, not tests.
+"""
+
+# name: (queries, gallery, ids, cameras, images per id, distractors (id 0)); the rest of the
+# gallery is junk (id -1): about 2,600 at Market size (the real Market-1501 has 3,819 on top).
+SIZES = {
+    "market": (3368, 15913, 751, 6, 14, 2798),
+    "msmt": (11659, 82161, 3060, 15, 26, 400),
+    "tiny": (300, 1500, 60, 6, 14, 200),  # a smoke run
+}
+# Noise per feature dimension for "trained" features, tuned per size so that mAP ~75-85%.
+TRAINED_NOISE = {"market": 0.07, "msmt": 0.075, "tiny": 0.07}
+
+
+def make_problem(size: str, kind: str, seed: int = 0, dim: int = 1024):
+    """Features and labels of a synthetic evaluation problem: (qf, gf, q_pids, q_cams, g_pids, g_cams)."""
+    num_q, num_g, num_ids, num_cams, per_id, num_distractors = SIZES[size]
+    rng = np.random.default_rng(seed)
+    # Each id is seen by 2..num_cams cameras; its gallery images spread over those cameras.
+    g_pids, g_cams, seen = [], [], []
+    for pid in range(1, num_ids + 1):
+        cams = rng.choice(np.arange(1, num_cams + 1), size=int(rng.integers(2, min(num_cams, 6) + 1)),
+                          replace=False)
+        count = max(len(cams), int(rng.poisson(per_id)))
+        g_pids += [pid] * count
+        g_cams += list(rng.choice(cams, size=count))
+        seen += [(pid, int(c)) for c in cams]
+    num_junk = num_g - len(g_pids) - num_distractors
+    if num_junk < 0:
+        raise ValueError(f"{size}: {len(g_pids)} id images + {num_distractors} distractors > {num_g}")
+    g_pids += [0] * num_distractors + [-1] * num_junk
+    g_cams += list(rng.integers(1, num_cams + 1, size=num_distractors + num_junk))
+    order = rng.permutation(num_g)  # interleave, as file names would
+    g_pids, g_cams = np.asarray(g_pids)[order], np.asarray(g_cams)[order]
+    # One query per (id, camera) seen, repeated or cut to the wanted number.
+    pick = rng.choice(len(seen), size=num_q, replace=num_q > len(seen))
+    q_pids = np.asarray([seen[i][0] for i in pick])
+    q_cams = np.asarray([seen[i][1] for i in pick])
+
+    gen = torch.Generator().manual_seed(seed)
+    if kind not in ("trained", "random"):
+        raise ValueError(f"kind must be 'trained' or 'random', not {kind!r}")
+    # Id centres on the unit sphere; distractors and junk are other people: centres of their own.
+    centres = torch.nn.functional.normalize(torch.randn(num_ids + 1, dim, generator=gen), dim=1)
+
+    def features(pids: np.ndarray, block: int = 4096) -> torch.Tensor:
+        # Block by block, in place: the features are the only large allocation (peak RSS is theirs).
+        out = torch.empty(len(pids), dim)
+        for s in range(0, len(pids), block):
+            part = out[s:s + block]
+            torch.randn(part.shape, generator=gen, out=part)
+            p = torch.as_tensor(pids[s:s + block])
+            if kind == "trained":
+                # Per-image noise levels spread log-normally: most images easy, some hard.
+                scale = TRAINED_NOISE[size] * torch.exp(0.35 * torch.randn(len(p), 1, generator=gen))
+                part.mul_(torch.where(p[:, None] > 0, scale, torch.ones_like(scale)))
+                part.add_(centres[p.clamp(min=0)] * (p[:, None] > 0))
+            part.div_(part.norm(dim=1, keepdim=True))
+        return out
+
+    return features(q_pids), features(g_pids), q_pids, q_cams, g_pids, g_cams
+
+
+def _rss_mb() -> float | None:
+    """Resident set size now (Linux), else None."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) -> dict:
+    """One measurement, in this process: best-of-`repeats` timings and peak memory."""
+    qf, gf, q_pids, q_cams, g_pids, g_cams = make_problem(size, kind)
+    dev = torch.device(device)
+    qf, gf = qf.to(dev), gf.to(dev)
+    features_mb = (qf.numel() + gf.numel()) * qf.element_size() / 2**20
+    keep = torch.as_tensor(g_pids != -1, device=dev)
+    gallery = gf[keep]  # what rank_metrics_from_features multiplies by, for the distances-only loop
+    rss_before = _rss_mb()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    base_gpu = 0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_gpu = torch.cuda.memory_allocated(dev)
+
+    totals, dists, metrics = [], [], {}
+    for _ in range(repeats):  # interleaved, so that a busy spell of the machine hits both alike
+        sync()
+        start = time.perf_counter()
+        metrics = rank_metrics_from_features(qf, gf, q_pids, q_cams, g_pids, g_cams, ap="market",
+                                             chunk_size=chunk_size)
+        sync()
+        totals.append(time.perf_counter() - start)
+        if len(totals) == 1:  # the evaluation's peak, before the distances-only loop adds its own
+            peak_rss = _peak_rss_mb()
+            peak_gpu = torch.cuda.max_memory_allocated(dev) - base_gpu if dev.type == "cuda" else None
+        start = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, len(qf), chunk_size):
+                pairwise_distance(qf[s:s + chunk_size], gallery)
+        sync()
+        dists.append(time.perf_counter() - start)
+    result = {
+        "size": size, "kind": kind, "device": str(dev), "queries": len(qf), "gallery": len(gf),
+        "total_s": min(totals), "distances_s": min(dists),
+        "ranking_s": max(min(totals) - min(dists), 0.0),  # noise can make the difference negative
+        "all_totals_s": [round(x, 3) for x in totals],
+        "features_mb": features_mb, "rank1": metrics["rank1"], "mAP": metrics["mAP"],
+        "mINP": metrics["mINP"],
+    }
+    if peak_gpu is not None:
+        result["peak_gpu_mb"] = peak_gpu / 2**20
+    result["peak_rss_mb"] = peak_rss
+    result["rss_before_eval_mb"] = rss_before
+    return result
+
+
+def _child(args: argparse.Namespace, size: str, kind: str) -> dict:
+    """Run one measurement in a fresh interpreter, so that its peak RSS is its own."""
+    cmd = [sys.executable, __file__, "--child", size, kind, "--device", args.device,
+           "--repeats", str(args.repeats if size != "msmt" else min(args.repeats, 2)),
+           "--chunk-size", str(args.chunk_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def render_section(name: str, info: dict, rows: list[dict], command: str) -> str:
+    """The markdown of this script's section, between its markers."""
+    load, load_end = info["load_average"], info.get("load_average_end")
+    threads = info["torch_threads"]
+    busy = ""
+    if load:
+        busy = f"; load average {load[0]:.2f} at the start"
+        busy += f", {load_end[0]:.2f} at the end" if load_end else ""
+        if max(load[0], load_end[0] if load_end else 0) > 0.5:
+            busy += (". Other processes were using the cores: figures are slower than on an idle machine, "
+                     "and more so with several torch threads (an op waits for its slowest thread)")
+    lines = [
+        f"<!-- BEGIN {name} -->",
+        f"## Evaluation speed, {rows[0]['device'] if rows else 'cpu'}, {info['torch_threads']} torch "
+        f"thread{'s' if info['torch_threads'] > 1 else ''} (`benchmarks/eval_speed.py`)",
+        "",
+        f"Measured {dt.date.today().isoformat()} with `{command}`.",
+        f"Machine: {info['cpu']}, {info['cores']} cores ({threads} torch thread{'s' if threads > 1 else ''})"
+        + (f", GPU {info['gpu']}" if "gpu" in info and rows and rows[0]["device"].startswith("cuda") else "")
+        + f"; torch {info['torch']}, Python {info['python']}{busy}.",
+        "",
+        "`rank_metrics_from_features`, ap=market, 1024-d L2-normalised features given; total = "
+        "distances (chunked matrix product) + exact ranking; best of the repeats (MSMT size: at most two). "
+        "Peak memory: the child process's peak RSS on the CPU (torch itself, the features and the "
+        "evaluation; 'before' = RSS just before the evaluation, so peak - before is the evaluation's "
+        "own), or the peak of `torch.cuda.max_memory_allocated` during the evaluation on a GPU. "
+        "Features: `trained` = id centres + noise (mAP near a trained model's), `random` = pure noise.",
+        "",
+        "| problem | features | queries x gallery | total (s) | distances (s) | ranking (s) "
+        "| peak memory (MB) | before (MB) | features (MB) | rank-1 | mAP |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        peak = r.get("peak_gpu_mb", r["peak_rss_mb"])
+        before = r["rss_before_eval_mb"]
+        before = "-" if "peak_gpu_mb" in r or before is None else f"{before:,.0f}"
+        cells = [r["size"], r["kind"], f"{r['queries']:,} x {r['gallery']:,}", f"{r['total_s']:.2f}",
+                 f"{r['distances_s']:.2f}", f"{r['ranking_s']:.2f}", f"{peak:,.0f}", before,
+                 f"{r['features_mb']:,.0f}", f"{100 * r['rank1']:.1f}", f"{100 * r['mAP']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"<!-- END {name} -->"]
+    return "\n".join(lines) + "\n"
+
+
+def update_results(path: Path, name: str, section: str) -> None:
+    """Replace (or append) the section between `<!-- BEGIN name -->` and `<!-- END name -->`."""
+    text = path.read_text() if path.exists() else HEADER
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["market", "msmt"], choices=sorted(SIZES))
+    parser.add_argument("--kinds", nargs="+", default=["trained", "random"], choices=["trained", "random"])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (MSMT size: at most 2)")
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--child", nargs=2, metavar=("SIZE", "KIND"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(*args.child, args.device, args.repeats, args.chunk_size)))
+        return
+
+    info = machine()
+    rows = []
+    for size in args.sizes:
+        for kind in args.kinds:
+            row = _child(args, size, kind)
+            rows.append(row)
+            peak = row.get("peak_gpu_mb", row["peak_rss_mb"])
+            print(f"{size:7s} {kind:8s} total {row['total_s']:6.2f} s  "
+                  f"distances {row['distances_s']:6.2f} s  ranking {row['ranking_s']:5.2f} s  "
+                  f"peak {peak:7.0f} MB (features {row['features_mb']:.0f} MB, "
+                  f"RSS before {row['rss_before_eval_mb'] or 0:.0f} MB)  rank-1 {100 * row['rank1']:.1f}  "
+                  f"mAP {100 * row['mAP']:.1f}  runs {row['all_totals_s']}", flush=True)
+    if hasattr(os, "getloadavg"):
+        info["load_average_end"] = os.getloadavg()
+    if not args.no_write:
+        command = "python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        name = f"eval_speed-{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+        if args.threads:  # a thread count of its own: its own section
+            name += f"-{args.threads}thread{'s' if args.threads > 1 else ''}"
+        update_results(args.results, name, render_section(name, info, rows, command.strip()))
+        print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
