@@ -132,7 +132,7 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig,
         [{"params": trunk, "lr": cfg.lr, "lr_mult": 1.0},
          {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
         lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
-    )  # fmt: skip
+    )
     scaler = grad_scaler(device, cfg.amp)
     stateful = {"model": model, "optimizer": optimizer, "scaler": scaler}
     identity = {"model_config": dataclasses.asdict(model_cfg)}
