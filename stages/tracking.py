@@ -492,8 +492,6 @@ def finite(values: Mapping[str, Any]) -> dict[str, float]:
 
 # --- the training stages (stages/teacher.py, stages/train.py): shared plumbing -------------------
 
-MANIFEST_INTS = ("person_id", "camera_id", "width", "height", "label")
-MANIFEST_COLUMNS = ("path", "file_name", "person_id", "camera_id", "split", "width", "height", "label")
 CHECKPOINT_ROOT = "checkpoints"
 
 
@@ -532,21 +530,11 @@ def manifest_path(params: Mapping[str, Any], workspace: Path) -> Path:
 
 def read_manifest(path: Path) -> Any:
     """The manifest the validate stage wrote (only for data that passed every rule), label kept int."""
-    import pandas as pd
-
+    from dgnet.data.manifest import read_manifest as read_manifest_csv
     from dgnet.errors import DatasetError
 
-    if not path.is_file():
-        raise DatasetError(f"manifest {path} does not exist: the validate stage writes it only when the "
-                           f"dataset passes validation; run `dvc repro validate` and fix what it reports")
-    try:
-        frame = pd.read_csv(path, dtype={name: "int64" for name in MANIFEST_INTS})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DatasetError(f"manifest {path} cannot be read: {_short(exc)}") from exc
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DatasetError(
-            f"manifest {path}: missing column(s) {missing}; rebuild it with `dvc repro validate`")
+    frame = read_manifest_csv(path, "the validate stage writes it only when the dataset passes "
+                                    "validation; run `dvc repro validate` and fix what it reports")
     if not (frame["split"] == "train").any():
         raise DatasetError(f"manifest {path} has no training images (split 'train')")
     return frame

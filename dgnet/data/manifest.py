@@ -270,3 +270,20 @@ def train_label_map(frame: pd.DataFrame) -> dict[int, int]:
     """{person_id: label}: the train split's ids numbered 0..C-1 in sorted person_id order."""
     ids = np.unique(frame.loc[frame["split"] == "train", "person_id"].to_numpy())
     return {int(pid): label for label, pid in enumerate(ids)}
+
+
+def read_manifest(path: str | os.PathLike, how_to_make: str) -> pd.DataFrame:
+    """A manifest CSV written by validation, ids and sizes kept int64; DatasetError naming the file
+    (and `how_to_make` it) when it is missing, unreadable or lacks a column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"manifest {path} does not exist; {how_to_make}")
+    ints = ("person_id", "camera_id", "width", "height", "label")
+    try:
+        frame = pd.read_csv(path, dtype=dict.fromkeys(ints, "int64"))
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"manifest {path} cannot be read ({str(exc)[:300]}); {how_to_make}") from exc
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"manifest {path}: missing column(s) {missing}; {how_to_make}")
+    return frame

@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dgnet.data.manifest import COLUMNS, FORMATS, build_manifest
-from dgnet.errors import ConfigError, DatasetError
+from dgnet.data.manifest import FORMATS, build_manifest, read_manifest
+from dgnet.errors import ConfigError
 from dgnet.io import atomic_path
 from dgnet.models.config import PROFILES, ModelConfig, get_profile
 from dgnet.training.hooks import TrainingHooks, TrainingResult
@@ -61,19 +61,7 @@ class FileLogHook(TrainingHooks):
 
 def read_manifest_csv(path: str | Path) -> pd.DataFrame:
     """A manifest written by `dgnet validate` (columns of dgnet.data.manifest.COLUMNS)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(
-            f"manifest {path} does not exist; write it with `dgnet validate` or pass --data DIR"
-        )
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DatasetError(f"manifest {path} is not a readable CSV ({exc})") from exc
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DatasetError(f"manifest {path}: missing column(s) {missing}; a manifest has {list(COLUMNS)}")
-    return frame
+    return read_manifest(path, "write it with `dgnet validate` or pass --data DIR")
 
 
 def _load_frame(args: argparse.Namespace) -> pd.DataFrame:
