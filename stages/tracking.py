@@ -603,8 +603,8 @@ def file_md5(path: Path) -> str:
 
 
 def model_fingerprint(path: Path) -> str:
-    """A hash of a dgnet model file's content (kind, config, weights), not of its bytes: torch.save
-    writes a random serialization id into every file, so two saves of the same weights differ."""
+    """A hash of a dgnet model file's content (kind, config, weights), not of its bytes: files that
+    other tools (or older dgnet versions) saved may differ in bytes for the same weights."""
     import hashlib
 
     import torch

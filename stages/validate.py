@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.data.manifest import FORMATS, build_manifest
+from dgnet.data.manifest import FORMATS, build_manifest, write_manifest
 from dgnet.data.validation import (
     CHECK_COLUMNS,
     COLUMNS,
@@ -234,8 +234,7 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
         print(result.failure_message(), file=sys.stderr)
         print(f"report: {report}; data docs: {index}; manifest {manifest} not written", file=sys.stderr)
         return 1
-    with atomic_path(manifest) as tmp:
-        frame.to_csv(tmp, index=False)
+    write_manifest(frame, manifest)
     sizes = ", ".join(f"{split} {c['images']} images / {c['ids']} ids" for split, c in result.counts.items())
     print(f"dataset valid ({result.format}: {sizes}); {len(result.rules)} rules passed")
     print(f"manifest: {manifest}; report: {report}; data docs: {index}")

@@ -18,7 +18,9 @@ from dgnet.data.manifest import (
     build_manifest,
     detect_format,
     parse_file_name,
+    read_manifest,
     train_label_map,
+    write_manifest,
 )
 from dgnet.errors import DatasetError
 from tests import fixtures
@@ -277,3 +279,20 @@ def test_msmt_missing_list_or_folder(msmt_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as err:
         build_manifest(root, "msmt17")
     assert str(root / "test") in str(err.value) and "mask_test_v2" in str(err.value)
+
+
+def test_manifest_paths_survive_moving_the_checkout(market_root: Path, tmp_path: Path) -> None:
+    # Images under the manifest's folder are stored relative to it; others stay absolute.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(market_root, checkout / "data" / "market")
+    frame = build_manifest(checkout / "data" / "market")
+    manifest = write_manifest(frame, checkout / "data" / "manifest.csv")
+    stored = pd.read_csv(manifest)["path"]
+    assert not any(os.path.isabs(p) for p in stored) and stored.iloc[0].startswith("market/")
+    moved = tmp_path / "moved"
+    checkout.rename(moved)
+    again = read_manifest(moved / "data" / "manifest.csv", "how")
+    assert all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in again["path"])
+    assert again.drop(columns="path").equals(frame.drop(columns="path"))
+    elsewhere = write_manifest(build_manifest(moved / "data" / "market"), tmp_path / "lists" / "m.csv")
+    assert all(os.path.isabs(p) for p in pd.read_csv(elsewhere)["path"])

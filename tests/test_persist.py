@@ -49,3 +49,17 @@ def test_corrupt_foreign_and_wrong_kind_files(tmp_path):
         read_model_file(teacher, kind="dgnet")
     with pytest.raises(TypeError, match="holds a DGNet"):
         save_model(tmp_path / "x.pt", ReidBaseline(CFG), "dgnet", CFG)
+
+
+def test_equal_weights_give_byte_identical_files(tmp_path):
+    # DVC hashes outputs by bytes: a re-run that reproduces the weights must not change the file.
+    cfg = get_profile("tiny", num_classes=4)
+    torch.manual_seed(0)
+    model = ReidBaseline(cfg)
+    first = save_model(tmp_path / "a" / "model.pt", model, "teacher", cfg)
+    second = save_model(tmp_path / "other_name.pt", model, "teacher", cfg)
+    assert first.read_bytes() == second.read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    third = save_model(tmp_path / "changed.pt", model, "teacher", cfg)
+    assert third.read_bytes() != first.read_bytes()

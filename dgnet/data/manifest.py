@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from dgnet.errors import DatasetError
+from dgnet.io import atomic_path
 
 FORMATS = ("market1501", "dukemtmc", "msmt17")
 NUM_CAMERAS = {"market1501": 6, "dukemtmc": 8, "msmt17": 15}
@@ -272,9 +273,31 @@ def train_label_map(frame: pd.DataFrame) -> dict[int, int]:
     return {int(pid): label for label, pid in enumerate(ids)}
 
 
+def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write `frame` as a manifest CSV, atomically.
+
+    Images inside the manifest's folder are stored relative to it (`synthetic/bounding_box_train/..`
+    for data/manifest.csv), so the file, and DVC's hash of it, survive moving or cloning the
+    checkout; images elsewhere (a dataset under /datasets) keep their absolute paths.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def stored(image: str) -> str:
+        absolute = Path(image).resolve()
+        return absolute.relative_to(base).as_posix() if absolute.is_relative_to(base) else str(absolute)
+
+    out = frame.copy()
+    out["path"] = [stored(p) for p in frame["path"]]
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False)
+    return path
+
+
 def read_manifest(path: str | os.PathLike, how_to_make: str) -> pd.DataFrame:
-    """A manifest CSV written by validation, ids and sizes kept int64; DatasetError naming the file
-    (and `how_to_make` it) when it is missing, unreadable or lacks a column."""
+    """A manifest CSV written by validation, ids and sizes kept int64, image paths absolute (relative
+    ones are resolved against the manifest's folder); DatasetError naming the file (and
+    `how_to_make` it) when it is missing, unreadable or lacks a column."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"manifest {path} does not exist; {how_to_make}")
@@ -286,4 +309,6 @@ def read_manifest(path: str | os.PathLike, how_to_make: str) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"manifest {path}: missing column(s) {missing}; {how_to_make}")
+    base = path.parent.resolve()
+    frame["path"] = [p if os.path.isabs(p) else str(base / p) for p in frame["path"].astype(str)]
     return frame

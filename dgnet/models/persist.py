@@ -9,6 +9,7 @@ when the trainer writes it. It loads with `weights_only=True`: plain containers 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,9 +81,13 @@ def save_model(
         "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
+    # torch.save names the zip's top folder after the file; saving to memory first keeps it
+    # "archive", so equal weights give byte-identical files (DVC then skips downstream stages).
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        Path(tmp).write_bytes(buffer.getvalue())
     return path
 
 
