@@ -80,15 +80,53 @@ def models_to_evaluate(workspace: Path) -> dict[str, Path]:
     return models
 
 
-def main_setting(result: ModelBenchmark) -> str:
-    """The setting the paper reports: query alpha 0.5 for DG-Net, the baseline for a teacher."""
+def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`ablation_<name>` -> the flattened keys params `ablations.<name>` changes in `train`."""
+    from stages.tracking import flatten
+
+    ablations = params.get("ablations") or {}
+    return {f"ablation_{name}": flatten(changes) for name, changes in ablations.items()
+            if isinstance(changes, dict)}
+
+
+def main_setting(result: ModelBenchmark, changes: dict[str, dict[str, Any]] | None = None) -> str:
+    """The setting the paper reports: query alpha 0.5 for DG-Net, the baseline for a teacher, and the
+    primary half alone (alpha 0) for a model trained without fine-grained mining (that head is
+    untrained there)."""
+    fine_trained = (changes or {}).get(result.name, {}).get("schedule.fine_mining") is not False
+    if not fine_trained and "alpha_0" in result.reid:
+        return "alpha_0"
     return "alpha_0.5" if "alpha_0.5" in result.reid else next(iter(result.reid))
 
 
+def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per model at its main setting: what the variant changes, re-ID and generation."""
+    lines = ["| model | trained as | setting | rank-1 | mAP | swap L1 (person) | swap SSIM (person) "
+             "| SSIM diversity |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for result in results:
+        setting = main_setting(result, changes)
+        m, gen = result.reid[setting], result.generation
+        if result.kind == "teacher":
+            how = "baseline: the teacher alone"
+        elif result.name in changes:
+            how = ", ".join(f"`{k}: {str(v).lower()}`" for k, v in changes[result.name].items())
+        else:
+            how = "full DG-Net"
+        lines.append(f"| {result.name} | {how} | {setting} | {100 * m['rank1']:.1f} | {100 * m['mAP']:.1f} "
+                     f"| {fmt(gen.get('swap_l1_person'))} | {fmt(gen.get('swap_ssim_person'))} "
+                     f"| {fmt(gen.get('ssim_diversity_generated'))} |")
+    return lines
+
+
 def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, Any],
-                 manifest: Path, seconds: float) -> None:
-    """reports/benchmark.md: the table, what beats what (said plainly), and the pictures."""
-    best = {r.name: r.reid[main_setting(r)] for r in results}
+                 manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None) -> None:
+    """reports/benchmark.md: the tables, what beats what (said plainly), and the pictures."""
+    changes = changes or {}
+    best = {r.name: r.reid[main_setting(r, changes)] for r in results}
     full = best.get("dgnet")
     notes = []
     for name, metrics in best.items():
@@ -112,6 +150,10 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         "between random pairs of generated images (lower = more diverse; real images: "
         + ", ".join(f"{r.name} {r.generation['ssim_diversity_real']:.3f}"
                     for r in results if "ssim_diversity_real" in r.generation) + ").", "",
+        "## Ablations", "",
+        "Each model at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained).",
+        "", *ablation_table(results, changes), "",
+        "## Every setting", "",
         markdown_table(results),
         "## Notes", "", *(notes or ["- No model beats the full DG-Net model."]),
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
@@ -138,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = manifest_path(params, workspace)
         frame = read_manifest(manifest)
         models = models_to_evaluate(workspace)
+        changes = ablation_changes(params)
         data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
         uri = tracking_uri()
         client = connect(uri)
@@ -157,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                                 inception_weights=settings["inception_weights"], seed=settings["seed"])
                 for name, path in models.items()
             ]
-            write_outputs(workspace, results, settings, manifest, time.monotonic() - started)
+            write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes)
             metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
             client.log_batch(run.info.run_id, metrics=_metric_entities(metrics))
             client.log_param(run.info.run_id, "models", ", ".join(models))
@@ -167,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stages.evaluate: error: {exc}", file=sys.stderr)
         return 2
     for result in results:
-        setting = main_setting(result)
+        setting = main_setting(result, changes)
         m = result.reid[setting]
         print(f"{result.name:>24} ({setting}): rank-1 {100 * m['rank1']:.1f}  mAP {100 * m['mAP']:.1f}")
     print(f"report: {workspace / REPORT}; MLflow run {run.info.run_id} (view: {view_hint(uri)})")
@@ -182,7 +225,7 @@ def _metric_entities(metrics: dict[str, float]) -> list[Any]:
 
 
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict[str, Any],
-                  manifest: Path, seconds: float) -> None:
+                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
     summary = {}
     for result in results:
@@ -194,16 +237,17 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict
             summary[result.name]["generation"] = gen
         for setting, curve in result.cmc.items():
             table = pd.DataFrame({"rank": range(1, len(curve) + 1), "cmc": curve})
-            name = f"{result.name}.csv" if setting == main_setting(result) else f"{result.name}_{setting}.csv"
+            main = main_setting(result, changes)
+            name = f"{result.name}.csv" if setting == main else f"{result.name}_{setting}.csv"
             with atomic_path(workspace / PLOTS / name) as tmp:
                 table.to_csv(tmp, index=False)
         for picture, image in result.pictures.items():
             save(image, workspace / FIGURES / f"eval_{result.name}_{picture}.png")
     write_json(workspace / METRICS, summary)
-    curves = {r.name: r.cmc[main_setting(r)] for r in results}
-    save(cmc_plot(curves, max_rank=20, title="CMC (query alpha 0.5 for DG-Net models)"),
+    curves = {r.name: r.cmc[main_setting(r, changes)] for r in results}
+    save(cmc_plot(curves, max_rank=20, title="CMC (each model at its main setting)"),
          workspace / FIGURES / "eval_cmc.png")
-    write_report(workspace / REPORT, results, settings, manifest, seconds)
+    write_report(workspace / REPORT, results, settings, manifest, seconds, changes)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,12 @@ Reads params.yaml `model` (profile + overrides; the number of classes comes from
 Checkpoints live in checkpoints/dgnet-<config hash>/ (outside DVC's outputs) so that an interrupted
 run resumes; they are deleted once the stage has succeeded.
 
-Other stages (ablations) reuse this with another params section and output folder, e.g.
-`python -m stages.train --section ablation_no_teacher --variant no-teacher --out outputs/ablations/x
---metrics reports/metrics/x.json --set objective.appearance_code_loss_grad=true`.
+The ablation stages run `python -m stages.train --ablation NAME`: the `train` section with the
+keys of params `ablations.NAME` changed (same data, seed and teacher), written to
+outputs/ablations/NAME/model.pt, reports/metrics/ablation_NAME.json and
+reports/figures/ablation_NAME_swap_grid.png, MLflow run NAME (tag `dgnet.variant`), not registered.
+Any other section or single keys can be trained the same way: `--section S --variant V --out DIR
+--metrics FILE --set objective.appearance_code_loss_grad=true`.
 
 Exit codes: 0 done; 2 bad params, missing manifest or teacher, unreachable tracking store, or a
 training error such as a NaN loss (message on stderr, MLflow run FAILED, outputs untouched).
@@ -85,13 +88,36 @@ def apply_overrides(values: dict[str, Any], assignments: list[str], where: str) 
     return values
 
 
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` applied key by key, nested mappings merged (neither is modified)."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def ablation_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The training section of ablation `name`: params `train` changed by `ablations.<name>`."""
+    ablations = params.get("ablations") or {}
+    if not isinstance(ablations.get(name), dict):
+        known = sorted(k for k, v in ablations.items() if isinstance(v, dict))
+        raise ConfigError(f"--ablation {name!r}: params.yaml has no `ablations.{name}` mapping; "
+                          f"defined: {known or 'none'}")
+    return merge(section(params, STAGE), ablations[name])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--section", default=STAGE, help="params.yaml section of the training config")
-    parser.add_argument("--variant", default="dgnet", help="the `dgnet.variant` tag of the MLflow run")
-    parser.add_argument("--out", type=Path, default=Path("outputs/dgnet"), help="model folder (replaced)")
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics/dgnet.json"))
-    parser.add_argument("--swap-grid", type=Path, default=Path("reports/figures/dgnet_swap_grid.png"),
+    parser.add_argument("--ablation", metavar="NAME", default=None,
+                        help="train ablation NAME of params `ablations` (sets the defaults below)")
+    parser.add_argument("--section", default=None, help="params.yaml section of the training config")
+    parser.add_argument("--variant", default=None, help="the `dgnet.variant` tag of the MLflow run")
+    parser.add_argument("--out", type=Path, default=None, help="model folder (replaced)")
+    parser.add_argument("--metrics", type=Path, default=None, help="final metrics JSON (dvc metrics)")
+    parser.add_argument("--swap-grid", type=Path, default=None,
                         help="where the last swap grid goes (a DVC plot)")
     parser.add_argument("--teachers", type=Path, default=TEACHER_OUT,
                         help="the teacher stage's output folder")
@@ -102,8 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the unset options: the `train` stage's outputs, or an ablation's."""
+    name = args.ablation
+    stem = f"ablation_{name}" if name else "dgnet"
+    defaults = {"section": STAGE, "variant": name or "dgnet",
+                "out": Path(f"outputs/ablations/{name}") if name else Path("outputs/dgnet"),
+                "metrics": Path(f"reports/metrics/{stem}.json"),
+                "swap_grid": Path(f"reports/figures/{stem}_swap_grid.png"),
+                "registered_model": "" if name else None}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = with_defaults(build_parser().parse_args(argv))
     quiet_mlflow()
     interrupt_on_sigterm()
     from dgnet.training.trainer import DGNetTrainConfig, train_dgnet
@@ -113,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         workspace = workspace_root()
         params = load_params(workspace)
         settings = mlflow_settings(params)
-        values = apply_overrides(section(params, name), args.assignments, name)
+        base = ablation_settings(params, args.ablation) if args.ablation else section(params, name)
+        values = apply_overrides(base, args.assignments, name)
         cfg, _ = train_config(DGNetTrainConfig, values, name)
         manifest = manifest_path(params, workspace)
         frame = read_manifest(manifest)
@@ -137,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
              "teacher.fingerprints": [f[:16] for f in teacher_prints]}
     if args.assignments:
         extra["stage.overrides"] = args.assignments
+    if args.ablation:
+        extra["stage.ablation"] = args.ablation
+        extra["stage.ablation_changes"] = (params.get("ablations") or {})[args.ablation]
     folder = work_dir(workspace, f"dgnet-{args.variant}", {
         "model": model_cfg, "train": cfg, "manifest": manifest_md5, "teachers": teacher_prints})
-    tags = run_tags(name, "dgnet", args.variant, "stages/train.py", workspace)
+    stage = f"ablation@{args.ablation}" if args.ablation else name  # the dvc.yaml stage
+    tags = run_tags(stage, "dgnet", args.variant, "stages/train.py", workspace)
     started = time.monotonic()
     pictures = LastImage()
     try:

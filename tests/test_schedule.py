@@ -78,3 +78,21 @@ def test_schedule_is_pure() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cold.cycle = 0.0  # type: ignore[misc]
     assert learning_rate_at(70_000, 0.1) == learning_rate_at(70_000, 0.1)
+
+
+@pytest.mark.parametrize("primary, fine", [(True, True), (False, True), (True, False), (False, False)])
+def test_ablation_switches_silence_only_their_losses(primary: bool, fine: bool) -> None:
+    from dgnet.training.trainer import DGNetTrainConfig
+
+    cfg = ScheduleConfig(primary_learning=primary, fine_mining=fine)
+    full, ablated = loss_weights_at(40_000), loss_weights_at(40_000, cfg)
+    assert ablated.primary == (2.0 if primary else 0.0)
+    assert ablated.fine == pytest.approx(0.4 if fine else 0.0)  # alpha x lambda_prim, not x 0
+    untouched = {f.name for f in dataclasses.fields(LossWeights)} - {"primary", "fine"}
+    assert all(getattr(ablated, name) == getattr(full, name) for name in untouched)
+    assert DGNetTrainConfig(schedule=cfg).needs_teacher() == primary  # no teacher without primary
+
+
+def test_ablation_switches_must_be_booleans() -> None:
+    with pytest.raises(ConfigError, match="schedule.fine_mining: must be true or false"):
+        ScheduleConfig(fine_mining="no")

@@ -33,6 +33,7 @@ PARAMS = {
     # The warm-up starts at once, so the teachers' soft labels are used within the 2 iterations.
     "train": {"iterations": 2, "batch_size": 2, "image_every": 1, "swap_images": 2,
               "schedule": {"warmup_start": 0, "warmup_rate": 0.5}, **RUN},
+    "ablations": {"no_fine": {"schedule": {"fine_mining": False}}},
     "mlflow": {"experiment": "stages-test", "teacher_model": "t-teacher", "model": "t-dgnet",
                "alias": "current"},
 }
@@ -69,13 +70,13 @@ def in_workspace(workspace, store, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(workspace, store):
-    """Both stages run once (teacher, then DG-Net), as `dvc repro train` would."""
+    """The stages run once (teacher, DG-Net, one ablation), as `dvc repro` would."""
     patch = pytest.MonkeyPatch()
     patch.chdir(workspace)
     patch.delenv("DVC_ROOT", raising=False)
     patch.setenv("MLFLOW_TRACKING_URI", store[0])
     try:
-        codes = teacher_stage.main([]), train_stage.main([])
+        codes = teacher_stage.main([]), train_stage.main([]), train_stage.main(["--ablation", "no_fine"])
     finally:
         patch.undo()
     return codes
@@ -87,7 +88,7 @@ def runs(client, name: str):
 
 
 def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store, in_workspace):
-    assert trained == (0, 0)
+    assert trained == (0, 0, 0)
     _, client = store
     for name in ("teacher", "dgnet"):
         metrics = json.loads((workspace / "reports" / "metrics" / f"{name}.json").read_text())
@@ -127,6 +128,34 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert client.get_model_version_by_alias("t-teacher", "current").run_id == children[0].info.run_id
     assert client.get_model_version_by_alias("t-teacher", "current-seed1").run_id == children[1].info.run_id
+
+    # The ablation: its own model, metrics and run in the same experiment; not registered.
+    (ablation,) = runs(client, "no_fine")
+    assert ablation.data.tags["dgnet.variant"] == "no_fine"
+    assert ablation.data.tags["dvc.stage"] == "ablation@no_fine"
+    assert ablation.data.params["train.schedule.fine_mining"] == "false"
+    assert "loss/fine_generated" not in ablation.data.metrics and "loss/primary_kl" in ablation.data.metrics
+    assert "loss/fine_generated" in dgnet_run.data.metrics
+    assert (workspace / "outputs" / "ablations" / "no_fine" / "model.pt").is_file()
+    assert (workspace / "reports" / "metrics" / "ablation_no_fine.json").is_file()
+    assert (workspace / "reports" / "figures" / "ablation_no_fine_swap_grid.png").is_file()
+    versions = client.search_model_versions("name = 't-dgnet'")
+    assert ablation.info.run_id not in {v.run_id for v in versions}
+
+
+def test_unknown_ablation_is_named(in_workspace, capsys):
+    assert train_stage.main(["--ablation", "no_such"]) == 2
+    err = capsys.readouterr().err
+    assert "ablations.no_such" in err and "no_fine" in err
+
+
+def test_ablation_changes_merge_into_the_train_section():
+    params = {"train": {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0}},
+              "ablations": {"no_primary": {"schedule": {"primary_learning": False}}}}
+    merged = train_stage.ablation_settings(params, "no_primary")
+    assert merged == {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0,
+                                                    "primary_learning": False}}
+    assert "primary_learning" not in params["train"]["schedule"]  # the section itself is untouched
 
 
 def test_missing_manifest_exits_non_zero_without_a_run(in_workspace, store, tmp_path, monkeypatch, capsys):
@@ -216,12 +245,16 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
     finally:
         write_params(workspace, PARAMS)
     summary = json.loads((workspace / "reports" / "metrics" / "eval.json").read_text())
-    assert set(summary) == {"teacher_0", "teacher_1", "dgnet"}  # an ensemble: one row per teacher
+    # An ensemble: one row per teacher; the ablation is found under outputs/ablations.
+    assert set(summary) == {"teacher_0", "teacher_1", "dgnet", "ablation_no_fine"}
     assert set(summary["dgnet"]) >= {"alpha_0", "alpha_0.5", "alpha_1", "fine_only", "generation"}
     assert 0.0 <= summary["dgnet"]["alpha_0.5"]["mAP"] <= 1.0
     assert "swap_l1_person" in summary["dgnet"]["generation"]  # synthetic data: ground truth exists
     report = (workspace / "reports" / "benchmark.md").read_text()
     assert "| dgnet | dgnet | alpha_0.5 |" in report and "FID skipped" in report
+    # The ablation table: without fine-grained mining the model is read at alpha 0 (primary half).
+    assert "| ablation_no_fine | `schedule.fine_mining: false` | alpha_0 |" in report
+    assert "| dgnet | full DG-Net | alpha_0.5 |" in report
     for picture in ("eval_cmc.png", "eval_dgnet_swap_grid.png", "eval_teacher_0_ranked_list.png"):
         assert (workspace / "reports" / "figures" / picture).is_file()
     assert (workspace / "reports" / "plots" / "cmc" / "dgnet.csv").read_text().startswith("rank,cmc")

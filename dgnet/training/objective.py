@@ -279,12 +279,13 @@ def generator_objective(
                 weights.primary,
                 _pair(primary_kl_loss, student.primary_logits, soft_labels),
             )
-        # x_ab has b's structure, x_ba a's: the label is the structure provider's.
-        structure_labels = torch.cat([batch.label_b, batch.label_a])
-        terms["fine_generated"] = (
-            weights.fine,
-            _pair(fine_grained_id_loss, student.fine_logits, structure_labels),
-        )
+        if weights.fine > 0:
+            # x_ab has b's structure, x_ba a's: the label is the structure provider's.
+            structure_labels = torch.cat([batch.label_b, batch.label_a])
+            terms["fine_generated"] = (
+                weights.fine,
+                _pair(fine_grained_id_loss, student.fine_logits, structure_labels),
+            )
 
     total = sum((weight * loss for weight, loss in terms.values() if weight > 0), generated.new_zeros(()))
     if torch.is_grad_enabled() and not total.requires_grad:

@@ -31,6 +31,11 @@ class ScheduleConfig:
     cycle_max: float = 2.0  # cycle reconstruction, ramped
     primary_max: float = 2.0  # lambda_prim: teacher KL on generated images, ramped
     fine_alpha: float = 0.2  # fine-grained weight = fine_alpha * lambda_prim
+    # The paper's ablation switches: re-ID learning from generated images by the teacher's soft
+    # labels (primary) and by the structure donor's label (fine-grained mining, with its real-image
+    # loss). Off keeps the generator training exactly as it is.
+    primary_learning: bool = True
+    fine_mining: bool = True
     warmup_start: int = 30_000
     warmup_rate: float = 0.0005
     lr_milestones: tuple[int, ...] = (60_000, 90_000)
@@ -43,6 +48,9 @@ class ScheduleConfig:
             value = getattr(self, field.name)
             if field.name == "lr_milestones":
                 _check_milestones(value, "schedule.lr_milestones")
+            elif field.name in ("primary_learning", "fine_mining"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"schedule.{field.name}: must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"schedule.{field.name}: must be a number >= 0, got {value!r}")
         if self.warmup_rate <= 0:
@@ -101,7 +109,7 @@ def loss_weights_at(iteration: int, cfg: ScheduleConfig | None = None) -> LossWe
         return ramp(iteration, cfg.warmup_start, cfg.warmup_rate, maximum)
 
     code = ramped(cfg.code_max)
-    primary = ramped(cfg.primary_max)
+    lambda_prim = ramped(cfg.primary_max)
     return LossWeights(
         recon_image=cfg.recon_image,
         recon_image_positive=cfg.recon_image_positive,
@@ -112,8 +120,8 @@ def loss_weights_at(iteration: int, cfg: ScheduleConfig | None = None) -> LossWe
         code_appearance=code,
         code_structure=code,
         cycle=ramped(cfg.cycle_max),
-        primary=primary,
-        fine=cfg.fine_alpha * primary,
+        primary=lambda_prim if cfg.primary_learning else 0.0,
+        fine=cfg.fine_alpha * lambda_prim if cfg.fine_mining else 0.0,
     )
 
 
