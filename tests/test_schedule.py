@@ -94,5 +94,5 @@ def test_ablation_switches_silence_only_their_losses(primary: bool, fine: bool) 
 
 
 def test_ablation_switches_must_be_booleans() -> None:
-    with pytest.raises(ConfigError, match="schedule.fine_mining: must be true or false"):
+    with pytest.raises(ConfigError, match=r"schedule\.fine_mining: must be true or false"):
         ScheduleConfig(fine_mining="no")
