@@ -16,6 +16,13 @@ and at the end the final model (state dict + configuration JSON) as artifacts, r
 version of a registered model whose alias (default `current`) then points at it. Load one back with
 `mlflow.artifacts.download_artifacts("models:/dgnet@current")` and `dgnet.models.persist.load_model`.
 
+When the tracking server goes away mid-run, every write of `MlflowHooks` is retried with exponential
+back-off (`RetryPolicy`: 5 retries over about a minute by default; `DGNET_MLFLOW_RETRIES`,
+`DGNET_MLFLOW_RETRY_WAIT_S` change it); if the server is still away the hook raises TrackingError,
+the stage stops (exit 2) and the training checkpoints already written stay in checkpoints/, so
+re-running the stage once the server is back resumes from the newest one. At start, `connect` makes
+one quick check instead, so an unreachable server or database is reported within seconds.
+
 The second half of the module is the plumbing the training stages share (params -> config
 dataclasses, the validated manifest, checkpoint work dirs keyed by configuration, metrics JSON).
 """
@@ -31,10 +38,11 @@ import posixpath
 import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +65,14 @@ METRICS_PER_BATCH = 1000
 
 # How long the start-up check waits for a tracking server before giving up (seconds).
 CHECK_TIMEOUT_S = 5
+# Mid-run writes: retries after a failure, first wait (doubling each time, capped at the maximum) and
+# the timeout of one attempt. 5 retries: 2 + 4 + 8 + 16 + 30 s, about a minute before a run gives up.
+RETRIES_ENV, RETRY_WAIT_ENV = "DGNET_MLFLOW_RETRIES", "DGNET_MLFLOW_RETRY_WAIT_S"
+DEFAULT_RETRIES, DEFAULT_RETRY_WAIT_S, MAX_RETRY_WAIT_S, ATTEMPT_TIMEOUT_S = 5, 2.0, 30.0, 30
+# MLflow error codes worth retrying: the server or its database is (momentarily) unavailable. Others
+# (a bad parameter, a name that exists) would fail the same way again.
+TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                             "DEADLINE_EXCEEDED", "ABORTED", "IO_ERROR"})
 
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
@@ -158,16 +174,71 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def redact(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return url
+
+
+def _is_database(uri: str) -> bool:
+    """A SQLAlchemy URL of a database server (postgresql, mysql, mssql), not SQLite nor a file path."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    return scheme.split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql")
+
+
+def check_database(url: str, what: str, timeout_s: int = CHECK_TIMEOUT_S,
+                   error: type[DgnetError] = TrackingError) -> None:
+    """One connection to the database at `url` (a SQLAlchemy URL), or `error` naming `what` and the URL.
+
+    Used before MLflow or Optuna open a database: MLflow's own engine set-up retries ten times over
+    about 100 s, and a host that drops packets would otherwise hang for the TCP timeout.
+    """
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.pool import NullPool
+
+    shown = redact(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        connect_args = ({"connect_timeout": int(timeout_s)}
+                        if parsed.get_backend_name() in ("postgresql", "mysql") else {})
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=NullPool)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        hint = ("the PostgreSQL driver is `psycopg` (pip install -e '.[scale]'): write the URL as "
+                "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB") if "postgres" in url else (
+                "write it as a SQLAlchemy URL, dialect+driver://user:password@host:port/database")
+        raise error(f"{what} {shown}: cannot open this database URL ({hint}): {_short(exc)}") from exc
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise error(f"{what} {shown} is unreachable (is the database server running on that host and "
+                    f"port, and does the database exist?): {_short(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
 def connect(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> Any:
     """An MlflowClient on `uri` after one cheap call proves the store answers; TrackingError else.
 
     For a server, the check makes a single attempt with a `timeout_s` timeout (MLflow's defaults,
-    7 retries with exponential back-off, would take minutes to report a dead server); the run
-    itself keeps the configured retries.
+    7 retries with exponential back-off, would take minutes to report a dead server); for a database
+    URL, one connection with a `timeout_s` connect timeout (MLflow's engine set-up retries for about
+    100 s). Mid-run writes are retried by `MlflowHooks` (see `RetryPolicy`).
     """
     quiet_mlflow()
     from mlflow import MlflowClient
 
+    if _is_database(uri):
+        check_database(uri, "MLflow tracking database", timeout_s)
     check_env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"} if _is_http(uri) else {}
     try:
@@ -177,8 +248,63 @@ def connect(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> Any:
     except Exception as exc:
         hint = ("is the server running? start one with `mlflow server`, or unset MLFLOW_TRACKING_URI "
                 "to use the local SQLite store") if _is_http(uri) else "check the path and its permissions"
-        raise TrackingError(f"MLflow tracking store {uri} is unreachable ({hint}): {_short(exc)}") from exc
+        raise TrackingError(f"MLflow tracking store {redact(uri)} is unreachable ({hint}): "
+                            f"{_short(exc)}") from exc
     return client
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a mid-run MLflow write is retried: `retries` more attempts after a transient failure,
+    waiting `first_wait_s`, then twice as long each time up to `max_wait_s`; each attempt of a
+    server call bounded by `attempt_timeout_s` (MLflow's own HTTP retries are turned off during our
+    attempts, unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT are set, so the bound holds)."""
+
+    retries: int = DEFAULT_RETRIES
+    first_wait_s: float = DEFAULT_RETRY_WAIT_S
+    max_wait_s: float = MAX_RETRY_WAIT_S
+    attempt_timeout_s: int = ATTEMPT_TIMEOUT_S
+
+    def waits(self) -> list[float]:
+        return [min(self.first_wait_s * 2**i, self.max_wait_s) for i in range(self.retries)]
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """The default policy, with DGNET_MLFLOW_RETRIES / DGNET_MLFLOW_RETRY_WAIT_S when set."""
+        values: dict[str, Any] = {}
+        for name, field, kind in ((RETRIES_ENV, "retries", int), (RETRY_WAIT_ENV, "first_wait_s", float)):
+            text = os.environ.get(name, "").strip()
+            if not text:
+                continue
+            try:
+                value = kind(text)
+            except ValueError:
+                value = -1
+            if value < 0 or not math.isfinite(value):
+                raise ConfigError(f"{name}={text!r}: must be a number >= 0")
+            values[field] = value
+        return cls(**values)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed tracking call may succeed if tried again (server or database unavailable)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code in TRANSIENT_CODES
+    import requests
+
+    # Not every OSError: a missing artifact file would fail the same way again.
+    return isinstance(exc, ConnectionError | TimeoutError | requests.RequestException)
+
+
+def _attempt_env(uri: str, timeout_s: int) -> dict[str, str]:
+    """Environment for one attempt at a server: no MLflow-internal retries (ours wrap them) and a
+    bounded timeout, unless the user set those variables."""
+    if not _is_http(uri):
+        return {}
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    return {key: value for key, value in wanted.items() if key not in os.environ}
 
 
 def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
@@ -234,8 +360,10 @@ def run_tags(stage: str, kind: str, variant: str, source: str, folder: str | os.
 
 @contextlib.contextmanager
 def tracked_run(client: Any, experiment_id: str, run_name: str, tags: Mapping[str, str],
-                parent_run_id: str | None = None) -> Iterator[Any]:
-    """Create a run; end it FINISHED when the block succeeds, KILLED on Ctrl-C, FAILED otherwise."""
+                parent_run_id: str | None = None,
+                killed_by: tuple[type[BaseException], ...] = ()) -> Iterator[Any]:
+    """Create a run; end it FINISHED when the block succeeds, KILLED on Ctrl-C (or one of `killed_by`,
+    e.g. a pruned Optuna trial: stopped on purpose, not broken), FAILED otherwise."""
     tags = dict(tags)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -248,12 +376,13 @@ def tracked_run(client: Any, experiment_id: str, run_name: str, tags: Mapping[st
     try:
         yield run
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *killed_by):
         status = "KILLED"
         raise
     finally:
-        try:
-            client.set_terminated(run.info.run_id, status)
+        try:  # one quick attempt: when the server has gone, say so rather than retry for minutes
+            with _env(**_attempt_env(client.tracking_uri, CHECK_TIMEOUT_S)):
+                client.set_terminated(run.info.run_id, status)
         except Exception as exc:
             logging.getLogger(__name__).warning("could not mark MLflow run %s %s: %s",
                                                 run.info.run_id, status, _short(exc))
@@ -319,13 +448,16 @@ class MlflowHooks(TrainingHooks):
     """Log one training loop into MLflow run `run_id` (created by the caller, e.g. `tracked_run`).
 
     Iteration logs are buffered and written with `log_batch`, every `flush_every_s` seconds and at
-    evaluations and the end. `registered_model=None` skips the registry.
+    evaluations and the end. `registered_model=None` skips the registry. A write that fails because
+    the store is unavailable is retried under `retry` (default `RetryPolicy.from_env()`); when the
+    retries are spent, TrackingError stops the training loop, whose checkpoints stay on disk.
     """
 
     def __init__(self, client: Any, run_id: str, *, registered_model: str | None = None,
                  alias: str | None = DEFAULT_ALIAS, variant: str | None = None,
                  extra_params: Mapping[str, Any] | None = None, version_tags: Mapping[str, Any] | None = None,
-                 eval_prefix: str = EVAL_PREFIX, flush_every_s: float = 10.0) -> None:
+                 eval_prefix: str = EVAL_PREFIX, flush_every_s: float = 10.0,
+                 retry: RetryPolicy | None = None) -> None:
         self.client = client
         self.run_id = run_id
         self.registered_model = registered_model
@@ -339,14 +471,42 @@ class MlflowHooks(TrainingHooks):
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._evaluated_at: set[int] = set()
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
+        self.checkpoint: tuple[int, Path] | None = None  # the newest checkpoint this run wrote
+        self.gone = False  # set once retries were spent: close() then writes nothing more
 
     # -- internals
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            raise TrackingError(f"MLflow at {self.client.tracking_uri} failed to {what} "
-                                f"(run {self.run_id}): {_short(exc)}") from exc
+        """`fn(*args, **kwargs)`, retried with back-off while the failure is transient."""
+        uri = redact(str(self.client.tracking_uri))
+        waits = self.retry.waits()
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                with _env(**_attempt_env(uri, self.retry.attempt_timeout_s)):
+                    return fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise TrackingError(f"MLflow at {uri} refused to {what} (run {self.run_id}): "
+                                        f"{_short(exc)}") from exc
+                if attempt == len(waits):
+                    self.gone = True
+                    raise TrackingError(
+                        f"MLflow at {uri} failed to {what} (run {self.run_id}) {attempt + 1} times over "
+                        f"{time.monotonic() - started:.0f} s, the store is unavailable: {_short(exc)}. "
+                        f"Training stopped; {self._kept()}") from exc
+                print(f"warning: MLflow at {uri} failed to {what} ({_short(exc, 160)}); retry "
+                      f"{attempt + 1}/{len(waits)} in {waits[attempt]:g} s", file=sys.stderr, flush=True)
+                time.sleep(waits[attempt])
+                attempt += 1
+
+    def _kept(self) -> str:
+        if self.checkpoint is None:
+            return ("the checkpoints written so far are kept: re-run the same command once the store is "
+                    "back to resume from the newest")
+        iteration, path = self.checkpoint
+        return (f"the last checkpoint, {path} (iteration {iteration}), is kept: re-run the same command "
+                f"once the store is back to resume from it")
 
     def _metrics(self, values: Mapping[str, Any], step: int, prefix: str = "") -> list[Any]:
         from mlflow.entities import Metric
@@ -410,6 +570,7 @@ class MlflowHooks(TrainingHooks):
                    step=int(iteration), synchronous=True)
 
     def on_checkpoint(self, iteration: int, path: Path) -> None:
+        self.checkpoint = (int(iteration), Path(path))  # written before this hook is called
         self.set_tags({"dgnet.checkpoint": str(path), "dgnet.checkpoint_iteration": int(iteration)})
 
     def on_end(self, result: TrainingResult) -> None:
@@ -421,8 +582,8 @@ class MlflowHooks(TrainingHooks):
         self.log_model(result)  # the model file itself goes to the run's artifacts, model/
 
     def close(self) -> None:
-        """Write what is still buffered (call it in a `finally`)."""
-        if self._pending:
+        """Write what is still buffered (call it in a `finally`); nothing once the store has gone."""
+        if self._pending and not self.gone:
             self.flush()
 
     # -- the final model

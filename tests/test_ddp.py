@@ -1,4 +1,9 @@
-"""Two CPU processes (gloo) run the DG-Net loop: disjoint identities, identical weights, rank 0 writes."""
+"""Two CPU processes (gloo) run the DG-Net loop: disjoint identities, identical weights, rank 0 writes.
+
+What makes "identical weights" a proof rather than a coincidence: the ranks start from the same
+(broadcast) weights, see different people, the weights move, and a control run of the same two
+ranks with the gradient/buffer averaging switched off ends with different weights.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +43,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _state(model: DGNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _worker(rank: int, port: int, data: str, teacher: str, base: str) -> None:
-    """One rank: join the group, train 2 iterations, save what it saw and its final weights."""
+    """One rank: join the group, train 2 iterations, save what it saw and its first and final weights;
+    then the control: the same run with the averaging over ranks switched off."""
     import os
 
     import dgnet.training.trainer as trainer_module
@@ -51,6 +61,7 @@ def _worker(rank: int, port: int, data: str, teacher: str, base: str) -> None:
     seen: list[tuple[int, list[int]]] = []
     models: list[DGNet] = []
     events: list[str] = []
+    initial: list[dict[str, torch.Tensor]] = []
 
     class RecordingSampler(IdentityPairSampler):
         def __init__(self, labels, *args, **kwargs):
@@ -58,6 +69,8 @@ def _worker(rank: int, port: int, data: str, teacher: str, base: str) -> None:
             self.all_labels = np.asarray(labels)
 
         def batch(self, iteration):
+            if iteration == 0:  # drawn before the first step, after the broadcast from rank 0
+                initial.append(_state(models[-1]))
             batch = super().batch(iteration)
             seen.append((iteration, self.all_labels[batch.indices].tolist()))
             return batch
@@ -89,8 +102,13 @@ def _worker(rank: int, port: int, data: str, teacher: str, base: str) -> None:
         )  # fmt: skip
         frame = build_manifest(data)
         train_dgnet(frame, get_profile("tiny"), cfg, [teacher], Path(base) / f"out{rank}", hooks=[Events()])
-        state = {k: v.detach().clone() for k, v in models[0].state_dict().items()}
-        torch.save({"seen": seen, "state": state, "events": events}, Path(base) / f"rank{rank}.pt")
+        record = {"seen": seen, "initial": initial[0], "state": _state(models[0]), "events": events}
+        # The control: each rank keeps its own gradients and BN statistics.
+        trainer_module.average_gradients = lambda parameters, ctx: None
+        trainer_module.average_buffers = lambda module, ctx: None
+        train_dgnet(frame, get_profile("tiny"), cfg, [teacher], Path(base) / f"local{rank}")
+        record["local_state"] = _state(models[1])
+        torch.save(record, Path(base) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -115,15 +133,26 @@ def test_two_ranks_train_in_lockstep(tmp_path):
             pytest.fail(f"the two ranks did not finish within {TIMEOUT_S} s")
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    # Disjoint identities: each iteration, the two ranks' batches share no person.
-    for (it0, ids0), (it1, ids1) in zip(ranks[0]["seen"], ranks[1]["seen"], strict=True):
-        assert it0 == it1 and not set(ids0) & set(ids1)
-    assert [it for it, _ in ranks[0]["seen"]] == [0, 1]
-    # Identical weights and BN statistics on both ranks after the run.
+    # Disjoint identities: each iteration, each rank has a full batch (streams a and b of BATCH people,
+    # each with a positive) and the two ranks' batches share no person.
+    seen = [r["seen"][: len(r["seen"]) // 2] for r in ranks]  # the first (averaged) run's batches
+    assert [it for it, _ in seen[0]] == [it for it, _ in seen[1]] == [0, 1]
+    for (_, ids0), (_, ids1) in zip(*seen, strict=True):
+        assert len(ids0) == len(ids1) == 4 * BATCH
+        assert len(set(ids0)) == len(set(ids1)) == 2 * BATCH
+        assert not set(ids0) & set(ids1), f"ranks share identities {set(ids0) & set(ids1)}"
+    # Same start (rank 0's weights), then the weights move.
     first, second = ranks[0]["state"], ranks[1]["state"]
-    assert first.keys() == second.keys()
+    assert first.keys() == second.keys() == ranks[0]["initial"].keys()
+    assert all(torch.equal(ranks[0]["initial"][k], ranks[1]["initial"][k]) for k in first)
+    moved = [k for k in first if not torch.equal(first[k], ranks[0]["initial"][k])]
+    assert len(moved) > len(first) // 2, "training did not change the weights: nothing is proven"
+    # Identical weights and BN statistics on both ranks after the run.
     different = [k for k in first if not torch.equal(first[k], second[k])]
     assert not different, f"ranks disagree on {different[:5]}"
+    # The control without averaging: the ranks' different batches do pull the weights apart.
+    local0, local1 = ranks[0]["local_state"], ranks[1]["local_state"]
+    assert sum(not torch.equal(local0[k], local1[k]) for k in local0) > len(local0) // 2
     # Only rank 0 calls hooks and writes.
     assert ranks[0]["events"] == ["start", "iteration", "iteration", "checkpoint", "end"]
     assert ranks[1]["events"] == []

@@ -190,8 +190,14 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -
 
 
 def is_main_process() -> bool:
-    """True on rank 0, and in a process that is not part of a process group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True on rank 0, and in a process that is not part of a process group.
+
+    After the group is destroyed (the trainers do it on return) torchrun's RANK still says which
+    process this is, so that only rank 0 reports.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def barrier() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,6 +166,87 @@ def make_optimizers(model: DGNet, cfg: DGNetTrainConfig) -> dict[str, torch.opti
     }
 
 
+def learning_rates_at(iteration: int, cfg: DGNetTrainConfig) -> dict[str, float]:
+    """The generator's, D's and E_a trunk's learning rates at `iteration` (id heads: x head_lr_mult)."""
+    base = {"generator": cfg.lr_generator, "discriminator": cfg.lr_discriminator,
+            "appearance": cfg.lr_appearance}
+    schedule = cfg.schedule
+    return {name: learning_rate_at(iteration, lr, schedule.lr_milestones, schedule.lr_gamma)
+            for name, lr in base.items()}
+
+
+def prepare_networks(model: DGNet, teacher: FrozenTeacher | None, cfg: DGNetTrainConfig) -> None:
+    """channels-last and/or compilation of the networks, in place, as `cfg` asks."""
+    for module in (model.appearance_encoder, model.structure_encoder, model.decoder):
+        prepare_module(module, channels_last=cfg.channels_last, compile=cfg.compile)
+    # The R1 penalty differentiates D twice, which compiled (AOT-autograd) modules cannot do.
+    compile_d = cfg.compile and cfg.objective.r1_weight == 0
+    prepare_module(model.discriminator, channels_last=cfg.channels_last, compile=compile_d)
+    if teacher is not None:
+        prepare_module(teacher, channels_last=cfg.channels_last, compile=False)
+
+
+def make_scalers(device: torch.device, amp: str) -> dict[str, torch.amp.GradScaler]:
+    """One scaler per backward pass: D's and G's losses differ in scale (both pass-through unless fp16)."""
+    return {"discriminator": grad_scaler(device, amp), "joint": grad_scaler(device, amp)}
+
+
+def make_joint_step(
+    model: DGNet,
+    teacher: FrozenTeacher | None,
+    cfg: DGNetTrainConfig,
+    ctx: DistContext,
+    optimizers: dict[str, torch.optim.Optimizer],
+    scalers: dict[str, torch.amp.GradScaler],
+) -> Callable[[int, dict[str, torch.Tensor]], dict[str, float]]:
+    """One training iteration, `step(iteration, batch) -> logs`: a D step, then a joint G + E_a step.
+
+    A function of its own (rather than inside `train_dgnet`) so that benchmarks/train_speed.py times
+    exactly what training runs. `batch` is the loader's {"image", "image_erased", "label"}.
+    """
+    device = ctx.device
+    groups = model.parameter_groups()
+    joint_parameters = [*groups.generator, *groups.appearance_trunk, *groups.id_heads]
+
+    def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
+        for name, lr in learning_rates_at(iteration, cfg).items():
+            for group in optimizers[name].param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+        weights = loss_weights_at(iteration, cfg.schedule)
+        real = split_batch(batch, device, cfg.channels_last)
+
+        # 1. Discriminator step on detached fakes.
+        with autocast_context(device, cfg.amp):
+            fakes = generate_cross(model, real.a, real.b)
+            d_loss, d_logs = discriminator_objective(model, torch.cat([real.a, real.b]), fakes,
+                                                     cfg.objective.r1_weight)
+        d_logs = mean_over_ranks(d_logs, ctx)  # a NaN on any rank stops every rank
+        check_finite(d_logs, iteration)
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        scalers["discriminator"].scale(d_loss).backward()
+        average_gradients(groups.discriminator, ctx)
+        scalers["discriminator"].step(optimizers["discriminator"])
+        scalers["discriminator"].update()
+
+        # 2. Joint step of the generator and E_a.
+        with autocast_context(device, cfg.amp):
+            g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective)
+        g_logs = mean_over_ranks(g_logs, ctx)
+        check_finite(g_logs, iteration)
+        optimizers["generator"].zero_grad(set_to_none=True)
+        optimizers["appearance"].zero_grad(set_to_none=True)
+        scalers["joint"].scale(g_loss).backward()
+        average_gradients(joint_parameters, ctx)
+        scalers["joint"].step(optimizers["generator"])
+        scalers["joint"].step(optimizers["appearance"])
+        scalers["joint"].update()
+        average_buffers(model.appearance_encoder, ctx)
+        return {**{f"loss/{k}": v for k, v in d_logs.items()}, **{f"loss/{k}": v for k, v in g_logs.items()}}
+
+    return step
+
+
 def train_dgnet(
     frame: pd.DataFrame,
     model_cfg: ModelConfig,
@@ -219,24 +300,13 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     device = ctx.device
     model = DGNet(model_cfg).to(device)
     broadcast_module(model, ctx)
-    for module in (model.appearance_encoder, model.structure_encoder, model.decoder):
-        prepare_module(module, channels_last=cfg.channels_last, compile=cfg.compile)
-    # The R1 penalty differentiates D twice, which compiled (AOT-autograd) modules cannot do.
-    compile_d = cfg.compile and cfg.objective.r1_weight == 0
-    prepare_module(model.discriminator, channels_last=cfg.channels_last, compile=compile_d)
-    if teacher is not None:
-        prepare_module(teacher, channels_last=cfg.channels_last, compile=False)
+    prepare_networks(model, teacher, cfg)
 
-    groups = model.parameter_groups()
     optimizers = make_optimizers(model, cfg)
-    base_lr = {"generator": cfg.lr_generator, "discriminator": cfg.lr_discriminator,
-               "appearance": cfg.lr_appearance}
-    # One scaler per backward pass: D's and G's losses differ in scale (both pass-through unless fp16).
-    scalers = {"discriminator": grad_scaler(device, cfg.amp), "joint": grad_scaler(device, cfg.amp)}
+    scalers = make_scalers(device, cfg.amp)
     stateful = {"model": model, **{f"optimizer.{k}": v for k, v in optimizers.items()},
                 **{f"scaler.{k}": v for k, v in scalers.items()}}
     identity = {"model_config": dataclasses.asdict(model_cfg)}
-    joint_parameters = [*groups.generator, *groups.appearance_trunk, *groups.id_heads]
 
     config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
                          world_size=ctx.world_size)
@@ -250,51 +320,12 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     sampler = IdentityPairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
     loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
-    def learning_rates(iteration: int) -> dict[str, float]:
-        schedule = cfg.schedule
-        return {name: learning_rate_at(iteration, lr, schedule.lr_milestones, schedule.lr_gamma)
-                for name, lr in base_lr.items()}
-
-    def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
-        for name, lr in learning_rates(iteration).items():
-            for group in optimizers[name].param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
-        weights = loss_weights_at(iteration, cfg.schedule)
-        real = split_batch(batch, device, cfg.channels_last)
-
-        # 1. Discriminator step on detached fakes.
-        with autocast_context(device, cfg.amp):
-            fakes = generate_cross(model, real.a, real.b)
-            d_loss, d_logs = discriminator_objective(model, torch.cat([real.a, real.b]), fakes,
-                                                     cfg.objective.r1_weight)
-        d_logs = mean_over_ranks(d_logs, ctx)  # a NaN on any rank stops every rank
-        check_finite(d_logs, iteration)
-        optimizers["discriminator"].zero_grad(set_to_none=True)
-        scalers["discriminator"].scale(d_loss).backward()
-        average_gradients(groups.discriminator, ctx)
-        scalers["discriminator"].step(optimizers["discriminator"])
-        scalers["discriminator"].update()
-
-        # 2. Joint step of the generator and E_a.
-        with autocast_context(device, cfg.amp):
-            g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective)
-        g_logs = mean_over_ranks(g_logs, ctx)
-        check_finite(g_logs, iteration)
-        optimizers["generator"].zero_grad(set_to_none=True)
-        optimizers["appearance"].zero_grad(set_to_none=True)
-        scalers["joint"].scale(g_loss).backward()
-        average_gradients(joint_parameters, ctx)
-        scalers["joint"].step(optimizers["generator"])
-        scalers["joint"].step(optimizers["appearance"])
-        scalers["joint"].update()
-        average_buffers(model.appearance_encoder, ctx)
-        return {**{f"loss/{k}": v for k, v in d_logs.items()}, **{f"loss/{k}": v for k, v in g_logs.items()}}
+    step = make_joint_step(model, teacher, cfg, ctx, optimizers, scalers)
 
     def describe(iteration: int) -> dict[str, float]:
         weights = dataclasses.asdict(loss_weights_at(iteration, cfg.schedule))
         logs = {f"weight/{k}": float(v) for k, v in weights.items()}
-        lrs = learning_rates(iteration)
+        lrs = learning_rates_at(iteration, cfg)
         logs.update({"lr/generator": lrs["generator"], "lr/discriminator": lrs["discriminator"],
                      "lr/appearance_trunk": lrs["appearance"],
                      "lr/id_heads": lrs["appearance"] * cfg.head_lr_mult})

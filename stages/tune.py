@@ -1,0 +1,1005 @@
+"""`dgnet tune` (and `python -m stages.tune`, the DVC entry tuning/dvc.yaml): an Optuna study of
+DG-Net's loss weights, every trial a short training run tracked in MLflow.
+
+What is searched (params `tune.space`): lambda_prim (`primary_max`), the fine-grained alpha
+(`fine_alpha`), the image reconstruction weight (`recon_image`, which also sets
+`recon_image_positive`: the paper weights both reconstructions alike), the code reconstruction
+maximum (`code_max`) and the cross-identity id weight (`id_generated`). Each trial trains the
+`tune.base` section (default `train`) changed by `tune.train` (fewer iterations, evaluations to
+prune on, deterministic) with the sampled weights, and scores the final `tune.metric` (mAP).
+
+How it repeats and resumes:
+- TPESampler seeded per trial from (seed, trial number), one worker, deterministic CPU training:
+  the same seed gives the same trials, params and values. Seeding per trial (instead of once per
+  process) also means a resumed study never redraws the random start-up points it already tried.
+- Storage: SQLite at the repository root by default (`optuna.db`), or any SQLAlchemy URL (e.g.
+  postgresql+psycopg://...) for many workers. Re-running the same command continues the study until
+  it has `n_trials` finished (complete or pruned) trials.
+- A trial stopped by Ctrl-C / SIGTERM is failed and re-queued with the same weights at once; one
+  left RUNNING by a killed worker is failed once its heartbeat is older than `grace_period` and
+  re-queued by RetryHeartbeatStaleTrialCallback (Optuna 5's RetryFailedTrialCallback). Checkpoints
+  live in checkpoints/tune-<study>-<hash of the configuration>/, so the re-queued trial resumes where
+  the first attempt stopped; they are deleted when a trial ends. A worker that has nothing left to
+  run waits (one grace period at most) for trials running elsewhere and re-runs those whose worker
+  died, so no trial is left RUNNING, even in a study that already has its `n_trials`.
+- A study remembers a hash of its settings (space, training config, data, teachers, seed): resuming
+  it with other settings is refused (use another study name).
+
+MLflow: one parent run per study (found again on resume), one child run per trial (tags
+`optuna.study`, `optuna.trial_number`, `optuna.trial_id`, `optuna.state`, `dgnet.variant=tune`; the
+sampled weights as `tune.*` params; losses and evaluations as metrics). A pruned trial ends KILLED
+with `optuna.state=PRUNED`; a re-queued trial is tagged `optuna.retry_of`, and the run of the attempt
+it replaces ends KILLED with `optuna.rerun_as`. The parent gets the best weights and value as
+`best/...` metrics (they change as a study grows, which MLflow params may not), the optimisation
+history, intermediate values and parameter importances as PNG images, and trials.csv.
+
+The best weights go to params/tuned.yaml (params.yaml's layout); `dgnet tune --apply
+params/tuned.yaml` copies them into params.yaml's `train.schedule`, after which `dvc repro` retrains.
+
+Exit codes: 0 done; 2 bad params, missing manifest or teacher, unreachable Optuna storage or MLflow
+store, a study resumed with other settings, too many failed trials; 130 interrupted (re-run to go on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from dgnet.errors import ConfigError, DgnetError
+from dgnet.io import atomic_path, write_json
+from dgnet.losses import NonFiniteLossError
+from dgnet.training.hooks import TrainingHooks, TrainingResult
+from stages.common import load_params, section
+from stages.teacher import OUT as TEACHER_OUT
+from stages.teacher import teacher_paths
+from stages.tracking import (
+    MlflowHooks,
+    artifact_location,
+    check_database,
+    connect,
+    ensure_experiment,
+    file_md5,
+    flatten,
+    interrupt_on_sigterm,
+    manifest_path,
+    mlflow_settings,
+    model_config,
+    model_fingerprint,
+    quiet_mlflow,
+    read_manifest,
+    redact,
+    remove_work_dirs,
+    run_tags,
+    tracked_run,
+    tracking_root,
+    tracking_uri,
+    train_config,
+    view_hint,
+    work_dir,
+    workspace_root,
+)
+from stages.train import apply_overrides, merge
+
+STAGE = "tune"
+DEFAULT_STORAGE = "sqlite:///optuna.db"  # relative: against the repository root (DVC_ROOT in dvc exp)
+DEFAULT_OUT = Path("params/tuned.yaml")
+DEFAULT_METRICS = Path("reports/metrics/tune.json")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+METRICS = ("mAP", "rank1", "mINP")
+PRUNERS = ("median", "threshold", "none")
+# Study user attributes: the settings fingerprint, and the MLflow parent run of the study.
+SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings_hash", "dgnet.mlflow_parent_run_id"
+SETTINGS_TEXT_ATTR = "dgnet.settings"
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class StorageError(DgnetError):
+    """The Optuna storage cannot be opened; the message names its URL (password hidden)."""
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched weight: a float in [low, high] (log scale when `log`), written to the
+    ScheduleConfig field `name` and to every field of `also`."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    also: tuple[str, ...] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.name, *self.also)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """params.yaml `tune:` after the command-line options (see params.yaml for each key)."""
+
+    study: str
+    n_trials: int
+    seed: int
+    storage: str
+    metric: str
+    base: str
+    train: dict[str, Any]
+    space: tuple[Knob, ...]
+    startup_trials: int
+    pruner: dict[str, Any]
+    heartbeat_interval: int | None
+    grace_period: int | None
+    max_retry: int
+    log_models: bool
+    out: Path
+
+
+def _integer(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_space(values: Any) -> tuple[Knob, ...]:
+    """`tune.space`: {field: {low, high, log, also}} over the numeric ScheduleConfig fields."""
+    from dgnet.training.schedule import ScheduleConfig
+
+    numeric = {f.name for f in dataclasses.fields(ScheduleConfig) if f.type in ("float", float)}
+    if not isinstance(values, Mapping) or not values:
+        raise ConfigError("tune.space: must map loss weights to {low, high, log} ranges")
+    knobs, seen = [], set()
+    for name, spec in values.items():
+        where = f"tune.space.{name}"
+        if not isinstance(spec, Mapping) or not {"low", "high"} <= set(spec):
+            raise ConfigError(f"{where}: must be a mapping with `low` and `high` (and `log`, `also`)")
+        unknown = sorted(set(spec) - {"low", "high", "log", "also"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are also, high, log, low")
+        also = tuple(spec.get("also") or ())
+        for field in (name, *also):
+            if field not in numeric:
+                raise ConfigError(f"{where}: {field!r} is not a loss weight of train.schedule; "
+                                  f"searchable: {sorted(numeric)}")
+            if field in seen:
+                raise ConfigError(f"{where}: {field!r} is set by two entries of tune.space")
+            seen.add(field)
+        low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}.log: must be true or false, got {log!r}")
+        if not 0 <= low < high or (log and low == 0):
+            raise ConfigError(f"{where}: needs 0 <= low < high (low > 0 on a log scale), got "
+                              f"low {low}, high {high}")
+        knobs.append(Knob(str(name), low, high, log, also))
+    return tuple(knobs)
+
+
+def tune_settings(values: Mapping[str, Any], args: argparse.Namespace) -> TuneSettings:
+    """The `tune:` section checked, with the command line's --study, --n-trials, ... on top."""
+    known = {"study", "n_trials", "seed", "storage", "metric", "base", "train", "space", "sampler",
+             "pruner", "heartbeat_interval", "grace_period", "max_retry", "log_models", "out"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"tune: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    cli = {"study": args.study, "n_trials": args.n_trials, "seed": args.seed, "storage": args.storage,
+           "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
+           "out": args.out}
+    values = {**values, **{k: v for k, v in cli.items() if v is not None}}
+    study = str(values.get("study", "dgnet-weights"))
+    if not STUDY_NAME.fullmatch(study):
+        raise ConfigError(f"tune.study: {study!r} must be letters, digits, `_`, `.`, `-` (at most 100)")
+    metric = values.get("metric", "mAP")
+    if metric not in METRICS:
+        raise ConfigError(f"tune.metric: {metric!r} is not one of {list(METRICS)}")
+    train = values.get("train") or {}
+    if not isinstance(train, Mapping):
+        raise ConfigError("tune.train: must be a mapping of training keys changed for every trial")
+    heartbeat = values.get("heartbeat_interval", 30)
+    heartbeat = None if heartbeat in (None, 0) else _integer(heartbeat, "tune.heartbeat_interval", 1)
+    grace = values.get("grace_period")
+    grace = None if grace is None or heartbeat is None else _integer(grace, "tune.grace_period", 1)
+    if grace is not None and grace <= heartbeat:
+        raise ConfigError(f"tune.grace_period: {grace} s must exceed heartbeat_interval {heartbeat} s")
+    sampler = values.get("sampler") or {}
+    if not isinstance(sampler, Mapping) or set(sampler) - {"n_startup_trials"}:
+        raise ConfigError("tune.sampler: only `n_startup_trials` is configurable")
+    log_models = values.get("log_models", False)
+    if not isinstance(log_models, bool):
+        raise ConfigError(f"tune.log_models: must be true or false, got {log_models!r}")
+    return TuneSettings(
+        study=study, n_trials=_integer(values.get("n_trials", 10), "tune.n_trials", 1),
+        seed=_integer(values.get("seed", 0), "tune.seed", 0),
+        storage=str(values.get("storage") or DEFAULT_STORAGE), metric=metric,
+        base=str(values.get("base", "train")), train=dict(train), space=parse_space(values.get("space")),
+        startup_trials=_integer(sampler.get("n_startup_trials", 10), "tune.sampler.n_startup_trials", 0),
+        pruner=parse_pruner(values.get("pruner") or {}), heartbeat_interval=heartbeat, grace_period=grace,
+        max_retry=_integer(values.get("max_retry", 2), "tune.max_retry", 0), log_models=log_models,
+        out=Path(values.get("out") or DEFAULT_OUT),
+    )
+
+
+def parse_pruner(values: Any) -> dict[str, Any]:
+    """`tune.pruner`: kind median (default), threshold (prune below `lower`) or none, with the
+    evaluation steps to wait (`n_warmup_steps`, in iterations) and `interval_steps`."""
+    if not isinstance(values, Mapping):
+        raise ConfigError("tune.pruner: must be a mapping (kind, n_startup_trials, n_warmup_steps, ...)")
+    kind = values.get("kind", "median")
+    if kind not in PRUNERS:
+        raise ConfigError(f"tune.pruner.kind: {kind!r} is not one of {list(PRUNERS)}")
+    allowed = {"kind", "n_warmup_steps", "interval_steps"} | {"median": {"n_startup_trials"},
+                                                               "threshold": {"lower"}}.get(kind, set())
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"tune.pruner: key(s) {unknown} do not apply to kind {kind!r}")
+    pruner = {"kind": kind, "n_warmup_steps": _integer(values.get("n_warmup_steps", 0),
+                                                       "tune.pruner.n_warmup_steps", 0),
+              "interval_steps": _integer(values.get("interval_steps", 1), "tune.pruner.interval_steps", 1)}
+    if kind == "median":
+        pruner["n_startup_trials"] = _integer(values.get("n_startup_trials", 3),
+                                              "tune.pruner.n_startup_trials", 0)
+    if kind == "threshold":
+        pruner["lower"] = _number(values.get("lower"), "tune.pruner.lower")
+    return pruner
+
+
+def make_pruner(pruner: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    steps = {"n_warmup_steps": pruner["n_warmup_steps"], "interval_steps": pruner["interval_steps"]}
+    if pruner["kind"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner["n_startup_trials"], **steps)
+    if pruner["kind"] == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=pruner["lower"], **steps)
+    return optuna.pruners.NopPruner()
+
+
+# --- storage and sampler --------------------------------------------------------------------------
+
+
+def storage_url(url: str) -> str:
+    """A relative SQLite path is taken relative to the repository root (DVC_ROOT under `dvc exp`),
+    so that every run and experiment copy shares one study database."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url[len(prefix):] != ":memory:":
+        return f"{prefix}{tracking_root() / url[len(prefix):]}"
+    return url
+
+
+def open_storage(url: str, settings: TuneSettings) -> optuna.storages.RDBStorage:
+    """An RDBStorage with heartbeats (when configured) whose stale trials are re-queued; or a
+    StorageError naming the URL. Any SQLAlchemy URL works: SQLite for one machine, PostgreSQL
+    (postgresql+psycopg://user:password@host/db) for many workers."""
+    from sqlalchemy.engine import make_url
+
+    shown = redact(url)
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception as exc:
+        raise StorageError(f"Optuna storage {shown}: not a SQLAlchemy URL "
+                           f"(e.g. sqlite:///optuna.db, postgresql+psycopg://user:password@host/db)") from exc
+    if backend != "sqlite":
+        check_database(url, "Optuna storage", error=StorageError)  # fails fast, with a connect timeout
+    engine = {"connect_args": {"timeout": 60}} if backend == "sqlite" else {"pool_pre_ping": True}
+    heartbeat = {}
+    if settings.heartbeat_interval:
+        heartbeat = {"heartbeat_interval": settings.heartbeat_interval, "grace_period": settings.grace_period,
+                     "heartbeat_stale_trial_callback": retry_callback(settings)}
+    try:
+        with _quiet_optuna():
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+    except Exception as exc:
+        raise StorageError(f"Optuna storage {shown} cannot be opened "
+                           f"(check the path, the server and the credentials): {_short(exc)}") from exc
+
+
+def retry_callback(settings: TuneSettings) -> RetryHeartbeatStaleTrialCallback:
+    """Re-queues a failed trial with the same weights (and its intermediate values, since the retry
+    resumes from the checkpoint the first attempt left), at most `max_retry` times."""
+    with _quiet_optuna():
+        return RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry,
+                                                inherit_intermediate_values=True)
+
+
+class PerTrialSeedTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random state is reseeded from (seed, trial number) before every trial.
+
+    Plain TPESampler(seed) seeds once per process, so a resumed study would draw its random start-up
+    points from the beginning of the same sequence again; here trial k always draws from the same
+    state, whatever process runs it, and two workers never share one (trial numbers are unique).
+    """
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        state = int(np.random.SeedSequence([self.base_seed, trial.number]).generate_state(1)[0])
+        self._rng.rng.seed(state)  # TPE's own draws (optuna 5: a LazyRandomState)
+        self._random_sampler._rng.rng.seed(state)  # the start-up trials' draws
+        super().before_trial(study, trial)
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Heartbeats, retries and the matplotlib plots are marked experimental; the warning is noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+# --- MLflow: a parent run per study, a child run per trial -----------------------------------------
+
+
+class StudyTracker:
+    """The study's MLflow runs: the parent (found again when the study is resumed) and its children."""
+
+    def __init__(self, client: Any, experiment_id: str, study_name: str, tags: Mapping[str, str]) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.study_name = study_name
+        self.tags = dict(tags)  # run_tags(): git commit, DVC stage; computed once per process
+        self.parent_id: str | None = None
+
+    def _search(self, filters: str) -> list[Any]:
+        query = f"tags.`optuna.study` = '{self.study_name}' and {filters}"
+        return list(self.client.search_runs([self.experiment_id], query, max_results=1000))
+
+    def open_parent(self, study: optuna.Study, params: Mapping[str, Any], storage: str) -> str:
+        """The study's parent run, set RUNNING: the one the study remembers; else, for a study that
+        already has trials, the newest parent tagged with its name and storage; else a new one.
+        Workers starting a new study together all adopt the first parent the study records."""
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id and not self._exists(run_id):
+            run_id = None
+        if run_id is None and study.trials and "'" not in storage:
+            found = self._search(f"tags.`dgnet.kind` = 'study' and tags.`optuna.storage` = '{storage}'")
+            run_id = max(found, key=lambda r: r.info.start_time).info.run_id if found else None
+        if run_id is None:
+            tags = {**self.tags, "dgnet.kind": "study", "dgnet.variant": STAGE,
+                    "optuna.study": self.study_name, "optuna.storage": storage}
+            own = self.client.create_run(self.experiment_id, run_name=f"tune-{self.study_name}",
+                                         tags=tags).info.run_id
+            if PARENT_ATTR not in study.user_attrs:
+                study.set_user_attr(PARENT_ATTR, own)
+            run_id = study.user_attrs.get(PARENT_ATTR, own)
+            if run_id == own:
+                MlflowHooks(self.client, run_id).log_params(params)
+            else:  # another worker recorded its parent first
+                self.client.delete_run(own)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            if study.user_attrs.get(PARENT_ATTR) != run_id:
+                study.set_user_attr(PARENT_ATTR, run_id)
+        self.parent_id = run_id
+        return run_id
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:  # another store, or deleted
+            return False
+
+    @contextlib.contextmanager
+    def trial_run(self, trial: optuna.Trial, sampled: Mapping[str, float]) -> Iterator[str]:
+        """A child run for `trial`, ended FINISHED (complete), KILLED (pruned or interrupted) or FAILED;
+        tag `optuna.state` says which in Optuna's words."""
+        tags = {**self.tags, "dgnet.kind": "dgnet", "dgnet.variant": STAGE, "optuna.study": self.study_name,
+                "optuna.trial_number": str(trial.number), "optuna.trial_id": str(trial._trial_id)}
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen(trial))
+        if history:
+            tags["optuna.retry_of"] = str(history[-1])
+        with tracked_run(self.client, self.experiment_id, f"trial-{trial.number:04d}", tags,
+                         parent_run_id=self.parent_id, killed_by=(optuna.TrialPruned,)) as run:
+            run_id = run.info.run_id
+            trial.set_user_attr("mlflow_run_id", run_id)
+            self.retire(history, trial.number)
+            MlflowHooks(self.client, run_id).log_params({f"tune.{k}": v for k, v in sampled.items()})
+            state = "FAIL"
+            try:
+                yield run_id
+                state = "COMPLETE"
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                self.client.set_tag(run_id, "optuna.state", state)
+
+    def retire(self, numbers: Sequence[int], rerun_as: int) -> None:
+        """The runs of earlier attempts of a re-queued trial: KILLED if a dead worker left them
+        RUNNING, and tagged with the trial that re-runs them, so no attempt is lost or counted twice."""
+        for number in numbers:
+            for run in self._search(f"tags.`optuna.trial_number` = '{number}' and "
+                                    f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+                self.client.set_tag(run.info.run_id, "optuna.rerun_as", str(rerun_as))
+
+    def summarize(self, study: optuna.Study, settings: TuneSettings) -> None:
+        """Best weights and value (metrics `best/...`, step = finished trials), trial counts, the
+        optimisation history, intermediate values and parameter importances (PNG), trials.csv."""
+        trials = study.get_trials(deepcopy=False)
+        counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+        step = counts["complete"] + counts["pruned"]
+        metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
+        best = best_trial(study)
+        if best is not None:
+            metrics.update({"best/value": best.value, "best/trial_number": best.number,
+                            **{f"best/{k}": v for k, v in best.params.items()}})
+            self.client.set_tag(self.parent_id, "optuna.best_trial", str(best.number))
+        hooks = MlflowHooks(self.client, self.parent_id)
+        hooks.on_iteration(step, metrics)
+        hooks.flush()
+        self.client.set_tag(self.parent_id, "optuna.n_trials", str(settings.n_trials))
+        frame = study.trials_dataframe()
+        if len(frame):
+            self.client.log_text(self.parent_id, frame.to_csv(index=False), "trials.csv")
+        for name, figure in study_plots(study):
+            self.client.log_figure(self.parent_id, figure, f"plots/{name}.png")
+
+    def end_parent(self, study: optuna.Study, status: str) -> None:
+        """End the parent run, unless another worker still runs a trial of the study."""
+        if status != "FINISHED" and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        self.client.set_terminated(self.parent_id, status)
+
+
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """The stored view of a running trial (its system attributes say whether it is a retry)."""
+    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return next(t for t in running if t.number == trial.number)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial, or None while there is none (all pruned or failed)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    return study.best_trial
+
+
+def study_plots(study: optuna.Study) -> Iterator[tuple[str, Any]]:
+    """Optuna's matplotlib plots of the study (Agg backend: no display needed), each figure closed
+    after use. Parameter importances need two complete trials; a plot that cannot be drawn is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    wanted = [("optimization_history", plots.plot_optimization_history, 1),
+              ("intermediate_values", plots.plot_intermediate_values, 1),
+              ("param_importances", plots.plot_param_importances, 2)]
+    for name, plot, needed in wanted:
+        if complete < needed:
+            continue
+        try:
+            with _quiet_optuna(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            print(f"tune: plot {name} skipped: {_short(exc)}", file=sys.stderr)
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        try:
+            yield name, figure
+        finally:
+            plt.close(figure)
+
+
+# --- one trial -------------------------------------------------------------------------------------
+
+
+class PruningHook(TrainingHooks):
+    """Reports the metric at every evaluation to the trial and stops the training (TrialPruned) when
+    the pruner says so; never at the final evaluation, whose value is the trial's result."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, iterations: int) -> None:
+        self.trial, self.metric, self.iterations = trial, metric, iterations
+
+    def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        with warnings.catch_warnings():  # a resumed retry re-reports inherited steps: ignored, fine
+            warnings.simplefilter("ignore", UserWarning)
+            self.trial.report(float(value), int(iteration))
+        if iteration < self.iterations and self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric} {value:.4f} at iteration {iteration}")
+
+
+class TrialHooks(MlflowHooks):
+    """MlflowHooks for a trial: the model file is logged only with `tune.log_models` (a trial's
+    model is a by-product; the tuned weights are retrained by the pipeline)."""
+
+    def __init__(self, *args: Any, log_models: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log_models = log_models
+
+    def log_model(self, result: TrainingResult) -> Any:
+        return super().log_model(result) if self.log_models else None
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs that does not change from trial to trial."""
+
+    workspace: Path
+    settings: TuneSettings
+    base_values: dict[str, Any]  # the base section with tune.train applied
+    frame: Any
+    model_cfg: Any
+    teachers: list[Path]
+    extra_params: dict[str, Any]
+    fingerprint_key: dict[str, Any]  # data and teachers, for the checkpoint folder's key
+
+
+def trial_values(base_values: Mapping[str, Any], space: Sequence[Knob], sampled: Mapping[str, float]
+                 ) -> dict[str, Any]:
+    """The training section of one trial: the base values with the sampled weights in `schedule`."""
+    schedule = {target: sampled[knob.name] for knob in space for target in knob.targets}
+    return merge(dict(base_values), {"schedule": schedule})
+
+
+def suggest(trial: optuna.Trial, space: Sequence[Knob]) -> dict[str, float]:
+    return {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in space}
+
+
+class Objective:
+    """Optuna's objective: train one configuration, return its final metric (pruned on the way)."""
+
+    def __init__(self, context: TrialContext, tracker: StudyTracker) -> None:
+        self.context, self.tracker = context, tracker
+        self.current: int | None = None  # the trial this process is running (for Ctrl-C)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from dgnet.training import trainer
+        from dgnet.training.trainer import DGNetTrainConfig
+
+        ctx, settings = self.context, self.context.settings
+        self.current = trial.number
+        sampled = suggest(trial, settings.space)
+        cfg, _ = train_config(DGNetTrainConfig, trial_values(ctx.base_values, settings.space, sampled),
+                              f"tune (from {settings.base})")
+        folder = work_dir(ctx.workspace, f"tune-{settings.study}",
+                          {"model": ctx.model_cfg, "train": cfg, **ctx.fingerprint_key})
+        keep = False
+        try:
+            with self.tracker.trial_run(trial, sampled) as run_id:
+                hooks = TrialHooks(self.tracker.client, run_id, registered_model=None, variant=STAGE,
+                                   extra_params=ctx.extra_params, log_models=settings.log_models)
+                pruning = PruningHook(trial, settings.metric, cfg.iterations)
+                try:  # MLflow first: the evaluation that prunes a trial is logged too
+                    result = trainer.train_dgnet(ctx.frame, ctx.model_cfg, cfg, ctx.teachers, folder,
+                                                 hooks=[hooks, pruning], resume=True)
+                finally:
+                    hooks.close()
+                value = float(result.metrics[settings.metric])
+                self.tracker.client.log_metric(run_id, "optuna/value", value, step=cfg.iterations)
+            return value
+        except (optuna.TrialPruned, NonFiniteLossError):
+            raise  # the trial's own outcome
+        except BaseException:
+            keep = True  # interrupted or broken from outside: the re-queued attempt resumes from here
+            raise
+        finally:
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- the study -------------------------------------------------------------------------------------
+
+
+def settings_key(settings: TuneSettings, base_values: Mapping[str, Any], context_key: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """What a study's trials depend on. The searched schedule fields are left out (trials set them),
+    so applying tuned weights to params.yaml does not make the study a different one; so is n_trials
+    (raising it extends a study)."""
+    searched = {target for knob in settings.space for target in knob.targets}
+    schedule = {k: v for k, v in (base_values.get("schedule") or {}).items() if k not in searched}
+    return {"space": [dataclasses.asdict(k) for k in settings.space], "metric": settings.metric,
+            "seed": settings.seed, "base": settings.base, "train": {**base_values, "schedule": schedule},
+            **context_key}
+
+
+def check_same_settings(study: optuna.Study, key: Mapping[str, Any], url: str) -> None:
+    """Remember the settings of a new study; refuse to resume one that was started with others."""
+    text = json.dumps(key, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, digest)
+        study.set_user_attr(SETTINGS_TEXT_ATTR, text)
+        return
+    if stored != digest:
+        before = json.loads(study.user_attrs.get(SETTINGS_TEXT_ATTR, "{}"))
+        now = json.loads(text)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["?"]
+        raise ConfigError(f"study {study.study_name!r} in {redact(url)} was started with other settings "
+                          f"(changed: {', '.join(changed)}); resume it with those, or give this search "
+                          f"another name (--study NAME, params tune.study)")
+
+
+def requeue(study: optuna.Study, number: int | None, settings: TuneSettings) -> None:
+    """Re-queue trial `number` if it failed because this process was stopped (not because of its
+    weights), unless a retry of it is already queued."""
+    if number is None:
+        return
+    trials = study.get_trials(deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None or trial.state != TrialState.FAIL:
+        return
+    if any(number in RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials):
+        return
+    with contextlib.suppress(Exception):  # the storage may be what broke: the heartbeat covers that
+        retry_callback(settings)(study, copy.deepcopy(trial))
+
+
+MAX_FAILURES_IN_A_ROW = 3
+
+
+def trials_in(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def run_trials(study: optuna.Study, objective: Objective, settings: TuneSettings) -> None:
+    """Run trials (re-queued ones first) until the study has `n_trials` finished ones and no trial
+    waits to be re-run.
+
+    A trial whose loss became NaN fails and the study goes on; three such failures in a row stop it.
+    With several workers on one storage each stops at `n_trials` finished, so up to (workers - 1)
+    trials more may finish, as with Optuna's MaxTrialsCallback. Trials RUNNING elsewhere at the end
+    are waited for until they finish or their heartbeat goes stale (a dead worker's trial is then
+    re-queued and re-run here), so that no trial is left behind.
+    """
+    failures = 0
+    while True:
+        optuna.storages.fail_stale_trials(study)  # dead workers' trials -> failed, re-queued
+        more = len(finished_trials(study)) < settings.n_trials or trials_in(study, TrialState.WAITING)
+        if not more and not wait_for_running(study, settings):
+            return
+        if not more:
+            continue
+        objective.current = None
+        try:
+            study.optimize(objective, n_trials=1, catch=(NonFiniteLossError,))
+        except BaseException:
+            requeue(study, objective.current, settings)
+            raise
+        last = next((t for t in study.get_trials(deepcopy=False) if t.number == objective.current), None)
+        failures = failures + 1 if last is not None and last.state == TrialState.FAIL else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            raise DgnetError(f"study {settings.study!r}: {failures} trials in a row failed (non-finite "
+                             f"losses); narrow tune.space, e.g. lower the `high` of the largest weights")
+
+
+def wait_for_running(study: optuna.Study, settings: TuneSettings) -> bool:
+    """Wait while other workers' trials run, at most one grace period and one heartbeat: True as soon
+    as one of them turns out dead (its re-run is queued), False when none runs any more or those
+    still running are alive (they keep their heartbeat; their workers finish them)."""
+    if not settings.heartbeat_interval or not trials_in(study, TrialState.RUNNING):
+        return False
+    interval = settings.heartbeat_interval
+    deadline = time.monotonic() + (settings.grace_period or 2 * interval) + interval
+    print(f"tune: waiting up to {deadline - time.monotonic():.0f} s for trials running elsewhere",
+          file=sys.stderr)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        optuna.storages.fail_stale_trials(study)
+        if trials_in(study, TrialState.WAITING):
+            return True
+        if not trials_in(study, TrialState.RUNNING):
+            return False
+    return False
+
+
+# --- the tuned weights: params/tuned.yaml, and back into params.yaml -------------------------------
+
+
+def tuned_schedule(best: FrozenTrial, space: Sequence[Knob]) -> dict[str, float]:
+    return {target: float(best.params[knob.name]) for knob in space for target in knob.targets}
+
+
+def write_tuned(path: Path, study: optuna.Study, settings: TuneSettings, best: FrozenTrial) -> str:
+    """params/tuned.yaml: the best trial's weights in params.yaml's layout (`train: schedule: ...`),
+    with where they come from; returns the equivalent `dvc exp run -S ...` line."""
+    schedule = tuned_schedule(best, settings.space)
+    exp_line = "dvc exp run " + " ".join(f"-S {settings.base}.schedule.{k}={v!r}"
+                                         for k, v in schedule.items())
+    finished = len(finished_trials(study))
+    header = (f"# The best loss weights of Optuna study {settings.study!r}: trial {best.number} of "
+              f"{finished} finished, final {settings.metric} {best.value:.6f}.\n"
+              f"# Written by `dgnet tune`; make the pipeline use them (then `dvc repro` retrains):\n"
+              f"#   dgnet tune --apply {settings.out.as_posix()}\n"
+              f"# or try them as a DVC experiment without touching params.yaml:\n#   {exp_line}\n")
+    content = {"tuned": {"study": settings.study, "trial": best.number, "metric": settings.metric,
+                         "value": float(best.value), "finished_trials": finished},
+               settings.base: {"schedule": schedule}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump(content, sort_keys=False))
+    return exp_line
+
+
+def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
+    """Copy the weights of a tuned file into params.yaml (comments and layout kept, atomic write);
+    the result must still build the training configuration (so a misspelt key is refused and
+    params.yaml left as it was). Returns the changes as `key: old -> new` lines."""
+    from ruamel.yaml import YAML
+
+    from dgnet.training.trainer import DGNetTrainConfig
+
+    try:
+        values = yaml.safe_load(tuned.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--apply {tuned}: cannot read it ({_short(exc)})") from exc
+    sections = {k: v for k, v in (values or {}).items() if k != "tuned"} if isinstance(values, dict) else {}
+    if not sections or not all(isinstance(v, dict) for v in sections.values()):
+        raise ConfigError(f"--apply {tuned}: expected params sections such as `train: schedule: ...`")
+    editor = YAML()  # round-trip: comments, order and quoting of params.yaml survive
+    editor.indent(mapping=2, sequence=4, offset=2)
+    editor.width, editor.preserve_quotes = 4096, True  # `amp: "off"` must not become the boolean off
+    editor.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    try:
+        document = editor.load(params_file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{params_file}: cannot read it ({_short(exc)})") from exc
+    changes = []
+    for name, changed in sections.items():
+        for dotted, value in flatten(changed).items():
+            *parents, leaf = [name, *dotted.split(".")]
+            node = document
+            for key in parents:
+                node = node.get(key) if isinstance(node, Mapping) else None
+            if not isinstance(node, Mapping):
+                raise ConfigError(f"--apply {tuned}: {params_file} has no `{'.'.join(parents)}` to put "
+                                  f"{leaf} in")
+            changes.append(f"{name}.{dotted}: {node.get(leaf, '(default)')} -> {value}")
+            node[leaf] = value
+    with atomic_path(params_file) as tmp:
+        with open(tmp, "w") as handle:
+            editor.dump(document, handle)
+        updated = yaml.safe_load(tmp.read_text())
+        for name in sections:  # a training section must still build a training configuration
+            if {"iterations", "schedule"} <= set(updated.get(name) or {}):
+                train_config(DGNetTrainConfig, updated[name], name)
+    return changes
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
+    """Read and check params, data and teachers before anything is opened or trained.
+    Returns the trials' context and the study's settings key (see `settings_key`)."""
+    from dgnet.evaluation.evaluate import has_eval_splits
+    from dgnet.training.trainer import DGNetTrainConfig
+
+    workspace = workspace_root()
+    params = load_params(workspace)
+    settings = tune_settings(apply_overrides(section(params, STAGE), args.assignments, STAGE), args)
+    mlflow_settings(params)  # checked here; read again when tracking starts
+    base_values = merge(section(params, settings.base), settings.train)
+    base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})")
+    manifest = manifest_path(params, workspace)
+    frame = read_manifest(manifest)
+    if not has_eval_splits(frame):
+        raise ConfigError(f"manifest {manifest}: tuning scores every trial on query/gallery images, "
+                          f"and there are none")
+    model_cfg = model_config(params, frame)
+    may_need_teacher = base_cfg.needs_teacher() or any("primary_max" in k.targets for k in settings.space)
+    teachers = teacher_paths(workspace, args.teachers) if may_need_teacher else []
+    data_key = {"manifest": file_md5(manifest), "teachers": [model_fingerprint(p) for p in teachers],
+                "model": model_cfg}
+    train = frame[frame["split"] == "train"]
+    extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
+             "stage.section": settings.base,
+             "data.manifest": str(manifest), "data.manifest_md5": data_key["manifest"],
+             "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique()),
+             "optuna.study": settings.study}
+    context = TrialContext(workspace, settings, base_values, frame, model_cfg, teachers, extra,
+                           {"manifest": data_key["manifest"], "teachers": data_key["teachers"]})
+    return context, settings_key(settings, base_values, data_key)
+
+
+def open_study(settings: TuneSettings, key: Mapping[str, Any]) -> tuple[optuna.Study, str]:
+    """(the study, created or loaded, whose settings match `key`; its storage URL)."""
+    url = storage_url(settings.storage)
+    storage = open_storage(url, settings)
+    try:
+        with _quiet_optuna():
+            study = optuna.create_study(
+                storage=storage, study_name=settings.study, direction="maximize", load_if_exists=True,
+                sampler=PerTrialSeedTPESampler(settings.seed, n_startup_trials=settings.startup_trials),
+                pruner=make_pruner(settings.pruner))
+    except Exception as exc:
+        raise StorageError(f"Optuna storage {redact(url)}: cannot create or load study "
+                           f"{settings.study!r}: {_short(exc)}") from exc
+    check_same_settings(study, key, url)
+    return study, url
+
+
+def open_tracker(settings: TuneSettings, study: optuna.Study, url: str, workspace: Path) -> StudyTracker:
+    """The MLflow side: the store (MLFLOW_TRACKING_URI or mlflow.db), the experiment, the parent run."""
+    uri = tracking_uri()
+    client = connect(uri)
+    experiment = mlflow_settings(load_params(workspace))["experiment"]
+    experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
+    tracker = StudyTracker(client, experiment_id, settings.study,
+                           run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace))
+    tracker.open_parent(study, {"tune": study_params(settings)}, redact(url))
+    return tracker
+
+
+def study_params(settings: TuneSettings) -> dict[str, Any]:
+    """The parent run's params: what fixes a study (MLflow params cannot change; n_trials can)."""
+    space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)}
+             for k in settings.space}
+    return {"seed": settings.seed, "metric": settings.metric, "base": settings.base, "train": settings.train,
+            "space": space, "sampler.n_startup_trials": settings.startup_trials, "pruner": settings.pruner}
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """`dgnet tune`: run (or resume) the study, then write the tuned weights and the metrics."""
+    quiet_mlflow()
+    interrupt_on_sigterm()
+    started = time.monotonic()
+    try:
+        context, key = prepare(args)
+        settings = context.settings
+        study, url = open_study(settings, key)
+        tracker = open_tracker(settings, study, url, context.workspace)
+    except DgnetError as exc:
+        print(f"dgnet tune: error: {exc}", file=sys.stderr)
+        return 2
+    done = len(finished_trials(study))
+    print(f"tune: study {settings.study!r} in {redact(url)}: {done} of {settings.n_trials} trials finished")
+    status = "FAILED"
+    try:
+        with _quiet_optuna():
+            run_trials(study, Objective(context, tracker), settings)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print(f"dgnet tune: interrupted; re-run the same command to continue study {settings.study!r}",
+              file=sys.stderr)
+        return 130
+    except DgnetError as exc:
+        print(f"dgnet tune: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        best_effort("summarize the study in MLflow", tracker.summarize, study, settings)
+        best_effort("end the MLflow parent run", tracker.end_parent, study, status)
+    return report(study, settings, context.workspace, args, tracker, time.monotonic() - started)
+
+
+def best_effort(what: str, step: Any, *args: Any) -> None:
+    """A reporting step whose failure is only a warning: it must not hide why the study stopped."""
+    try:
+        step(*args)
+    except Exception as exc:
+        print(f"dgnet tune: warning: could not {what}: {_short(exc)}", file=sys.stderr)
+
+
+def report(study: optuna.Study, settings: TuneSettings, workspace: Path, args: argparse.Namespace,
+           tracker: StudyTracker, seconds: float) -> int:
+    """The finished study's outputs: params/tuned.yaml, the metrics JSON, a summary on stdout."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.FAIL)}
+    best = best_trial(study)
+    summary: dict[str, Any] = {"metric": settings.metric, **counts}
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        remove_work_dirs(workspace, f"tune-{settings.study}")
+    if best is None:
+        write_json(workspace / args.metrics, summary)
+        print(f"tune: no complete trial in study {settings.study!r} ({counts}); no tuned weights written")
+        return 0
+    summary.update({"best_value": round(float(best.value), 6), "best_trial": best.number,
+                    **{f"best_{k}": v for k, v in best.params.items()}})
+    out = settings.out if settings.out.is_absolute() else workspace / settings.out
+    exp_line = write_tuned(out, study, settings, best)
+    write_json(workspace / args.metrics, summary)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
+    print(f"tune: {counts} after {seconds:.0f} s; best trial {best.number}: {settings.metric} "
+          f"{best.value:.4f} with {shown}")
+    print(f"tuned weights: {out}; use them with `dgnet tune --apply {settings.out}` "
+          f"(or: {exp_line}); MLflow parent run {tracker.parent_id} "
+          f"(view: {view_hint(tracker.client.tracking_uri)})")
+    return 0
+
+
+def apply_command(args: argparse.Namespace) -> int:
+    try:
+        params_file = args.params if args.params is not None else workspace_root() / "params.yaml"
+        changes = apply_tuned(args.apply, params_file)
+    except DgnetError as exc:
+        print(f"dgnet tune: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{params_file}: " + ("; ".join(changes) if changes else "no change"))
+    print("now `dvc repro` retrains with these weights")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `dgnet tune` and `python -m stages.tune`; unset ones come from params `tune`."""
+    parser.add_argument("--study", default=None, help="study name (params tune.study)")
+    parser.add_argument("--n-trials", type=int, default=None,
+                        help="run until the study has N finished (complete or pruned) trials")
+    parser.add_argument("--storage", default=None,
+                        help="SQLAlchemy URL of the Optuna storage (default sqlite:///optuna.db at the "
+                             "repository root; postgresql+psycopg://user:password@host/db for many workers)")
+    parser.add_argument("--seed", type=int, default=None, help="sampler seed (params tune.seed)")
+    parser.add_argument("--heartbeat-interval", type=int, default=None,
+                        help="seconds between a running trial's heartbeats (0: none)")
+    parser.add_argument("--grace-period", type=int, default=None,
+                        help="seconds without a heartbeat after which a trial is dead and re-queued")
+    parser.add_argument("--out", type=Path, default=None, help="tuned weights file (params tune.out)")
+    parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS, help="summary JSON (dvc metrics)")
+    parser.add_argument("--teachers", type=Path, default=TEACHER_OUT,
+                        help="the teacher stage's output folder")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of params `tune` (dotted, YAML value), e.g. train.iterations=50")
+    parser.add_argument("--apply", type=Path, default=None, metavar="TUNED_YAML",
+                        help="instead of tuning: copy the weights of a tuned file into params.yaml")
+    parser.add_argument("--params", type=Path, default=None, help="with --apply: the params file to change")
+    parser.set_defaults(func=command)
+    return parser
+
+
+def command(args: argparse.Namespace) -> int:
+    return apply_command(args) if args.apply is not None else run_tune(args)
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `dgnet tune` on the CLI's sub-parsers (entry point group `dgnet.commands`)."""
+    parser = subparsers.add_parser(
+        "tune", help="tune DG-Net's loss weights with a resumable Optuna study tracked in MLflow",
+        description=__doc__.split("\n\n")[0].replace("\n", " "))
+    return add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.tune", description=__doc__.splitlines()[0])
+    return command(add_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

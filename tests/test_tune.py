@@ -1,0 +1,375 @@
+"""`dgnet tune`: repeatable, resumable Optuna studies tracked in MLflow, on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+import dgnet.training.trainer as trainer_module
+from dgnet.data.manifest import build_manifest
+from dgnet.data.synthetic import generate_dataset
+from dgnet.models.config import get_profile
+from dgnet.models.persist import save_model
+from dgnet.models.teacher import ReidBaseline
+from dgnet.training.hooks import TrainingHooks
+from dgnet.training.loop import training_labels
+from dgnet.training.trainer import DGNetTrainConfig
+from stages import train as train_stage
+from stages import tune
+from stages.tracking import connect, train_config
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
+       "eval_batch_size": 64, "deterministic": True}
+SPACE = {"primary_max": {"low": 0.5, "high": 4.0, "log": True},
+         "fine_alpha": {"low": 0.05, "high": 0.8, "log": True},
+         "recon_image": {"low": 1.0, "high": 10.0, "log": True, "also": ["recon_image_positive"]},
+         "id_generated": {"low": 0.1, "high": 2.0}}
+PARAMS = {
+    "validate": {"manifest": "data/manifest.csv"},
+    "model": {"profile": "tiny", "overrides": {}},
+    # The warm-up starts at once, so every searched weight acts within the 2 iterations.
+    "train": {"iterations": 2, "batch_size": 2, "image_every": 0, "swap_images": 2,
+              "schedule": {"warmup_start": 0, "warmup_rate": 0.5}, **RUN},
+    "mlflow": {"experiment": "tune-test", "teacher_model": "", "model": "", "alias": "current"},
+    # Trials: 2 iterations, evaluated after each (iteration 1 is the pruner's intermediate point).
+    "tune": {"study": "weights", "n_trials": 3, "seed": 0, "storage": "sqlite:///optuna.db", "metric": "mAP",
+             "base": "train", "train": {"eval_every": 1}, "sampler": {"n_startup_trials": 2},
+             "pruner": {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+             "heartbeat_interval": 1, "grace_period": 2, "max_retry": 2, "space": SPACE},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine two threads wait on each other (10x slower), and
+    both runs of a comparison must use the same count anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_params(folder: Path, params: dict) -> None:
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A repository-like folder: params.yaml, a validated manifest and an (untrained) teacher."""
+    root = tmp_path_factory.mktemp("tune-workspace")
+    generate_dataset(root / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
+    frame = build_manifest(root / "data" / "synthetic")
+    frame.to_csv(root / "data" / "manifest.csv", index=False)
+    label_map = training_labels(frame)
+    cfg = get_profile("tiny", num_classes=len(label_map))
+    torch.manual_seed(0)
+    save_model(root / "outputs" / "teacher" / "seed0" / "model.pt", ReidBaseline(cfg), "teacher", cfg,
+               extra={"label_map": label_map})
+    index = {"kind": "teacher", "teachers": [{"seed": 0, "path": "seed0/model.pt"}]}
+    (root / "outputs" / "teacher" / "teachers.json").write_text(json.dumps(index))
+    write_params(root, PARAMS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('tune-mlflow')}/mlflow.db"
+
+
+@pytest.fixture()
+def in_workspace(workspace, mlflow_uri, monkeypatch) -> Path:
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # never the repository's mlflow.db
+    return workspace
+
+
+def load(storage: str, name: str = "weights") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trial_runs(uri: str, study: str) -> dict[int, object]:
+    client = connect(uri)
+    experiment = client.get_experiment_by_name("tune-test")
+    runs = client.search_runs([experiment.experiment_id],
+                              f"tags.`optuna.study` = '{study}' and tags.`dgnet.kind` = 'dgnet'")
+    return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+
+
+def parent_runs(uri: str, study: str) -> list:
+    client = connect(uri)
+    experiment = client.get_experiment_by_name("tune-test")
+    return client.search_runs([experiment.experiment_id],
+                              f"tags.`optuna.study` = '{study}' and tags.`dgnet.kind` = 'study'")
+
+
+def summary(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials]
+
+
+@pytest.fixture(scope="module")
+def twice(workspace, mlflow_uri, tmp_path_factory):
+    """The same 3-trial study run twice with seed 0, each in its own SQLite storage."""
+    patch = pytest.MonkeyPatch()
+    patch.chdir(workspace)
+    patch.delenv("DVC_ROOT", raising=False)
+    patch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    stores = tmp_path_factory.mktemp("tune-stores")
+    try:
+        codes = [tune.main(["--storage", f"sqlite:///{stores}/{run}.db", "--out", str(stores / f"{run}.yaml"),
+                            "--metrics", str(stores / f"{run}.json")]) for run in ("a", "b")]
+    finally:
+        patch.undo()
+    return codes, stores
+
+
+def test_same_seed_gives_the_same_trials_params_and_values(twice, mlflow_uri):
+    codes, stores = twice
+    assert codes == [0, 0]
+    first, second = (load(f"sqlite:///{stores}/{run}.db") for run in ("a", "b"))
+    assert summary(first) == summary(second)
+    assert len(first.trials) == 3 and all(t.state in tune.FINISHED for t in first.trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in first.trials}) == 3  # the sampler explores
+    for trial in first.trials:  # one knob drives both image reconstruction weights
+        assert set(trial.params) == set(SPACE)
+        assert 0.0 <= trial.intermediate_values[1] <= 1.0
+    assert (stores / "a.yaml").read_text().replace("a.yaml", "b.yaml") == (stores / "b.yaml").read_text()
+    tuned = yaml.safe_load((stores / "a.yaml").read_text())
+    best = first.best_trial
+    assert tuned["tuned"]["trial"] == best.number and tuned["tuned"]["value"] == best.value
+    schedule = tuned["train"]["schedule"]
+    assert schedule["recon_image_positive"] == schedule["recon_image"] == best.params["recon_image"]
+    assert json.loads((stores / "a.json").read_text())["best_value"] == round(best.value, 6)
+    # MLflow: one parent per study (the same name in the second storage is a new study), 3 children.
+    parents = parent_runs(mlflow_uri, "weights")
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    parent_ids = {p.info.run_id for p in parents}
+    for parent in parents:
+        artifacts = {a.path for a in connect(mlflow_uri).list_artifacts(parent.info.run_id, "plots")}
+        assert {"plots/optimization_history.png", "plots/param_importances.png"} <= artifacts
+        assert parent.data.metrics["best/value"] == best.value
+    children = connect(mlflow_uri).search_runs(
+        [parents[0].info.experiment_id], "tags.`optuna.study` = 'weights' and tags.`dgnet.kind` = 'dgnet'")
+    assert len(children) == 6 and {c.data.tags["mlflow.parentRunId"] for c in children} == parent_ids
+    for child in children:
+        assert child.data.tags["dgnet.variant"] == "tune"
+        assert float(child.data.params["tune.primary_max"]) > 0
+        params = child.data.params
+        assert params["train.schedule.recon_image_positive"] == params["tune.recon_image"]
+
+
+class InterruptAt(TrainingHooks):
+    """Ctrl-C right after the checkpoint of iteration `at` (as a user or a SIGTERM would)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_checkpoint(self, iteration: int, path: Path) -> None:
+        if iteration == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                            "ignore:Heartbeat of storage:UserWarning")  # the dead worker's storage, below
+def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_workspace, mlflow_uri,
+                                                                      tmp_path, monkeypatch):
+    storage = f"sqlite:///{tmp_path}/resume.db"
+    args = ["--study", "resume", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
+            "--metrics", str(tmp_path / "t.json"), "--set", "pruner={kind: none}"]
+    real_train, calls = trainer_module.train_dgnet, []
+
+    def interrupted_second_trial(*a, hooks=(), **kw):
+        calls.append(1)
+        return real_train(*a, hooks=[*hooks, *([InterruptAt(1)] if len(calls) == 2 else [])], **kw)
+
+    monkeypatch.setattr(trainer_module, "train_dgnet", interrupted_second_trial)
+    assert tune.main(args) == 130
+    study = load(storage, "resume")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[2].params == study.trials[1].params  # re-queued with the same weights
+    (parent,) = parent_runs(mlflow_uri, "resume")
+    assert parent.info.status == "KILLED"
+    monkeypatch.setattr(trainer_module, "train_dgnet", real_train)
+
+    # Another worker took the re-queued trial and died hard: RUNNING, with a heartbeat that stopped.
+    heartbeat = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=2)
+    dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
+    assert dead.number == 2 and tune.suggest(dead, tune.parse_space(SPACE)) == study.trials[1].params
+    heartbeat.record_heartbeat(dead._trial_id)
+    client = connect(mlflow_uri)
+    orphan = client.create_run(parent.info.experiment_id, run_name="trial-0002", tags={
+        "optuna.study": "resume", "optuna.trial_number": "2", "dgnet.kind": "dgnet",
+        "mlflow.parentRunId": parent.info.run_id})
+    time.sleep(PARAMS["tune"]["grace_period"] + 1.5)  # SQLite's clock has whole seconds
+
+    assert tune.main(args) == 0
+    study = load(storage, "resume")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
+                                               TrialState.COMPLETE, TrialState.COMPLETE]
+    assert len(tune.finished_trials(study)) == 3
+    assert study.trials[3].params == study.trials[1].params  # the weights of the lost attempts, run
+    runs = trial_runs(mlflow_uri, "resume")
+    assert sorted(runs) == [0, 1, 2, 3, 4]
+    assert runs[3].data.tags["optuna.retry_of"] == "2" and "optuna.retry_of" not in runs[4].data.tags
+    assert runs[3].data.tags["dgnet.start_iteration"] == "1"  # resumed from the interrupted attempt
+    assert runs[2].info.run_id == orphan.info.run_id
+    for old in (1, 2):  # the lost attempts: ended (not left RUNNING) and pointing at their re-run
+        assert runs[old].info.status == "KILLED" and runs[old].data.tags["optuna.rerun_as"] == "3"
+    assert [runs[n].info.status for n in (0, 3, 4)] == ["FINISHED"] * 3
+    (again,) = parent_runs(mlflow_uri, "resume")  # the resumed study kept its parent run
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+
+    # The study has its 3 trials, but a worker dies in a 6th: a re-run waits for that trial to go
+    # stale, then re-runs it, rather than leave it RUNNING for ever.
+    dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
+    tune.suggest(dead, tune.parse_space(SPACE))
+    heartbeat.record_heartbeat(dead._trial_id)
+    assert tune.main(args) == 0
+    study = load(storage, "resume")
+    assert [t.state for t in study.trials[5:]] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[6].params == study.trials[5].params
+    assert not (in_workspace / "checkpoints").exists()
+
+
+def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlflow_uri, tmp_path):
+    storage = f"sqlite:///{tmp_path}/prune.db"
+    # mAP never exceeds 1: a threshold pruner at 1.01 prunes at the first intermediate evaluation.
+    code = tune.main(["--study", "prune", "--storage", storage, "--n-trials", "1",
+                      "--out", str(tmp_path / "t.yaml"), "--metrics", str(tmp_path / "t.json"),
+                      "--set", "pruner={kind: threshold, lower: 1.01}"])
+    assert code == 0
+    (trial,) = load(storage, "prune").trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    run = trial_runs(mlflow_uri, "prune")[0]
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+    assert "eval/mAP" in run.data.metrics and "optuna/value" not in run.data.metrics
+    assert not (tmp_path / "t.yaml").exists()  # no complete trial, no tuned weights
+    assert json.loads((tmp_path / "t.json").read_text())["pruned"] == 1
+
+
+def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_uri, tmp_path, monkeypatch):
+    _, stores = twice
+    tuned = yaml.safe_load((stores / "a.yaml").read_text())["train"]["schedule"]
+    for item in ("data", "outputs"):
+        shutil.copytree(workspace / item, tmp_path / item)
+    (tmp_path / "params.yaml").write_text("# the comment stays\n" + (workspace / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    assert tune.main(["--apply", str(stores / "a.yaml")]) == 0
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert (tmp_path / "params.yaml").read_text().startswith("# the comment stays\n")
+    assert {k: params["train"]["schedule"][k] for k in tuned} == tuned
+    assert params["train"]["schedule"]["warmup_start"] == 0  # untouched keys stay
+    cfg, _ = train_config(DGNetTrainConfig, params["train"], "train")
+    assert cfg.schedule.primary_max == tuned["primary_max"]
+    assert cfg.schedule.recon_image_positive == tuned["recon_image"]
+    assert train_stage.main([]) == 0  # the pipeline's train stage on the applied params
+    client = connect(mlflow_uri)
+    experiment = client.get_experiment_by_name("tune-test")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'train'")
+    assert run.info.status == "FINISHED"
+    for key, value in tuned.items():
+        assert float(run.data.params[f"train.schedule.{key}"]) == value
+    assert run.data.metrics["weight/primary"] > 0  # the tuned lambda_prim was in use
+
+
+def test_unreachable_storage_missing_teacher_and_changed_settings_exit_2(twice, in_workspace, tmp_path,
+                                                                        monkeypatch, capsys):
+    url = "postgresql+psycopg://tuner:secret@127.0.0.1:1/optuna"
+    assert tune.main(["--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "Optuna storage postgresql+psycopg://tuner:***@127.0.0.1:1/optuna" in err and "secret" not in err
+    assert tune.main(["--storage", f"sqlite:///{tmp_path}/no/such/folder/o.db"]) == 2
+    assert "no/such/folder/o.db" in capsys.readouterr().err
+    assert tune.main(["--storage", "not a url"]) == 2
+    assert "not a SQLAlchemy URL" in capsys.readouterr().err
+    # The study of `twice` resumed with another search space is refused before any trial.
+    _, stores = twice
+    assert tune.main(["--storage", f"sqlite:///{stores}/a.db", "--set", "space.fine_alpha.high=0.9"]) == 2
+    assert "started with other settings (changed: space)" in capsys.readouterr().err
+    assert tune.main(["--set", "space.cycle_max={low: 0}"]) == 2
+    assert "tune.space.cycle_max" in capsys.readouterr().err
+    write_params(tmp_path, {**PARAMS, "validate": {"manifest": str(in_workspace / "data" / "manifest.csv")}})
+    monkeypatch.chdir(tmp_path)
+    assert tune.main([]) == 2
+    assert "missing teacher" in capsys.readouterr().err
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, capfd):
+    from dgnet.cli import build_parser
+
+    args = build_parser().parse_args(["tune", "--study", "s", "--n-trials", "4", "--seed", "1"])
+    assert args.func is tune.command and (args.study, args.n_trials, args.seed) == ("s", 4, 1)
+    # The DVC entry: its own dvc.yaml, which a plain `dvc repro` (the root dvc.yaml) does not run.
+    from dvc.cli import main as dvc
+    from dvc.repo import Repo
+
+    (tmp_path / "tuning").mkdir()
+    shutil.copy(REPO / "tuning" / "dvc.yaml", tmp_path / "tuning" / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  main:\n    cmd: echo main\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    Repo.init(str(tmp_path), no_scm=True)
+    with Repo(str(tmp_path)) as repo:
+        (stage,) = repo.stage.collect("tuning/dvc.yaml:tune")
+        assert stage.cmd == "python -m stages.tune" and Path(stage.wdir) == tmp_path
+        out = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["out"]
+        assert out in [str(o) for o in stage.outs]
+    capfd.readouterr()
+    assert dvc(["repro", "--dry"]) == 0
+    plain = capfd.readouterr()
+    assert "Running stage 'main'" in plain.out and "tune" not in plain.out + plain.err
+    dvc(["repro", "--dry", "tuning/dvc.yaml"])  # fails here on the missing manifest, after choosing it
+    assert "tuning/dvc.yaml:tune" in "".join(capfd.readouterr())
+
+
+def test_sampler_draws_the_same_trials_after_a_restart():
+    """Trial k's draw depends on (seed, k) and the history, not on the process: a study continued by a
+    new sampler (a resumed run) gets the trials an uninterrupted one gets, never repeated start-up points."""
+
+    def objective(trial: optuna.Trial) -> float:
+        return sum(tune.suggest(trial, tune.parse_space(SPACE)).values())
+
+    def study(sampler_per_step: bool) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=tune.PerTrialSeedTPESampler(
+            7, n_startup_trials=2))
+        for _ in range(4):
+            if sampler_per_step:  # a new process for every trial
+                study.sampler = tune.PerTrialSeedTPESampler(7, n_startup_trials=2)
+            study.optimize(objective, n_trials=1)
+        return [t.params for t in study.trials]
+
+    uninterrupted = study(sampler_per_step=False)
+    assert study(sampler_per_step=True) == uninterrupted
+    assert len({json.dumps(p, sort_keys=True) for p in uninterrupted}) == 4
+
+
+def test_diverging_trials_fail_and_stop_the_study_after_three(in_workspace, mlflow_uri, tmp_path, monkeypatch,
+                                                             capsys):
+    from dgnet.losses import NonFiniteLossError
+
+    def diverging(*args, **kwargs):
+        raise NonFiniteLossError("loss 'loss/total' is not finite (nan) at iteration 1")
+
+    monkeypatch.setattr(trainer_module, "train_dgnet", diverging)
+    storage = f"sqlite:///{tmp_path}/nan.db"
+    assert tune.main(["--study", "nan", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
+                      "--metrics", str(tmp_path / "t.json")]) == 2
+    assert "3 trials in a row failed" in capsys.readouterr().err
+    study = load(storage, "nan")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3  # failed for their weights: no retry
+    assert {r.info.status for r in trial_runs(mlflow_uri, "nan").values()} == {"FAILED"}
+    (parent,) = parent_runs(mlflow_uri, "nan")
+    assert parent.info.status == "FAILED"
