@@ -317,3 +317,22 @@ def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
                               "--scale-schedule"])
     _, cfg = build_configs(args, DGNetTrainConfig, "train")
     assert cfg.schedule.warmup_start == 240 and cfg.schedule.lr_milestones == (480, 720)
+
+
+def test_appearance_encoder_can_start_from_the_teacher(frame, teacher_path):
+    from dgnet.models.teacher import FrozenTeacher
+    from dgnet.training.trainer import init_from_teacher
+
+    teacher, info = load_model(teacher_path, kind="teacher")
+    torch.manual_seed(1)
+    model = DGNet(info.config)
+    init_from_teacher(model, FrozenTeacher(teacher))
+    copied, source = model.appearance_encoder.trunk.state_dict(), teacher.trunk.state_dict()
+    assert copied.keys() == source.keys() and all(torch.equal(copied[k], source[k]) for k in copied)
+    assert DGNetTrainConfig(init_appearance_from_teacher=True,
+                            schedule=ScheduleConfig(primary_learning=False)).needs_teacher()
+    with pytest.raises(ConfigError, match="no teacher model was given"):
+        init_from_teacher(model, None)
+    wider = DGNet(get_profile("tiny", num_classes=info.config.num_classes, backbone="resnet50"))
+    with pytest.raises(ConfigError, match="use the same backbone"):
+        init_from_teacher(wider, FrozenTeacher(teacher))

@@ -90,6 +90,10 @@ class DGNetTrainConfig:
     query_alpha: float = 0.5  # evaluation: query-side weight of the fine-grained half
     swap_images: int = 5  # the swap grid is swap_images x swap_images decodes
     seed: int = 0
+    # Start E_a's trunk from the (first) teacher's instead of ImageNet: for runs without ImageNet
+    # weights (the CPU default), where a random E_a learns identities, and so appearance codes,
+    # too slowly for the decoder to use them. The paper's configuration keeps False.
+    init_appearance_from_teacher: bool = False
     log_every: int = 100
     eval_every: int = 10_000  # 0: only at the end
     image_every: int = 5_000  # 0: only at the end
@@ -122,8 +126,10 @@ class DGNetTrainConfig:
         return dataclasses.replace(self, iterations=iterations, schedule=schedule)
 
     def needs_teacher(self) -> bool:
-        """Whether lambda_prim becomes > 0 within the run (the weights ramp up, never down)."""
-        return loss_weights_at(self.iterations - 1, self.schedule).primary > 0
+        """Whether lambda_prim becomes > 0 within the run (the weights ramp up, never down), or E_a
+    starts from the teacher."""
+        primary = loss_weights_at(self.iterations - 1, self.schedule).primary > 0
+        return primary or self.init_appearance_from_teacher
 
 
 def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_cfg: ModelConfig,
@@ -145,6 +151,20 @@ def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_
             )
         members.append(teacher)
     return FrozenTeacher(members) if members else None
+
+
+def init_from_teacher(model: DGNet, teacher: FrozenTeacher | None) -> None:
+    """Copy the first teacher's ResNet trunk into E_a's (same backbone required); heads stay new."""
+    if teacher is None:
+        raise ConfigError("train.init_appearance_from_teacher: no teacher model was given")
+    source = teacher.members[0].trunk.state_dict()
+    target = model.appearance_encoder.trunk
+    mismatched = [k for k, v in target.state_dict().items() if k not in source or source[k].shape != v.shape]
+    if mismatched:
+        raise ConfigError(f"train.init_appearance_from_teacher: the teacher's trunk does not fit E_a's "
+                          f"({len(mismatched)} tensors differ, e.g. {mismatched[0]!r}); "
+                          "use the same backbone")
+    target.load_state_dict(source)
 
 
 def make_optimizers(model: DGNet, cfg: DGNetTrainConfig) -> dict[str, torch.optim.Optimizer]:
@@ -299,6 +319,8 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
            ctx: DistContext, label_map: dict[int, int]) -> TrainingResult:
     device = ctx.device
     model = DGNet(model_cfg).to(device)
+    if cfg.init_appearance_from_teacher:
+        init_from_teacher(model, teacher)
     broadcast_module(model, ctx)
     prepare_networks(model, teacher, cfg)
 
