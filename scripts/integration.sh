@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The integration suite of the README's "Scaling out" recipes, for real on 127.0.0.1: a private
-# PostgreSQL cluster, `mlflow server` on it, an Optuna study shared by two `dgnet tune` workers of
-# which one is killed mid-trial (its trial must be re-run, its MLflow run neither lost nor doubled),
-# a tracking server that goes away mid-training. Everything it starts, it stops.
+# PostgreSQL cluster, `mlflow server` on it, an Optuna study shared by two `dgnet tune` workers
+# started together on a new database, of which one is killed mid-trial (its trial must be re-run,
+# its MLflow run neither lost nor doubled), a tracking server that goes away mid-training.
+# Everything it starts, it stops.
 #
 # Needs: the README's setup plus the `scale` extra (installed here), and PostgreSQL's server binaries
 # (Debian package `postgresql`; installed with apt-get when missing and run as root, otherwise the

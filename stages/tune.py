@@ -14,36 +14,39 @@ How it repeats and resumes:
   process) also means a resumed study never redraws the random start-up points it already tried.
 - Storage: SQLite at the repository root by default (`optuna.db`), or any SQLAlchemy URL (e.g.
   postgresql+psycopg://...) for many workers. Re-running the same command continues the study until
-  it has `n_trials` finished (complete or pruned) trials.
-- A trial stopped by Ctrl-C / SIGTERM is failed and re-queued with the same weights at once; one
-  left RUNNING by a killed worker is failed once its heartbeat is older than `grace_period` and
-  re-queued by RetryHeartbeatStaleTrialCallback (Optuna 5's RetryFailedTrialCallback). Checkpoints
-  live in checkpoints/tune-<study>-<hash of the configuration>/, so the re-queued trial resumes where
-  the first attempt stopped; they are deleted when a trial ends. A worker that has nothing left to
-  run waits (one grace period at most) for trials running elsewhere and re-runs those whose worker
-  died, so no trial is left RUNNING, even in a study that already has its `n_trials`.
+  it has `n_trials` finished (complete or pruned) trials. Workers may all start at the same moment on
+  a new database: they open the storage, the study and its MLflow parent run one at a time, under a
+  start-up lock (`startup_lock`), and the creation of Optuna's tables is retried when it loses a race.
+- A trial stopped by Ctrl-C / SIGTERM, or by the tracking store going away, is failed and re-queued
+  with the same weights at once; one left RUNNING by a killed worker is failed once its heartbeat is
+  older than `grace_period` and re-queued by RetryHeartbeatStaleTrialCallback (the successor of
+  RetryFailedTrialCallback, deprecated since Optuna 4.9). Checkpoints live in
+  checkpoints/tune-<study>-<hash of the configuration>/, so the re-queued trial resumes where the
+  first attempt stopped; they are deleted when a trial ends. A worker that has nothing left to run
+  waits (one grace period at most) for trials running elsewhere and re-runs those whose worker died,
+  so no trial is left RUNNING, even in a study that already has its `n_trials`.
 - A study remembers a hash of its settings (space, training config, data, teachers, seed): resuming
   it with other settings is refused (use another study name).
+- Each worker prints a line when a trial starts (`tune: trial 2 re-runs trial 0 (same weights),
+  resuming at iteration 14` for a re-run) and when it ends (state, value, seconds).
 
-MLflow: one parent run per study (found again on resume), one child run per trial (tags
-`optuna.study`, `optuna.trial_number`, `optuna.trial_id`, `optuna.state`, `dgnet.variant=tune`; the
-sampled weights as `tune.*` params; losses and evaluations as metrics). A pruned trial ends KILLED
-with `optuna.state=PRUNED`; a re-queued trial is tagged `optuna.retry_of`, and the run of the attempt
-it replaces ends KILLED with `optuna.rerun_as`. The parent gets the best weights and value as
-`best/...` metrics (they change as a study grows, which MLflow params may not), the optimisation
-history, intermediate values and parameter importances as PNG images, and trials.csv.
+MLflow (stages/tune_tracking.py): one parent run per study (found again on resume), one child run
+per trial attempt with the sampled weights, losses and evaluations; a re-run's run and the runs of
+the attempts it replaces point at each other (`optuna.retry_of`, `optuna.rerun_as`). The parent gets
+the best weights and value, the optimisation history, intermediate values and parameter importances
+as PNG images, and trials.csv.
 
 The best weights go to params/tuned.yaml (params.yaml's layout); `dgnet tune --apply
 params/tuned.yaml` copies them into params.yaml's `train.schedule`, after which `dvc repro` retrains.
 
 Exit codes: 0 done; 2 bad params, missing manifest or teacher, unreachable Optuna storage or MLflow
-store, a study resumed with other settings, too many failed trials; 130 interrupted (re-run to go on).
+store (at start, or mid-trial after the retries: the trial is re-queued), a study resumed with other
+settings, too many failed trials; 130 interrupted (re-run to go on).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -54,7 +57,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +77,8 @@ from stages.teacher import OUT as TEACHER_OUT
 from stages.teacher import teacher_paths
 from stages.tracking import (
     MlflowHooks,
+    TrackingError,
     artifact_location,
-    check_database,
     connect,
     ensure_experiment,
     file_md5,
@@ -90,8 +93,6 @@ from stages.tracking import (
     redact,
     remove_work_dirs,
     run_tags,
-    tracked_run,
-    tracking_root,
     tracking_uri,
     train_config,
     view_hint,
@@ -99,6 +100,16 @@ from stages.tracking import (
     workspace_root,
 )
 from stages.train import apply_overrides, merge
+from stages.tune_storage import (
+    StorageError,
+    check_storage,
+    open_storage,
+    retry_callback,
+    retry_schema_race,
+    startup_lock,
+    storage_url,
+)
+from stages.tune_tracking import StudyTracker, best_trial, quiet_optuna, retry_history, short
 
 STAGE = "tune"
 DEFAULT_STORAGE = "sqlite:///optuna.db"  # relative: against the repository root (DVC_ROOT in dvc exp)
@@ -107,14 +118,10 @@ DEFAULT_METRICS = Path("reports/metrics/tune.json")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 METRICS = ("mAP", "rank1", "mINP")
 PRUNERS = ("median", "threshold", "none")
-# Study user attributes: the settings fingerprint, and the MLflow parent run of the study.
-SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings_hash", "dgnet.mlflow_parent_run_id"
+# Study user attributes: the settings fingerprint (its hash, its text).
+SETTINGS_ATTR = "dgnet.settings_hash"
 SETTINGS_TEXT_ATTR = "dgnet.settings"
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-
-
-class StorageError(DgnetError):
-    """The Optuna storage cannot be opened; the message names its URL (password hidden)."""
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -280,51 +287,7 @@ def make_pruner(pruner: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-# --- storage and sampler --------------------------------------------------------------------------
-
-
-def storage_url(url: str) -> str:
-    """A relative SQLite path is taken relative to the repository root (DVC_ROOT under `dvc exp`),
-    so that every run and experiment copy shares one study database."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url[len(prefix):] != ":memory:":
-        return f"{prefix}{tracking_root() / url[len(prefix):]}"
-    return url
-
-
-def open_storage(url: str, settings: TuneSettings) -> optuna.storages.RDBStorage:
-    """An RDBStorage with heartbeats (when configured) whose stale trials are re-queued; or a
-    StorageError naming the URL. Any SQLAlchemy URL works: SQLite for one machine, PostgreSQL
-    (postgresql+psycopg://user:password@host/db) for many workers."""
-    from sqlalchemy.engine import make_url
-
-    shown = redact(url)
-    try:
-        backend = make_url(url).get_backend_name()
-    except Exception as exc:
-        raise StorageError(f"Optuna storage {shown}: not a SQLAlchemy URL "
-                           f"(e.g. sqlite:///optuna.db, postgresql+psycopg://user:password@host/db)") from exc
-    if backend != "sqlite":
-        check_database(url, "Optuna storage", error=StorageError)  # fails fast, with a connect timeout
-    engine = {"connect_args": {"timeout": 60}} if backend == "sqlite" else {"pool_pre_ping": True}
-    heartbeat = {}
-    if settings.heartbeat_interval:
-        heartbeat = {"heartbeat_interval": settings.heartbeat_interval, "grace_period": settings.grace_period,
-                     "heartbeat_stale_trial_callback": retry_callback(settings)}
-    try:
-        with _quiet_optuna():
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
-    except Exception as exc:
-        raise StorageError(f"Optuna storage {shown} cannot be opened "
-                           f"(check the path, the server and the credentials): {_short(exc)}") from exc
-
-
-def retry_callback(settings: TuneSettings) -> RetryHeartbeatStaleTrialCallback:
-    """Re-queues a failed trial with the same weights (and its intermediate values, since the retry
-    resumes from the checkpoint the first attempt left), at most `max_retry` times."""
-    with _quiet_optuna():
-        return RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry,
-                                                inherit_intermediate_values=True)
+# --- sampler -----------------------------------------------------------------------------------
 
 
 class PerTrialSeedTPESampler(optuna.samplers.TPESampler):
@@ -346,183 +309,8 @@ class PerTrialSeedTPESampler(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Heartbeats, retries and the matplotlib plots are marked experimental; the warning is noise."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
-
-
-# --- MLflow: a parent run per study, a child run per trial -----------------------------------------
-
-
-class StudyTracker:
-    """The study's MLflow runs: the parent (found again when the study is resumed) and its children."""
-
-    def __init__(self, client: Any, experiment_id: str, study_name: str, tags: Mapping[str, str]) -> None:
-        self.client = client
-        self.experiment_id = experiment_id
-        self.study_name = study_name
-        self.tags = dict(tags)  # run_tags(): git commit, DVC stage; computed once per process
-        self.parent_id: str | None = None
-
-    def _search(self, filters: str) -> list[Any]:
-        query = f"tags.`optuna.study` = '{self.study_name}' and {filters}"
-        return list(self.client.search_runs([self.experiment_id], query, max_results=1000))
-
-    def open_parent(self, study: optuna.Study, params: Mapping[str, Any], storage: str) -> str:
-        """The study's parent run, set RUNNING: the one the study remembers; else, for a study that
-        already has trials, the newest parent tagged with its name and storage; else a new one.
-        Workers starting a new study together all adopt the first parent the study records."""
-        run_id = study.user_attrs.get(PARENT_ATTR)
-        if run_id and not self._exists(run_id):
-            run_id = None
-        if run_id is None and study.trials and "'" not in storage:
-            found = self._search(f"tags.`dgnet.kind` = 'study' and tags.`optuna.storage` = '{storage}'")
-            run_id = max(found, key=lambda r: r.info.start_time).info.run_id if found else None
-        if run_id is None:
-            tags = {**self.tags, "dgnet.kind": "study", "dgnet.variant": STAGE,
-                    "optuna.study": self.study_name, "optuna.storage": storage}
-            own = self.client.create_run(self.experiment_id, run_name=f"tune-{self.study_name}",
-                                         tags=tags).info.run_id
-            if PARENT_ATTR not in study.user_attrs:
-                study.set_user_attr(PARENT_ATTR, own)
-            run_id = study.user_attrs.get(PARENT_ATTR, own)
-            if run_id == own:
-                MlflowHooks(self.client, run_id).log_params(params)
-            else:  # another worker recorded its parent first
-                self.client.delete_run(own)
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-            if study.user_attrs.get(PARENT_ATTR) != run_id:
-                study.set_user_attr(PARENT_ATTR, run_id)
-        self.parent_id = run_id
-        return run_id
-
-    def _exists(self, run_id: str) -> bool:
-        try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
-        except Exception:  # another store, or deleted
-            return False
-
-    @contextlib.contextmanager
-    def trial_run(self, trial: optuna.Trial, sampled: Mapping[str, float]) -> Iterator[str]:
-        """A child run for `trial`, ended FINISHED (complete), KILLED (pruned or interrupted) or FAILED;
-        tag `optuna.state` says which in Optuna's words."""
-        tags = {**self.tags, "dgnet.kind": "dgnet", "dgnet.variant": STAGE, "optuna.study": self.study_name,
-                "optuna.trial_number": str(trial.number), "optuna.trial_id": str(trial._trial_id)}
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen(trial))
-        if history:
-            tags["optuna.retry_of"] = str(history[-1])
-        with tracked_run(self.client, self.experiment_id, f"trial-{trial.number:04d}", tags,
-                         parent_run_id=self.parent_id, killed_by=(optuna.TrialPruned,)) as run:
-            run_id = run.info.run_id
-            trial.set_user_attr("mlflow_run_id", run_id)
-            self.retire(history, trial.number)
-            MlflowHooks(self.client, run_id).log_params({f"tune.{k}": v for k, v in sampled.items()})
-            state = "FAIL"
-            try:
-                yield run_id
-                state = "COMPLETE"
-            except optuna.TrialPruned:
-                state = "PRUNED"
-                raise
-            finally:
-                self.client.set_tag(run_id, "optuna.state", state)
-
-    def retire(self, numbers: Sequence[int], rerun_as: int) -> None:
-        """The runs of earlier attempts of a re-queued trial: KILLED if a dead worker left them
-        RUNNING, and tagged with the trial that re-runs them, so no attempt is lost or counted twice."""
-        for number in numbers:
-            for run in self._search(f"tags.`optuna.trial_number` = '{number}' and "
-                                    f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
-                if run.info.status == "RUNNING":
-                    self.client.set_terminated(run.info.run_id, "KILLED")
-                self.client.set_tag(run.info.run_id, "optuna.state", "FAIL")
-                self.client.set_tag(run.info.run_id, "optuna.rerun_as", str(rerun_as))
-
-    def summarize(self, study: optuna.Study, settings: TuneSettings) -> None:
-        """Best weights and value (metrics `best/...`, step = finished trials), trial counts, the
-        optimisation history, intermediate values and parameter importances (PNG), trials.csv."""
-        trials = study.get_trials(deepcopy=False)
-        counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-        step = counts["complete"] + counts["pruned"]
-        metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
-        best = best_trial(study)
-        if best is not None:
-            metrics.update({"best/value": best.value, "best/trial_number": best.number,
-                            **{f"best/{k}": v for k, v in best.params.items()}})
-            self.client.set_tag(self.parent_id, "optuna.best_trial", str(best.number))
-        hooks = MlflowHooks(self.client, self.parent_id)
-        hooks.on_iteration(step, metrics)
-        hooks.flush()
-        self.client.set_tag(self.parent_id, "optuna.n_trials", str(settings.n_trials))
-        frame = study.trials_dataframe()
-        if len(frame):
-            self.client.log_text(self.parent_id, frame.to_csv(index=False), "trials.csv")
-        for name, figure in study_plots(study):
-            self.client.log_figure(self.parent_id, figure, f"plots/{name}.png")
-
-    def end_parent(self, study: optuna.Study, status: str) -> None:
-        """End the parent run, unless another worker still runs a trial of the study."""
-        if status != "FINISHED" and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return
-        self.client.set_terminated(self.parent_id, status)
-
-
-def frozen(trial: optuna.Trial) -> FrozenTrial:
-    """The stored view of a running trial (its system attributes say whether it is a retry)."""
-    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return next(t for t in running if t.number == trial.number)
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial, or None while there is none (all pruned or failed)."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return None
-    return study.best_trial
-
-
-def study_plots(study: optuna.Study) -> Iterator[tuple[str, Any]]:
-    """Optuna's matplotlib plots of the study (Agg backend: no display needed), each figure closed
-    after use. Parameter importances need two complete trials; a plot that cannot be drawn is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    wanted = [("optimization_history", plots.plot_optimization_history, 1),
-              ("intermediate_values", plots.plot_intermediate_values, 1),
-              ("param_importances", plots.plot_param_importances, 2)]
-    for name, plot, needed in wanted:
-        if complete < needed:
-            continue
-        try:
-            with _quiet_optuna(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                axes = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            print(f"tune: plot {name} skipped: {_short(exc)}", file=sys.stderr)
-            continue
-        figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure
-        figure.set_size_inches(8, 5)
-        figure.tight_layout()
-        try:
-            yield name, figure
-        finally:
-            plt.close(figure)
 
 
 # --- one trial -------------------------------------------------------------------------------------
@@ -583,6 +371,23 @@ def suggest(trial: optuna.Trial, space: Sequence[Knob]) -> dict[str, float]:
     return {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in space}
 
 
+class TrialLog(TrainingHooks):
+    """The worker's line when a trial's training starts: a new trial and its weights, or a re-run
+    of an earlier attempt and the iteration it resumes at (known once the checkpoint is loaded)."""
+
+    def __init__(self, number: int, history: Sequence[int], sampled: Mapping[str, float]) -> None:
+        self.number, self.history, self.sampled = number, list(history), dict(sampled)
+
+    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
+        where = f"resuming at iteration {start_iteration}" if start_iteration else "from iteration 0"
+        if self.history:
+            print(f"tune: trial {self.number} re-runs trial {self.history[-1]} (same weights), {where}",
+                  flush=True)
+        else:
+            weights = ", ".join(f"{k} {v:.4g}" for k, v in self.sampled.items())
+            print(f"tune: trial {self.number} starts {where} with {weights}", flush=True)
+
+
 class Objective:
     """Optuna's objective: train one configuration, return its final metric (pruned on the way)."""
 
@@ -595,34 +400,41 @@ class Objective:
         from dgnet.training.trainer import DGNetTrainConfig
 
         ctx, settings = self.context, self.context.settings
-        self.current = trial.number
+        self.current, started, outcome = trial.number, time.monotonic(), "FAIL"
         sampled = suggest(trial, settings.space)
+        history = retry_history(trial)
         cfg, _ = train_config(DGNetTrainConfig, trial_values(ctx.base_values, settings.space, sampled),
                               f"tune (from {settings.base})")
         folder = work_dir(ctx.workspace, f"tune-{settings.study}",
                           {"model": ctx.model_cfg, "train": cfg, **ctx.fingerprint_key})
         keep = False
         try:
-            with self.tracker.trial_run(trial, sampled) as run_id:
+            with self.tracker.trial_run(trial, sampled, history) as run_id:
                 hooks = TrialHooks(self.tracker.client, run_id, registered_model=None, variant=STAGE,
                                    extra_params=ctx.extra_params, log_models=settings.log_models)
                 pruning = PruningHook(trial, settings.metric, cfg.iterations)
+                log = TrialLog(trial.number, history, sampled)
                 try:  # MLflow first: the evaluation that prunes a trial is logged too
                     result = trainer.train_dgnet(ctx.frame, ctx.model_cfg, cfg, ctx.teachers, folder,
-                                                 hooks=[hooks, pruning], resume=True)
+                                                 hooks=[log, hooks, pruning], resume=True)
+                    value = float(result.metrics[settings.metric])
+                    hooks.on_iteration(cfg.iterations, {"optuna/value": value})
                 finally:
-                    hooks.close()
-                value = float(result.metrics[settings.metric])
-                self.tracker.client.log_metric(run_id, "optuna/value", value, step=cfg.iterations)
+                    hooks.close()  # writes what is buffered (the value too), retried
+            outcome = f"COMPLETE, {settings.metric} {value:.4f}"
             return value
-        except (optuna.TrialPruned, NonFiniteLossError):
+        except (optuna.TrialPruned, NonFiniteLossError) as exc:
+            outcome = f"{'PRUNED' if isinstance(exc, optuna.TrialPruned) else 'FAIL'} ({short(exc, 120)})"
             raise  # the trial's own outcome
-        except BaseException:
+        except BaseException as exc:
             keep = True  # interrupted or broken from outside: the re-queued attempt resumes from here
+            outcome = f"stopped ({type(exc).__name__}{': ' + short(exc, 120) if str(exc) else ''})"
             raise
         finally:
             if not keep:
                 shutil.rmtree(folder, ignore_errors=True)
+            seconds = time.monotonic() - started
+            print(f"tune: trial {trial.number} {outcome} after {seconds:.0f} s", flush=True)
 
 
 # --- the study -------------------------------------------------------------------------------------
@@ -660,17 +472,30 @@ def check_same_settings(study: optuna.Study, key: Mapping[str, Any], url: str) -
 
 def requeue(study: optuna.Study, number: int | None, settings: TuneSettings) -> None:
     """Re-queue trial `number` if it failed because this process was stopped (not because of its
-    weights), unless a retry of it is already queued."""
+    weights), unless a retry of it is already queued; says so on stdout."""
     if number is None:
         return
-    trials = study.get_trials(deepcopy=False)
-    trial = next((t for t in trials if t.number == number), None)
-    if trial is None or trial.state != TrialState.FAIL:
+
+    def retried(trials: Sequence[FrozenTrial]) -> bool:
+        with quiet_optuna():
+            return any(number in RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials)
+
+    try:
+        trials = study.get_trials(deepcopy=False)
+        trial = next((t for t in trials if t.number == number), None)
+        if trial is None or trial.state != TrialState.FAIL or retried(trials):
+            return  # still RUNNING (the storage failed too): the heartbeat check re-queues it
+        retry_callback(settings.max_retry)(study, copy.deepcopy(trial))
+        queued = retried(study.get_trials(deepcopy=False))
+    except Exception as exc:  # the storage may be what broke; the reason the trial stopped matters more
+        print(f"tune: warning: could not re-queue trial {number}: {short(exc, 160)}", file=sys.stderr)
         return
-    if any(number in RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials):
-        return
-    with contextlib.suppress(Exception):  # the storage may be what broke: the heartbeat covers that
-        retry_callback(settings)(study, copy.deepcopy(trial))
+    if queued:
+        print(f"tune: trial {number} re-queued with the same weights (a re-run resumes from its last "
+              f"checkpoint)", flush=True)
+    else:
+        print(f"tune: trial {number} not re-queued: its weights were re-run tune.max_retry "
+              f"({settings.max_retry}) times already", flush=True)
 
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -769,7 +594,7 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
     try:
         values = yaml.safe_load(tuned.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--apply {tuned}: cannot read it ({_short(exc)})") from exc
+        raise ConfigError(f"--apply {tuned}: cannot read it ({short(exc)})") from exc
     sections = {k: v for k, v in (values or {}).items() if k != "tuned"} if isinstance(values, dict) else {}
     if not sections or not all(isinstance(v, dict) for v in sections.values()):
         raise ConfigError(f"--apply {tuned}: expected params sections such as `train: schedule: ...`")
@@ -781,7 +606,7 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
     try:
         document = editor.load(params_file.read_text())
     except OSError as exc:
-        raise ConfigError(f"{params_file}: cannot read it ({_short(exc)})") from exc
+        raise ConfigError(f"{params_file}: cannot read it ({short(exc)})") from exc
     changes = []
     for name, changed in sections.items():
         for dotted, value in flatten(changed).items():
@@ -840,33 +665,32 @@ def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
     return context, settings_key(settings, base_values, data_key)
 
 
-def open_study(settings: TuneSettings, key: Mapping[str, Any]) -> tuple[optuna.Study, str]:
-    """(the study, created or loaded, whose settings match `key`; its storage URL)."""
-    url = storage_url(settings.storage)
-    storage = open_storage(url, settings)
+def open_study(url: str, settings: TuneSettings, key: Mapping[str, Any]) -> optuna.Study:
+    """The study, created or loaded, whose settings match `key` (see `startup_lock` for workers
+    opening it at the same moment)."""
+    storage = open_storage(url, settings.heartbeat_interval, settings.grace_period, settings.max_retry)
     try:
-        with _quiet_optuna():
-            study = optuna.create_study(
-                storage=storage, study_name=settings.study, direction="maximize", load_if_exists=True,
-                sampler=PerTrialSeedTPESampler(settings.seed, n_startup_trials=settings.startup_trials),
-                pruner=make_pruner(settings.pruner))
+        with quiet_optuna():
+            study = retry_schema_race(
+                optuna.create_study, storage=storage, study_name=settings.study, direction="maximize",
+                load_if_exists=True, pruner=make_pruner(settings.pruner),
+                sampler=PerTrialSeedTPESampler(settings.seed, n_startup_trials=settings.startup_trials))
     except Exception as exc:
         raise StorageError(f"Optuna storage {redact(url)}: cannot create or load study "
-                           f"{settings.study!r}: {_short(exc)}") from exc
+                           f"{settings.study!r}: {short(exc)}") from exc
     check_same_settings(study, key, url)
-    return study, url
+    return study
 
 
-def open_tracker(settings: TuneSettings, study: optuna.Study, url: str, workspace: Path) -> StudyTracker:
-    """The MLflow side: the store (MLFLOW_TRACKING_URI or mlflow.db), the experiment, the parent run."""
+def connect_tracker(settings: TuneSettings, workspace: Path) -> StudyTracker:
+    """The MLflow side: the store (MLFLOW_TRACKING_URI or mlflow.db) and the experiment; the parent
+    run comes once the study is open (`StudyTracker.open_parent`)."""
     uri = tracking_uri()
     client = connect(uri)
     experiment = mlflow_settings(load_params(workspace))["experiment"]
     experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
-    tracker = StudyTracker(client, experiment_id, settings.study,
-                           run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace))
-    tracker.open_parent(study, {"tune": study_params(settings)}, redact(url))
-    return tracker
+    return StudyTracker(client, experiment_id, settings.study,
+                        run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace))
 
 
 def study_params(settings: TuneSettings) -> dict[str, Any]:
@@ -885,16 +709,21 @@ def run_tune(args: argparse.Namespace) -> int:
     try:
         context, key = prepare(args)
         settings = context.settings
-        study, url = open_study(settings, key)
-        tracker = open_tracker(settings, study, url, context.workspace)
+        url = storage_url(settings.storage)
+        check_storage(url)  # unreachable storage or tracking store: said at once, before any lock
+        tracker = connect_tracker(settings, context.workspace)
+        with startup_lock(url, settings.study):
+            study = open_study(url, settings, key)
+            tracker.open_parent(study, {"tune": study_params(settings)}, redact(url))
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
         return 2
     done = len(finished_trials(study))
-    print(f"tune: study {settings.study!r} in {redact(url)}: {done} of {settings.n_trials} trials finished")
-    status = "FAILED"
+    print(f"tune: study {settings.study!r} in {redact(url)}: {done} of {settings.n_trials} trials finished",
+          flush=True)
+    status, summarize = "FAILED", True  # summarize: the study in MLflow, at the end
     try:
-        with _quiet_optuna():
+        with quiet_optuna():
             run_trials(study, Objective(context, tracker), settings)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -902,12 +731,18 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"dgnet tune: interrupted; re-run the same command to continue study {settings.study!r}",
               file=sys.stderr)
         return 130
+    except TrackingError as exc:
+        summarize = False  # the store is away: the next run summarizes the study (and ends the parent)
+        print(f"dgnet tune: error: {exc}\ndgnet tune: study {settings.study!r} stopped; re-run the same "
+              f"command once the tracking store is back to continue it", file=sys.stderr)
+        return 2
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        best_effort("summarize the study in MLflow", tracker.summarize, study, settings)
-        best_effort("end the MLflow parent run", tracker.end_parent, study, status)
+        if summarize:
+            best_effort("summarize the study in MLflow", tracker.summarize, study, settings.n_trials)
+            best_effort("end the MLflow parent run", tracker.end_parent, study, status)
     return report(study, settings, context.workspace, args, tracker, time.monotonic() - started)
 
 
@@ -916,7 +751,7 @@ def best_effort(what: str, step: Any, *args: Any) -> None:
     try:
         step(*args)
     except Exception as exc:
-        print(f"dgnet tune: warning: could not {what}: {_short(exc)}", file=sys.stderr)
+        print(f"dgnet tune: warning: could not {what}: {short(exc)}", file=sys.stderr)
 
 
 def report(study: optuna.Study, settings: TuneSettings, workspace: Path, args: argparse.Namespace,

@@ -240,6 +240,85 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     assert not (in_workspace / "checkpoints").exists()
 
 
+class OutageAt(TrainingHooks):
+    """The tracking server goes away right after the checkpoint of iteration `at`: every MLflow call
+    from then on is refused (see `mlflow_outage`)."""
+
+    def __init__(self, at: int, outage: dict) -> None:
+        self.at, self.outage = at, outage
+
+    def on_checkpoint(self, iteration: int, path: Path) -> None:
+        if iteration == self.at:
+            self.outage["on"] = True
+
+
+@pytest.fixture()
+def mlflow_outage(monkeypatch) -> dict:
+    """`outage["on"] = True` makes MlflowClient calls fail as with a server that is down (connection
+    refused), until it is set back to False. MLflow writes are not retried (DGNET_MLFLOW_RETRIES=0)."""
+    from mlflow import MlflowClient
+
+    outage = {"on": False}
+    monkeypatch.setenv("DGNET_MLFLOW_RETRIES", "0")
+
+    def refusing(real):
+        def call(self, *args, **kwargs):
+            if outage["on"]:
+                raise ConnectionError("[Errno 111] Connection refused (simulated outage)")
+            return real(self, *args, **kwargs)
+
+        return call
+
+    for name in ("log_batch", "log_metric", "set_tag", "set_terminated", "create_run", "update_run",
+                 "search_runs", "get_run", "delete_run", "log_text", "log_figure", "log_artifact"):
+        monkeypatch.setattr(MlflowClient, name, refusing(getattr(MlflowClient, name)))
+    return outage
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_tracking_outage_mid_trial_requeues_the_trial_and_the_rerun_completes_the_study(
+        in_workspace, mlflow_uri, mlflow_outage, tmp_path, monkeypatch, capsys):
+    storage = f"sqlite:///{tmp_path}/outage.db"
+    args = ["--study", "outage", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
+            "--metrics", str(tmp_path / "t.json"), "--set", "pruner={kind: none}"]
+    real_train, calls = trainer_module.train_dgnet, []
+
+    def outage_in_second_trial(*a, hooks=(), **kw):
+        calls.append(1)
+        extra = [OutageAt(1, mlflow_outage)] if len(calls) == 2 else []
+        return real_train(*a, hooks=[*hooks, *extra], **kw)
+
+    monkeypatch.setattr(trainer_module, "train_dgnet", outage_in_second_trial)
+    assert tune.main(args) == 2
+    out, err = capsys.readouterr()
+    assert "dgnet tune: error: MLflow at" in err and "the store is unavailable" in err
+    assert "re-run the same command once the tracking store is back" in err
+    assert "Traceback" not in err
+    assert "tune: trial 1 stopped (TrackingError" in out and "tune: trial 1 re-queued" in out
+    study = load(storage, "outage")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[2].params == study.trials[1].params  # re-queued with the same weights
+    assert not (tmp_path / "t.yaml").exists()
+
+    mlflow_outage["on"] = False  # the server is back: the same command resumes the study
+    assert tune.main(args) == 0
+    assert "tune: trial 2 re-runs trial 1 (same weights), resuming at iteration 1" in capsys.readouterr().out
+    study = load(storage, "outage")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                                               TrialState.COMPLETE]
+    runs = trial_runs(mlflow_uri, "outage")
+    assert sorted(runs) == [0, 1, 2, 3]  # one run per attempt: none lost, none doubled
+    (parent,) = parent_runs(mlflow_uri, "outage")
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    # The attempt the outage stopped was left RUNNING (the server was away): the re-run ended it.
+    assert runs[1].info.status == "KILLED" and runs[1].data.tags["optuna.rerun_as"] == "2"
+    assert runs[2].data.tags["optuna.retry_of"] == "1" and runs[2].data.tags["dgnet.start_iteration"] == "1"
+    assert [runs[n].info.status for n in (0, 2, 3)] == ["FINISHED"] * 3
+    assert runs[2].data.metrics["optuna/value"] == study.trials[2].value
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials/complete"] == 3
+    assert (tmp_path / "t.yaml").exists()
+
+
 def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlflow_uri, tmp_path):
     storage = f"sqlite:///{tmp_path}/prune.db"
     # mAP never exceeds 1: a threshold pruner at 1.01 prunes at the first intermediate evaluation.
@@ -304,6 +383,68 @@ def test_unreachable_storage_missing_teacher_and_changed_settings_exit_2(twice, 
     assert tune.main([]) == 2
     assert "missing teacher" in capsys.readouterr().err
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_losing_the_race_to_create_the_tables_is_retried_and_connection_errors_are_not(monkeypatch):
+    """Workers started together on a new database all create Optuna's tables; the losers' errors
+    (PostgreSQL: duplicate key on pg_type, `type ... already exists`) are retried, nothing else is."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    from stages import tune_storage
+
+    monkeypatch.setattr(tune_storage.random, "uniform", lambda low, high: 0.0)  # no waiting here
+    lost = [IntegrityError("CREATE TYPE studydirection", {}, Exception(
+                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"')),
+            ProgrammingError("CREATE TYPE studydirection", {}, Exception(
+                'type "studydirection" already exists'))]
+    calls = []
+
+    def create() -> str:
+        calls.append(1)
+        if len(calls) <= len(lost):
+            raise lost[len(calls) - 1]
+        return "storage"
+
+    assert tune_storage.retry_schema_race(create) == "storage" and len(calls) == 3
+    refused = OperationalError("connect", {}, Exception("connection refused"))
+    calls.clear()
+
+    def unreachable() -> None:
+        calls.append(1)
+        raise refused
+
+    with pytest.raises(OperationalError):
+        tune_storage.retry_schema_race(unreachable)
+    assert len(calls) == 1
+    wrapped = optuna.exceptions.StorageInternalError("commit failed")
+    wrapped.__cause__ = lost[0]
+    assert tune_storage.schema_race(wrapped) and not tune_storage.schema_race(refused)
+
+
+def test_startup_lock_lets_one_worker_at_a_time_open_a_sqlite_study(tmp_path):
+    import threading
+
+    from stages import tune_storage
+
+    url = f"sqlite:///{tmp_path}/locked.db"
+    outcome: list[str] = []
+
+    def second_worker() -> None:
+        try:
+            with tune_storage.startup_lock(url, "s", timeout_s=0.5):
+                outcome.append("entered")
+        except tune.StorageError as exc:
+            outcome.append(str(exc))
+
+    with tune_storage.startup_lock(url, "s"):
+        thread = threading.Thread(target=second_worker)
+        thread.start()
+        thread.join()
+    assert len(outcome) == 1 and "another worker has been opening study 's'" in outcome[0]
+    thread = threading.Thread(target=second_worker)
+    thread.start()
+    thread.join()
+    assert outcome[1] == "entered"  # released when the first worker is done
 
 
 def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, capfd):

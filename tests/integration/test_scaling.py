@@ -1,6 +1,6 @@
 """Beyond one machine, for real on loopback: PostgreSQL, an MLflow tracking server on it, an Optuna
-study shared by two worker processes of which one is killed mid-trial, and a tracking server that
-goes away in the middle of a training run.
+study shared by two worker processes started together on a new database, of which one is killed
+mid-trial, and a tracking server that goes away in the middle of a training run.
 
 Run it with `scripts/integration.sh` (or `DGNET_INTEGRATION=1 pytest -s tests/integration`): it
 starts a private PostgreSQL cluster (installing the Debian package when root and missing), creates
@@ -236,24 +236,25 @@ def trial_rows(postgres: Postgres) -> list[tuple[int, str, int]]:
 
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
         workspace, teacher, databases, postgres, mlflow_server, logs):
+    """The README's recipe: the same command started twice at the same moment on a new, empty
+    database (both race to create Optuna's tables, the study and its MLflow parent run); then one
+    worker is killed in the middle of a trial."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     storage = databases["optuna"]
+    assert trial_rows(postgres) == []  # a new database: no tables yet
     command = [sys.executable, "-m", "stages.tune", "--study", STUDY, "--n-trials", str(N_TRIALS),
                "--storage", storage, "--seed", "0", "--heartbeat-interval", "1", "--grace-period", "3"]
     env = stage_env(mlflow_server.url)
     started = time.monotonic()
     workers: dict[str, Any] = {}
     try:
-        workers["A"] = spawn(command, logs / "worker-A.log", env=env, cwd=workspace)
-        log(f"worker A (pid {workers['A'].pid}): {' '.join(command[1:])}")
-        # B starts once A has created the study, as a second machine would join it.
-        wait_for(lambda: any(state == "RUNNING" for _, state, _ in trial_rows(postgres)), 300,
-                 "worker A's first trial", alive=[workers["A"]])
-        workers["B"] = spawn(command, logs / "worker-B.log", env=env, cwd=workspace)
-        log(f"worker B (pid {workers['B'].pid}) joins study {STUDY!r}")
+        for name in ("A", "B"):  # together, as `for i in 1 2; do dgnet tune ... & done` would
+            workers[name] = spawn(command, logs / f"worker-{name}.log", env=env, cwd=workspace)
+        log(f"workers A (pid {workers['A'].pid}) and B (pid {workers['B'].pid}) started together: "
+            f"{' '.join(command[1:])}")
 
         def both_mid_trial() -> list[tuple[int, str, int]]:
             running = [row for row in trial_rows(postgres) if row[1] == "RUNNING"]
@@ -262,6 +263,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
         # Two trials running, each past an evaluation: each worker is in the middle of one.
         running = wait_for(both_mid_trial, 300, "both workers in the middle of a trial",
                            alive=list(workers.values()))
+        log(f"both workers mid-trial after {time.monotonic() - started:.0f} s")
         os.killpg(workers["A"].pid, signal.SIGKILL)
         killed_at = time.monotonic()
         workers["A"].wait(timeout=30)
@@ -274,13 +276,18 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
     finally:
         for process in workers.values():
             stop(process, signal.SIGKILL)
+    outputs = {name: (logs / f"worker-{name}.log").read_text() for name in workers}
+    for name, output in outputs.items():  # both opened the study: no lost race on the new database
+        assert "Traceback" not in output.split("tune: trial")[0], f"worker {name}:\n{output[-3000:]}"
+        assert f"tune: study {STUDY!r} in " in output, f"worker {name}:\n{output[-3000:]}"
 
     study = optuna.load_study(study_name=STUDY, storage=storage)
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     log(f"trials: {dict(states)}")
+    retried = RetryHeartbeatStaleTrialCallback.retried_trial_number
     for trial in trials:
-        retry_of = RetryFailedTrialCallback.retried_trial_number(trial)
+        retry_of = retried(trial)
         log(f"  trial {trial.number}: {trial.state.name}"
             + (f", value {trial.value:.4f}" if trial.value is not None else "")
             + (f", re-run of trial {retry_of}" if retry_of is not None else ""))
@@ -291,7 +298,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
     assert len(failed) == 1, f"exactly one trial was killed: {states}"
     killed = failed[0]
     assert killed.number in {n for n, _, _ in running}
-    (rerun,) = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed.number]
+    (rerun,) = [t for t in trials if retried(t) == killed.number]
     assert rerun.state == TrialState.COMPLETE and rerun.params == killed.params
     assert states["COMPLETE"] >= N_TRIALS
     log(f"KILLED WORKER'S TRIAL RE-RUN: trial {killed.number} (worker A, SIGKILL) -> failed by the "
@@ -304,6 +311,11 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
     runs = client.search_runs([experiment.experiment_id], f"tags.`optuna.study` = '{STUDY}'",
                               max_results=1000)
     (parent,) = [r for r in runs if r.data.tags.get("dgnet.kind") == "study"]
+    from mlflow.entities import ViewType
+
+    ever = client.search_runs([experiment.experiment_id], f"tags.`optuna.study` = '{STUDY}' and "
+                              f"tags.`dgnet.kind` = 'study'", run_view_type=ViewType.ALL)
+    assert len(ever) == 1, "the workers started together created more than one parent run"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1, "a trial run outside the study's parent run"
     per_trial = Counter(int(r.data.tags["optuna.trial_number"]) for r in children)
@@ -322,6 +334,10 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
     assert rerun_run.data.tags["optuna.retry_of"] == str(killed.number)
     resumed_at = int(rerun_run.data.tags["dgnet.start_iteration"])
     assert resumed_at >= PARAMS["tune"]["train"]["eval_every"]  # killed after an evaluation: resumed
+    rerun_line = (f"tune: trial {rerun.number} re-runs trial {killed.number} (same weights), resuming at "
+                  f"iteration {resumed_at}")
+    assert rerun_line in outputs["B"], outputs["B"][-3000:]
+    assert f"tune: trial {rerun.number} COMPLETE, mAP {rerun.value:.4f} after" in outputs["B"]
     log(f"MLflow: parent run {parent.info.run_id} with {len(children)} trial runs, one per trial; the "
         f"killed attempt's run is KILLED (rerun_as {rerun.number}), the re-run resumed at iteration "
         f"{resumed_at} from the killed attempt's checkpoint")
