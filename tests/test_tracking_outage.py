@@ -116,7 +116,7 @@ def test_unreachable_database_fails_fast_naming_the_url():
     start = time.monotonic()
     with pytest.raises(TrackingError) as caught:
         connect(uri)
-    assert time.monotonic() - start < 10  # MLflow's own engine set-up would retry for ~100 s
+    assert time.monotonic() - start < 60  # a hang guard: MLflow's engine set-up would retry ~100 s
     message = str(caught.value)
     assert redact(uri) in message and "hunter2" not in message and "unreachable" in message
 
