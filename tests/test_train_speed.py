@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from dgnet.errors import ConfigError
 
@@ -37,7 +38,16 @@ def test_mode_parsing(train_speed):
             train_speed.Mode.parse(bad)
 
 
-def test_measure_tiny_and_write_section(train_speed, tmp_path):
+@pytest.fixture
+def one_thread():
+    # One torch thread: on a shared 2-core machine two threads wait on each other and run far slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_measure_tiny_and_write_section(train_speed, tmp_path, one_thread):
     row = train_speed.measure("tiny", "cpu", "fp32", iterations=2, warmup=0, batch_size=2)
     assert row["status"] == "ok" and row["mode"] == "fp32" and row["device"] == "cpu"
     assert len(row["times_s"]) == 2 and row["iterations"] == 2 and row["images_per_iteration"] == 8
