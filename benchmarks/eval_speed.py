@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 
 from dgnet.evaluation.rank import pairwise_distance, rank_metrics_from_features
-from dgnet.io import atomic_path
+from dgnet.io import replace_marked_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmarks
@@ -249,15 +248,8 @@ def render_section(name: str, info: dict, rows: list[dict], command: str) -> str
 
 
 def update_results(path: Path, name: str, section: str) -> None:
-    """Replace (or append) the section between `<!-- BEGIN name -->` and `<!-- END name -->`."""
-    text = path.read_text() if path.exists() else HEADER
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Replace (or append) this script's section of the results file, atomically."""
+    replace_marked_section(path, name, section, HEADER)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,7 +42,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -55,7 +54,7 @@ from typing import Any
 import torch
 
 from dgnet.errors import ConfigError
-from dgnet.io import atomic_path
+from dgnet.io import replace_marked_section
 from dgnet.models.config import PROFILES, get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
@@ -431,15 +430,8 @@ def render_section(name: str, info: dict[str, Any], rows: list[dict[str, Any]], 
 
 
 def update_results(path: Path, name: str, section: str) -> None:
-    """Replace (or append) the section between `<!-- BEGIN name -->` and `<!-- END name -->`, atomically."""
-    text = path.read_text() if path.exists() else HEADER
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Replace (or append) this script's section of the results file, atomically."""
+    replace_marked_section(path, name, section, HEADER)
 
 
 def _print_row(r: dict[str, Any]) -> None:

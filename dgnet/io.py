@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -60,3 +61,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def replace_marked_section(path: str | os.PathLike, name: str, section: str, header: str = "") -> Path:
+    """Put `section` (which holds its own `<!-- BEGIN name -->` ... `<!-- END name -->` lines) into
+    the text file `path` in place of the old one, or append it; a new file starts with `header`.
+    Atomic: benchmark scripts share one results file and each rewrites only its own sections."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else header
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
