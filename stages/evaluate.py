@@ -133,6 +133,14 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         if name != "dgnet" and full is not None and metrics["mAP"] > full["mAP"]:
             notes.append(f"- **{name} beats the full DG-Net model** on mAP ({100 * metrics['mAP']:.1f} vs "
                          f"{100 * full['mAP']:.1f}).")
+    ablations = [name for name in best if name.startswith("ablation_")]
+    if full is not None and ablations and not any(best[n]["mAP"] > full["mAP"] for n in ablations):
+        order = sorted(ablations, key=lambda n: -best[n]["mAP"])
+        notes.append("- No ablation beats the full DG-Net model on mAP; from the closest: "
+                     + ", ".join(f"{n} {100 * best[n]['mAP']:.1f}" for n in order) + ".")
+    if full is not None and ablations:
+        notes.append("- Each model is one training run (one seed) on one test split: a gap of a point or two "
+                     "between models may be seed noise, which this report does not measure.")
     teacher = best.get("teacher")
     if teacher is not None and full is not None:
         verdict = "above" if full["mAP"] > teacher["mAP"] else "NOT above"
