@@ -75,18 +75,25 @@ def lsgan_discriminator_loss(
 
 
 def lsgan_generator_loss(fake_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L_adv^G = sum_k mean (D_k(x_fake) - 1)^2  (the generator pushes D's verdict on fakes to 1)."""
-    return _sum(torch.mean((fake - 1.0) ** 2) for fake in fake_outputs)
+    """L_adv^G = sum_k 2 mean (D_k(x_fake) - 1)^2  (the generator pushes D's verdict on fakes to 1).
 
-
-def r1_penalty(real_output: torch.Tensor, real_images: torch.Tensor, weight: float = 0.01) -> torch.Tensor:
-    """R1 = weight * 1/N sum_n || d/dx_n sum D(x)_n ||^2, on real images at full resolution.
-
-    `real_output` is D's full-resolution patch map computed from `real_images` (which must require
-    grad). The gradient is taken with create_graph=True so that the penalty itself trains D.
+    The factor 2 is the published one (METHOD.md section 3): the generator's term weighs twice D's.
     """
-    (gradient,) = torch.autograd.grad(real_output.sum(), real_images, create_graph=True)
-    return weight * gradient.pow(2).flatten(1).sum(1).mean()
+    return _sum(2.0 * torch.mean((fake - 1.0) ** 2) for fake in fake_outputs)
+
+
+def r1_penalty(
+    real_outputs: Sequence[torch.Tensor], real_images: torch.Tensor, weight: float = 0.01
+) -> torch.Tensor:
+    """R1 = weight * sum_k 1/N sum_n || d/dx_n sum D_k(x)_n ||^2, every scale k w.r.t. the
+    full-resolution real images x (the coarser scales' gradients pass back through the pooling).
+
+    `real_outputs` are D's patch maps computed from `real_images` (which must require grad). The
+    gradients are taken with create_graph=True so that the penalty itself trains D.
+    """
+    gradients = [torch.autograd.grad(output.sum(), real_images, create_graph=True)[0]
+                 for output in real_outputs]
+    return weight * _sum(g.pow(2).flatten(1).sum(1).mean() for g in gradients)
 
 
 def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -3,8 +3,10 @@
 Models: the teacher(s) of the teacher stage, DG-Net of the train stage, and every ablation found
 under outputs/ablations/<variant>/model.pt. For each (dgnet.evaluation.benchmark): re-ID at the
 query alphas of params `evaluate.alphas` and with the fine-grained half alone, optional k-reciprocal
-re-ranking, swap fidelity against the synthetic ground truth, SSIM diversity, FID (skipped and
-said so without local Inception weights), a ranked-retrieval picture and a swap grid.
+re-ranking, swap fidelity against the synthetic ground truth, self-reconstruction L1, each beside its
+trivial baselines (copy a donor unchanged; the mean training image; a 4x blur), SSIM diversity, FID
+(skipped and said so without local Inception weights), a ranked-retrieval picture and a swap grid.
+The model-independent generation references are computed once and shared by the DG-Net models.
 
 Writes reports/benchmark.md (one table, honest notes), reports/metrics/eval.json (for `dvc metrics`),
 reports/plots/cmc/<model>.csv (for `dvc plots`), reports/figures/*.png, and one MLflow run
@@ -21,7 +23,13 @@ from typing import Any
 import pandas as pd
 
 from dgnet.errors import ConfigError, DgnetError
-from dgnet.evaluation.benchmark import DEFAULT_ALPHAS, ModelBenchmark, benchmark_model, markdown_table
+from dgnet.evaluation.benchmark import (
+    DEFAULT_ALPHAS,
+    DEFAULT_NUM_SWAPS,
+    ModelBenchmark,
+    benchmark_model,
+    markdown_table,
+)
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from stages.common import load_params, resolve
@@ -57,8 +65,11 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(values) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"evaluate: unknown key(s) {unknown}; known keys are {sorted(KNOWN_KEYS)}")
+    num_swaps = int(values.get("num_swaps", DEFAULT_NUM_SWAPS))
+    if num_swaps < 2:  # SSIM diversity needs two images; the report's figures want >= 500
+        raise ConfigError(f"evaluate.num_swaps: must be at least 2, got {num_swaps}")
     return {"alphas": tuple(float(a) for a in values.get("alphas", DEFAULT_ALPHAS)),
-            "rerank": bool(values.get("rerank", False)), "num_swaps": int(values.get("num_swaps", 64)),
+            "rerank": bool(values.get("rerank", False)), "num_swaps": num_swaps,
             "ranked_queries": int(values.get("ranked_queries", 6)),
             "batch_size": int(values.get("batch_size", 64)), "device": str(values.get("device", "cpu")),
             "inception_weights": values.get("inception_weights"), "seed": int(values.get("seed", 0))}
@@ -102,7 +113,7 @@ def main_setting(result: ModelBenchmark, changes: dict[str, dict[str, Any]] | No
 def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]]) -> list[str]:
     """One row per model at its main setting: what the variant changes, re-ID and generation."""
     lines = ["| model | trained as | setting | rank-1 | mAP | swap L1 (person) | swap SSIM (person) "
-             "| SSIM diversity |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| recon L1 | SSIM diversity |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -118,7 +129,94 @@ def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, A
             how = "full DG-Net"
         lines.append(f"| {result.name} | {how} | {setting} | {100 * m['rank1']:.1f} | {100 * m['mAP']:.1f} "
                      f"| {fmt(gen.get('swap_l1_person'))} | {fmt(gen.get('swap_ssim_person'))} "
-                     f"| {fmt(gen.get('ssim_diversity_generated'))} |")
+                     f"| {fmt(gen.get('recon_l1'))} | {fmt(gen.get('ssim_diversity_generated'))} |")
+    return lines
+
+
+# (figure label, key in `generation`, lower is better, baselines: (label, path in `generation.baselines`)).
+BASELINE_FIGURES = (
+    ("recon L1", "recon_l1", True,
+     (("the mean image", ("recon_mean_image",)), ("blur4", ("recon_blur4",)))),
+    ("swap L1 (person)", "swap_l1_person", True,
+     (("copy-structure", ("copy_structure", "swap_l1_person")),
+      ("copy-appearance", ("copy_appearance", "swap_l1_person")))),
+    ("swap SSIM (person)", "swap_ssim_person", False,
+     (("copy-structure", ("copy_structure", "swap_ssim_person")),
+      ("copy-appearance", ("copy_appearance", "swap_ssim_person")))),
+)
+
+
+def _baseline_value(baselines: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = baselines
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _figures_and_baselines(result: ModelBenchmark) -> list[tuple[str, float, bool, list[tuple[str, float]]]]:
+    """(label, the model's value, lower is better, [(baseline, value)]) for each figure that has both."""
+    gen = result.generation
+    baselines = gen.get("baselines") or {}
+    out = []
+    for label, key, lower, candidates in BASELINE_FIGURES:
+        value = gen.get(key)
+        found = [(name, v) for name, path in candidates
+                 if (v := _baseline_value(baselines, path)) is not None]
+        if isinstance(value, int | float) and found:
+            out.append((label, float(value), lower, found))
+    return out
+
+
+def baseline_verdict(result: ModelBenchmark) -> str:
+    """One plain sentence: does each generation figure beat each of its trivial baselines?
+
+    e.g. "dgnet: swap L1 (person) 0.150 beats copy-structure 0.161 and copy-appearance 0.160; swap SSIM
+    (person) 0.400 does not beat copy-structure 0.446 or copy-appearance 0.300." Computed from the numbers.
+    """
+    clauses = []
+    for label, value, lower, found in _figures_and_baselines(result):
+        beaten = [(n, v) for n, v in found if (value < v if lower else value > v)]
+        missed = [(n, v) for n, v in found if (n, v) not in beaten]
+        won = " and ".join(f"{n} {v:.3f}" for n, v in beaten)
+        lost = " or ".join(f"{n} {v:.3f}" for n, v in missed)
+        if not missed:
+            clauses.append(f"{label} {value:.3f} beats {won}")
+        elif not beaten:
+            clauses.append(f"{label} {value:.3f} does not beat {lost}")
+        else:
+            clauses.append(f"{label} {value:.3f} beats {won} but not {lost}")
+    if not clauses:
+        return f"{result.name}: no generation figure with a baseline to compare."
+    return f"{result.name}: " + "; ".join(clauses) + "."
+
+
+def baseline_section(results: list[ModelBenchmark]) -> list[str]:
+    """Per DG-Net model, its generation figures beside the trivial baselines, and the verdict."""
+    models = [r for r in results if r.kind != "teacher" and r.generation]
+    if not models:
+        return []
+    gen = models[0].generation
+    lines = [
+        "## Generator against trivial baselines", "",
+        "Each figure beside what a generator that learnt nothing would score, on the same images: "
+        f"self-reconstruction G(E_s(x), E_a(x)) on {gen.get('recon_num_images', '?')} test images against "
+        "the mean training image and the image blurred (area down-sampling 4x, bilinear back); swaps on "
+        f"the same {gen.get('num_swaps', '?')} test pairs against copying the structure donor or the "
+        "appearance donor unchanged. L1 on [0, 1], lower is better; SSIM higher is better.", "",
+    ]
+    columns = ("the mean image", "blur4", "copy-structure", "copy-appearance")
+    for result in models:
+        lines += [f"### {result.name}", "",
+                  "| figure | generator | mean image | blur4 | copy-structure | copy-appearance |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for label, value, lower, found in _figures_and_baselines(result):
+            values = dict(found)
+            cells = " | ".join(f"{values[c]:.3f}" if c in values else "-" for c in columns)
+            lines.append(f"| {label} ({'lower' if lower else 'higher'} is better) | {value:.3f} | {cells} |")
+        lines += [""]
+        if "swap_fidelity_skipped" in result.generation:
+            lines += [f"Swap baselines skipped: {result.generation['swap_fidelity_skipped']}.", ""]
+        lines += [baseline_verdict(result), ""]
     return lines
 
 
@@ -161,6 +259,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         "## Ablations", "",
         "Each model at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained).",
         "", *ablation_table(results, changes), "",
+        *baseline_section(results),
         "## Every setting", "",
         markdown_table(results),
         "## Notes", "", *(notes or ["- No model beats the full DG-Net model."]),
@@ -200,12 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
     try:
         with tracked_run(client, experiment_id, "evaluate", tags) as run:
+            references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size
             results = [
                 benchmark_model(path, frame, name=name, device=settings["device"], alphas=settings["alphas"],
                                 rerank=settings["rerank"], batch_size=settings["batch_size"],
                                 ranked_queries=settings["ranked_queries"], data_root=data_root,
                                 num_swaps=settings["num_swaps"],
-                                inception_weights=settings["inception_weights"], seed=settings["seed"])
+                                inception_weights=settings["inception_weights"], seed=settings["seed"],
+                                references=references)
                 for name, path in models.items()
             ]
             write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes)
@@ -232,6 +333,21 @@ def _metric_entities(metrics: dict[str, float]) -> list[Any]:
     return [Metric(key.replace("+", "_"), value, now, 0) for key, value in metrics.items()]
 
 
+def _finite_tree(values: dict[str, Any]) -> dict[str, Any]:
+    """The finite numbers of a nested dict, rounded to 6 digits (counts stay ints), nested dicts kept
+    (empty ones dropped); strings, None, NaN and infinities left out."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if sub := _finite_tree(value):
+                out[key] = sub
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[key] = value
+        elif key in (number := finite({key: value})):
+            out[key] = round(number[key], 6)
+    return out
+
+
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict[str, Any],
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
@@ -240,7 +356,7 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict
         keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
         summary[result.name] = {setting: {k: round(m[k], 6) for k in keys}
                                 for setting, m in result.reid.items()}
-        gen = {k: round(v, 6) for k, v in finite(result.generation).items()}
+        gen = _finite_tree(result.generation)
         if gen:
             summary[result.name]["generation"] = gen
         for setting, curve in result.cmc.items():

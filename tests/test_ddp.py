@@ -99,6 +99,7 @@ def _worker(rank: int, port: int, data: str, teacher: str, base: str) -> None:
         cfg = DGNetTrainConfig(
             iterations=2, batch_size=BATCH, log_every=1, eval_every=0, image_every=0, checkpoint_every=0,
             num_workers=0, device="cpu", deterministic=True, schedule=ScheduleConfig(warmup_start=0),
+            sampling="identity",  # disjoint identities across ranks, checked below
         )  # fmt: skip
         frame = build_manifest(data)
         train_dgnet(frame, get_profile("tiny"), cfg, [teacher], Path(base) / f"out{rank}", hooks=[Events()])

@@ -10,13 +10,19 @@ from dgnet.evaluation import generation as gen
 from dgnet.evaluation.generation import (
     SSIM_C1,
     SSIM_C2,
+    blur,
+    blur_l1,
     fid,
     frechet_distance,
     gaussian_window,
+    image_l1,
+    mean_image,
+    mean_image_l1,
     ssim,
     ssim_diversity,
     ssim_map,
     swap_fidelity,
+    swap_ground_truth,
 )
 
 
@@ -121,6 +127,51 @@ def test_swap_fidelity_resizes_the_ground_truth(swap_rows):
     assert 0 < result["l1"] < 1 and result["num_images"] == 3
     with pytest.raises(ValueError, match="generated images"):
         swap_fidelity(torch.zeros(2, 3, 64, 32), appearance, structure, normalized=False)
+
+
+def test_swap_fidelity_with_a_given_ground_truth_equals_rendering_it(swap_rows):
+    appearance, structure = swap_rows
+    fake = torch.rand(3, 3, 64, 32, generator=torch.Generator().manual_seed(6))
+    truth = swap_ground_truth(appearance, structure, size=(64, 32))
+    shared = swap_fidelity(fake, appearance, structure, normalized=False, ground_truth=truth)
+    assert shared == swap_fidelity(fake, appearance, structure, normalized=False)
+    with pytest.raises(ValueError, match="ground truth of"):
+        swap_fidelity(torch.zeros(3, 3, 32, 16), appearance, structure, normalized=False, ground_truth=truth)
+
+
+def test_image_l1_clamps_the_fake_and_averages_everything():
+    real = torch.full((2, 3, 4, 4), 0.5)
+    fake = real.clone()
+    fake[0] = 2.0  # clamped to 1: off by 0.5 on image 0, exact on image 1
+    assert image_l1(fake, real) == pytest.approx(0.25)
+    assert image_l1(real, real) == 0.0
+    with pytest.raises(ValueError, match="one shape"):
+        image_l1(real[:1], real)
+
+
+def test_mean_image_over_batches_and_its_baseline():
+    g = torch.Generator().manual_seed(7)
+    images = torch.rand(10, 3, 8, 4, generator=g)
+    mean = mean_image(images.split(3))  # batches of 3, 3, 3, 1: still the mean over all 10
+    assert torch.allclose(mean, images.double().mean(0))
+    # Two flat test images, 0.2 and 0.6, against a flat mean 0.5: (0.3 + 0.1) / 2.
+    tests = torch.stack([torch.full((3, 8, 4), 0.2), torch.full((3, 8, 4), 0.6)])
+    assert mean_image_l1(torch.full((3, 8, 4), 0.5), tests) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="no images"):
+        mean_image([])
+
+
+def test_blur_baseline_known_answers():
+    flat = torch.full((2, 3, 16, 8), 0.3)
+    assert torch.allclose(blur(flat), flat) and blur_l1(flat) == pytest.approx(0.0, abs=1e-7)
+    # A one-pixel checkerboard averages to 0.5 over every 4 x 4 block: off by 0.5 everywhere.
+    board = ((torch.arange(16)[:, None] + torch.arange(8)[None, :]) % 2).float().expand(1, 3, 16, 8)
+    assert torch.allclose(blur(board), torch.full_like(board, 0.5))
+    assert blur_l1(board) == pytest.approx(0.5)
+    # Detail finer than the blur is lost, coarser detail survives: a half-black, half-white image.
+    halves = torch.zeros(1, 3, 16, 8)
+    halves[..., 8:, :] = 1.0
+    assert 0.0 < blur_l1(halves) < 0.1
 
 
 def test_frechet_distance_known_answers():

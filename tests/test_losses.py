@@ -44,8 +44,8 @@ def test_lsgan_losses_over_scales() -> None:
     fake = [torch.tensor([0.0, 1.0]), torch.tensor([-1.0])]
     # D: scale 0: mean((0, 1)) + mean((0, 1)) = 1; scale 1: 1 + 1 = 2  -> 3
     assert lsgan_discriminator_loss(real, fake).item() == pytest.approx(3.0)
-    # G: scale 0: mean((1, 0)) = 0.5; scale 1: (-2)^2 = 4 -> 4.5
-    assert lsgan_generator_loss(fake).item() == pytest.approx(4.5)
+    # G (published factor 2): scale 0: 2 mean((1, 0)) = 1; scale 1: 2 (-2)^2 = 8 -> 9
+    assert lsgan_generator_loss(fake).item() == pytest.approx(9.0)
 
 
 def test_primary_kl_with_flip_averaging() -> None:
@@ -73,8 +73,18 @@ def test_r1_penalty_on_a_linear_discriminator() -> None:
     w = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
     x = torch.randn(3, 1, 2, 2, requires_grad=True)
     output = (x.flatten(1) * w).sum(1).view(3, 1, 1, 1)
-    penalty = r1_penalty(output, x, weight=0.01)
+    penalty = r1_penalty([output], x, weight=0.01)
     assert penalty.item() == pytest.approx(0.01 * 30)
     # create_graph=True: the penalty is differentiable w.r.t. D's weights: d/dw 0.01 * ||w||^2 = 0.02 w
     penalty.backward()
     assert torch.allclose(w.grad, 0.02 * w.detach())
+
+
+def test_r1_penalty_sums_every_scale_wrt_the_full_resolution_input() -> None:
+    # Scale 0: <w, x_n>; scale 1 sees x average-pooled to one pixel: 4 * mean(x_n) = sum(x_n),
+    # whose gradient w.r.t. the full-resolution x_n is all ones (norm^2 4).
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    x = torch.randn(3, 1, 2, 2, requires_grad=True)
+    scale0 = (x.flatten(1) * w).sum(1).view(3, 1, 1, 1)
+    scale1 = 4 * torch.nn.functional.avg_pool2d(x, 2)
+    assert r1_penalty([scale0, scale1], x, weight=0.01).item() == pytest.approx(0.01 * (30 + 4))

@@ -88,9 +88,9 @@ def setup():
     return cfg, model, teacher, make_batch(cfg)
 
 
-def backward_touched(model, teacher, batch, weights, cfg=None) -> set[str]:
+def backward_touched(model, teacher, batch, weights, cfg=None, reencode_structure=False) -> set[str]:
     model.zero_grad(set_to_none=True)
-    total, _ = generator_objective(model, teacher, batch, weights, cfg)
+    total, _ = generator_objective(model, teacher, batch, weights, cfg, reencode_structure)
     total.backward()
     if teacher is not None:
         assert all(p.grad is None for p in teacher.parameters())
@@ -137,10 +137,10 @@ def test_objective_updates_bn_stats_only_on_live_forwards(setup) -> None:
     _, model, teacher, batch = setup
     counter = model.appearance_encoder.trunk.bn1.num_batches_tracked
     start = int(counter)
-    generator_objective(model, teacher, batch, loss_weights_at(0))  # real images only
-    assert int(counter) == start + 1
-    generator_objective(model, teacher, batch, loss_weights_at(40_000))  # + E_a on detached fakes
-    assert int(counter) == start + 3
+    generator_objective(model, teacher, batch, loss_weights_at(0))  # a, b, pos_a, pos_b, one by one
+    assert int(counter) == start + 4
+    generator_objective(model, teacher, batch, loss_weights_at(40_000))  # + x_ab, x_ba (the student)
+    assert int(counter) == start + 10
 
 
 def test_primary_kl_trains_appearance_encoder_not_generator(setup) -> None:

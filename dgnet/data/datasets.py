@@ -13,7 +13,9 @@ from dgnet.data.transforms import load_image, normalize, pad_random_crop, random
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training augmentation of METHOD.md section 4."""
+    """Training augmentation of METHOD.md section 4, as in the published DG-Net: bicubic resize
+    (in `load_image`), horizontal flip, `padding` pixels of edge replication then a random crop
+    back to size, and random erasing with probability `erasing_p` on the identity-loss inputs."""
 
     flip: bool = True
     padding: int = 10
@@ -23,8 +25,10 @@ class Augmentation:
 class TrainImages(Dataset):
     """Training images indexed by (row, augmentation seed) pairs from a dgnet sampler.
 
-    Each item: `image` (flip + pad/crop, normalised), `image_erased` (the same with random
-    erasing, for the identity losses only), `label` (0..C-1) and `camera`.
+    Each item: `image` (flip + edge pad/crop, normalised), `image_erased` (the same with random
+    erasing, for the identity losses only), `label` (0..C-1) and `camera`. Rows come from
+    `ImagePairSampler` (published) or `IdentityPairSampler` for DG-Net, `RandomImageSampler` for
+    the teacher.
     """
 
     def __init__(self, frame: pd.DataFrame, size: tuple[int, int], augmentation: Augmentation | None = None):

@@ -1,8 +1,17 @@
 """Batch samplers whose batches are pure functions of (seed, iteration, rank).
 
-No sampler state exists: iteration t's batch is drawn from a generator seeded with (seed, t), so
-resuming at iteration t needs nothing but t, and under DDP all ranks draw the same global batch
-and keep disjoint slices of it (disjoint identities for the DG-Net sampler).
+No sampler state exists: iteration t's batch is drawn from generators seeded with the seed and
+t (or the epoch t falls in), so resuming at iteration t needs nothing but t, and under DDP all
+ranks compute the same global batch and keep disjoint slices of it.
+
+DG-Net batches come from one of two samplers, both with the layout
+[a (N), positives of a (N), b (N), positives of b (N)]:
+
+- `ImagePairSampler`, the published DG-Net recipe: streams a and b are two independent
+  epoch-wise shuffles of ALL training images (image-uniform: an identity is drawn in proportion
+  to its number of images), so a and b can hold the same identity by chance.
+- `IdentityPairSampler`, the alternative: identity-uniform, and a and b are always different
+  people, which the cross-identity losses (a's structure with b's appearance) assume.
 """
 
 from __future__ import annotations
@@ -17,6 +26,12 @@ from dgnet.errors import DatasetError
 # Augmentation seeds are drawn below this bound (fits torch.Generator.manual_seed and int64).
 _SEED_BOUND = 2**62
 
+# ImagePairSampler's generator domains. numpy's SeedSequence pads short entropy with zeros, so
+# default_rng([seed, t]) is default_rng([seed, t, 0]): the per-iteration draws carry a tag that no
+# stream id (0 or 1) can take, so they never replay an epoch permutation's generator.
+_STREAMS = (0, 1)
+_PER_ITERATION = 2
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -30,8 +45,12 @@ class Batch:
 
 
 class IdentityPairSampler:
-    """DG-Net batches: streams a and b of `batch_size` images each, all of distinct identities,
-    plus one positive (another image of the same identity) for each image.
+    """DG-Net batches, identity-uniform: streams a and b of `batch_size` images each, all of
+    distinct identities, plus one positive (another image of the same identity) for each image.
+
+    The named alternative to the published `ImagePairSampler`: here a and b are always different
+    people, which the cross-identity losses assume (with the image-uniform sampler a_k and b_k
+    are sometimes the same person). Under DDP the ranks hold disjoint identities.
 
     Batch layout: [a (N), positives of a (N), b (N), positives of b (N)].
     """
@@ -75,6 +94,73 @@ class IdentityPairSampler:
         return Batch(indices, np.concatenate([s[mine] for s in seeds]))
 
 
+class ImagePairSampler:
+    """DG-Net batches as published: two independent image-uniform streams a and b.
+
+    Each stream walks through epochs; epoch e of stream s is a permutation of all training images
+    drawn from default_rng([seed, s, e]). Iteration t takes global positions t*N*W .. (t+1)*N*W - 1
+    of each stream (W = world_size), running on into the next epoch's permutation across a
+    boundary, and rank r keeps slice r*N .. (r+1)*N of that global batch: every image appears
+    once per stream per epoch, and W ranks of N see exactly what one process with N*W would.
+    Each image's positive is another image of its identity (itself if the identity has only
+    one). a and b may share an identity by chance, as in the published code.
+
+    Batch layout: [a (N), positives of a (N), b (N), positives of b (N)].
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        labels = np.asarray(labels)
+        if len(labels) == 0:
+            raise DatasetError("the training split is empty")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got "
+                             f"batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.num_images = len(labels)
+        self._index_same_identity(labels)
+
+    def _index_same_identity(self, labels: np.ndarray) -> None:
+        """Per image: where its identity's images start in `_by_label`, how many there are, and
+        its own place among them, so that positives are drawn vectorised."""
+        self._by_label = np.argsort(labels, kind="stable")
+        _, first, counts = np.unique(labels[self._by_label], return_index=True, return_counts=True)
+        group = np.repeat(np.arange(len(counts)), counts)
+        within = np.arange(len(labels)) - first[group]
+        self._start, self._count, self._within = (np.empty(len(labels), dtype=np.int64) for _ in range(3))
+        self._start[self._by_label] = first[group]
+        self._count[self._by_label] = counts[group]
+        self._within[self._by_label] = within
+
+    def _stream(self, stream: int, iteration: int) -> np.ndarray:
+        """Global batch of one stream at `iteration`: positions t*N*W .. (t+1)*N*W - 1."""
+        total = self.batch_size * self.world_size
+        positions = np.arange(iteration * total, (iteration + 1) * total)
+        epochs, offsets = np.divmod(positions, self.num_images)
+        indices = np.empty(total, dtype=np.int64)
+        for epoch in np.unique(epochs):  # one epoch, or two across a boundary (more if N*W > images)
+            order = np.random.default_rng([self.seed, stream, int(epoch)]).permutation(self.num_images)
+            here = epochs == epoch
+            indices[here] = order[offsets[here]]
+        return indices
+
+    def _positives(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Another image of each anchor's identity, uniformly; the anchor itself when alone."""
+        others = np.maximum(self._count[anchors] - 1, 1)
+        pick = np.floor(rng.random(len(anchors)) * others).astype(np.int64)
+        pick += pick >= self._within[anchors]  # skip the anchor's own place in its identity
+        alone = self._count[anchors] == 1
+        return np.where(alone, anchors, self._by_label[self._start[anchors] + np.where(alone, 0, pick)])
+
+    def batch(self, iteration: int) -> Batch:
+        a, b = (self._stream(s, iteration) for s in _STREAMS)
+        rng = np.random.default_rng([self.seed, _PER_ITERATION, iteration])
+        rows = [a, self._positives(a, rng), b, self._positives(b, rng)]
+        seeds = rng.integers(0, _SEED_BOUND, size=(4, len(a)))
+        n = self.batch_size
+        mine = slice(self.rank * n, (self.rank + 1) * n)
+        return Batch(np.concatenate([r[mine] for r in rows]), np.concatenate([s[mine] for s in seeds]))
+
+
 class RandomImageSampler:
     """Plain id-loss batches (the teacher): `batch_size` random training images per rank."""
 
@@ -96,7 +182,8 @@ class RandomImageSampler:
 class IterationBatchSampler:
     """Adapter for torch's DataLoader(batch_sampler=...): yields iterations [start, stop)."""
 
-    def __init__(self, sampler: IdentityPairSampler | RandomImageSampler, start: int, stop: int):
+    def __init__(self, sampler: ImagePairSampler | IdentityPairSampler | RandomImageSampler, start: int,
+                 stop: int):
         self.sampler, self.start, self.stop = sampler, start, stop
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -19,11 +19,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
-    """Decode `path` as RGB, resize to size=(height, width), return a float tensor in [0, 1]."""
+    """Decode `path` as RGB, resize to size=(height, width), return a float tensor in [0, 1].
+
+    BICUBIC, as the published DG-Net (`transforms.Resize(..., interpolation=3)`), at train and
+    at test time alike, so that both see the same resampling.
+    """
     with Image.open(path) as image:
         image = image.convert("RGB")
         if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
         array = np.asarray(image, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
@@ -49,14 +53,45 @@ def random_flip(image: torch.Tensor, generator: torch.Generator, p: float = 0.5)
 
 
 def pad_random_crop(image: torch.Tensor, generator: torch.Generator, padding: int = 10) -> torch.Tensor:
-    """Zero-pad by `padding` pixels on each side, then crop back to the original size at random."""
+    """Pad by `padding` pixels on each side by replicating the border (the published
+    `transforms.Pad(10, padding_mode='edge')`), then crop back to the original size at random.
+
+    Edge replication rather than zeros: a shifted crop shows no black band, which would be an
+    artificial cue the re-ID features and the generator could latch on to.
+    """
     if padding <= 0:
         return image
     height, width = image.shape[-2:]
-    padded = F.pad(image, (padding, padding, padding, padding))
+    padded = F.pad(image, (padding, padding, padding, padding), mode="replicate")
     top = int(torch.randint(0, 2 * padding + 1, (), generator=generator))
     left = int(torch.randint(0, 2 * padding + 1, (), generator=generator))
     return padded[..., top:top + height, left:left + width]
+
+
+def _erasing_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    area: tuple[float, float],
+    aspect: tuple[float, float],
+    attempts: int,
+) -> tuple[int, int, int, int] | None:
+    """(top, left, h, w) of a rectangle for random erasing, or None when no attempt fits.
+
+    Area fraction and aspect ratio h/w are both drawn uniformly, as the published
+    `RandomErasing` does (`random.uniform(r1, 1 / r1)`); a box that does not fit is redrawn.
+    """
+    for _ in range(attempts):
+        u_area, u_ratio = torch.rand(2, generator=generator).tolist()
+        target_area = (area[0] + (area[1] - area[0]) * u_area) * height * width
+        ratio = aspect[0] + (aspect[1] - aspect[0]) * u_ratio
+        h = round(math.sqrt(target_area * ratio))
+        w = round(math.sqrt(target_area / ratio))
+        if 0 < h < height and 0 < w < width:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    return None
 
 
 def random_erasing(
@@ -67,22 +102,15 @@ def random_erasing(
     aspect: tuple[float, float] = (0.3, 3.3),
     attempts: int = 100,
 ) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2020) on a normalised image: a rectangle filled with zeros,
-    i.e. the dataset mean. Returns a new tensor; the input is left untouched."""
+    """Random erasing (Zhong et al. 2020) on a normalised image: with probability p, a rectangle
+    of `area` (fraction of the image) and aspect ratio h/w drawn uniformly in `aspect` is filled
+    with zeros, i.e. the dataset mean. Returns a new tensor; the input is left untouched."""
     if torch.rand((), generator=generator) >= p:
         return image
-    height, width = image.shape[-2:]
-    for _ in range(attempts):
-        u = torch.rand(3, generator=generator).tolist()
-        target_area = (area[0] + (area[1] - area[0]) * u[0]) * height * width
-        log_ratio = math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u[1]
-        ratio = math.exp(log_ratio)
-        h = round(math.sqrt(target_area * ratio))
-        w = round(math.sqrt(target_area / ratio))
-        if 0 < h < height and 0 < w < width:
-            top = int(torch.randint(0, height - h + 1, (), generator=generator))
-            left = int(torch.randint(0, width - w + 1, (), generator=generator))
-            erased = image.clone()
-            erased[:, top:top + h, left:left + w] = 0.0
-            return erased
-    return image
+    box = _erasing_box(image.shape[-2], image.shape[-1], generator, area, aspect, attempts)
+    if box is None:
+        return image
+    top, left, h, w = box
+    erased = image.clone()
+    erased[..., top:top + h, left:left + w] = 0.0
+    return erased

@@ -4,10 +4,17 @@ Features are extracted once per model; the alpha sweep only rescales the queries
 half (METHOD.md section 5), so it costs a ranking per alpha, not a forward pass. The evaluate
 stage (stages/evaluate.py) calls `benchmark_model` for the teacher, DG-Net and the ablations
 and writes the report; this module holds no tracking or file-format concerns beyond pictures.
+
+Generation figures stand beside trivial baselines scored on the same pairs and images: copying
+the structure donor or the appearance donor unchanged (swaps), the mean training image and a 4x
+blur (self-reconstruction). Those, the test pairs and the synthetic ground truth depend on the
+data and the image size only, so a `GenerationReference` is built once and shared by every model
+of that size (pass the same `references` dict to each `benchmark_model` call).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +31,16 @@ from dgnet.data.synthetic import read_factors
 from dgnet.data.transforms import denormalize
 from dgnet.errors import DatasetError
 from dgnet.evaluation.features import extract_features, scale_fine_half
-from dgnet.evaluation.generation import fid, ssim_diversity, swap_fidelity
+from dgnet.evaluation.generation import (
+    blur_l1,
+    fid,
+    image_l1,
+    mean_image,
+    mean_image_l1,
+    ssim_diversity,
+    swap_fidelity,
+    swap_ground_truth,
+)
 from dgnet.evaluation.pictures import ranked_list, swap_grid
 from dgnet.evaluation.rank import rank_metrics, rank_metrics_from_features
 from dgnet.evaluation.reranking import k_reciprocal_rerank
@@ -34,6 +50,10 @@ from dgnet.progress import progress
 
 # Query-side weights on the fine-grained half; "fine_only" drops the primary half instead.
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
+DEFAULT_NUM_SWAPS = 512  # test pairs behind the swap figures and their copy baselines (report: >= 500)
+DEFAULT_NUM_RECON = 2048  # test images behind recon_l1: all of them when fewer (the synthetic set: 520)
+DECODE_BATCH = 32
+BLUR_FACTOR = 4
 
 
 @dataclass
@@ -48,10 +68,22 @@ class ModelBenchmark:
     pictures: dict[str, Image.Image] = field(default_factory=dict)
 
     def flat_metrics(self) -> dict[str, float]:
-        """`setting/metric` -> value, plus `generation/...`: for metrics files and MLflow."""
+        """`setting/metric` -> value, plus `generation/...` with nested dicts joined by '/'
+        (`generation/baselines/copy_structure/swap_l1_person`): for metrics files and MLflow."""
         flat = {f"{setting}/{k}": v for setting, m in self.reid.items() for k, v in m.items()}
-        flat |= {f"generation/{k}": v for k, v in self.generation.items() if isinstance(v, int | float)}
+        flat |= _flatten_numbers(self.generation, "generation")
         return flat
+
+
+def _flatten_numbers(values: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The numbers of a nested dict under '/'-joined keys; strings, None and bools are left out."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten_numbers(value, f"{prefix}/{key}")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}/{key}"] = value
+    return flat
 
 
 def _setting_name(alpha: float) -> str:
@@ -82,15 +114,19 @@ def benchmark_model(
     num_workers: int = 0,
     ranked_queries: int = 6,
     data_root: str | os.PathLike | None = None,
-    num_swaps: int = 64,
+    num_swaps: int = DEFAULT_NUM_SWAPS,
     inception_weights: str | os.PathLike | None = None,
     seed: int = 0,
+    num_recon: int = DEFAULT_NUM_RECON,
+    references: dict[tuple[Any, ...], GenerationReference] | None = None,
 ) -> ModelBenchmark:
     """Benchmark the model file at `path` on the manifest `frame`'s query and gallery splits.
 
     A DG-Net model is ranked at each query alpha and with the fine-grained half alone; a teacher
     baseline has one feature, ranked once ("baseline"). `data_root` holding a synthetic dataset's
-    factors.csv enables swap fidelity against the exact ground truth.
+    factors.csv enables swap fidelity against the exact ground truth. `references`: a dict shared
+    by the calls of one evaluation, in which the model-independent generation references (pairs,
+    ground truth, baselines) are kept per image size and data, so that they are computed once.
     """
     device = torch.device(device)
     model, info = load_model(path, map_location=device)
@@ -129,8 +165,10 @@ def benchmark_model(
     result.pictures["ranked_list"] = _ranked_picture(main_queries, g_feat, q_images, g_images,
                                                      ranked_queries, seed)
     if two_headed:
-        result.generation, result.pictures["swap_grid"] = _generation(
-            model, frame, size, device, data_root, num_swaps, inception_weights, seed)
+        reference = cached_reference(references, frame, size, data_root, num_swaps, seed, num_recon=num_recon,
+                                     batch_size=batch_size, num_workers=num_workers)
+        result.generation, result.pictures["swap_grid"] = _generation(model, reference, device,
+                                                                      inception_weights, seed)
     return result
 
 
@@ -158,15 +196,42 @@ def _ranked_picture(q_feat: torch.Tensor, g_feat: torch.Tensor, q_images: EvalIm
                        title="Ranked retrieval (green hit, red miss, grey junk)")
 
 
+def _test_images(frame: pd.DataFrame) -> pd.DataFrame:
+    """Query and gallery images of real identities (not distractors 0 or junk -1)."""
+    return frame[frame["split"].isin(["query", "gallery"]) & (frame["person_id"] > 0)].reset_index(drop=True)
+
+
 def _swap_pairs(frame: pd.DataFrame, count: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`count` (appearance, structure) pairs of test images of different identities."""
-    test = frame[frame["split"].isin(["query", "gallery"]) & (frame["person_id"] > 0)].reset_index(drop=True)
+    """Exactly `count` (appearance, structure) pairs of test images of different identities.
+
+    The appearance donor is uniform over the test images; the structure donor uniform over the
+    test images of the other identities (drawn directly, not by rejection, so the count is exact).
+    """
+    if count < 1:
+        raise ValueError(f"swap pairs: count must be >= 1, got {count}")
+    test = _test_images(frame)
+    ids = test["person_id"].to_numpy()
+    order = np.argsort(ids, kind="stable")
+    unique, starts, sizes = np.unique(ids[order], return_index=True, return_counts=True)
+    if len(unique) < 2:
+        raise DatasetError(f"swap pairs need test images (query/gallery, person_id > 0) of at least two "
+                           f"identities; the manifest has {len(test)} of {len(unique)}")
     rng = np.random.default_rng(seed)
-    first = rng.integers(0, len(test), size=4 * count)
-    second = rng.integers(0, len(test), size=4 * count)
-    keep = test["person_id"].to_numpy()[first] != test["person_id"].to_numpy()[second]
-    first, second = first[keep][:count], second[keep][:count]
+    first = rng.integers(0, len(test), size=count)
+    group = np.searchsorted(unique, ids[first])
+    # A position among the len(test) - sizes[group] images of other ids, in id order: skip the block.
+    other = rng.integers(0, len(test) - sizes[group])
+    second = order[np.where(other < starts[group], other, other + sizes[group])]
     return test.iloc[first].reset_index(drop=True), test.iloc[second].reset_index(drop=True)
+
+
+def _recon_rows(frame: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """All test images when there are at most `count`, else `count` of them drawn by `seed`."""
+    test = _test_images(frame)
+    if len(test) <= count:
+        return test
+    rng = np.random.default_rng(seed)
+    return test.iloc[np.sort(rng.choice(len(test), size=count, replace=False))].reset_index(drop=True)
 
 
 def _load(rows: pd.DataFrame, size: tuple[int, int]) -> torch.Tensor:
@@ -174,44 +239,140 @@ def _load(rows: pd.DataFrame, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack([images[i]["image"] for i in range(len(images))])
 
 
-@torch.inference_mode()
-def _generation(model: DGNet, frame: pd.DataFrame, size: tuple[int, int], device: torch.device,
-                data_root: str | os.PathLike | None, count: int, inception_weights: Any,
-                seed: int) -> tuple[dict[str, Any], Image.Image]:
-    """Swap fidelity (synthetic data only), SSIM diversity of swaps vs real, FID, a swap grid."""
-    model.eval()
+@dataclass
+class GenerationReference:
+    """What every model's generation figures at one image size share (nothing here depends on a model).
+
+    Images are ImageNet-normalised, on the CPU. `ground_truth` is the synthetic render of each pair
+    (images on [0, 1], person masks) and `factors` the pairs' factor rows, both None without
+    factors.csv. `baselines`: the trivial baselines' scores, in the units of the model's figures.
+    """
+
+    appearance_rows: pd.DataFrame
+    structure_rows: pd.DataFrame
+    appearance: torch.Tensor
+    structure: torch.Tensor
+    recon_images: torch.Tensor
+    ground_truth: tuple[torch.Tensor, torch.Tensor] | None
+    factors: tuple[pd.DataFrame, pd.DataFrame] | None
+    baselines: dict[str, Any]
+    ssim_diversity_real: float
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def generation_reference(frame: pd.DataFrame, size: tuple[int, int], data_root: str | os.PathLike | None,
+                         count: int, seed: int, *, num_recon: int = DEFAULT_NUM_RECON, batch_size: int = 64,
+                         num_workers: int = 0) -> GenerationReference:
+    """The test pairs, the reconstruction images, the ground truth and the baselines' scores at `size`.
+
+    Baselines: `recon_mean_image` (the manifest's train split's mean image against each test image)
+    and `recon_blur4` (each test image blurred 4x) in recon_l1's units; with factors.csv,
+    `copy_structure` / `copy_appearance`: `swap_fidelity` (keys prefixed `swap_`) of the structure /
+    appearance donor itself, unchanged, as the "generated" swap of the same pairs.
+    """
     appearance_rows, structure_rows = _swap_pairs(frame, count, seed)
-    appearance, structure = _load(appearance_rows, size).to(device), _load(structure_rows, size).to(device)
-    generated = []
-    for start in progress(range(0, len(appearance), 32), desc="generating swaps"):
-        a, s = appearance[start:start + 32], structure[start:start + 32]
-        structure_code, _ = model.encode(s)
-        _, a_out = model.encode(a)
-        generated.append(model.decode(structure_code, a_out.code).float().cpu())
-    fakes = torch.cat(generated)
-    report: dict[str, Any] = {"num_swaps": len(fakes)}
-    real01 = denormalize(structure.float().cpu())
-    report["ssim_diversity_generated"] = ssim_diversity(denormalize(fakes), seed=seed)
-    report["ssim_diversity_real"] = ssim_diversity(real01, seed=seed)
+    appearance, structure = _load(appearance_rows, size), _load(structure_rows, size)
+    recon_images = _load(_recon_rows(frame, num_recon, seed), size)
+    recon01 = denormalize(recon_images)
+    baselines: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    if train.empty:
+        notes["recon_mean_image_skipped"] = "the manifest has no train split: no mean training image"
+    else:
+        loader = DataLoader(EvalImages(train, size), batch_size=batch_size, num_workers=num_workers)
+        mean = denormalize(mean_image(batch["image"] for batch in loader))
+        baselines["recon_mean_image"] = mean_image_l1(mean, recon01)
+    baselines[f"recon_blur{BLUR_FACTOR}"] = blur_l1(recon01, BLUR_FACTOR)
+
+    ground_truth = factors = None
     factors_path = Path(data_root) / "factors.csv" if data_root is not None else None
     if factors_path is not None and factors_path.is_file():
-        factors = read_factors(data_root).set_index("file_name", drop=False)
+        table = read_factors(data_root).set_index("file_name", drop=False)
         try:
-            a_factors = factors.loc[appearance_rows["file_name"]]
-            s_factors = factors.loc[structure_rows["file_name"]]
+            factors = (table.loc[appearance_rows["file_name"]], table.loc[structure_rows["file_name"]])
         except KeyError as exc:
             raise DatasetError(f"{factors_path}: no factors for {exc}; is it the dataset evaluated?") from exc
-        report |= {f"swap_{k}": v for k, v in swap_fidelity(fakes, a_factors, s_factors).items()}
+        ground_truth = swap_ground_truth(*factors, size=size)
+        for name, copied in (("copy_structure", structure), ("copy_appearance", appearance)):
+            scores = swap_fidelity(copied, *factors, ground_truth=ground_truth)
+            baselines[name] = {f"swap_{k}": v for k, v in scores.items()}
     else:
-        report["swap_fidelity_skipped"] = "not a synthetic dataset (no factors.csv): no ground truth"
+        notes["swap_fidelity_skipped"] = "not a synthetic dataset (no factors.csv): no ground truth"
+    return GenerationReference(appearance_rows, structure_rows, appearance, structure, recon_images,
+                               ground_truth, factors, baselines,
+                               ssim_diversity(denormalize(structure), seed=seed), notes)
+
+
+def cached_reference(references: dict[tuple[Any, ...], GenerationReference] | None, frame: pd.DataFrame,
+                     size: tuple[int, int], data_root: str | os.PathLike | None, count: int, seed: int,
+                     **kwargs: Any) -> GenerationReference:
+    """`generation_reference`, looked up in (and stored into) `references` when it is given.
+
+    The key holds everything the reference depends on: the size, the data root, count, seed,
+    num_recon and a hash of the manifest's path/split/person_id columns (so a changed manifest
+    never reuses a stale reference).
+    """
+    if references is None:
+        return generation_reference(frame, size, data_root, count, seed, **kwargs)
+    columns = frame[["path", "split", "person_id"]].astype(str)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(columns, index=False).to_numpy().tobytes()).hexdigest()
+    key = (tuple(size), None if data_root is None else str(data_root), count, seed,
+           kwargs.get("num_recon", DEFAULT_NUM_RECON), digest)
+    if key not in references:
+        references[key] = generation_reference(frame, size, data_root, count, seed, **kwargs)
+    return references[key]
+
+
+def _swaps(model: DGNet, structure: torch.Tensor, appearance: torch.Tensor, device: torch.device,
+           batch_size: int = DECODE_BATCH) -> torch.Tensor:
+    """G(E_s(structure[n]), E_a(appearance[n]).code) for each n, in batches: (N, 3, H, W) on the CPU.
+
+    Each donor goes through its own encoder only (`DGNet.encode` would run both on both).
+    """
+    out = []
+    for start in progress(range(0, len(structure), batch_size), desc="generating swaps"):
+        s_code = model.structure_encoder(structure[start:start + batch_size].to(device))
+        a_code = model.appearance_encoder(appearance[start:start + batch_size].to(device)).code
+        out.append(model.decode(s_code, a_code).float().cpu())
+    return torch.cat(out)
+
+
+def _reconstructions(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                     batch_size: int = DECODE_BATCH) -> torch.Tensor:
+    """model(x) = G(E_s(x), E_a(x).code) (DGNet.forward) for each image, in batches: on the CPU."""
+    return torch.cat([model(images[start:start + batch_size].to(device)).float().cpu()
+                      for start in range(0, len(images), batch_size)])
+
+
+@torch.inference_mode()
+def _generation(model: DGNet, reference: GenerationReference, device: torch.device, inception_weights: Any,
+                seed: int) -> tuple[dict[str, Any], Image.Image]:
+    """Swap fidelity (synthetic data only), self-reconstruction L1, the trivial baselines beside
+    them, SSIM diversity of swaps vs real, FID, a swap grid."""
+    model.eval()
+    appearance, structure = reference.appearance, reference.structure
+    fakes = _swaps(model, structure, appearance, device)
+    report: dict[str, Any] = {"num_swaps": len(fakes)}
+    real01 = denormalize(structure.float())
+    report["ssim_diversity_generated"] = ssim_diversity(denormalize(fakes), seed=seed)
+    report["ssim_diversity_real"] = reference.ssim_diversity_real
+    if reference.factors is not None:
+        scores = swap_fidelity(fakes, *reference.factors, ground_truth=reference.ground_truth)
+        report |= {f"swap_{k}": v for k, v in scores.items()}
+    recon = _reconstructions(model, reference.recon_images, device)
+    report["recon_l1"] = image_l1(denormalize(recon), denormalize(reference.recon_images))
+    report["recon_num_images"] = len(recon)
+    report |= reference.notes
+    report["baselines"] = {k: dict(v) if isinstance(v, dict) else v for k, v in reference.baselines.items()}
     report |= fid(real01, denormalize(fakes), weights=inception_weights, device=device)
     # A 5x5 grid: rows appearance donors, columns structure donors.
     k = min(5, len(appearance))
-    a_out = model.encode(appearance[:k])[1].code
-    s_code = model.encode(structure[:k])[0]
+    a_out = model.appearance_encoder(appearance[:k].to(device)).code
+    s_code = model.structure_encoder(structure[:k].to(device))
     cells = [[model.decode(s_code[j:j + 1], a_out[i:i + 1])[0].float().cpu() for j in range(k)]
              for i in range(k)]
-    grid = swap_grid(list(appearance[:k].cpu()), list(structure[:k].cpu()), cells, normalized=True,
+    grid = swap_grid(list(appearance[:k]), list(structure[:k]), cells, normalized=True,
                      title="Test swaps: G(structure of column, appearance of row)")
     return report, grid
 

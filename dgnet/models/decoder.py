@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgnet.models.config import ModelConfig
-from dgnet.models.layers import LEAKY_SLOPE, ConvBlock, SampleLayerNorm, adain, conv
+from dgnet.models.layers import LEAKY_SLOPE, ConvBlock, SampleLayerNorm, adain, conv, init_generator
 
 
 def mlp(in_features: int, hidden: tuple[int, ...], out_features: int) -> nn.Sequential:
@@ -92,6 +92,7 @@ class Decoder(nn.Module):
         self.upsample = nn.Sequential(UpsampleBlock(channels, up1), UpsampleBlock(up1, up2))
         self.refine = nn.Sequential(ConvBlock(up2, up2, 3), ConvBlock(up2, up2, 3))
         self.to_image = nn.Conv2d(up2, 3, 1)
+        init_generator(self)
 
     def body_parameters(self) -> list[nn.Parameter]:
         """The decoder's own parameters, without the AdaIN mapping MLPs."""

@@ -59,7 +59,8 @@ class SampleLayerNorm(nn.Module):
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
+        # The published LayerNorm draws its scale uniformly in [0, 1] (see init_generator).
+        self.weight = nn.Parameter(torch.empty(channels).uniform_(0.0, 1.0))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,3 +75,20 @@ def adain(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eps: float =
     """
     x = F.instance_norm(x, eps=eps)
     return x * scale[:, :, None, None] + bias[:, :, None, None]
+
+
+def init_generator(module: nn.Module) -> None:
+    """The published initialisation of G (E_s, decoder, AdaIN MLPs), in place.
+
+    Every Conv2d and Linear weight Kaiming-normal (fan_in, a = 0: std = sqrt(2 / fan_in)), every
+    bias 0; a SampleLayerNorm's scale uniform in [0, 1], its shift 0. PyTorch's default (uniform,
+    a = sqrt(5)) gives layers a third of that gain, which starts the AdaIN scales near 0.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, a=0.0, mode="fan_in")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, SampleLayerNorm):
+            nn.init.uniform_(layer.weight, 0.0, 1.0)
+            nn.init.zeros_(layer.bias)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dgnet.models.config import ModelConfig
-from dgnet.models.layers import ConvBlock, ResidualBlock
+from dgnet.models.layers import ConvBlock, ResidualBlock, init_generator
 
 
 def to_grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -22,21 +22,26 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: a 1x1 branch and 1x1 -> dilated 3x3 branches, fused by a 1x1 conv."""
+    """Atrous spatial pyramid pooling: a 1x1 branch and 1x1 -> dilated 3x3 branches, fused by a 1x1 conv.
+
+    As published (METHOD.md section 8): the 1x1 branch is conv + IN; each dilated branch is
+    1x1 conv + IN + LeakyReLU, then the dilated 3x3 conv + IN; the fuse is conv + IN. No activation
+    ends a branch or the fuse, and the code is instance-normalised: its scale carries no
+    information, so no loss can be lowered by shrinking it.
+    """
 
     def __init__(self, in_channels: int, width: int, dilations: tuple[int, ...], out_channels: int) -> None:
         super().__init__()
-        branches = [ConvBlock(in_channels, width, 1, instance_norm=True)]
+        branches = [ConvBlock(in_channels, width, 1, instance_norm=True, activation=False)]
         for dilation in dilations:
             branches.append(
                 nn.Sequential(
                     ConvBlock(in_channels, width, 1, instance_norm=True),
-                    ConvBlock(width, width, 3, dilation=dilation, instance_norm=True),
+                    ConvBlock(width, width, 3, dilation=dilation, instance_norm=True, activation=False),
                 )
             )
         self.branches = nn.ModuleList(branches)
-        # No norm and no activation after the fusion: the structure code is unbounded.
-        self.fuse = nn.Conv2d(width * len(branches), out_channels, 1)
+        self.fuse = ConvBlock(width * len(branches), out_channels, 1, instance_norm=True, activation=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
@@ -58,6 +63,7 @@ class StructureEncoder(nn.Module):
             *(ResidualBlock(w3, instance_norm=True) for _ in range(cfg.structure_residual_blocks))
         )
         self.aspp = ASPP(w3, cfg.aspp_width, cfg.aspp_dilations, cfg.structure_channels)
+        init_generator(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.aspp(self.blocks(self.stem(to_grayscale(images))))

@@ -11,6 +11,7 @@ from torch import nn
 from dgnet.models.appearance import IdHead
 from dgnet.models.backbone import ResNetTrunk, build_trunk
 from dgnet.models.config import ModelConfig
+from dgnet.models.frozen import frozen_call
 
 
 class ReidBaseline(nn.Module):
@@ -31,9 +32,11 @@ class ReidBaseline(nn.Module):
 class FrozenTeacher(nn.Module):
     """One or more trained teachers, frozen: soft labels = their softmax outputs averaged.
 
-    Always in eval mode: `.train()` on it or on a parent leaves it in eval (a teacher in train mode
-    would apply dropout and batch-statistics BN to its soft labels). Its parameters never require
-    grad, and its forward runs under `torch.no_grad()`.
+    A teacher never uses dropout: `.train()` on it or on a parent leaves it in eval mode. Its
+    BatchNorm layers use their running statistics in `forward`, and, in `soft_labels` with
+    `batch_statistics=True` (the published `train_bn`), the statistics of the batch they label,
+    without updating the running ones. Its parameters never require grad, and it runs under
+    `torch.no_grad()`.
     """
 
     def __init__(self, teachers: nn.Module | Sequence[nn.Module]) -> None:
@@ -57,11 +60,14 @@ class FrozenTeacher(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """N x C class probabilities: the mean over teachers of softmax(logits)."""
+    def forward(self, images: torch.Tensor, batch_statistics: bool = False) -> torch.Tensor:
+        """N x C class probabilities: the mean over teachers of softmax(logits).
+
+        `batch_statistics`: BatchNorm normalises with `images`' own statistics (running ones untouched).
+        """
         probabilities = None
         for member in self.members:
-            output = member(images)
+            output = frozen_call(member, images) if batch_statistics else member(images)
             logits = output[0] if isinstance(output, tuple | list) else output
             p = F.softmax(logits.float(), dim=1)
             if probabilities is not None and p.shape != probabilities.shape:
@@ -72,12 +78,17 @@ class FrozenTeacher(nn.Module):
             probabilities = p if probabilities is None else probabilities + p
         return probabilities / len(self.members)
 
-    def soft_labels(self, images: torch.Tensor, flip_average: bool = True) -> torch.Tensor:
+    def soft_labels(self, images: torch.Tensor, flip_average: bool = True,
+                    batch_statistics: bool = True) -> torch.Tensor:
         """Teacher probabilities for `images`, averaged with those of the horizontally flipped images.
 
-        Both views go through the teachers in one batch: in eval mode that equals two forwards.
+        `batch_statistics` (published): each view is one forward whose BatchNorm uses that view's
+        batch statistics, so the two views go separately. With running statistics the two views
+        go through in one batch, which then equals two forwards.
         """
         if not flip_average:
-            return self(images)
+            return self(images, batch_statistics)
+        if batch_statistics:
+            return 0.5 * (self(images, True) + self(images.flip(3), True))
         both = self(torch.cat([images, images.flip(3)]))
         return both.view(2, images.shape[0], -1).mean(0)

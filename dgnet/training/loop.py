@@ -27,7 +27,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dgnet.data.manifest import train_label_map
-from dgnet.data.samplers import IdentityPairSampler, IterationBatchSampler, RandomImageSampler
+from dgnet.data.samplers import (
+    IdentityPairSampler,
+    ImagePairSampler,
+    IterationBatchSampler,
+    RandomImageSampler,
+)
 from dgnet.errors import ConfigError, DatasetError
 from dgnet.progress import progress
 from dgnet.training.checkpoint import (
@@ -59,7 +64,8 @@ class Cadence:
         return every > 0 and done % every == 0
 
 
-def make_loader(dataset: Dataset, sampler: IdentityPairSampler | RandomImageSampler, start: int, stop: int,
+def make_loader(dataset: Dataset, sampler: IdentityPairSampler | ImagePairSampler | RandomImageSampler,
+                start: int, stop: int,
                 num_workers: int, device: torch.device) -> DataLoader:
     """Batches of iterations [start, stop). Workers change nothing: each image's augmentation is seeded
     by the sampler, and the loader gets its own generator so it draws nothing from the global RNG."""

@@ -13,13 +13,16 @@ Gradient routing, and how it is obtained without copying any network:
 - The appearance code given to the decoder is detached (published behaviour: generation losses
   must not pull E_a away from re-ID; E_a learns from the id losses only). So no generation loss
   reaches E_a through a_i.
-- E_a applied to generated images for L_id^c and the code/cycle losses is a *frozen view*:
-  `frozen_call` runs E_a's forward with `torch.func.functional_call` on detached parameters and
-  cloned buffers. Autograd then differentiates w.r.t. the input image only (so the generator gets
-  L_id^c's gradient and E_a's weights get none, and no weight gradients are even computed), and
-  BatchNorm's in-place running-stat updates land in the throw-away clones, so E_a's statistics do
-  not move. It behaves like the published per-iteration deep copy of E_a (same train/eval mode,
-  same batch statistics) at the cost of cloning a few BN buffers.
+- E_a applied to generated images for L_id^c and the code/cycle losses is a *frozen view*
+  (`dgnet.models.frozen.frozen_call`): E_a's forward on detached parameters and cloned buffers.
+  Autograd then differentiates w.r.t. the input image only (the generator gets L_id^c's gradient,
+  E_a's weights none, and no weight gradient is even computed), and BatchNorm's running-stat
+  updates land in throw-away clones. As the published per-iteration deep copy of E_a: eval mode
+  (no dropout) with BatchNorm on the batch's statistics (`train_bn`).
+- Structure-code loss (published): the target s_j is detached; with probability
+  `structure_reencode_p` (0.5) per iteration the trainable E_s re-encodes the DETACHED x_ij (E_s
+  learns, G does not), otherwise a frozen view of E_s encodes x_ij (G learns, E_s does not). The
+  cycle decodes from that same recovered structure.
 - The primary KL and fine-grained losses see `x_ij.detach()` through the live E_a: they train E_a
   (trunk and heads) and not G.
 - The generator's adversarial loss runs D through the same frozen view (detached parameters; D has
@@ -29,21 +32,23 @@ Gradient routing, and how it is obtained without copying any network:
 
 Batching (one forward where it gives the same result): E_s, the decoder and D have no batch
 statistics (instance/layer norm or none), so E_s(a, b) is one forward, all six decodes of the step
-(two self, two positive, two cross) are one decoder forward, E_s and the frozen E_a on (x_ab, x_ba)
-are one forward each, and the cycle's two decodes are one. E_a's BatchNorm does use batch statistics:
-the 4N real images go through it together (as one training batch would), and generated images go
-separately so that their statistics do not mix with the real ones'.
+(two self, two positive, two cross) are one decoder forward, and the cycle's two decodes are one.
+E_a's BatchNorm and the teacher's do use batch statistics, so, as published, every batch of N goes
+through them on its own: E_a sees the clean a, b, pos_a, pos_b (appearance codes), then their
+erased copies (id losses), then x_ab and x_ba (the student losses), ten forwards of N in that
+order, each updating the running statistics: about 29% of the running average at the end of an
+iteration comes from generated images (0.19 / (1 - 0.9^10) with BN momentum 0.1). The frozen E_a
+and the teacher see x_ab and x_ba separately as well.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from dgnet.errors import ConfigError
 from dgnet.losses import (
@@ -59,6 +64,7 @@ from dgnet.losses import (
     r1_penalty,
 )
 from dgnet.models.dgnet import DGNet
+from dgnet.models.frozen import frozen_call
 from dgnet.models.teacher import FrozenTeacher
 from dgnet.training.schedule import LossWeights
 
@@ -84,10 +90,21 @@ class ObjectiveConfig:
     appearance_code_loss_grad: bool = False
     r1_weight: float = 0.01
     teacher_flip_average: bool = True
+    # Published: the teacher's BatchNorm normalises each generated batch with its own statistics
+    # (`train_bn`). False: its running statistics from training on real images.
+    teacher_batch_statistics: bool = True
+    # Probability per iteration that the trainable E_s re-encodes the detached x_ij for the
+    # structure-code loss (published `use_encoder_again`, 0.5); otherwise a frozen E_s, whose
+    # gradient reaches G. 0: always the frozen E_s; 1: G never learns from that loss.
+    structure_reencode_p: float = 0.5
 
     def __post_init__(self) -> None:
         if self.r1_weight < 0:
             raise ConfigError(f"objective.r1_weight: must be >= 0, got {self.r1_weight!r}")
+        if not 0.0 <= self.structure_reencode_p <= 1.0:
+            raise ConfigError(
+                f"objective.structure_reencode_p: must be in [0, 1], got {self.structure_reencode_p!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -136,45 +153,36 @@ class DGNetBatch:
         return (self.a_erased, self.b_erased, self.pos_a_erased, self.pos_b_erased)
 
 
-def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """`module(*args, **kwargs)` with its weights frozen and its buffers untouched; no copy of the module.
-
-    Parameters are passed detached (they share storage, so this is free): gradients flow to the
-    inputs, never to the weights, and no weight gradient is computed. Buffers are passed as clones,
-    so BatchNorm's running-stat updates in train mode are discarded. The module's train/eval mode
-    is respected (train mode: batch statistics and dropout, as in a deep copy of a training E_a).
-    """
-    tensors = {name: p.detach() for name, p in module.named_parameters()}
-    tensors.update({name: b.clone() for name, b in module.named_buffers()})
-    return torch.func.functional_call(module, tensors, args, kwargs)
-
-
 @torch.no_grad()
 def generate_cross(model: DGNet, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """cat(x_ab, x_ba) = cat(G(s_b, a_a), G(s_a, a_b)), without grad, for the discriminator step.
 
-    E_a runs as a frozen view so that this extra forward does not move its BN running statistics.
+    E_a runs as a frozen view (each stream's batch on its own, as in `generator_objective`) so that
+    this extra forward does not move its BN running statistics.
     """
-    images = torch.cat([a, b])
-    structure_a, structure_b = model.structure_encoder(images).chunk(2)
-    code_a, code_b = frozen_call(model.appearance_encoder, images).code.chunk(2)
+    structure_a, structure_b = model.structure_encoder(torch.cat([a, b])).chunk(2)
+    code_a, code_b = (frozen_call(model.appearance_encoder, x).code for x in (a, b))
     return model.decoder(torch.cat([structure_b, structure_a]), torch.cat([code_a, code_b]))
 
 
 def discriminator_objective(
     model: DGNet, real: torch.Tensor, fake_detached: torch.Tensor, r1_weight: float = 0.01
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """D's loss: LSGAN (real -> 1, fake -> 0, summed over scales) + R1 penalty on real images.
+    """D's loss, summed over the two streams (real cat(x_a, x_b), fake cat(x_ab, x_ba)), as published:
+    per stream, LSGAN (real -> 1, fake -> 0, summed over scales) + the R1 penalty of every scale
+    w.r.t. the full-resolution real images, 0.01 * sum_k mean_n ||grad_{x_n} sum D_k(x)_n||^2.
 
     The fakes are detached here as well, so only D's parameters get gradient. Real and fake go
-    through D in two forwards rather than one: the R1 double-backward then spans the real half only.
-    The penalty is on the full-resolution scale, 0.01 * mean_n ||grad_{x_n} sum D_0(x)_n||^2.
+    through D in separate forwards: the R1 double-backward then spans the real images only.
     """
-    real = real.detach().requires_grad_(True)
-    real_outputs = model.discriminator(real)
-    fake_outputs = model.discriminator(fake_detached.detach())
-    adversarial = lsgan_discriminator_loss(real_outputs, fake_outputs)
-    penalty = r1_penalty(real_outputs[0], real, r1_weight) if r1_weight > 0 else adversarial.new_zeros(())
+    adversarial, penalty = real.new_zeros(()), real.new_zeros(())
+    for real_stream, fake_stream in zip(real.chunk(2), fake_detached.chunk(2), strict=True):
+        real_stream = real_stream.detach().requires_grad_(r1_weight > 0)
+        real_outputs = model.discriminator(real_stream)
+        fake_outputs = model.discriminator(fake_stream.detach())
+        adversarial = adversarial + lsgan_discriminator_loss(real_outputs, fake_outputs)
+        if r1_weight > 0:
+            penalty = penalty + r1_penalty(real_outputs, real_stream, r1_weight)
     loss = adversarial + penalty
     return loss, _to_floats({"d_adversarial": adversarial, "d_r1": penalty, "d_total": loss})
 
@@ -186,18 +194,30 @@ def _pair(loss_fn: Any, first: torch.Tensor, second: torch.Tensor) -> torch.Tens
     return loss_fn(first_a, second_a) + loss_fn(first_b, second_b)
 
 
+def _per_stream(module: Callable[[torch.Tensor], Any], images: torch.Tensor, parts: int = 2) -> list[Any]:
+    """`module` on each of `parts` equal batches of `images` on its own (BatchNorm batch statistics)."""
+    return [module(x) for x in images.chunk(parts)]
+
+
+def _cat(outputs: list[Any], field: str) -> torch.Tensor:
+    return torch.cat([getattr(o, field) for o in outputs])
+
+
 def generator_objective(
     model: DGNet,
     teacher: FrozenTeacher | None,
     batch: DGNetBatch,
     weights: LossWeights,
     cfg: ObjectiveConfig | None = None,
+    reencode_structure: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The joint G + E_a loss of one iteration, and every term's unweighted value (plus "total").
 
     Terms whose weight is 0 at this iteration and which nothing else needs are not computed (before
     the warm-up: no teacher, no cycle, no E_a on detached fakes) and are absent from the logs.
-    `teacher` may be None only while the primary weight is 0.
+    `teacher` may be None only while the primary weight is 0. `reencode_structure` picks the
+    structure-code branch (see the module docstring); None draws it from torch's global generator
+    with probability `cfg.structure_reencode_p` (the trainer seeds it per iteration).
     """
     cfg = cfg if cfg is not None else ObjectiveConfig()
     if teacher is None and weights.primary > 0:
@@ -205,23 +225,24 @@ def generator_objective(
             "teacher: the primary KL loss has weight > 0 at this iteration but no teacher was given"
         )
     encoder = model.appearance_encoder
+    n = batch.a.shape[0]
     labels = torch.cat([batch.label_a, batch.label_b])
     terms: dict[str, tuple[float, torch.Tensor]] = {}  # name -> (weight, unweighted loss)
 
-    # --- Real images: E_a (codes + id logits) on a, b, pos_a, pos_b together; E_s on a, b.
+    # --- Real images through the live E_a, one batch of N at a time: clean (codes), then erased (ids).
     real = torch.cat([batch.a, batch.b, batch.pos_a, batch.pos_b])
     if batch.erased is None:
-        id_outputs = encoder(real)
-        codes = id_outputs.code.detach()
+        id_outputs = _per_stream(encoder, real, 4)
+        codes = _cat(id_outputs, "code").detach()
     else:
-        id_outputs = encoder(torch.cat(batch.erased))
-        with torch.no_grad():
-            codes = frozen_call(encoder, real).code
+        with torch.no_grad():  # the codes are detached anyway; BN still counts these batches
+            codes = _cat(_per_stream(encoder, real, 4), "code")
+        id_outputs = _per_stream(encoder, torch.cat(batch.erased), 4)
     code_a, code_b, code_pos_a, code_pos_b = codes.chunk(4)
-    primary_logits = id_outputs.primary_logits.chunk(2)  # (a, b) | (pos_a, pos_b)
+    primary_logits = _cat(id_outputs, "primary_logits").chunk(2)  # (a, b) | (pos_a, pos_b)
     terms["id"] = (weights.id, _pair(identity_loss, primary_logits[0], labels))
     terms["id_positive"] = (weights.id_positive, _pair(identity_loss, primary_logits[1], labels))
-    fine_real_logits = id_outputs.fine_logits[: 2 * batch.a.shape[0]]
+    fine_real_logits = _cat(id_outputs[:2], "fine_logits")
     terms["fine_real"] = (weights.fine, _pair(fine_grained_id_loss, fine_real_logits, labels))
     structure_a, structure_b = model.structure_encoder(torch.cat([batch.a, batch.b])).chunk(2)
 
@@ -230,7 +251,7 @@ def generator_objective(
         torch.cat([structure_a, structure_b, structure_a, structure_b, structure_b, structure_a]),
         torch.cat([code_a, code_b, code_pos_a, code_pos_b, code_a, code_b]),
     )
-    self_recon, positive_recon, cross = generated.split(2 * batch.a.shape[0])  # cross = (x_ab, x_ba)
+    self_recon, positive_recon, cross = generated.split(2 * n)  # cross = (x_ab, x_ba)
     originals = torch.cat([batch.a, batch.b])
     terms["recon_image"] = (weights.recon_image, _pair(image_reconstruction_loss, self_recon, originals))
     terms["recon_image_positive"] = (
@@ -238,19 +259,26 @@ def generator_objective(
     )  # fmt: skip
 
     # --- Generated images through the frozen E_a: L_id^c (x_ij as i) and the recovered appearance codes.
-    recovered = frozen_call(encoder, cross)
-    terms["id_generated"] = (weights.id_generated, _pair(identity_loss, recovered.primary_logits, labels))
-    recovered_codes = recovered.code if cfg.appearance_code_loss_grad else recovered.code.detach()
+    recovered = _per_stream(lambda x: frozen_call(encoder, x), cross)
+    terms["id_generated"] = (weights.id_generated,
+                             _pair(identity_loss, _cat(recovered, "primary_logits"), labels))
+    recovered_codes = _cat(recovered, "code")
+    if not cfg.appearance_code_loss_grad:
+        recovered_codes = recovered_codes.detach()
     own_codes = torch.cat([code_a, code_b])  # x_ab should give back a's code, x_ba b's
     terms["code_appearance"] = (
         weights.code_appearance, _pair(code_reconstruction_loss, recovered_codes, own_codes),
     )  # fmt: skip
 
-    # --- Structure codes of the generated images; cycle back to the originals.
+    # --- Structure codes of the generated images (target detached); cycle back to the originals.
     if weights.code_structure > 0 or weights.cycle > 0:
-        recovered_structure = model.structure_encoder(cross)  # (s(x_ab) ~ s_b, s(x_ba) ~ s_a)
-        # Target not detached (the paper's |E_s(x_ij) - s_j| as written): both E_s passes learn from it.
-        donor_structures = torch.cat([structure_b, structure_a])
+        if reencode_structure is None:
+            reencode_structure = bool(torch.rand(()) < cfg.structure_reencode_p)
+        if reencode_structure:  # E_s learns to re-encode; no gradient into G through this path
+            recovered_structure = model.structure_encoder(cross.detach())
+        else:  # G learns to keep the structure; E_s is frozen
+            recovered_structure = frozen_call(model.structure_encoder, cross)
+        donor_structures = torch.cat([structure_b, structure_a]).detach()  # (s(x_ab) ~ s_b, s(x_ba) ~ s_a)
         terms["code_structure"] = (
             weights.code_structure, _pair(code_reconstruction_loss, recovered_structure, donor_structures),
         )  # fmt: skip
@@ -269,22 +297,26 @@ def generator_objective(
         + lsgan_generator_loss([o.chunk(2)[1] for o in fake_outputs]),
     )
 
-    # --- Discriminative module on detached generated images: trains E_a, not G.
+    # --- Discriminative module on detached generated images, one stream at a time: trains E_a, not G.
     if weights.primary > 0 or weights.fine > 0:
         detached = cross.detach()
-        student = encoder(detached)
+        student = _per_stream(encoder, detached)
         if weights.primary > 0:
-            soft_labels = teacher.soft_labels(detached, flip_average=cfg.teacher_flip_average)
+            soft_labels = torch.cat([
+                teacher.soft_labels(x, flip_average=cfg.teacher_flip_average,
+                                    batch_statistics=cfg.teacher_batch_statistics)
+                for x in detached.chunk(2)
+            ])
             terms["primary_kl"] = (
                 weights.primary,
-                _pair(primary_kl_loss, student.primary_logits, soft_labels),
+                _pair(primary_kl_loss, _cat(student, "primary_logits"), soft_labels),
             )
         if weights.fine > 0:
             # x_ab has b's structure, x_ba a's: the label is the structure provider's.
             structure_labels = torch.cat([batch.label_b, batch.label_a])
             terms["fine_generated"] = (
                 weights.fine,
-                _pair(fine_grained_id_loss, student.fine_logits, structure_labels),
+                _pair(fine_grained_id_loss, _cat(student, "fine_logits"), structure_labels),
             )
 
     total = sum((weight * loss for weight, loss in terms.values() if weight > 0), generated.new_zeros(()))

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from dgnet.data.datasets import Augmentation, TrainImages
-from dgnet.data.samplers import IdentityPairSampler
+from dgnet.data.samplers import IdentityPairSampler, ImagePairSampler
 from dgnet.data.transforms import load_image, normalize
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
@@ -70,6 +70,8 @@ from dgnet.training.runtime import (
 )
 from dgnet.training.schedule import ScheduleConfig, learning_rate_at, loss_weights_at
 
+SAMPLINGS = ("image", "identity")
+
 
 @dataclass(frozen=True)
 class DGNetTrainConfig:
@@ -84,6 +86,10 @@ class DGNetTrainConfig:
     head_lr_mult: float = 10.0  # E_a's id heads learn at lr_appearance x 10
     momentum: float = 0.9  # Nesterov, for E_a
     weight_decay: float = 5e-4  # every optimiser
+    # "image" (published): streams a and b each walk their own shuffle of all training images, so a
+    # and b may share an id by chance. "identity": a and b are always different people, each id
+    # drawn uniformly (IdentityPairSampler).
+    sampling: str = "image"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # loss-weight ramps and LR milestones
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -117,6 +123,8 @@ class DGNetTrainConfig:
         image_every = self.image_every
         if isinstance(image_every, bool) or not isinstance(image_every, int) or image_every < 0:
             raise ConfigError(f"train.image_every: must be an integer >= 0, got {self.image_every!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"train.sampling: {self.sampling!r} is not one of {SAMPLINGS}")
         if not isinstance(self.swap_images, int) or not 2 <= self.swap_images <= 8:
             raise ConfigError(f"train.swap_images: must be an integer in 2..8, got {self.swap_images!r}")
 
@@ -339,7 +347,8 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
 
     size = (model_cfg.image_height, model_cfg.image_width)
     dataset = TrainImages(frame, size, cfg.augmentation)
-    sampler = IdentityPairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    sampler_class = ImagePairSampler if cfg.sampling == "image" else IdentityPairSampler
+    sampler = sampler_class(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
     loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
     step = make_joint_step(model, teacher, cfg, ctx, optimizers, scalers)

@@ -1,0 +1,124 @@
+"""The evaluate stage's outputs without MLflow: eval.json keeps the nested baselines, the report sets
+each generator figure beside its trivial baselines and says plainly which it beats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dgnet.data.manifest import build_manifest
+from dgnet.data.synthetic import generate_dataset
+from dgnet.errors import ConfigError
+from dgnet.evaluation.benchmark import ModelBenchmark, benchmark_model
+from dgnet.models.config import get_profile
+from dgnet.models.dgnet import DGNet
+from dgnet.models.persist import save_model
+from dgnet.models.teacher import ReidBaseline
+from stages import evaluate as evaluate_stage
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate") / "data"
+    generate_dataset(root, seed=2, num_ids=8, num_cameras=3)
+    frame = build_manifest(root)
+    cfg = get_profile("tiny", num_classes=int(frame["label"].max()) + 1)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    teacher = save_model(folder / "teacher.pt", ReidBaseline(cfg), "teacher", cfg)
+    dgnet = save_model(folder / "dgnet.pt", DGNet(cfg), "dgnet", cfg)
+    references: dict = {}
+    return [benchmark_model(teacher, frame, name="teacher"),
+            *(benchmark_model(dgnet, frame, name=name, data_root=root, num_swaps=8, references=references)
+              for name in ("dgnet", "ablation_no_fine"))]
+
+
+def _reid() -> dict[str, dict[str, float]]:
+    return {"alpha_0.5": {"rank1": 0.3, "rank5": 0.5, "rank10": 0.6, "mAP": 0.3, "mINP": 0.2}}
+
+
+def _made_up(name: str = "dgnet") -> ModelBenchmark:
+    generation = {
+        "num_swaps": 512, "recon_num_images": 520, "swap_l1_person": 0.150, "swap_ssim_person": 0.40,
+        "recon_l1": 0.100,
+        "baselines": {"recon_mean_image": 0.148, "recon_blur4": 0.059,
+                      "copy_structure": {"swap_l1_person": 0.161, "swap_ssim_person": 0.446},
+                      "copy_appearance": {"swap_l1_person": 0.160, "swap_ssim_person": 0.166}},
+    }
+    return ModelBenchmark(name, "dgnet", reid=_reid(), generation=generation)
+
+
+def test_verdict_is_computed_from_the_numbers():
+    assert evaluate_stage.baseline_verdict(_made_up()) == (
+        "dgnet: recon L1 0.100 beats the mean image 0.148 but not blur4 0.059; swap L1 (person) 0.150 beats "
+        "copy-structure 0.161 and copy-appearance 0.160; swap SSIM (person) 0.400 beats copy-appearance "
+        "0.166 but not copy-structure 0.446.")
+    worse = _made_up()
+    worse.generation |= {"swap_l1_person": 0.3, "recon_l1": 0.01}
+    sentence = evaluate_stage.baseline_verdict(worse)
+    assert "swap L1 (person) 0.300 does not beat copy-structure 0.161 or copy-appearance 0.160" in sentence
+    assert "recon L1 0.010 beats the mean image 0.148 and blur4 0.059" in sentence
+
+
+def test_baseline_section_tables_and_skips():
+    lines = evaluate_stage.baseline_section([_made_up()])
+    text = "\n".join(lines)
+    assert "## Generator against trivial baselines" in text and "### dgnet" in text
+    assert "| recon L1 (lower is better) | 0.100 | 0.148 | 0.059 | - | - |" in text
+    assert "| swap SSIM (person) (higher is better) | 0.400 | - | - | 0.446 | 0.166 |" in text
+    assert "512 test pairs" in text and "520 test images" in text
+    real = _made_up()
+    real.generation = {"recon_l1": 0.1, "baselines": {"recon_mean_image": 0.2, "recon_blur4": 0.05},
+                       "swap_fidelity_skipped": "not a synthetic dataset"}
+    text = "\n".join(evaluate_stage.baseline_section([real]))
+    assert "Swap baselines skipped: not a synthetic dataset." in text and "swap L1" not in text
+    assert evaluate_stage.baseline_section([ModelBenchmark("teacher", "teacher", reid=_reid())]) == []
+
+
+def test_finite_tree_keeps_nested_numbers_rounded():
+    tree = {"a": 0.1234567891, "b": None, "c": "skipped", "d": math.nan, "n": 7,
+            "nested": {"x": {"y": 1 / 3}, "empty": {"z": None}}}
+    assert evaluate_stage._finite_tree(tree) == {"a": 0.123457, "n": 7, "nested": {"x": {"y": 0.333333}}}
+
+
+def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
+    settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
+    evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0,
+                                 {"ablation_no_fine": {"schedule.fine_mining": False}})
+    summary = json.loads((tmp_path / evaluate_stage.METRICS).read_text())
+    gen = summary["dgnet"]["generation"]
+    assert {"recon_l1", "swap_l1_person", "swap_ssim_person"} <= set(gen)
+    baselines = gen["baselines"]
+    assert set(baselines) == {"recon_mean_image", "recon_blur4", "copy_structure", "copy_appearance"}
+    assert set(baselines["copy_structure"]) >= {"swap_l1_person", "swap_ssim_person"}
+    assert baselines["copy_structure"]["swap_l1_person"] == round(
+        results[1].generation["baselines"]["copy_structure"]["swap_l1_person"], 6)
+    assert gen["num_swaps"] == 8 and isinstance(gen["num_swaps"], int)
+    assert "generation" not in summary["teacher"]
+    report = (tmp_path / evaluate_stage.REPORT).read_text()
+    assert "| rank-1 | mAP | swap L1 (person) | swap SSIM (person) | recon L1 | SSIM diversity |" in report
+    assert "## Generator against trivial baselines" in report
+    assert "### dgnet" in report and "### ablation_no_fine" in report and "### teacher\n" not in report
+    verdicts = [line for line in report.splitlines() if line.startswith("dgnet: ")]
+    assert verdicts == [evaluate_stage.baseline_verdict(results[1])]
+    assert "swap L1 (person)" in verdicts[0] and "copy-structure" in verdicts[0] and "blur4" in verdicts[0]
+
+
+def test_flat_metrics_of_nested_baselines_are_what_mlflow_gets(results):
+    flat = results[1].flat_metrics()
+    assert flat["generation/baselines/copy_appearance/swap_ssim_person"] == pytest.approx(
+        results[1].generation["baselines"]["copy_appearance"]["swap_ssim_person"])
+    assert "generation/swap_fidelity_skipped" not in flat
+
+
+def test_num_swaps_default_and_params():
+    assert evaluate_stage._settings({})["num_swaps"] == 512
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    assert evaluate_stage._settings(params)["num_swaps"] >= 500  # what the report is read on
+    with pytest.raises(ConfigError, match="num_swaps"):
+        evaluate_stage._settings({"evaluate": {"num_swaps": 1}})
