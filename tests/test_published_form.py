@@ -253,3 +253,21 @@ def test_teacher_soft_labels_use_batch_statistics_without_dropout(setup) -> None
     for k, v in member.named_buffers():
         assert torch.equal(v, buffers[k]), k  # nothing moved
     assert not teacher.training
+
+
+# --- 9. The paper profile refuses to start without ImageNet weights ---------------------------------
+
+
+def test_paper_profile_requires_imagenet_weights(tmp_path, monkeypatch) -> None:
+    from dgnet.errors import ConfigError
+    from dgnet.models.backbone import PretrainedWeightsMissingWarning, build_trunk
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache: no weights
+    paper = get_profile("paper", backbone="resnet18")  # resnet18: the same rule, cheaper to build
+    assert paper.require_pretrained
+    rule = r"require_pretrained.*tens of rank-1 points.*require_pretrained: false"
+    with pytest.raises(ConfigError, match=rule):
+        build_trunk(paper)
+    with pytest.warns(PretrainedWeightsMissingWarning):  # the user said otherwise: random init, warned
+        build_trunk(dataclasses.replace(paper, require_pretrained=False))
+    assert not get_profile("cpu").require_pretrained and not get_profile("tiny").require_pretrained
