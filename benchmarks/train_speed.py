@@ -13,7 +13,7 @@ most expensive iteration, with the frozen teacher's soft labels (on flipped and 
 the cycle decode and the code losses all on. The teacher is a real `ReidBaseline` of the profile,
 untrained, saved with `save_model` and loaded the way training loads it (`load_teachers`); its
 weights do not change the cost. Batches are synthetic images of the profile's size (4 x batch-size
-clean images + their random-erased copies, as the identity-pair sampler gives), made once: data
+clean images + their random-erased copies, as the DG-Net sampler gives), made once: data
 loading and augmentation are not included (in training they run in loader workers, beside the step).
 
 Modes (comma-separated; tokens joined by "+"): fp32 | bf16 | fp16 (autocast, the trainer's `amp`),

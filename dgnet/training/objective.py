@@ -111,10 +111,11 @@ class ObjectiveConfig:
 class DGNetBatch:
     """One iteration's real images, each N x 3 x H x W (normalised), and labels (N,).
 
-    a and b are different people (label_a[n] != label_b[n]); pos_a[n] is another image of a[n]'s
+    a and b are two streams of people (the published sampler lets a[n] and b[n] share an id by
+    chance; `train.sampling: identity` never does); pos_a[n] is another image of a[n]'s
     person, pos_b[n] of b[n]'s. The `*_erased` tensors, all four or none, are the same images with
-    random erasing: when given, the id losses on real images use them (one extra E_a forward) and
-    everything else uses the clean ones; when absent, the id losses use the clean images.
+    random erasing: when given, the id losses on real images use them (four more E_a forwards of N)
+    and everything else uses the clean ones; when absent, the id losses use the clean images.
     """
 
     a: torch.Tensor

@@ -1,6 +1,6 @@
 """The joint DG-Net training loop (METHOD.md section 4).
 
-Each iteration, from a batch [a, pos_a, b, pos_b] of the identity-pair sampler:
+Each iteration, from a batch [a, pos_a, b, pos_b] of the DG-Net sampler (`train.sampling`):
 1. one discriminator step on detached cross-identity fakes (`generate_cross`,
    `discriminator_objective`), Adam;
 2. one joint step of the generator (E_s, decoder, AdaIN MLPs; Adam) and the appearance encoder
