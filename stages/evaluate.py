@@ -43,6 +43,7 @@ from stages.tracking import (
     mlflow_settings,
     quiet_mlflow,
     read_manifest,
+    report_path,
     run_tags,
     tracked_run,
     tracking_uri,
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(params)
         tracking = mlflow_settings(params)
         manifest = manifest_path(params, workspace)
-        frame = read_manifest(manifest)
+        frame = read_manifest(manifest, report_path(params, workspace))
         models = models_to_evaluate(workspace)
         changes = ablation_changes(params)
         data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment_id = ensure_experiment(client, tracking["experiment"], artifact_location(uri))
     except DgnetError as exc:
         print(f"stages.evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
     tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
     try:
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 client.log_artifact(run.info.run_id, str(path), artifact_path="report")
     except DgnetError as exc:
         print(f"stages.evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     for result in results:
         setting = main_setting(result, changes)
         m = result.reid[setting]

@@ -35,6 +35,7 @@ from stages.tracking import (
     connect,
     ensure_experiment,
     file_md5,
+    hold_run_locks,
     interrupt_on_sigterm,
     link_previous_run,
     manifest_path,
@@ -44,6 +45,7 @@ from stages.tracking import (
     quiet_mlflow,
     read_manifest,
     remove_work_dirs,
+    report_path,
     run_tags,
     tracked_run,
     tracking_uri,
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     quiet_mlflow()
     interrupt_on_sigterm()
-    from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
+    from dgnet.training.teacher_trainer import TeacherTrainConfig
 
     try:
         workspace = workspace_root()
@@ -100,31 +102,47 @@ def main(argv: list[str] | None = None) -> int:
         configs = {seed: train_config(TeacherTrainConfig, values, STAGE, ("seeds",), fixed={"seed": seed})[0]
                    for seed in seeds}
         manifest = manifest_path(params, workspace)
-        frame = read_manifest(manifest)
+        frame = read_manifest(manifest, report_path(params, workspace))
         model_cfg = model_config(params, frame)
         uri = tracking_uri()
         client = connect(uri)
         experiment_id = ensure_experiment(client, settings["experiment"], artifact_location(uri))
     except DgnetError as exc:
         print(f"stages.teacher: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
     manifest_md5 = file_md5(manifest)
     train = frame[frame["split"] == "train"]
     extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
              "teacher.seeds": seeds, "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
              "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique())}
+    variant = f"seed{seeds[0]}" if len(seeds) == 1 else "ensemble"
+    tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", workspace)
+    folders = {seed: work_dir(workspace, f"teacher-seed{seed}", {
+        "model": model_cfg, "teacher": configs[seed], "manifest": manifest_md5}) for seed in seeds}
+    try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
+        locks = hold_run_locks(folders.values(), "teacher run folder")
+    except DgnetError as exc:
+        print(f"stages.teacher: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    with locks:
+        return _train_and_publish(client, experiment_id, settings, configs, seeds, folders, frame, model_cfg,
+                                  extra, tags, workspace, uri)
+
+
+def _train_and_publish(client: Any, experiment_id: str, settings: dict[str, Any], configs: dict[int, Any],
+                       seeds: list[int], folders: dict[int, Path], frame: Any, model_cfg: Any,
+                       extra: dict[str, Any], tags: dict[str, str], workspace: Path, uri: str) -> int:
+    """Train every seed's teacher in its (locked) folder, log and register them, write the outputs."""
+    from dgnet.training.teacher_trainer import train_teacher
+
     nested = len(seeds) > 1
-    tags = run_tags(STAGE, "teacher", f"seed{seeds[0]}" if not nested else "ensemble", "stages/teacher.py",
-                    workspace)
     started = time.monotonic()
-    results, folders = {}, {}
+    results = {}
     try:
         with tracked_run(client, experiment_id, STAGE, tags) as parent:
             for index, seed in enumerate(seeds):
                 cfg = configs[seed]
-                folders[seed] = work_dir(workspace, f"teacher-seed{seed}", {
-                    "model": model_cfg, "teacher": cfg, "manifest": manifest_md5})
                 alias = settings["alias"] or None
                 if alias and nested:  # every member gets <alias>-seed<S>; the first also <alias>
                     aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])]
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                                     {k: v for k, v in summary.items() if not isinstance(v, dict)})
     except DgnetError as exc:
         print(f"stages.teacher: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("stages.teacher: interrupted; re-run to resume from the last checkpoint", file=sys.stderr)
         return 130

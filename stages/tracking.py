@@ -689,13 +689,24 @@ def manifest_path(params: Mapping[str, Any], workspace: Path) -> Path:
     return path if path.is_absolute() else workspace / path
 
 
-def read_manifest(path: Path) -> Any:
-    """The manifest the validate stage wrote (only for data that passed every rule), label kept int."""
-    from dgnet.data.manifest import read_manifest as read_manifest_csv
+def report_path(params: Mapping[str, Any], workspace: Path) -> Path:
+    """The validation report that holds the manifest's record: params `validate.report`."""
+    name = (params.get("validate") or {}).get("report", "reports/validation.json")
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else workspace / path
+
+
+def read_manifest(path: Path, report: Path) -> Any:
+    """The manifest the validate stage wrote (only for data that passed every rule), checked against
+    the record in its validation report `report` (a manifest changed since is refused, naming what
+    changed) and its cheap invariants re-checked; label kept int."""
+    from dgnet.data.validated import read_validated_manifest
     from dgnet.errors import DatasetError
 
-    frame = read_manifest_csv(path, "the validate stage writes it only when the dataset passes "
-                                    "validation; run `dvc repro validate` and fix what it reports")
+    if not path.is_file():
+        raise DatasetError(f"manifest {path} does not exist; the validate stage writes it only when the "
+                           "dataset passes validation; run `dvc repro validate` and fix what it reports")
+    frame = read_validated_manifest(path, report)
     if not (frame["split"] == "train").any():
         raise DatasetError(f"manifest {path} has no training images (split 'train')")
     return frame
@@ -792,16 +803,36 @@ def work_dir(workspace: Path, kind: str, key: Mapping[str, Any]) -> Path:
     return workspace / CHECKPOINT_ROOT / f"{_slug(kind)}-{digest}"
 
 
+def hold_run_locks(folders: Any, what: str) -> contextlib.ExitStack:
+    """The run locks of `folders` (dgnet.training.runlock), all held, in an ExitStack that releases
+    them; RunLockedError naming the holder (and none held) when another live run has one."""
+    from dgnet.training.runlock import run_lock
+
+    stack = contextlib.ExitStack()
+    try:
+        for folder in folders:
+            stack.enter_context(run_lock(folder, what))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "run"
 
 
 def remove_work_dirs(workspace: Path, prefix: str) -> None:
     """Delete `checkpoints/<prefix>-*`: the finished run's folder and those of earlier, abandoned
-    configurations of the same run (they could only resume with those exact settings again)."""
+    configurations of the same run (they could only resume with those exact settings again), but
+    not one that a live run holds (see dgnet.training.runlock)."""
+    from dgnet.training.runlock import locked_by_another
+
     root, prefix = workspace / CHECKPOINT_ROOT, _slug(prefix)
     for folder in root.glob(f"{prefix}-*") if root.is_dir() else ():
         if folder.is_dir() and re.fullmatch(rf"{re.escape(prefix)}-[0-9a-f]{{12}}", folder.name):
+            if locked_by_another(folder):  # another configuration's run, live in this workspace
+                continue
             shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         root.rmdir()  # only when empty

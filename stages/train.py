@@ -49,6 +49,7 @@ from stages.tracking import (
     connect,
     ensure_experiment,
     file_md5,
+    hold_run_locks,
     interrupt_on_sigterm,
     link_previous_run,
     manifest_path,
@@ -59,6 +60,7 @@ from stages.tracking import (
     quiet_mlflow,
     read_manifest,
     remove_work_dirs,
+    report_path,
     run_tags,
     tracked_run,
     tracking_uri,
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = with_defaults(build_parser().parse_args(argv))
     quiet_mlflow()
     interrupt_on_sigterm()
-    from dgnet.training.trainer import DGNetTrainConfig, train_dgnet
+    from dgnet.training.trainer import DGNetTrainConfig
 
     name = args.section
     try:
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         values = apply_overrides(base, args.assignments, name)
         cfg, _ = train_config(DGNetTrainConfig, values, name)
         manifest = manifest_path(params, workspace)
-        frame = read_manifest(manifest)
+        frame = read_manifest(manifest, report_path(params, workspace))
         model_cfg = model_config(params, frame)
         teachers = teacher_paths(workspace, args.teachers) if cfg.needs_teacher() else []
         uri = tracking_uri()
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment_id = ensure_experiment(client, settings["experiment"], artifact_location(uri))
     except DgnetError as exc:
         print(f"stages.train: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
     out, metrics_file = workspace / args.out, workspace / args.metrics
     registered = settings["model"] if args.registered_model is None else args.registered_model
@@ -186,6 +188,23 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_cfg, "train": cfg, "manifest": manifest_md5, "teachers": teacher_prints})
     stage = f"ablation@{args.ablation}" if args.ablation else name  # the dvc.yaml stage
     tags = run_tags(stage, "dgnet", args.variant, "stages/train.py", workspace)
+    try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
+        locks = hold_run_locks([folder], f"{args.variant} run folder")
+    except DgnetError as exc:
+        print(f"stages.train: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    with locks:
+        return _train_and_publish(args, client, experiment_id, settings, registered, frame, model_cfg, cfg,
+                                  teachers, folder, out, metrics_file, extra, tags, workspace, uri)
+
+
+def _train_and_publish(args: argparse.Namespace, client: Any, experiment_id: str, settings: dict[str, Any],
+                       registered: str, frame: Any, model_cfg: Any, cfg: Any, teachers: list[Path],
+                       folder: Path, out: Path, metrics_file: Path, extra: dict[str, Any],
+                       tags: dict[str, str], workspace: Path, uri: str) -> int:
+    """Train in the (locked) run folder, log and register the model, write the outputs."""
+    from dgnet.training.trainer import train_dgnet
+
     started = time.monotonic()
     pictures = LastImage()
     try:
@@ -207,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(metrics_file, summary)
     except DgnetError as exc:
         print(f"stages.train: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("stages.train: interrupted; re-run to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -92,6 +92,7 @@ from stages.tracking import (
     read_manifest,
     redact,
     remove_work_dirs,
+    report_path,
     run_tags,
     tracking_uri,
     train_config,
@@ -645,7 +646,7 @@ def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
     base_values = merge(section(params, settings.base), settings.train)
     base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})")
     manifest = manifest_path(params, workspace)
-    frame = read_manifest(manifest)
+    frame = read_manifest(manifest, report_path(params, workspace))
     if not has_eval_splits(frame):
         raise ConfigError(f"manifest {manifest}: tuning scores every trial on query/gallery images, "
                           f"and there are none")
@@ -717,7 +718,7 @@ def run_tune(args: argparse.Namespace) -> int:
             tracker.open_parent(study, {"tune": study_params(settings)}, redact(url))
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     done = len(finished_trials(study))
     print(f"tune: study {settings.study!r} in {redact(url)}: {done} of {settings.n_trials} trials finished",
           flush=True)
@@ -738,7 +739,7 @@ def run_tune(args: argparse.Namespace) -> int:
         return 2
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     finally:
         if summarize:
             best_effort("summarize the study in MLflow", tracker.summarize, study, settings.n_trials)
@@ -787,7 +788,7 @@ def apply_command(args: argparse.Namespace) -> int:
         changes = apply_tuned(args.apply, params_file)
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     print(f"{params_file}: " + ("; ".join(changes) if changes else "no change"))
     print("now `dvc repro` retrains with these weights")
     return 0

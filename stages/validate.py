@@ -8,8 +8,9 @@ A Checkpoint feeds the same `batch_parameters` (hence the same dataframe) to all
 definitions, so each table gets its own Checkpoint; Data Docs are built once, over all four
 results, into a filesystem site at the chosen folder.
 
-Exit codes: 0 valid (report, docs and manifest CSV written), 1 a rule failed (report and docs
-written, no manifest, message on stderr), 2 the dataset could not be read at all (DatasetError).
+Exit codes: 0 valid (report, docs and manifest CSV written, the manifest's record in the report),
+1 a rule failed (report and docs written, no manifest, message on stderr), 2 the dataset could not
+be read at all or an output cannot be written (the message names the path).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.data.manifest import FORMATS, build_manifest, write_manifest
+from dgnet.data.manifest import FORMATS, build_manifest
+from dgnet.data.validated import publish
 from dgnet.data.validation import (
     CHECK_COLUMNS,
     COLUMNS,
@@ -40,8 +42,8 @@ from dgnet.data.validation import (
     compute_file_checks,
     split_counts,
 )
-from dgnet.errors import ConfigError, DatasetError
-from dgnet.io import atomic_dir, atomic_path, write_json
+from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, DgnetError, OutputError
+from dgnet.io import atomic_dir
 from dgnet.progress import progress
 from stages.common import load_params, repo_root, resolve, section
 
@@ -217,28 +219,46 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
                    report: str | os.PathLike = DEFAULT_REPORT, docs: str | os.PathLike = DEFAULT_DOCS,
                    manifest: str | os.PathLike = DEFAULT_MANIFEST, include_gt_bbox: bool = False,
                    msmt_include_val: bool = True, workers: int | None = None) -> int:
-    """Build, validate and (if valid) publish the manifest of the dataset at `data`; return an exit code."""
+    """Build, validate and (if valid) publish the manifest of the dataset at `data`; return an exit code
+    (see `dgnet.errors`: 1 a rule failed, 2 the dataset cannot be read or an output cannot be written).
+
+    A published manifest's record (hash, per-split counts) goes into the report, and training
+    refuses a manifest that no longer matches it (`dgnet.data.validated`)."""
+    index = Path(docs) / "index.html"
     try:
         frame = build_manifest(data, fmt, include_gt_bbox=include_gt_bbox, msmt_include_val=msmt_include_val)
+        _check_writable(report, manifest, docs)
         result = gx_validate(frame, frame.attrs["format"], docs_dir=docs, workers=workers)
-    except DatasetError as err:
+        # Data Docs style themselves from a CDN; the .md report beside the JSON reads well offline too.
+        publish(frame, result, report, manifest, extra={"data_docs": str(index)})
+    except DgnetError as err:
         print(f"dgnet validate: {err}", file=sys.stderr)
-        return 2
-    index = Path(docs) / "index.html"
-    write_json(report, {**result.to_dict(), "data_docs": str(index),
-                        "manifest": str(manifest) if result.ok else None})
-    # Data Docs style themselves from a CDN; this page reads well offline too.
-    with atomic_path(Path(report).with_suffix(".md")) as tmp:
-        tmp.write_text(result.to_markdown())
+        return err.exit_code
+    except OSError as err:  # a symlink loop, a folder that vanished: name the path, no traceback
+        print(f"dgnet validate: cannot read or write {err.filename or data}: {err.strerror or err}",
+              file=sys.stderr)
+        return EXIT_USAGE
     if not result.ok:
         print(result.failure_message(), file=sys.stderr)
         print(f"report: {report}; data docs: {index}; manifest {manifest} not written", file=sys.stderr)
-        return 1
-    write_manifest(frame, manifest)
+        return EXIT_DATA_RULE
     sizes = ", ".join(f"{split} {c['images']} images / {c['ids']} ids" for split, c in result.counts.items())
     print(f"dataset valid ({result.format}: {sizes}); {len(result.rules)} rules passed")
     print(f"manifest: {manifest}; report: {report}; data docs: {index}")
     return 0
+
+
+def _check_writable(*paths: str | os.PathLike) -> None:
+    """OutputError naming the first path whose folder cannot be created or written, before any work."""
+    for path in paths:
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the folder {folder} of {path}: {exc.strerror or exc}") from exc
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write {path}: its folder {folder} is not writable; "
+                              "choose a folder you can write to")
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -92,3 +92,14 @@ def make_msmt(root: str | Path, *, v2: bool = False) -> Path:
     _write_list(root / "list_query.txt", MSMT_QUERY)
     _write_list(root / "list_gallery.txt", MSMT_GALLERY)
     return root
+
+
+def publish_manifest(data_root: str | Path, workspace: str | Path):
+    """Validate the dataset at `data_root` (pandas engine) and publish it as the validate stage does:
+    workspace/data/manifest.csv, with its record in workspace/reports/validation.json. Returns the
+    manifest frame."""
+    from dgnet.data.validated import validate_dataset
+
+    workspace = Path(workspace)
+    return validate_dataset(data_root, report=workspace / "reports" / "validation.json",
+                            manifest=workspace / "data" / "manifest.csv")

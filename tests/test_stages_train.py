@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -11,7 +10,6 @@ import pytest
 import yaml
 
 import dgnet.training.teacher_trainer as teacher_trainer
-from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError
 from dgnet.losses import NonFiniteLossError
@@ -22,6 +20,7 @@ from dgnet.training.trainer import DGNetTrainConfig
 from stages import teacher as teacher_stage
 from stages import train as train_stage
 from stages.tracking import connect, train_config
+from tests.fixtures import publish_manifest
 
 RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
        "eval_batch_size": 64, "deterministic": True}
@@ -39,6 +38,12 @@ PARAMS = {
 }
 
 
+def validated_elsewhere(workspace: Path) -> dict[str, str]:
+    """params `validate` pointing at another workspace's manifest and validation report."""
+    return {"manifest": str(workspace / "data" / "manifest.csv"),
+            "report": str(workspace / "reports" / "validation.json")}
+
+
 def write_params(workspace: Path, params: dict) -> None:
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -48,7 +53,7 @@ def workspace(tmp_path_factory):
     """A repository-like folder: params.yaml and a validated manifest of a tiny synthetic dataset."""
     root = tmp_path_factory.mktemp("workspace")
     generate_dataset(root / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
-    build_manifest(root / "data" / "synthetic").to_csv(root / "data" / "manifest.csv", index=False)
+    publish_manifest(root / "data" / "synthetic", root)
     write_params(root, PARAMS)
     return root
 
@@ -169,11 +174,11 @@ def test_missing_manifest_exits_non_zero_without_a_run(in_workspace, store, tmp_
 
 
 def test_missing_teacher_exits_non_zero(in_workspace, tmp_path, monkeypatch, capsys):
-    write_params(tmp_path, {**PARAMS, "validate": {"manifest": str(in_workspace / "data" / "manifest.csv")}})
+    write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
     monkeypatch.chdir(tmp_path)
     assert train_stage.main([]) == 2
     err = capsys.readouterr().err
-    assert "missing teacher" in err and "teachers.json" in err
+    assert "missing teacher" in err and "teachers.json" in err, err
     assert not (tmp_path / "reports").exists() and not (tmp_path / "outputs").exists()
 
 
@@ -267,8 +272,6 @@ def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp
     from stages import evaluate as evaluate_stage
 
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, PARAMS)
-    (tmp_path / "data").mkdir()
-    shutil.copy(in_workspace / "data" / "manifest.csv", tmp_path / "data" / "manifest.csv")
+    write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
     assert evaluate_stage.main([]) == 2
     assert "missing teacher" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from stages import teacher as teacher_stage
 from stages import tracking
 from stages import train as train_stage
 from stages.tracking import MlflowHooks, RetryPolicy, TrackingError, connect, redact
+from tests.fixtures import publish_manifest
 from tests.test_stages_train import PARAMS, write_params
 from tests.test_tracking import closed_port
 
@@ -157,11 +158,10 @@ class Outage:
 
 @pytest.fixture()
 def trained_teacher(tmp_path, monkeypatch):
-    from dgnet.data.manifest import build_manifest
     from dgnet.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
-    build_manifest(tmp_path / "data" / "synthetic").to_csv(tmp_path / "data" / "manifest.csv", index=False)
+    publish_manifest(tmp_path / "data" / "synthetic", tmp_path)
     params = {**PARAMS, "teacher": {**PARAMS["teacher"], "seeds": [0]},
               "train": {**PARAMS["train"], "iterations": 3}}
     write_params(tmp_path, params)

@@ -30,6 +30,7 @@ from dgnet.training.runtime import autocast_context, iteration_seed, select_devi
 from dgnet.training.schedule import ScheduleConfig, loss_weights_at
 from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
 from dgnet.training.trainer import DGNetTrainConfig, train_dgnet
+from tests.fixtures import publish_manifest
 
 TINY = get_profile("tiny")
 # Warm-up inside the run: from iteration 2 on the teacher, cycle and fine-grained losses are active.
@@ -176,7 +177,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, frame, teacher_p
     monkeypatch.setattr(trainer_module, "generator_objective", objective_with_nan_at_iteration_2)
     recorder = Recorder()
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=r"loss 'recon_image' is not finite .* at iteration 2"):
+    with pytest.raises(NonFiniteLossError, match=r"loss 'recon_image' is not finite .* at iteration 3"):
         train_dgnet(frame, TINY, dgnet_cfg(), [teacher_path], out, hooks=[recorder])
     (iteration, path, digest), = recorder.of("checkpoint")
     assert iteration == 2 and list_checkpoints(out / "checkpoints") == [path]
@@ -294,8 +295,8 @@ def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
     config.write_text(json.dumps({"iterations": 50, "lr": 0.02, "log_every": 1, "checkpoint_every": 0,
                                   "eval_every": 0, "num_workers": 0, "model": {"embedding_dim": 8},
                                   "augmentation": {"erasing_p": 0.0}}))
-    manifest = tmp_path / "manifest.csv"
-    frame.to_csv(manifest, index=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    publish_manifest(frame.attrs["root"], tmp_path)
     args = parser.parse_args(["train-teacher", "--manifest", str(manifest), "--profile", "tiny",
                               "--out", str(tmp_path / "out"), "--config", str(config), "--iterations", "2",
                               "--device", "cpu", "--deterministic", "--batch-size", "8"])

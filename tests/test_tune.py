@@ -14,7 +14,6 @@ import yaml
 from optuna.trial import TrialState
 
 import dgnet.training.trainer as trainer_module
-from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.models.config import get_profile
 from dgnet.models.persist import save_model
@@ -25,6 +24,8 @@ from dgnet.training.trainer import DGNetTrainConfig
 from stages import train as train_stage
 from stages import tune
 from stages.tracking import connect, train_config
+from tests.fixtures import publish_manifest
+from tests.test_stages_train import validated_elsewhere
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
@@ -67,8 +68,7 @@ def workspace(tmp_path_factory) -> Path:
     """A repository-like folder: params.yaml, a validated manifest and an (untrained) teacher."""
     root = tmp_path_factory.mktemp("tune-workspace")
     generate_dataset(root / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
-    frame = build_manifest(root / "data" / "synthetic")
-    frame.to_csv(root / "data" / "manifest.csv", index=False)
+    frame = publish_manifest(root / "data" / "synthetic", root)
     label_map = training_labels(frame)
     cfg = get_profile("tiny", num_classes=len(label_map))
     torch.manual_seed(0)
@@ -378,7 +378,7 @@ def test_unreachable_storage_missing_teacher_and_changed_settings_exit_2(twice, 
     assert "started with other settings (changed: space)" in capsys.readouterr().err
     assert tune.main(["--set", "space.cycle_max={low: 0}"]) == 2
     assert "tune.space.cycle_max" in capsys.readouterr().err
-    write_params(tmp_path, {**PARAMS, "validate": {"manifest": str(in_workspace / "data" / "manifest.csv")}})
+    write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
     monkeypatch.chdir(tmp_path)
     assert tune.main([]) == 2
     assert "missing teacher" in capsys.readouterr().err

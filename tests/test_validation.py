@@ -309,7 +309,9 @@ def test_cli_messages(good: dict, tmp_path: Path, capsys: pytest.CaptureFixture)
     code = stage.run_validation(root, "market1501", report=tmp_path / "r2.json", docs=tmp_path / "d2",
                                 manifest=tmp_path / "m2.csv")
     err = capsys.readouterr().err
-    assert code == 2 and str(root / "query" / "0011.jpg") in err
+    # a file name that does not parse breaks rule file_names_follow_pattern: exit 1, a data rule
+    assert code == 1 and "rule file_names_follow_pattern: 1 file name(s)" in err
+    assert str(root / "query" / "0011.jpg") in err
     assert not (tmp_path / "r2.json").exists() and not (tmp_path / "m2.csv").exists()
 
 

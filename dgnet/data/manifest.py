@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dgnet.errors import DatasetError
+from dgnet.errors import DataRuleError, DatasetError
 from dgnet.io import atomic_path
 
 FORMATS = ("market1501", "dukemtmc", "msmt17")
@@ -33,6 +33,7 @@ COLUMNS = ("path", "file_name", "person_id", "camera_id", "split", "width", "hei
 INT_COLUMNS = ("person_id", "camera_id", "width", "height", "label")
 STR_COLUMNS = ("path", "file_name", "split")
 SPLITS = ("train", "query", "gallery")
+MAX_LISTED_NAMES = 10  # offending file names listed in an error
 
 # MSMT17 numbers its test identities 0..3059 independently of its train identities 0..1040.
 # Test ids are shifted by this offset so that the two sets stay disjoint; the original test id
@@ -86,10 +87,27 @@ def _parse(name: str, fmt: str, where: str | os.PathLike) -> tuple[int, int]:
     return int(match["pid"]), int(match["cam"])
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """entry.is_file(), or DatasetError naming it when it cannot be followed (a symlink loop)."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        raise DatasetError(f"{entry.path}: cannot be read ({exc.strerror or exc})") from exc
+
+
 def _jpg_names(folder: Path) -> list[str]:
     """Sorted .jpg file names in `folder`; other files (Thumbs.db, README) are ignored."""
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.name.lower().endswith(".jpg") and e.is_file())
+        return sorted(e.name for e in entries if e.name.lower().endswith(".jpg") and _is_file(e))
+
+
+def _pattern_error(fmt: str, offending: list[str]) -> DataRuleError:
+    """Rule file_names_follow_pattern broken by `offending` (paths): their count and the first few."""
+    limit = MAX_LISTED_NAMES
+    shown = "\n".join(f"    {item}" for item in offending[:limit])
+    more = f"\n    ... and {len(offending) - limit} more" if len(offending) > limit else ""
+    return DataRuleError(f"rule file_names_follow_pattern: {len(offending)} file name(s) do not follow the "
+                         f"{fmt} pattern {PATTERN_EXAMPLES[fmt]}:\n{shown}{more}")
 
 
 def _first_jpg(folder: Path) -> str | None:
@@ -138,7 +156,8 @@ def _read_size(path: str) -> tuple[int, int]:
         return 0, 0
 
 
-def _folder_rows(root: Path, fmt: str, split: str, folder_name: str) -> list[tuple]:
+def _folder_rows(root: Path, fmt: str, split: str, folder_name: str) -> tuple[list[tuple], list[str]]:
+    """(rows of the images in a split folder, paths whose names do not follow the pattern)."""
     folder = root / folder_name
     if not folder.is_dir():
         raise DatasetError(
@@ -147,11 +166,14 @@ def _folder_rows(root: Path, fmt: str, split: str, folder_name: str) -> list[tup
     names = _jpg_names(folder)
     if not names:
         raise DatasetError(f"{folder}: the {split} split is empty (no .jpg images)")
-    rows = []
+    rows, offending = [], []
     for name in names:
-        pid, cam = _parse(name, fmt, folder / name)
-        rows.append((str(folder / name), name, pid, cam, split))
-    return rows
+        match = PATTERNS[fmt].match(name)
+        if match is None:
+            offending.append(str(folder / name))
+            continue
+        rows.append((str(folder / name), name, int(match["pid"]), int(match["cam"]), split))
+    return rows, offending
 
 
 def _msmt_dir(root: Path, kind: str) -> Path:
@@ -207,13 +229,17 @@ def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[s
 
 
 def _market_like_rows(root: Path, fmt: str, include_gt_bbox: bool) -> list[tuple]:
-    rows = []
+    rows, offending = [], []
     for split, folder_name in _MARKET_DIRS.items():
-        rows += _folder_rows(root, fmt, split, folder_name)
+        found, bad = _folder_rows(root, fmt, split, folder_name)
+        rows, offending = rows + found, offending + bad
     if include_gt_bbox:
         if fmt != "market1501":
             raise DatasetError(f"{root}: gt_bbox exists only in market1501, not in {fmt}")
-        rows += _folder_rows(root, fmt, "gt_bbox", "gt_bbox")
+        found, bad = _folder_rows(root, fmt, "gt_bbox", "gt_bbox")
+        rows, offending = rows + found, offending + bad
+    if offending:  # every split's bad names in one report
+        raise _pattern_error(fmt, offending)
     return rows
 
 
@@ -237,7 +263,10 @@ def build_manifest(root: str | os.PathLike, fmt: str | None = None, *, include_g
     boxes as split "gt_bbox": they are outside the standard train/query/gallery protocol.
     `msmt_include_val` adds MSMT17's list_val.txt to the training split (the usual protocol).
     """
-    root = Path(root).expanduser().resolve()
+    try:
+        root = Path(root).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError on a symlink loop
+        raise DatasetError(f"{root}: dataset root cannot be resolved ({exc})") from exc
     if not root.is_dir():
         raise DatasetError(
             f"{root}: dataset root does not exist or is not a folder; expected one of: {_LAYOUTS}")

@@ -14,6 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dgnet.errors import DataRuleError
+
+
+class ImageReadError(DataRuleError):
+    """An image file that is missing, truncated or not an image; the message names the file."""
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -24,11 +31,16 @@ def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
     BICUBIC, as the published DG-Net (`transforms.Resize(..., interpolation=3)`), at train and
     at test time alike, so that both see the same resampling.
     """
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        array = np.asarray(image, dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            array = np.asarray(image, dtype=np.uint8).copy()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise ImageReadError(
+            f"image {path} cannot be read ({type(exc).__name__}: {exc}); rule images_decode: "
+            "`dgnet validate --data DIR` lists every such file") from exc
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 

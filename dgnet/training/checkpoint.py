@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"checkpoint {path} is not a dgnet training checkpoint (no iteration)")
     return state
+
+
+def newest_readable_checkpoint(folder: str | os.PathLike, map_location: str | torch.device = "cpu",
+                               warn: Callable[[str], None] | None = None
+                               ) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the newest checkpoint in `folder` that loads, or None when there is none.
+
+    An unreadable newer one (truncated by a full disk, corrupted) is renamed `<name>.unreadable`, so
+    that it is neither resumed from nor counted among the kept checkpoints, and `warn` is told which
+    one was skipped and why.
+    """
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            aside = path.with_name(path.name + ".unreadable")
+            try:
+                os.replace(path, aside)
+                where = f"moved aside to {aside.name}"
+            except OSError:
+                where = "left in place"
+            if warn is not None:
+                warn(f"skipping checkpoint {path} ({where}): {exc}")
+    return None

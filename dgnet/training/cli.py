@@ -5,9 +5,15 @@
     torchrun --nproc_per_node=4 -m dgnet.cli train --profile paper --data /datasets/Market-1501 \\
         --teacher outputs/teacher/model.pt --out outputs/dgnet --amp bf16
 
-Settings: the config dataclass defaults (the paper's), then `--config JSON` (a JSON object of
-config fields, nested objects for `schedule` / `objective` / `augmentation`, and an optional
-`model` object of ModelConfig overrides), then the flags given on the command line.
+Settings: the config dataclass defaults (the paper's), then `--config FILE` (a JSON file holding one
+object of config fields, nested objects for `schedule` / `objective` / `augmentation`, and an
+optional `model` object of ModelConfig overrides), then the flags given on the command line.
+
+Data: nothing trains on data that has not passed validation. `--data DIR` validates the dataset
+first (the pandas engine: the same rules as `dgnet validate`), writing OUT/validation.json and .md,
+and stops with exit code 1 when a rule fails; `--manifest FILE` must match the record that its
+validation report (`--validation-report`, default reports/validation.json in the manifest's folder or
+above) holds, else exit code 1 naming what changed. Exit codes: see `dgnet.errors`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dgnet.data.manifest import FORMATS, build_manifest, read_manifest
+from dgnet.data.manifest import FORMATS
+from dgnet.data.validated import read_validated_manifest, validate_dataset
 from dgnet.errors import ConfigError
 from dgnet.io import atomic_path
 from dgnet.models.config import PROFILES, ModelConfig, get_profile
@@ -59,15 +66,18 @@ class FileLogHook(TrainingHooks):
                      **result.metrics})
 
 
-def read_manifest_csv(path: str | Path) -> pd.DataFrame:
-    """A manifest written by `dgnet validate` (columns of dgnet.data.manifest.COLUMNS)."""
-    return read_manifest(path, "write it with `dgnet validate` or pass --data DIR")
-
-
 def _load_frame(args: argparse.Namespace) -> pd.DataFrame:
+    """The validated manifest: `--manifest` checked against its validation report, or `--data`
+    validated here (the report lands in OUT)."""
     if args.manifest is not None:
-        return read_manifest_csv(args.manifest)
-    return build_manifest(args.data, args.format)
+        return read_validated_manifest(args.manifest, args.validation_report)
+    from dgnet.training.runtime import is_main_process
+
+    report = Path(args.out) / "validation.json"  # every rank writes the same report, atomically
+    frame = validate_dataset(args.data, args.format, report=report)
+    if is_main_process():
+        print(f"dataset valid ({frame.attrs['format']}, {len(frame)} images); report {report}")
+    return frame
 
 
 def _read_json(path: Path | None) -> dict[str, Any]:
@@ -139,14 +149,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path,
-                        help="dataset root (Market-1501 / DukeMTMC-reID / MSMT17 layout)")
-    source.add_argument("--manifest", type=Path, help="manifest CSV written by `dgnet validate`")
+                        help="dataset root (Market-1501 / DukeMTMC-reID / MSMT17 layout), validated "
+                             "first; the report goes to OUT/validation.json")
+    source.add_argument("--manifest", type=Path,
+                        help="manifest CSV written by `dgnet validate`, checked against its report")
+    parser.add_argument("--validation-report", type=Path, default=None, metavar="JSON",
+                        help="with --manifest: the report of the validation that wrote it (default: "
+                             "reports/validation.json in the manifest's folder or above)")
     parser.add_argument("--format", choices=FORMATS, default=None, help="dataset format (default: detected)")
     parser.add_argument("--profile", default="paper", choices=sorted(PROFILES),
                         help="model profile (default: paper)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: model.pt, checkpoints/, log.jsonl, images/")
-    parser.add_argument("--config", type=Path, help="JSON object of config fields overriding the defaults")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="path to a JSON file holding one object of config fields (nested objects for "
+                             "schedule/objective/augmentation, `model` for profile overrides); the flags "
+                             "below override it")
     parser.add_argument("--iterations", type=int, help="number of iterations")
     parser.add_argument("--scale-schedule", action="store_true",
                         help="with --iterations: move warm-up and LR steps to the same fractions of the run")

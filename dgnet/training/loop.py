@@ -14,6 +14,7 @@ completed, so `iter_00000500.pt` holds the state after 500 iterations and resume
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,13 +34,15 @@ from dgnet.data.samplers import (
     IterationBatchSampler,
     RandomImageSampler,
 )
-from dgnet.errors import ConfigError, DatasetError
+from dgnet.errors import ConfigError, DatasetError, DgnetError
 from dgnet.progress import progress
 from dgnet.training.checkpoint import (
     CheckpointError,
+    checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    newest_readable_checkpoint,
     save_checkpoint,
 )
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
@@ -100,17 +103,20 @@ class TrainingSession:
         so that a fresh run never resumes from a stale one later. Every rank loads rank 0's choice
         (ranks share the file system, as under torchrun on one machine).
         """
-        path = None
+        path, state = None, None
         if self.ctx.is_main:
             if resume:
-                path = latest_checkpoint(self.checkpoint_dir)
+                found = newest_readable_checkpoint(self.checkpoint_dir, self.ctx.device, warn=self._warn)
+                if found is not None:
+                    path, state = found
             else:
                 for old in list_checkpoints(self.checkpoint_dir):
                     old.unlink()
         path = broadcast_object(str(path) if path is not None else None, self.ctx)
         if path is None:
             return 0
-        state = load_checkpoint(path, map_location=self.ctx.device)
+        if state is None:  # the other ranks load the file rank 0 chose
+            state = load_checkpoint(path, map_location=self.ctx.device)
         for name, value in identity.items():
             if state.get("identity", {}).get(name) != value:
                 raise CheckpointError(
@@ -128,6 +134,9 @@ class TrainingSession:
         if self.ctx.is_main:
             print(f"{self.kind}: resumed from {path} at iteration {state['iteration']}")
         return int(state["iteration"])
+
+    def _warn(self, message: str) -> None:
+        print(f"{self.kind}: warning: {message}", file=sys.stderr)
 
     def _save(self, done: int, stateful: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
         if not self.ctx.is_main:
@@ -162,13 +171,17 @@ class TrainingSession:
         sums: dict[str, float] = {}
         count, busy, waiting = 0, 0.0, 0.0
         bar = progress(total=cadence.iterations, initial=start, desc=self.kind, disable=not main)
+        completed, fetching = start, False
         try:
             iterator = iter(batches)
             for iteration in range(start, cadence.iterations):
                 tick = time.perf_counter()
+                fetching = True
                 batch = next(iterator)
+                fetching = False
                 fetched = time.perf_counter()
                 logs = step(iteration, batch)
+                completed = iteration + 1
                 busy += time.perf_counter() - tick
                 waiting += fetched - tick
                 count += 1
@@ -188,11 +201,49 @@ class TrainingSession:
                     sums, count, busy, waiting = {}, 0, 0.0, 0.0
                 if done < cadence.iterations:
                     self._events(done, stateful, identity, evaluate, picture, at_end=False)
+        except Exception as exc:
+            # Reading a batch failed, or an image of a picture or evaluation: the networks hold the
+            # state of `completed` iterations. (Not so inside a step, which may have updated some of
+            # them; other failures, e.g. of the tracking store, keep their own handling.)
+            if fetching or isinstance(exc, DatasetError):
+                raise self._stopped(completed, exc, stateful, identity) from exc
+            raise
         finally:
             bar.close()
         done = max(start, cadence.iterations)
         self._events(done, stateful, identity, evaluate, picture, at_end=start < cadence.iterations)
         return self.metrics
+
+    def _stopped(self, completed: int, exc: Exception, stateful: Mapping[str, Any],
+                 identity: Mapping[str, Any]) -> DgnetError:
+        """The error to stop with when reading data (or a picture, an evaluation) failed between steps:
+        the state is that of `completed` iterations, so it is checkpointed first (rank 0), and the
+        message says where; the error keeps the original's class (and exit code) when it is ours."""
+        message = worker_error_message(str(exc))
+        if not isinstance(exc, DgnetError):
+            message = f"{type(exc).__name__}: {message}"
+        kept = latest_checkpoint(self.checkpoint_dir) if self.ctx.is_main else None
+        if not self.ctx.is_main:
+            saved = "rank 0 keeps the checkpoints"
+        elif completed == 0:
+            saved = "no iteration had completed, so there is no checkpoint"
+        elif kept == checkpoint_path(self.checkpoint_dir, completed):
+            saved = f"checkpoint {kept} holds the {completed} completed iterations"
+        else:
+            try:
+                self._save(completed, stateful, identity)
+                saved = (f"wrote checkpoint {checkpoint_path(self.checkpoint_dir, completed)} of the "
+                         f"{completed} completed iterations")
+            except Exception as save_exc:
+                saved = (f"could not write a checkpoint ({type(save_exc).__name__}: {save_exc}); the "
+                         f"newest kept is {kept}")
+        where = (f"{self.kind}: stopped after {completed} of {self.cadence.iterations} iterations: "
+                 f"{message}; {saved}; fix the cause and run the same command again to resume")
+        kind = type(exc) if isinstance(exc, DgnetError) else DgnetError
+        try:
+            return kind(where)
+        except TypeError:  # an error class with another constructor
+            return DgnetError(where)
 
     def _events(self, done: int, stateful: Mapping[str, Any], identity: Mapping[str, Any],
                 evaluate: Callable[[], Mapping[str, float]] | None,
@@ -221,6 +272,16 @@ class TrainingSession:
         return result
 
 
+def worker_error_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker, whose text is the
+    worker's whole traceback ("Caught X in DataLoader worker process 0. Original Traceback ...")."""
+    if not text.startswith("Caught ") or "Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    _, sep, message = last.partition(": ")
+    return message if sep else text
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration helpers shared by the trainers
 # --------------------------------------------------------------------------------------------
@@ -247,6 +308,8 @@ def check_positive(cfg: Any, section: str, names: Iterable[str]) -> None:
     """Learning rates and the like: numbers > 0."""
     for name in names:
         value = getattr(cfg, name)
+        if isinstance(value, str):
+            raise ConfigError(float_string_message(f"{section}.{name}", value))
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{section}.{name}: must be a number > 0, got {value!r}")
 
@@ -271,11 +334,29 @@ def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> A
             value = config_from_mapping(kind, value, f"{section}.{name}")
         elif isinstance(value, list):
             value = tuple(value)
+        elif kind is float and isinstance(value, str):
+            raise ConfigError(float_string_message(f"{section}.{name}", value))
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{section}: {exc}") from exc
+
+
+def float_string_message(key: str, value: str) -> str:
+    """What to say about a string given for a number: YAML 1.1 (PyYAML) reads `1e-3` as a string,
+    because its floats need a dot and a signed exponent (`1.0e-3`)."""
+    try:
+        float(value)
+    except ValueError:
+        return f"{key}: must be a number, got the string {value!r}"
+    mantissa, _, exponent = value.strip().lower().partition("e")
+    if not exponent:
+        return f"{key}: must be a number, got the string {value!r}; write it without quotes"
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
+    return (f"{key}: must be a number, got the string {value!r}; YAML reads a number with an exponent "
+            f"as a number only with a dot and a signed exponent: write {mantissa}e{exponent}")
 
 
 def flat_config(**sections: Any) -> dict[str, Any]:

@@ -337,7 +337,8 @@ def _to_floats(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 def check_finite(logs_or_losses: Mapping[str, float | torch.Tensor], iteration: int) -> None:
-    """Raise NonFiniteLossError naming the first loss that is NaN or infinite at `iteration`."""
+    """Raise NonFiniteLossError naming the first loss that is NaN or infinite at `iteration`: the
+    iteration's number as log.jsonl and the progress bar count it (1 for the first)."""
     for name, value in logs_or_losses.items():
         if isinstance(value, torch.Tensor):
             finite = bool(torch.isfinite(value.detach()).all())

@@ -8,6 +8,7 @@ is several runs (e.g. seeds 0, 1, 2) whose model files `train_dgnet` takes as a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 
 from dgnet.data.datasets import Augmentation, TrainImages
 from dgnet.data.samplers import RandomImageSampler
+from dgnet.data.validated import check_invariants
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
 from dgnet.losses import identity_loss
 from dgnet.models.config import ModelConfig
@@ -34,6 +36,7 @@ from dgnet.training.loop import (
     training_labels,
 )
 from dgnet.training.objective import check_finite
+from dgnet.training.runlock import run_lock
 from dgnet.training.runtime import (
     DistContext,
     autocast_context,
@@ -108,11 +111,13 @@ def train_teacher(
     end. Under torchrun every rank trains on its own images and rank 0 writes everything.
     """
     out_dir = Path(out_dir)
+    check_invariants(frame)
     label_map = training_labels(frame)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
     ctx = init_distributed(cfg.device)
     try:
-        with determinism(cfg.seed, cfg.deterministic):
+        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), \
+                determinism(cfg.seed, cfg.deterministic):
             return _train(frame, model_cfg, cfg, out_dir, hooks, resume, ctx, label_map)
     finally:
         cleanup_distributed(ctx)
@@ -162,7 +167,7 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig,
         loss = identity_loss(logits.float(), labels)
         accuracy = (logits.argmax(1) == labels).float().mean()
         logs = mean_over_ranks({"loss/id": loss.item(), "train/accuracy": accuracy.item()}, ctx)
-        check_finite(logs, iteration)  # before the step: a NaN never reaches the weights
+        check_finite(logs, iteration + 1)  # before the step: a NaN never reaches the weights
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         average_gradients(model.parameters(), ctx)

@@ -14,6 +14,7 @@ The teacher(s), trained first by `train_teacher`, give the soft labels of the pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from PIL import Image
 from dgnet.data.datasets import Augmentation, TrainImages
 from dgnet.data.samplers import IdentityPairSampler, ImagePairSampler
 from dgnet.data.transforms import load_image, normalize
+from dgnet.data.validated import check_invariants
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
 from dgnet.evaluation.pictures import swap_grid
@@ -52,6 +54,7 @@ from dgnet.training.objective import (
     generate_cross,
     generator_objective,
 )
+from dgnet.training.runlock import run_lock
 from dgnet.training.runtime import (
     DistContext,
     autocast_context,
@@ -125,6 +128,10 @@ class DGNetTrainConfig:
             raise ConfigError(f"train.image_every: must be an integer >= 0, got {self.image_every!r}")
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"train.sampling: {self.sampling!r} is not one of {SAMPLINGS}")
+        alpha = self.query_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+            raise ConfigError(f"train.query_alpha: must be a number in [0, 1] (the query-side weight of the "
+                              f"fine-grained half), got {alpha!r}")
         if not isinstance(self.swap_images, int) or not 2 <= self.swap_images <= 8:
             raise ConfigError(f"train.swap_images: must be an integer in 2..8, got {self.swap_images!r}")
 
@@ -250,7 +257,7 @@ def make_joint_step(
             d_loss, d_logs = discriminator_objective(model, torch.cat([real.a, real.b]), fakes,
                                                      cfg.objective.r1_weight)
         d_logs = mean_over_ranks(d_logs, ctx)  # a NaN on any rank stops every rank
-        check_finite(d_logs, iteration)
+        check_finite(d_logs, iteration + 1)
         optimizers["discriminator"].zero_grad(set_to_none=True)
         scalers["discriminator"].scale(d_loss).backward()
         average_gradients(groups.discriminator, ctx)
@@ -261,7 +268,7 @@ def make_joint_step(
         with autocast_context(device, cfg.amp):
             g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective)
         g_logs = mean_over_ranks(g_logs, ctx)
-        check_finite(g_logs, iteration)
+        check_finite(g_logs, iteration + 1)
         optimizers["generator"].zero_grad(set_to_none=True)
         optimizers["appearance"].zero_grad(set_to_none=True)
         scalers["joint"].scale(g_loss).backward()
@@ -303,6 +310,7 @@ def train_dgnet(
         if not path.is_file():
             raise ModelFileError(f"missing teacher: {path} does not exist — run the teacher stage first "
                                  "(`dgnet train-teacher`)")
+    check_invariants(frame)
     label_map = training_labels(frame)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
     if cfg.schedule.primary_max > 0 and not cfg.needs_teacher():
@@ -314,7 +322,8 @@ def train_dgnet(
         )
     ctx = init_distributed(cfg.device)
     try:
-        with determinism(cfg.seed, cfg.deterministic):
+        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), \
+                determinism(cfg.seed, cfg.deterministic):
             teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device)
             return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx,
                           label_map)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.fixtures import publish_manifest
 from tests.integration.services import (
     MlflowServer,
     Postgres,
@@ -105,12 +106,11 @@ def mlflow_server(databases: dict[str, str], tmp_path_factory, logs: Path) -> It
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A repository-like folder: params.yaml and the validated manifest of a tiny synthetic dataset."""
-    from dgnet.data.manifest import build_manifest
     from dgnet.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("workspace")
     generate_dataset(root / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
-    build_manifest(root / "data" / "synthetic").to_csv(root / "data" / "manifest.csv", index=False)
+    publish_manifest(root / "data" / "synthetic", root)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     return root
 

@@ -1,0 +1,220 @@
+"""The manifest training may read: validated, unchanged since, and cheaply re-checked at load.
+
+Validation records a `manifest_record` in its report when it publishes a manifest: the SHA-256 of
+the file, and per split and per column the counts and hashes that name what changed when the file
+no longer matches. Every training entry point then either validates first (`--data DIR`, with the
+pandas engine: the rules of Great Expectations' suite, no MLOps stack needed) or reads a manifest
+through `read_validated_manifest`, which refuses one that differs from its record. Whatever the
+route, `check_invariants` re-checks the rules that are cheap at load (files present, train and
+test identities disjoint, labels 0..C-1) just before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dgnet.data.manifest import FORMATS, build_manifest, read_manifest, train_label_map, write_manifest
+from dgnet.data.validation import NON_IDENTITY_IDS, ValidationReport, validate
+from dgnet.errors import DataRuleError, DatasetError, OutputError
+from dgnet.io import atomic_path, write_json
+
+RECORD_KEY = "manifest_record"
+DEFAULT_REPORT = Path("reports") / "validation.json"
+MAX_LISTED = 5  # offending items named in a message
+
+
+def _sha256(parts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_record(path: str | os.PathLike) -> dict[str, Any]:
+    """What validation vouches for: the file's SHA-256, its rows, and per split and column a hash.
+
+    Read as text, exactly as stored (paths relative to the manifest's folder stay relative), so the
+    record of a checkout moved elsewhere still matches.
+    """
+    path = Path(path)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    splits = {}
+    if "split" in table.columns:
+        for split, rows in table.groupby("split", sort=True):
+            ids = rows["person_id"].nunique() if "person_id" in rows.columns else 0
+            splits[str(split)] = {"images": len(rows), "ids": int(ids),
+                                  "sha256": _sha256(",".join(r) for r in rows.itertuples(index=False))}
+    return {"sha256": file_sha256(path), "rows": len(table),
+            "columns": {c: _sha256(table[c].tolist()) for c in table.columns}, "splits": splits}
+
+
+def record_differences(validated: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What differs between two manifest records, in words (empty when the files are identical)."""
+    if validated.get("sha256") == current.get("sha256"):
+        return []
+    found = []
+    if validated.get("rows") != current.get("rows"):
+        found.append(f"{current.get('rows')} rows, validated {validated.get('rows')}")
+    old_splits, new_splits = validated.get("splits", {}), current.get("splits", {})
+    for split in sorted(set(old_splits) | set(new_splits)):
+        old, new = old_splits.get(split), new_splits.get(split)
+        if old is None:
+            found.append(f"split {split!r} is new ({new['images']} images)")
+        elif new is None:
+            found.append(f"split {split!r} is gone (validated with {old['images']} images)")
+        elif old != new:
+            counts = [f"{new[k]} {k} (validated {old[k]})" for k in ("images", "ids") if old[k] != new[k]]
+            found.append(f"split {split!r}: " + (", ".join(counts) if counts else "same counts, rows differ"))
+    old_columns, new_columns = validated.get("columns", {}), current.get("columns", {})
+    if list(old_columns) != list(new_columns):
+        found.append(f"columns {list(new_columns)}, validated {list(old_columns)}")
+    changed = [c for c in new_columns if c in old_columns and old_columns[c] != new_columns[c]]
+    if changed:
+        found.append("values changed in column(s) " + ", ".join(changed))
+    return found or ["the file's bytes differ (same rows and values: formatting only)"]
+
+
+def find_report(manifest: str | os.PathLike) -> Path | None:
+    """The validation report of `manifest`: reports/validation.json in its folder or the nearest
+    folder above (the repository layout of `dgnet validate` and the DVC pipeline)."""
+    folder = Path(manifest).resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / DEFAULT_REPORT).is_file():
+            return candidate / DEFAULT_REPORT
+    return None
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"validation report {path} cannot be read ({exc}); re-run `dgnet validate`"
+                           ) from exc
+    if not isinstance(report, dict):
+        raise DatasetError(f"validation report {path} is not a JSON object; re-run `dgnet validate`")
+    return report
+
+
+def verify_manifest(manifest: str | os.PathLike, report: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Check `manifest` against the record its validation report holds; return the report.
+
+    DatasetError (exit 2) when there is no usable report, DataRuleError (exit 1) naming what
+    changed when the manifest differs from what validation passed.
+    """
+    manifest = Path(manifest)
+    how = "run `dgnet validate --data DIR --manifest ...` (or `dvc repro validate`), or train with --data DIR"
+    if not manifest.is_file():
+        raise DatasetError(f"manifest {manifest} does not exist; {how}")
+    report_path = Path(report) if report is not None else find_report(manifest)
+    if report_path is None:
+        raise DatasetError(f"manifest {manifest}: no validation report found ({DEFAULT_REPORT} in its folder "
+                           f"or above; name one with --validation-report); {how}")
+    if not report_path.is_file():
+        raise DatasetError(f"validation report {report_path} does not exist; {how}")
+    content = _read_report(report_path)
+    record = content.get(RECORD_KEY)
+    if not content.get("ok") or not isinstance(record, dict):
+        raise DatasetError(f"validation report {report_path} records no validated manifest (the dataset "
+                           f"failed validation, or an older dgnet wrote it); {how}")
+    differences = record_differences(record, manifest_record(manifest))
+    if differences:
+        raise DataRuleError(
+            f"manifest {manifest} changed since validation (report {report_path}, manifest "
+            f"{content.get('manifest')}): " + "; ".join(differences) + f"; nothing trains on data that "
+            f"has not passed validation: {how}")
+    return content
+
+
+def read_validated_manifest(manifest: str | os.PathLike, report: str | os.PathLike | None = None
+                            ) -> pd.DataFrame:
+    """`verify_manifest`, then the manifest (paths absolute), its invariants checked; the report's
+    format lands in frame.attrs."""
+    content = verify_manifest(manifest, report)
+    frame = read_manifest(manifest, "run `dgnet validate`")
+    if content.get("format") in FORMATS:
+        frame.attrs["format"] = content["format"]
+    check_invariants(frame)
+    return frame
+
+
+def check_invariants(frame: pd.DataFrame, fmt: str | None = None) -> None:
+    """The rules that are cheap at load, re-checked before any training whatever the manifest's route:
+    every image file present, no identity in both train and query/gallery, train labels 0..C-1 in
+    sorted person_id order. DataRuleError names the rule and the first offending items."""
+    fmt = fmt or frame.attrs.get("format")
+    missing = [p for p in frame["path"].astype(str) if not os.path.isfile(p)]
+    if missing:
+        raise DataRuleError(_listed("files_exist", "listed image file(s) do not exist", missing))
+    non_identity = NON_IDENTITY_IDS.get(fmt, (-1, 0))  # unknown format: Market/Duke's junk and distractors
+    people = frame[~frame["person_id"].isin(non_identity)]
+    train = set(people.loc[people["split"] == "train", "person_id"].tolist())
+    test = set(people.loc[people["split"].isin(["query", "gallery"]), "person_id"].tolist())
+    shared = sorted(train & test)
+    if shared:
+        raise DataRuleError(_listed("train_test_ids_disjoint", "person id(s) in both train and query/gallery",
+                                    [str(i) for i in shared]))
+    rows = frame[frame["split"] == "train"]
+    expected = rows["person_id"].map(train_label_map(frame)).to_numpy()
+    wrong = rows.loc[rows["label"].to_numpy() != expected, "path"].astype(str).tolist()
+    if wrong:
+        raise DataRuleError(_listed("labels", "train label(s) are not the person ids numbered 0..C-1 in "
+                                              "sorted order", wrong))
+    other = frame.loc[(frame["split"] != "train") & (frame["label"].to_numpy() != -1), "path"]
+    if len(other):
+        raise DataRuleError(_listed("labels", "query/gallery rows must have label -1",
+                                    other.astype(str).tolist()))
+
+
+def _listed(rule: str, what: str, items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED]) + (f", ... and {len(items) - MAX_LISTED} more"
+                                             if len(items) > MAX_LISTED else "")
+    return f"manifest rule {rule}: {len(items)} {what}: {shown}"
+
+
+def publish(frame: pd.DataFrame, result: ValidationReport, report: str | os.PathLike,
+            manifest: str | os.PathLike | None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the report (JSON and .md beside it) and, when every rule passed, the manifest first with
+    its record in the report. OutputError names a path that cannot be written."""
+    content = {**result.to_dict(), **(extra or {}),
+               "manifest": str(manifest) if result.ok and manifest is not None else None}
+    try:
+        if result.ok and manifest is not None:
+            write_manifest(frame, manifest)
+            content[RECORD_KEY] = manifest_record(manifest)
+        write_json(report, content)
+        with atomic_path(Path(report).with_suffix(".md")) as tmp:
+            tmp.write_text(result.to_markdown())
+    except OSError as exc:
+        raise OutputError(f"cannot write {exc.filename or report}: {exc.strerror or exc}; "
+                          "choose a folder you can write to") from exc
+    return content
+
+
+def validate_dataset(data: str | os.PathLike, fmt: str | None = None, *, report: str | os.PathLike,
+                     manifest: str | os.PathLike | None = None, workers: int | None = None) -> pd.DataFrame:
+    """Build the manifest of the dataset at `data`, check every rule (pandas engine), write the report
+    (and the manifest when given), return the manifest; DataRuleError listing the failed rules."""
+    frame = build_manifest(data, fmt)
+    result = validate(frame, frame.attrs["format"], workers=workers)
+    publish(frame, result, report, manifest)
+    if not result.ok:
+        raise DataRuleError(f"{result.failure_message()}\nreport: {report}; nothing was trained")
+    check_invariants(frame)
+    return frame
+
