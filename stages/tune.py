@@ -119,6 +119,7 @@ DEFAULT_METRICS = Path("reports/metrics/tune.json")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 METRICS = ("mAP", "rank1", "mINP")
 PRUNERS = ("median", "threshold", "none")
+PRUNER_KEYS = {"kind", "n_warmup_steps", "interval_steps", "n_startup_trials", "lower"}  # lower: threshold
 # Study user attributes: the settings fingerprint (its hash, its text).
 SETTINGS_ATTR = "dgnet.settings_hash"
 SETTINGS_TEXT_ATTR = "dgnet.settings"
@@ -257,17 +258,18 @@ def tune_settings(values: Mapping[str, Any], args: argparse.Namespace) -> TuneSe
 
 def parse_pruner(values: Any) -> dict[str, Any]:
     """`tune.pruner`: kind median (default), threshold (prune below `lower`) or none, with the
-    evaluation steps to wait (`n_warmup_steps`, in iterations) and `interval_steps`."""
+    evaluation steps to wait (`n_warmup_steps`, in iterations) and `interval_steps`. Keys of the
+    other kinds (`n_startup_trials` of median, `lower` of threshold) are ignored."""
     if not isinstance(values, Mapping):
         raise ConfigError("tune.pruner: must be a mapping (kind, n_startup_trials, n_warmup_steps, ...)")
     kind = values.get("kind", "median")
     if kind not in PRUNERS:
         raise ConfigError(f"tune.pruner.kind: {kind!r} is not one of {list(PRUNERS)}")
-    allowed = {"kind", "n_warmup_steps", "interval_steps"} | {"median": {"n_startup_trials"},
-                                                               "threshold": {"lower"}}.get(kind, set())
-    unknown = sorted(set(values) - allowed)
+    # Keys of another kind are left aside, so that `--set pruner.kind=none` works over params that
+    # hold the median pruner's settings; a key of no kind is a typo.
+    unknown = sorted(set(values) - PRUNER_KEYS)
     if unknown:
-        raise ConfigError(f"tune.pruner: key(s) {unknown} do not apply to kind {kind!r}")
+        raise ConfigError(f"tune.pruner: unknown key(s) {unknown}; known keys are {sorted(PRUNER_KEYS)}")
     pruner = {"kind": kind, "n_warmup_steps": _integer(values.get("n_warmup_steps", 0),
                                                        "tune.pruner.n_warmup_steps", 0),
               "interval_steps": _integer(values.get("interval_steps", 1), "tune.pruner.interval_steps", 1)}
