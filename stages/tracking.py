@@ -226,6 +226,29 @@ def check_database(url: str, what: str, timeout_s: int = CHECK_TIMEOUT_S,
         engine.dispose()
 
 
+def check_sqlite(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    """For a `sqlite:///PATH` store: TrackingError naming the file and the reason unless it can be
+    written (its folder exists and a write transaction can start within `timeout_s`). MLflow's own
+    set-up retries an unwritable database for about 100 s; this says so at once. Writes nothing."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return
+    path = Path(path)
+    hint = "check the path and its permissions, or point MLFLOW_TRACKING_URI at another store"
+    if not path.parent.is_dir():
+        raise TrackingError(f"MLflow tracking store {uri}: the folder {path.parent} does not exist; {hint}")
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=timeout_s)) as db:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file or folder
+            db.rollback()
+    except sqlite3.Error as exc:
+        raise TrackingError(f"MLflow tracking store {uri} cannot be written ({exc}); {hint}") from exc
+
+
 def connect(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> Any:
     """An MlflowClient on `uri` after one cheap call proves the store answers; TrackingError else.
 
@@ -239,6 +262,7 @@ def connect(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> Any:
 
     if _is_database(uri):
         check_database(uri, "MLflow tracking database", timeout_s)
+    check_sqlite(uri, timeout_s)
     check_env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"} if _is_http(uri) else {}
     try:

@@ -354,3 +354,20 @@ def test_stale_holder_files_do_not_block(tmp_path: Path) -> None:
                                                   "started": time.ctime()}))
     with run_lock(folder):
         assert json.loads((folder / HOLDER_NAME).read_text())["pid"] == os.getpid()
+
+
+# ---- 7. the tracking store check ------------------------------------------------------------------
+
+
+def test_an_unwritable_sqlite_store_fails_within_seconds(tmp_path: Path) -> None:
+    from stages.tracking import TrackingError, check_sqlite, connect
+
+    (tmp_path / "a_folder.db").mkdir()  # a folder where the database file should be
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=r"sqlite:///.*a_folder.db cannot be written \(unable to open"):
+        connect(f"sqlite:///{tmp_path / 'a_folder.db'}")
+    with pytest.raises(TrackingError, match=r"the folder .*missing does not exist"):
+        check_sqlite(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    assert time.monotonic() - started <= 5
+    check_sqlite(f"sqlite:///{tmp_path / 'fine.db'}")
+    check_sqlite("sqlite:///:memory:")

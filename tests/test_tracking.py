@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dgnet.data.validated import validate_dataset
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
 from stages import tracking
@@ -29,6 +30,7 @@ from stages.tracking import (
     tracked_run,
     tracking_uri,
 )
+from tests.fixtures import make_market
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,9 +208,9 @@ def test_stage_with_dead_server_exits_non_zero_quickly(tmp_path):
     minutes; the subprocess timeout (a hang guard, generous for loaded machines) catches a retry storm."""
     (tmp_path / "params.yaml").write_text(
         "validate:\n  manifest: m.csv\nmodel:\n  profile: tiny\nteacher:\n  iterations: 1\n")
-    (tmp_path / "m.csv").write_text(
-        "path,file_name,person_id,camera_id,split,width,height,label\n"
-        "/x/0001_c1s1_000001_01.jpg,0001_c1s1_000001_01.jpg,1,1,train,64,128,0\n")
+    make_market(tmp_path / "market", gt_bbox=False)  # a validated manifest: the stage gets to the store
+    validate_dataset(tmp_path / "market", report=tmp_path / "reports" / "validation.json",
+                     manifest=tmp_path / "m.csv")
     uri = f"http://127.0.0.1:{closed_port()}"
     env = {"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONPATH": str(REPO)}
