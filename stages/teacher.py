@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
              "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique())}
     variant = f"seed{seeds[0]}" if len(seeds) == 1 else "ensemble"
     tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", workspace)
-    folders = {seed: work_dir(workspace, f"teacher-seed{seed}", {
-        "model": model_cfg, "teacher": configs[seed], "manifest": manifest_md5}) for seed in seeds}
+    folders = run_folders(workspace, model_cfg, configs, manifest_md5)
     try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
         locks = hold_run_locks(folders.values(), "teacher run folder")
     except DgnetError as exc:
@@ -128,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     with locks:
         return _train_and_publish(client, experiment_id, settings, configs, seeds, folders, frame, model_cfg,
                                   extra, tags, workspace, uri)
+
+
+def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
+                manifest_md5: str) -> dict[int, Path]:
+    """{seed: checkpoints/teacher-seed<S>-<hash of configuration and data>}: each teacher's run folder."""
+    return {seed: work_dir(workspace, f"teacher-seed{seed}", {"model": model_cfg, "teacher": cfg,
+                                                               "manifest": manifest_md5})
+            for seed, cfg in configs.items()}
 
 
 def _train_and_publish(client: Any, experiment_id: str, settings: dict[str, Any], configs: dict[int, Any],

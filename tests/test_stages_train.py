@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -275,3 +279,32 @@ def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp
     write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
     assert evaluate_stage.main([]) == 2
     assert "missing teacher" in capsys.readouterr().err
+
+
+def test_a_second_teacher_stage_in_the_workspace_stops_before_any_run(in_workspace, store, capsys):
+    """The probe: two `python -m stages.teacher` at once shared one checkpoints folder and registered two
+    models. Now the second stops at once (exit 2), naming the first, and opens no MLflow run."""
+    from stages.teacher import parse_seeds, run_folders
+    from stages.tracking import file_md5, model_config, read_manifest, report_path
+
+    params = yaml.safe_load((in_workspace / "params.yaml").read_text())
+    manifest = in_workspace / "data" / "manifest.csv"
+    frame = read_manifest(manifest, report_path(params, in_workspace))
+    configs = {seed: train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",),
+                                  fixed={"seed": seed})[0] for seed in parse_seeds(params["teacher"])}
+    folder = run_folders(in_workspace, model_config(params, frame), configs, file_md5(manifest))[1]
+    hold = ("import sys, time\nfrom dgnet.training.runlock import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = len(runs(store[1], "teacher"))
+        assert teacher_stage.main([]) == 2
+        err = capsys.readouterr().err
+        assert f"teacher run folder {folder} is in use by another run: pid {holder.pid}" in err
+        assert len(runs(store[1], "teacher")) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    shutil.rmtree(folder, ignore_errors=True)

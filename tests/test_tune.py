@@ -338,7 +338,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlf
 def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_uri, tmp_path, monkeypatch):
     _, stores = twice
     tuned = yaml.safe_load((stores / "a.yaml").read_text())["train"]["schedule"]
-    for item in ("data", "outputs"):
+    for item in ("data", "outputs", "reports"):  # reports: the validation report of the manifest
         shutil.copytree(workspace / item, tmp_path / item)
     (tmp_path / "params.yaml").write_text("# the comment stays\n" + (workspace / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)

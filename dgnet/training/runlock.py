@@ -73,11 +73,19 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
+def _canonical(folder: str | os.PathLike) -> Path:
+    """One name per folder (symlinks resolved), so that re-entry is recognised whatever the spelling."""
+    try:
+        return Path(folder).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: the lock itself will fail and say so
+        return Path(folder).absolute()
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike, what: str = "run folder") -> Iterator[None]:
     """Hold `folder`'s run lock for the block; RunLockedError naming the holder when a live process
     holds it, OutputError when the folder cannot be created or written."""
-    folder = Path(folder).absolute()
+    folder = _canonical(folder)
     if folder in _held:
         _held[folder] += 1
         try:
@@ -116,7 +124,7 @@ def run_lock(folder: str | os.PathLike, what: str = "run folder") -> Iterator[No
 
 def locked_by_another(folder: str | os.PathLike) -> bool:
     """Whether a live process other than this one holds `folder`'s run lock (without waiting)."""
-    folder = Path(folder).absolute()
+    folder = _canonical(folder)
     if folder in _held or not (folder / LOCK_NAME).exists():
         return False
     lock = FileLock(str(folder / LOCK_NAME))
