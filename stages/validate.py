@@ -6,7 +6,8 @@ with its rule name in `meta["rule"]`, so this engine reports exactly the rules o
 
 A Checkpoint feeds the same `batch_parameters` (hence the same dataframe) to all its validation
 definitions, so each table gets its own Checkpoint; Data Docs are built once, over all four
-results, into a filesystem site at the chosen folder.
+results, into a filesystem site at the chosen folder, then made to work offline (their CDN assets
+copied from pinned packages beside them: `stages.offline_docs`).
 
 Exit codes: 0 valid (report, docs and manifest CSV written, the manifest's record in the report),
 1 a rule failed (report and docs written, no manifest, message on stderr), 2 the dataset could not
@@ -46,6 +47,7 @@ from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, 
 from dgnet.io import atomic_dir
 from dgnet.progress import progress
 from stages.common import load_params, repo_root, resolve, section
+from stages.offline_docs import make_docs_offline
 
 DEFAULT_REPORT = "reports/validation.json"
 DEFAULT_DOCS = "reports/gx_docs"
@@ -183,6 +185,7 @@ def run_gx(frames: dict[str, pd.DataFrame], docs_dir: str | os.PathLike | None =
                                       "base_directory": str(Path(tmp).resolve())},
                 })
                 context.build_data_docs(site_names=[DOCS_SITE])
+                make_docs_offline(tmp)
 
     results = []
     for name, description in RULES.items():
@@ -229,7 +232,6 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
         frame = build_manifest(data, fmt, include_gt_bbox=include_gt_bbox, msmt_include_val=msmt_include_val)
         _check_writable(report, manifest, docs)
         result = gx_validate(frame, frame.attrs["format"], docs_dir=docs, workers=workers)
-        # Data Docs style themselves from a CDN; the .md report beside the JSON reads well offline too.
         publish(frame, result, report, manifest, extra={"data_docs": str(index)})
     except DgnetError as err:
         print(f"dgnet validate: {err}", file=sys.stderr)
