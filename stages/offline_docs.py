@@ -43,7 +43,7 @@ ASSETS: dict[str, tuple[str, str] | str] = {
     "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js":
         ("bootstrap", "js/bootstrap.bundle.min.js"),
     "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js":
-        "nothing: Popper comes with bootstrap.bundle.min.js",
+        "nothing lost: Popper is in bootstrap.bundle.min.js",
     # Font Awesome 6.6.0 asked, 6.2.1 packaged (the icons GX uses are in both); the CSS brings
     # its webfonts along.
     "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css":
@@ -70,16 +70,17 @@ ASSETS: dict[str, tuple[str, str] | str] = {
     "https://cdn.jsdelivr.net/npm/vega-lite@5": ("vega", "vega-lite5.js"),
     "https://cdn.jsdelivr.net/npm/vega-embed@6": ("vega", "vega-embed6.js"),
     "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css":
-        "the dark colour scheme (bootstrap-dark is in no Python package): pages stay light",
+        "lost: the dark colour scheme (bootstrap-dark is in no Python package), pages stay light",
     # GX's own logo: the site carries a copy in static/images; not its dark-mode variant.
     "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png":
         ("site", "static/images/logo-long.png"),
     "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png":
-        "the dark-mode logo (in no package)",
+        "lost: the dark-mode logo (in no package)",
 }
 
-_TAG = re.compile(r"""<(script|link|img)\b[^>]*?\b(src|href)=(["'])(https?://[^"']+)\3[^>]*>(\s*</script>)?""",
+_TAG = re.compile(r"""<(script|link|img)\b[^>]*?\b(src|href)=(["'])([^"']+)\3[^>]*>(\s*</script>)?""",
                   re.IGNORECASE)
+_HTTP = re.compile(r"https?://", re.IGNORECASE)
 _CSS_URL = re.compile(r"""url\(\s*(["']?)(https?://[^"')\s]+)\1\s*\)""", re.IGNORECASE)
 _CSS_LOCAL_URL = re.compile(r"""url\(\s*(["']?)(?!data:|https?:|#)([^"')\s?#]+)[^"')]*\1\s*\)""",
                             re.IGNORECASE)
@@ -128,7 +129,7 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
         entry = ASSETS.get(key)
         if entry is None:
             warnings.append(f"Data Docs: no packaged copy of {key}; dropped from the pages")
-            result: Path | str = "an asset that no installed package carries"
+            result: Path | str = "lost: an asset that no installed package carries"
         elif isinstance(entry, str):
             result = entry
         else:
@@ -138,7 +139,7 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
                 npm = name in SOURCES and SOURCES[name][0] is None
                 hint = " (npm was not on PATH at `pip install -e .`)" if npm else ""
                 warnings.append(f"Data Docs: {name} is not installed{hint}; {relative} dropped from pages")
-                result = f"{name} (not installed)"
+                result = f"lost: {name}, not installed"
             elif name == "site":
                 result = docs / relative
             else:
@@ -156,10 +157,18 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
         text = page.read_text(encoding="utf-8")
 
         def tag(match: re.Match[str], page: Path = page) -> str:
-            target = resolve(match.group(4))
+            ref = match.group(4)
+            if not _HTTP.match(ref):
+                # GX 1.24 links the validation pages' favicon one folder too high: use the site's copy
+                path = ref.split("?", 1)[0]
+                own = docs / re.sub(r"^(\.\.?/)+", "", path)
+                if ref.startswith(("data:", "#")) or (page.parent / path).exists() or not own.is_file():
+                    return match.group(0)
+                return match.group(0).replace(ref, relative_to(page, own))
+            target = resolve(ref)
             if isinstance(target, str):
-                return f"<!-- offline Data Docs: dropped {match.group(1)}, losing {target} -->"
-            rewritten = match.group(0).replace(match.group(4), relative_to(page, target))
+                return f"<!-- offline Data Docs: a {match.group(1)} dropped; {target} -->"
+            rewritten = match.group(0).replace(ref, relative_to(page, target))
             return _SRI.sub("", rewritten)  # no integrity check on a local copy (file:// has no CORS)
 
         def css_url(match: re.Match[str], page: Path = page) -> str:
