@@ -302,6 +302,13 @@ def train_label_map(frame: pd.DataFrame) -> dict[int, int]:
     return {int(pid): label for label, pid in enumerate(ids)}
 
 
+def mislabelled_train_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The train rows whose `label` is not their id's number in `train_label_map` (empty when all are)."""
+    train = frame[frame["split"] == "train"]
+    expected = train["person_id"].map(train_label_map(frame)).to_numpy()
+    return train[train["label"].to_numpy() != expected]
+
+
 def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write `frame` as a manifest CSV, atomically.
 

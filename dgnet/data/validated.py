@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.data.manifest import FORMATS, build_manifest, read_manifest, train_label_map, write_manifest
+from dgnet.data.manifest import FORMATS, build_manifest, mislabelled_train_rows, read_manifest, write_manifest
 from dgnet.data.validation import NON_IDENTITY_IDS, ValidationReport, validate
 from dgnet.errors import DataRuleError, DatasetError, OutputError
 from dgnet.io import atomic_path, write_json
@@ -169,9 +169,7 @@ def check_invariants(frame: pd.DataFrame, fmt: str | None = None) -> None:
     if shared:
         raise DataRuleError(_listed("train_test_ids_disjoint", "person id(s) in both train and query/gallery",
                                     [str(i) for i in shared]))
-    rows = frame[frame["split"] == "train"]
-    expected = rows["person_id"].map(train_label_map(frame)).to_numpy()
-    wrong = rows.loc[rows["label"].to_numpy() != expected, "path"].astype(str).tolist()
+    wrong = mislabelled_train_rows(frame)["path"].astype(str).tolist()
     if wrong:
         raise DataRuleError(_listed("labels", "train label(s) are not the person ids numbered 0..C-1 in "
                                               "sorted order", wrong))

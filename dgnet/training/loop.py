@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dgnet.data.manifest import train_label_map
+from dgnet.data.manifest import mislabelled_train_rows, train_label_map
 from dgnet.data.samplers import (
     IdentityPairSampler,
     ImagePairSampler,
@@ -387,11 +387,9 @@ def training_labels(frame: pd.DataFrame) -> dict[int, int]:
     train = frame[frame["split"] == "train"]
     if train.empty:
         raise DatasetError("training: the manifest has no training images (split 'train')")
-    label_map = train_label_map(frame)
-    expected = train["person_id"].map(label_map).to_numpy()
-    if not (train["label"].to_numpy() == expected).all():
+    if len(mislabelled_train_rows(frame)):
         raise DatasetError(
             "training: the manifest's label column does not number the train ids 0..C-1 in sorted "
             "person_id order; rebuild the manifest with dgnet.data.manifest.build_manifest"
         )
-    return label_map
+    return train_label_map(frame)
