@@ -6,6 +6,8 @@ query alphas of params `evaluate.alphas` and with the fine-grained half alone, o
 re-ranking, swap fidelity against the synthetic ground truth, self-reconstruction L1, each beside its
 trivial baselines (copy a donor unchanged; the mean training image; a 4x blur), SSIM diversity, FID
 (skipped and said so without local Inception weights), a ranked-retrieval picture and a swap grid.
+Beside the models, a re-ID baseline with no learning (HSV histograms of three stripes): how far
+clothing colour alone gets on this data.
 The model-independent generation references are computed once and shared by the DG-Net models.
 
 Writes reports/benchmark.md (one table, honest notes), reports/metrics/eval.json (for `dvc metrics`),
@@ -30,6 +32,7 @@ from dgnet.evaluation.benchmark import (
     benchmark_model,
     markdown_table,
 )
+from dgnet.evaluation.handcrafted import STRIPES, colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from stages.common import load_params, resolve
@@ -57,6 +60,7 @@ PLOTS = Path("reports/plots/cmc")
 FIGURES = Path("reports/figures")
 DGNET_MODEL = Path("outputs/dgnet/model.pt")
 ABLATIONS = Path("outputs/ablations")
+TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
 KNOWN_KEYS = {"alphas", "rerank", "num_swaps", "ranked_queries", "batch_size", "device",
               "inception_weights", "seed"}
 
@@ -111,8 +115,10 @@ def main_setting(result: ModelBenchmark, changes: dict[str, dict[str, Any]] | No
     return "alpha_0.5" if "alpha_0.5" in result.reid else next(iter(result.reid))
 
 
-def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per model at its main setting: what the variant changes, re-ID and generation."""
+def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]],
+                   trivial: dict[str, float] | None = None) -> list[str]:
+    """One row per model at its main setting: what the variant changes, re-ID and generation; last,
+    the trivial colour-histogram baseline (no learning) when given."""
     lines = ["| model | trained as | setting | rank-1 | mAP | swap L1 (person) | swap SSIM (person) "
              "| recon L1 | SSIM diversity |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
@@ -131,6 +137,10 @@ def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, A
         lines.append(f"| {result.name} | {how} | {setting} | {100 * m['rank1']:.1f} | {100 * m['mAP']:.1f} "
                      f"| {fmt(gen.get('swap_l1_person'))} | {fmt(gen.get('swap_ssim_person'))} "
                      f"| {fmt(gen.get('recon_l1'))} | {fmt(gen.get('ssim_diversity_generated'))} |")
+    if trivial is not None:
+        how = f"trivial baseline: HSV histograms of {STRIPES} stripes, cosine, no learning"
+        lines.append(f"| colour_histogram | {how} | - | {100 * trivial['rank1']:.1f} "
+                     f"| {100 * trivial['mAP']:.1f} | - | - | - | - |")
     return lines
 
 
@@ -222,7 +232,8 @@ def baseline_section(results: list[ModelBenchmark]) -> list[str]:
 
 
 def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, Any],
-                 manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None) -> None:
+                 manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
+                 trivial: dict[str, float] | None = None) -> None:
     """reports/benchmark.md: the tables, what beats what (said plainly), and the pictures."""
     changes = changes or {}
     best = {r.name: r.reid[main_setting(r, changes)] for r in results}
@@ -259,7 +270,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
                     for r in results if "ssim_diversity_real" in r.generation) + ").", "",
         "## Ablations", "",
         "Each model at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained).",
-        "", *ablation_table(results, changes), "",
+        "", *ablation_table(results, changes, trivial), "",
         *baseline_section(results),
         "## Every setting", "",
         markdown_table(results),
@@ -310,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                                 references=references)
                 for name, path in models.items()
             ]
-            write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes)
+            trivial = colour_histogram_reid(frame, TRIVIAL_SIZE)
+            write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes,
+                          trivial)
             metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
             client.log_batch(run.info.run_id, metrics=_metric_entities(metrics))
             client.log_param(run.info.run_id, "models", ", ".join(models))
@@ -350,9 +363,13 @@ def _finite_tree(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict[str, Any],
-                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None) -> None:
+                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
+                  trivial: dict[str, float] | None = None) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
-    summary = {}
+    summary: dict[str, Any] = {}
+    if trivial is not None:
+        summary["colour_histogram"] = {"baseline": {k: round(trivial[k], 6)
+                                                    for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}}
     for result in results:
         keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
         summary[result.name] = {setting: {k: round(m[k], 6) for k in keys}
@@ -372,7 +389,7 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict
     curves = {r.name: r.cmc[main_setting(r, changes)] for r in results}
     save(cmc_plot(curves, max_rank=20, title="CMC (each model at its main setting)"),
          workspace / FIGURES / "eval_cmc.png")
-    write_report(workspace / REPORT, results, settings, manifest, seconds, changes)
+    write_report(workspace / REPORT, results, settings, manifest, seconds, changes, trivial)
 
 
 if __name__ == "__main__":

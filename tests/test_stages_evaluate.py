@@ -122,3 +122,14 @@ def test_num_swaps_default_and_params():
     assert evaluate_stage._settings(params)["num_swaps"] >= 500  # what the report is read on
     with pytest.raises(ConfigError, match="num_swaps"):
         evaluate_stage._settings({"evaluate": {"num_swaps": 1}})
+
+
+def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_path):
+    settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
+    trivial = {"rank1": 0.05, "rank5": 0.1, "rank10": 0.2, "mAP": 0.0314, "mINP": 0.01}
+    evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0, {}, trivial)
+    summary = json.loads((tmp_path / evaluate_stage.METRICS).read_text())
+    assert summary["colour_histogram"]["baseline"]["mAP"] == 0.0314
+    rows = [line for line in (tmp_path / evaluate_stage.REPORT).read_text().splitlines()
+            if line.startswith("| colour_histogram |")]
+    assert len(rows) == 1 and "| 5.0 | 3.1 |" in rows[0] and "no learning" in rows[0]

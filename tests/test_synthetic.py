@@ -205,3 +205,21 @@ def test_pictures(small, tmp_path):
     with Image.open(sheet) as a, Image.open(swaps) as b:
         assert a.width > 4 * 128 and a.height > 4 * 256
         assert b.size[0] > 4 * 128 and b.size[1] > 4 * 256
+
+
+def test_scenes_are_dull_and_out_of_focus_next_to_the_painted_scene():
+    kind, seed = syn.SCENES[0], 7
+    painted = Image.new("RGB", (syn.BG_W * syn.SS, syn.H * syn.SS))
+    syn._SCENE_PAINTERS[kind](syn._Pen(painted), np.random.default_rng(seed))
+    sharp = np.asarray(painted, dtype=np.float32)
+    dull, _ = syn._scene(kind, seed)
+
+    def saturation(x):
+        return float((x.max(axis=2) - x.min(axis=2)).mean())
+
+    def detail(x):
+        return float(np.abs(np.diff(x, axis=1)).mean())
+
+    assert saturation(dull) < 0.6 * saturation(sharp)
+    assert detail(dull) < 0.5 * detail(sharp)
+    assert abs(dull.mean() - sharp.mean()) < 2.0  # the same scene, only dulled: brightness kept

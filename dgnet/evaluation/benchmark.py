@@ -366,14 +366,15 @@ def _generation(model: DGNet, reference: GenerationReference, device: torch.devi
     report |= reference.notes
     report["baselines"] = {k: dict(v) if isinstance(v, dict) else v for k, v in reference.baselines.items()}
     report |= fid(real01, denormalize(fakes), weights=inception_weights, device=device)
-    # A 5x5 grid: rows appearance donors, columns structure donors.
-    k = min(5, len(appearance))
-    a_out = model.appearance_encoder(appearance[:k].to(device)).code
-    s_code = model.structure_encoder(structure[:k].to(device))
-    cells = [[model.decode(s_code[j:j + 1], a_out[i:i + 1])[0].float().cpu() for j in range(k)]
-             for i in range(k)]
-    grid = swap_grid(list(appearance[:k]), list(structure[:k]), cells, normalized=True,
-                     title="Test swaps: G(structure of column, appearance of row)")
+    # A 5x5 grid of the same 5 test images on both axes: cell (i, j) = G(s_j, a_i), so the diagonal
+    # is each image's own reconstruction and every other cell a swap.
+    donors = structure[:min(5, len(structure))]
+    a_out = model.appearance_encoder(donors.to(device)).code
+    s_code = model.structure_encoder(donors.to(device))
+    cells = [[model.decode(s_code[j:j + 1], a_out[i:i + 1])[0].float().cpu() for j in range(len(donors))]
+             for i in range(len(donors))]
+    grid = swap_grid(list(donors), list(donors), cells, normalized=True,
+                     title="Test swaps: G(structure of column, appearance of row); diagonal: reconstruction")
     return report, grid
 
 
