@@ -374,7 +374,7 @@ def _generation(model: DGNet, reference: GenerationReference, device: torch.devi
     cells = [[model.decode(s_code[j:j + 1], a_out[i:i + 1])[0].float().cpu() for j in range(len(donors))]
              for i in range(len(donors))]
     grid = swap_grid(list(donors), list(donors), cells, normalized=True,
-                     title="Test swaps: G(structure of column, appearance of row); diagonal: reconstruction")
+                     title="Test swaps G(s_column, a_row); diagonal: reconstruction")
     return report, grid
 
 
