@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes,
                           trivial)
             metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
+            metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in ("rank1", "mAP", "mINP")}
             client.log_batch(run.info.run_id, metrics=_metric_entities(metrics))
             client.log_param(run.info.run_id, "models", ", ".join(models))
             for path in [workspace / REPORT, *sorted((workspace / FIGURES).glob("eval_*.png"))]:

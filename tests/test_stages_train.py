@@ -255,7 +255,8 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
         write_params(workspace, PARAMS)
     summary = json.loads((workspace / "reports" / "metrics" / "eval.json").read_text())
     # An ensemble: one row per teacher; the ablation is found under outputs/ablations.
-    assert set(summary) == {"teacher_0", "teacher_1", "dgnet", "ablation_no_fine"}
+    assert set(summary) == {"teacher_0", "teacher_1", "dgnet", "ablation_no_fine", "colour_histogram"}
+    assert 0.0 <= summary["colour_histogram"]["baseline"]["mAP"] <= 1.0  # the trivial re-ID baseline
     assert set(summary["dgnet"]) >= {"alpha_0", "alpha_0.5", "alpha_1", "fine_only", "generation"}
     assert 0.0 <= summary["dgnet"]["alpha_0.5"]["mAP"] <= 1.0
     assert "swap_l1_person" in summary["dgnet"]["generation"]  # synthetic data: ground truth exists
@@ -269,6 +270,7 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
     assert (workspace / "reports" / "plots" / "cmc" / "dgnet.csv").read_text().startswith("rank,cmc")
     (run,) = runs(store[1], "evaluate")
     assert run.info.status == "FINISHED" and "dgnet/alpha_0.5/mAP" in run.data.metrics
+    assert "colour_histogram/baseline/mAP" in run.data.metrics
     assert any(a.path.endswith("benchmark.md") for a in store[1].list_artifacts(run.info.run_id, "report"))
 
 
