@@ -367,12 +367,11 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                   trivial: dict[str, float] | None = None) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
+    keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
     summary: dict[str, Any] = {}
     if trivial is not None:
-        summary["colour_histogram"] = {"baseline": {k: round(trivial[k], 6)
-                                                    for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}}
+        summary["colour_histogram"] = {"baseline": {k: round(trivial[k], 6) for k in keys}}
     for result in results:
-        keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
         summary[result.name] = {setting: {k: round(m[k], 6) for k in keys}
                                 for setting, m in result.reid.items()}
         gen = _finite_tree(result.generation)

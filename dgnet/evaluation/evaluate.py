@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import torch
 from torch import nn
@@ -42,16 +44,30 @@ def evaluate_reid(
     `query_alpha` weights the queries' fine-grained half (0.5 in the published numbers); it is
     ignored for a single-head model. The model's train/eval mode is left as it was.
     """
+    alpha = query_alpha if _two_headed(model) else None
+
+    def features_of(images: EvalImages, split: str) -> torch.Tensor:
+        loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=torch.device(device).type == "cuda")
+        return extract_features(model, loader, device=device, query_alpha=alpha if split == "query" else None)
+
+    return rank_test_splits(frame, image_size, features_of, ap=ap)
+
+
+def rank_test_splits(
+    frame: pd.DataFrame,
+    image_size: tuple[int, int],
+    features_of: Callable[[EvalImages, str], torch.Tensor],
+    ap: ApConvention = "market",
+) -> dict[str, float]:
+    """rank1, rank5, rank10, mAP, mINP (fractions) and query counts of the features that
+    `features_of(images, split)` gives for `frame`'s query and gallery images (METHOD.md section 5)."""
     if not has_eval_splits(frame):
         raise DatasetError("evaluation: the manifest has no query and gallery images (split column)")
-    alpha = query_alpha if _two_headed(model) else None
     features, ids, cameras = {}, {}, {}
     for split in ("query", "gallery"):
         images = EvalImages(frame[frame["split"] == split], image_size)
-        loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=torch.device(device).type == "cuda")
-        features[split] = extract_features(model, loader, device=device,
-                                           query_alpha=alpha if split == "query" else None)
+        features[split] = features_of(images, split)
         ids[split], cameras[split] = images.person_ids, images.cameras
     metrics = rank_metrics_from_features(
         features["query"], features["gallery"], ids["query"], cameras["query"],

@@ -12,7 +12,8 @@ import torch
 
 from dgnet.data.datasets import EvalImages
 from dgnet.data.transforms import denormalize
-from dgnet.evaluation.rank import ApConvention, rank_metrics_from_features
+from dgnet.evaluation.evaluate import rank_test_splits
+from dgnet.evaluation.rank import ApConvention
 
 HSV_BINS = (8, 4, 4)  # hue, saturation, value
 STRIPES = 3
@@ -52,14 +53,8 @@ def stripe_histograms(images: torch.Tensor, bins: tuple[int, int, int] = HSV_BIN
 def colour_histogram_reid(frame: pd.DataFrame, image_size: tuple[int, int],
                           ap: ApConvention = "market") -> dict[str, float]:
     """rank1, rank5, rank10, mAP, mINP of the HSV stripe-histogram baseline on `frame`'s test splits."""
-    features, ids, cameras = {}, {}, {}
-    for split in ("query", "gallery"):
-        images = EvalImages(frame[frame["split"] == split], image_size)
-        batch = torch.stack([images[i]["image"] for i in range(len(images))])
-        features[split] = stripe_histograms(denormalize(batch))
-        ids[split], cameras[split] = images.person_ids, images.cameras
-    metrics = rank_metrics_from_features(
-        features["query"], features["gallery"], ids["query"], cameras["query"],
-        ids["gallery"], cameras["gallery"], ap=ap,
-    )  # fmt: skip
-    return {name: float(value) for name, value in metrics.items() if not isinstance(value, list)}
+
+    def features_of(images: EvalImages, split: str) -> torch.Tensor:
+        return stripe_histograms(denormalize(torch.stack([images[i]["image"] for i in range(len(images))])))
+
+    return rank_test_splits(frame, image_size, features_of, ap=ap)
