@@ -68,8 +68,29 @@ def test_get_profile_overrides_and_errors() -> None:
         get_profile("tiny", aspp_dilations=(3, 6, 9))
     with pytest.raises(ConfigError, match="structure_widths"):
         get_profile("tiny", structure_widths=(4, 8))
+    with pytest.raises(ConfigError, match="structure_downsamplings"):
+        get_profile("tiny", structure_downsamplings=3)
+    with pytest.raises(ConfigError, match="decoder_widths"):  # one width per upsampling
+        get_profile("tiny", structure_downsamplings=1, decoder_widths=(8, 8))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.num_classes = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("downsamplings", [1, 2])
+def test_structure_downsamplings_set_the_code_size_and_the_upsamplings(downsamplings: int) -> None:
+    widths = (8,) * downsamplings
+    cfg = get_profile("tiny", pretrained=False, structure_downsamplings=downsamplings, decoder_widths=widths)
+    model = DGNet(cfg).eval()
+    x = torch.randn(2, 3, cfg.image_height, cfg.image_width)
+    with torch.no_grad():
+        structure = model.structure_encoder(x)
+        image = model.decode(structure, model.appearance_encoder(x).code)
+    stride = 2**downsamplings
+    assert cfg.structure_stride == stride
+    assert structure.shape[2:] == (cfg.image_height // stride, cfg.image_width // stride)
+    assert len(model.decoder.upsample) == downsamplings
+    assert image.shape == x.shape
+    assert PROFILES["paper"].structure_downsamplings == 2  # the paper's 64x32 code of a 256x128 image
 
 
 # --- exact paper parameter counts ----------------------------------------------------------
@@ -134,7 +155,8 @@ def test_small_profile_shapes(profile: str) -> None:
         structure, appearance = model.encode(x)
         image = model.decode(structure, appearance.code)
         patches = model.discriminator(x)
-    assert structure.shape == (2, cfg.structure_channels, h // 4, w // 4)
+    stride = cfg.structure_stride
+    assert structure.shape == (2, cfg.structure_channels, h // stride, w // stride)
     assert appearance.code.shape == (2, cfg.appearance_code_dim)
     assert image.shape == x.shape
     assert len(patches) == cfg.discriminator_scales

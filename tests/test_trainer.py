@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+import dgnet.training.runtime as runtime_module
 import dgnet.training.trainer as trainer_module
 from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
@@ -26,7 +27,7 @@ from dgnet.training.checkpoint import latest_checkpoint, list_checkpoints, load_
 from dgnet.training.cli import add_train_commands, build_configs
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
-from dgnet.training.runtime import autocast_context, iteration_seed, select_device
+from dgnet.training.runtime import autocast_context, iteration_seed, resolve_amp, select_device
 from dgnet.training.schedule import ScheduleConfig, loss_weights_at
 from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
 from dgnet.training.trainer import DGNetTrainConfig, train_dgnet
@@ -286,6 +287,32 @@ def test_runtime_switches():
     assert iteration_seed(0, 5, 1) == iteration_seed(0, 5, 1) != iteration_seed(0, 5, 0)
     with pytest.raises(ConfigError, match=r"train\.amp"):
         DGNetTrainConfig(amp="fp8")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, native):
+    # AVX2-only CPUs emulate bf16 (a convolution ~30x slower): "auto" must not pick it there.
+    monkeypatch.setattr(runtime_module, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert resolve_amp(cpu, "auto") == ("bf16" if native else "off")
+    with autocast_context(cpu, "auto"):
+        dtype = torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype
+    assert dtype == (torch.bfloat16 if native else torch.float32)
+    assert resolve_amp(cpu, "off") == "off"
+    if native:
+        assert resolve_amp(cpu, "bf16") == "bf16"
+    else:
+        with pytest.warns(UserWarning, match="without hardware bf16"):
+            assert resolve_amp(cpu, "bf16") == "bf16"  # asked for explicitly: kept, with the warning
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    flags = {"avx2": False, "avx2 avx512_bf16": True, "avx2 amx_bf16 amx_tile": True}
+    for line, expected in flags.items():
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor : 0\nflags : fpu {line}\n")
+        monkeypatch.setattr(runtime_module, "Path", lambda _path, _file=cpuinfo: _file)
+        assert runtime_module.native_bf16(torch.device("cpu")) is expected
 
 
 def test_cli_config_precedence_and_teacher_run(tmp_path, frame):

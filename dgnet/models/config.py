@@ -18,8 +18,6 @@ BACKBONE_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 POOLINGS = ("avg", "max")
 # Total stride of the ResNet trunk once its last stage has stride 1.
 TRUNK_STRIDE = 16
-# E_s has two stride-2 convolutions; the decoder undoes them with two x2 upsamplings.
-STRUCTURE_STRIDE = 4
 
 
 @dataclass(frozen=True)
@@ -48,9 +46,12 @@ class ModelConfig:
     aspp_width: int = 32
     aspp_dilations: tuple[int, ...] = (3, 6, 9)
     structure_channels: int = 128
+    # Stride-2 convolutions of E_s: the paper's 2 keep a 64x32 code of a 256x128 image. The decoder
+    # has one x2 upsampling per downsampling, with decoder_widths[k] channels after the k-th.
+    structure_downsamplings: int = 2
     # Decoder G and its AdaIN mapping (one scale-MLP and one bias-MLP per residual block).
     decoder_residual_blocks: int = 4
-    decoder_widths: tuple[int, int] = (64, 32)
+    decoder_widths: tuple[int, ...] = (64, 32)
     mlp_hidden: tuple[int, ...] = (512, 512)
     # Multi-scale discriminator D.
     discriminator_scales: int = 3
@@ -85,7 +86,15 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"model.{name}: must be an integer >= 0, got {value!r}")
-        for name, length in (("structure_widths", 4), ("decoder_widths", 2), ("discriminator_widths", 2)):
+        if self.structure_downsamplings not in (1, 2):
+            raise ConfigError(
+                f"model.structure_downsamplings: must be 1 or 2, got {self.structure_downsamplings!r}"
+            )
+        for name, length in (
+            ("structure_widths", 4),
+            ("decoder_widths", self.structure_downsamplings),
+            ("discriminator_widths", 2),
+        ):
             value = getattr(self, name)
             if not isinstance(value, tuple) or len(value) != length or not all(_is_pos_int(v) for v in value):
                 raise ConfigError(f"model.{name}: must be {length} positive integers, got {value!r}")
@@ -149,7 +158,12 @@ class ModelConfig:
     @property
     def structure_size(self) -> tuple[int, int]:
         """Spatial size of the structure code (64x32 in the paper)."""
-        return self.image_height // STRUCTURE_STRIDE, self.image_width // STRUCTURE_STRIDE
+        return self.image_height // self.structure_stride, self.image_width // self.structure_stride
+
+    @property
+    def structure_stride(self) -> int:
+        """How many image pixels one structure-code cell spans per side (4 in the paper)."""
+        return 2**self.structure_downsamplings
 
     @property
     def appearance_map_size(self) -> tuple[int, int]:

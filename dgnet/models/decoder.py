@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,12 +88,13 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         channels = cfg.structure_channels
-        up1, up2 = cfg.decoder_widths
+        widths = (channels, *cfg.decoder_widths)
         self.mapping = AdaINMapping(cfg)
         self.blocks = nn.ModuleList(AdaINResidualBlock(channels) for _ in range(cfg.decoder_residual_blocks))
-        self.upsample = nn.Sequential(UpsampleBlock(channels, up1), UpsampleBlock(up1, up2))
-        self.refine = nn.Sequential(ConvBlock(up2, up2, 3), ConvBlock(up2, up2, 3))
-        self.to_image = nn.Conv2d(up2, 3, 1)
+        self.upsample = nn.Sequential(*(UpsampleBlock(a, b) for a, b in itertools.pairwise(widths)))
+        last = widths[-1]
+        self.refine = nn.Sequential(ConvBlock(last, last, 3), ConvBlock(last, last, 3))
+        self.to_image = nn.Conv2d(last, 3, 1)
         init_generator(self)
 
     def body_parameters(self) -> list[nn.Parameter]:

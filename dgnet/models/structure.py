@@ -1,4 +1,8 @@
-"""Structure encoder E_s: a shallow conv net on the grayscale image, keeping a 1/4-resolution map."""
+"""Structure encoder E_s: a shallow conv net on the grayscale image, keeping a 1/4-resolution map.
+
+The paper's two stride-2 convolutions are the first and the fourth; with `structure_downsamplings`
+1 the fourth keeps stride 1 and the map is at 1/2 resolution.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ class ASPP(nn.Module):
 
 
 class StructureEncoder(nn.Module):
-    """E_s: grayscale image -> structure code (structure_channels x H/4 x W/4; 128x64x32 in the paper)."""
+    """E_s: grayscale image -> structure code, structure_channels x H/stride x W/stride (paper: 128x64x32)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -57,7 +61,7 @@ class StructureEncoder(nn.Module):
             ConvBlock(1, w0, 3, stride=2, instance_norm=True),
             ConvBlock(w0, w1, 3, instance_norm=True),
             ConvBlock(w1, w2, 3, instance_norm=True),
-            ConvBlock(w2, w3, 3, stride=2, instance_norm=True),
+            ConvBlock(w2, w3, 3, stride=cfg.structure_downsamplings, instance_norm=True),
         )
         self.blocks = nn.Sequential(
             *(ResidualBlock(w3, instance_norm=True) for _ in range(cfg.structure_residual_blocks))

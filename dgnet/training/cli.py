@@ -170,7 +170,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="with --iterations: move warm-up and LR steps to the same fractions of the run")
     parser.add_argument("--batch-size", type=int, help="batch size per rank (DG-Net: per stream)")
     parser.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
-    parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision: off (default), bf16, fp16 (CUDA)")
+    parser.add_argument("--amp", choices=AMP_MODES,
+                        help="mixed precision: off (default), auto (bf16 where the hardware has it), bf16, "
+                        "fp16 (CUDA)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the networks")
     parser.add_argument("--channels-last", action="store_true", default=None,
                         help="channels-last memory format (faster convolutions on recent GPUs)")

@@ -51,6 +51,7 @@ from dgnet.training.runtime import (
     iteration_seed,
     mean_over_ranks,
     prepare_module,
+    resolve_amp,
     to_channels_last,
 )
 from dgnet.training.schedule import _check_milestones, learning_rate_at
@@ -127,6 +128,7 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig,
            hooks: Sequence[TrainingHooks], resume: bool, ctx: DistContext,
            label_map: dict[int, int]) -> TrainingResult:
     device = ctx.device
+    cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
     model = ReidBaseline(model_cfg).to(device)
     broadcast_module(model, ctx)
     prepare_module(model, channels_last=cfg.channels_last, compile=cfg.compile)

@@ -69,6 +69,7 @@ from dgnet.training.runtime import (
     iteration_seed,
     mean_over_ranks,
     prepare_module,
+    resolve_amp,
     to_channels_last,
 )
 from dgnet.training.schedule import ScheduleConfig, learning_rate_at, loss_weights_at
@@ -335,6 +336,7 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
            teacher_paths: list[Path], out_dir: Path, hooks: Sequence[TrainingHooks], resume: bool,
            ctx: DistContext, label_map: dict[int, int]) -> TrainingResult:
     device = ctx.device
+    cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
     model = DGNet(model_cfg).to(device)
     if cfg.init_appearance_from_teacher:
         init_from_teacher(model, teacher)
