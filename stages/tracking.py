@@ -331,6 +331,11 @@ def _attempt_env(uri: str, timeout_s: int) -> dict[str, str]:
     return {key: value for key, value in wanted.items() if key not in os.environ}
 
 
+# MLflow 3's UI opens an untagged experiment on its GenAI (traces) overview; this tag makes it open
+# on the runs table, where variants and metrics are compared.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
     """The id of experiment `name`, created or restored when needed. A new experiment keeps its
     artifacts in `<artifact_root>/<name>` when `artifact_root` is given (see `artifact_location`)."""
@@ -343,13 +348,16 @@ def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return client.create_experiment(name, artifact_location=location)
+                return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
             except MlflowException as exc:  # created concurrently by another stage
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 experiment = client.get_experiment_by_name(name)
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in experiment.tags:  # an experiment made before, or by hand: a user's choice stays
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     except MlflowException as exc:
         raise TrackingError(f"MLflow experiment {name!r} at {client.tracking_uri}: {_short(exc)}") from exc

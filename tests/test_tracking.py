@@ -45,6 +45,17 @@ def store(tmp_path_factory):
     return folder, uri, client, experiment_id
 
 
+def test_experiments_open_on_the_runs_table(store):
+    _, _, client, experiment_id = store
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("made-before")  # untagged, as by an earlier version
+    assert ensure_experiment(client, "made-before", None) == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    mine = client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    ensure_experiment(client, "mine", None)
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"  # kept
+
+
 @pytest.fixture()
 def no_tracking_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
