@@ -86,7 +86,7 @@ def resolve_amp(device: torch.device, amp: str) -> str:
     """
     _check_amp(device, amp)
     if amp == "auto":
-        return "bf16" if native_bf16(device) else "off"
+        return _auto_amp(device)
     if amp == "bf16" and not native_bf16(device):
         warnings.warn(
             f"amp: bf16 on {device} without hardware bf16 (no AVX512-BF16/AMX): autocast emulates it "
@@ -96,14 +96,18 @@ def resolve_amp(device: torch.device, amp: str) -> str:
     return amp
 
 
+def _auto_amp(device: torch.device) -> str:
+    return "bf16" if native_bf16(device) else "off"
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """The autocast region for forward passes: a no-op for "off", bf16 or fp16 autocast otherwise.
 
     Pass the resolved mode (`resolve_amp`); "auto" is resolved here too, without the warning.
     """
     _check_amp(device, amp)
-    if amp == "auto":
-        amp = "bf16" if native_bf16(device) else "off"
+    if amp == "auto":  # reads /proc/cpuinfo: the trainers resolve once and pass the result
+        amp = _auto_amp(device)
     if amp == "off":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
