@@ -96,3 +96,15 @@ def test_ablation_switches_silence_only_their_losses(primary: bool, fine: bool) 
 def test_ablation_switches_must_be_booleans() -> None:
     with pytest.raises(ConfigError, match=r"schedule\.fine_mining: must be true or false"):
         ScheduleConfig(fine_mining="no")
+
+
+def test_id_generated_ramp_is_off_by_default_and_linear_when_set() -> None:
+    assert loss_weights_at(0).id_generated == 0.5  # the paper: full weight from the start
+    cfg = ScheduleConfig(id_generated_ramp=30_000)
+    weights = [loss_weights_at(i, cfg).id_generated for i in (0, 15_000, 30_000, 90_000)]
+    assert weights == [0.0, 0.25, 0.5, 0.5]
+    assert cfg.scaled_to(600).id_generated_ramp == 180  # the same fraction of a shorter run
+    with pytest.raises(ConfigError, match="id_generated_ramp"):
+        ScheduleConfig(id_generated_ramp=-1)
+    with pytest.raises(ConfigError, match="id_generated_ramp"):
+        ScheduleConfig(id_generated_ramp=1.5)

@@ -38,6 +38,11 @@ class ScheduleConfig:
     fine_mining: bool = True
     warmup_start: int = 30_000
     warmup_rate: float = 0.0005
+    # Not in the paper (0: L_id^c at full weight from the first iteration). N > 0 ramps it linearly
+    # from 0 over the first N iterations, so that the decoder learns to reconstruct before it is
+    # asked to carry identity into the swaps (docs/generator_diagnosis.md: L_id^c is what costs
+    # reconstruction in a short run).
+    id_generated_ramp: int = 0
     lr_milestones: tuple[int, ...] = (60_000, 90_000)
     lr_gamma: float = 0.1
 
@@ -48,6 +53,9 @@ class ScheduleConfig:
             value = getattr(self, field.name)
             if field.name == "lr_milestones":
                 _check_milestones(value, "schedule.lr_milestones")
+            elif field.name == "id_generated_ramp":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"schedule.id_generated_ramp: must be an integer >= 0, got {value!r}")
             elif field.name in ("primary_learning", "fine_mining"):
                 if not isinstance(value, bool):
                     raise ConfigError(f"schedule.{field.name}: must be true or false, got {value!r}")
@@ -63,7 +71,7 @@ class ScheduleConfig:
         and the ramp rate divided by it, so every event happens at the same fraction of the run:
         the paper's warm-up from 30k of 100k (code weights full at 32k, cycle and lambda_prim at 34k)
         and LR steps at 60k and 90k become 240 (256, 272), 480 and 720 in an 800-iteration run.
-        Loss-weight maxima are unchanged.
+        The L_id^c ramp's length scales the same way. Loss-weight maxima are unchanged.
         """
         for name, value in (("iterations", iterations), ("reference", reference)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -73,6 +81,7 @@ class ScheduleConfig:
             self,
             warmup_start=round(self.warmup_start * factor),
             warmup_rate=self.warmup_rate / factor,
+            id_generated_ramp=round(self.id_generated_ramp * factor),
             lr_milestones=tuple(round(m * factor) for m in self.lr_milestones),
         )
 
@@ -115,7 +124,8 @@ def loss_weights_at(iteration: int, cfg: ScheduleConfig | None = None) -> LossWe
         recon_image_positive=cfg.recon_image_positive,
         id=cfg.id,
         id_positive=cfg.id_positive,
-        id_generated=cfg.id_generated,
+        id_generated=cfg.id_generated * (min(1.0, iteration / cfg.id_generated_ramp)
+                                         if cfg.id_generated_ramp else 1.0),
         adversarial=cfg.adversarial,
         code_appearance=code,
         code_structure=code,

@@ -1,0 +1,142 @@
+"""Where one joint DG-Net iteration spends its time: per network, forward and backward.
+
+    python benchmarks/profile_iteration.py --profile cpu --iterations 5 [--amp bf16] [--threads 2]
+
+Runs the trainer's own step (`make_joint_step`, as benchmarks/train_speed.py does, at iteration
+40,000 of the paper's schedule: every loss on) under torch.profiler. Each network's forward is
+wrapped in a named scope; a backward op is charged to the network whose forward op created it
+(the profiler's autograd sequence numbers link the two). What is left is the optimisers, the loss
+arithmetic and the Python between ops. Prints one table, seconds per iteration (mean over the
+profiled iterations, after one warm-up), and with --out writes it as JSON.
+Imports only dgnet, torch and the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from dgnet.models.config import get_profile
+from dgnet.models.dgnet import DGNet
+from dgnet.models.persist import save_model
+from dgnet.models.teacher import ReidBaseline
+from dgnet.training.runtime import DistContext, resolve_amp
+from dgnet.training.trainer import (
+    DGNetTrainConfig,
+    load_teachers,
+    make_joint_step,
+    make_optimizers,
+    make_scalers,
+    prepare_networks,
+)
+
+TIMED_ITERATION = 40_000  # after the warm-up ramps: the most expensive iteration
+SCOPE = "net:"
+
+
+def _scoped(name: str, module: torch.nn.Module) -> None:
+    """Wrap `module.forward` in a profiler scope named `net:<name>` (nested calls keep the outer)."""
+    forward = module.forward
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with record_function(SCOPE + name):
+            return forward(*args, **kwargs)
+
+    module.forward = wrapped  # type: ignore[method-assign]
+
+
+def attribute(events: Any) -> dict[str, dict[str, float]]:
+    """Seconds per network: forward ops inside its scope, backward ops linked to those ops."""
+    scopes = sorted((e.time_range.start, e.time_range.end, e.name[len(SCOPE):])
+                    for e in events if e.name.startswith(SCOPE))
+    starts = [s[0] for s in scopes]
+
+    def scope_of(t: float) -> str | None:
+        i = bisect.bisect_right(starts, t) - 1
+        while i >= 0:  # the innermost scope that contains t
+            if scopes[i][0] <= t <= scopes[i][1]:
+                return scopes[i][2]
+            i -= 1
+        return None
+
+    owner: dict[int, str] = {}
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+    for e in events:
+        if e.name.startswith(SCOPE):
+            totals[e.name[len(SCOPE):]]["forward"] += e.cpu_time_total / 1e6
+        elif e.sequence_nr >= 0 and e.name.startswith("aten::"):  # a forward op that made a graph node
+            name = scope_of(e.time_range.start)
+            if name is not None:
+                owner.setdefault(e.sequence_nr, name)
+    for e in events:
+        if e.name.startswith("autograd::engine::evaluate_function"):
+            totals[owner.get(e.sequence_nr, "other")]["backward"] += e.cpu_time_total / 1e6
+    return dict(totals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_speed import synthetic_batch  # the same batch as the speed benchmark
+
+    device = torch.device("cpu")
+    model_cfg = get_profile(args.profile, pretrained=False)
+    cfg = DGNetTrainConfig(amp=resolve_amp(device, args.amp), num_workers=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        label_map = {i: i for i in range(model_cfg.num_classes)}
+        path = save_model(Path(tmp) / "t.pt", ReidBaseline(model_cfg), "teacher", model_cfg,
+                          extra={"label_map": label_map})
+        teacher = load_teachers([path], label_map, model_cfg, device)
+    model = DGNet(model_cfg)
+    prepare_networks(model, teacher, cfg)
+    for name in ("appearance_encoder", "structure_encoder", "decoder", "discriminator"):
+        _scoped(name, getattr(model, name))
+    _scoped("teacher", teacher)
+    ctx = DistContext(0, 1, 0, device, False)
+    optimizers, scalers = make_optimizers(model, cfg), make_scalers(device, cfg.amp)
+    step = make_joint_step(model, teacher, cfg, ctx, optimizers, scalers)
+    model.train()
+    batch = synthetic_batch(model_cfg.image_height, model_cfg.image_width, cfg.batch_size,
+                            model_cfg.num_classes, device)
+    step(TIMED_ITERATION, batch)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        for k in range(args.iterations):
+            step(TIMED_ITERATION + 1 + k, batch)
+        wall = (time.perf_counter() - started) / args.iterations
+    per_it = {k: {p: v / args.iterations for p, v in d.items()} for k, d in attribute(prof.events()).items()}
+    accounted = sum(v["forward"] + v["backward"] for v in per_it.values())
+    result = {"profile": args.profile, "amp": cfg.amp, "threads": torch.get_num_threads(),
+              "batch_size": cfg.batch_size, "wall_s_per_iteration": wall, "networks": per_it,
+              "rest_s": wall - accounted}
+    print(f"{args.profile}, amp {cfg.amp}, {result['threads']} threads: {wall:.3f} s an iteration (profiled)")
+    print(f"{'network':<20} {'forward s':>10} {'backward s':>11} {'share':>7}")
+    for name, v in sorted(per_it.items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"])):
+        share = (v["forward"] + v["backward"]) / wall
+        print(f"{name:<20} {v['forward']:>10.3f} {v['backward']:>11.3f} {share:>7.1%}")
+    print(f"{'rest (optimisers, loss arithmetic, Python)':<43} {result['rest_s']:.3f}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
