@@ -8,6 +8,15 @@ maximum (`code_max`) and the cross-identity id weight (`id_generated`). Each tri
 `tune.base` section (default `train`) changed by `tune.train` (fewer iterations, evaluations to
 prune on, deterministic) with the sampled weights, and scores the final `tune.metric` (mAP).
 
+What trials train and score on (stages/tune_data.py): never the benchmark's query/gallery split.
+`tune.validation_fraction` of the training identities (seeded by `tune.validation_seed`) are held
+out and split into query and gallery by camera as the test protocol does (dgnet.data.splits); the
+trials train on the other training ids and score on those. A guard refuses any frame handed to a
+trial or to the teacher that holds a test image or identity. The trials' teacher is trained on the
+tuning-train split too (params `teacher`, deterministic, cached in outputs/tuning/), since the
+pipeline's teacher has seen the held-out ids. The tuned weights are benchmarked once on the test
+split, by `dvc repro` after `dgnet tune --apply`.
+
 How it repeats and resumes:
 - TPESampler seeded per trial from (seed, trial number), one worker, deterministic CPU training:
   the same seed gives the same trials, params and values. Seeding per trial (instead of once per
@@ -25,13 +34,15 @@ How it repeats and resumes:
   first attempt stopped; they are deleted when a trial ends. A worker that has nothing left to run
   waits (one grace period at most) for trials running elsewhere and re-runs those whose worker died,
   so no trial is left RUNNING, even in a study that already has its `n_trials`.
-- A study remembers a hash of its settings (space, training config, data, teachers, seed): resuming
-  it with other settings is refused (use another study name).
+- A study remembers a hash of its settings (space, training config, data, validation split, teacher
+  recipe, seed): resuming it with other settings is refused (use another study name).
 - Each worker prints a line when a trial starts (`tune: trial 2 re-runs trial 0 (same weights),
   resuming at iteration 14` for a re-run) and when it ends (state, value, seconds).
 
-MLflow (stages/tune_tracking.py): one parent run per study (found again on resume), one child run
-per trial attempt with the sampled weights, losses and evaluations; a re-run's run and the runs of
+MLflow (stages/tune_tracking.py): one parent run per study (found again on resume; tag and param
+`score_split` = validation, params `tune.validation.*`: fraction, seed, ids and images), one child
+run per trial attempt with the sampled weights, losses and evaluations (`val/mAP`, ...: validation
+figures), and one per tuning-teacher seed when it is trained; a re-run's run and the runs of
 the attempts it replaces point at each other (`optuna.retry_of`, `optuna.rerun_as`). The parent gets
 the best weights and value, the optimisation history, intermediate values and parameter importances
 as PNG images, and trials.csv.
@@ -39,7 +50,8 @@ as PNG images, and trials.csv.
 The best weights go to params/tuned.yaml (params.yaml's layout); `dgnet tune --apply
 params/tuned.yaml` copies them into params.yaml's `train.schedule`, after which `dvc repro` retrains.
 
-Exit codes: 0 done; 2 bad params, missing manifest or teacher, unreachable Optuna storage or MLflow
+Exit codes: 0 done; 1 a test image in the data handed to a trial; 2 bad params (a validation
+fraction out of (0, 1) or leaving too few ids), missing manifest, unreachable Optuna storage or MLflow
 store (at start, or mid-trial after the retries: the trial is re-queued), a study resumed with other
 settings, too many failed trials; 130 interrupted (re-run to go on).
 """
@@ -68,13 +80,12 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from dgnet.data.splits import check_fraction
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.io import atomic_path, write_json
 from dgnet.losses import NonFiniteLossError
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from stages.common import load_params, section
-from stages.teacher import OUT as TEACHER_OUT
-from stages.teacher import teacher_paths
 from stages.tracking import (
     MlflowHooks,
     TrackingError,
@@ -87,7 +98,6 @@ from stages.tracking import (
     manifest_path,
     mlflow_settings,
     model_config,
-    model_fingerprint,
     quiet_mlflow,
     read_manifest,
     redact,
@@ -101,6 +111,16 @@ from stages.tracking import (
     workspace_root,
 )
 from stages.train import apply_overrides, merge
+from stages.tune_data import (
+    SCORE_SPLIT,
+    VALIDATION_PREFIX,
+    TeacherRecipe,
+    TeacherRun,
+    TuningData,
+    ensure_teacher,
+    teacher_recipe,
+    tuning_data,
+)
 from stages.tune_storage import (
     StorageError,
     check_storage,
@@ -164,6 +184,8 @@ class TuneSettings:
     max_retry: int
     log_models: bool
     out: Path
+    validation_fraction: float
+    validation_seed: int
 
 
 def _integer(value: Any, where: str, minimum: int) -> int:
@@ -215,7 +237,8 @@ def parse_space(values: Any) -> tuple[Knob, ...]:
 def tune_settings(values: Mapping[str, Any], args: argparse.Namespace) -> TuneSettings:
     """The `tune:` section checked, with the command line's --study, --n-trials, ... on top."""
     known = {"study", "n_trials", "seed", "storage", "metric", "base", "train", "space", "sampler",
-             "pruner", "heartbeat_interval", "grace_period", "max_retry", "log_models", "out"}
+             "pruner", "heartbeat_interval", "grace_period", "max_retry", "log_models", "out",
+             "validation_fraction", "validation_seed"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"tune: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -253,6 +276,8 @@ def tune_settings(values: Mapping[str, Any], args: argparse.Namespace) -> TuneSe
         pruner=parse_pruner(values.get("pruner") or {}), heartbeat_interval=heartbeat, grace_period=grace,
         max_retry=_integer(values.get("max_retry", 2), "tune.max_retry", 0), log_models=log_models,
         out=Path(values.get("out") or DEFAULT_OUT),
+        validation_fraction=check_fraction(values.get("validation_fraction", 0.25)),
+        validation_seed=_integer(values.get("validation_seed", 0), "tune.validation_seed", 0),
     )
 
 
@@ -356,11 +381,12 @@ class TrialContext:
     workspace: Path
     settings: TuneSettings
     base_values: dict[str, Any]  # the base section with tune.train applied
-    frame: Any
-    model_cfg: Any
-    teachers: list[Path]
+    data: TuningData  # the validation split the trials train and score on (never the test split)
+    model_cfg: Any  # num_classes: the tuning-train split's ids
+    teacher: TeacherRecipe | None  # None: no trial needs a teacher
     extra_params: dict[str, Any]
-    fingerprint_key: dict[str, Any]  # data and teachers, for the checkpoint folder's key
+    fingerprint_key: dict[str, Any]  # data, split and teacher recipe, for the checkpoint folder's key
+    teachers: list[Path] = dataclasses.field(default_factory=list)  # set once the teacher is there
 
 
 def trial_values(base_values: Mapping[str, Any], space: Sequence[Knob], sampled: Mapping[str, float]
@@ -403,6 +429,9 @@ class Objective:
         from dgnet.training.trainer import DGNetTrainConfig
 
         ctx, settings = self.context, self.context.settings
+        # Again, on what is handed to the training: never a test image. Before `current` is set, so
+        # a refused trial fails without being re-queued (its data, not its worker, is at fault).
+        ctx.data.check()
         self.current, started, outcome = trial.number, time.monotonic(), "FAIL"
         sampled = suggest(trial, settings.space)
         history = retry_history(trial)
@@ -414,11 +443,12 @@ class Objective:
         try:
             with self.tracker.trial_run(trial, sampled, history) as run_id:
                 hooks = TrialHooks(self.tracker.client, run_id, registered_model=None, variant=STAGE,
-                                   extra_params=ctx.extra_params, log_models=settings.log_models)
+                                   extra_params=ctx.extra_params, log_models=settings.log_models,
+                                   eval_prefix=VALIDATION_PREFIX)
                 pruning = PruningHook(trial, settings.metric, cfg.iterations)
                 log = TrialLog(trial.number, history, sampled)
                 try:  # MLflow first: the evaluation that prunes a trial is logged too
-                    result = trainer.train_dgnet(ctx.frame, ctx.model_cfg, cfg, ctx.teachers, folder,
+                    result = trainer.train_dgnet(ctx.data.frame, ctx.model_cfg, cfg, ctx.teachers, folder,
                                                  hooks=[log, hooks, pruning], resume=True)
                     value = float(result.metrics[settings.metric])
                     hooks.on_iteration(cfg.iterations, {"optuna/value": value})
@@ -574,12 +604,13 @@ def write_tuned(path: Path, study: optuna.Study, settings: TuneSettings, best: F
                                          for k, v in schedule.items())
     finished = len(finished_trials(study))
     header = (f"# The best loss weights of Optuna study {settings.study!r}: trial {best.number} of "
-              f"{finished} finished, final {settings.metric} {best.value:.6f}.\n"
+              f"{finished} finished, final {settings.metric} {best.value:.6f} on the validation split\n"
+              f"# (tune.validation_fraction of the training ids held out; never the test split).\n"
               f"# Written by `dgnet tune`; make the pipeline use them (then `dvc repro` retrains):\n"
               f"#   dgnet tune --apply {settings.out.as_posix()}\n"
               f"# or try them as a DVC experiment without touching params.yaml:\n#   {exp_line}\n")
     content = {"tuned": {"study": settings.study, "trial": best.number, "metric": settings.metric,
-                         "value": float(best.value), "finished_trials": finished},
+                         "value": float(best.value), "score_split": SCORE_SPLIT, "finished_trials": finished},
                settings.base: {"schedule": schedule}}
     with atomic_path(path) as tmp:
         tmp.write_text(header + yaml.safe_dump(content, sort_keys=False))
@@ -636,9 +667,9 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
 
 
 def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
-    """Read and check params, data and teachers before anything is opened or trained.
-    Returns the trials' context and the study's settings key (see `settings_key`)."""
-    from dgnet.evaluation.evaluate import has_eval_splits
+    """Read and check params and data, carve the validation split, and work out the tuning
+    teacher's recipe, before anything is opened or trained. Returns the trials' context and the
+    study's settings key (see `settings_key`)."""
     from dgnet.training.trainer import DGNetTrainConfig
 
     workspace = workspace_root()
@@ -648,23 +679,31 @@ def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
     base_values = merge(section(params, settings.base), settings.train)
     base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})")
     manifest = manifest_path(params, workspace)
-    frame = read_manifest(manifest, report_path(params, workspace))
-    if not has_eval_splits(frame):
-        raise ConfigError(f"manifest {manifest}: tuning scores every trial on query/gallery images, "
-                          f"and there are none")
-    model_cfg = model_config(params, frame)
+    # The test split's rows are kept for the guard only; its images are never opened.
+    data = tuning_data(read_manifest(manifest, report_path(params, workspace)), settings.validation_fraction,
+                       settings.validation_seed)
+    model_cfg = model_config(params, data.frame)
+    manifest_md5 = file_md5(manifest)
     may_need_teacher = base_cfg.needs_teacher() or any("primary_max" in k.targets for k in settings.space)
-    teachers = teacher_paths(workspace, args.teachers) if may_need_teacher else []
-    data_key = {"manifest": file_md5(manifest), "teachers": [model_fingerprint(p) for p in teachers],
+    recipe = teacher_recipe(section(params, "teacher"), model_cfg, manifest_md5, data.summary) \
+        if may_need_teacher else None
+    # The teacher enters the study's settings by its recipe (deterministic: the same recipe trains
+    # the same weights), so a study is checked before the teacher is trained.
+    teacher_key = recipe.folder.name if recipe is not None else None
+    data_key = {"manifest": manifest_md5, "validation": data.summary, "teachers": teacher_key,
                 "model": model_cfg}
-    train = frame[frame["split"] == "train"]
+    split = data.summary
     extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
              "stage.section": settings.base,
-             "data.manifest": str(manifest), "data.manifest_md5": data_key["manifest"],
-             "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique()),
+             "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
+             "data.score_split": SCORE_SPLIT, "data.validation_fraction": split["fraction"],
+             "data.validation_seed": split["seed"], "data.validation_ids": split["validation_ids"],
+             "data.query_images": split["query_images"], "data.gallery_images": split["gallery_images"],
+             "data.train_images": split["train_images"], "data.train_ids": split["train_ids"],
              "optuna.study": settings.study}
-    context = TrialContext(workspace, settings, base_values, frame, model_cfg, teachers, extra,
-                           {"manifest": data_key["manifest"], "teachers": data_key["teachers"]})
+    context = TrialContext(workspace, settings, base_values, data, model_cfg, recipe, extra,
+                           {"manifest": manifest_md5, "validation": split["query_sha256"],
+                            "teachers": teacher_key})
     return context, settings_key(settings, base_values, data_key)
 
 
@@ -692,16 +731,18 @@ def connect_tracker(settings: TuneSettings, workspace: Path) -> StudyTracker:
     client = connect(uri)
     experiment = mlflow_settings(load_params(workspace))["experiment"]
     experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
-    return StudyTracker(client, experiment_id, settings.study,
-                        run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace))
+    tags = {**run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace), "dgnet.score_split": SCORE_SPLIT}
+    return StudyTracker(client, experiment_id, settings.study, tags)
 
 
-def study_params(settings: TuneSettings) -> dict[str, Any]:
-    """The parent run's params: what fixes a study (MLflow params cannot change; n_trials can)."""
+def study_params(settings: TuneSettings, split: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent run's params: what fixes a study (MLflow params cannot change; n_trials can),
+    the validation split its trials score on included."""
     space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)}
              for k in settings.space}
     return {"seed": settings.seed, "metric": settings.metric, "base": settings.base, "train": settings.train,
-            "space": space, "sampler.n_startup_trials": settings.startup_trials, "pruner": settings.pruner}
+            "space": space, "sampler.n_startup_trials": settings.startup_trials, "pruner": settings.pruner,
+            "score_split": SCORE_SPLIT, "validation": dict(split)}
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -717,7 +758,7 @@ def run_tune(args: argparse.Namespace) -> int:
         tracker = connect_tracker(settings, context.workspace)
         with startup_lock(url, settings.study):
             study = open_study(url, settings, key)
-            tracker.open_parent(study, {"tune": study_params(settings)}, redact(url))
+            tracker.open_parent(study, {"tune": study_params(settings, context.data.summary)}, redact(url))
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -726,6 +767,12 @@ def run_tune(args: argparse.Namespace) -> int:
           flush=True)
     status, summarize = "FAILED", True  # summarize: the study in MLflow, at the end
     try:
+        if context.teacher is not None:
+            context.teachers = ensure_teacher(
+                context.teacher, context.data, context.model_cfg, context.workspace,
+                TeacherRun(tracker.client, tracker.experiment_id, tracker.parent_id,
+                           {**tracker.tags, "optuna.study": settings.study},
+                           {**context.extra_params, "teacher.seeds": list(context.teacher.configs)}))
         with quiet_optuna():
             run_trials(study, Objective(context, tracker), settings)
         status = "FINISHED"
@@ -746,7 +793,8 @@ def run_tune(args: argparse.Namespace) -> int:
         if summarize:
             best_effort("summarize the study in MLflow", tracker.summarize, study, settings.n_trials)
             best_effort("end the MLflow parent run", tracker.end_parent, study, status)
-    return report(study, settings, context.workspace, args, tracker, time.monotonic() - started)
+    return report(study, settings, context.workspace, args, tracker, time.monotonic() - started,
+                  context.data.summary)
 
 
 def best_effort(what: str, step: Any, *args: Any) -> None:
@@ -758,12 +806,16 @@ def best_effort(what: str, step: Any, *args: Any) -> None:
 
 
 def report(study: optuna.Study, settings: TuneSettings, workspace: Path, args: argparse.Namespace,
-           tracker: StudyTracker, seconds: float) -> int:
-    """The finished study's outputs: params/tuned.yaml, the metrics JSON, a summary on stdout."""
+           tracker: StudyTracker, seconds: float, split: Mapping[str, Any]) -> int:
+    """The finished study's outputs: params/tuned.yaml, the metrics JSON (which split its values
+    come from: `score_split`, `validation`), a summary on stdout."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.FAIL)}
     best = best_trial(study)
-    summary: dict[str, Any] = {"metric": settings.metric, **counts}
+    # Every value here is a validation-split figure; the test split's come from `dvc repro` after --apply.
+    shown_split = {k: v for k, v in split.items() if k not in ("held_out_ids", "query_sha256")}  # numbers
+    summary: dict[str, Any] = {"metric": settings.metric, "score_split": SCORE_SPLIT,
+                               "validation": shown_split, **counts}
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         remove_work_dirs(workspace, f"tune-{settings.study}")
     if best is None:
@@ -776,8 +828,10 @@ def report(study: optuna.Study, settings: TuneSettings, workspace: Path, args: a
     exp_line = write_tuned(out, study, settings, best)
     write_json(workspace / args.metrics, summary)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
-    print(f"tune: {counts} after {seconds:.0f} s; best trial {best.number}: {settings.metric} "
-          f"{best.value:.4f} with {shown}")
+    print(f"tune: {counts} after {seconds:.0f} s; best trial {best.number}: {SCORE_SPLIT} {settings.metric} "
+          f"{best.value:.4f} with {shown} ({split['validation_ids']} held-out training ids, "
+          f"{split['query_images']} queries, {split['gallery_images']} gallery images; the test split's "
+          f"figures come from `dvc repro` after --apply)")
     print(f"tuned weights: {out}; use them with `dgnet tune --apply {settings.out}` "
           f"(or: {exp_line}); MLflow parent run {tracker.parent_id} "
           f"(view: {view_hint(tracker.client.tracking_uri)})")
@@ -811,8 +865,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="seconds without a heartbeat after which a trial is dead and re-queued")
     parser.add_argument("--out", type=Path, default=None, help="tuned weights file (params tune.out)")
     parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS, help="summary JSON (dvc metrics)")
-    parser.add_argument("--teachers", type=Path, default=TEACHER_OUT,
-                        help="the teacher stage's output folder")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of params `tune` (dotted, YAML value), e.g. train.iterations=50")
     parser.add_argument("--apply", type=Path, default=None, metavar="TUNED_YAML",

@@ -14,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 import dgnet.training.trainer as trainer_module
+from dgnet.data.manifest import read_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.models.config import get_profile
 from dgnet.models.persist import save_model
@@ -25,7 +26,6 @@ from stages import train as train_stage
 from stages import tune
 from stages.tracking import connect, train_config
 from tests.fixtures import publish_manifest
-from tests.test_stages_train import validated_elsewhere
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
@@ -37,12 +37,16 @@ SPACE = {"primary_max": {"low": 0.5, "high": 4.0, "log": True},
 PARAMS = {
     "validate": {"manifest": "data/manifest.csv"},
     "model": {"profile": "tiny", "overrides": {}},
+    # The teacher the tune stage trains for its trials, on the tuning-train split (2 of the 4 ids).
+    "teacher": {"seeds": [0], "iterations": 2, "batch_size": 4, "lr_milestones": [1],
+                **{k: v for k, v in RUN.items() if k != "deterministic"}},
     # The warm-up starts at once, so every searched weight acts within the 2 iterations.
     "train": {"iterations": 2, "batch_size": 2, "image_every": 0, "swap_images": 2,
               "schedule": {"warmup_start": 0, "warmup_rate": 0.5}, **RUN},
     "mlflow": {"experiment": "tune-test", "teacher_model": "", "model": "", "alias": "current"},
     # Trials: 2 iterations, evaluated after each (iteration 1 is the pruner's intermediate point).
     "tune": {"study": "weights", "n_trials": 3, "seed": 0, "storage": "sqlite:///optuna.db", "metric": "mAP",
+             "validation_fraction": 0.5, "validation_seed": 0,  # 2 of the 4 training ids held out
              "base": "train", "train": {"eval_every": 1}, "sampler": {"n_startup_trials": 2},
              "pruner": {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
              "heartbeat_interval": 1, "grace_period": 2, "max_retry": 2, "space": SPACE},
@@ -65,7 +69,8 @@ def write_params(folder: Path, params: dict) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A repository-like folder: params.yaml, a validated manifest and an (untrained) teacher."""
+    """A repository-like folder: params.yaml, a validated manifest and an (untrained) teacher for the
+    pipeline's train stage (tune trains its own on the tuning-train split)."""
     root = tmp_path_factory.mktemp("tune-workspace")
     generate_dataset(root / "data" / "synthetic", seed=0, num_ids=8, num_cameras=3)
     frame = publish_manifest(root / "data" / "synthetic", root)
@@ -118,22 +123,35 @@ def summary(study: optuna.Study) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def twice(workspace, mlflow_uri, tmp_path_factory):
-    """The same 3-trial study run twice with seed 0, each in its own SQLite storage."""
+    """The same 3-trial study run twice with seed 0, each in its own SQLite storage; the frames
+    handed to every training (trials and teacher) are recorded."""
+    import dgnet.training.teacher_trainer as teacher_module
+
     patch = pytest.MonkeyPatch()
     patch.chdir(workspace)
     patch.delenv("DVC_ROOT", raising=False)
     patch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     stores = tmp_path_factory.mktemp("tune-stores")
+    handed: dict[str, list] = {"dgnet": [], "teacher": []}
+
+    def recording(kind, real):
+        def train(frame, *args, **kwargs):
+            handed[kind].append(frame.copy())
+            return real(frame, *args, **kwargs)
+        return train
+
+    patch.setattr(trainer_module, "train_dgnet", recording("dgnet", trainer_module.train_dgnet))
+    patch.setattr(teacher_module, "train_teacher", recording("teacher", teacher_module.train_teacher))
     try:
         codes = [tune.main(["--storage", f"sqlite:///{stores}/{run}.db", "--out", str(stores / f"{run}.yaml"),
                             "--metrics", str(stores / f"{run}.json")]) for run in ("a", "b")]
     finally:
         patch.undo()
-    return codes, stores
+    return codes, stores, handed
 
 
 def test_same_seed_gives_the_same_trials_params_and_values(twice, mlflow_uri):
-    codes, stores = twice
+    codes, stores, _ = twice
     assert codes == [0, 0]
     first, second = (load(f"sqlite:///{stores}/{run}.db") for run in ("a", "b"))
     assert summary(first) == summary(second)
@@ -165,6 +183,72 @@ def test_same_seed_gives_the_same_trials_params_and_values(twice, mlflow_uri):
         assert float(child.data.params["tune.primary_max"]) > 0
         params = child.data.params
         assert params["train.schedule.recon_image_positive"] == params["tune.recon_image"]
+
+
+def test_trials_and_their_teacher_train_and_score_on_the_validation_split_only(twice, workspace, mlflow_uri):
+    _, stores, handed = twice
+    manifest = read_manifest(workspace / "data" / "manifest.csv", "test")
+    test = manifest[manifest["split"].isin(["query", "gallery"])]
+    train_ids = set(manifest.loc[manifest["split"] == "train", "person_id"])
+    assert len(handed["dgnet"]) == 6 and len(handed["teacher"]) == 1  # the second study reused the teacher
+    for frame in handed["dgnet"] + handed["teacher"]:
+        assert set(frame["path"]).isdisjoint(test["path"]) and set(frame["person_id"]) <= train_ids
+        held = frame[frame["split"].isin(["query", "gallery"])]
+        assert held["person_id"].nunique() == 2 and set(held["person_id"]).isdisjoint(
+            frame.loc[frame["split"] == "train", "person_id"])
+    # The teacher of the tuning split: trained once, cached, and what the trials learn from.
+    (index,) = (workspace / "outputs" / "tuning").glob("teacher-*/teachers.json")
+    assert json.loads(index.read_text())["split"]["train_ids"] == 2
+    # Every report says which split its numbers come from.
+    metrics = json.loads((stores / "a.json").read_text())
+    assert metrics["score_split"] == "validation"
+    assert metrics["validation"]["validation_ids"] == 2 and metrics["validation"]["fraction"] == 0.5
+    assert yaml.safe_load((stores / "a.yaml").read_text())["tuned"]["score_split"] == "validation"
+    client = connect(mlflow_uri)
+    for parent in parent_runs(mlflow_uri, "weights"):
+        assert parent.data.tags["dgnet.score_split"] == "validation"
+        assert parent.data.params["tune.score_split"] == "validation"
+        assert parent.data.params["tune.validation.fraction"] == "0.5"
+        assert parent.data.params["tune.validation.validation_ids"] == "2"
+    for run in trial_runs(mlflow_uri, "weights").values():
+        assert run.data.tags["dgnet.score_split"] == "validation"
+        assert "val/mAP" in run.data.metrics and not any(k.startswith("eval/") for k in run.data.metrics)
+        params = run.data.params
+        assert params["data.score_split"] == "validation" and params["data.train_ids"] == "2"
+    (teacher,) = client.search_runs([parents_experiment(mlflow_uri)],
+                                    "tags.`optuna.study` = 'weights' and tags.`dgnet.kind` = 'teacher'")
+    parents = {p.info.run_id for p in parent_runs(mlflow_uri, "weights")}
+    assert teacher.data.tags["mlflow.parentRunId"] in parents
+    assert teacher.data.tags["dgnet.score_split"] == "validation" and "val/mAP" in teacher.data.metrics
+
+
+def parents_experiment(uri: str) -> str:
+    return connect(uri).get_experiment_by_name("tune-test").experiment_id
+
+
+def test_tune_refuses_a_split_that_holds_test_images(in_workspace, tmp_path, monkeypatch, capsys):
+    """`dgnet tune` never reads the test split: handed a benchmark query image, it stops (exit 1)
+    before any study, teacher or trial."""
+    import pandas as pd
+
+    from stages import tune_data
+
+    real = tune_data.validation_split
+
+    def leaking(manifest, *args, **kwargs):
+        split = real(manifest, *args, **kwargs)
+        query = manifest[manifest["split"] == "query"].iloc[[0]].assign(split="gallery")
+        leaked = pd.concat([split, query], ignore_index=True)
+        leaked.attrs = split.attrs
+        return leaked
+
+    monkeypatch.setattr(tune_data, "validation_split", leaking)
+    storage = f"sqlite:///{tmp_path}/leak.db"
+    assert tune.main(["--study", "leak", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
+                      "--metrics", str(tmp_path / "t.json")]) == 1
+    err = capsys.readouterr().err
+    assert "rule tuning_never_reads_test_split" in err and "1 test image(s)" in err and "/query/" in err
+    assert not (tmp_path / "leak.db").exists() and not (tmp_path / "t.json").exists()
 
 
 class InterruptAt(TrainingHooks):
@@ -330,13 +414,13 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlf
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
     run = trial_runs(mlflow_uri, "prune")[0]
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
-    assert "eval/mAP" in run.data.metrics and "optuna/value" not in run.data.metrics
+    assert "val/mAP" in run.data.metrics and "optuna/value" not in run.data.metrics
     assert not (tmp_path / "t.yaml").exists()  # no complete trial, no tuned weights
     assert json.loads((tmp_path / "t.json").read_text())["pruned"] == 1
 
 
 def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_uri, tmp_path, monkeypatch):
-    _, stores = twice
+    _, stores, _ = twice
     tuned = yaml.safe_load((stores / "a.yaml").read_text())["train"]["schedule"]
     for item in ("data", "outputs", "reports"):  # reports: the validation report of the manifest
         shutil.copytree(workspace / item, tmp_path / item)
@@ -362,8 +446,7 @@ def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_ur
     assert run.data.metrics["weight/primary"] > 0  # the tuned lambda_prim was in use
 
 
-def test_unreachable_storage_missing_teacher_and_changed_settings_exit_2(twice, in_workspace, tmp_path,
-                                                                        monkeypatch, capsys):
+def test_unreachable_storage_bad_split_and_changed_settings_exit_2(twice, in_workspace, tmp_path, capsys):
     url = "postgresql+psycopg://tuner:secret@127.0.0.1:1/optuna"
     assert tune.main(["--storage", url]) == 2
     err = capsys.readouterr().err
@@ -373,16 +456,20 @@ def test_unreachable_storage_missing_teacher_and_changed_settings_exit_2(twice, 
     assert tune.main(["--storage", "not a url"]) == 2
     assert "not a SQLAlchemy URL" in capsys.readouterr().err
     # The study of `twice` resumed with another search space is refused before any trial.
-    _, stores = twice
+    _, stores, _ = twice
     assert tune.main(["--storage", f"sqlite:///{stores}/a.db", "--set", "space.fine_alpha.high=0.9"]) == 2
     assert "started with other settings (changed: space)" in capsys.readouterr().err
+    # Another validation split is another study.
+    assert tune.main(["--storage", f"sqlite:///{stores}/a.db", "--set", "validation_seed=1"]) == 2
+    assert "started with other settings (changed: teachers, validation)" in capsys.readouterr().err
     assert tune.main(["--set", "space.cycle_max={low: 0}"]) == 2
     assert "tune.space.cycle_max" in capsys.readouterr().err
-    write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
-    monkeypatch.chdir(tmp_path)
-    assert tune.main([]) == 2
-    assert "missing teacher" in capsys.readouterr().err
-    assert not (tmp_path / "optuna.db").exists()
+    storage = f"sqlite:///{tmp_path}/split.db"
+    assert tune.main(["--storage", storage, "--set", "validation_fraction=1"]) == 2
+    assert "tune.validation_fraction: must be a number with 0 <" in capsys.readouterr().err
+    assert tune.main(["--storage", storage, "--set", "validation_fraction=0.25"]) == 2  # 1 of 4 ids
+    assert "0.25 of the 4 training identities holds out 1" in capsys.readouterr().err
+    assert not (tmp_path / "split.db").exists()
 
 
 def test_losing_the_race_to_create_the_tables_is_retried_and_connection_errors_are_not(monkeypatch):

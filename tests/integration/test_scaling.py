@@ -59,6 +59,7 @@ PARAMS: dict[str, Any] = {
                "alias": "current"},
     "tune": {
         "study": STUDY, "n_trials": N_TRIALS, "seed": 0, "metric": "mAP", "base": "train",
+        "validation_fraction": 0.5,  # 2 of the 4 training ids: the fewest on both sides
         # Evaluations (intermediate values) every 4 iterations, checkpoints every 2: a killed trial
         # has progress to resume from.
         "train": {"iterations": 16, "eval_every": 4, "checkpoint_every": 2, "image_every": 0, "log_every": 2},
