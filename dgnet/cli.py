@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_commands(sub)
 
+    from dgnet.inference.cli import add_inference_commands
+
+    add_inference_commands(sub)
+
     for ep in entry_points(group="dgnet.commands"):
         try:
             add_command = ep.load()

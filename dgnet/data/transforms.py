@@ -33,14 +33,19 @@ def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
     """
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8).copy()
+            return image_to_tensor(image, size)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         raise ImageReadError(
             f"image {path} cannot be read ({type(exc).__name__}: {exc}); rule images_decode: "
             "`dgnet validate --data DIR` lists every such file") from exc
+
+
+def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """`load_image` for an open PIL image: RGB, bicubic resize to size=(height, width), [0, 1]."""
+    image = image.convert("RGB")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 

@@ -24,7 +24,8 @@ from dgnet.io import atomic_path
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
 GREY_INK = (110, 110, 110)
-MATCH_COLOURS = {"hit": (30, 160, 60), "miss": (215, 40, 40), "junk": (150, 150, 150)}
+MATCH_COLOURS = {"hit": (30, 160, 60), "miss": (215, 40, 40), "junk": (150, 150, 150),
+                 "unknown": (70, 110, 170)}  # unknown: images without ids (`dgnet rank` on any folder)
 # Colour-blind-safe line colours (Okabe and Ito).
 PALETTE = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233),
            (120, 120, 120), (240, 228, 66)]
@@ -196,10 +197,11 @@ def ranked_list(
     title: str | None = None,
 ) -> Image.Image:
     """Retrieval results: each row is a query, then its top-k gallery images in rank order,
-    framed green (hit: same id, other camera), red (miss) or grey (junk), with rank numbers.
+    framed green (hit: same id, other camera), red (miss), grey (junk) or blue (unknown: no ids),
+    with rank numbers.
 
     One query: `query_image`, its ranked `gallery_images` and `matches` ("hit", "miss" or
-    "junk" per image). Several queries, stacked: lists of each (`matches` a list of lists).
+    "junk", or "unknown", per image). Several queries, stacked: lists of each (`matches` a list of lists).
     Optional captions: `query_labels` (one per query), `gallery_labels` (like `matches`).
     """
     single = len(matches) == 0 or isinstance(matches[0], str)
@@ -215,7 +217,7 @@ def ranked_list(
     for row in match_rows:
         bad = sorted({m for m in row} - set(MATCH_COLOURS))
         if bad:
-            raise ValueError(f"matches must be 'hit', 'miss' or 'junk', got {bad}")
+            raise ValueError(f"matches must be 'hit', 'miss' or 'junk' ('unknown' without ids), got {bad}")
     cw, ch = _cell_size(queries, scale, normalized)
     border, gap, margin, sep = 4, 6, 10, 22
     number_h, caption_h = 18, (14 if label_rows or query_labels else 0)
@@ -252,10 +254,14 @@ def ranked_list(
             if label_rows is not None and r < len(label_rows[q]):
                 _centred(draw, label_rows[q][r], x + cell_w // 2, y + number_h + ch + 2 * border + 1, small,
                          GREY_INK)
-    # Legend.
+    # Legend: the id states, and "unknown" only where it is used.
     y = height - margin - legend_h + 6
     x = margin
-    for name, label in (("hit", "same id, other camera"), ("miss", "other id"), ("junk", "junk")):
+    entries = [("hit", "same id, other camera"), ("miss", "other id"), ("junk", "junk")]
+    if any("unknown" in row for row in match_rows):
+        entries = [e for e in entries if any(e[0] in row for row in match_rows)]
+        entries.append(("unknown", "no id known"))
+    for name, label in entries:
         draw.rectangle([x, y + 2, x + 12, y + 14], fill=MATCH_COLOURS[name])
         draw.text((x + 18, y), label, INK, small)
         x += 30 + _text_size(draw, label, small)[0]

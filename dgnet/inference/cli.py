@@ -1,0 +1,146 @@
+"""`dgnet extract`, `rank`, `generate`, `export`: a trained model at work on the command line.
+
+    dgnet extract --model outputs/dgnet/model.pt --images my_crops/ --out feats.npy
+    dgnet rank --model models:/dgnet@current --query q/ --gallery g/ --out ranking/ --rerank
+    dgnet generate --model outputs/dgnet/model.pt --images data/synthetic/bounding_box_train --out dg/
+    dgnet export --model outputs/dgnet/model.pt --format onnx --out dgnet.onnx
+
+`--model` is a model file or a `models:/NAME@ALIAS` URI of the MLflow registry (the full install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dgnet.training.runtime import DEVICES
+
+
+def _extractor(args: argparse.Namespace):
+    from dgnet.inference.extract import FeatureExtractor
+
+    return FeatureExtractor(args.model, device=args.device, batch_size=args.batch_size,
+                            num_workers=args.num_workers)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from dgnet.inference.extract import extract_to_file
+
+    done = extract_to_file(_extractor(args), args.out, images=args.images, manifest=args.manifest)
+    print(f"extract: {done['count']} images -> {done['features']} ({done['count']} x {done['dim']}), names "
+          f"{done['names']}; {done['images_per_s']:.1f} images/s")
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from dgnet.inference.search import rank_folders
+
+    result = rank_folders(_extractor(args), args.query, args.gallery, args.out, top_k=args.top_k,
+                          query_alpha=args.query_alpha, rerank=args.rerank, k1=args.k1, k2=args.k2,
+                          lambda_value=args.rerank_lambda)
+    print(f"rank: {result.num_queries} queries x {result.num_gallery} gallery images -> {result.csv}, "
+          f"{result.page}, {result.picture}")
+    if result.metrics:
+        print(f"ids from the {result.id_format} file names: rank-1 {100 * result.metrics['rank1']:.1f}, "
+              f"mAP {100 * result.metrics['mAP']:.1f} ({int(result.metrics['num_valid_queries'])} queries "
+              "with a match)")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from dgnet.inference.extract import load_trained_model
+    from dgnet.inference.generate import generate_dataset
+    from dgnet.training.runtime import select_device
+
+    model, info = load_trained_model(args.model, select_device(args.device), kind="dgnet")
+    size = (info.config.image_height, info.config.image_width)
+    provenance = generate_dataset(model, size, args.images, args.out, fmt=args.format, pairs=args.pairs,
+                                  test_fraction=args.test_fraction, seed=args.seed,
+                                  batch_size=args.batch_size)
+    counts = provenance.groupby("split").size().to_dict()
+    print(f"generate: {len(provenance)} images, {provenance['person_id'].nunique()} ids, in {args.out} ("
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "); provenance.csv names the donors")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dgnet.inference.extract import load_trained_model
+    from dgnet.inference.onnx_export import export_onnx
+
+    model, info = load_trained_model(args.model, "cpu")
+    report = export_onnx(model, info, args.out, opset=args.opset, source=str(args.model))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_model(parser: argparse.ArgumentParser, batch: bool = True) -> None:
+    parser.add_argument("--model", required=True, metavar="M",
+                        help="model file (model.pt of `dgnet train` / `train-teacher`) or models:/NAME@ALIAS")
+    if batch:  # the commands that run the model on images
+        parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
+        parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+
+
+def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `extract`, `rank`, `generate` and `export` on the `dgnet` command's sub-parsers."""
+    extract = subparsers.add_parser(
+        "extract", help="features of your own images (N x D .npy, names beside it in .csv)",
+        description="Embed images with a trained model: the evaluator's test-time feature (per-head "
+                    "L2-normalised, flip-averaged). Writes OUT (.npy, float32 N x D) and OUT with .csv "
+                    "(one row per feature: name and path, or the manifest's columns).")  # fmt: skip
+    _add_model(extract)
+    source = extract.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, metavar="DIR", help="folder of images (sub-folders too)")
+    source.add_argument("--manifest", type=Path, metavar="CSV",
+                        help="CSV with a `path` column (relative paths: against its folder), e.g. "
+                             "data/manifest.csv")
+    extract.add_argument("--out", type=Path, required=True, metavar="FILE", help="features file, .npy")
+    extract.add_argument("--num-workers", type=int, default=0, help="image loading processes")
+    extract.set_defaults(func=_cmd_extract)
+
+    rank = subparsers.add_parser(
+        "rank", help="ranked search of a gallery folder for each query image (CSV, picture, HTML)",
+        description="Rank the gallery's images for each query: OUT/ranking.csv (top-k per query), "
+                    "OUT/ranking.png, OUT/index.html; with ids in the file names (Market/Duke/MSMT "
+                    "patterns) also hit/miss/junk marks and OUT/metrics.json.")  # fmt: skip
+    _add_model(rank)
+    rank.add_argument("--query", type=Path, required=True, metavar="DIR", help="folder of query images")
+    rank.add_argument("--gallery", type=Path, required=True, metavar="DIR", help="folder of gallery images")
+    rank.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    rank.add_argument("--top-k", type=int, default=10, help="results listed per query (default 10)")
+    rank.add_argument("--query-alpha", type=float, default=0.5,
+                      help="DG-Net: weight of the query's fine-grained half (default 0.5, as published)")
+    rank.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)")
+    rank.add_argument("--k1", type=int, default=20, help="re-ranking k1 (default 20)")
+    rank.add_argument("--k2", type=int, default=6, help="re-ranking k2 (default 6)")
+    rank.add_argument("--rerank-lambda", type=float, default=0.3, help="re-ranking lambda (default 0.3)")
+    rank.set_defaults(func=_cmd_rank, num_workers=0)
+
+    generate = subparsers.add_parser(
+        "generate", help="a generated dataset in Market-1501 layout (ids of the appearance donors)",
+        description="Decode appearance/structure pairs of the donor images into a new dataset: "
+                    "bounding_box_train/, query/, bounding_box_test/ and provenance.csv (both donors "
+                    "of every image). OUT is replaced atomically.")  # fmt: skip
+    _add_model(generate)
+    generate.add_argument("--images", type=Path, required=True, metavar="DIR",
+                          help="donor images named in the --format pattern, e.g. DATA/bounding_box_train")
+    generate.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to write")
+    generate.add_argument("--pairs", type=int, default=None, metavar="N",
+                          help="images to generate (default: as many as donor images)")
+    generate.add_argument("--format", choices=("market1501", "dukemtmc"), default="market1501",
+                          help="file-name pattern of the donors, kept for the output (default market1501)")
+    generate.add_argument("--test-fraction", type=float, default=0.5,
+                          help="share of the ids that go to query/gallery instead of train (default 0.5)")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the id split and the pairs")
+    generate.set_defaults(func=_cmd_generate)
+
+    export = subparsers.add_parser(
+        "export", help="export the feature extractor (ONNX, dynamic batch), checked against PyTorch",
+        description="Write the test-time feature graph (images N x 3 x H x W -> features N x D) and "
+                    "check it with onnxruntime; needs `pip install -e '.[onnx]'`.")  # fmt: skip
+    _add_model(export, batch=False)
+    export.add_argument("--format", choices=("onnx",), required=True, help="onnx")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file: dgnet.onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    export.set_defaults(func=_cmd_export)

@@ -1,0 +1,163 @@
+"""`dgnet generate`: a generated re-ID dataset in Market-1501 layout (as DG-Market is for Market-1501).
+
+Each image is G(s_j, a_i): person i's clothes (the appearance donor, whose id it carries) in
+image j's pose, body and place (the structure donor, another person, whose camera it takes: the
+camera is the place). Donors come from one folder of images named in a dataset's pattern (usually
+the training split, e.g. bounding_box_train/). Their ids are split in two, as Market's are: the
+train side fills bounding_box_train/, the test side query/ and bounding_box_test/ (a query per id
+and camera, where the id's gallery holds an image of another camera), and each side's structure
+donors are drawn from its own ids, so no one crosses the train/test line. The folder therefore
+passes `dgnet validate` and trains with `dgnet train-teacher --data OUT`. provenance.csv names
+both donors of every image.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dgnet.data.manifest import _MARKET_DIRS, PATTERN_EXAMPLES, PATTERNS
+from dgnet.data.transforms import load_image, normalize
+from dgnet.data.validation import NON_IDENTITY_IDS
+from dgnet.errors import ConfigError, DataRuleError
+from dgnet.evaluation.pictures import to_pil
+from dgnet.inference.extract import MAX_LISTED, find_images
+from dgnet.io import atomic_dir, atomic_path
+from dgnet.models.dgnet import DGNet
+from dgnet.progress import progress
+
+LAYOUT_FORMATS = ("market1501", "dukemtmc")  # the formats whose layout is Market-1501's
+JPEG_QUALITY = 95
+
+
+def output_name(fmt: str, person_id: int, camera_id: int, index: int) -> str:
+    """A file name in `fmt`'s pattern; `index` (the image's number) keeps every name unique."""
+    if fmt == "market1501":
+        return f"{person_id:04d}_c{camera_id}s1_{index:06d}_00.jpg"
+    return f"{person_id:04d}_c{camera_id}_f{index:07d}.jpg"
+
+
+def donor_table(images_dir: str | os.PathLike, fmt: str) -> pd.DataFrame:
+    """path, name (relative to the folder), person_id, camera_id of every donor image; junk (-1) and
+    distractors (0) are left out. DataRuleError when a name does not follow the pattern."""
+    if fmt not in LAYOUT_FORMATS:
+        raise ConfigError(f"--format {fmt}: generate writes the Market-1501 layout, whose file names are "
+                          f"{' or '.join(LAYOUT_FORMATS)}'s")
+    images_dir = Path(images_dir)
+    rows, offending = [], []
+    for path in find_images(images_dir):
+        match = PATTERNS[fmt].match(path.name)
+        if match is None:
+            offending.append(str(path))
+            continue
+        name = path.relative_to(images_dir).as_posix()
+        rows.append((str(path), name, int(match["pid"]), int(match["cam"])))
+    if offending:
+        shown = "\n".join(f"    {p}" for p in offending[:MAX_LISTED])
+        raise DataRuleError(f"rule file_names_follow_pattern: {len(offending)} image(s) in {images_dir} do "
+                            f"not follow the {fmt} pattern {PATTERN_EXAMPLES[fmt]} (the ids and cameras "
+                            f"come from the names):\n{shown}")
+    table = pd.DataFrame(rows, columns=["path", "name", "person_id", "camera_id"])
+    return table[~table["person_id"].isin(NON_IDENTITY_IDS[fmt])].reset_index(drop=True)
+
+
+def plan_pairs(donors: pd.DataFrame, pairs: int, test_fraction: float, seed: int) -> pd.DataFrame:
+    """One row per image to generate: appearance and structure donor (row numbers of `donors`),
+    person id, camera and split. Appearance donors cycle through a shuffled order of all images,
+    so that each donates about pairs / len(donors) times."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"--test-fraction {test_fraction}: must lie strictly between 0 and 1 (the "
+                          "Market layout needs train ids and query/gallery ids, disjoint)")
+    if pairs < 1:
+        raise ConfigError(f"--pairs {pairs}: must be >= 1")
+    rng = np.random.default_rng(seed)
+    ids = np.unique(donors["person_id"].to_numpy())
+    num_test = round(len(ids) * test_fraction)
+    if len(ids) < 4 or num_test < 2 or len(ids) - num_test < 2:
+        raise ConfigError(f"generate: {len(ids)} identities among the donor images, {num_test} of them for "
+                          "query/gallery: each side needs at least 2 (a structure donor is another person "
+                          "of the same side); give more identities or change --test-fraction")
+    test_ids = set(rng.permutation(ids)[:num_test].tolist())
+    side = np.where(donors["person_id"].isin(test_ids), "test", "train")
+    pid = donors["person_id"].to_numpy()
+    order = rng.permutation(len(donors))
+    appearance = order[np.arange(pairs) % len(donors)]
+    structure = np.empty(pairs, dtype=np.int64)
+    for k, a in enumerate(appearance):
+        candidates = np.flatnonzero((side == side[a]) & (pid != pid[a]))
+        structure[k] = candidates[rng.integers(len(candidates))]
+    plan = pd.DataFrame({"appearance": appearance, "structure": structure, "person_id": pid[appearance],
+                         "camera_id": donors["camera_id"].to_numpy()[structure], "side": side[appearance]})
+    plan["split"] = np.where(plan["side"] == "train", "train", "gallery")
+    # Market's query: one image per test id and camera, where the id's gallery keeps an image of
+    # another camera. Only cameras holding 2+ images of the id give one, so every camera keeps a
+    # gallery image; an id seen by 2+ cameras then has its cross-camera match.
+    test = plan[plan["side"] == "test"]
+    for _, rows in test.groupby("person_id"):
+        per_camera = rows.groupby("camera_id")
+        if per_camera.ngroups < 2:
+            continue
+        for _, cam_rows in per_camera:
+            if len(cam_rows) >= 2:
+                plan.loc[cam_rows.index[0], "split"] = "query"
+    if not (plan["split"] == "query").any():
+        raise ConfigError(f"generate: {pairs} pairs give no query (no test id has images from two cameras "
+                          "with two images in one of them): raise --pairs")
+    return plan.drop(columns="side")
+
+
+def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike, *, fmt: str = "market1501", pairs: int | None = None,
+                     test_fraction: float = 0.5, seed: int = 0, batch_size: int = 64,
+                     show_progress: bool = True) -> pd.DataFrame:
+    """Write the generated dataset to `out_dir` (replaced atomically) and return its provenance table.
+
+    `pairs`: how many images (default: as many as donor images). Images are written at the model's
+    input size, `image_size` = (height, width).
+    """
+    images_dir, out_dir = Path(images_dir).resolve(), Path(out_dir).resolve()
+    if images_dir == out_dir or images_dir.is_relative_to(out_dir):
+        raise ConfigError(f"--out {out_dir}: would replace the donor images' folder {images_dir}; "
+                          "choose another folder")
+    donors = donor_table(images_dir, fmt)
+    plan = plan_pairs(donors, len(donors) if pairs is None else pairs, test_fraction, seed)
+    device = next(model.parameters()).device
+    folders = {"train": _MARKET_DIRS["train"], "query": _MARKET_DIRS["query"],
+               "gallery": _MARKET_DIRS["gallery"]}
+    labels = zip(plan["split"], plan["person_id"], plan["camera_id"], strict=True)
+    files = [f"{folders[s]}/{output_name(fmt, p, c, k)}" for k, (s, p, c) in enumerate(labels)]
+    paths = donors["path"].tolist()
+    model.eval()
+    with atomic_dir(out_dir) as tmp, progress(total=len(plan), desc="generate",
+                                              disable=not show_progress) as bar:
+        for folder in folders.values():
+            (tmp / folder).mkdir()
+        for start in range(0, len(plan), batch_size):
+            rows = plan.iloc[start:start + batch_size]
+
+            def batch(column: str, rows: pd.DataFrame = rows) -> torch.Tensor:
+                images = [normalize(load_image(paths[i], image_size)) for i in rows[column]]
+                return torch.stack(images).to(device)
+
+            with torch.inference_mode():
+                appearance = model.appearance_encoder(batch("appearance")).code
+                generated = model.decode(model.structure_encoder(batch("structure")), appearance)
+            for offset, image in enumerate(generated.float().cpu()):
+                to_pil(image, normalized=True).save(tmp / files[start + offset], "JPEG", quality=JPEG_QUALITY)
+            bar.update(len(rows))
+        a, s = donors.loc[plan["appearance"]], donors.loc[plan["structure"]]
+        provenance = pd.DataFrame({
+            "file": files, "split": plan["split"].to_numpy(), "person_id": plan["person_id"].to_numpy(),
+            "camera_id": plan["camera_id"].to_numpy(),
+            "appearance_source": a["name"].to_numpy(), "appearance_person_id": a["person_id"].to_numpy(),
+            "appearance_camera_id": a["camera_id"].to_numpy(),
+            "structure_source": s["name"].to_numpy(), "structure_person_id": s["person_id"].to_numpy(),
+            "structure_camera_id": s["camera_id"].to_numpy(),
+        })
+        with atomic_path(tmp / "provenance.csv") as csv:
+            provenance.to_csv(csv, index=False)
+    return provenance

@@ -1,0 +1,135 @@
+"""A trained dgnet model as an MLflow model, and `models:/NAME@ALIAS` URIs for the dgnet commands.
+
+The MLflow model folder (what the training stages log under the run's `model/` and register) is:
+
+    MLmodel            the pyfunc flavour: loader module `stages.mlflow_model` (this file), the signature
+                       images (-1, 3, H, W) float32 -> features (-1, D) float32
+    model.pt           the dgnet model file (dgnet.models.persist), as `dgnet train` wrote it
+    config.json        the run's model card (written by the tracking hook)
+    requirements.txt, python_env.yaml, conda.yaml   MLflow's environment files
+
+so `mlflow.pyfunc.load_model("models:/dgnet@current").predict(images)` and
+`mlflow models serve -m models:/dgnet@current --env-manager local` give the test-time features of
+`dgnet extract` (the same FeatureExtractor), and the folder still holds model.pt where a download of
+`models:/...` finds it. The pyfunc loads with dgnet installed (it is not on PyPI: serve with
+`--env-manager local` from the environment that has it).
+
+`download_model` is the resolver of the `dgnet.model_uris` entry-point group, through which dgnet's
+commands and `dgnet.FeatureExtractor` take `models:/` and `runs:/` URIs without importing MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dgnet.errors import ConfigError
+from dgnet.models.persist import ModelFileError, ModelInfo, read_model_file
+
+MODEL_FILE = "model.pt"
+# What the pyfunc imports; dgnet itself is installed from its repository, not from PyPI.
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow")
+
+
+class FeaturePyfunc:
+    """What `mlflow.pyfunc.load_model` wraps: images (N, 3, H, W) float32, normalised -> features (N, D)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        from dgnet.inference.extract import FeatureExtractor
+
+        self.extractor = FeatureExtractor(Path(folder) / MODEL_FILE)
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        import torch
+
+        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        return self.extractor(images).numpy()
+
+
+def _load_pyfunc(path: str) -> FeaturePyfunc:
+    """MLflow's entry point into a loader module: `path` is the model folder (the MLmodel has no data)."""
+    return FeaturePyfunc(path)
+
+
+def signature(info: ModelInfo) -> Any:
+    """images (-1, 3, H, W) float32 in, features (-1, D) float32 out."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from dgnet.inference.extract import feature_dim
+
+    cfg = info.config
+    return ModelSignature(
+        # Unnamed: a request's "inputs" is then the array itself, as `dgnet extract` would be given it.
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, cfg.image_height, cfg.image_width))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, feature_dim(cfg, info.kind)))]),
+    )
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def save_pyfunc_model(model_file: str | os.PathLike, folder: str | os.PathLike) -> ModelInfo:
+    """Write the MLflow model folder of the dgnet model file `model_file` to `folder` (which must not
+    exist yet); ModelFileError when the file is not a dgnet model."""
+    import mlflow.pyfunc
+
+    _, info = read_model_file(model_file)
+    with warnings.catch_warnings():
+        # No input example: the signature says it all, and MLflow would load the model to check one.
+        warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
+        mlflow.pyfunc.save_model(
+            str(folder), loader_module=__name__, signature=signature(info), pip_requirements=_requirements(),
+            metadata={"dgnet.kind": info.kind, "dgnet.model_file": MODEL_FILE,
+                      "dgnet.input": "ImageNet-normalised RGB at the model's input size",
+                      "dgnet.output": "flip-averaged test-time feature, per-head L2-normalised"},
+        )  # fmt: skip
+    shutil.copy2(model_file, Path(folder) / MODEL_FILE)
+    return info
+
+
+def _store_uri(uri: str) -> str:
+    from stages.tracking import tracking_uri
+
+    try:
+        return tracking_uri()
+    except ConfigError as exc:  # no params.yaml above the working directory
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return tracking_uri(Path.cwd())
+        raise ModelFileError(f"{uri}: which MLflow store? Set MLFLOW_TRACKING_URI or run from the "
+                             "repository (its mlflow.db)") from exc
+
+
+def download_model(uri: str, dst: str | os.PathLike) -> Path:
+    """The dgnet model file of a `models:/NAME@ALIAS` (or `runs:/RUN/model`) URI, downloaded into `dst`."""
+    from stages.tracking import _short, quiet_mlflow, redact
+
+    quiet_mlflow()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = _store_uri(uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store,
+                                                    registry_uri=store)
+    except (MlflowException, OSError) as exc:
+        raise ModelFileError(f"{uri}: cannot be fetched from the MLflow store {redact(store)} "
+                             f"({_short(exc)})") from exc
+    path = Path(local) / MODEL_FILE if Path(local).is_dir() else Path(local)
+    if not path.is_file():
+        raise ModelFileError(f"{uri}: holds no {MODEL_FILE}; is it a dgnet model (registered by the "
+                             "teacher or train stage)?")
+    return path
