@@ -12,9 +12,11 @@ every run of the pipeline, from any working directory or experiment copy, lands 
 `MlflowHooks` is a `dgnet.training.hooks.TrainingHooks`: the training loops in dgnet/ call it and
 never import mlflow themselves. It logs the run's params and tags at the start, losses/weights/
 learning rates every few iterations (batched), re-ID metrics at evaluations, swap grids as images,
-and at the end the final model (state dict + configuration JSON) as artifacts, registered as a new
+and at the end the final model as an MLflow pyfunc model (stages.mlflow_model: images in, features
+out, with its signature; the dgnet model file and the configuration JSON inside), registered as a new
 version of a registered model whose alias (default `current`) then points at it. Load one back with
-`mlflow.artifacts.download_artifacts("models:/dgnet@current")` and `dgnet.models.persist.load_model`.
+`mlflow.pyfunc.load_model("models:/dgnet@current")`, `dgnet.FeatureExtractor("models:/dgnet@current")`,
+or `mlflow.artifacts.download_artifacts(...)` and `dgnet.models.persist.load_model` on its model.pt.
 
 When the tracking server goes away mid-run, every write of `MlflowHooks` is retried with exponential
 back-off (`RetryPolicy`: 5 retries over about a minute by default; `DGNET_MLFLOW_RETRIES`,
@@ -39,6 +41,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -620,14 +623,21 @@ class MlflowHooks(TrainingHooks):
 
     # -- the final model
     def log_model(self, result: TrainingResult) -> Any:
-        """Log the model file and its configuration under `model/`; register them if configured."""
+        """Log the model under `model/` as an MLflow pyfunc model (the model file inside) with its
+        configuration; register it if configured."""
+        from stages.mlflow_model import save_pyfunc_model
+
         path = Path(result.model_path)
         if not path.exists():
             raise DgnetError(f"the {result.kind} model {path} does not exist after training")
         if path.is_dir():
             self._call("log the model", self.client.log_artifacts, self.run_id, str(path), MODEL_ARTIFACT_DIR)
         else:
-            self._call("log the model", self.client.log_artifact, self.run_id, str(path), MODEL_ARTIFACT_DIR)
+            with tempfile.TemporaryDirectory(prefix="dgnet-mlflow-model-") as tmp:
+                folder = Path(tmp) / MODEL_ARTIFACT_DIR
+                save_pyfunc_model(path, folder)
+                self._call("log the model", self.client.log_artifacts, self.run_id, str(folder),
+                           MODEL_ARTIFACT_DIR)
         card = {"kind": result.kind, "iterations": int(result.iterations), "model_file": path.name,
                 "metrics": result.metrics, "config": result.config}
         self._call("log the model config", self.client.log_dict, self.run_id, json.loads(
@@ -643,8 +653,9 @@ class MlflowHooks(TrainingHooks):
         name = self.registered_model
         try:
             self.client.create_registered_model(
-                name, description=f"dgnet {result.kind} models, one version per training run "
-                                  f"(state dict + config.json; load with dgnet.models.persist)")
+                name, description=f"dgnet {result.kind} models, one version per training run: MLflow "
+                                  "pyfunc models (images in, features out; `mlflow models serve`) holding "
+                                  "model.pt (dgnet.models.persist) and config.json")
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise TrackingError(f"MLflow at {self.client.tracking_uri}: cannot create registered "

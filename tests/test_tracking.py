@@ -14,6 +14,9 @@ from PIL import Image
 
 from dgnet.data.validated import validate_dataset
 from dgnet.errors import ConfigError, DgnetError
+from dgnet.models.config import get_profile
+from dgnet.models.dgnet import DGNet
+from dgnet.models.persist import save_model
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
 from stages import tracking
 from stages.tracking import (
@@ -33,6 +36,7 @@ from stages.tracking import (
 from tests.fixtures import make_market
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = get_profile("tiny", num_classes=4)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +142,7 @@ def fake_loop(hooks: TrainingHooks, out: Path, iterations: int = 3) -> TrainingR
     hooks.on_image(iterations, "swap_grid", Image.new("RGB", (96, 192), (30, 120, 200)))
     metrics = {"rank1": 0.5, "mAP": 0.25, "mINP": 0.125, "num_queries": 4.0}
     hooks.on_evaluation(iterations, metrics)
-    model = out / "model.pt"
-    model.write_bytes(b"weights")
+    model = save_model(out / "model.pt", DGNet(TINY), "dgnet", TINY)
     result = TrainingResult("dgnet", model, iterations, metrics, config)
     hooks.on_end(result)
     return result
@@ -165,7 +168,7 @@ def test_hooks_record_params_metrics_image_model_and_alias(store, tmp_path):
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert any(p.startswith("images/swap_grid+step+3+") and p.endswith(".png") for p in images), images
     model_files = {a.path for a in client.list_artifacts(run_id, "model")}
-    assert model_files == {"model/model.pt", "model/config.json"}
+    assert {"model/model.pt", "model/config.json", "model/MLmodel"} <= model_files  # an MLflow model
     version = client.get_model_version_by_alias("fake-model", "current")
     assert version.run_id == run_id and version.tags["dgnet.kind"] == "dgnet"
     # Artifacts live beside the store, never under the working directory.

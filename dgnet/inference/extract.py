@@ -132,6 +132,14 @@ def images_from_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
+def prepare_image(item: ImageItem, size: tuple[int, int]) -> torch.Tensor:
+    """An image file or PIL image as a model of input size=(height, width) sees it: (3, H, W), RGB,
+    resized bicubically (as in training) and ImageNet-normalised."""
+    if isinstance(item, Image.Image):
+        return normalize(image_to_tensor(item, size))
+    return normalize(load_image(str(item), size))
+
+
 class _Images(Dataset):
     def __init__(self, items: Sequence[ImageItem], size: tuple[int, int]) -> None:
         self.items, self.size = items, size
@@ -140,10 +148,7 @@ class _Images(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        item = self.items[index]
-        if isinstance(item, Image.Image):
-            return normalize(image_to_tensor(item, self.size))
-        return normalize(load_image(str(item), self.size))
+        return prepare_image(self.items[index], self.size)
 
 
 class FeatureExtractor:
@@ -176,7 +181,7 @@ class FeatureExtractor:
 
     def load(self, item: ImageItem) -> torch.Tensor:
         """One image file or PIL image as the model sees it: (3, H, W), resized and normalised."""
-        return _Images([item], self.image_size)[0]
+        return prepare_image(item, self.image_size)
 
     def __call__(self, inputs: ImageItem | Sequence[ImageItem] | torch.Tensor) -> torch.Tensor:
         """Features (N, D) of image files, PIL images, or an already normalised (N, 3, H, W) tensor."""
