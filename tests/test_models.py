@@ -49,8 +49,8 @@ def test_profiles_differ_only_in_numbers() -> None:
 
 
 def test_get_profile_overrides_and_errors() -> None:
-    cfg = get_profile("cpu", num_classes=10, decoder_widths=[16, 8])
-    assert cfg.num_classes == 10 and cfg.decoder_widths == (16, 8)
+    cfg = get_profile("cpu", num_classes=10, decoder_widths=[24])
+    assert cfg.num_classes == 10 and cfg.decoder_widths == (24,)
     assert PROFILES["cpu"].num_classes != 10  # the profile itself is untouched
     with pytest.raises(ConfigError, match="'nope'"):
         get_profile("nope")
