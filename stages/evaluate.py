@@ -9,14 +9,19 @@ trivial baselines (copy a donor unchanged; the mean training image; a 4x blur), 
 Beside the models, a re-ID baseline with no learning (HSV histograms of three stripes): how far
 clothing colour alone gets on this data.
 The model-independent generation references are computed once and shared by the DG-Net models.
+Cross-domain: every dataset of params `evaluate.targets` (`- {name: duke, data: /datasets/DukeMTMC-reID,
+format: dukemtmc}`; format detected when left out) is validated with the same rules (pandas engine;
+report in reports/cross_domain/) and every model is ranked on its query/gallery at its main setting.
 
-Writes reports/benchmark.md (one table, honest notes), reports/metrics/eval.json (for `dvc metrics`),
+Writes reports/benchmark.md (one table, honest notes), reports/metrics/eval.json (for `dvc metrics`;
+`cross_domain/<target>/<model>` there for the targets),
 reports/plots/cmc/<model>.csv (for `dvc plots`), reports/figures/*.png, and one MLflow run
 `evaluate` holding all metrics and the report with its pictures.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from dgnet.data.manifest import FORMATS
+from dgnet.data.validated import validate_dataset
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.evaluation.benchmark import (
     DEFAULT_ALPHAS,
@@ -32,9 +39,11 @@ from dgnet.evaluation.benchmark import (
     benchmark_model,
     markdown_table,
 )
+from dgnet.evaluation.evaluate import evaluate_reid
 from dgnet.evaluation.handcrafted import STRIPES, colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
+from dgnet.models.persist import load_model
 from stages.common import load_params, resolve
 from stages.teacher import teacher_paths
 from stages.tracking import (
@@ -58,11 +67,14 @@ REPORT = Path("reports/benchmark.md")
 METRICS = Path("reports/metrics/eval.json")
 PLOTS = Path("reports/plots/cmc")
 FIGURES = Path("reports/figures")
+CROSS_DOMAIN = Path("reports/cross_domain")  # the targets' validation reports
 DGNET_MODEL = Path("outputs/dgnet/model.pt")
 ABLATIONS = Path("outputs/ablations")
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
 KNOWN_KEYS = {"alphas", "rerank", "num_swaps", "ranked_queries", "batch_size", "device",
-              "inception_weights", "seed"}
+              "inception_weights", "seed", "targets"}
+TARGET_KEYS = {"name", "data", "format"}
+REID_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +89,70 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
             "rerank": bool(values.get("rerank", False)), "num_swaps": num_swaps,
             "ranked_queries": int(values.get("ranked_queries", 6)),
             "batch_size": int(values.get("batch_size", 64)), "device": str(values.get("device", "cpu")),
-            "inception_weights": values.get("inception_weights"), "seed": int(values.get("seed", 0))}
+            "inception_weights": values.get("inception_weights"), "seed": int(values.get("seed", 0)),
+            "targets": _targets(values.get("targets"))}
+
+
+def _targets(values: Any) -> tuple[dict[str, Any], ...]:
+    """params `evaluate.targets`: a list of {name, data, format (optional)}, names unique."""
+    if values is None:
+        return ()
+    if not isinstance(values, list):
+        raise ConfigError("evaluate.targets: must be a list of {name, data, format} entries")
+    targets, seen = [], set()
+    for k, entry in enumerate(values):
+        where = f"evaluate.targets[{k}]"
+        if not isinstance(entry, dict) or not {"name", "data"} <= set(entry):
+            raise ConfigError(f"{where}: must be a mapping with `name` and `data` (and optionally `format`)")
+        unknown = sorted(set(entry) - TARGET_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(TARGET_KEYS)}")
+        name = str(entry["name"])
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name in seen:
+            raise ConfigError(f"{where}: name {name!r} must be unique and made of letters, digits, `_`, `-`")
+        fmt = entry.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise ConfigError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+        seen.add(name)
+        targets.append({"name": name, "data": str(entry["data"]), "format": fmt})
+    return tuple(targets)
+
+
+def cross_domain(models: dict[str, Path], results: list[ModelBenchmark], workspace: Path,
+                 settings: dict[str, Any], changes: dict[str, dict[str, Any]] | None = None,
+                 ) -> dict[str, dict[str, dict[str, Any]]]:
+    """target -> model -> re-ID metrics on the target's query/gallery, each model at its main setting
+    (the `setting` key says which). Each target is validated first with the same rules."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for target in settings["targets"]:
+        data = resolve(workspace, target["data"])
+        report = workspace / CROSS_DOMAIN / f"{target['name']}_validation.json"
+        frame = validate_dataset(data, target["format"], report=report)
+        out[target["name"]] = {}
+        for result in results:
+            model, info = load_model(models[result.name], map_location=settings["device"])
+            setting = main_setting(result, changes)
+            alpha = float(setting.removeprefix("alpha_")) if setting.startswith("alpha_") else None
+            metrics = evaluate_reid(model, frame, (info.config.image_height, info.config.image_width),
+                                    device=settings["device"], batch_size=settings["batch_size"],
+                                    query_alpha=alpha)
+            out[target["name"]][result.name] = {"setting": setting, **{k: metrics[k] for k in REID_KEYS}}
+    return out
+
+
+def cross_domain_section(cross: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The models ranked on the other datasets of `evaluate.targets`, one table."""
+    if not cross:
+        return []
+    lines = ["## Cross-domain", "",
+             "Each model, trained on the data above, ranked on the query/gallery of another dataset "
+             "(params `evaluate.targets`), at its main setting. Percentages.", "",
+             "| target | model | setting | rank-1 | mAP | mINP |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for target, per_model in cross.items():
+        for name, m in per_model.items():
+            figures = " | ".join(f"{100 * m[k]:.1f}" for k in ("rank1", "mAP", "mINP"))
+            lines.append(f"| {target} | {name} | {m['setting']} | {figures} |")
+    return [*lines, ""]
 
 
 def models_to_evaluate(workspace: Path) -> dict[str, Path]:
@@ -233,7 +308,8 @@ def baseline_section(results: list[ModelBenchmark]) -> list[str]:
 
 def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, Any],
                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
-                 trivial: dict[str, float] | None = None) -> None:
+                 trivial: dict[str, float] | None = None,
+                 cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
     """reports/benchmark.md: the tables, what beats what (said plainly), and the pictures."""
     changes = changes or {}
     best = {r.name: r.reid[main_setting(r, changes)] for r in results}
@@ -272,6 +348,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         "Each model at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained).",
         "", *ablation_table(results, changes, trivial), "",
         *baseline_section(results),
+        *cross_domain_section(cross or {}),
         "## Every setting", "",
         markdown_table(results),
         "## Notes", "", *(notes or ["- No model beats the full DG-Net model."]),
@@ -322,10 +399,13 @@ def main(argv: list[str] | None = None) -> int:
                 for name, path in models.items()
             ]
             trivial = colour_histogram_reid(frame, TRIVIAL_SIZE)
+            cross = cross_domain(models, results, workspace, settings, changes)
             write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes,
-                          trivial)
+                          trivial, cross)
             metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
             metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in ("rank1", "mAP", "mINP")}
+            metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
+                        for name, m in per_model.items() for k in REID_KEYS}
             client.log_batch(run.info.run_id, metrics=_metric_entities(metrics))
             client.log_param(run.info.run_id, "models", ", ".join(models))
             for path in [workspace / REPORT, *sorted((workspace / FIGURES).glob("eval_*.png"))]:
@@ -365,7 +445,8 @@ def _finite_tree(values: dict[str, Any]) -> dict[str, Any]:
 
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict[str, Any],
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
-                  trivial: dict[str, float] | None = None) -> None:
+                  trivial: dict[str, float] | None = None,
+                  cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
     keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
     summary: dict[str, Any] = {}
@@ -385,11 +466,14 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict
                 table.to_csv(tmp, index=False)
         for picture, image in result.pictures.items():
             save(image, workspace / FIGURES / f"eval_{result.name}_{picture}.png")
+    if cross:
+        summary["cross_domain"] = {t: {name: {k: round(m[k], 6) for k in REID_KEYS}
+                                       for name, m in per_model.items()} for t, per_model in cross.items()}
     write_json(workspace / METRICS, summary)
     curves = {r.name: r.cmc[main_setting(r, changes)] for r in results}
     save(cmc_plot(curves, max_rank=20, title="CMC (each model at its main setting)"),
          workspace / FIGURES / "eval_cmc.png")
-    write_report(workspace / REPORT, results, settings, manifest, seconds, changes, trivial)
+    write_report(workspace / REPORT, results, settings, manifest, seconds, changes, trivial, cross)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import yaml
 
 from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
-from dgnet.errors import ConfigError
+from dgnet.errors import ConfigError, DgnetError
 from dgnet.evaluation.benchmark import ModelBenchmark, benchmark_model
 from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
@@ -133,3 +133,53 @@ def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_
     rows = [line for line in (tmp_path / evaluate_stage.REPORT).read_text().splitlines()
             if line.startswith("| colour_histogram |")]
     assert len(rows) == 1 and "| 5.0 | 3.1 |" in rows[0] and "no learning" in rows[0]
+
+
+def test_targets_params_are_checked():
+    assert evaluate_stage._settings({})["targets"] == ()
+    targets = evaluate_stage._settings({"evaluate": {"targets": [{"name": "duke", "data": "/d"}]}})["targets"]
+    assert targets == ({"name": "duke", "data": "/d", "format": None},)
+    for bad, message in ((["duke"], "mapping with `name` and `data`"),
+                         ([{"name": "a", "data": "x", "fmt": "m"}], "unknown key"),
+                         ([{"name": "a", "data": "x"}, {"name": "a", "data": "y"}], "must be unique"),
+                         ([{"name": "a", "data": "x", "format": "viper"}], "is not one of")):
+        with pytest.raises(ConfigError, match=message):
+            evaluate_stage._settings({"evaluate": {"targets": bad}})
+
+
+def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
+    from dgnet.evaluation.evaluate import evaluate_reid
+    from dgnet.models.persist import load_model
+
+    other = tmp_path / "other"
+    generate_dataset(other, seed=5, num_ids=8, num_cameras=3)
+    cfg = get_profile("tiny", num_classes=4)
+    torch.manual_seed(0)
+    models = {"teacher": save_model(tmp_path / "teacher.pt", ReidBaseline(cfg), "teacher", cfg),
+              "dgnet": save_model(tmp_path / "dgnet.pt", DGNet(cfg), "dgnet", cfg)}
+    models["ablation_no_fine"] = models["dgnet"]
+    results = [ModelBenchmark("teacher", "teacher", reid={"baseline": _reid()["alpha_0.5"]}),
+               ModelBenchmark("dgnet", "dgnet", reid={"alpha_0": _reid()["alpha_0.5"], **_reid()}),
+               ModelBenchmark("ablation_no_fine", "dgnet", reid={"alpha_0": _reid()["alpha_0.5"], **_reid()})]
+    for result in results:
+        result.cmc = {setting: [0.3, 0.5] for setting in result.reid}
+    changes = {"ablation_no_fine": {"schedule.fine_mining": False}}
+    settings = evaluate_stage._settings({"evaluate": {"targets": [{"name": "other", "data": "other"}]}})
+    cross = evaluate_stage.cross_domain(models, results, tmp_path, settings, changes)
+    assert list(cross["other"]) == ["teacher", "dgnet", "ablation_no_fine"]
+    assert [m["setting"] for m in cross["other"].values()] == ["baseline", "alpha_0.5", "alpha_0"]
+    assert (tmp_path / evaluate_stage.CROSS_DOMAIN / "other_validation.json").is_file()
+    model, _ = load_model(models["dgnet"])
+    expected = evaluate_reid(model, build_manifest(other), (64, 32), query_alpha=0.5)
+    assert cross["other"]["dgnet"]["mAP"] == pytest.approx(expected["mAP"])
+
+    evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 1.0, changes,
+                                 cross=cross)
+    summary = json.loads((tmp_path / evaluate_stage.METRICS).read_text())
+    assert summary["cross_domain"]["other"]["teacher"]["mAP"] == round(cross["other"]["teacher"]["mAP"], 6)
+    report = (tmp_path / evaluate_stage.REPORT).read_text()
+    assert "## Cross-domain" in report and "| other | ablation_no_fine | alpha_0 |" in report
+
+    broken = evaluate_stage._settings({"evaluate": {"targets": [{"name": "x", "data": "absent"}]}})
+    with pytest.raises(DgnetError, match="absent"):
+        evaluate_stage.cross_domain(models, results, tmp_path, broken, changes)
