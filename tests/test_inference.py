@@ -145,6 +145,18 @@ def test_a_model_uri_without_mlflow_is_a_clear_error(models, monkeypatch):
     with pytest.raises(ModelFileError, match=r"needs MLflow, which cannot be imported here"):
         FeatureExtractor("models:/dgnet@current")
 
+    def lazy_resolver(uri, dst):  # stages.mlflow_model imports MLflow only when called
+        raise ImportError("import of mlflow halted")
+
+    class Lazy(EntryPoint):
+        def load(self):
+            return lazy_resolver
+
+    lazy = Lazy("models", "stages.mlflow_model:download_model", "dgnet.model_uris")
+    monkeypatch.setattr(extract_module, "entry_points", lambda group: [lazy])
+    with pytest.raises(ModelFileError, match=r"needs MLflow, which cannot be imported here"):
+        FeatureExtractor("models:/dgnet@current")
+
 
 # --- `dgnet rank` ------------------------------------------------------------------------------------
 

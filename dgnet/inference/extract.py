@@ -78,9 +78,13 @@ def _uri_resolver(uri: str) -> Any:
     try:
         return found[0].load()
     except ImportError as exc:  # a torch-only machine: stages/ is there but MLflow is not
-        raise ModelFileError(
-            f"{uri}: a {scheme}:/ URI needs MLflow, which cannot be imported here ({exc}); install it "
-            "(pip install -e .) or pass the model file (model.pt) instead") from exc
+        raise _without_mlflow(uri, exc) from exc
+
+
+def _without_mlflow(uri: str, exc: ImportError) -> ModelFileError:
+    scheme = uri.split(":/", 1)[0]
+    return ModelFileError(f"{uri}: a {scheme}:/ URI needs MLflow, which cannot be imported here ({exc}); "
+                          "install it (pip install -e .) or pass the model file (model.pt) instead")
 
 
 def load_trained_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
@@ -90,7 +94,11 @@ def load_trained_model(ref: str | os.PathLike, device: str | torch.device = "cpu
         return load_model(ref, map_location=device, kind=kind)
     resolve = _uri_resolver(str(ref))
     with tempfile.TemporaryDirectory(prefix="dgnet-model-") as tmp:
-        return load_model(resolve(str(ref), Path(tmp)), map_location=device, kind=kind)
+        try:
+            path = resolve(str(ref), Path(tmp))
+        except ImportError as exc:  # the resolver imports MLflow when called
+            raise _without_mlflow(str(ref), exc) from exc
+        return load_model(path, map_location=device, kind=kind)
 
 
 def find_images(folder: str | os.PathLike, what: str = "--images") -> list[Path]:
