@@ -247,6 +247,35 @@ def test_last_stage_has_stride_one() -> None:
         assert trunk(torch.zeros(1, 3, 256, 128, device="meta")).shape[2:] == (16, 8)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_narrow_trunk_halves_every_stage(name: str) -> None:
+    wide, narrow = ResNetTrunk(name), ResNetTrunk(name, width=32)
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        wide_convs = [m.out_channels for m in getattr(wide, stage).modules() if isinstance(m, nn.Conv2d)]
+        narrow_convs = [m.out_channels for m in getattr(narrow, stage).modules() if isinstance(m, nn.Conv2d)]
+        assert narrow_convs == [c // 2 for c in wide_convs]  # same depth, half the channels
+    assert narrow.out_channels == wide.out_channels // 2
+    x = torch.randn(2, 3, 64, 32)
+    assert narrow(x).shape == (2, narrow.out_channels, 4, 2)  # last stage still at stride 1
+    conv = narrow.layer2[0].conv2  # 3x3 in both block types; torchvision's init: kaiming normal, fan_out
+    std, fan_out = conv.weight.std().item(), conv.out_channels * 9
+    assert abs(std - (2 / fan_out) ** 0.5) < 0.2 * (2 / fan_out) ** 0.5
+
+
+def test_backbone_width_sets_the_codes_and_refuses_imagenet_weights() -> None:
+    cfg = get_profile("cpu", num_classes=10, backbone_width=32, pretrained=False)
+    assert cfg.backbone_channels == 256 and cfg.appearance_code_dim == 1024
+    assert get_profile("paper").backbone_channels == 2048 and get_profile("cpu").backbone_channels == 512
+    with pytest.raises(ConfigError, match=r"backbone_width.*pretrained: false"):
+        get_profile("cpu", backbone_width=32)  # the cpu profile looks for ImageNet weights
+    with pytest.raises(ConfigError, match="backbone_width"):
+        get_profile("tiny", backbone_width=20)
+    tiny = get_profile("tiny", backbone_width=16)  # the whole DG-Net on a narrow trunk
+    model, x = DGNet(tiny).eval(), torch.randn(2, 3, 64, 32)
+    assert model.appearance_encoder(x).code.shape == (2, tiny.appearance_code_dim) == (2, 128 * 4)
+    assert model(x).shape == x.shape
+
+
 def test_pretrained_missing_warns_and_inits_randomly(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
     cfg = get_profile("tiny", pretrained=True)

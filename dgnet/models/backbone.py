@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from dgnet.errors import ConfigError
-from dgnet.models.config import ModelConfig
+from dgnet.models.config import RESNET_WIDTH, ModelConfig
 
 _BUILDERS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
@@ -33,13 +33,17 @@ class ResNetTrunk(nn.Module):
     """conv1 .. layer4 of a torchvision ResNet; output C x H/16 x W/16 (C = 2048 for ResNet-50).
 
     The attribute names are torchvision's, so a torchvision state dict (minus `fc.*`) loads as is.
+    `width` other than 64 rebuilds the stages with torchvision's own blocks at width, 2 width,
+    4 width and 8 width channels (and initialises them as torchvision does).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, width: int = RESNET_WIDTH) -> None:
         super().__init__()
         if name not in _BUILDERS:
             raise ConfigError(f"model.backbone: {name!r} is not one of {sorted(_BUILDERS)}")
         resnet = _BUILDERS[name][0](weights=None)
+        if width != RESNET_WIDTH:
+            _narrow(resnet, width)
         # Re-ID keeps the last stage at stride 1 (a 16x8 map at 256x128) for finer spatial detail.
         first = resnet.layer4[0]
         strided_conv = first.conv2 if isinstance(first, torchvision.models.resnet.Bottleneck) else first.conv1
@@ -49,11 +53,27 @@ class ResNetTrunk(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
         )  # fmt: skip
-        self.out_channels = resnet.fc.in_features
+        self.out_channels = resnet.inplanes  # torchvision's builder leaves the last stage's width here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
+    """Rebuild `resnet`'s stem and stages in place at `width` channels, with torchvision's init."""
+    block = type(resnet.layer1[0])
+    depths = [len(resnet.layer1), len(resnet.layer2), len(resnet.layer3), len(resnet.layer4)]
+    resnet.inplanes = width
+    resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    resnet.bn1 = nn.BatchNorm2d(width)
+    resnet.layer1 = resnet._make_layer(block, width, depths[0])
+    resnet.layer2 = resnet._make_layer(block, 2 * width, depths[1], stride=2)
+    resnet.layer3 = resnet._make_layer(block, 4 * width, depths[2], stride=2)
+    resnet.layer4 = resnet._make_layer(block, 8 * width, depths[3], stride=2)
+    for module in resnet.modules():  # as torchvision's ResNet.__init__
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
 
 def cached_imagenet_checkpoint(name: str) -> Path | None:
@@ -96,7 +116,7 @@ def load_trunk_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> None:
 
 def build_trunk(cfg: ModelConfig) -> ResNetTrunk:
     """The configured ResNet trunk, with ImageNet weights when asked for and available."""
-    trunk = ResNetTrunk(cfg.backbone)
+    trunk = ResNetTrunk(cfg.backbone, cfg.backbone_width)
     if not cfg.pretrained:
         return trunk
     path = Path(cfg.pretrained_path) if cfg.pretrained_path else cached_imagenet_checkpoint(cfg.backbone)
