@@ -319,6 +319,12 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
     assert len(ever) == 1, "the workers started together created more than one parent run"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1, "a trial run outside the study's parent run"
+    # The tuning split's teacher is trained once (under its file lock), by one worker, as a child run.
+    teachers = [r for r in children if r.data.tags.get("dgnet.kind") == "teacher"]
+    assert len(teachers) == len(PARAMS["teacher"]["seeds"]), \
+        f"tuning teacher runs: {[r.info.run_name for r in teachers]}"
+    children = [r for r in children if r.data.tags.get("dgnet.kind") == "dgnet"]
+    assert len(children) == len(runs) - 1 - len(teachers), "a child run that is neither trial nor teacher"
     per_trial = Counter(int(r.data.tags["optuna.trial_number"]) for r in children)
     assert per_trial == Counter(t.number for t in trials), f"runs per trial: {dict(per_trial)}"
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
@@ -329,7 +335,8 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
         if trial.state == TrialState.COMPLETE:
             assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
             assert run.data.metrics["optuna/value"] == pytest.approx(trial.value)
-            assert run.data.metrics["eval/mAP"] == pytest.approx(trial.value)
+            assert run.data.metrics["val/mAP"] == pytest.approx(trial.value)
+            assert not any(k.startswith("eval/") for k in run.data.metrics), "a trial scored on the test split"
     killed_run, rerun_run = by_number[killed.number], by_number[rerun.number]
     assert killed_run.info.status == "KILLED" and killed_run.data.tags["optuna.rerun_as"] == str(rerun.number)
     assert rerun_run.data.tags["optuna.retry_of"] == str(killed.number)
