@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +33,12 @@ from dgnet.data.validated import check_invariants
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
 from dgnet.evaluation.pictures import swap_grid
+from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, load_model, save_model
 from dgnet.models.teacher import FrozenTeacher
+from dgnet.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from dgnet.training.loop import (
     Cadence,
@@ -146,6 +149,54 @@ class DGNetTrainConfig:
     starts from the teacher."""
         primary = loss_weights_at(self.iterations - 1, self.schedule).primary > 0
         return primary or self.init_appearance_from_teacher
+
+
+# Fields that change nothing a training step computes: how long the run is, and how it reports.
+REPORTING_FIELDS = ("iterations", "log_every", "eval_every", "image_every", "checkpoint_every",
+                    "keep_checkpoints", "eval_batch_size", "swap_images", "query_alpha", "num_workers")
+# Schedule fields that act only through the ramped weights, which are 0 up to `warmup_start`: the
+# ablation switches and the ramps' maxima and rate.
+WARMUP_ONLY_FIELDS = ("primary_learning", "fine_mining", "primary_max", "fine_alpha", "code_max",
+                      "cycle_max", "warmup_rate")
+
+
+def warmup_fingerprint(cfg: DGNetTrainConfig) -> dict[str, object]:
+    """What two runs must share to compute the same first `schedule.warmup_start` iterations: the
+    configuration without its reporting fields and without what only the warm-up switches on. The
+    paper's ablations differ only in the latter, so they can fork from one warm-up checkpoint."""
+    values = dataclasses.asdict(cfg)
+    for name in REPORTING_FIELDS:
+        values.pop(name)
+    for name in WARMUP_ONLY_FIELDS:
+        values["schedule"].pop(name)
+    return values
+
+
+def fork_from_warmup(checkpoint_dir: Path, warmup: Path, identity: dict[str, object], warmup_start: int,
+                     resume: bool) -> None:
+    """Start this run from the warm-up checkpoint `warmup` (a run of the same fingerprint, stopped at
+    or before the warm-up), unless `resume` finds a checkpoint of this run's own to continue.
+    CheckpointError names what differs when the warm-up was trained with other settings."""
+    if resume and list_checkpoints(checkpoint_dir):
+        return
+    state = load_checkpoint(warmup)
+    done = int(state["iteration"])
+    if done > warmup_start:
+        raise CheckpointError(f"warm-up checkpoint {warmup} is at iteration {done}, past the warm-up "
+                              f"(schedule.warmup_start {warmup_start}): variants differ from there on")
+    theirs = state.get("identity", {})
+    for name, value in identity.items():
+        if theirs.get(name) != value:
+            other = theirs.get(name) or {}
+            differ = sorted(k for k in set(value) | set(other) if value.get(k) != other.get(k)) \
+                if isinstance(value, dict) and isinstance(other, dict) else [name]
+            raise CheckpointError(f"warm-up checkpoint {warmup} was trained with other settings ({name}: "
+                                  f"{', '.join(differ)} differ); re-run the warm-up with these settings")
+    for old in list_checkpoints(checkpoint_dir):
+        old.unlink()
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(checkpoint_path(checkpoint_dir, done)) as tmp:
+        shutil.copyfile(warmup, tmp)
 
 
 def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_cfg: ModelConfig,
@@ -291,6 +342,7 @@ def train_dgnet(
     out_dir: str | Path,
     hooks: Sequence[TrainingHooks] = (),
     resume: bool = True,
+    fork_from: str | Path | None = None,
 ) -> TrainingResult:
     """Train DG-Net on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
 
@@ -298,6 +350,9 @@ def train_dgnet(
     primary loss switches on within `cfg.iterations`, checked before anything is trained.
     Checkpoints go to out_dir/checkpoints; with `resume` the newest one is continued. Rank 0 logs,
     evaluates (query/gallery, every `eval_every` and at the end), draws the swap grid and writes.
+    `fork_from`: a checkpoint of a warm-up run (this configuration with `iterations` =
+    `schedule.warmup_start`, or any with the same `warmup_fingerprint`) to start from when out_dir
+    has none of its own; the result equals an unforked run bit for bit in deterministic mode.
     """
     out_dir = Path(out_dir)
     teacher_paths = [Path(p) for p in teacher_paths]
@@ -327,14 +382,14 @@ def train_dgnet(
                 determinism(cfg.seed, cfg.deterministic):
             teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device)
             return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx,
-                          label_map)
+                          label_map, Path(fork_from) if fork_from is not None else None)
     finally:
         cleanup_distributed(ctx)
 
 
 def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, teacher: FrozenTeacher | None,
            teacher_paths: list[Path], out_dir: Path, hooks: Sequence[TrainingHooks], resume: bool,
-           ctx: DistContext, label_map: dict[int, int]) -> TrainingResult:
+           ctx: DistContext, label_map: dict[int, int], fork_from: Path | None = None) -> TrainingResult:
     device = ctx.device
     cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
     model = DGNet(model_cfg).to(device)
@@ -347,13 +402,17 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     scalers = make_scalers(device, cfg.amp)
     stateful = {"model": model, **{f"optimizer.{k}": v for k, v in optimizers.items()},
                 **{f"scaler.{k}": v for k, v in scalers.items()}}
-    identity = {"model_config": dataclasses.asdict(model_cfg)}
+    identity = {"model_config": dataclasses.asdict(model_cfg), "warmup": warmup_fingerprint(cfg)}
 
     config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
                          world_size=ctx.world_size)
     cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, cfg.image_every, cfg.checkpoint_every,
                       cfg.keep_checkpoints)
     session = TrainingSession("dgnet", out_dir, cadence, ctx, hooks, config)
+    if fork_from is not None:
+        if ctx.is_main:
+            fork_from_warmup(session.checkpoint_dir, fork_from, identity, cfg.schedule.warmup_start, resume)
+        resume = True
     start = session.resume(stateful, identity, resume)
 
     size = (model_cfg.image_height, model_cfg.image_width)
