@@ -1,11 +1,13 @@
 """DVC stage `evaluate`: benchmark every trained model and write the report.
 
 Models: the teacher(s) of the teacher stage, DG-Net of the train stage, and every ablation found
-under outputs/ablations/<variant>/model.pt. For each (dgnet.evaluation.benchmark): re-ID at the
-query alphas of params `evaluate.alphas` and with the fine-grained half alone, optional k-reciprocal
-re-ranking, swap fidelity against the synthetic ground truth, self-reconstruction L1, each beside its
-trivial baselines (copy a donor unchanged; the mean training image; a 4x blur), SSIM diversity, FID
-(skipped and said so without local Inception weights), a ranked-retrieval picture and a swap grid.
+under outputs/ablations/<variant>/seed<S>/model.pt, each seed of a variant evaluated and summarised
+(mean, spread, the paired difference to DG-Net with its 95% interval). For each
+(dgnet.evaluation.benchmark): re-ID at the query alphas of params `evaluate.alphas` and with the
+fine-grained half alone, optional k-reciprocal re-ranking, swap fidelity against the synthetic
+ground truth, self-reconstruction L1, each beside its trivial baselines (copy a donor unchanged; the
+mean training image; a 4x blur), SSIM diversity, FID (skipped and said so without local Inception
+weights), a ranked-retrieval picture and a swap grid.
 Beside the models, a re-ID baseline with no learning (HSV histograms of three stripes): how far
 clothing colour alone gets on this data.
 The model-independent generation references are computed once and shared by the DG-Net models.
@@ -42,6 +44,7 @@ from dgnet.evaluation.benchmark import (
 from dgnet.evaluation.evaluate import evaluate_reid
 from dgnet.evaluation.handcrafted import STRIPES, colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
+from dgnet.evaluation.spread import mean_std, paired_difference
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
 from stages.common import load_params, resolve
@@ -51,6 +54,7 @@ from stages.tracking import (
     connect,
     ensure_experiment,
     finite,
+    flatten,
     manifest_path,
     mlflow_settings,
     quiet_mlflow,
@@ -68,7 +72,8 @@ METRICS = Path("reports/metrics/eval.json")
 PLOTS = Path("reports/plots/cmc")
 FIGURES = Path("reports/figures")
 CROSS_DOMAIN = Path("reports/cross_domain")  # the targets' validation reports
-DGNET_MODEL = Path("outputs/dgnet/model.pt")
+DGNET = Path("outputs/dgnet")
+SEED_DIR = re.compile(r"seed\d+")
 ABLATIONS = Path("outputs/ablations")
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
 KNOWN_KEYS = {"alphas", "rerank", "num_swaps", "ranked_queries", "batch_size", "device",
@@ -155,26 +160,40 @@ def cross_domain_section(cross: dict[str, dict[str, dict[str, Any]]]) -> list[st
     return [*lines, ""]
 
 
+SEEDED_NAME = re.compile(r"(?P<variant>.+)_seed(?P<seed>\d+)")
+
+
+def variant_of(name: str) -> tuple[str, int]:
+    """`dgnet_seed1` -> ("dgnet", 1): a run's variant and seed (a name without a seed: seed 0)."""
+    match = SEEDED_NAME.fullmatch(name)
+    return (match["variant"], int(match["seed"])) if match else (name, 0)
+
+
+def _by_seed(paths: list[Path]) -> list[Path]:
+    """Model files in folders seed<S>, in the order of S (seed10 after seed2)."""
+    return sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed") or 0))
+
+
 def models_to_evaluate(workspace: Path) -> dict[str, Path]:
-    """name -> model file: teachers, DG-Net, ablations (those present; teacher and DG-Net required)."""
-    models: dict[str, Path] = {}
-    teachers = teacher_paths(workspace)
-    for index, path in enumerate(teachers):
-        models["teacher" if len(teachers) == 1 else f"teacher_{index}"] = path
-    dgnet = workspace / DGNET_MODEL
-    if not dgnet.is_file():
-        raise DgnetError(f"missing DG-Net model: {dgnet} does not exist; run the train stage first "
-                         f"(`dvc repro train`)")
-    models["dgnet"] = dgnet
-    for path in sorted((workspace / ABLATIONS).glob("*/model.pt")):
-        models[f"ablation_{path.parent.name}"] = path
+    """<variant>_seed<S> -> model file: each teacher, DG-Net and ablation run of each seed (teacher and
+    DG-Net required), from outputs/teacher/seed<S>, outputs/dgnet/seed<S> and
+    outputs/ablations/<name>/seed<S>."""
+    models = {f"teacher_{path.parent.name}": path for path in _by_seed(teacher_paths(workspace))}
+    dgnet = _by_seed([p for p in (workspace / DGNET).glob("seed*/model.pt")
+                      if SEED_DIR.fullmatch(p.parent.name)])
+    if not dgnet:
+        raise DgnetError(f"missing DG-Net model: no {workspace / DGNET}/seed<S>/model.pt; run the train "
+                         f"stage first (`dvc repro train`)")
+    models |= {f"dgnet_{path.parent.name}": path for path in dgnet}
+    for folder in sorted(p for p in (workspace / ABLATIONS).iterdir() if p.is_dir()) \
+            if (workspace / ABLATIONS).is_dir() else []:
+        found = [p for p in folder.glob("seed*/model.pt") if SEED_DIR.fullmatch(p.parent.name)]
+        models |= {f"ablation_{folder.name}_{path.parent.name}": path for path in _by_seed(found)}
     return models
 
 
 def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`ablation_<name>` -> the flattened keys params `ablations.<name>` changes in `train`."""
-    from stages.tracking import flatten
-
     ablations = params.get("ablations") or {}
     return {f"ablation_{name}": flatten(changes) for name, changes in ablations.items()
             if isinstance(changes, dict)}
@@ -184,10 +203,100 @@ def main_setting(result: ModelBenchmark, changes: dict[str, dict[str, Any]] | No
     """The setting the paper reports: query alpha 0.5 for DG-Net, the baseline for a teacher, and the
     primary half alone (alpha 0) for a model trained without fine-grained mining (that head is
     untrained there)."""
-    fine_trained = (changes or {}).get(result.name, {}).get("schedule.fine_mining") is not False
+    variant, _ = variant_of(result.name)
+    fine_trained = (changes or {}).get(variant, {}).get("schedule.fine_mining") is not False
     if not fine_trained and "alpha_0" in result.reid:
         return "alpha_0"
     return "alpha_0.5" if "alpha_0.5" in result.reid else next(iter(result.reid))
+
+
+def trained_as(result: ModelBenchmark, changes: dict[str, dict[str, Any]]) -> str:
+    """What a run's variant is: the teacher, the full model, or the keys an ablation changes."""
+    variant, _ = variant_of(result.name)
+    if result.kind == "teacher":
+        return "baseline: the teacher alone"
+    if variant in changes:
+        return ", ".join(f"`{k}: {str(v).lower()}`" for k, v in changes[variant].items())
+    return "full DG-Net"
+
+
+def group_by_variant(results: list[ModelBenchmark]) -> dict[str, dict[int, ModelBenchmark]]:
+    """variant -> seed -> its run, variants in the order they come."""
+    groups: dict[str, dict[int, ModelBenchmark]] = {}
+    for result in results:
+        variant, seed = variant_of(result.name)
+        groups.setdefault(variant, {})[seed] = result
+    return groups
+
+
+SUMMARY_KEYS = ("mAP", "rank1")
+FULL = "dgnet"
+
+
+def seed_summaries(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None = None,
+                   ) -> dict[str, dict[str, Any]]:
+    """Per variant at its main setting: `seeds`, `<k>_mean`, `<k>_std` (sample std; left out for one
+    seed) and `<k>_per_seed` for mAP and rank-1; and, for every variant but the full model,
+    `vs_dgnet`: its paired difference to DG-Net over the seeds both have (dgnet.evaluation.spread:
+    mean, 95% Student-t interval, verdict; the teacher of seed S is paired with DG-Net seed S, which
+    learnt from it)."""
+    groups = group_by_variant(results)
+    out: dict[str, dict[str, Any]] = {}
+    for variant, runs in groups.items():
+        setting = main_setting(next(iter(runs.values())), changes)
+        seeds = sorted(runs)
+        entry: dict[str, Any] = {"setting": setting, "seeds": seeds}
+        for key in SUMMARY_KEYS:
+            values = {s: runs[s].reid[setting][key] for s in seeds}
+            mean, std = mean_std(list(values.values()))
+            entry[f"{key}_mean"] = mean
+            if std is not None:
+                entry[f"{key}_std"] = std
+            entry[f"{key}_per_seed"] = {f"seed{s}": v for s, v in values.items()}
+        out[variant] = entry
+    if FULL in out:
+        for variant, entry in out.items():
+            if variant == FULL:
+                continue
+            entry["vs_dgnet"] = {}
+            for key in SUMMARY_KEYS:
+                diff = paired_difference(
+                    {int(s[4:]): v for s, v in entry[f"{key}_per_seed"].items()},
+                    {int(s[4:]): v for s, v in out[FULL][f"{key}_per_seed"].items()})
+                if diff is not None:
+                    entry["vs_dgnet"][key] = {"seeds": list(diff.seeds), "mean": diff.mean, "low": diff.low,
+                                              "high": diff.high, "verdict": diff.verdict}
+    return out
+
+
+def _pm(entry: dict[str, Any], key: str) -> str:
+    mean, std = 100 * entry[f"{key}_mean"], entry.get(f"{key}_std")
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {100 * std:.1f}"
+
+
+def _interval(diff: dict[str, Any] | None) -> str:
+    if not diff:
+        return "-"
+    if diff["low"] is None:
+        return f"{100 * diff['mean']:+.1f} (one seed)"
+    return f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+
+
+def variants_table(summaries: dict[str, dict[str, Any]], groups: dict[str, dict[int, ModelBenchmark]],
+                   changes: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per variant: mean ± std over seeds, the per-seed mAP, the paired difference to DG-Net."""
+    lines = ["| variant | trained as | seeds | setting | rank-1 | mAP | mAP per seed "
+             "| paired Δ mAP vs dgnet [95% t] | verdict (vs dgnet) |",
+             "| --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+    for variant, entry in summaries.items():
+        how = trained_as(next(iter(groups[variant].values())), changes)
+        per_seed = ", ".join(f"{100 * v:.1f}" for v in entry["mAP_per_seed"].values())
+        diff = entry.get("vs_dgnet", {}).get("mAP")
+        verdict = "-" if diff is None else diff["verdict"]
+        lines.append(f"| {variant} | {how} | {len(entry['seeds'])} | {entry['setting']} "
+                     f"| {_pm(entry, 'rank1')} | {_pm(entry, 'mAP')} | {per_seed} | {_interval(diff)} "
+                     f"| {verdict} |")
+    return lines
 
 
 def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]],
@@ -203,12 +312,7 @@ def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, A
     for result in results:
         setting = main_setting(result, changes)
         m, gen = result.reid[setting], result.generation
-        if result.kind == "teacher":
-            how = "baseline: the teacher alone"
-        elif result.name in changes:
-            how = ", ".join(f"`{k}: {str(v).lower()}`" for k, v in changes[result.name].items())
-        else:
-            how = "full DG-Net"
+        how = trained_as(result, changes)
         lines.append(f"| {result.name} | {how} | {setting} | {100 * m['rank1']:.1f} | {100 * m['mAP']:.1f} "
                      f"| {fmt(gen.get('swap_l1_person'))} | {fmt(gen.get('swap_ssim_person'))} "
                      f"| {fmt(gen.get('recon_l1'))} | {fmt(gen.get('ssim_diversity_generated'))} |")
@@ -259,8 +363,12 @@ def baseline_verdict(result: ModelBenchmark) -> str:
     e.g. "dgnet: swap L1 (person) 0.150 beats copy-structure 0.161 and copy-appearance 0.160; swap SSIM
     (person) 0.400 does not beat copy-structure 0.446 or copy-appearance 0.300." Computed from the numbers.
     """
+    return _verdict(result.name, _figures_and_baselines(result))
+
+
+def _verdict(name: str, figures: list[tuple[str, float, bool, list[tuple[str, float]]]]) -> str:
     clauses = []
-    for label, value, lower, found in _figures_and_baselines(result):
+    for label, value, lower, found in figures:
         beaten = [(n, v) for n, v in found if (value < v if lower else value > v)]
         missed = [(n, v) for n, v in found if (n, v) not in beaten]
         won = " and ".join(f"{n} {v:.3f}" for n, v in beaten)
@@ -272,38 +380,94 @@ def baseline_verdict(result: ModelBenchmark) -> str:
         else:
             clauses.append(f"{label} {value:.3f} beats {won} but not {lost}")
     if not clauses:
-        return f"{result.name}: no generation figure with a baseline to compare."
-    return f"{result.name}: " + "; ".join(clauses) + "."
+        return f"{name}: no generation figure with a baseline to compare."
+    return f"{name}: " + "; ".join(clauses) + "."
+
+
+def _variant_figures(runs: list[ModelBenchmark]) -> list[tuple[str, float, bool, list[tuple[str, float]]]]:
+    """`_figures_and_baselines` with each figure the mean over the variant's seeds (the baselines do
+    not depend on the model: the same test images and pairs for every run)."""
+    per_run = [{label: value for label, value, _, _ in _figures_and_baselines(r)} for r in runs]
+    out = []
+    for label, _, lower, found in _figures_and_baselines(runs[0]):
+        values = [figures[label] for figures in per_run if label in figures]
+        out.append((label, sum(values) / len(values), lower, found))
+    return out
 
 
 def baseline_section(results: list[ModelBenchmark]) -> list[str]:
-    """Per DG-Net model, its generation figures beside the trivial baselines, and the verdict."""
-    models = [r for r in results if r.kind != "teacher" and r.generation]
-    if not models:
+    """Per DG-Net variant, its generation figures (the mean over its seeds) beside the trivial
+    baselines, and the verdict."""
+    groups = {v: list(runs.values()) for v, runs in group_by_variant(results).items()
+              if all(r.kind != "teacher" and r.generation for r in runs.values())}
+    if not groups:
         return []
-    gen = models[0].generation
+    gen = next(iter(groups.values()))[0].generation
     lines = [
         "## Generator against trivial baselines", "",
         "Each figure beside what a generator that learnt nothing would score, on the same images: "
         f"self-reconstruction G(E_s(x), E_a(x)) on {gen.get('recon_num_images', '?')} test images against "
         "the mean training image and the image blurred (area down-sampling 4x, bilinear back); swaps on "
         f"the same {gen.get('num_swaps', '?')} test pairs against copying the structure donor or the "
-        "appearance donor unchanged. L1 on [0, 1], lower is better; SSIM higher is better.", "",
+        "appearance donor unchanged. L1 on [0, 1], lower is better; SSIM higher is better. A variant of "
+        "several seeds: the mean over them.", "",
     ]
     columns = ("the mean image", "blur4", "copy-structure", "copy-appearance")
-    for result in models:
-        lines += [f"### {result.name}", "",
+    for variant, runs in groups.items():
+        name = variant if len(runs) == 1 else f"{variant} (mean of {len(runs)} seeds)"
+        figures = _variant_figures(runs)
+        lines += [f"### {name}", "",
                   "| figure | generator | mean image | blur4 | copy-structure | copy-appearance |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for label, value, lower, found in _figures_and_baselines(result):
+        for label, value, lower, found in figures:
             values = dict(found)
             cells = " | ".join(f"{values[c]:.3f}" if c in values else "-" for c in columns)
             lines.append(f"| {label} ({'lower' if lower else 'higher'} is better) | {value:.3f} | {cells} |")
         lines += [""]
-        if "swap_fidelity_skipped" in result.generation:
-            lines += [f"Swap baselines skipped: {result.generation['swap_fidelity_skipped']}.", ""]
-        lines += [baseline_verdict(result), ""]
+        if "swap_fidelity_skipped" in runs[0].generation:
+            lines += [f"Swap baselines skipped: {runs[0].generation['swap_fidelity_skipped']}.", ""]
+        lines += [_verdict(name, figures), ""]
     return lines
+
+
+def first_seeds(results: list[ModelBenchmark]) -> list[ModelBenchmark]:
+    """Each variant's run of its lowest seed: the one the pictures and the CMC figure show."""
+    return [runs[min(runs)] for runs in group_by_variant(results).values()]
+
+
+FLIPPED = {"beats": "loses to", "loses": "beats"}
+
+
+def seed_notes(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain sentences from the seed summaries: each ablation against the full model, DG-Net against
+    its teacher, and what the spread rests on."""
+    full = summaries.get(FULL)
+    if full is None:
+        return ["- No full DG-Net model to compare with."]
+    notes = []
+    for variant, entry in summaries.items():
+        diff = entry.get("vs_dgnet", {}).get("mAP")
+        if diff is None:
+            continue
+        seeds = len(diff["seeds"])
+        figures = (f"mAP {_pm(entry, 'mAP')} vs dgnet {_pm(full, 'mAP')}; paired difference "
+                   f"{_interval(diff)} over {seeds} seed{'s' if seeds > 1 else ''}")
+        if variant.startswith("teacher"):
+            verdict = FLIPPED.get(diff["verdict"], "is indistinguishable from"
+                                  if diff["low"] is not None else "is untested against (one seed)")
+            notes.append(f"- **DG-Net {verdict} its teacher**: {figures} (teacher - dgnet).")
+        else:
+            notes.append(f"- **{variant}: {diff['verdict']}** against the full model: {figures}.")
+    counts = sorted({len(entry["seeds"]) for entry in summaries.values()})
+    if counts == [1]:
+        notes.append("- Each variant is one training run (one seed): the gaps above have no interval; "
+                     "set `train.seeds` and `teacher.seeds` to two or more seeds to measure the spread.")
+    else:
+        notes.append(f"- Seeds per variant: {', '.join(map(str, counts))}. A seed changes the "
+                     "initialisation, the data order and augmentation, and (train.teachers: paired) the "
+                     "teacher; all runs share one test split. With 2 seeds t_0.975 = 12.71: only large "
+                     "gaps are resolved.")
+    return notes
 
 
 def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, Any],
@@ -312,27 +476,9 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
                  cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
     """reports/benchmark.md: the tables, what beats what (said plainly), and the pictures."""
     changes = changes or {}
-    best = {r.name: r.reid[main_setting(r, changes)] for r in results}
-    full = best.get("dgnet")
-    notes = []
-    for name, metrics in best.items():
-        if name != "dgnet" and full is not None and metrics["mAP"] > full["mAP"]:
-            notes.append(f"- **{name} beats the full DG-Net model** on mAP ({100 * metrics['mAP']:.1f} vs "
-                         f"{100 * full['mAP']:.1f}).")
-    ablations = [name for name in best if name.startswith("ablation_")]
-    if full is not None and ablations and not any(best[n]["mAP"] > full["mAP"] for n in ablations):
-        order = sorted(ablations, key=lambda n: -best[n]["mAP"])
-        notes.append("- No ablation beats the full DG-Net model on mAP; from the closest: "
-                     + ", ".join(f"{n} {100 * best[n]['mAP']:.1f}" for n in order) + ".")
-    if full is not None and ablations:
-        notes.append("- Each model is one training run (one seed) on one test split: a gap of a point or two "
-                     "between models may be seed noise, which this report does not measure.")
-    teacher = best.get("teacher")
-    if teacher is not None and full is not None:
-        verdict = "above" if full["mAP"] > teacher["mAP"] else "NOT above"
-        notes.append(f"- DG-Net (alpha 0.5) is {verdict} its teacher: mAP {100 * full['mAP']:.1f} vs "
-                     f"{100 * teacher['mAP']:.1f}, rank-1 {100 * full['rank1']:.1f} vs "
-                     f"{100 * teacher['rank1']:.1f}.")
+    groups = group_by_variant(results)
+    summaries = seed_summaries(results, changes)
+    notes = seed_notes(summaries)
     fid_notes = {r.generation.get("fid_skipped") for r in results if r.generation.get("fid_skipped")}
     lines = [
         "# Benchmark report", "",
@@ -344,20 +490,31 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         "between random pairs of generated images (lower = more diverse; real images: "
         + ", ".join(f"{r.name} {r.generation['ssim_diversity_real']:.3f}"
                     for r in results if "ssim_diversity_real" in r.generation) + ").", "",
-        "## Ablations", "",
-        "Each model at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained).",
-        "", *ablation_table(results, changes, trivial), "",
+        "## Variants over seeds", "",
+        "Each variant at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained; "
+        "the teacher's single feature): mean ± sample standard deviation over its seeds, and its paired "
+        "difference to the full model over the seeds both have (variant - dgnet, mAP points; 95% Student-t "
+        "interval of the per-seed differences, df = seeds - 1). Verdict: beats or loses when the interval "
+        "excludes 0, else indistinguishable at this budget. The teacher of seed S is paired with DG-Net "
+        "seed S, which learnt from it.", "",
+        *variants_table(summaries, groups, changes), "",
+        "## Every run", "",
+        "Each run at its variant's main setting.", "",
+        *ablation_table(results, changes, trivial), "",
         *baseline_section(results),
         *cross_domain_section(cross or {}),
         "## Every setting", "",
         markdown_table(results),
-        "## Notes", "", *(notes or ["- No model beats the full DG-Net model."]),
+        "## Notes", "", *notes,
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
         f"- Evaluated in {seconds:.0f} s on {settings['device']}"
         + (" with k-reciprocal re-ranking rows (`+rerank`)." if settings["rerank"] else "."), "",
         "## Pictures", "", "![CMC](figures/eval_cmc.png)", "",
     ]
-    for result in results:
+    shown = first_seeds(results)
+    if len(shown) < len(results):
+        lines += ["Pictures of each variant's first seed (the others are in reports/figures/).", ""]
+    for result in shown:
         for picture in result.pictures:
             lines += [f"### {result.name}: {picture.replace('_', ' ')}", "",
                       f"![{result.name} {picture}](figures/eval_{result.name}_{picture}.png)", ""]
@@ -403,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes,
                           trivial, cross)
             metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
+            metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
+                        for variant, entry in seed_summaries(results, changes).items()
+                        for k, v in finite(flatten(entry)).items()}
             metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in ("rank1", "mAP", "mINP")}
             metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
                         for name, m in per_model.items() for k in REID_KEYS}
@@ -443,6 +603,12 @@ def _finite_tree(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _rounded(values: dict[str, Any]) -> dict[str, Any]:
+    """A seed summary for JSON: floats to 6 digits, None (no interval for one seed) left out."""
+    return {k: _rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v
+            for k, v in values.items() if v is not None}
+
+
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict[str, Any],
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                   trivial: dict[str, float] | None = None,
@@ -466,11 +632,13 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict
                 table.to_csv(tmp, index=False)
         for picture, image in result.pictures.items():
             save(image, workspace / FIGURES / f"eval_{result.name}_{picture}.png")
+    for variant, entry in seed_summaries(results, changes).items():
+        summary.setdefault(variant, {})["summary"] = _rounded(entry)
     if cross:
         summary["cross_domain"] = {t: {name: {k: round(m[k], 6) for k in REID_KEYS}
                                        for name, m in per_model.items()} for t, per_model in cross.items()}
     write_json(workspace / METRICS, summary)
-    curves = {r.name: r.cmc[main_setting(r, changes)] for r in results}
+    curves = {r.name: r.cmc[main_setting(r, changes)] for r in first_seeds(results)}
     save(cmc_plot(curves, max_rank=20, title="CMC (each model at its main setting)"),
          workspace / FIGURES / "eval_cmc.png")
     write_report(workspace / REPORT, results, settings, manifest, seconds, changes, trivial, cross)

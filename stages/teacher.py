@@ -1,12 +1,14 @@
 """DVC stage `teacher`: train the re-ID teacher(s) on the validated manifest, tracked in MLflow.
 
 Reads params.yaml `model` (profile + overrides; the number of classes comes from the manifest),
-`teacher` (TeacherTrainConfig fields, plus `seeds`: one teacher per seed, an ensemble for DG-Net,
-and an optional `scale_schedule_from`) and `mlflow`. Writes
+`teacher` (TeacherTrainConfig fields, plus `seeds`: one teacher per seed, which DG-Net's runs of the
+same seed learn from, or all of them as an ensemble: train.teachers; and an optional
+`scale_schedule_from`) and `mlflow`. Writes
 - outputs/teacher/seed<S>/model.pt for every seed, and outputs/teacher/teachers.json (the index the
   train stage reads), all at once when every teacher has trained;
 - reports/metrics/teacher.json: rank1, mAP, mINP (fractions; the mean over seeds, and per seed);
-- one MLflow run `teacher` (with one child run per seed when there are several), each teacher
+- one MLflow run `teacher` (with one child run per seed when there are several: tagged
+  dgnet.variant `teacher` and dgnet.seed, the parent `teacher-mean` with their mean), each teacher
   registered as a version of `mlflow.teacher_model` with the alias `mlflow.alias`.
 Checkpoints live in checkpoints/teacher-seed<S>-<config hash>/ (outside DVC's outputs) so that an
 interrupted run resumes; they are deleted once the stage has succeeded.
@@ -61,16 +63,16 @@ METRICS = Path("reports/metrics/teacher.json")
 INDEX = "teachers.json"
 
 
-def parse_seeds(values: dict[str, Any]) -> list[int]:
-    """`teacher.seeds`: a non-empty list of distinct integers >= 0 (one teacher each)."""
+def parse_seeds(values: dict[str, Any], section: str = "teacher") -> list[int]:
+    """`<section>.seeds`: a non-empty list of distinct integers >= 0 (one run each)."""
     seeds = values.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(f"teacher.seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
+        raise ConfigError(f"{section}.seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"teacher.seeds: {seeds} repeats a seed")
+        raise ConfigError(f"{section}.seeds: {seeds} repeats a seed")
     return seeds
 
 
@@ -81,7 +83,8 @@ def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: b
     if not nested:
         yield parent.info.run_id
         return
-    with tracked_run(client, experiment_id, f"{STAGE}-seed{seed}", {**tags, "dgnet.variant": f"seed{seed}"},
+    with tracked_run(client, experiment_id, f"{STAGE}-seed{seed}",
+                     {**tags, "dgnet.variant": STAGE, "dgnet.seed": str(seed)},
                      parent_run_id=parent.info.run_id) as child:
         yield child.info.run_id
 
@@ -116,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
              "teacher.seeds": seeds, "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
              "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique())}
-    variant = f"seed{seeds[0]}" if len(seeds) == 1 else "ensemble"
+    # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
+    # their mean, apart, so that it does not count as one more seed.
+    variant = STAGE if len(seeds) == 1 else f"{STAGE}-mean"
     tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", workspace)
+    if len(seeds) == 1:
+        tags["dgnet.seed"] = str(seeds[0])
     folders = run_folders(workspace, model_cfg, configs, manifest_md5)
     try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
         locks = hold_run_locks(folders.values(), "teacher run folder")
@@ -158,7 +165,7 @@ def _train_and_publish(client: Any, experiment_id: str, settings: dict[str, Any]
                 with _seed_run(client, experiment_id, parent, seed, nested, tags) as run_id:
                     link_previous_run(client, folders[seed], run_id)
                     hooks = MlflowHooks(client, run_id, registered_model=settings["teacher_model"] or None,
-                                        alias=aliases[0] if aliases else None, variant=f"seed{seed}",
+                                        alias=aliases[0] if aliases else None, variant=STAGE,
                                         extra_params=extra, version_tags={"dgnet.seed": seed})
                     try:
                         results[seed] = train_teacher(frame, model_cfg, cfg, folders[seed], hooks=[hooks],

@@ -1,37 +1,44 @@
-"""DVC stage `train`: joint DG-Net training with the teacher(s) of the teacher stage, tracked in MLflow.
+"""DVC stages `warmup`, `train` and `ablation`: joint DG-Net training, one seed per run, tracked in MLflow.
 
 Reads params.yaml `model` (profile + overrides; the number of classes comes from the manifest),
-`train` (DGNetTrainConfig fields, `schedule:` and `objective:` nested, plus the optional
-`scale_schedule_from: N`: the schedule numbers are written for an N-iteration run and compressed to
-`iterations`) and `mlflow`. Writes
-- outputs/dgnet/model.pt (see dgnet.models.persist), once training has succeeded, and
-  reports/figures/dgnet_swap_grid.png, the last swap grid (a DVC plot: the top row gives the
-  structure, the left column the appearance, tile (i, j) = G(s_j, a_i));
-- reports/metrics/dgnet.json: rank1, mAP, mINP (fractions) of the final evaluation;
-- one MLflow run `dgnet`: params, losses / loss weights / learning rates per logged iteration,
-  re-ID metrics (`eval/...`), swap grids (`images/`), the model (`model/`), registered as a new
-  version of `mlflow.model` with the alias `mlflow.alias`.
-Checkpoints live in checkpoints/dgnet-<config hash>/ (outside DVC's outputs) so that an interrupted
-run resumes; they are deleted once the stage has succeeded.
+`train` (DGNetTrainConfig fields, `schedule:` and `objective:` nested, plus the stage keys `seeds`,
+`teachers` and `scale_schedule_from: N`: the schedule numbers are written for an N-iteration run and
+compressed to `iterations`) and `mlflow`. One run trains one seed (`--seed S`, default the first of
+`train.seeds`) with the teacher of the same seed (`teachers: paired`; `ensemble`: all teachers).
 
-The ablation stages run `python -m stages.train --ablation NAME`: the `train` section with the
-keys of params `ablations.NAME` changed (same data, seed and teacher), written to
-outputs/ablations/NAME/model.pt, reports/metrics/ablation_NAME.json and
-reports/figures/ablation_NAME_swap_grid.png, MLflow run NAME (tag `dgnet.variant`), not registered.
+- `--warmup`: the first `schedule.warmup_start` iterations, which every variant shares (the paper's
+  ablation switches act only on losses whose weight is 0 until then). Writes
+  outputs/warmup/seed<S>/checkpoint.pt and warmup.json; MLflow run `warmup-seed<S>`.
+- (no option) the full model: outputs/dgnet/seed<S>/model.pt (see dgnet.models.persist),
+  reports/metrics/dgnet_seed<S>.json (rank1, mAP, mINP of the final evaluation) and
+  reports/figures/dgnet_seed<S>_swap_grid.png (a DVC plot: the top row gives the structure, the
+  left column the appearance, tile (i, j) = G(s_j, a_i)); MLflow run `dgnet-seed<S>` (params, loss
+  curves, weights, learning rates, `eval/...`, swap grids, the model); the first seed's model is
+  registered as a new version of `mlflow.model` with the alias `mlflow.alias`.
+- `--ablation NAME`: the `train` section with the keys of params `ablations.NAME` changed (same
+  data, seed and teacher), to outputs/ablations/NAME/seed<S>/, reports/metrics/ablation_NAME_seed<S>.json
+  and the swap grid beside it; MLflow run `NAME-seed<S>`, not registered.
+- `--fork DIR`: start from the warm-up checkpoint in DIR (outputs/warmup/seed<S>) instead of
+  iteration 0: the result is the same, bit for bit in deterministic mode (tests/test_warmup_fork.py).
+Every MLflow run is tagged `dgnet.variant` and `dgnet.seed`: group by the variant in the UI.
 Any other section or single keys can be trained the same way: `--section S --variant V --out DIR
 --metrics FILE --set objective.appearance_code_loss_grad=true`.
+Checkpoints live in checkpoints/dgnet-<variant>-seed<S>-<config hash>/ (outside DVC's outputs) so
+that an interrupted run resumes; they are deleted once the stage has succeeded.
 
-Exit codes: 0 done; 2 bad params, missing manifest or teacher, unreachable tracking store, or a
-training error such as a NaN loss (message on stderr, MLflow run FAILED, outputs untouched).
+Exit codes: 0 done; 2 bad params, missing manifest, teacher or warm-up, unreachable tracking store,
+or a training error such as a NaN loss (message on stderr, MLflow run FAILED, outputs untouched).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,7 @@ from dgnet.errors import ConfigError, DgnetError
 from dgnet.io import atomic_dir, atomic_path, write_json
 from stages.common import load_params, section
 from stages.teacher import OUT as TEACHER_OUT
-from stages.teacher import teacher_paths
+from stages.teacher import parse_seeds, teacher_paths
 from stages.tracking import (
     LastImage,
     MlflowHooks,
@@ -71,6 +78,10 @@ from stages.tracking import (
 )
 
 STAGE = "train"
+STAGE_KEYS = ("seeds", "teachers")  # keys of params `train` that belong to the stage, not the config
+TEACHER_MODES = ("paired", "ensemble")
+WARMUP_OUT = Path("outputs/warmup")
+WARMUP_CHECKPOINT = "checkpoint.pt"
 
 
 def apply_overrides(values: dict[str, Any], assignments: list[str], where: str) -> dict[str, Any]:
@@ -111,10 +122,40 @@ def ablation_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
     return merge(section(params, STAGE), ablations[name])
 
 
+def seed_settings(stage: dict[str, Any]) -> tuple[list[int], str]:
+    """`train.seeds` (one run per seed and variant) and `train.teachers` (paired or ensemble)."""
+    seeds = parse_seeds(stage, "train")
+    mode = stage.get("teachers", "paired")
+    if mode not in TEACHER_MODES:
+        raise ConfigError(f"train.teachers: must be one of {TEACHER_MODES} (paired: DG-Net seed S learns "
+                          f"from the teacher of seed S; ensemble: from all of them), got {mode!r}")
+    return seeds, mode
+
+
+def seed_teachers(workspace: Path, teachers: Path, seed: int, mode: str) -> list[Path]:
+    """The teacher model(s) DG-Net seed `seed` learns from (see `seed_settings`)."""
+    paths = teacher_paths(workspace, teachers)
+    if mode == "ensemble":
+        return paths
+    by_seed = {path.parent.name: path for path in paths}
+    if f"seed{seed}" not in by_seed:
+        trained = sorted(by_seed)
+        raise ConfigError(f"train.teachers: paired: DG-Net seed {seed} learns from the teacher of seed "
+                          f"{seed}, but the teacher stage trained {trained}; add {seed} to teacher.seeds, "
+                          f"or set train.teachers: ensemble")
+    return [by_seed[f"seed{seed}"]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", metavar="NAME", default=None,
                         help="train ablation NAME of params `ablations` (sets the defaults below)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the run's seed (default: the first of train.seeds)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="train the warm-up the variants share (to schedule.warmup_start), to fork from")
+    parser.add_argument("--fork", type=Path, default=None, metavar="DIR",
+                        help="start from the warm-up checkpoint in DIR (the warmup stage's output)")
     parser.add_argument("--section", default=None, help="params.yaml section of the training config")
     parser.add_argument("--variant", default=None, help="the `dgnet.variant` tag of the MLflow run")
     parser.add_argument("--out", type=Path, default=None, help="model folder (replaced)")
@@ -130,39 +171,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the unset options: the `train` stage's outputs, or an ablation's."""
+def with_defaults(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    """Fill the unset options: the outputs of the warm-up, the full model or an ablation, for `seed`."""
     name = args.ablation
-    stem = f"ablation_{name}" if name else "dgnet"
-    defaults = {"section": STAGE, "variant": name or "dgnet",
-                "out": Path(f"outputs/ablations/{name}") if name else Path("outputs/dgnet"),
-                "metrics": Path(f"reports/metrics/{stem}.json"),
+    if args.warmup and name:
+        raise ConfigError("--warmup trains what every variant shares: it takes no --ablation")
+    variant = "warmup" if args.warmup else name or "dgnet"
+    stem = f"ablation_{name}_seed{seed}" if name else f"{variant}_seed{seed}"
+    folder = {"warmup": WARMUP_OUT, "dgnet": Path("outputs/dgnet")}.get(variant,
+                                                                         Path(f"outputs/ablations/{name}"))
+    defaults = {"section": STAGE, "variant": variant, "out": folder / f"seed{seed}",
+                "metrics": None if args.warmup else Path(f"reports/metrics/{stem}.json"),
                 "swap_grid": Path(f"reports/figures/{stem}_swap_grid.png"),
-                "registered_model": "" if name else None}
+                "registered_model": "" if name or args.warmup else None}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
 
 
+def warmup_config(cfg: Any) -> Any:
+    """The run stopped at the warm-up: the same configuration, `schedule.warmup_start` iterations."""
+    start = cfg.schedule.warmup_start
+    if not 0 < start < cfg.iterations:
+        raise ConfigError(f"--warmup: schedule.warmup_start is {start} (after scaling) in a run of "
+                          f"{cfg.iterations} iterations: there is no warm-up inside the run to share")
+    return dataclasses.replace(cfg, iterations=start)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = with_defaults(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     quiet_mlflow()
     interrupt_on_sigterm()
     from dgnet.training.trainer import DGNetTrainConfig
 
-    name = args.section
     try:
         workspace = workspace_root()
         params = load_params(workspace)
         settings = mlflow_settings(params)
+        seeds, mode = seed_settings(section(params, STAGE))
+        seed = seeds[0] if args.seed is None else args.seed
+        args = with_defaults(args, seed)
+        name = args.section
         base = ablation_settings(params, args.ablation) if args.ablation else section(params, name)
         values = apply_overrides(base, args.assignments, name)
-        cfg, _ = train_config(DGNetTrainConfig, values, name)
+        cfg, _ = train_config(DGNetTrainConfig, values, name, STAGE_KEYS, fixed={"seed": seed})
+        cfg = warmup_config(cfg) if args.warmup else cfg
         manifest = manifest_path(params, workspace)
         frame = read_manifest(manifest, report_path(params, workspace))
         model_cfg = model_config(params, frame)
-        teachers = teacher_paths(workspace, args.teachers) if cfg.needs_teacher() else []
+        teachers = seed_teachers(workspace, args.teachers, seed, mode) \
+            if cfg.needs_teacher() or args.warmup else []
+        fork = workspace / args.fork / WARMUP_CHECKPOINT if args.fork else None
+        if fork is not None and not fork.is_file():
+            raise ConfigError(f"--fork {args.fork}: no warm-up checkpoint {fork}; run the warm-up first "
+                              f"(`dvc repro warmup@{seed}`, or `python -m stages.train --warmup --seed "
+                              f"{seed}`)")
         uri = tracking_uri()
         client = connect(uri)
         experiment_id = ensure_experiment(client, settings["experiment"], artifact_location(uri))
@@ -170,72 +234,91 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stages.train: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
-    out, metrics_file = workspace / args.out, workspace / args.metrics
     registered = settings["model"] if args.registered_model is None else args.registered_model
+    registered = registered if seed == seeds[0] else ""  # one registered version per pipeline run
     manifest_md5 = file_md5(manifest)
     teacher_prints = [model_fingerprint(path) for path in teachers]
     train = frame[frame["split"] == "train"]
     extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"), "stage.section": name,
              "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
              "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique()),
-             "teacher.fingerprints": [f[:16] for f in teacher_prints]}
+             "teacher.fingerprints": [f[:16] for f in teacher_prints], "train.teachers": mode}
     if args.assignments:
         extra["stage.overrides"] = args.assignments
     if args.ablation:
         extra["stage.ablation"] = args.ablation
         extra["stage.ablation_changes"] = (params.get("ablations") or {})[args.ablation]
-    folder = work_dir(workspace, f"dgnet-{args.variant}", {
+    if fork is not None:
+        extra["stage.forked_from"] = str(args.fork)
+    run_name = f"{args.variant}-seed{seed}"
+    folder = work_dir(workspace, f"dgnet-{run_name}", {
         "model": model_cfg, "train": cfg, "manifest": manifest_md5, "teachers": teacher_prints})
-    stage = f"ablation@{args.ablation}" if args.ablation else name  # the dvc.yaml stage
-    tags = run_tags(stage, "dgnet", args.variant, "stages/train.py", workspace)
+    stage = "warmup" if args.warmup else name
+    stage = f"ablation@{args.ablation}-{seed}" if args.ablation else f"{stage}@{seed}"
+    tags = {**run_tags(stage, "dgnet", args.variant, "stages/train.py", workspace), "dgnet.seed": str(seed)}
     try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
-        locks = hold_run_locks([folder], f"{args.variant} run folder")
+        locks = hold_run_locks([folder], f"{run_name} run folder")
     except DgnetError as exc:
         print(f"stages.train: error: {exc}", file=sys.stderr)
         return exc.exit_code
     with locks:
-        return _train_and_publish(args, client, experiment_id, settings, registered, frame, model_cfg, cfg,
-                                  teachers, folder, out, metrics_file, extra, tags, workspace, uri)
+        return _train_and_publish(args, run_name, client, experiment_id, settings, registered, frame,
+                                  model_cfg, cfg, teachers, fork, folder, extra, tags, workspace, uri)
 
 
-def _train_and_publish(args: argparse.Namespace, client: Any, experiment_id: str, settings: dict[str, Any],
-                       registered: str, frame: Any, model_cfg: Any, cfg: Any, teachers: list[Path],
-                       folder: Path, out: Path, metrics_file: Path, extra: dict[str, Any],
+def _train_and_publish(args: argparse.Namespace, run_name: str, client: Any, experiment_id: str,
+                       settings: dict[str, Any], registered: str, frame: Any, model_cfg: Any, cfg: Any,
+                       teachers: list[Path], fork: Path | None, folder: Path, extra: dict[str, Any],
                        tags: dict[str, str], workspace: Path, uri: str) -> int:
     """Train in the (locked) run folder, log and register the model, write the outputs."""
+    from dgnet.training.checkpoint import checkpoint_path
     from dgnet.training.trainer import train_dgnet
 
+    out = workspace / args.out
+    metrics_file = workspace / args.metrics if args.metrics else None
     started = time.monotonic()
     pictures = LastImage()
     try:
-        with tracked_run(client, experiment_id, args.variant, tags) as run:
+        with tracked_run(client, experiment_id, run_name, tags) as run:
             link_previous_run(client, folder, run.info.run_id)
             hooks = MlflowHooks(client, run.info.run_id, registered_model=registered or None,
                                 alias=settings["alias"] or None, variant=args.variant, extra_params=extra)
             try:
-                result = train_dgnet(frame, model_cfg, cfg, teachers, folder, hooks=[pictures, hooks],
-                                     resume=True)
+                with warnings.catch_warnings():  # a warm-up stops where the ramps start, by design
+                    if args.warmup:
+                        warnings.filterwarnings("ignore", "schedule.warmup_start .* is past the run")
+                    result = train_dgnet(frame, model_cfg, cfg, teachers, folder, hooks=[pictures, hooks],
+                                         resume=True, fork_from=fork)
             finally:
                 hooks.close()
             summary = metrics_summary(result.metrics)
             with atomic_dir(out) as tmp:
-                shutil.copy2(result.model_path, tmp / "model.pt")
+                if args.warmup:
+                    warm = checkpoint_path(folder / "checkpoints", cfg.iterations)
+                    shutil.copy2(warm, tmp / WARMUP_CHECKPOINT)
+                    write_json(tmp / "warmup.json", {"seed": cfg.seed, "iterations": cfg.iterations,
+                                                     "metrics": summary, "mlflow_run_id": run.info.run_id})
+                else:
+                    shutil.copy2(result.model_path, tmp / "model.pt")
             if "swap_grid" in pictures.images:
                 with atomic_path(workspace / args.swap_grid) as png:
                     pictures.images["swap_grid"].save(png, format="PNG")
-            write_json(metrics_file, summary)
+            if metrics_file is not None:
+                write_json(metrics_file, summary)
     except DgnetError as exc:
         print(f"stages.train: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("stages.train: interrupted; re-run to resume from the last checkpoint", file=sys.stderr)
         return 130
-    remove_work_dirs(workspace, f"dgnet-{args.variant}")
+    remove_work_dirs(workspace, f"dgnet-{run_name}")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
     version = hooks.model_version
     version = f", registered {registered!r} version {version.version}" if version else ""
-    print(f"{args.variant}: model in {out} after {time.monotonic() - started:.0f} s; {shown}")
-    print(f"metrics: {metrics_file}; MLflow run {run.info.run_id} in experiment {settings['experiment']!r} "
+    what = "warm-up checkpoint" if args.warmup else "model"
+    print(f"{run_name}: {what} in {out} after {time.monotonic() - started:.0f} s; {shown}")
+    where = f"metrics: {metrics_file}; " if metrics_file else ""
+    print(f"{where}MLflow run {run.info.run_id} in experiment {settings['experiment']!r} "
           f"at {uri}{version} (view: {view_hint(uri)})")
     return 0
 

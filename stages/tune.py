@@ -110,6 +110,7 @@ from stages.tracking import (
     work_dir,
     workspace_root,
 )
+from stages.train import STAGE_KEYS as TRAIN_STAGE_KEYS
 from stages.train import apply_overrides, merge
 from stages.tune_data import (
     SCORE_SPLIT,
@@ -436,7 +437,7 @@ class Objective:
         sampled = suggest(trial, settings.space)
         history = retry_history(trial)
         cfg, _ = train_config(DGNetTrainConfig, trial_values(ctx.base_values, settings.space, sampled),
-                              f"tune (from {settings.base})")
+                              f"tune (from {settings.base})", TRAIN_STAGE_KEYS)
         folder = work_dir(ctx.workspace, f"tune-{settings.study}",
                           {"model": ctx.model_cfg, "train": cfg, **ctx.fingerprint_key})
         keep = False
@@ -659,7 +660,7 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
         updated = yaml.safe_load(tmp.read_text())
         for name in sections:  # a training section must still build a training configuration
             if {"iterations", "schedule"} <= set(updated.get(name) or {}):
-                train_config(DGNetTrainConfig, updated[name], name)
+                train_config(DGNetTrainConfig, updated[name], name, TRAIN_STAGE_KEYS)
     return changes
 
 
@@ -677,7 +678,8 @@ def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
     settings = tune_settings(apply_overrides(section(params, STAGE), args.assignments, STAGE), args)
     mlflow_settings(params)  # checked here; read again when tracking starts
     base_values = merge(section(params, settings.base), settings.train)
-    base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})")
+    base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})",
+                               TRAIN_STAGE_KEYS)
     manifest = manifest_path(params, workspace)
     # The test split's rows are kept for the guard only; its images are never opened.
     data = tuning_data(read_manifest(manifest, report_path(params, workspace)), settings.validation_fraction,

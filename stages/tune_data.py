@@ -102,7 +102,7 @@ def teacher_recipe(values: Mapping[str, Any], model_cfg: Any, manifest_md5: str,
     values = {k: v for k, v in values.items() if k != "deterministic"}  # always on here, whatever it says
     configs = {seed: train_config(TeacherTrainConfig, values, "teacher", ("seeds",),
                                   fixed={"seed": seed, "deterministic": True})[0]
-               for seed in parse_seeds(values)}
+               for seed in parse_seeds(values)[:1]}  # trials train one seed: one teacher
     key = {"model": model_cfg, "teacher": configs, "manifest": manifest_md5, "split": dict(split)}
     return TeacherRecipe(configs, key)
 

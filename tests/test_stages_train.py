@@ -33,9 +33,10 @@ PARAMS = {
     "model": {"profile": "tiny", "overrides": {}},
     # Two seeds: an ensemble of two teachers, one child run each.
     "teacher": {"seeds": [0, 1], "iterations": 2, "batch_size": 8, "lr": 0.01, **RUN},
-    # The warm-up starts at once, so the teachers' soft labels are used within the 2 iterations.
-    "train": {"iterations": 2, "batch_size": 2, "image_every": 1, "swap_images": 2,
-              "schedule": {"warmup_start": 0, "warmup_rate": 0.5}, **RUN},
+    # Two seeds, each DG-Net seed with the teacher of its seed; the warm-up (shared by the variants,
+    # forked from) is the first iteration, so the teachers' soft labels are used in the other two.
+    "train": {"iterations": 3, "batch_size": 2, "image_every": 1, "swap_images": 2, "seeds": [0, 1],
+              "schedule": {"warmup_start": 1, "warmup_rate": 0.5}, **RUN},
     "ablations": {"no_fine": {"schedule": {"fine_mining": False}}},
     "mlflow": {"experiment": "stages-test", "teacher_model": "t-teacher", "model": "t-dgnet",
                "alias": "current"},
@@ -79,13 +80,17 @@ def in_workspace(workspace, store, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(workspace, store):
-    """The stages run once (teacher, DG-Net, one ablation), as `dvc repro` would."""
+    """The stages run once as `dvc repro` would: the teachers, seed 0's warm-up, DG-Net and one ablation
+    forked from it, and DG-Net seed 1 trained from iteration 0 (no fork)."""
     patch = pytest.MonkeyPatch()
     patch.chdir(workspace)
     patch.delenv("DVC_ROOT", raising=False)
     patch.setenv("MLFLOW_TRACKING_URI", store[0])
     try:
-        codes = teacher_stage.main([]), train_stage.main([]), train_stage.main(["--ablation", "no_fine"])
+        fork = ["--fork", "outputs/warmup/seed0"]
+        codes = (teacher_stage.main([]), train_stage.main(["--warmup", "--seed", "0"]),
+                 train_stage.main(["--seed", "0", *fork]), train_stage.main(["--seed", "1"]),
+                 train_stage.main(["--ablation", "no_fine", "--seed", "0", *fork]))
     finally:
         patch.undo()
     return codes
@@ -97,9 +102,9 @@ def runs(client, name: str):
 
 
 def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store, in_workspace):
-    assert trained == (0, 0, 0)
+    assert trained == (0, 0, 0, 0, 0)
     _, client = store
-    for name in ("teacher", "dgnet"):
+    for name in ("teacher", "dgnet_seed0", "dgnet_seed1"):
         metrics = json.loads((workspace / "reports" / "metrics" / f"{name}.json").read_text())
         assert {"rank1", "mAP", "mINP"} <= set(metrics)
         assert all(0.0 <= metrics[k] <= 1.0 for k in ("rank1", "mAP", "mINP"))
@@ -108,22 +113,41 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     index = json.loads((workspace / "outputs" / "teacher" / "teachers.json").read_text())
     assert [t["seed"] for t in index["teachers"]] == [0, 1]
     assert (workspace / "outputs" / "teacher" / "seed1" / "model.pt").is_file()
-    assert (workspace / "outputs" / "dgnet" / "model.pt").is_file()
-    assert (workspace / "reports" / "figures" / "dgnet_swap_grid.png").is_file()
+    assert (workspace / "outputs" / "dgnet" / "seed0" / "model.pt").is_file()
+    assert (workspace / "outputs" / "dgnet" / "seed1" / "model.pt").is_file()
+    assert (workspace / "outputs" / "warmup" / "seed0" / "checkpoint.pt").is_file()
+    warmup = json.loads((workspace / "outputs" / "warmup" / "seed0" / "warmup.json").read_text())
+    assert (warmup["seed"], warmup["iterations"]) == (0, 1)
+    assert (workspace / "reports" / "figures" / "dgnet_seed0_swap_grid.png").is_file()
     assert not (workspace / "checkpoints").exists()  # deleted once the stages succeeded
 
-    (dgnet_run,) = runs(client, "dgnet")
-    assert dgnet_run.info.status == "FINISHED"
+    (dgnet_run,) = runs(client, "dgnet-seed0")
+    (unforked,) = runs(client, "dgnet-seed1")
+    (warm,) = runs(client, "warmup-seed0")
+    assert {r.info.status for r in (dgnet_run, unforked, warm)} == {"FINISHED"}
     params = dgnet_run.data.params
-    assert params["train.iterations"] == "2" and params["model.profile"] == "tiny"
-    assert dgnet_run.data.tags["dvc.stage"] == "train" and dgnet_run.data.tags["dgnet.kind"] == "dgnet"
-    assert [m.step for m in client.get_metric_history(dgnet_run.info.run_id, "loss/total")] == [1, 2]
-    assert "loss/primary_kl" in dgnet_run.data.metrics  # the teacher ensemble was used
+    assert params["train.iterations"] == "3" and params["model.profile"] == "tiny"
+    assert params["stage.forked_from"] == "outputs/warmup/seed0" and params["train.seed"] == "0"
+    assert unforked.data.params["train.seed"] == "1" and "stage.forked_from" not in unforked.data.params
+    tags = dgnet_run.data.tags
+    assert (tags["dvc.stage"], tags["dgnet.kind"], tags["dgnet.variant"], tags["dgnet.seed"]) == (
+        "train@0", "dgnet", "dgnet", "0")
+    assert (warm.data.tags["dvc.stage"], warm.data.tags["dgnet.variant"]) == ("warmup@0", "warmup")
+    assert warm.data.params["train.iterations"] == "1"
+    # The fork continues the warm-up's iteration count: its own curves start after it.
+    assert [m.step for m in client.get_metric_history(dgnet_run.info.run_id, "loss/total")] == [2, 3]
+    assert [m.step for m in client.get_metric_history(unforked.info.run_id, "loss/total")] == [1, 2, 3]
+    assert "loss/primary_kl" in dgnet_run.data.metrics  # the teacher was used
     assert "eval/rank1" in dgnet_run.data.metrics
     images = [a.path for a in client.list_artifacts(dgnet_run.info.run_id, "images")]
-    assert sum(p.endswith(".png") for p in images) == 2  # iterations 1 and 2
+    assert sum(p.endswith(".png") for p in images) == 2  # iterations 2 and 3
+    # Seed S learns from the teacher of seed S (train.teachers: paired).
+    assert dgnet_run.data.params["teacher.fingerprints"] != unforked.data.params["teacher.fingerprints"]
+    assert dgnet_run.data.params["train.teachers"] == "paired"
+    # Only the first seed's model is registered: one version per pipeline run.
     version = client.get_model_version_by_alias("t-dgnet", "current")
     assert version.run_id == dgnet_run.info.run_id
+    assert unforked.info.run_id not in {v.run_id for v in client.search_model_versions("name = 't-dgnet'")}
     # The registered version loads back through the registry: models:/<name>@<alias> -> model.pt.
     local = mlflow.artifacts.download_artifacts(artifact_uri="models:/t-dgnet@current",
                                                 dst_path=str(workspace / "download"), tracking_uri=store[0],
@@ -135,19 +159,22 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     children = [runs(client, f"teacher-seed{s}")[0] for s in (0, 1)]
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert [(c.data.tags["dgnet.variant"], c.data.tags["dgnet.seed"]) for c in children] == [
+        ("teacher", "0"), ("teacher", "1")]
+    assert parent.data.tags["dgnet.variant"] == "teacher-mean"  # apart from the seeds in a grouped view
     assert client.get_model_version_by_alias("t-teacher", "current").run_id == children[0].info.run_id
     assert client.get_model_version_by_alias("t-teacher", "current-seed1").run_id == children[1].info.run_id
 
     # The ablation: its own model, metrics and run in the same experiment; not registered.
-    (ablation,) = runs(client, "no_fine")
-    assert ablation.data.tags["dgnet.variant"] == "no_fine"
-    assert ablation.data.tags["dvc.stage"] == "ablation@no_fine"
+    (ablation,) = runs(client, "no_fine-seed0")
+    assert ablation.data.tags["dgnet.variant"] == "no_fine" and ablation.data.tags["dgnet.seed"] == "0"
+    assert ablation.data.tags["dvc.stage"] == "ablation@no_fine-0"
     assert ablation.data.params["train.schedule.fine_mining"] == "false"
     assert "loss/fine_generated" not in ablation.data.metrics and "loss/primary_kl" in ablation.data.metrics
     assert "loss/fine_generated" in dgnet_run.data.metrics
-    assert (workspace / "outputs" / "ablations" / "no_fine" / "model.pt").is_file()
-    assert (workspace / "reports" / "metrics" / "ablation_no_fine.json").is_file()
-    assert (workspace / "reports" / "figures" / "ablation_no_fine_swap_grid.png").is_file()
+    assert (workspace / "outputs" / "ablations" / "no_fine" / "seed0" / "model.pt").is_file()
+    assert (workspace / "reports" / "metrics" / "ablation_no_fine_seed0.json").is_file()
+    assert (workspace / "reports" / "figures" / "ablation_no_fine_seed0_swap_grid.png").is_file()
     versions = client.search_model_versions("name = 't-dgnet'")
     assert ablation.info.run_id not in {v.run_id for v in versions}
 
@@ -156,6 +183,26 @@ def test_unknown_ablation_is_named(in_workspace, capsys):
     assert train_stage.main(["--ablation", "no_such"]) == 2
     err = capsys.readouterr().err
     assert "ablations.no_such" in err and "no_fine" in err
+
+
+def test_seed_and_fork_refusals_are_named(trained, in_workspace, capsys):
+    assert train_stage.main(["--warmup", "--ablation", "no_fine"]) == 2
+    assert "--warmup" in capsys.readouterr().err
+    assert train_stage.main(["--seed", "1", "--fork", "outputs/warmup/seed1"]) == 2
+    err = capsys.readouterr().err
+    assert "no warm-up checkpoint" in err and "warmup@1" in err
+    assert train_stage.main(["--seed", "7"]) == 2  # paired: no teacher of seed 7
+    err = capsys.readouterr().err
+    assert "teacher of seed 7" in err and "teacher.seeds" in err
+    # The warm-up of seed 0 was trained with other settings than these: the fork is refused, naming them.
+    assert train_stage.main(["--seed", "0", "--fork", "outputs/warmup/seed0", "--set", "lr_generator=0.5",
+                             "--variant", "probe", "--out", "outputs/probe", "--registered-model", ""]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "lr_generator" in err
+    with pytest.raises(ConfigError, match="repeats"):
+        train_stage.seed_settings({"seeds": [1, 1]})
+    with pytest.raises(ConfigError, match=r"train\.teachers"):
+        train_stage.seed_settings({"seeds": [0], "teachers": "mine"})
 
 
 def test_ablation_changes_merge_into_the_train_section():
@@ -224,6 +271,8 @@ def test_params_map_onto_the_dataclasses():
         train_config(TeacherTrainConfig, {"seed": 3}, "teacher", ("seeds",), fixed={"seed": 0})
     with pytest.raises(ConfigError, match="unknown"):
         train_config(DGNetTrainConfig, {"iterationz": 3}, "train")
+    with pytest.raises(ConfigError, match=r"train\.seed"):  # the stage sets it from train.seeds
+        train_config(DGNetTrainConfig, {"seed": 3}, "train", train_stage.STAGE_KEYS, fixed={"seed": 0})
     assert train_stage.apply_overrides({"objective": {"r1_weight": 0.01}}, ["objective.r1_weight=0"],
                                        "train") == {"objective": {"r1_weight": 0}}
 
@@ -235,11 +284,15 @@ def test_repository_params_build_valid_configs():
         params = yaml.safe_load(path.read_text())
         teacher, _ = train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",),
                                   fixed={"seed": 0})
-        train, _ = train_config(DGNetTrainConfig, params["train"], "train")
+        train, stage = train_config(DGNetTrainConfig, params["train"], "train", train_stage.STAGE_KEYS,
+                                    fixed={"seed": 0})
+        assert len(train_stage.seed_settings(stage)[0]) >= 2  # a spread for every variant
         get_profile(params["model"]["profile"], **params["model"]["overrides"])
         assert train.needs_teacher() and teacher.iterations > 0
     paper = yaml.safe_load((repo / "params" / "paper.yaml").read_text())
-    train, _ = train_config(DGNetTrainConfig, paper["train"], "train")
+    train, stage = train_config(DGNetTrainConfig, paper["train"], "train", train_stage.STAGE_KEYS,
+                                fixed={"seed": 0})
+    assert train_stage.seed_settings(stage) == ([0, 1, 2], "paired")  # the paper recipe: 3 seeds
     assert (train.iterations, train.batch_size, train.amp) == (100_000, 8, "bf16")
     assert (train.schedule.warmup_start, train.schedule.lr_milestones) == (30_000, (60_000, 90_000))
 
@@ -254,22 +307,37 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
     finally:
         write_params(workspace, PARAMS)
     summary = json.loads((workspace / "reports" / "metrics" / "eval.json").read_text())
-    # An ensemble: one row per teacher; the ablation is found under outputs/ablations.
-    assert set(summary) == {"teacher_0", "teacher_1", "dgnet", "ablation_no_fine", "colour_histogram"}
+    # One entry per run (<variant>_seed<S>) and one per variant with its seed summary.
+    assert set(summary) == {"teacher_seed0", "teacher_seed1", "dgnet_seed0", "dgnet_seed1",
+                            "ablation_no_fine_seed0", "teacher", "dgnet", "ablation_no_fine",
+                            "colour_histogram"}
     assert 0.0 <= summary["colour_histogram"]["baseline"]["mAP"] <= 1.0  # the trivial re-ID baseline
-    assert set(summary["dgnet"]) >= {"alpha_0", "alpha_0.5", "alpha_1", "fine_only", "generation"}
-    assert 0.0 <= summary["dgnet"]["alpha_0.5"]["mAP"] <= 1.0
-    assert "swap_l1_person" in summary["dgnet"]["generation"]  # synthetic data: ground truth exists
+    run0 = summary["dgnet_seed0"]
+    assert set(run0) >= {"alpha_0", "alpha_0.5", "alpha_1", "fine_only", "generation"}
+    assert "swap_l1_person" in run0["generation"]  # synthetic data: ground truth exists
+    full = summary["dgnet"]["summary"]
+    per_seed = [summary[f"dgnet_seed{s}"]["alpha_0.5"]["mAP"] for s in (0, 1)]
+    assert full["seeds"] == [0, 1] and full["setting"] == "alpha_0.5"
+    assert full["mAP_mean"] == pytest.approx(sum(per_seed) / 2, abs=1e-6)
+    assert full["mAP_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, abs=1e-6)
+    assert {"rank1_mean", "rank1_std", "mAP_per_seed"} <= set(full)
+    teacher = summary["teacher"]["summary"]["vs_dgnet"]["mAP"]  # teacher S paired with DG-Net S
+    assert teacher["seeds"] == [0, 1] and teacher["low"] <= teacher["mean"] <= teacher["high"]
+    lone = summary["ablation_no_fine"]["summary"]
+    assert lone["seeds"] == [0] and "mAP_std" not in lone  # one seed: no spread, no interval
+    assert lone["vs_dgnet"]["mAP"]["verdict"].startswith("untested")
     report = (workspace / "reports" / "benchmark.md").read_text()
-    assert "| dgnet | dgnet | alpha_0.5 |" in report and "FID skipped" in report
-    # The ablation table: without fine-grained mining the model is read at alpha 0 (primary half).
-    assert "| ablation_no_fine | `schedule.fine_mining: false` | alpha_0 |" in report
-    assert "| dgnet | full DG-Net | alpha_0.5 |" in report
-    for picture in ("eval_cmc.png", "eval_dgnet_swap_grid.png", "eval_teacher_0_ranked_list.png"):
+    assert "## Variants over seeds" in report and "| dgnet | full DG-Net | 2 | alpha_0.5 |" in report
+    assert "| dgnet_seed0 | full DG-Net | alpha_0.5 |" in report and "FID skipped" in report
+    # Without fine-grained mining the model is read at alpha 0 (primary half).
+    assert "| ablation_no_fine_seed0 | `schedule.fine_mining: false` | alpha_0 |" in report
+    assert "### dgnet (mean of 2 seeds)" in report and "DG-Net" in report and "its teacher" in report
+    for picture in ("eval_cmc.png", "eval_dgnet_seed0_swap_grid.png", "eval_teacher_seed0_ranked_list.png"):
         assert (workspace / "reports" / "figures" / picture).is_file()
-    assert (workspace / "reports" / "plots" / "cmc" / "dgnet.csv").read_text().startswith("rank,cmc")
+    assert (workspace / "reports" / "plots" / "cmc" / "dgnet_seed1.csv").read_text().startswith("rank,cmc")
     (run,) = runs(store[1], "evaluate")
-    assert run.info.status == "FINISHED" and "dgnet/alpha_0.5/mAP" in run.data.metrics
+    assert run.info.status == "FINISHED" and "dgnet_seed0/alpha_0.5/mAP" in run.data.metrics
+    assert {"dgnet/summary/mAP_mean", "teacher/summary/vs_dgnet/mAP/low"} <= set(run.data.metrics)
     assert "colour_histogram/baseline/mAP" in run.data.metrics
     assert any(a.path.endswith("benchmark.md") for a in store[1].list_artifacts(run.info.run_id, "report"))
 

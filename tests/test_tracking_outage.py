@@ -197,8 +197,8 @@ def test_train_stage_stops_keeping_its_checkpoint_and_resumes_from_it(trained_te
     assert f"resumed from {checkpoint} at iteration 1" in out
     client = connect(tracking.tracking_uri())
     experiment = client.get_experiment_by_name(PARAMS["mlflow"]["experiment"])
-    first, second = sorted(client.search_runs([experiment.experiment_id], "attributes.run_name = 'dgnet'"),
-                           key=lambda run: run.info.start_time)
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'dgnet-seed0'")
+    first, second = sorted(runs, key=lambda run: run.info.start_time)
     assert second.info.status == "FINISHED"
     assert second.data.tags["dgnet.resumed_from_run"] == first.info.run_id
     assert second.data.tags["dgnet.start_iteration"] == "1"

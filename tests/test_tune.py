@@ -439,7 +439,7 @@ def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_ur
     assert train_stage.main([]) == 0  # the pipeline's train stage on the applied params
     client = connect(mlflow_uri)
     experiment = client.get_experiment_by_name("tune-test")
-    (run,) = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'train'")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` = 'train@0'")
     assert run.info.status == "FINISHED"
     for key, value in tuned.items():
         assert float(run.data.params[f"train.schedule.{key}"]) == value

@@ -1,9 +1,9 @@
 """`dgnet extract`, `rank`, `generate`, `export`: a trained model at work on the command line.
 
-    dgnet extract --model outputs/dgnet/model.pt --images my_crops/ --out feats.npy
+    dgnet extract --model outputs/dgnet/seed0/model.pt --images my_crops/ --out feats.npy
     dgnet rank --model models:/dgnet@current --query q/ --gallery g/ --out ranking/ --rerank
-    dgnet generate --model outputs/dgnet/model.pt --images data/synthetic/bounding_box_train --out dg/
-    dgnet export --model outputs/dgnet/model.pt --format onnx --out dgnet.onnx
+    dgnet generate --model outputs/dgnet/seed0/model.pt --images data/synthetic/bounding_box_train --out dg/
+    dgnet export --model outputs/dgnet/seed0/model.pt --format onnx --out dgnet.onnx
 
 `--model` is a model file or a `models:/NAME@ALIAS` URI of the MLflow registry (the full install).
 """

@@ -1,6 +1,6 @@
 """Features of your own images from a trained model (torchreid's FeatureExtractor, for dgnet files).
 
-    extractor = FeatureExtractor("outputs/dgnet/model.pt")   # or "models:/dgnet@current"
+    extractor = FeatureExtractor("outputs/dgnet/seed0/model.pt")   # or "models:/dgnet@current"
     features = extractor(["a.jpg", "b.jpg"])                 # (2, D): load, resize, normalise, embed
     features = extractor.features(batch)                     # a normalised (N, 3, H, W) float tensor
 

@@ -336,7 +336,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
             assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
             assert run.data.metrics["optuna/value"] == pytest.approx(trial.value)
             assert run.data.metrics["val/mAP"] == pytest.approx(trial.value)
-            assert not any(k.startswith("eval/") for k in run.data.metrics), "a trial scored on the test split"
+            assert not any(k.startswith("eval/") for k in run.data.metrics), "a trial scored on test"
     killed_run, rerun_run = by_number[killed.number], by_number[rerun.number]
     assert killed_run.info.status == "KILLED" and killed_run.data.tags["optuna.rerun_as"] == str(rerun.number)
     assert rerun_run.data.tags["optuna.retry_of"] == str(killed.number)
@@ -391,7 +391,7 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
         log(f"re-run with the server back: resumed from {newest.name}, exit 0 after {seconds:.0f} s")
         client = mlflow_client(server.url)
         experiment = client.get_experiment_by_name(EXPERIMENT)
-        runs = sorted(client.search_runs([experiment.experiment_id], "attributes.run_name = 'dgnet'"),
+        runs = sorted(client.search_runs([experiment.experiment_id], "attributes.run_name = 'dgnet-seed0'"),
                       key=lambda r: r.info.start_time)
         first, second = runs[-2:]
         assert second.info.status == "FINISHED"
