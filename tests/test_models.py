@@ -43,9 +43,20 @@ def tiny_cfg() -> ModelConfig:
 
 
 def test_profiles_differ_only_in_numbers() -> None:
-    assert PROFILES["paper"] == ModelConfig()
-    for cfg in PROFILES.values():
-        assert isinstance(cfg, ModelConfig)
+    paper = ModelConfig()
+    assert PROFILES["paper"] == paper
+    assert (paper.backbone, paper.image_height, paper.image_width) == ("resnet50", 256, 128)
+    assert (paper.structure_channels, paper.embedding_dim, paper.discriminator_scales) == (128, 512, 3)
+    choices = {"backbone", "pretrained", "require_pretrained", "pretrained_path"}  # not sizes
+    for name, cfg in PROFILES.items():
+        for field in dataclasses.fields(ModelConfig):
+            mine, theirs = getattr(cfg, field.name), getattr(paper, field.name)
+            if mine == theirs or field.name in choices:
+                continue
+            assert type(mine) is type(theirs), (name, field.name)
+            values = mine if isinstance(mine, tuple) else (mine,)
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            assert numbers, (name, field.name)
 
 
 def test_get_profile_overrides_and_errors() -> None:

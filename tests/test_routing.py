@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
-import warnings
 
 import pytest
 import torch
@@ -310,24 +308,3 @@ def test_full_step_tiny(setup) -> None:
     )
     assert not teacher.training
 
-
-def test_full_step_cpu_profile_timed(capsys) -> None:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no ImageNet weights on the test machine
-        cfg = get_profile("cpu", pretrained=False, num_classes=50)
-        model = DGNet(cfg).train()
-        teacher = FrozenTeacher(ReidBaseline(cfg))
-    batch = make_batch(cfg, n=8)
-    optimizers = make_optimizers(model)
-    run_step(model, teacher, batch, 40_000, optimizers)  # warm-up (allocator, kernels)
-    timings: dict[int, float] = {}
-    for iteration in (0, 40_000, 0, 40_000):  # best of two: the machine may be shared
-        start = time.perf_counter()
-        run_step(model, teacher, batch, iteration, optimizers)
-        timings[iteration] = min(timings.get(iteration, float("inf")), time.perf_counter() - start)
-    with capsys.disabled():
-        print(
-            f"\n[cpu profile, batch 8 per stream, {torch.get_num_threads()} threads] one DG-Net step: "
-            f"{timings[0]:.3f} s before warm-up (iteration 0), {timings[40_000]:.3f} s after (iteration 40k)"
-        )
