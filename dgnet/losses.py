@@ -1,4 +1,4 @@
-"""The DG-Net losses (METHOD.md section 3), each a small pure function of tensors.
+"""The DG-Net losses (docs/method.md section 3), each a small pure function of tensors.
 
 Notation: D_k(x) is the k-th scale's patch map of the discriminator, N the batch size.
 Which tensors are detached, and so which networks a loss trains, is decided by the caller
@@ -77,7 +77,7 @@ def lsgan_discriminator_loss(
 def lsgan_generator_loss(fake_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """L_adv^G = sum_k 2 mean (D_k(x_fake) - 1)^2  (the generator pushes D's verdict on fakes to 1).
 
-    The factor 2 is the published one (METHOD.md section 3): the generator's term weighs twice D's.
+    The factor 2 is the published one (docs/method.md section 3): the generator's term weighs twice D's.
     """
     return _sum(2.0 * torch.mean((fake - 1.0) ** 2) for fake in fake_outputs)
 

@@ -482,8 +482,9 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
     fid_notes = {r.generation.get("fid_skipped") for r in results if r.generation.get("fid_skipped")}
     lines = [
         "# Benchmark report", "",
-        f"Data: `{manifest}`. Re-ID protocol of METHOD.md section 5 (junk = same id and camera, or id -1; "
-        "Market-1501 AP convention). Percentages. `alpha_x`: the query's fine-grained half weighted by x "
+        f"Data: `{manifest}`. Re-ID protocol: docs/method.md section 5 (junk = same id and camera, "
+        "or id -1; Market-1501 AP convention). Percentages. "
+        "`alpha_x`: the query's fine-grained half weighted by x "
         "(the paper reports alpha 0.5); `fine_only`: the fine-grained half alone. Swap columns: "
         "G(s_j, a_i) against the exact synthetic render of i's clothes in j's structure, inside the "
         "person mask (L1 on [0, 1], lower is better; SSIM higher is better). SSIM diversity: mean SSIM "

@@ -1,4 +1,4 @@
-"""The published DG-Net details of METHOD.md section 8 that the generator and objective follow.
+"""The published DG-Net details of docs/method.md section 8 that the generator and objective follow.
 
 Each test pins one detail where an earlier version of this code departed from the published
 implementation (ASPP norms, structure-code loss, adversarial weight, R1 scales, frozen E_a mode,

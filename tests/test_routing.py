@@ -248,7 +248,7 @@ def test_primary_loss_needs_a_teacher(setup) -> None:
 
 
 def run_step(model: DGNet, teacher: FrozenTeacher, batch: DGNetBatch, iteration: int, optimizers) -> dict:
-    """One DG-Net iteration as METHOD.md section 4: D step on detached fakes, then the joint G + E_a step."""
+    """One DG-Net iteration as docs/method.md section 4: D step on detached fakes, then the joint step."""
     opt_g, opt_d, opt_e = optimizers
     fakes = generate_cross(model, batch.a, batch.b)
     d_loss, d_logs = discriminator_objective(model, torch.cat([batch.a, batch.b]), fakes)

@@ -13,7 +13,7 @@ from dgnet.data.transforms import load_image, normalize, pad_random_crop, random
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training augmentation of METHOD.md section 4, as in the published DG-Net: bicubic resize
+    """Training augmentation of docs/method.md section 4, as in the published DG-Net: bicubic resize
     (in `load_image`), horizontal flip, `padding` pixels of edge replication then a random crop
     back to size, and random erasing with probability `erasing_p` on the identity-loss inputs."""
 

@@ -50,7 +50,7 @@ def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation: the generator's output lives in this space too (METHOD.md)."""
+    """ImageNet normalisation: the generator's output lives in this space too (docs/method.md)."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     return (image - mean) / std

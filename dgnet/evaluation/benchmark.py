@@ -1,7 +1,7 @@
 """Benchmark one trained model: re-ID at several query alphas, generation quality, pictures.
 
 Features are extracted once per model; the alpha sweep only rescales the queries' fine-grained
-half (METHOD.md section 5), so it costs a ranking per alpha, not a forward pass. The evaluate
+half (docs/method.md section 5), so it costs a ranking per alpha, not a forward pass. The evaluate
 stage (stages/evaluate.py) calls `benchmark_model` for the teacher, DG-Net and the ablations
 and writes the report; this module holds no tracking or file-format concerns beyond pictures.
 

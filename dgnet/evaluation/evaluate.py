@@ -1,4 +1,4 @@
-"""Re-ID evaluation of a model on a manifest's query and gallery splits (METHOD.md section 5)."""
+"""Re-ID evaluation of a model on a manifest's query and gallery splits (docs/method.md section 5)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def rank_test_splits(
     ap: ApConvention = "market",
 ) -> dict[str, float]:
     """rank1, rank5, rank10, mAP, mINP (fractions) and query counts of the features that
-    `features_of(images, split)` gives for `frame`'s query and gallery images (METHOD.md section 5)."""
+    `features_of(images, split)` gives for `frame`'s query and gallery images (docs/method.md section 5)."""
     if not has_eval_splits(frame):
         raise DatasetError("evaluation: the manifest has no query and gallery images (split column)")
     features, ids, cameras = {}, {}, {}

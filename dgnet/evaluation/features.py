@@ -1,4 +1,4 @@
-"""The test-time re-ID feature (METHOD.md section 5).
+"""The test-time re-ID feature (docs/method.md section 5).
 
 For DG-Net: each id head's post-BN embedding, L2-normalised, concatenated (primary half first,
 fine-grained half second: 1024-d in the paper); summed with the horizontally flipped image's

@@ -1,6 +1,6 @@
 """Re-ID rank metrics: CMC, mAP (Market-1501 or finite convention) and mINP.
 
-Protocol (METHOD.md section 5): for each query, gallery items with the query's id AND camera
+Protocol (docs/method.md section 5): for each query, gallery items with the query's id AND camera
 are junk, so are gallery ids -1; both are removed before ranking. Id 0 (distractors) is a plain
 negative. Queries with no valid match are counted and reported, and left out of the averages.
 

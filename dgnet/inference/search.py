@@ -52,7 +52,7 @@ def ids_from_names(names: list[str]) -> tuple[str, list[int], list[int]] | None:
 
 
 def _match(q_id: int, q_cam: int, g_id: int, g_cam: int) -> str:
-    """The protocol's verdict on one result (METHOD.md section 5)."""
+    """The protocol's verdict on one result (docs/method.md section 5)."""
     if g_id == -1 or (g_id == q_id and g_cam == q_cam):
         return "junk"
     return "hit" if g_id == q_id else "miss"

@@ -1,6 +1,6 @@
 """The model configuration: one frozen object, and named profiles that differ only in numbers.
 
-`PROFILES["paper"]` is METHOD.md section 2 exactly (256x128, ResNet-50); "cpu" is what `dvc repro`
+`PROFILES["paper"]` is docs/method.md section 2 exactly (256x128, ResNet-50); "cpu" is what `dvc repro`
 trains on the synthetic data on a 2-core CPU; "tiny" is for tests. Fields are flat so that a
 params.yaml section maps onto them one to one: `get_profile("cpu", num_classes=10)`.
 """
@@ -189,7 +189,7 @@ def _is_pos_int(value: Any) -> bool:
 
 
 PROFILES: dict[str, ModelConfig] = {
-    # METHOD.md section 2, exactly.
+    # docs/method.md section 2, exactly.
     # ImageNet initialisation is part of it: without it the paper configuration loses tens of rank-1
     # points, so it refuses to start without the weights (override require_pretrained: false).
     "paper": ModelConfig(),

@@ -16,7 +16,7 @@ from dgnet.models.structure import StructureEncoder
 
 @dataclass(frozen=True)
 class ParameterGroups:
-    """DG-Net's parameters split the way METHOD.md section 4 optimises them.
+    """DG-Net's parameters split the way docs/method.md section 4 optimises them.
 
     generator: E_s, decoder and AdaIN MLPs (Adam); appearance_trunk: E_a's ResNet (SGD, base lr);
     id_heads: both id heads (SGD, lr x10); discriminator: D (Adam).

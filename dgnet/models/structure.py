@@ -28,7 +28,7 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: a 1x1 branch and 1x1 -> dilated 3x3 branches, fused by a 1x1 conv.
 
-    As published (METHOD.md section 8): the 1x1 branch is conv + IN; each dilated branch is
+    As published (docs/method.md section 8): the 1x1 branch is conv + IN; each dilated branch is
     1x1 conv + IN + LeakyReLU, then the dilated 3x3 conv + IN; the fuse is conv + IN. No activation
     ends a branch or the fuse, and the code is instance-normalised: its scale carries no
     information, so no loss can be lowered by shrinking it.

@@ -196,7 +196,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser(
         "train", help="train DG-Net jointly (generator, discriminator, re-ID encoder)",
-        description="Joint DG-Net training (METHOD.md section 4). Resumes from OUT/checkpoints.",
+        description="Joint DG-Net training (docs/method.md section 4). Resumes from OUT/checkpoints.",
     )  # fmt: skip
     _add_common(train)
     train.add_argument("--teacher", action="append", type=Path, default=[], metavar="PATH",

@@ -1,4 +1,4 @@
-"""One DG-Net iteration's losses (METHOD.md section 3), with the gradient routing of the paper.
+"""One DG-Net iteration's losses (docs/method.md section 3), with the gradient routing of the paper.
 
 The training loop calls, each iteration:
     fakes = generate_cross(model, batch.a, batch.b)                      # no grad

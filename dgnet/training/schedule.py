@@ -15,7 +15,7 @@ from dgnet.errors import ConfigError
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The loss weights of METHOD.md sections 3-4; defaults are the paper's (Market-1501, 100k iterations).
+    """The loss weights of docs/method.md sections 3-4; defaults are the paper's (Market-1501, 100k its).
 
     Ramped weights are 0 until `warmup_start`, then grow by `warmup_rate` per iteration up to their
     maximum: with the defaults the code weights reach 1 at 32k, cycle and lambda_prim reach 2 at 34k.

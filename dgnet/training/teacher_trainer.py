@@ -1,4 +1,4 @@
-"""The teacher: a plain ResNet re-ID baseline trained with the identity loss (METHOD.md section 2).
+"""The teacher: a plain ResNet re-ID baseline trained with the identity loss (docs/method.md section 2).
 
 Each iteration: `batch_size` random training images (flip, pad + random crop, random erasing), the
 cross-entropy of the one id head, one SGD step (Nesterov momentum; the new head learns x10 faster

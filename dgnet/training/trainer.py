@@ -1,4 +1,4 @@
-"""The joint DG-Net training loop (METHOD.md section 4).
+"""The joint DG-Net training loop (docs/method.md section 4).
 
 Each iteration, from a batch [a, pos_a, b, pos_b] of the DG-Net sampler (`train.sampling`):
 1. one discriminator step on detached cross-identity fakes (`generate_cross`,
