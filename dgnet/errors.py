@@ -31,3 +31,7 @@ class ConfigError(DgnetError):
 
 class OutputError(DgnetError):
     """A file or folder that cannot be written (permissions, a full disk, a symlink loop)."""
+
+
+class ModelFileError(DgnetError):
+    """A model file that is missing, unreadable, not a dgnet model, or of the wrong kind."""

@@ -47,8 +47,7 @@ from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.evaluation.spread import mean_std, paired_difference
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
-from stages.common import load_params, resolve
-from stages.teacher import teacher_paths
+from stages.common import load_params, parse_seeds, resolve, teacher_paths
 from stages.tracking import (
     artifact_location,
     connect,
@@ -73,7 +72,6 @@ PLOTS = Path("reports/plots/cmc")
 FIGURES = Path("reports/figures")
 CROSS_DOMAIN = Path("reports/cross_domain")  # the targets' validation reports
 DGNET = Path("outputs/dgnet")
-SEED_DIR = re.compile(r"seed\d+")
 ABLATIONS = Path("outputs/ablations")
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
 KNOWN_KEYS = {"alphas", "rerank", "num_swaps", "ranked_queries", "batch_size", "device",
@@ -174,22 +172,30 @@ def _by_seed(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed") or 0))
 
 
-def models_to_evaluate(workspace: Path) -> dict[str, Path]:
-    """<variant>_seed<S> -> model file: each teacher, DG-Net and ablation run of each seed (teacher and
-    DG-Net required), from outputs/teacher/seed<S>, outputs/dgnet/seed<S> and
-    outputs/ablations/<name>/seed<S>."""
+def models_to_evaluate(workspace: Path, params: dict[str, Any]) -> dict[str, Path]:
+    """<variant>_seed<S> -> model file: each teacher of the teacher stage, and DG-Net and each ablation
+    of params `ablations` for each seed of params `train.seeds`, from outputs/dgnet/seed<S> and
+    outputs/ablations/<name>/seed<S>. Exactly those: a folder of a variant or seed no longer in
+    params is left out, and said so; a missing one is an error that names its stage."""
     models = {f"teacher_{path.parent.name}": path for path in _by_seed(teacher_paths(workspace))}
-    dgnet = _by_seed([p for p in (workspace / DGNET).glob("seed*/model.pt")
-                      if SEED_DIR.fullmatch(p.parent.name)])
-    if not dgnet:
-        raise DgnetError(f"missing DG-Net model: no {workspace / DGNET}/seed<S>/model.pt; run the train "
-                         f"stage first (`dvc repro train`)")
-    models |= {f"dgnet_{path.parent.name}": path for path in dgnet}
-    for folder in sorted(p for p in (workspace / ABLATIONS).iterdir() if p.is_dir()) \
-            if (workspace / ABLATIONS).is_dir() else []:
-        found = [p for p in folder.glob("seed*/model.pt") if SEED_DIR.fullmatch(p.parent.name)]
-        models |= {f"ablation_{folder.name}_{path.parent.name}": path for path in _by_seed(found)}
-    return models
+    seeds = parse_seeds(params.get("train") or {}, "train")
+    ablations = [name.removeprefix("ablation_") for name in ablation_changes(params)]
+    expected = {f"dgnet_seed{seed}": (workspace / DGNET / f"seed{seed}" / "model.pt", f"train@{seed}")
+                for seed in seeds}
+    expected |= {f"ablation_{name}_seed{seed}": (workspace / ABLATIONS / name / f"seed{seed}" / "model.pt",
+                                                 f"ablation@{name}-{seed}")
+                 for name in ablations for seed in seeds}
+    missing = [(path, stage) for path, stage in expected.values() if not path.is_file()]
+    if missing:
+        listed = ", ".join(f"{path} (stage {stage})" for path, stage in missing)
+        raise DgnetError(f"missing model: {listed}; run those stages first (`dvc repro`)")
+    stale = sorted({path.parent for path in [*(workspace / DGNET).glob("seed*/model.pt"),
+                                             *(workspace / ABLATIONS).glob("*/seed*/model.pt")]}
+                   - {path.parent for path, _ in expected.values()})
+    if stale:
+        print(f"evaluate: not benchmarked (not in params train.seeds / ablations): "
+              f"{', '.join(str(p) for p in stale)}")
+    return models | {name: path for name, (path, _) in expected.items()}
 
 
 def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -436,6 +442,18 @@ def first_seeds(results: list[ModelBenchmark]) -> list[ModelBenchmark]:
 
 
 FLIPPED = {"beats": "loses to", "loses": "beats"}
+AGAINST_FULL = {"beats": "beats the full model", "loses": "loses to the full model",
+                "indistinguishable at this budget": "is indistinguishable from the full model at this budget",
+                "untested (one seed: no interval)": "is untested against the full model (one seed)"}
+
+
+def _real_diversity(results: list[ModelBenchmark]) -> str:
+    """The real images' SSIM diversity: one figure when the models' samples agree (the same pairs)."""
+    values = {r.name: f"{r.generation['ssim_diversity_real']:.3f}" for r in results
+              if "ssim_diversity_real" in r.generation}
+    if len(set(values.values())) <= 1:
+        return f"real images: {next(iter(values.values()), '-')}"
+    return "real images: " + ", ".join(f"{name} {value}" for name, value in values.items())
 
 
 def seed_notes(summaries: dict[str, dict[str, Any]]) -> list[str]:
@@ -457,7 +475,8 @@ def seed_notes(summaries: dict[str, dict[str, Any]]) -> list[str]:
                                   if diff["low"] is not None else "is untested against (one seed)")
             notes.append(f"- **DG-Net {verdict} its teacher**: {figures} (teacher - dgnet).")
         else:
-            notes.append(f"- **{variant}: {diff['verdict']}** against the full model: {figures}.")
+            said = AGAINST_FULL.get(diff["verdict"], f"{diff['verdict']} against the full model")
+            notes.append(f"- **{variant} {said}**: {figures}.")
     counts = sorted({len(entry["seeds"]) for entry in summaries.values()})
     if counts == [1]:
         notes.append("- Each variant is one training run (one seed): the gaps above have no interval; "
@@ -488,9 +507,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         "(the paper reports alpha 0.5); `fine_only`: the fine-grained half alone. Swap columns: "
         "G(s_j, a_i) against the exact synthetic render of i's clothes in j's structure, inside the "
         "person mask (L1 on [0, 1], lower is better; SSIM higher is better). SSIM diversity: mean SSIM "
-        "between random pairs of generated images (lower = more diverse; real images: "
-        + ", ".join(f"{r.name} {r.generation['ssim_diversity_real']:.3f}"
-                    for r in results if "ssim_diversity_real" in r.generation) + ").", "",
+        f"between random pairs of generated images (lower = more diverse; {_real_diversity(results)}).", "",
         "## Variants over seeds", "",
         "Each variant at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained; "
         "the teacher's single feature): mean ± sample standard deviation over its seeds, and its paired "
@@ -533,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking = mlflow_settings(params)
         manifest = manifest_path(params, workspace)
         frame = read_manifest(manifest, report_path(params, workspace))
-        models = models_to_evaluate(workspace)
+        models = models_to_evaluate(workspace, params)
         changes = ablation_changes(params)
         data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
         uri = tracking_uri()

@@ -28,9 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dgnet.errors import ConfigError, DgnetError
+from dgnet.errors import DgnetError
 from dgnet.io import atomic_dir, write_json
-from stages.common import load_params, section
+from stages.common import TEACHER_INDEX as INDEX
+from stages.common import TEACHER_OUT as OUT
+from stages.common import load_params, parse_seeds, section
 from stages.tracking import (
     MlflowHooks,
     artifact_location,
@@ -58,22 +60,7 @@ from stages.tracking import (
 )
 
 STAGE = "teacher"
-OUT = Path("outputs/teacher")
 METRICS = Path("reports/metrics/teacher.json")
-INDEX = "teachers.json"
-
-
-def parse_seeds(values: dict[str, Any], section: str = "teacher") -> list[int]:
-    """`<section>.seeds`: a non-empty list of distinct integers >= 0 (one run each)."""
-    seeds = values.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(f"{section}.seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{section}.seeds: {seeds} repeats a seed")
-    return seeds
 
 
 @contextlib.contextmanager
@@ -223,31 +210,6 @@ def _write_outputs(workspace: Path, seeds: list[int], results: dict[int, Any]) -
         summary["seeds"] = per_seed
     write_json(workspace / METRICS, summary)
     return summary
-
-
-def teacher_paths(workspace: Path, out: Path = OUT) -> list[Path]:
-    """The teacher model files listed in outputs/teacher/teachers.json; DgnetError when missing."""
-    import json
-
-    from dgnet.models.persist import ModelFileError
-
-    index = workspace / out / INDEX
-    if not index.is_file():
-        raise ModelFileError(f"missing teacher: {index} does not exist; run the teacher stage first "
-                             f"(`dvc repro teacher`)")
-    try:
-        entries = json.loads(index.read_text())["teachers"]
-        paths = [workspace / out / entry["path"] for entry in entries]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(
-            f"teacher index {index} is not valid ({exc}); re-run `dvc repro teacher`") from exc
-    for path in paths:
-        if not path.is_file():
-            raise ModelFileError(f"missing teacher: {path} (listed in {index}) does not exist; "
-                                 f"re-run `dvc repro teacher`")
-    if not paths:
-        raise ModelFileError(f"teacher index {index} lists no teacher; re-run `dvc repro teacher`")
-    return paths
 
 
 if __name__ == "__main__":

@@ -46,9 +46,7 @@ import yaml
 
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.io import atomic_dir, atomic_path, write_json
-from stages.common import load_params, section
-from stages.teacher import OUT as TEACHER_OUT
-from stages.teacher import parse_seeds, teacher_paths
+from stages.common import TEACHER_OUT, load_params, parse_seeds, section, teacher_paths
 from stages.tracking import (
     LastImage,
     MlflowHooks,

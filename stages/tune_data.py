@@ -32,7 +32,8 @@ import pandas as pd
 
 from dgnet.data.splits import SPLIT_ATTR, benchmark_rows, check_no_test_images, validation_split
 from dgnet.io import atomic_dir, write_json
-from stages.teacher import INDEX, parse_seeds, teacher_paths
+from stages.common import TEACHER_INDEX as INDEX
+from stages.common import parse_seeds, teacher_paths
 from stages.tracking import (
     MlflowHooks,
     link_previous_run,

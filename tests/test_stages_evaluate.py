@@ -183,3 +183,26 @@ def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
     broken = evaluate_stage._settings({"evaluate": {"targets": [{"name": "x", "data": "absent"}]}})
     with pytest.raises(DgnetError, match="absent"):
         evaluate_stage.cross_domain(models, results, tmp_path, broken, changes)
+
+
+def test_evaluate_benchmarks_exactly_the_variants_and_seeds_in_params(tmp_path, capsys):
+    def model_file(relative: str) -> None:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+
+    for seed in (0, 1):
+        model_file(f"outputs/teacher/seed{seed}/model.pt")
+    (tmp_path / "outputs/teacher/teachers.json").write_text(
+        json.dumps({"teachers": [{"path": f"seed{seed}/model.pt"} for seed in (0, 1)]}))
+    for relative in ("outputs/dgnet/seed0", "outputs/dgnet/seed1", "outputs/dgnet/seed2",  # seed 2: stale
+                     "outputs/ablations/no_fine/seed0", "outputs/ablations/dropped/seed0"):  # dropped: stale
+        model_file(f"{relative}/model.pt")
+    params = {"train": {"seeds": [0, 1]}, "ablations": {"no_fine": {"schedule": {"fine_mining": False}}}}
+    with pytest.raises(DgnetError, match=r"no_fine/seed1/model.pt \(stage ablation@no_fine-1\)"):
+        evaluate_stage.models_to_evaluate(tmp_path, params)
+    model_file("outputs/ablations/no_fine/seed1/model.pt")
+    models = evaluate_stage.models_to_evaluate(tmp_path, params)
+    assert list(models) == ["teacher_seed0", "teacher_seed1", "dgnet_seed0", "dgnet_seed1",
+                            "ablation_no_fine_seed0", "ablation_no_fine_seed1"]
+    out = capsys.readouterr().out
+    assert "not benchmarked" in out and "ablations/dropped/seed0" in out and "dgnet/seed2" in out

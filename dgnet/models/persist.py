@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgnet.errors import DgnetError
+from dgnet.errors import DgnetError, ModelFileError
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
 from dgnet.models.dgnet import DGNet
@@ -31,10 +31,6 @@ KINDS: dict[str, type[nn.Module]] = {"teacher": ReidBaseline, "dgnet": DGNet}
 # What produces each kind, for the message about a missing file.
 _PRODUCER = {"teacher": "run the teacher stage first (`dgnet train-teacher`)",
              "dgnet": "run the train stage first (`dgnet train`)"}
-
-
-class ModelFileError(DgnetError):
-    """A model file that is missing, unreadable, not a dgnet model, or of the wrong kind."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""dvc.yaml's deps cannot drift from the code: every first-party file a stage imports is a dep.
+
+`dvc status` marks a stage changed only when one of its deps changes, so a module a stage imports
+but does not list would let `dvc repro` keep results of code that is no longer there. The import
+closure is read statically (ast), including imports inside functions (the stages import lazily).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_PARTY = ("dgnet", "stages")
+
+
+def module_file(name: str) -> Path | None:
+    """The file of first-party module `name` (a package's __init__.py), or None if not ours."""
+    if name.split(".")[0] not in FIRST_PARTY:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Modules `path` imports anywhere in its body (`from a.b import c` gives a.b and a.b.c), but
+    for a module-level `__getattr__` (PEP 562): it loads only on attribute access, e.g.
+    `dgnet.FeatureExtractor`, which first-party code never uses."""
+    tree = ast.parse(path.read_text(), str(path))
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_closure(module: str) -> set[Path]:
+    """Every first-party file that importing `module` can load, with the packages on the way."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+            path = module_file(".".join(parts[:depth]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(imported_modules(path))
+    return seen
+
+
+def stages() -> list[tuple[str, str, list[str]]]:
+    """(stage, module its cmd runs, deps) for every stage of dvc.yaml that runs a stages module."""
+    found = []
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        match = re.match(r"python -m (stages\.\w+)", body["cmd"])
+        if match:
+            found.append((name, match.group(1), [str(dep) for dep in body.get("deps", [])]))
+    return found
+
+
+def covered(path: Path, deps: list[str]) -> bool:
+    relative = path.relative_to(ROOT).as_posix()
+    return any(relative == dep or relative.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize(("stage", "module", "deps"), stages(), ids=[s[0] for s in stages()])
+def test_every_imported_file_is_a_dep(stage: str, module: str, deps: list[str]) -> None:
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in import_closure(module) if not covered(p, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} ({module}) imports files that are not its deps: {missing}"
+
+
+def test_the_closure_sees_lazy_imports() -> None:
+    # stages.train imports the trainer inside main(): a closure of top-level imports would miss it.
+    files = {p.relative_to(ROOT).as_posix() for p in import_closure("stages.train")}
+    assert "dgnet/training/trainer.py" in files and "stages/tracking.py" in files
+    assert not any(f.startswith(("torch", "mlflow")) for f in files)
