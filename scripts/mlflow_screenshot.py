@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:5000")
     parser.add_argument("--experiment", default="dgnet")
     parser.add_argument("--group-by", default="dgnet.variant", help="a run tag")
-    parser.add_argument("--filter", default="attributes.status = 'FINISHED' and tags.`dgnet.variant` != "
-                                            "'warmup' and tags.`dgnet.variant` != 'teacher-mean'")
+    parser.add_argument("--filter", default=" and ".join(  # the trained models: not the warm-ups,
+        ["attributes.status = 'FINISHED'"]                    # the teachers' parent, the evaluate runs
+        + [f"tags.`dgnet.variant` != '{v}'" for v in ("warmup", "teacher-mean", "all")]))
     parser.add_argument("--columns", nargs="*", default=["eval/mAP", "eval/rank1"],
                         help="metric columns to show, by name")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("docs/mlflow_grouped_by_variant.png"))
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         close = page.get_by_role("button", name="Close")  # the assistant's side panel, when it opens
         if close.count():
             close.first.click()
+        page.get_by_role("button", name="Toggle sidebar").first.click()  # room for the table
         page.get_by_role("button", name="Columns", exact=True).click()
         chooser = page.get_by_role("dialog")
         for column in ("Dataset", "Source", "Models", *args.columns):  # off (room), then the metrics on
@@ -62,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         page.get_by_role("button", name="Group by").click()
         page.get_by_role("menuitemcheckbox", name=args.group_by, exact=True).first.click()
         page.keyboard.press("Escape")
+        for header, extra in (("Run Name", 80), *((c, 30) for c in args.columns)):  # no "..." in the names
+            box = page.locator(".ag-header-cell", has_text=header).first.bounding_box()
+            if box:
+                page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+                page.mouse.down()
+                page.mouse.move(box["x"] + box["width"] + extra, box["y"] + box["height"] / 2, steps=5)
+                page.mouse.up()
+        page.mouse.move(1, 1)  # no tooltip in the picture
         page.wait_for_timeout(2000)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out))
