@@ -81,7 +81,7 @@ Never timed asserts: these are measurements, not tests.
 # 40k is a fully warmed-up iteration, the most expensive kind.
 TIMED_ITERATION = 40_000
 PAPER_ITERATIONS = 100_000
-# Per-stream batch per profile: the paper's 8 (params/paper.yaml and params.yaml's cpu run); tiny: tests.
+# Per-stream batch per profile: the paper's 8 (the paper and cpu profiles, dgnet/profiles.py); tiny: tests.
 DEFAULT_BATCH = {"paper": 8, "cpu": 8, "tiny": 4}
 # The targets for the paper profile on one GPU, and the published code's figures.
 TARGET_S_PER_ITER = 0.1

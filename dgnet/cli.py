@@ -33,7 +33,27 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from dgnet.profiles import resolve_cli_params, resolved_config
+
+    path = args.params
+    if path is None and args.profile is None and Path("params.yaml").is_file():
+        path = Path("params.yaml")  # in a workspace: what `dvc repro` trains
+    shown = resolved_config(resolve_cli_params(path, args.assignments, args.profile, default="cpu"))
+    if args.format == "json":
+        print(json.dumps(shown, indent=2))
+    else:
+        print(yaml.safe_dump(shown, sort_keys=False), end="")
+    return 0
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command`, the pipeline's plug-in commands other than that one are
+    listed without loading them (they import the MLOps stack: seconds before any option is read)."""
     parser = argparse.ArgumentParser(prog="dgnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -49,6 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=int, default=None, help="identities of the id heads")
     summary.set_defaults(func=_cmd_summary)
 
+    config = sub.add_parser("config", help="the resolved training configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show", help="print every model, teacher and train setting a run gets (profile + params + --set)",
+        description="Print the fully resolved configuration in params.yaml's key names: the model's "
+                    "fields, the teacher's and DG-Net's after the schedule is scaled to the run's length. "
+                    "Default: ./params.yaml when there is one (what `dvc repro` trains), else the cpu "
+                    "profile.")
+    show.add_argument("--profile", default=None, help="paper, cpu or tiny (default: the params' `profile:`)")
+    show.add_argument("--params", type=Path, default=None, metavar="FILE",
+                      help="a params file (default: ./params.yaml unless --profile is given)")
+    show.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                      help="one setting, e.g. train.iterations=300 (YAML value); repeatable")
+    show.add_argument("--format", choices=("json", "yaml"), default="yaml")
+    show.set_defaults(func=_cmd_config_show)
+
     from dgnet.training.cli import add_train_commands
 
     add_train_commands(sub)
@@ -58,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_commands(sub)
 
     for ep in entry_points(group="dgnet.commands"):
+        if command is not None and ep.name != command:
+            sub.add_parser(ep.name, help=f"see `dgnet {ep.name} --help`")
+            continue
         try:
             add_command = ep.load()
         except ImportError as exc:  # the MLOps stack is absent (e.g. a GPU box with torch only)
@@ -69,12 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unavailable(name: str, exc: ImportError) -> int:
-    print(f"error: `dgnet {name}` needs the full install (pip install dgnet): {exc}", file=sys.stderr)
+    print(f"error: `dgnet {name}` needs the pipeline's packages (pip install 'dgnet[pipeline]'): {exc}",
+          file=sys.stderr)
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DgnetError as exc:

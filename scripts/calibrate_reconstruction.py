@@ -38,9 +38,9 @@ from dgnet.data.transforms import denormalize
 from dgnet.evaluation.generation import image_l1
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
+from dgnet.profiles import apply_assignments, resolve_params
 from stages.common import load_params, repo_root, section
-from stages.tracking import model_config
-from stages.train import apply_overrides
+from stages.workspace import model_config
 
 
 def rendered_variant(out: Path, saturation: float, blur: float) -> Path:
@@ -91,10 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, default=Path("outputs/teacher/seed0/model.pt"))
     args = parser.parse_args(argv)
 
-    params = load_params(repo_root())
+    params = resolve_params(load_params(repo_root()))
     model_params = dict(section(params, "model"))
-    model_params["overrides"] = apply_overrides(dict(model_params.get("overrides") or {}), args.model_set,
-                                                "model.overrides")
+    model_params = apply_assignments(model_params, args.model_set, "model")
     betas = tuple(section(params, "train").get("adam_betas", (0.0, 0.999)))
     if args.beta1 is not None:
         betas = (args.beta1, betas[1])

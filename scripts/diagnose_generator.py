@@ -33,14 +33,14 @@ from dgnet.data.manifest import read_manifest
 from dgnet.evaluation.benchmark import benchmark_model
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
+from dgnet.profiles import apply_assignments, resolve_params
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.objective import DGNetBatch, generator_objective
 from dgnet.training.schedule import LossWeights, loss_weights_at
 from dgnet.training.trainer import DGNetTrainConfig, load_teachers, train_dgnet
 from stages.common import load_params, repo_root, section
-from stages.tracking import model_config, train_config
-from stages.train import apply_overrides
+from stages.workspace import model_config, train_config
 
 
 class LossLog(TrainingHooks):
@@ -140,16 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, default=Path("outputs/teacher/seed0/model.pt"))
     args = parser.parse_args(argv)
     root = repo_root()
-    params = load_params(root)
+    params = resolve_params(load_params(root))
     values = section(params, "train")
     if args.iterations:
         values = {**values, "iterations": args.iterations}
-    values = apply_overrides(values, args.assignments, "train")
+    values = apply_assignments(values, args.assignments, "train")
     cfg, _ = train_config(DGNetTrainConfig, values, "train")
     frame = read_manifest(root / "data/manifest.csv", "run `dvc repro validate`")
     model_params = dict(params["model"])
-    model_params["overrides"] = apply_overrides(dict(model_params.get("overrides") or {}), args.model_set,
-                                                "model.overrides")
+    model_params = apply_assignments(model_params, args.model_set, "model")
     model_cfg = model_config({**params, "model": model_params}, frame)
     args.out.mkdir(parents=True, exist_ok=True)
     size = (model_cfg.image_height, model_cfg.image_width)

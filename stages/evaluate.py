@@ -48,23 +48,10 @@ from dgnet.evaluation.spread import mean_std, paired_difference
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
 from stages.common import load_params, parse_seeds, resolve, teacher_paths
-from stages.tracking import (
-    artifact_location,
-    connect,
-    ensure_experiment,
-    finite,
-    flatten,
-    manifest_path,
-    mlflow_settings,
-    quiet_mlflow,
-    read_manifest,
-    report_path,
-    run_tags,
-    tracked_run,
-    tracking_uri,
-    view_hint,
-    workspace_root,
-)
+from stages.mlflow_hooks import finite, flatten, mlflow_settings
+from stages.mlflow_runs import ensure_experiment, run_tags, tracked_run
+from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, view_hint, workspace_root
+from stages.workspace import manifest_path, read_manifest, report_path
 
 REPORT = Path("reports/benchmark.md")
 METRICS = Path("reports/metrics/eval.json")

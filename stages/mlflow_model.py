@@ -115,7 +115,7 @@ def _store_uri(uri: str) -> str:
 
 def download_model(uri: str, dst: str | os.PathLike) -> Path:
     """The dgnet model file of a `models:/NAME@ALIAS` (or `runs:/RUN/model`) URI, downloaded into `dst`."""
-    from stages.tracking import _short, quiet_mlflow, redact
+    from stages.tracking import quiet_mlflow, redact, short
 
     quiet_mlflow()
     import mlflow
@@ -127,7 +127,7 @@ def download_model(uri: str, dst: str | os.PathLike) -> Path:
                                                     registry_uri=store)
     except (MlflowException, OSError) as exc:
         raise ModelFileError(f"{uri}: cannot be fetched from the MLflow store {redact(store)} "
-                             f"({_short(exc)})") from exc
+                             f"({short(exc)})") from exc
     path = Path(local) / MODEL_FILE if Path(local).is_dir() else Path(local)
     if not path.is_file():
         raise ModelFileError(f"{uri}: holds no {MODEL_FILE}; is it a dgnet model (registered by the "

@@ -137,7 +137,7 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
             base = _source_dir(docs, name)
             if base is None or not (base / relative).is_file():
                 npm = name in SOURCES and SOURCES[name][0] is None
-                hint = " (npm was not on PATH at `pip install -e .`)" if npm else ""
+                hint = " (npm was not on PATH at `pip install -e '.[pipeline]'`)" if npm else ""
                 warnings.append(f"Data Docs: {name} is not installed{hint}; {relative} dropped from pages")
                 result = f"lost: {name}, not installed"
             elif name == "site":

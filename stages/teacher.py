@@ -30,33 +30,24 @@ from typing import Any
 
 from dgnet.errors import DgnetError
 from dgnet.io import atomic_dir, write_json
+from dgnet.profiles import resolve_params
 from stages.common import TEACHER_INDEX as INDEX
 from stages.common import TEACHER_OUT as OUT
 from stages.common import load_params, parse_seeds, section
-from stages.tracking import (
-    MlflowHooks,
-    artifact_location,
-    connect,
-    ensure_experiment,
+from stages.mlflow_hooks import MlflowHooks, metrics_summary, mlflow_settings
+from stages.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
+from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, view_hint, workspace_root
+from stages.workspace import (
     file_md5,
     hold_run_locks,
     interrupt_on_sigterm,
-    link_previous_run,
     manifest_path,
-    metrics_summary,
-    mlflow_settings,
     model_config,
-    quiet_mlflow,
     read_manifest,
     remove_work_dirs,
     report_path,
-    run_tags,
-    tracked_run,
-    tracking_uri,
     train_config,
-    view_hint,
     work_dir,
-    workspace_root,
 )
 
 STAGE = "teacher"
@@ -85,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         workspace = workspace_root()
-        params = load_params(workspace)
+        params = resolve_params(load_params(workspace))
         settings = mlflow_settings(params)
         values = section(params, STAGE)
         seeds = parse_seeds(values)
@@ -103,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest_md5 = file_md5(manifest)
     train = frame[frame["split"] == "train"]
-    extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
+    extra = {"profile": params["profile"],
              "teacher.seeds": seeds, "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
              "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique())}
     # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds

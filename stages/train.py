@@ -33,7 +33,6 @@ or a training error such as a NaN loss (message on stderr, MLflow run FAILED, ou
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import shutil
 import sys
@@ -42,72 +41,33 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.io import atomic_dir, atomic_path, write_json
+from dgnet.profiles import STAGE_KEYS as PROFILE_STAGE_KEYS
+from dgnet.profiles import apply_assignments, merge, resolve_params
 from stages.common import TEACHER_OUT, load_params, parse_seeds, section, teacher_paths
-from stages.tracking import (
-    LastImage,
-    MlflowHooks,
-    artifact_location,
-    connect,
-    ensure_experiment,
+from stages.mlflow_hooks import LastImage, MlflowHooks, metrics_summary, mlflow_settings
+from stages.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
+from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, view_hint, workspace_root
+from stages.workspace import (
     file_md5,
     hold_run_locks,
     interrupt_on_sigterm,
-    link_previous_run,
     manifest_path,
-    metrics_summary,
-    mlflow_settings,
     model_config,
     model_fingerprint,
-    quiet_mlflow,
     read_manifest,
     remove_work_dirs,
     report_path,
-    run_tags,
-    tracked_run,
-    tracking_uri,
     train_config,
-    view_hint,
     work_dir,
-    workspace_root,
 )
 
 STAGE = "train"
-STAGE_KEYS = ("seeds", "teachers")  # keys of params `train` that belong to the stage, not the config
+STAGE_KEYS = PROFILE_STAGE_KEYS[STAGE]  # keys of params `train` that belong to the stage, not the config
 TEACHER_MODES = ("paired", "ensemble")
 WARMUP_OUT = Path("outputs/warmup")
 WARMUP_CHECKPOINT = "checkpoint.pt"
-
-
-def apply_overrides(values: dict[str, Any], assignments: list[str], where: str) -> dict[str, Any]:
-    """`key.sub=value` assignments (values parsed as YAML) applied to a copy of a params section."""
-    values = copy.deepcopy(values)
-    for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. objective.r1_weight=0")
-        node = values
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {assignment!r}: {where}.{name} is not a mapping")
-        node[leaf] = yaml.safe_load(text)
-    return values
-
-
-def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `changes` applied key by key, nested mappings merged (neither is modified)."""
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def ablation_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -205,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         workspace = workspace_root()
-        params = load_params(workspace)
+        params = resolve_params(load_params(workspace))
         settings = mlflow_settings(params)
         seeds, mode = seed_settings(section(params, STAGE))
         seed = seeds[0] if args.seed is None else args.seed
         args = with_defaults(args, seed)
         name = args.section
         base = ablation_settings(params, args.ablation) if args.ablation else section(params, name)
-        values = apply_overrides(base, args.assignments, name)
+        values = apply_assignments(base, args.assignments, name)
         cfg, _ = train_config(DGNetTrainConfig, values, name, STAGE_KEYS, fixed={"seed": seed})
         cfg = warmup_config(cfg) if args.warmup else cfg
         manifest = manifest_path(params, workspace)
@@ -237,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest_md5 = file_md5(manifest)
     teacher_prints = [model_fingerprint(path) for path in teachers]
     train = frame[frame["split"] == "train"]
-    extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"), "stage.section": name,
+    extra = {"profile": params["profile"], "stage.section": name,
              "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
              "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique()),
              "teacher.fingerprints": [f[:16] for f in teacher_prints], "train.teachers": mode}

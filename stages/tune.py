@@ -84,34 +84,21 @@ from dgnet.data.splits import check_fraction
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.io import atomic_path, write_json
 from dgnet.losses import NonFiniteLossError
+from dgnet.profiles import STAGE_KEYS, apply_assignments, merge, resolve_params
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from stages.common import load_params, section
+from stages.mlflow_hooks import MlflowHooks, flatten, mlflow_settings
+from stages.mlflow_runs import ensure_experiment, run_tags
 from stages.tracking import (
-    MlflowHooks,
     TrackingError,
     artifact_location,
     connect,
-    ensure_experiment,
-    file_md5,
-    flatten,
-    interrupt_on_sigterm,
-    manifest_path,
-    mlflow_settings,
-    model_config,
     quiet_mlflow,
-    read_manifest,
     redact,
-    remove_work_dirs,
-    report_path,
-    run_tags,
     tracking_uri,
-    train_config,
     view_hint,
-    work_dir,
     workspace_root,
 )
-from stages.train import STAGE_KEYS as TRAIN_STAGE_KEYS
-from stages.train import apply_overrides, merge
 from stages.tune_data import (
     SCORE_SPLIT,
     VALIDATION_PREFIX,
@@ -132,6 +119,17 @@ from stages.tune_storage import (
     storage_url,
 )
 from stages.tune_tracking import StudyTracker, best_trial, quiet_optuna, retry_history, short
+from stages.workspace import (
+    file_md5,
+    interrupt_on_sigterm,
+    manifest_path,
+    model_config,
+    read_manifest,
+    remove_work_dirs,
+    report_path,
+    train_config,
+    work_dir,
+)
 
 STAGE = "tune"
 DEFAULT_STORAGE = "sqlite:///optuna.db"  # relative: against the repository root (DVC_ROOT in dvc exp)
@@ -437,7 +435,7 @@ class Objective:
         sampled = suggest(trial, settings.space)
         history = retry_history(trial)
         cfg, _ = train_config(DGNetTrainConfig, trial_values(ctx.base_values, settings.space, sampled),
-                              f"tune (from {settings.base})", TRAIN_STAGE_KEYS)
+                              f"tune (from {settings.base})", STAGE_KEYS["train"])
         folder = work_dir(ctx.workspace, f"tune-{settings.study}",
                           {"model": ctx.model_cfg, "train": cfg, **ctx.fingerprint_key})
         keep = False
@@ -647,7 +645,9 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
         for dotted, value in flatten(changed).items():
             *parents, leaf = [name, *dotted.split(".")]
             node = document
-            for key in parents:
+            for key in parents:  # a section holds only what differs from the profile: add what is missing
+                if isinstance(node, Mapping) and node.get(key) is None:
+                    node[key] = {}
                 node = node.get(key) if isinstance(node, Mapping) else None
             if not isinstance(node, Mapping):
                 raise ConfigError(f"--apply {tuned}: {params_file} has no `{'.'.join(parents)}` to put "
@@ -657,10 +657,10 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
     with atomic_path(params_file) as tmp:
         with open(tmp, "w") as handle:
             editor.dump(document, handle)
-        updated = yaml.safe_load(tmp.read_text())
+        updated = resolve_params(yaml.safe_load(tmp.read_text()))
         for name in sections:  # a training section must still build a training configuration
-            if {"iterations", "schedule"} <= set(updated.get(name) or {}):
-                train_config(DGNetTrainConfig, updated[name], name, TRAIN_STAGE_KEYS)
+            if name == "train" or {"iterations", "schedule"} <= set(updated.get(name) or {}):
+                train_config(DGNetTrainConfig, updated[name], name, STAGE_KEYS["train"])
     return changes
 
 
@@ -674,12 +674,12 @@ def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
     from dgnet.training.trainer import DGNetTrainConfig
 
     workspace = workspace_root()
-    params = load_params(workspace)
-    settings = tune_settings(apply_overrides(section(params, STAGE), args.assignments, STAGE), args)
+    params = resolve_params(load_params(workspace))
+    settings = tune_settings(apply_assignments(section(params, STAGE), args.assignments, STAGE), args)
     mlflow_settings(params)  # checked here; read again when tracking starts
     base_values = merge(section(params, settings.base), settings.train)
     base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})",
-                               TRAIN_STAGE_KEYS)
+                               STAGE_KEYS["train"])
     manifest = manifest_path(params, workspace)
     # The test split's rows are kept for the guard only; its images are never opened.
     data = tuning_data(read_manifest(manifest, report_path(params, workspace)), settings.validation_fraction,
@@ -695,7 +695,7 @@ def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
     data_key = {"manifest": manifest_md5, "validation": data.summary, "teachers": teacher_key,
                 "model": model_cfg}
     split = data.summary
-    extra = {"model.profile": (params.get("model") or {}).get("profile", "cpu"),
+    extra = {"profile": params["profile"],
              "stage.section": settings.base,
              "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
              "data.score_split": SCORE_SPLIT, "data.validation_fraction": split["fraction"],

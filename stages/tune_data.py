@@ -34,15 +34,9 @@ from dgnet.data.splits import SPLIT_ATTR, benchmark_rows, check_no_test_images, 
 from dgnet.io import atomic_dir, write_json
 from stages.common import TEACHER_INDEX as INDEX
 from stages.common import parse_seeds, teacher_paths
-from stages.tracking import (
-    MlflowHooks,
-    link_previous_run,
-    metrics_summary,
-    remove_work_dirs,
-    tracked_run,
-    train_config,
-    work_dir,
-)
+from stages.mlflow_hooks import MlflowHooks, metrics_summary
+from stages.mlflow_runs import link_previous_run, tracked_run
+from stages.workspace import remove_work_dirs, train_config, work_dir
 
 SCORE_SPLIT = "validation"  # tag/param `dgnet.score_split` of every tuning run, key of tune.json
 VALIDATION_PREFIX = "val/"  # MLflow metric prefix of evaluations on the validation split

@@ -31,7 +31,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from dgnet.errors import DgnetError
-from stages.tracking import MlflowHooks, TrackingError, redact, tracked_run
+from stages.mlflow_hooks import MlflowHooks
+from stages.mlflow_runs import tracked_run
+from stages.tracking import TrackingError, redact, short
 
 VARIANT = "tune"
 # Study user attribute: the study's MLflow parent run.
@@ -44,11 +46,6 @@ def quiet_optuna() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
-
-
-def short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def frozen(trial: optuna.Trial) -> FrozenTrial:

@@ -333,10 +333,10 @@ def test_a_float_written_1e_3_gets_the_yaml_hint() -> None:
         config_from_mapping(TeacherTrainConfig, {"lr": "1e-3"}, "teacher")
 
 
-def test_config_help_says_it_takes_a_file(capsys) -> None:
+def test_params_help_says_it_takes_a_file(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
-    assert "path to a JSON file" in " ".join(capsys.readouterr().out.split())
+    assert "--params FILE a params file (YAML or JSON" in " ".join(capsys.readouterr().out.split())
 
 
 def test_tune_pruner_kind_none_over_median_settings() -> None:

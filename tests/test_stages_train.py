@@ -19,18 +19,21 @@ from dgnet.errors import ConfigError
 from dgnet.losses import NonFiniteLossError
 from dgnet.models.config import get_profile
 from dgnet.models.persist import load_model
+from dgnet.profiles import resolve_params
 from dgnet.training.teacher_trainer import TeacherTrainConfig
 from dgnet.training.trainer import DGNetTrainConfig
 from stages import teacher as teacher_stage
 from stages import train as train_stage
-from stages.tracking import connect, train_config
+from stages.tracking import connect
+from stages.workspace import train_config
 from tests.fixtures import publish_manifest
 
 RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
        "eval_batch_size": 64, "deterministic": True}
 PARAMS = {
     "validate": {"manifest": "data/manifest.csv"},
-    "model": {"profile": "tiny", "overrides": {}},
+    "profile": "tiny",
+    "model": {},
     # Two seeds: an ensemble of two teachers, one child run each.
     "teacher": {"seeds": [0, 1], "iterations": 2, "batch_size": 8, "lr": 0.01, **RUN},
     # Two seeds, each DG-Net seed with the teacher of its seed; the warm-up (shared by the variants,
@@ -126,7 +129,7 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     (warm,) = runs(client, "warmup-seed0")
     assert {r.info.status for r in (dgnet_run, unforked, warm)} == {"FINISHED"}
     params = dgnet_run.data.params
-    assert params["train.iterations"] == "3" and params["model.profile"] == "tiny"
+    assert params["train.iterations"] == "3" and params["profile"] == "tiny"
     assert params["stage.forked_from"] == "outputs/warmup/seed0" and params["train.seed"] == "0"
     assert unforked.data.params["train.seed"] == "1" and "stage.forked_from" not in unforked.data.params
     tags = dgnet_run.data.tags
@@ -273,28 +276,18 @@ def test_params_map_onto_the_dataclasses():
         train_config(DGNetTrainConfig, {"iterationz": 3}, "train")
     with pytest.raises(ConfigError, match=r"train\.seed"):  # the stage sets it from train.seeds
         train_config(DGNetTrainConfig, {"seed": 3}, "train", train_stage.STAGE_KEYS, fixed={"seed": 0})
-    assert train_stage.apply_overrides({"objective": {"r1_weight": 0.01}}, ["objective.r1_weight=0"],
-                                       "train") == {"objective": {"r1_weight": 0}}
 
 
 def test_repository_params_build_valid_configs():
-    """params.yaml and params/paper.yaml map onto the config dataclasses without unknown keys."""
+    """params.yaml, resolved with its profile, maps onto the config dataclasses without unknown keys."""
     repo = Path(__file__).resolve().parents[1]
-    for path in (repo / "params.yaml", repo / "params" / "paper.yaml"):
-        params = yaml.safe_load(path.read_text())
-        teacher, _ = train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",),
-                                  fixed={"seed": 0})
-        train, stage = train_config(DGNetTrainConfig, params["train"], "train", train_stage.STAGE_KEYS,
-                                    fixed={"seed": 0})
-        assert len(train_stage.seed_settings(stage)[0]) >= 2  # a spread for every variant
-        get_profile(params["model"]["profile"], **params["model"]["overrides"])
-        assert train.needs_teacher() and teacher.iterations > 0
-    paper = yaml.safe_load((repo / "params" / "paper.yaml").read_text())
-    train, stage = train_config(DGNetTrainConfig, paper["train"], "train", train_stage.STAGE_KEYS,
+    params = resolve_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    teacher, _ = train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",), fixed={"seed": 0})
+    train, stage = train_config(DGNetTrainConfig, params["train"], "train", train_stage.STAGE_KEYS,
                                 fixed={"seed": 0})
-    assert train_stage.seed_settings(stage) == ([0, 1, 2], "paired")  # the paper recipe: 3 seeds
-    assert (train.iterations, train.batch_size, train.amp) == (100_000, 8, "bf16")
-    assert (train.schedule.warmup_start, train.schedule.lr_milestones) == (30_000, (60_000, 90_000))
+    assert len(train_stage.seed_settings(stage)[0]) >= 2  # a spread for every variant
+    assert get_profile(params["profile"], **params["model"]) == get_profile("cpu")
+    assert train.needs_teacher() and teacher.iterations > 0
 
 
 def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace, store, in_workspace):
@@ -359,7 +352,7 @@ def test_a_second_teacher_stage_in_the_workspace_stops_before_any_run(in_workspa
     """The probe: two `python -m stages.teacher` at once shared one checkpoints folder and registered two
     models. Now the second stops at once (exit 2), naming the first, and opens no MLflow run."""
     from stages.teacher import parse_seeds, run_folders
-    from stages.tracking import file_md5, model_config, read_manifest, report_path
+    from stages.workspace import file_md5, model_config, read_manifest, report_path
 
     params = yaml.safe_load((in_workspace / "params.yaml").read_text())
     manifest = in_workspace / "data" / "manifest.csv"

@@ -18,21 +18,10 @@ from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
-from stages import tracking
-from stages.tracking import (
-    MAX_PARAM_VALUE,
-    MlflowHooks,
-    TrackingError,
-    artifact_location,
-    check_alias,
-    connect,
-    ensure_experiment,
-    flatten,
-    param_value,
-    safe_key,
-    tracked_run,
-    tracking_uri,
-)
+from stages import mlflow_runs, tracking
+from stages.mlflow_hooks import MAX_PARAM_VALUE, MlflowHooks, check_alias, flatten, param_value, safe_key
+from stages.mlflow_runs import ensure_experiment, tracked_run
+from stages.tracking import TrackingError, artifact_location, connect, tracking_uri
 from tests.fixtures import make_market
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +210,7 @@ def test_stage_with_dead_server_exits_non_zero_quickly(tmp_path):
     """The stage process itself: exit code and message on stderr. MLflow's own retries would take
     minutes; the subprocess timeout (a hang guard, generous for loaded machines) catches a retry storm."""
     (tmp_path / "params.yaml").write_text(
-        "validate:\n  manifest: m.csv\nmodel:\n  profile: tiny\nteacher:\n  iterations: 1\n")
+        "validate:\n  manifest: m.csv\nprofile: tiny\nteacher:\n  iterations: 1\n")
     make_market(tmp_path / "market", gt_bbox=False)  # a validated manifest: the stage gets to the store
     validate_dataset(tmp_path / "market", report=tmp_path / "reports" / "validation.json",
                      manifest=tmp_path / "m.csv")
@@ -239,9 +228,9 @@ def test_a_resumed_run_links_and_closes_the_interrupted_one(store, tmp_path):
     _, _, client, experiment_id = store
     folder = tmp_path / "work"
     first = client.create_run(experiment_id, run_name="interrupted").info.run_id
-    assert tracking.link_previous_run(client, folder, first) is None
+    assert mlflow_runs.link_previous_run(client, folder, first) is None
     with tracked_run(client, experiment_id, "resumed", {}) as run:
-        assert tracking.link_previous_run(client, folder, run.info.run_id) == first
+        assert mlflow_runs.link_previous_run(client, folder, run.info.run_id) == first
     assert client.get_run(first).info.status == "KILLED"
     assert client.get_run(first).data.tags["dgnet.resumed_by_run"] == run.info.run_id
     assert client.get_run(run.info.run_id).data.tags["dgnet.resumed_from_run"] == first

@@ -16,7 +16,8 @@ from dgnet.errors import ConfigError
 from stages import teacher as teacher_stage
 from stages import tracking
 from stages import train as train_stage
-from stages.tracking import MlflowHooks, RetryPolicy, TrackingError, connect, redact
+from stages.mlflow_hooks import MlflowHooks
+from stages.tracking import RetryPolicy, TrackingError, connect, redact
 from tests.fixtures import publish_manifest
 from tests.test_stages_train import PARAMS, write_params
 from tests.test_tracking import closed_port

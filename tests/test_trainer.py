@@ -318,14 +318,15 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
 def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
     parser = argparse.ArgumentParser()
     add_train_commands(parser.add_subparsers(dest="command"))
-    config = tmp_path / "cfg.json"
-    config.write_text(json.dumps({"iterations": 50, "lr": 0.02, "log_every": 1, "checkpoint_every": 0,
-                                  "eval_every": 0, "num_workers": 0, "model": {"embedding_dim": 8},
-                                  "augmentation": {"erasing_p": 0.0}}))
+    config = tmp_path / "params.json"  # JSON is YAML: a params file either way
+    config.write_text(json.dumps({"teacher": {"iterations": 50, "lr": 0.02, "log_every": 1,
+                                              "checkpoint_every": 0, "eval_every": 0},
+                                  "model": {"embedding_dim": 8}}))
     manifest = tmp_path / "data" / "manifest.csv"
     publish_manifest(frame.attrs["root"], tmp_path)
     args = parser.parse_args(["train-teacher", "--manifest", str(manifest), "--profile", "tiny",
-                              "--out", str(tmp_path / "out"), "--config", str(config), "--iterations", "2",
+                              "--out", str(tmp_path / "out"), "--params", str(config), "--iterations", "2",
+                              "--set", "teacher.augmentation.erasing_p=0.0",
                               "--device", "cpu", "--deterministic", "--batch-size", "8"])
     model_cfg, cfg = build_configs(args, TeacherTrainConfig, "teacher")
     assert model_cfg.embedding_dim == 8 and cfg.lr == 0.02 and cfg.iterations == 2 and cfg.deterministic
@@ -337,14 +338,17 @@ def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
     assert info.config.embedding_dim == 8
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"iterationz": 3}))
-    args = parser.parse_args(["train", "--data", "x", "--out", "y", "--config", str(bad)])
+    bad.write_text(json.dumps({"train": {"iterationz": 3}}))
+    args = parser.parse_args(["train", "--data", "x", "--out", "y", "--params", str(bad)])
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['iterationz'\]"):
         build_configs(args, DGNetTrainConfig, "train")
-    args = parser.parse_args(["train", "--data", "x", "--out", "y", "--iterations", "800",
-                              "--scale-schedule"])
-    _, cfg = build_configs(args, DGNetTrainConfig, "train")
+    args = parser.parse_args(["train", "--data", "x", "--out", "y", "--iterations", "800"])
+    _, cfg = build_configs(args, DGNetTrainConfig, "train")  # the profile's schedule, compressed
     assert cfg.schedule.warmup_start == 240 and cfg.schedule.lr_milestones == (480, 720)
+    args = parser.parse_args(["train", "--data", "x", "--out", "y", "--iterations", "800", "--profile", "cpu",
+                              "--set", "train.scale_schedule_from=null"])
+    _, cfg = build_configs(args, DGNetTrainConfig, "train")  # the numbers as written
+    assert cfg.schedule.warmup_start == 30_000 and cfg.lr_generator == 0.001 and cfg.device == "cpu"
 
 
 def test_appearance_encoder_can_start_from_the_teacher(frame, teacher_path):

@@ -24,7 +24,8 @@ from dgnet.training.loop import training_labels
 from dgnet.training.trainer import DGNetTrainConfig
 from stages import train as train_stage
 from stages import tune
-from stages.tracking import connect, train_config
+from stages.tracking import connect
+from stages.workspace import train_config
 from tests.fixtures import publish_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,8 @@ SPACE = {"primary_max": {"low": 0.5, "high": 4.0, "log": True},
          "id_generated": {"low": 0.1, "high": 2.0}}
 PARAMS = {
     "validate": {"manifest": "data/manifest.csv"},
-    "model": {"profile": "tiny", "overrides": {}},
+    "profile": "tiny",
+    "model": {},
     # The teacher the tune stage trains for its trials, on the tuning-train split (2 of the 4 ids).
     "teacher": {"seeds": [0], "iterations": 2, "batch_size": 4, "lr_milestones": [1],
                 **{k: v for k, v in RUN.items() if k != "deterministic"}},

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from dgnet.config import Augmentation
 from dgnet.data.transforms import load_image, normalize, pad_random_crop, random_erasing, random_flip
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation of docs/method.md section 4, as in the published DG-Net: bicubic resize
-    (in `load_image`), horizontal flip, `padding` pixels of edge replication then a random crop
-    back to size, and random erasing with probability `erasing_p` on the identity-loss inputs."""
-
-    flip: bool = True
-    padding: int = 10
-    erasing_p: float = 0.5
 
 
 class TrainImages(Dataset):

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dgnet.training.runtime import DEVICES
+from dgnet.config import DEVICES
 
 
 def _extractor(args: argparse.Namespace):

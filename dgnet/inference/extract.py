@@ -74,7 +74,8 @@ def _uri_resolver(uri: str) -> Any:
     if not found:
         raise ModelFileError(
             f"{uri}: a {scheme}:/ URI is resolved through MLflow, and no resolver is installed here "
-            "(the full install registers one: pip install -e .); pass the model file (model.pt) instead")
+            "(the pipeline's install registers one: pip install -e '.[pipeline]'); pass the model file "
+            "(model.pt) instead")
     try:
         return found[0].load()
     except ImportError as exc:  # a torch-only machine: stages/ is there but MLflow is not
@@ -84,7 +85,8 @@ def _uri_resolver(uri: str) -> Any:
 def _without_mlflow(uri: str, exc: ImportError) -> ModelFileError:
     scheme = uri.split(":/", 1)[0]
     return ModelFileError(f"{uri}: a {scheme}:/ URI needs MLflow, which cannot be imported here ({exc}); "
-                          "install it (pip install -e .) or pass the model file (model.pt) instead")
+                          "install it (pip install -e '.[pipeline]') or pass the model file (model.pt) "
+                          "instead")
 
 
 def load_trained_model(ref: str | os.PathLike, device: str | torch.device = "cpu",

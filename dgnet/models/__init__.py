@@ -1,17 +1,27 @@
-"""The DG-Net networks: E_a, E_s, the decoder with its AdaIN mapping, D, and the teacher."""
+"""The DG-Net networks: E_a, E_s, the decoder with its AdaIN mapping, D, and the teacher.
 
-from dgnet.models.config import PROFILES, ModelConfig, get_profile
-from dgnet.models.dgnet import DGNet, ParameterGroups
-from dgnet.models.summary import summarize
-from dgnet.models.teacher import FrozenTeacher, ReidBaseline
+The names below load on first use, so that `dgnet.models.config` (the ModelConfig schema and its
+profiles) imports without torch: `dgnet config show` and the configuration checks stay fast.
+"""
 
-__all__ = [
-    "PROFILES",
-    "DGNet",
-    "FrozenTeacher",
-    "ModelConfig",
-    "ParameterGroups",
-    "ReidBaseline",
-    "get_profile",
-    "summarize",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "PROFILES": "dgnet.models.config",
+    "ModelConfig": "dgnet.models.config",
+    "get_profile": "dgnet.models.config",
+    "DGNet": "dgnet.models.dgnet",
+    "ParameterGroups": "dgnet.models.dgnet",
+    "summarize": "dgnet.models.summary",
+    "FrozenTeacher": "dgnet.models.teacher",
+    "ReidBaseline": "dgnet.models.teacher",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'dgnet.models' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

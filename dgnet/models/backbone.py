@@ -132,7 +132,7 @@ def build_trunk(cfg: ModelConfig) -> ResNetTrunk:
             message + "; model.require_pretrained is set (the paper profile sets it: without ImageNet "
             "weights it loses tens of rank-1 points). Put torchvision's weights in that folder or set "
             "model.pretrained_path; to train from random init anyway, set require_pretrained: false "
-            "(params.yaml model.overrides, or --config '{\"model\": {\"require_pretrained\": false}}')"
+            "(params.yaml `model: {require_pretrained: false}`, or --set model.require_pretrained=false)"
         )
     warnings.warn(message + "; starting from random init", PretrainedWeightsMissingWarning, stacklevel=2)
     return trunk

@@ -5,9 +5,9 @@
     torchrun --nproc_per_node=4 -m dgnet.cli train --profile paper --data /datasets/Market-1501 \\
         --teacher outputs/teacher/model.pt --out outputs/dgnet --amp bf16
 
-Settings: the config dataclass defaults (the paper's), then `--config FILE` (a JSON file holding one
-object of config fields, nested objects for `schedule` / `objective` / `augmentation`, and an
-optional `model` object of ModelConfig overrides), then the flags given on the command line.
+Settings: the profile (`--profile`: paper, cpu or tiny; dgnet/profiles.py), then `--params FILE` (what
+differs from it, in params.yaml's layout), then `--set section.key=value`, then the flags. The same
+resolution as the DVC stages: `dgnet config show` with the same options prints the result.
 
 Data: nothing trains on data that has not passed validation. `--data DIR` validates the dataset
 first (the pandas engine: the same rules as `dgnet validate`), writing OUT/validation.json and .md,
@@ -19,22 +19,21 @@ above) holds, else exit code 1 naming what changed. Exit codes: see `dgnet.error
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from PIL import Image
-
+from dgnet.config import AMP_MODES, DEVICES, DGNetTrainConfig, TeacherTrainConfig
 from dgnet.data.manifest import FORMATS
-from dgnet.data.validated import read_validated_manifest, validate_dataset
-from dgnet.errors import ConfigError
 from dgnet.io import atomic_path
-from dgnet.models.config import PROFILES, ModelConfig, get_profile
+from dgnet.models.config import ModelConfig
+from dgnet.profiles import PROFILES, model_config, resolve_cli_params, run_config
 from dgnet.training.hooks import TrainingHooks, TrainingResult
-from dgnet.training.loop import config_from_mapping
-from dgnet.training.runtime import AMP_MODES, DEVICES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
+
 
 
 class FileLogHook(TrainingHooks):
@@ -69,6 +68,8 @@ class FileLogHook(TrainingHooks):
 def _load_frame(args: argparse.Namespace) -> pd.DataFrame:
     """The validated manifest: `--manifest` checked against its validation report, or `--data`
     validated here (the report lands in OUT)."""
+    from dgnet.data.validated import read_validated_manifest, validate_dataset
+
     if args.manifest is not None:
         return read_validated_manifest(args.manifest, args.validation_report)
     from dgnet.training.runtime import is_main_process
@@ -80,38 +81,18 @@ def _load_frame(args: argparse.Namespace) -> pd.DataFrame:
     return frame
 
 
-def _read_json(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--config {path}: file does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of config fields")
-    return values
-
-
 def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> tuple[ModelConfig, Any]:
-    """(model config, training config) from the profile, the JSON file and the flags, in that order."""
-    values = _read_json(args.config)
-    model_overrides = values.pop("model", {})
-    if not isinstance(model_overrides, dict):
-        raise ConfigError(f"--config {args.config}: 'model' must be an object of ModelConfig fields")
-    model_cfg = get_profile(args.profile, **model_overrides)
-    cfg = config_from_mapping(config_cls, values, section)
-    flags = {"batch_size": args.batch_size, "device": args.device, "amp": args.amp, "seed": args.seed,
-             "compile": args.compile, "channels_last": args.channels_last,
-             "deterministic": args.deterministic, "num_workers": args.num_workers}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    if args.iterations is not None:
-        if args.scale_schedule:
-            cfg = cfg.scaled_to(args.iterations)
-        else:
-            cfg = dataclasses.replace(cfg, iterations=args.iterations)
-    return model_cfg, cfg
+    """(model config, training config): the profile, `--params`, `--set`, then the flags, in that order.
+
+    `--iterations` sets `<section>.iterations`: the profile's schedule numbers are written for its
+    `scale_schedule_from` iterations and move to the same fractions of the shorter run."""
+    flags = {"iterations": args.iterations, "batch_size": args.batch_size, "device": args.device,
+             "amp": args.amp, "seed": args.seed, "compile": args.compile,
+             "channels_last": args.channels_last, "deterministic": args.deterministic,
+             "num_workers": args.num_workers}
+    params = resolve_cli_params(args.params, args.assignments, args.profile)
+    params[section].update({k: v for k, v in flags.items() if v is not None})
+    return model_config(params), run_config(params, section)
 
 
 def _report(result: TrainingResult) -> None:
@@ -121,10 +102,10 @@ def _report(result: TrainingResult) -> None:
 
 
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    model_cfg, cfg = build_configs(args, TeacherTrainConfig, "teacher")  # errors before torch loads
     from dgnet.training.runtime import is_main_process
-    from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
+    from dgnet.training.teacher_trainer import train_teacher
 
-    model_cfg, cfg = build_configs(args, TeacherTrainConfig, "teacher")
     frame = _load_frame(args)
     result = train_teacher(frame, model_cfg, cfg, args.out, hooks=[FileLogHook(args.out)],
                            resume=not args.no_resume)
@@ -134,10 +115,10 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    model_cfg, cfg = build_configs(args, DGNetTrainConfig, "train")  # errors before torch loads
     from dgnet.training.runtime import is_main_process
-    from dgnet.training.trainer import DGNetTrainConfig, train_dgnet
+    from dgnet.training.trainer import train_dgnet
 
-    model_cfg, cfg = build_configs(args, DGNetTrainConfig, "train")
     frame = _load_frame(args)
     result = train_dgnet(frame, model_cfg, cfg, args.teacher, args.out, hooks=[FileLogHook(args.out)],
                          resume=not args.no_resume)
@@ -157,17 +138,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="with --manifest: the report of the validation that wrote it (default: "
                              "reports/validation.json in the manifest's folder or above)")
     parser.add_argument("--format", choices=FORMATS, default=None, help="dataset format (default: detected)")
-    parser.add_argument("--profile", default="paper", choices=sorted(PROFILES),
-                        help="model profile (default: paper)")
+    parser.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                        help="the whole configuration (dgnet/profiles.py; default: the --params file's "
+                             "`profile:`, else paper); `dgnet config show` prints it")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: model.pt, checkpoints/, log.jsonl, images/")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="path to a JSON file holding one object of config fields (nested objects for "
-                             "schedule/objective/augmentation, `model` for profile overrides); the flags "
-                             "below override it")
-    parser.add_argument("--iterations", type=int, help="number of iterations")
-    parser.add_argument("--scale-schedule", action="store_true",
-                        help="with --iterations: move warm-up and LR steps to the same fractions of the run")
+    parser.add_argument("--params", type=Path, metavar="FILE",
+                        help="a params file (YAML or JSON, params.yaml's layout): what differs from the "
+                             "profile in `model:`, `teacher:`, `train:`; the options below override it")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="one setting, dotted from the section (YAML value), e.g. "
+                             "train.objective.r1_weight=0 or model.backbone=resnet34; repeatable")
+    parser.add_argument("--iterations", type=int,
+                        help="number of iterations; the schedule keeps its fractions of the run")
     parser.add_argument("--batch-size", type=int, help="batch size per rank (DG-Net: per stream)")
     parser.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
     parser.add_argument("--amp", choices=AMP_MODES,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dgnet.config import config_from_mapping, float_string_message  # noqa: F401 (their old home)
 from dgnet.data.manifest import mislabelled_train_rows, train_label_map
 from dgnet.data.samplers import (
     IdentityPairSampler,
@@ -34,7 +34,7 @@ from dgnet.data.samplers import (
     IterationBatchSampler,
     RandomImageSampler,
 )
-from dgnet.errors import ConfigError, DatasetError, DgnetError
+from dgnet.errors import DatasetError, DgnetError
 from dgnet.progress import progress
 from dgnet.training.checkpoint import (
     CheckpointError,
@@ -46,7 +46,7 @@ from dgnet.training.checkpoint import (
     save_checkpoint,
 )
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
-from dgnet.training.runtime import AMP_MODES, DEVICES, DistContext, broadcast_object
+from dgnet.training.runtime import DistContext, broadcast_object
 
 StepFn = Callable[[int, Any], Mapping[str, float]]
 
@@ -285,78 +285,6 @@ def worker_error_message(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Configuration helpers shared by the trainers
 # --------------------------------------------------------------------------------------------
-
-
-def check_run_fields(cfg: Any, section: str) -> None:
-    """The fields every trainer config has: counts, cadences, device, amp. ConfigError names the field."""
-    positive = ("iterations", "batch_size", "keep_checkpoints", "eval_batch_size")
-    for name in positive:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{section}.{name}: must be a positive integer, got {value!r}")
-    for name in ("log_every", "eval_every", "checkpoint_every", "num_workers", "seed"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{section}.{name}: must be an integer >= 0, got {value!r}")
-    if cfg.device not in DEVICES and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"{section}.device: {cfg.device!r} is not one of {DEVICES} (or cuda:N)")
-    if cfg.amp not in AMP_MODES:
-        raise ConfigError(f"{section}.amp: {cfg.amp!r} is not one of {AMP_MODES}")
-
-
-def check_positive(cfg: Any, section: str, names: Iterable[str]) -> None:
-    """Learning rates and the like: numbers > 0."""
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, str):
-            raise ConfigError(float_string_message(f"{section}.{name}", value))
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{section}.{name}: must be a number > 0, got {value!r}")
-
-
-def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    """`cls(**values)` for a (nested) frozen config dataclass, from JSON/YAML values.
-
-    Nested dataclass fields take a mapping of their own fields; lists become tuples. An unknown
-    key is a ConfigError that names it and lists the known ones.
-    """
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{section}: expected a mapping of fields, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{section}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
-            value = config_from_mapping(kind, value, f"{section}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        elif kind is float and isinstance(value, str):
-            raise ConfigError(float_string_message(f"{section}.{name}", value))
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{section}: {exc}") from exc
-
-
-def float_string_message(key: str, value: str) -> str:
-    """What to say about a string given for a number: YAML 1.1 (PyYAML) reads `1e-3` as a string,
-    because its floats need a dot and a signed exponent (`1.0e-3`)."""
-    try:
-        float(value)
-    except ValueError:
-        return f"{key}: must be a number, got the string {value!r}"
-    mantissa, _, exponent = value.strip().lower().partition("e")
-    if not exponent:
-        return f"{key}: must be a number, got the string {value!r}; write it without quotes"
-    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
-    exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
-    return (f"{key}: must be a number, got the string {value!r}; YAML reads a number with an exponent "
-            f"as a number only with a dot and a signed exponent: write {mantissa}e{exponent}")
 
 
 def flat_config(**sections: Any) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from dgnet.config import ObjectiveConfig
 from dgnet.errors import ConfigError
 from dgnet.losses import (
     NonFiniteLossError,
@@ -78,33 +79,6 @@ __all__ = [
     "generate_cross",
     "generator_objective",
 ]
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    """Switches of the objective that are not loss weights."""
-
-    # False (published): the appearance-code loss |E_a(x_ij) - a_i| has no gradient (logged only), and
-    # the cycle decodes from a detached recovered code. True (the paper's intent): the recovered code
-    # E_a(x_ij) (frozen view) carries gradient into G, in the code loss and in the cycle; target detached.
-    appearance_code_loss_grad: bool = False
-    r1_weight: float = 0.01
-    teacher_flip_average: bool = True
-    # Published: the teacher's BatchNorm normalises each generated batch with its own statistics
-    # (`train_bn`). False: its running statistics from training on real images.
-    teacher_batch_statistics: bool = True
-    # Probability per iteration that the trainable E_s re-encodes the detached x_ij for the
-    # structure-code loss (published `use_encoder_again`, 0.5); otherwise a frozen E_s, whose
-    # gradient reaches G. 0: always the frozen E_s; 1: G never learns from that loss.
-    structure_reencode_p: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.r1_weight < 0:
-            raise ConfigError(f"objective.r1_weight: must be >= 0, got {self.r1_weight!r}")
-        if not 0.0 <= self.structure_reencode_p <= 1.0:
-            raise ConfigError(
-                f"objective.structure_reencode_p: must be in [0, 1], got {self.structure_reencode_p!r}"
-            )
 
 
 @dataclass(frozen=True)

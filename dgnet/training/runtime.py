@@ -32,10 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dgnet.config import AMP_MODES, DEVICES
 from dgnet.errors import ConfigError
 
-AMP_MODES = ("off", "auto", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 # Elements per all-reduce call: large enough to amortise latency, small enough to bound the copy.
 _BUCKET_ELEMENTS = 1 << 24
 

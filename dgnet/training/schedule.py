@@ -52,7 +52,7 @@ class ScheduleConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "lr_milestones":
-                _check_milestones(value, "schedule.lr_milestones")
+                check_milestones(value, "schedule.lr_milestones")
             elif field.name == "id_generated_ramp":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(f"schedule.id_generated_ramp: must be an integer >= 0, got {value!r}")
@@ -139,11 +139,11 @@ def learning_rate_at(
     iteration: int, base_lr: float, milestones: Sequence[int] = (60_000, 90_000), gamma: float = 0.1
 ) -> float:
     """base_lr * gamma ** (number of milestones <= iteration): x0.1 from 60k, x0.01 from 90k."""
-    _check_milestones(tuple(milestones), "milestones")
+    check_milestones(tuple(milestones), "milestones")
     return base_lr * gamma ** sum(1 for milestone in milestones if iteration >= milestone)
 
 
-def _check_milestones(milestones: tuple[int, ...], name: str) -> None:
+def check_milestones(milestones: tuple[int, ...], name: str) -> None:
     if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
         raise ConfigError(f"{name}: must be non-negative integers, got {milestones!r}")
     if list(milestones) != sorted(milestones):

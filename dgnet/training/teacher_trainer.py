@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from dgnet.data.datasets import Augmentation, TrainImages
+from dgnet.config import TeacherTrainConfig
+from dgnet.data.datasets import TrainImages
 from dgnet.data.samplers import RandomImageSampler
 from dgnet.data.validated import check_invariants
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
@@ -29,8 +29,6 @@ from dgnet.training.hooks import TrainingHooks, TrainingResult
 from dgnet.training.loop import (
     Cadence,
     TrainingSession,
-    check_positive,
-    check_run_fields,
     flat_config,
     make_loader,
     training_labels,
@@ -54,47 +52,7 @@ from dgnet.training.runtime import (
     resolve_amp,
     to_channels_last,
 )
-from dgnet.training.schedule import _check_milestones, learning_rate_at
-
-
-@dataclass(frozen=True)
-class TeacherTrainConfig:
-    """Teacher training; defaults are the usual Market-1501 baseline (about 60 epochs at batch 32)."""
-
-    iterations: int = 24_000
-    batch_size: int = 32  # per rank
-    lr: float = 0.005  # the trunk's (ImageNet-initialised) learning rate
-    head_lr_mult: float = 10.0  # the new id head learns at lr x 10 = 0.05
-    momentum: float = 0.9  # Nesterov
-    weight_decay: float = 5e-4
-    lr_milestones: tuple[int, ...] = (16_000,)
-    lr_gamma: float = 0.1
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    seed: int = 0
-    log_every: int = 100
-    eval_every: int = 4_000  # 0: only at the end
-    checkpoint_every: int = 2_000  # 0: only at the end
-    keep_checkpoints: int = 2
-    eval_batch_size: int = 128
-    device: str = "auto"
-    amp: str = "off"  # "off", "bf16", "fp16" (CUDA)
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
-    num_workers: int = 4
-
-    def __post_init__(self) -> None:
-        if isinstance(self.lr_milestones, list):
-            object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
-        check_run_fields(self, "teacher")
-        check_positive(self, "teacher", ("lr", "head_lr_mult", "lr_gamma"))
-        _check_milestones(self.lr_milestones, "teacher.lr_milestones")
-
-    def scaled_to(self, iterations: int) -> TeacherTrainConfig:
-        """The same run compressed or stretched to `iterations`: LR milestones at the same fractions."""
-        factor = iterations / self.iterations
-        milestones = tuple(round(m * factor) for m in self.lr_milestones)
-        return dataclasses.replace(self, iterations=iterations, lr_milestones=milestones)
+from dgnet.training.schedule import learning_rate_at
 
 
 def train_teacher(

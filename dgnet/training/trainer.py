@@ -19,14 +19,14 @@ import dataclasses
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 from PIL import Image
 
-from dgnet.data.datasets import Augmentation, TrainImages
+from dgnet.config import SAMPLINGS, DGNetTrainConfig
+from dgnet.data.datasets import TrainImages
 from dgnet.data.samplers import IdentityPairSampler, ImagePairSampler
 from dgnet.data.transforms import load_image, normalize
 from dgnet.data.validated import check_invariants
@@ -43,15 +43,12 @@ from dgnet.training.hooks import TrainingHooks, TrainingResult
 from dgnet.training.loop import (
     Cadence,
     TrainingSession,
-    check_positive,
-    check_run_fields,
     flat_config,
     make_loader,
     training_labels,
 )
 from dgnet.training.objective import (
     DGNetBatch,
-    ObjectiveConfig,
     check_finite,
     discriminator_objective,
     generate_cross,
@@ -75,81 +72,9 @@ from dgnet.training.runtime import (
     resolve_amp,
     to_channels_last,
 )
-from dgnet.training.schedule import ScheduleConfig, learning_rate_at, loss_weights_at
+from dgnet.training.schedule import learning_rate_at, loss_weights_at
 
-SAMPLINGS = ("image", "identity")
-
-
-@dataclass(frozen=True)
-class DGNetTrainConfig:
-    """Joint training; defaults are the paper's (Market-1501: 100k iterations, batch 8 per stream)."""
-
-    iterations: int = 100_000
-    batch_size: int = 8  # per stream and rank: 4 x batch_size real images an iteration
-    lr_generator: float = 1e-4  # Adam: E_s, decoder, AdaIN MLPs
-    lr_discriminator: float = 1e-4  # Adam: D
-    adam_betas: tuple[float, float] = (0.0, 0.999)
-    lr_appearance: float = 0.002  # SGD: E_a's trunk
-    head_lr_mult: float = 10.0  # E_a's id heads learn at lr_appearance x 10
-    momentum: float = 0.9  # Nesterov, for E_a
-    weight_decay: float = 5e-4  # every optimiser
-    # "image" (published): streams a and b each walk their own shuffle of all training images, so a
-    # and b may share an id by chance. "identity": a and b are always different people, each id
-    # drawn uniformly (IdentityPairSampler).
-    sampling: str = "image"
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # loss-weight ramps and LR milestones
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    query_alpha: float = 0.5  # evaluation: query-side weight of the fine-grained half
-    swap_images: int = 5  # the swap grid is swap_images x swap_images decodes
-    seed: int = 0
-    # Start E_a's trunk from the (first) teacher's instead of ImageNet: for runs without ImageNet
-    # weights (the CPU default), where a random E_a learns identities, and so appearance codes,
-    # too slowly for the decoder to use them. The paper's configuration keeps False.
-    init_appearance_from_teacher: bool = False
-    log_every: int = 100
-    eval_every: int = 10_000  # 0: only at the end
-    image_every: int = 5_000  # 0: only at the end
-    checkpoint_every: int = 5_000  # 0: only at the end
-    keep_checkpoints: int = 2
-    eval_batch_size: int = 128
-    device: str = "auto"
-    amp: str = "off"  # "off", "bf16", "fp16" (CUDA; bf16 preferred: the R1 gradient is not loss-scaled)
-    channels_last: bool = False
-    compile: bool = False  # E_a, E_s, decoder (D too when r1_weight is 0: R1 needs double backward)
-    deterministic: bool = False
-    num_workers: int = 4
-
-    def __post_init__(self) -> None:
-        if isinstance(self.adam_betas, list):
-            object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
-        check_run_fields(self, "train")
-        check_positive(self, "train", ("lr_generator", "lr_discriminator", "lr_appearance", "head_lr_mult"))
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {self.adam_betas!r}")
-        image_every = self.image_every
-        if isinstance(image_every, bool) or not isinstance(image_every, int) or image_every < 0:
-            raise ConfigError(f"train.image_every: must be an integer >= 0, got {self.image_every!r}")
-        if self.sampling not in SAMPLINGS:
-            raise ConfigError(f"train.sampling: {self.sampling!r} is not one of {SAMPLINGS}")
-        alpha = self.query_alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
-            raise ConfigError(f"train.query_alpha: must be a number in [0, 1] (the query-side weight of the "
-                              f"fine-grained half), got {alpha!r}")
-        if not isinstance(self.swap_images, int) or not 2 <= self.swap_images <= 8:
-            raise ConfigError(f"train.swap_images: must be an integer in 2..8, got {self.swap_images!r}")
-
-    def scaled_to(self, iterations: int) -> DGNetTrainConfig:
-        """This run compressed or stretched to `iterations`: warm-up and LR steps at the same fractions."""
-        schedule = self.schedule.scaled_to(iterations, reference=self.iterations)
-        return dataclasses.replace(self, iterations=iterations, schedule=schedule)
-
-    def needs_teacher(self) -> bool:
-        """Whether lambda_prim becomes > 0 within the run (the weights ramp up, never down), or E_a
-    starts from the teacher."""
-        primary = loss_weights_at(self.iterations - 1, self.schedule).primary > 0
-        return primary or self.init_appearance_from_teacher
-
+__all__ = ["SAMPLINGS", "DGNetTrainConfig", "train_dgnet", "warmup_fingerprint"]
 
 # Fields that change nothing a training step computes: how long the run is, and how it reports.
 REPORTING_FIELDS = ("iterations", "log_every", "eval_every", "image_every", "checkpoint_every",

@@ -50,7 +50,8 @@ RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "keep_checkpoints
        "num_workers": 0, "eval_batch_size": 64, "deterministic": True}
 PARAMS: dict[str, Any] = {
     "validate": {"manifest": "data/manifest.csv"},
-    "model": {"profile": "tiny", "overrides": {}},
+    "profile": "tiny",
+    "model": {},
     "teacher": {"seeds": [0], "iterations": 2, "batch_size": 8, "lr": 0.01, **RUN},
     # Long enough (in iterations) for the tracking server to be stopped while it trains.
     "train": {"iterations": 30, "batch_size": 2, "image_every": 10, "swap_images": 2,

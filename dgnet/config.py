@@ -1,0 +1,288 @@
+"""The training configuration's schema: frozen dataclasses shaped like params.yaml, and one parser.
+
+`teacher:` maps onto TeacherTrainConfig, `train:` onto DGNetTrainConfig (with `schedule:`,
+`objective:` and `augmentation:` nested), `model:` onto dgnet.models.config.ModelConfig. The fields
+both trainers have (counts, cadences, device, precision) are declared once, in RunConfig. Defaults
+are the paper's (docs/method.md sections 2-4); dgnet.profiles holds the other whole configurations.
+Every check goes through `check_int` / `check_number`, so an error always reads `section.key: rule,
+got value`. Imports no torch: a configuration error is reported before any heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dgnet.errors import ConfigError
+from dgnet.training.schedule import ScheduleConfig, check_milestones, loss_weights_at
+
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+SAMPLINGS = ("image", "identity")
+
+
+def check_int(value: Any, key: str, minimum: int = 0) -> int:
+    """`value` when it is an integer >= minimum (not a bool), else ConfigError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{key}: must be {rule}, got {value!r}")
+    return value
+
+
+def check_number(value: Any, key: str, low: float = 0.0, high: float | None = None,
+                 low_open: bool = False, why: str = "") -> float:
+    """`value` when it is a number in [low, high] ((low, high] with `low_open`), else ConfigError
+    (which says `why` the rule is there, when given)."""
+    if isinstance(value, str):
+        raise ConfigError(float_string_message(key, value))
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or (value <= low if low_open else value < low) or (high is not None and value > high):
+        where = f"> {low:g}" if low_open else f">= {low:g}"
+        if high is not None:
+            where = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"{key}: must be a number {where}{f' ({why})' if why else ''}, got {value!r}")
+    return value
+
+
+def check_choice(value: Any, key: str, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+    return value
+
+
+def float_string_message(key: str, value: str) -> str:
+    """What to say about a string given for a number: YAML 1.1 (PyYAML) reads `1e-3` as a string,
+    because its floats need a dot and a signed exponent (`1.0e-3`)."""
+    try:
+        float(value)
+    except ValueError:
+        return f"{key}: must be a number, got the string {value!r}"
+    mantissa, _, exponent = value.strip().lower().partition("e")
+    if not exponent:
+        return f"{key}: must be a number, got the string {value!r}; write it without quotes"
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
+    return (f"{key}: must be a number, got the string {value!r}; YAML reads a number with an exponent "
+            f"as a number only with a dot and a signed exponent: write {mantissa}e{exponent}")
+
+
+def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    """`cls(**values)` for a (nested) frozen config dataclass, from JSON/YAML values.
+
+    Nested dataclass fields take a mapping of their own fields; lists become tuples. An unknown
+    key is a ConfigError that names it and lists the known ones.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of fields, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
+            value = config_from_mapping(kind, value, f"{section}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif kind is float and isinstance(value, str):
+            raise ConfigError(float_string_message(f"{section}.{name}", value))
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation of docs/method.md section 4, as in the published DG-Net: bicubic resize
+    (in `load_image`), horizontal flip, `padding` pixels of edge replication then a random crop
+    back to size, and random erasing with probability `erasing_p` on the identity-loss inputs."""
+
+    flip: bool = True
+    padding: int = 10
+    erasing_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_int(self.padding, "augmentation.padding")
+        check_number(self.erasing_p, "augmentation.erasing_p", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Switches of the objective that are not loss weights."""
+
+    # False (published): the appearance-code loss |E_a(x_ij) - a_i| has no gradient (logged only), and
+    # the cycle decodes from a detached recovered code. True (the paper's intent): the recovered code
+    # E_a(x_ij) (frozen view) carries gradient into G, in the code loss and in the cycle; target detached.
+    appearance_code_loss_grad: bool = False
+    r1_weight: float = 0.01
+    teacher_flip_average: bool = True
+    # Published: the teacher's BatchNorm normalises each generated batch with its own statistics
+    # (`train_bn`). False: its running statistics from training on real images.
+    teacher_batch_statistics: bool = True
+    # Probability per iteration that the trainable E_s re-encodes the detached x_ij for the
+    # structure-code loss (published `use_encoder_again`, 0.5); otherwise a frozen E_s, whose
+    # gradient reaches G. 0: always the frozen E_s; 1: G never learns from that loss.
+    structure_reencode_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_number(self.r1_weight, "objective.r1_weight")
+        check_number(self.structure_reencode_p, "objective.structure_reencode_p", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every training run has, teacher or DG-Net: its length, cadences, seed and where it runs."""
+
+    iterations: int = 100_000
+    batch_size: int = 8  # per rank (DG-Net: per stream)
+    head_lr_mult: float = 10.0  # the id heads learn at the trunk's learning rate x 10
+    momentum: float = 0.9  # SGD, Nesterov
+    weight_decay: float = 5e-4
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 10_000  # 0: only at the end
+    checkpoint_every: int = 5_000  # 0: only at the end
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 128
+    device: str = "auto"
+    amp: str = "off"  # "off", "auto" (bf16 where the hardware has it), "bf16", "fp16" (CUDA)
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    num_workers: int = 4
+
+    SECTION: typing.ClassVar[str] = "run"
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():  # YAML gives lists; a frozen config holds tuples
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        section = self.SECTION
+        for name in ("iterations", "batch_size", "keep_checkpoints", "eval_batch_size"):
+            check_int(getattr(self, name), f"{section}.{name}", 1)
+        for name in ("log_every", "eval_every", "checkpoint_every", "num_workers", "seed"):
+            check_int(getattr(self, name), f"{section}.{name}")
+        for name in ("head_lr_mult",):
+            check_number(getattr(self, name), f"{section}.{name}", low_open=True)
+        check_number(self.momentum, f"{section}.momentum", 0.0, 1.0)
+        check_number(self.weight_decay, f"{section}.weight_decay")
+        if not str(self.device).startswith("cuda:"):
+            check_choice(self.device, f"{section}.device", DEVICES)
+        check_choice(self.amp, f"{section}.amp", AMP_MODES)
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig(RunConfig):
+    """Teacher training; defaults are the usual Market-1501 baseline (about 60 epochs at batch 32)."""
+
+    iterations: int = 24_000
+    batch_size: int = 32
+    lr: float = 0.005  # the trunk's (ImageNet-initialised) learning rate; the head's x head_lr_mult
+    lr_milestones: tuple[int, ...] = (16_000,)
+    lr_gamma: float = 0.1
+    eval_every: int = 4_000
+    checkpoint_every: int = 2_000
+
+    SECTION: typing.ClassVar[str] = "teacher"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number(self.lr, "teacher.lr", low_open=True)
+        check_number(self.lr_gamma, "teacher.lr_gamma", low_open=True)
+        check_milestones(self.lr_milestones, "teacher.lr_milestones")
+
+    def scaled_to(self, iterations: int) -> TeacherTrainConfig:
+        """The same run compressed or stretched to `iterations`: LR milestones at the same fractions."""
+        factor = iterations / self.iterations
+        milestones = tuple(round(m * factor) for m in self.lr_milestones)
+        return dataclasses.replace(self, iterations=iterations, lr_milestones=milestones)
+
+
+@dataclass(frozen=True)
+class DGNetTrainConfig(RunConfig):
+    """Joint training; defaults are the paper's (Market-1501: 100k iterations, batch 8 per stream)."""
+
+    lr_generator: float = 1e-4  # Adam: E_s, decoder, AdaIN MLPs
+    lr_discriminator: float = 1e-4  # Adam: D
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    lr_appearance: float = 0.002  # SGD: E_a's trunk
+    # "image" (published): streams a and b each walk their own shuffle of all training images, so a
+    # and b may share an id by chance. "identity": a and b are always different people, each id
+    # drawn uniformly (IdentityPairSampler).
+    sampling: str = "image"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # loss-weight ramps and LR milestones
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    query_alpha: float = 0.5  # evaluation: query-side weight of the fine-grained half
+    swap_images: int = 5  # the swap grid is swap_images x swap_images decodes
+    # Start E_a's trunk from the (first) teacher's instead of ImageNet: for runs without ImageNet
+    # weights (the CPU default), where a random E_a learns identities, and so appearance codes,
+    # too slowly for the decoder to use them. The paper's configuration keeps False.
+    init_appearance_from_teacher: bool = False
+    image_every: int = 5_000  # 0: only at the end
+    # compile: E_a, E_s, decoder (D too when r1_weight is 0: R1 needs double backward).
+    # amp: bf16 preferred to fp16, whose loss scale does not reach the R1 gradient.
+
+    SECTION: typing.ClassVar[str] = "train"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("lr_generator", "lr_discriminator", "lr_appearance"):
+            check_number(getattr(self, name), f"train.{name}", low_open=True)
+        betas = self.adam_betas
+        if len(betas) != 2 or not all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1
+                                      for b in betas):
+            raise ConfigError(f"train.adam_betas: must be two numbers in [0, 1), got {self.adam_betas!r}")
+        check_int(self.image_every, "train.image_every")
+        check_choice(self.sampling, "train.sampling", SAMPLINGS)
+        check_number(self.query_alpha, "train.query_alpha", 0.0, 1.0,
+                     why="the query-side weight of the fine-grained half")
+        if isinstance(self.swap_images, bool) or not isinstance(self.swap_images, int) or not (
+                2 <= self.swap_images <= 8):
+            raise ConfigError(f"train.swap_images: must be an integer in 2..8, got {self.swap_images!r}")
+
+    def scaled_to(self, iterations: int) -> DGNetTrainConfig:
+        """This run compressed or stretched to `iterations`: warm-up and LR steps at the same fractions."""
+        schedule = self.schedule.scaled_to(iterations, reference=self.iterations)
+        return dataclasses.replace(self, iterations=iterations, schedule=schedule)
+
+    def needs_teacher(self) -> bool:
+        """Whether lambda_prim becomes > 0 within the run (the weights ramp up, never down), or E_a
+        starts from the teacher."""
+        primary = loss_weights_at(self.iterations - 1, self.schedule).primary > 0
+        return primary or self.init_appearance_from_teacher
+
+
+def build_train_config(cls: type, values: Mapping[str, Any], section: str, stage_keys: Iterable[str] = (),
+                       fixed: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(the `cls` dataclass built from a params section, the section's stage-level keys).
+
+    Keys in `stage_keys` belong to the stage (e.g. `seeds`), the rest map onto `cls`'s fields
+    (nested dataclasses take a mapping); an unknown key is a ConfigError naming `section.key`.
+    `scale_schedule_from: N` means the section's schedule numbers (LR milestones, warm-up) are
+    written for a run of N iterations and are compressed to `iterations` (`cls.scaled_to`).
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"params `{section}:` must be a mapping")
+    stage = {k: values[k] for k in (*stage_keys, "scale_schedule_from") if k in values}
+    fields = {k: v for k, v in values.items() if k not in stage}
+    for key in fixed or {}:
+        if key in fields:
+            raise ConfigError(f"{section}.{key}: set by the stage here, not in params.yaml")
+    fields.update(fixed or {})
+    reference = stage.get("scale_schedule_from")
+    if reference is None:
+        return config_from_mapping(cls, fields, section), stage
+    check_int(reference, f"{section}.scale_schedule_from", 1)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == "iterations")
+    iterations = check_int(fields.get("iterations", default), f"{section}.iterations", 1)
+    cfg = config_from_mapping(cls, {**fields, "iterations": reference}, section)
+    return cfg.scaled_to(iterations), stage

@@ -1,0 +1,220 @@
+"""Whole configurations: one `profile:` key selects the model, teacher and train settings together.
+
+params.yaml says `profile: cpu` (or paper, tiny) and its `model`, `teacher` and `train` sections hold
+only what differs from that profile, in the same key names. `resolve_params` merges the two; the
+stages and `dgnet train` / `train-teacher` both go through it, and `dgnet config show` prints the
+result. A profile's model part is dgnet.models.config.PROFILES[name]; its teacher and train parts
+are below, as differences from the dataclass defaults (which are the paper's, docs/method.md
+sections 2-4). Schedule numbers are written for the paper's run lengths (`scale_schedule_from`:
+24k teacher iterations, 100k DG-Net) and compressed to `iterations`, so changing only the length
+keeps the warm-up and the LR steps at the same fractions of the run.
+
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dgnet.config import DGNetTrainConfig, TeacherTrainConfig, build_train_config
+from dgnet.errors import ConfigError
+from dgnet.models.config import PROFILES as MODEL_PROFILES
+from dgnet.models.config import get_profile
+
+SECTIONS = ("model", "teacher", "train")
+# Keys of `teacher` / `train` that shape the pipeline rather than one run: one run per seed, which
+# teacher a DG-Net seed learns from. They live in params.yaml (dvc.yaml's matrix reads them there).
+STAGE_KEYS = {"teacher": ("seeds",), "train": ("seeds", "teachers")}
+CONFIG_CLASSES = {"teacher": TeacherTrainConfig, "train": DGNetTrainConfig}
+
+_PAPER_RUN = {"log_every": 100, "device": "cuda", "amp": "bf16", "num_workers": 8}
+# Runs on 2 CPU cores: evaluation and checkpoints often enough to see progress and to resume, and
+# no loader workers (data loading is ~1% of an iteration here; workers only compete for the cores).
+_CPU_RUN = {"log_every": 10, "eval_every": 200, "checkpoint_every": 200, "device": "cpu", "num_workers": 0}
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # docs/method.md sections 2-4 and 8: 256x128 ResNet-50, batch 8 per stream, 100k iterations with
+    # the warm-up from 30k and LR steps at 60k and 90k; the teacher 24k iterations at batch 32; E_a
+    # from ImageNet. On a CUDA GPU in bf16 (fp16's loss scale does not reach R1's gradient).
+    "paper": {
+        "teacher": {"scale_schedule_from": 24_000, **_PAPER_RUN},
+        "train": {"scale_schedule_from": 100_000, **_PAPER_RUN},
+    },
+    # `dvc repro` on the synthetic data on 2 CPU cores: the teacher in ~1 min and each DG-Net variant in
+    # ~6 min. What departs from the paper besides the sizes is said (and measured) beside it.
+    "cpu": {
+        "teacher": {
+            "scale_schedule_from": 24_000,
+            "iterations": 600,  # rank-1 ~0.20 on the synthetic test set (1000: ~0.28, twice the time)
+            **_CPU_RUN,
+        },
+        "train": {
+            "scale_schedule_from": 100_000,  # warm-up 180, LR steps at 360 and 540 of 600
+            "iterations": 600,
+            "lr_generator": 0.001,  # paper 0.0001, for 100k iterations
+            "lr_discriminator": 0.001,  # as fast as G here, or D stays at chance and its gradient is noise
+            # paper (0, 0.999); beta1 0.5 reconstructs better in 600: 0.067 vs 0.075 L1
+            # (docs/generator_diagnosis.md)
+            "adam_betas": [0.5, 0.999],
+            # Not the paper's (0: L_id^c at full weight from iteration 0): L_id^c grows linearly over
+            # the first 30% of the run, so G learns to reconstruct before it must carry identity.
+            # 600 its: recon 0.062 -> 0.055, swap SSIM (person) 0.357 -> 0.366, mAP 46.0 -> 47.7.
+            "schedule": {"id_generated_ramp": 30_000},
+            # E_a's trunk starts from the teacher's (the paper: from ImageNet). Without ImageNet
+            # weights a random E_a learns identities, and so appearance codes, too slowly for 600
+            # iterations: the swaps then ignore the appearance donor (all rows of the grid alike).
+            "init_appearance_from_teacher": True,
+            **_CPU_RUN,
+            "image_every": 100,
+            "checkpoint_every": 100,
+            # bf16 where the hardware has it (AVX512-BF16/AMX CPUs), else fp32: the same figures;
+            # emulated bf16 (AVX2 CPUs) is ~30x slower per convolution.
+            "amp": "auto",
+        },
+    },
+    # Unit tests: the smallest networks; the run settings are the tests' own (the paper's otherwise,
+    # on the CPU), and schedule numbers are used as written.
+    "tiny": {
+        "teacher": {"device": "cpu", "num_workers": 0},
+        "train": {"device": "cpu", "num_workers": 0},
+    },
+}
+assert set(PROFILES) == set(MODEL_PROFILES), "every whole profile has a model profile of its name"
+
+
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` applied key by key, nested mappings merged (neither is modified)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def profile_name(params: Mapping[str, Any], default: str = "cpu") -> str:
+    name = params.get("profile", default)
+    if name not in PROFILES:
+        raise ConfigError(f"profile: {name!r} is not one of {sorted(PROFILES)}")
+    return name
+
+
+def resolve_params(params: Mapping[str, Any], profile: str | None = None) -> dict[str, Any]:
+    """params with `model`, `teacher` and `train` completed from the profile (params' keys win).
+
+    `profile` overrides params' own `profile:`. The model section stays a mapping of ModelConfig
+    overrides of the profile's model (`model_config` builds it); the old `model: {profile, overrides}`
+    form is refused with what to write instead.
+    """
+    if not isinstance(params, Mapping):
+        raise ConfigError("params must be a mapping of sections")
+    name = profile_name({**params, **({"profile": profile} if profile else {})})
+    resolved = copy.deepcopy(dict(params))
+    resolved["profile"] = name
+    for section in SECTIONS:
+        values = params.get(section)
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"params `{section}:` must be a mapping, got {type(values).__name__}")
+        if section == "model" and ({"profile", "overrides"} & set(values)):
+            raise ConfigError("model.profile / model.overrides: the profile is now the top-level "
+                              "`profile:` key, and `model:` holds ModelConfig fields directly "
+                              "(e.g. `model: {backbone: resnet34}`)")
+        resolved[section] = merge(PROFILES[name].get(section, {}), values)
+    return resolved
+
+
+def apply_assignments(values: Mapping[str, Any], assignments: Iterable[str],
+                      where: str = "params") -> dict[str, Any]:
+    """`key.sub=value` assignments (values parsed as YAML), keys relative to `values`, applied to a copy."""
+    values = copy.deepcopy(dict(values))
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.objective.r1_weight=0")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
+        node = values
+        *parents, leaf = key.split(".")
+        for depth, name in enumerate(parents):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {assignment!r}: {where}.{'.'.join(parents[:depth + 1])} "
+                                  f"is not a mapping")
+        node[leaf] = value
+    return values
+
+
+def read_params_file(path: Path | None) -> dict[str, Any]:
+    """A params file (YAML or JSON, params.yaml's layout: `profile`, `model`, `teacher`, `train`)."""
+    if path is None:
+        return {}
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--params {path}: file does not exist") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--params {path}: cannot be read as YAML ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--params {path}: expected a mapping of sections (model, teacher, train)")
+    return values
+
+
+def resolve_cli_params(path: Path | None, assignments: Iterable[str] = (), profile: str | None = None,
+                       default: str = "paper") -> dict[str, Any]:
+    """The params a command line asks for: `--params FILE`, then `--set`, then `--profile` (else the
+    file's `profile:`, else `default`), completed from the profile."""
+    params = apply_assignments(read_params_file(path), assignments)
+    return resolve_params(params, profile=profile or params.get("profile") or default)
+
+
+def model_config(params: Mapping[str, Any], num_classes: int | None = None) -> Any:
+    """The ModelConfig of resolved params: the profile's, changed by `model:` (and the data's classes)."""
+    overrides = dict(params.get("model") or {})
+    if num_classes is not None:
+        if "num_classes" in overrides and overrides["num_classes"] != num_classes:
+            raise ConfigError(f"model.num_classes: {overrides['num_classes']} differs from the {num_classes} "
+                              f"training identities of the manifest; leave it out (it is set from there)")
+        overrides["num_classes"] = num_classes
+    return get_profile(profile_name(params), **overrides)
+
+
+def run_config(params: Mapping[str, Any], section: str, fixed: Mapping[str, Any] | None = None) -> Any:
+    """The TeacherTrainConfig / DGNetTrainConfig of a resolved section, schedule scaled to its length."""
+    cfg, _ = build_train_config(CONFIG_CLASSES[section], params[section], section,
+                                STAGE_KEYS[section], fixed)
+    return cfg
+
+
+def resolved_config(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything a run of resolved params trains with, in params.yaml's key names: the model's
+    fields, then the teacher's and DG-Net's after scaling (what the trainers receive), with the
+    stage keys beside them. `model.num_classes` is null: it is the manifest's training identities."""
+    shown: dict[str, Any] = {"profile": profile_name(params)}
+    model = dataclasses.asdict(model_config(params))
+    shown["model"] = {**model, "num_classes": None}
+    for section in ("teacher", "train"):
+        stage = {k: params[section][k] for k in STAGE_KEYS[section] if k in params[section]}
+        values = dataclasses.asdict(run_config(params, section))
+        reference = params[section].get("scale_schedule_from")
+        shown[section] = {**values, **stage, "scale_schedule_from": reference}
+    return _plain(shown)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (JSON and YAML print them alike)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,359 @@
+"""The MLflow training hook and what it logs.
+
+`MlflowHooks` is a `dgnet.training.hooks.TrainingHooks`: the training loops in dgnet/ call it and
+never import mlflow themselves. It logs the run's params and tags at the start, losses/weights/
+learning rates every few iterations (batched), re-ID metrics at evaluations, swap grids as images,
+and at the end the final model as an MLflow pyfunc model (stages.mlflow_model: images in, features
+out, with its signature; the dgnet model file and the configuration JSON inside), registered as a new
+version of a registered model whose alias (default `current`) then points at it. Load one back with
+`mlflow.pyfunc.load_model("models:/dgnet@current")`, `dgnet.FeatureExtractor("models:/dgnet@current")`,
+or `mlflow.artifacts.download_artifacts(...)` and `dgnet.models.persist.load_model` on its model.pt.
+Every write goes through the store's `RetryPolicy` (stages.tracking)."""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from dgnet.errors import ConfigError, DgnetError
+from dgnet.training.hooks import TrainingHooks, TrainingResult
+from stages.tracking import RetryPolicy, TrackingError, attempt_env, is_transient, redact, scoped_env, short
+
+DEFAULT_EXPERIMENT = "dgnet"
+
+
+DEFAULT_ALIAS = "current"
+
+
+EVAL_PREFIX = "eval/"
+
+
+MODEL_ARTIFACT_DIR = "model"
+
+
+# MLflow's limits (mlflow.utils.validation): values longer than these are rejected.
+MAX_PARAM_VALUE = 6000
+
+
+MAX_TAG_VALUE = 8000
+
+
+MAX_KEY = 250
+
+
+PARAMS_PER_BATCH = 100
+
+
+METRICS_PER_BATCH = 1000
+
+
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def flatten(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and dataclasses to one level with dotted keys."""
+    if is_dataclass(config) and not isinstance(config, type):
+        config = asdict(config)
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def safe_key(key: str) -> str:
+    """A metric/param key MLflow accepts: odd characters become `_`, no `..` or leading `/`."""
+    key = _BAD_KEY_CHARS.sub("_", str(key)).strip("/") or "_"
+    if posixpath.normpath(key) != key:
+        key = "/".join(part for part in key.split("/") if part not in ("", ".", "..")) or "_"
+    return key[:MAX_KEY]
+
+
+def param_value(value: Any) -> str:
+    """A param's text: strings as they are, everything else as JSON; at most 6000 characters."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+def _tag_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
+
+
+def check_alias(alias: str) -> str:
+    """A registry alias MLflow accepts: letters, digits, `_`, `-`; not `latest` nor `v<digits>`."""
+    if not alias or not re.fullmatch(r"[\w\-]+", alias):
+        raise ConfigError(f"mlflow.alias: {alias!r} must be letters, digits, `_` or `-`")
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(f"mlflow.alias: {alias!r} is reserved by MLflow (`latest`, `v1`, ...); "
+                          f"use e.g. `{DEFAULT_ALIAS}` or `champion`")
+    return alias
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+class MlflowHooks(TrainingHooks):
+    """Log one training loop into MLflow run `run_id` (created by the caller, e.g. `tracked_run`).
+
+    Iteration logs are buffered and written with `log_batch`, every `flush_every_s` seconds and at
+    evaluations and the end. `registered_model=None` skips the registry. A write that fails because
+    the store is unavailable is retried under `retry` (default `RetryPolicy.from_env()`); when the
+    retries are spent, TrackingError stops the training loop, whose checkpoints stay on disk.
+    """
+
+    def __init__(self, client: Any, run_id: str, *, registered_model: str | None = None,
+                 alias: str | None = DEFAULT_ALIAS, variant: str | None = None,
+                 extra_params: Mapping[str, Any] | None = None, version_tags: Mapping[str, Any] | None = None,
+                 eval_prefix: str = EVAL_PREFIX, flush_every_s: float = 10.0,
+                 retry: RetryPolicy | None = None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.registered_model = registered_model
+        self.alias = check_alias(alias) if alias else None
+        self.variant = variant
+        self.extra_params = dict(extra_params or {})
+        self.version_tags = {k: str(v) for k, v in (version_tags or {}).items()}
+        self.eval_prefix = eval_prefix
+        self.flush_every_s = flush_every_s
+        self.model_version: Any = None  # the registered ModelVersion, after on_end
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+        self._evaluated_at: set[int] = set()
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
+        self.checkpoint: tuple[int, Path] | None = None  # the newest checkpoint this run wrote
+        self.gone = False  # set once retries were spent: close() then writes nothing more
+
+    # -- internals
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)`, retried with back-off while the failure is transient."""
+        uri = redact(str(self.client.tracking_uri))
+        waits = self.retry.waits()
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                with scoped_env(**attempt_env(uri, self.retry.attempt_timeout_s)):
+                    return fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise TrackingError(f"MLflow at {uri} refused to {what} (run {self.run_id}): "
+                                        f"{short(exc)}") from exc
+                if attempt == len(waits):
+                    self.gone = True
+                    raise TrackingError(
+                        f"MLflow at {uri} failed to {what} (run {self.run_id}) {attempt + 1} times over "
+                        f"{time.monotonic() - started:.0f} s, the store is unavailable: {short(exc)}. "
+                        f"Training stopped; {self._kept()}") from exc
+                print(f"warning: MLflow at {uri} failed to {what} ({short(exc, 160)}); retry "
+                      f"{attempt + 1}/{len(waits)} in {waits[attempt]:g} s", file=sys.stderr, flush=True)
+                time.sleep(waits[attempt])
+                attempt += 1
+
+    def _kept(self) -> str:
+        if self.checkpoint is None:
+            return ("the checkpoints written so far are kept: re-run the same command once the store is "
+                    "back to resume from the newest")
+        iteration, path = self.checkpoint
+        return (f"the last checkpoint, {path} (iteration {iteration}), is kept: re-run the same command "
+                f"once the store is back to resume from it")
+
+    def _metrics(self, values: Mapping[str, Any], step: int, prefix: str = "") -> list[Any]:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for key, value in values.items():
+            number = _number(value)
+            if number is not None:
+                metrics.append(Metric(safe_key(f"{prefix}{key}"), number, now, int(step)))
+        return metrics
+
+    def flush(self) -> None:
+        """Write the buffered iteration metrics."""
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), METRICS_PER_BATCH):
+            self._call("log metrics", self.client.log_batch, self.run_id,
+                       metrics=pending[start : start + METRICS_PER_BATCH], synchronous=True)
+        self._last_flush = time.monotonic()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(safe_key(k), param_value(v)) for k, v in flatten(params).items()]
+        for start in range(0, len(items), PARAMS_PER_BATCH):
+            self._call("log params", self.client.log_batch, self.run_id,
+                       params=items[start : start + PARAMS_PER_BATCH], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, _tag_value(v)) for k, v in tags.items()]
+        if items:
+            self._call("set tags", self.client.log_batch, self.run_id, tags=items, synchronous=True)
+
+    # -- hooks
+    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
+        self.kind = kind
+        self.log_params({**self.extra_params, **config})
+        tags = {"dgnet.kind": kind, "dgnet.start_iteration": start_iteration,
+                "dgnet.resumed": str(start_iteration > 0).lower()}
+        if self.variant:
+            tags["dgnet.variant"] = self.variant
+        self.set_tags(tags)
+
+    def on_iteration(self, iteration: int, logs: dict[str, float]) -> None:
+        self._pending.extend(self._metrics(logs, iteration))
+        due = time.monotonic() - self._last_flush >= self.flush_every_s
+        if due or len(self._pending) >= METRICS_PER_BATCH:
+            self.flush()
+
+    def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        self._pending.extend(self._metrics(metrics, iteration, self.eval_prefix))
+        self._evaluated_at.add(int(iteration))
+        self.flush()
+
+    def on_image(self, iteration: int, name: str, image: Any) -> None:
+        key = re.sub(r"[^a-zA-Z0-9_\-./ ]", "_", name) or "image"
+        # Stored as images/<key>+step+<iteration>+timestamp+...png (+ a small .webp the UI shows).
+        self._call(f"log image {key!r}", self.client.log_image, self.run_id, image, key=key,
+                   step=int(iteration), synchronous=True)
+
+    def on_checkpoint(self, iteration: int, path: Path) -> None:
+        self.checkpoint = (int(iteration), Path(path))  # written before this hook is called
+        self.set_tags({"dgnet.checkpoint": str(path), "dgnet.checkpoint_iteration": int(iteration)})
+
+    def on_end(self, result: TrainingResult) -> None:
+        final = {k: v for k, v in result.metrics.items() if _number(v) is not None}
+        if final and int(result.iterations) not in self._evaluated_at:
+            self._pending.extend(self._metrics(final, result.iterations, self.eval_prefix))
+        self.flush()
+        self.set_tags({"dgnet.iterations": int(result.iterations)})
+        self.log_model(result)  # the model file itself goes to the run's artifacts, model/
+
+    def close(self) -> None:
+        """Write what is still buffered (call it in a `finally`); nothing once the store has gone."""
+        if self._pending and not self.gone:
+            self.flush()
+
+    # -- the final model
+    def log_model(self, result: TrainingResult) -> Any:
+        """Log the model under `model/` as an MLflow pyfunc model (the model file inside) with its
+        configuration; register it if configured."""
+        from stages.mlflow_model import save_pyfunc_model
+
+        path = Path(result.model_path)
+        if not path.exists():
+            raise DgnetError(f"the {result.kind} model {path} does not exist after training")
+        if path.is_dir():
+            self._call("log the model", self.client.log_artifacts, self.run_id, str(path), MODEL_ARTIFACT_DIR)
+        else:
+            with tempfile.TemporaryDirectory(prefix="dgnet-mlflow-model-") as tmp:
+                folder = Path(tmp) / MODEL_ARTIFACT_DIR
+                save_pyfunc_model(path, folder)
+                self._call("log the model", self.client.log_artifacts, self.run_id, str(folder),
+                           MODEL_ARTIFACT_DIR)
+        card = {"kind": result.kind, "iterations": int(result.iterations), "model_file": path.name,
+                "metrics": result.metrics, "config": result.config}
+        self._call("log the model config", self.client.log_dict, self.run_id, json.loads(
+            json.dumps(card, default=str)), f"{MODEL_ARTIFACT_DIR}/config.json")
+        if self.registered_model:
+            self.model_version = self.register(result)
+        return self.model_version
+
+    def register(self, result: TrainingResult) -> Any:
+        """A new version of the registered model from this run's `model/`; the alias moves to it."""
+        from mlflow.exceptions import MlflowException
+
+        name = self.registered_model
+        try:
+            self.client.create_registered_model(
+                name, description=f"dgnet {result.kind} models, one version per training run: MLflow "
+                                  "pyfunc models (images in, features out; `mlflow models serve`) holding "
+                                  "model.pt (dgnet.models.persist) and config.json")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise TrackingError(f"MLflow at {self.client.tracking_uri}: cannot create registered "
+                                    f"model {name!r}: {short(exc)}") from exc
+        run = self._call("read the run", self.client.get_run, self.run_id)
+        source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
+        tags = {"dgnet.kind": result.kind, "dgnet.iterations": str(result.iterations),
+                **{f"metric.{k}": f"{v:.6g}" for k, v in finite(result.metrics).items()},
+                **self.version_tags}
+        if self.variant:
+            tags["dgnet.variant"] = self.variant
+        version = self._call(f"register a version of {name!r}", self.client.create_model_version,
+                             name, source, run_id=self.run_id, tags=tags,
+                             description=f"{result.kind} after {result.iterations} iterations")
+        self.model_version = version
+        if self.alias:
+            self.set_alias(self.alias)
+        self.set_tags({"dgnet.registered_model": name, "dgnet.model_version": version.version})
+        return version
+
+    def set_alias(self, alias: str) -> None:
+        """Point `alias` of the registered model at the version this run registered."""
+        alias = check_alias(alias)
+        self._call(f"set alias {alias!r} of {self.registered_model!r}",
+                   self.client.set_registered_model_alias, self.registered_model, alias,
+                   self.model_version.version)
+
+
+def finite(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of `values`, as floats (NaN/inf and non-numbers dropped)."""
+    out = {}
+    for key, value in values.items():
+        number = _number(value)
+        if number is not None and math.isfinite(number):
+            out[key] = number
+    return out
+
+
+class LastImage(TrainingHooks):
+    """Keeps the newest picture of each name (the stage writes the last swap grid next to the model)."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, Any] = {}
+
+    def on_image(self, iteration: int, name: str, image: Any) -> None:
+        self.images[name] = image.copy()
+
+
+def mlflow_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """params.yaml `mlflow:` with its defaults; the alias is checked against MLflow's reserved names."""
+    section = params.get("mlflow") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("params.yaml `mlflow:` must be a mapping")
+    known = {"experiment", "teacher_model", "model", "alias"}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"mlflow: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    settings = {"experiment": DEFAULT_EXPERIMENT, "teacher_model": "dgnet-teacher", "model": "dgnet",
+                "alias": DEFAULT_ALIAS, **section}
+    if settings["alias"]:
+        check_alias(str(settings["alias"]))
+    return settings
+
+
+def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """rank1, mAP, mINP (fractions) of a run's last evaluation, for `dvc metrics`."""
+    clean = finite(metrics)
+    return {name: round(clean[name], 6) for name in ("rank1", "mAP", "mINP") if name in clean}
