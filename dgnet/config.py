@@ -4,8 +4,8 @@
 `objective:` and `augmentation:` nested), `model:` onto dgnet.models.config.ModelConfig. The fields
 both trainers have (counts, cadences, device, precision) are declared once, in RunConfig. Defaults
 are the paper's (docs/method.md sections 2-4); dgnet.profiles holds the other whole configurations.
-Every check goes through `check_int` / `check_number`, so an error always reads `section.key: rule,
-got value`. Imports no torch: a configuration error is reported before any heavy import.
+Every check goes through dgnet.checks, so an error always reads `section.key: rule, got value`.
+Imports no torch: a configuration error is reported before any heavy import.
 """
 
 from __future__ import annotations
@@ -16,58 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dgnet.checks import check_choice, check_int, check_number, float_string_message
 from dgnet.errors import ConfigError
 from dgnet.training.schedule import ScheduleConfig, check_milestones, loss_weights_at
 
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLINGS = ("image", "identity")
-
-
-def check_int(value: Any, key: str, minimum: int = 0) -> int:
-    """`value` when it is an integer >= minimum (not a bool), else ConfigError naming `key`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{key}: must be {rule}, got {value!r}")
-    return value
-
-
-def check_number(value: Any, key: str, low: float = 0.0, high: float | None = None,
-                 low_open: bool = False, why: str = "") -> float:
-    """`value` when it is a number in [low, high] ((low, high] with `low_open`), else ConfigError
-    (which says `why` the rule is there, when given)."""
-    if isinstance(value, str):
-        raise ConfigError(float_string_message(key, value))
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or (value <= low if low_open else value < low) or (high is not None and value > high):
-        where = f"> {low:g}" if low_open else f">= {low:g}"
-        if high is not None:
-            where = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ConfigError(f"{key}: must be a number {where}{f' ({why})' if why else ''}, got {value!r}")
-    return value
-
-
-def check_choice(value: Any, key: str, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {choices}")
-    return value
-
-
-def float_string_message(key: str, value: str) -> str:
-    """What to say about a string given for a number: YAML 1.1 (PyYAML) reads `1e-3` as a string,
-    because its floats need a dot and a signed exponent (`1.0e-3`)."""
-    try:
-        float(value)
-    except ValueError:
-        return f"{key}: must be a number, got the string {value!r}"
-    mantissa, _, exponent = value.strip().lower().partition("e")
-    if not exponent:
-        return f"{key}: must be a number, got the string {value!r}; write it without quotes"
-    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
-    exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
-    return (f"{key}: must be a number, got the string {value!r}; YAML reads a number with an exponent "
-            f"as a number only with a dot and a signed exponent: write {mantissa}e{exponent}")
 
 
 def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:

@@ -340,7 +340,7 @@ def test_params_help_says_it_takes_a_file(capsys) -> None:
 
 
 def test_tune_pruner_kind_none_over_median_settings() -> None:
-    from stages.tune import parse_pruner
+    from stages.tune_settings import parse_pruner
 
     assert parse_pruner({"kind": "none", "n_startup_trials": 3, "n_warmup_steps": 100})["kind"] == "none"
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_startup_trial'\]"):

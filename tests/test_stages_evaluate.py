@@ -20,6 +20,7 @@ from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
 from stages import evaluate as evaluate_stage
+from stages import evaluate_report
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +55,19 @@ def _made_up(name: str = "dgnet") -> ModelBenchmark:
 
 
 def test_verdict_is_computed_from_the_numbers():
-    assert evaluate_stage.baseline_verdict(_made_up()) == (
+    assert evaluate_report.baseline_verdict(_made_up()) == (
         "dgnet: recon L1 0.100 beats the mean image 0.148 but not blur4 0.059; swap L1 (person) 0.150 beats "
         "copy-structure 0.161 and copy-appearance 0.160; swap SSIM (person) 0.400 beats copy-appearance "
         "0.166 but not copy-structure 0.446.")
     worse = _made_up()
     worse.generation |= {"swap_l1_person": 0.3, "recon_l1": 0.01}
-    sentence = evaluate_stage.baseline_verdict(worse)
+    sentence = evaluate_report.baseline_verdict(worse)
     assert "swap L1 (person) 0.300 does not beat copy-structure 0.161 or copy-appearance 0.160" in sentence
     assert "recon L1 0.010 beats the mean image 0.148 and blur4 0.059" in sentence
 
 
 def test_baseline_section_tables_and_skips():
-    lines = evaluate_stage.baseline_section([_made_up()])
+    lines = evaluate_report.baseline_section([_made_up()])
     text = "\n".join(lines)
     assert "## Generator against trivial baselines" in text and "### dgnet" in text
     assert "| recon L1 (lower is better) | 0.100 | 0.148 | 0.059 | - | - |" in text
@@ -75,9 +76,9 @@ def test_baseline_section_tables_and_skips():
     real = _made_up()
     real.generation = {"recon_l1": 0.1, "baselines": {"recon_mean_image": 0.2, "recon_blur4": 0.05},
                        "swap_fidelity_skipped": "not a synthetic dataset"}
-    text = "\n".join(evaluate_stage.baseline_section([real]))
+    text = "\n".join(evaluate_report.baseline_section([real]))
     assert "Swap baselines skipped: not a synthetic dataset." in text and "swap L1" not in text
-    assert evaluate_stage.baseline_section([ModelBenchmark("teacher", "teacher", reid=_reid())]) == []
+    assert evaluate_report.baseline_section([ModelBenchmark("teacher", "teacher", reid=_reid())]) == []
 
 
 def test_finite_tree_keeps_nested_numbers_rounded():
@@ -105,7 +106,7 @@ def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
     assert "## Generator against trivial baselines" in report
     assert "### dgnet" in report and "### ablation_no_fine" in report and "### teacher\n" not in report
     verdicts = [line for line in report.splitlines() if line.startswith("dgnet: ")]
-    assert verdicts == [evaluate_stage.baseline_verdict(results[1])]
+    assert verdicts == [evaluate_report.baseline_verdict(results[1])]
     assert "swap L1 (person)" in verdicts[0] and "copy-structure" in verdicts[0] and "blur4" in verdicts[0]
 
 

@@ -23,7 +23,7 @@ from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.trainer import DGNetTrainConfig
 from stages import train as train_stage
-from stages import tune
+from stages import tune, tune_settings, tune_study
 from stages.tracking import connect
 from stages.workspace import train_config
 from tests.fixtures import publish_manifest
@@ -289,7 +289,8 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     # Another worker took the re-queued trial and died hard: RUNNING, with a heartbeat that stopped.
     heartbeat = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=2)
     dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
-    assert dead.number == 2 and tune.suggest(dead, tune.parse_space(SPACE)) == study.trials[1].params
+    assert dead.number == 2
+    assert tune_study.suggest(dead, tune_settings.parse_space(SPACE)) == study.trials[1].params
     heartbeat.record_heartbeat(dead._trial_id)
     client = connect(mlflow_uri)
     orphan = client.create_run(parent.info.experiment_id, run_name="trial-0002", tags={
@@ -301,7 +302,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     study = load(storage, "resume")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
                                                TrialState.COMPLETE, TrialState.COMPLETE]
-    assert len(tune.finished_trials(study)) == 3
+    assert len(tune_study.finished_trials(study)) == 3
     assert study.trials[3].params == study.trials[1].params  # the weights of the lost attempts, run
     runs = trial_runs(mlflow_uri, "resume")
     assert sorted(runs) == [0, 1, 2, 3, 4]
@@ -317,7 +318,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     # The study has its 3 trials, but a worker dies in a 6th: a re-run waits for that trial to go
     # stale, then re-runs it, rather than leave it RUNNING for ever.
     dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
-    tune.suggest(dead, tune.parse_space(SPACE))
+    tune_study.suggest(dead, tune_settings.parse_space(SPACE))
     heartbeat.record_heartbeat(dead._trial_id)
     assert tune.main(args) == 0
     study = load(storage, "resume")
@@ -570,14 +571,14 @@ def test_sampler_draws_the_same_trials_after_a_restart():
     new sampler (a resumed run) gets the trials an uninterrupted one gets, never repeated start-up points."""
 
     def objective(trial: optuna.Trial) -> float:
-        return sum(tune.suggest(trial, tune.parse_space(SPACE)).values())
+        return sum(tune_study.suggest(trial, tune_settings.parse_space(SPACE)).values())
 
     def study(sampler_per_step: bool) -> list[dict]:
-        study = optuna.create_study(direction="maximize", sampler=tune.PerTrialSeedTPESampler(
+        study = optuna.create_study(direction="maximize", sampler=tune_study.PerTrialSeedTPESampler(
             7, n_startup_trials=2))
         for _ in range(4):
             if sampler_per_step:  # a new process for every trial
-                study.sampler = tune.PerTrialSeedTPESampler(7, n_startup_trials=2)
+                study.sampler = tune_study.PerTrialSeedTPESampler(7, n_startup_trials=2)
             study.optimize(objective, n_trials=1)
         return [t.params for t in study.trials]
 

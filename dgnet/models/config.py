@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dgnet.checks import check_int
 from dgnet.errors import ConfigError
 
 # Channels of the last ResNet stage, i.e. of the appearance map and of the global feature, at
@@ -84,13 +85,9 @@ class ModelConfig:
             "aspp_width", "structure_channels", "decoder_residual_blocks", "discriminator_scales",
         ]  # fmt: skip
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{name}: must be a positive integer, got {value!r}")
+            check_int(getattr(self, name), f"model.{name}", 1)
         for name in ("structure_residual_blocks", "discriminator_residual_blocks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"model.{name}: must be an integer >= 0, got {value!r}")
+            check_int(getattr(self, name), f"model.{name}")
         width = self.backbone_width
         if not isinstance(width, int) or isinstance(width, bool) or width < 8 or width % 8:
             raise ConfigError(f"model.backbone_width: must be a multiple of 8, at least 8, got {width!r}")

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dgnet.checks import check_int, check_number
 from dgnet.errors import ConfigError
 
 
@@ -54,15 +55,12 @@ class ScheduleConfig:
             if field.name == "lr_milestones":
                 check_milestones(value, "schedule.lr_milestones")
             elif field.name == "id_generated_ramp":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ConfigError(f"schedule.id_generated_ramp: must be an integer >= 0, got {value!r}")
+                check_int(value, "schedule.id_generated_ramp")
             elif field.name in ("primary_learning", "fine_mining"):
                 if not isinstance(value, bool):
                     raise ConfigError(f"schedule.{field.name}: must be true or false, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"schedule.{field.name}: must be a number >= 0, got {value!r}")
-        if self.warmup_rate <= 0:
-            raise ConfigError(f"schedule.warmup_rate: must be > 0, got {self.warmup_rate!r}")
+            else:
+                check_number(value, f"schedule.{field.name}", low_open=field.name == "warmup_rate")
 
     def scaled_to(self, iterations: int, reference: int = 100_000) -> ScheduleConfig:
         """This schedule for a run of `iterations` instead of `reference` iterations.
@@ -74,8 +72,7 @@ class ScheduleConfig:
         The L_id^c ramp's length scales the same way. Loss-weight maxima are unchanged.
         """
         for name, value in (("iterations", iterations), ("reference", reference)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"schedule.scaled_to: {name} must be a positive integer, got {value!r}")
+            check_int(value, f"schedule.scaled_to: {name}", 1)
         factor = iterations / reference
         return dataclasses.replace(
             self,
