@@ -11,6 +11,7 @@ Imports no torch: a configuration error is reported before any heavy import.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -241,3 +242,105 @@ def build_train_config(cls: type, values: Mapping[str, Any], section: str, stage
     iterations = check_int(fields.get("iterations", default), f"{section}.iterations", 1)
     cfg = config_from_mapping(cls, {**fields, "iterations": reference}, section)
     return cfg.scaled_to(iterations), stage
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline's other sections: `evaluate:` and `mlflow:` (read by the DVC stages).
+# --------------------------------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+@dataclass(frozen=True)
+class EvaluationTarget:
+    """One extra dataset of `evaluate.targets`, validated and ranked on by every model (cross-domain)."""
+
+    name: str
+    data: str
+    format: str | None = None  # detected when left out
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"evaluate.targets: name {self.name!r} must be letters, digits, `_`, `-`")
+        object.__setattr__(self, "data", str(self.data))
+        if self.format is not None:
+            from dgnet.data.manifest import FORMATS  # pandas: only the evaluate stage gets here
+
+            check_choice(self.format, f"evaluate.targets[{self.name}].format", FORMATS)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """params `evaluate:`: how every trained model is benchmarked (docs/method.md section 5)."""
+
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # query-side weights of the fine-grained half
+    rerank: bool = False  # adds k-reciprocal re-ranking rows at alpha 0.5
+    num_swaps: int = 512  # test swaps behind the swap figures and their copy baselines (report: >= 500)
+    ranked_queries: int = 6
+    batch_size: int = 64
+    device: str = "cpu"
+    inception_weights: str | None = None  # for FID; else the torch cache; else skipped
+    seed: int = 0
+    targets: tuple[EvaluationTarget, ...] = ()
+
+    def __post_init__(self) -> None:
+        for alpha in self.alphas:
+            check_number(alpha, "evaluate.alphas", 0.0, 1.0)
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if not isinstance(self.rerank, bool):
+            raise ConfigError(f"evaluate.rerank: must be true or false, got {self.rerank!r}")
+        check_int(self.num_swaps, "evaluate.num_swaps", 2)  # SSIM diversity needs two images
+        for name in ("ranked_queries", "batch_size"):
+            check_int(getattr(self, name), f"evaluate.{name}", 1)
+        check_int(self.seed, "evaluate.seed")
+        if not str(self.device).startswith("cuda:"):
+            check_choice(self.device, "evaluate.device", DEVICES)
+        object.__setattr__(self, "targets", _targets(self.targets))
+
+
+def _targets(values: Any) -> tuple[EvaluationTarget, ...]:
+    if not isinstance(values, list | tuple):
+        raise ConfigError("evaluate.targets: must be a list of {name, data, format} entries")
+    targets: list[EvaluationTarget] = []
+    for k, entry in enumerate(values):
+        if isinstance(entry, Mapping):
+            if not {"name", "data"} <= set(entry):
+                raise ConfigError(f"evaluate.targets[{k}]: must be a mapping with `name` and `data` "
+                                  f"(and optionally `format`)")
+            entry = config_from_mapping(EvaluationTarget, entry, f"evaluate.targets[{k}]")
+        elif not isinstance(entry, EvaluationTarget):
+            raise ConfigError(f"evaluate.targets[{k}]: must be a mapping with `name` and `data`")
+        if entry.name in {t.name for t in targets}:
+            raise ConfigError(f"evaluate.targets[{k}]: name {entry.name!r} must be unique")
+        targets.append(entry)
+    return tuple(targets)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """params `mlflow:`: the experiment every run goes to, and the registered models' names."""
+
+    experiment: str = "dgnet"
+    teacher_model: str = "dgnet-teacher"  # '' registers nothing
+    model: str = "dgnet"
+    alias: str = "current"  # moved to each new version; '' sets none
+
+    def __post_init__(self) -> None:
+        if self.alias:
+            check_alias(self.alias)
+
+
+def check_alias(alias: Any) -> str:
+    """A registry alias MLflow accepts: letters, digits, `_`, `-`; not `latest` nor `v<digits>`."""
+    if not isinstance(alias, str) or not alias or not re.fullmatch(r"[\w\-]+", alias):
+        raise ConfigError(f"mlflow.alias: {alias!r} must be letters, digits, `_` or `-`")
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(f"mlflow.alias: {alias!r} is reserved by MLflow (`latest`, `v1`, ...); "
+                          f"use e.g. `current` or `champion`")
+    return alias
+
+
+def section_config(cls: type, params: Mapping[str, Any], name: str) -> Any:
+    """The dataclass of params section `name` (missing or null: the defaults); unknown keys named."""
+    values = params.get(name)
+    return config_from_mapping(cls, {} if values is None else values, name)

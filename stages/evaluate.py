@@ -22,7 +22,6 @@ reports/plots/cmc/<model>.csv (for `dvc plots`), reports/figures/*.png, and one 
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,10 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.data.manifest import FORMATS
+from dgnet.config import EvaluateConfig, section_config
 from dgnet.data.validated import validate_dataset
-from dgnet.errors import ConfigError, DgnetError
+from dgnet.errors import DgnetError
 from dgnet.evaluation.benchmark import (
-    DEFAULT_ALPHAS,
-    DEFAULT_NUM_SWAPS,
     ModelBenchmark,
     benchmark_model,
 )
@@ -44,12 +41,12 @@ from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
-from stages.common import load_params, parse_seeds, resolve, teacher_paths
+from stages.common import parse_seeds, resolve, teacher_paths
 from stages.evaluate_report import first_seeds, main_setting, seed_summaries, write_report
-from stages.mlflow_hooks import finite, flatten, mlflow_settings
-from stages.mlflow_runs import ensure_experiment, run_tags, tracked_run
-from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, view_hint, workspace_root
-from stages.workspace import manifest_path, read_manifest, report_path
+from stages.mlflow_hooks import finite, flatten
+from stages.mlflow_runs import run_tags, tracked_run
+from stages.tracking import view_hint
+from stages.workspace import open_inputs, read_params, stage_main
 
 REPORT = Path("reports/benchmark.md")
 
@@ -75,76 +72,40 @@ ABLATIONS = Path("outputs/ablations")
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
 
 
-KNOWN_KEYS = {"alphas", "rerank", "num_swaps", "ranked_queries", "batch_size", "device",
-              "inception_weights", "seed", "targets"}
 
 
-TARGET_KEYS = {"name", "data", "format"}
 
 
 REID_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+# Settings of params `evaluate` that benchmark_model takes as they are.
+BENCHMARK_KEYS = ("device", "alphas", "rerank", "batch_size", "ranked_queries", "num_swaps",
+                  "inception_weights", "seed")
 
 
-def _settings(params: dict[str, Any]) -> dict[str, Any]:
-    values = params.get("evaluate") or {}
-    unknown = sorted(set(values) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"evaluate: unknown key(s) {unknown}; known keys are {sorted(KNOWN_KEYS)}")
-    num_swaps = int(values.get("num_swaps", DEFAULT_NUM_SWAPS))
-    if num_swaps < 2:  # SSIM diversity needs two images; the report's figures want >= 500
-        raise ConfigError(f"evaluate.num_swaps: must be at least 2, got {num_swaps}")
-    return {"alphas": tuple(float(a) for a in values.get("alphas", DEFAULT_ALPHAS)),
-            "rerank": bool(values.get("rerank", False)), "num_swaps": num_swaps,
-            "ranked_queries": int(values.get("ranked_queries", 6)),
-            "batch_size": int(values.get("batch_size", 64)), "device": str(values.get("device", "cpu")),
-            "inception_weights": values.get("inception_weights"), "seed": int(values.get("seed", 0)),
-            "targets": _targets(values.get("targets"))}
-
-
-def _targets(values: Any) -> tuple[dict[str, Any], ...]:
-    """params `evaluate.targets`: a list of {name, data, format (optional)}, names unique."""
-    if values is None:
-        return ()
-    if not isinstance(values, list):
-        raise ConfigError("evaluate.targets: must be a list of {name, data, format} entries")
-    targets, seen = [], set()
-    for k, entry in enumerate(values):
-        where = f"evaluate.targets[{k}]"
-        if not isinstance(entry, dict) or not {"name", "data"} <= set(entry):
-            raise ConfigError(f"{where}: must be a mapping with `name` and `data` (and optionally `format`)")
-        unknown = sorted(set(entry) - TARGET_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(TARGET_KEYS)}")
-        name = str(entry["name"])
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name in seen:
-            raise ConfigError(f"{where}: name {name!r} must be unique and made of letters, digits, `_`, `-`")
-        fmt = entry.get("format")
-        if fmt is not None and fmt not in FORMATS:
-            raise ConfigError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
-        seen.add(name)
-        targets.append({"name": name, "data": str(entry["data"]), "format": fmt})
-    return tuple(targets)
+def _settings(params: dict[str, Any]) -> EvaluateConfig:
+    """params `evaluate:` (dgnet.config.EvaluateConfig; the report's swap figures want num_swaps >= 500)."""
+    return section_config(EvaluateConfig, params, "evaluate")
 
 
 def cross_domain(models: dict[str, Path], results: list[ModelBenchmark], workspace: Path,
-                 settings: dict[str, Any], changes: dict[str, dict[str, Any]] | None = None,
+                 settings: EvaluateConfig, changes: dict[str, dict[str, Any]] | None = None,
                  ) -> dict[str, dict[str, dict[str, Any]]]:
     """target -> model -> re-ID metrics on the target's query/gallery, each model at its main setting
     (the `setting` key says which). Each target is validated first with the same rules."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for target in settings["targets"]:
-        data = resolve(workspace, target["data"])
-        report = workspace / CROSS_DOMAIN / f"{target['name']}_validation.json"
-        frame = validate_dataset(data, target["format"], report=report)
-        out[target["name"]] = {}
+    for target in settings.targets:
+        data = resolve(workspace, target.data)
+        report = workspace / CROSS_DOMAIN / f"{target.name}_validation.json"
+        frame = validate_dataset(data, target.format, report=report)
+        out[target.name] = {}
         for result in results:
-            model, info = load_model(models[result.name], map_location=settings["device"])
+            model, info = load_model(models[result.name], map_location=settings.device)
             setting = main_setting(result, changes)
             alpha = float(setting.removeprefix("alpha_")) if setting.startswith("alpha_") else None
             metrics = evaluate_reid(model, frame, (info.config.image_height, info.config.image_width),
-                                    device=settings["device"], batch_size=settings["batch_size"],
+                                    device=settings.device, batch_size=settings.batch_size,
                                     query_alpha=alpha)
-            out[target["name"]][result.name] = {"setting": setting, **{k: metrics[k] for k in REID_KEYS}}
+            out[target.name][result.name] = {"setting": setting, **{k: metrics[k] for k in REID_KEYS}}
     return out
 
 
@@ -198,63 +159,48 @@ def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 
+@stage_main("evaluate", interrupted="re-run to evaluate again")
 def main(argv: list[str] | None = None) -> int:
-    quiet_mlflow()
     started = time.monotonic()
-    try:
-        workspace = workspace_root()
-        params = load_params(workspace)
-        settings = _settings(params)
-        tracking = mlflow_settings(params)
-        manifest = manifest_path(params, workspace)
-        frame = read_manifest(manifest, report_path(params, workspace))
-        models = models_to_evaluate(workspace, params)
-        changes = ablation_changes(params)
-        data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
-        uri = tracking_uri()
-        client = connect(uri)
-        experiment_id = ensure_experiment(client, tracking["experiment"], artifact_location(uri))
-    except DgnetError as exc:
-        print(f"stages.evaluate: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
+    workspace, params = read_params()
+    settings, changes = _settings(params), ablation_changes(params)
+    models = models_to_evaluate(workspace, params)
+    data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
+    inputs = open_inputs(workspace, params)
     tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
-    try:
-        with tracked_run(client, experiment_id, "evaluate", tags) as run:
-            references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size
-            results = [
-                benchmark_model(path, frame, name=name, device=settings["device"], alphas=settings["alphas"],
-                                rerank=settings["rerank"], batch_size=settings["batch_size"],
-                                ranked_queries=settings["ranked_queries"], data_root=data_root,
-                                num_swaps=settings["num_swaps"],
-                                inception_weights=settings["inception_weights"], seed=settings["seed"],
-                                references=references)
-                for name, path in models.items()
-            ]
-            trivial = colour_histogram_reid(frame, TRIVIAL_SIZE)
-            cross = cross_domain(models, results, workspace, settings, changes)
-            write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes,
-                          trivial, cross)
-            metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
-            metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
-                        for variant, entry in seed_summaries(results, changes).items()
-                        for k, v in finite(flatten(entry)).items()}
-            metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in ("rank1", "mAP", "mINP")}
-            metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
-                        for name, m in per_model.items() for k in REID_KEYS}
-            client.log_batch(run.info.run_id, metrics=_metric_entities(metrics))
-            client.log_param(run.info.run_id, "models", ", ".join(models))
-            for path in [workspace / REPORT, *sorted((workspace / FIGURES).glob("eval_*.png"))]:
-                client.log_artifact(run.info.run_id, str(path), artifact_path="report")
-    except DgnetError as exc:
-        print(f"stages.evaluate: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    with tracked_run(inputs.client, inputs.experiment_id, "evaluate", tags) as run:
+        references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size
+        results = [benchmark_model(path, inputs.frame, name=name, data_root=data_root,
+                                   references=references, **{k: getattr(settings, k) for k in BENCHMARK_KEYS})
+                   for name, path in models.items()]
+        trivial = colour_histogram_reid(inputs.frame, TRIVIAL_SIZE)
+        cross = cross_domain(models, results, workspace, settings, changes)
+        write_outputs(workspace, results, settings, inputs.manifest, time.monotonic() - started, changes,
+                      trivial, cross)
+        log_to_mlflow(inputs.client, run.info.run_id, workspace, results, changes, trivial, cross, models)
     for result in results:
         setting = main_setting(result, changes)
         m = result.reid[setting]
         print(f"{result.name:>24} ({setting}): rank-1 {100 * m['rank1']:.1f}  mAP {100 * m['mAP']:.1f}")
-    print(f"report: {workspace / REPORT}; MLflow run {run.info.run_id} (view: {view_hint(uri)})")
+    print(f"report: {workspace / REPORT}; MLflow run {run.info.run_id} (view: {view_hint(inputs.uri)})")
     return 0
+
+
+def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[ModelBenchmark],
+                  changes: dict[str, dict[str, Any]], trivial: dict[str, Any],
+                  cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path]) -> None:
+    """Every figure of the report as an MLflow metric, and the report with its pictures as artifacts."""
+    metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
+    metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
+                for variant, entry in seed_summaries(results, changes).items()
+                for k, v in finite(flatten(entry)).items()}
+    metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in ("rank1", "mAP", "mINP")}
+    metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
+                for name, m in per_model.items() for k in REID_KEYS}
+    client.log_batch(run_id, metrics=_metric_entities(metrics))
+    client.log_param(run_id, "models", ", ".join(models))
+    for path in [workspace / REPORT, *sorted((workspace / FIGURES).glob("eval_*.png"))]:
+        client.log_artifact(run_id, str(path), artifact_path="report")
 
 
 def _metric_entities(metrics: dict[str, float]) -> list[Any]:
@@ -285,7 +231,7 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items() if v is not None}
 
 
-def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: dict[str, Any],
+def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: EvaluateConfig,
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                   trivial: dict[str, float] | None = None,
                   cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:

@@ -322,7 +322,7 @@ def seed_notes(summaries: dict[str, dict[str, Any]]) -> list[str]:
     return notes
 
 
-def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, Any],
+def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                  trivial: dict[str, float] | None = None,
                  cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
@@ -358,8 +358,8 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: dict[str, 
         markdown_table(results),
         "## Notes", "", *notes,
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
-        f"- Evaluated in {seconds:.0f} s on {settings['device']}"
-        + (" with k-reciprocal re-ranking rows (`+rerank`)." if settings["rerank"] else "."), "",
+        f"- Evaluated in {seconds:.0f} s on {settings.device}"
+        + (" with k-reciprocal re-ranking rows (`+rerank`)." if settings.rerank else "."), "",
         "## Pictures", "", "![CMC](figures/eval_cmc.png)", "",
     ]
     shown = first_seeds(results)

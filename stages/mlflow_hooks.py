@@ -24,12 +24,10 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from dgnet.errors import ConfigError, DgnetError
+from dgnet.config import MlflowConfig, check_alias, section_config
+from dgnet.errors import DgnetError
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from stages.tracking import RetryPolicy, TrackingError, attempt_env, is_transient, redact, scoped_env, short
-
-DEFAULT_EXPERIMENT = "dgnet"
-
 
 DEFAULT_ALIAS = "current"
 
@@ -92,16 +90,6 @@ def param_value(value: Any) -> str:
 def _tag_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
-
-
-def check_alias(alias: str) -> str:
-    """A registry alias MLflow accepts: letters, digits, `_`, `-`; not `latest` nor `v<digits>`."""
-    if not alias or not re.fullmatch(r"[\w\-]+", alias):
-        raise ConfigError(f"mlflow.alias: {alias!r} must be letters, digits, `_` or `-`")
-    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
-        raise ConfigError(f"mlflow.alias: {alias!r} is reserved by MLflow (`latest`, `v1`, ...); "
-                          f"use e.g. `{DEFAULT_ALIAS}` or `champion`")
-    return alias
 
 
 def _number(value: Any) -> float | None:
@@ -337,20 +325,9 @@ class LastImage(TrainingHooks):
         self.images[name] = image.copy()
 
 
-def mlflow_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """params.yaml `mlflow:` with its defaults; the alias is checked against MLflow's reserved names."""
-    section = params.get("mlflow") or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError("params.yaml `mlflow:` must be a mapping")
-    known = {"experiment", "teacher_model", "model", "alias"}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"mlflow: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    settings = {"experiment": DEFAULT_EXPERIMENT, "teacher_model": "dgnet-teacher", "model": "dgnet",
-                "alias": DEFAULT_ALIAS, **section}
-    if settings["alias"]:
-        check_alias(str(settings["alias"]))
-    return settings
+def mlflow_settings(params: Mapping[str, Any]) -> MlflowConfig:
+    """params `mlflow:` (dgnet.config.MlflowConfig, its defaults and its alias rule)."""
+    return section_config(MlflowConfig, params, "mlflow")
 
 
 def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, float]:

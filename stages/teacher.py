@@ -28,24 +28,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dgnet.errors import DgnetError
+from dgnet.config import TeacherTrainConfig
 from dgnet.io import atomic_dir, write_json
-from dgnet.profiles import resolve_params
 from stages.common import TEACHER_INDEX as INDEX
 from stages.common import TEACHER_OUT as OUT
-from stages.common import load_params, parse_seeds, section
-from stages.mlflow_hooks import MlflowHooks, metrics_summary, mlflow_settings
-from stages.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
-from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, view_hint, workspace_root
+from stages.common import parse_seeds, section
+from stages.mlflow_hooks import MlflowHooks, metrics_summary
+from stages.mlflow_runs import link_previous_run, run_tags, tracked_run
+from stages.tracking import view_hint
 from stages.workspace import (
+    StageInputs,
     file_md5,
     hold_run_locks,
-    interrupt_on_sigterm,
-    manifest_path,
     model_config,
-    read_manifest,
+    open_inputs,
+    read_params,
     remove_work_dirs,
-    report_path,
+    stage_main,
     train_config,
     work_dir,
 )
@@ -67,51 +66,28 @@ def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: b
         yield child.info.run_id
 
 
+@stage_main("teacher")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.teacher", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    quiet_mlflow()
-    interrupt_on_sigterm()
-    from dgnet.training.teacher_trainer import TeacherTrainConfig
-
-    try:
-        workspace = workspace_root()
-        params = resolve_params(load_params(workspace))
-        settings = mlflow_settings(params)
-        values = section(params, STAGE)
-        seeds = parse_seeds(values)
-        configs = {seed: train_config(TeacherTrainConfig, values, STAGE, ("seeds",), fixed={"seed": seed})[0]
-                   for seed in seeds}
-        manifest = manifest_path(params, workspace)
-        frame = read_manifest(manifest, report_path(params, workspace))
-        model_cfg = model_config(params, frame)
-        uri = tracking_uri()
-        client = connect(uri)
-        experiment_id = ensure_experiment(client, settings["experiment"], artifact_location(uri))
-    except DgnetError as exc:
-        print(f"stages.teacher: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-    manifest_md5 = file_md5(manifest)
-    train = frame[frame["split"] == "train"]
-    extra = {"profile": params["profile"],
-             "teacher.seeds": seeds, "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
-             "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique())}
+    workspace, params = read_params()
+    values = section(params, STAGE)
+    seeds = parse_seeds(values)
+    configs = {seed: train_config(TeacherTrainConfig, values, STAGE, ("seeds",), fixed={"seed": seed})[0]
+               for seed in seeds}
+    inputs = open_inputs(workspace, params)
+    model_cfg = model_config(params, inputs.frame)
     # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
     # their mean, apart, so that it does not count as one more seed.
     variant = STAGE if len(seeds) == 1 else f"{STAGE}-mean"
     tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", workspace)
     if len(seeds) == 1:
         tags["dgnet.seed"] = str(seeds[0])
-    folders = run_folders(workspace, model_cfg, configs, manifest_md5)
-    try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
-        locks = hold_run_locks(folders.values(), "teacher run folder")
-    except DgnetError as exc:
-        print(f"stages.teacher: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    with locks:
-        return _train_and_publish(client, experiment_id, settings, configs, seeds, folders, frame, model_cfg,
-                                  extra, tags, workspace, uri)
+    folders = run_folders(workspace, model_cfg, configs, file_md5(inputs.manifest))
+    # One run per folder: a second stage in this workspace stops here, before any MLflow run.
+    with hold_run_locks(folders.values(), "teacher run folder"):
+        return train_and_publish(inputs, configs, seeds, folders, model_cfg,
+                                 {**inputs.data_params(), "teacher.seeds": seeds}, tags)
 
 
 def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
@@ -122,58 +98,49 @@ def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
             for seed, cfg in configs.items()}
 
 
-def _train_and_publish(client: Any, experiment_id: str, settings: dict[str, Any], configs: dict[int, Any],
-                       seeds: list[int], folders: dict[int, Path], frame: Any, model_cfg: Any,
-                       extra: dict[str, Any], tags: dict[str, str], workspace: Path, uri: str) -> int:
+def train_and_publish(inputs: StageInputs, configs: dict[int, Any], seeds: list[int],
+                      folders: dict[int, Path], model_cfg: Any, extra: dict[str, Any],
+                      tags: dict[str, str]) -> int:
     """Train every seed's teacher in its (locked) folder, log and register them, write the outputs."""
     from dgnet.training.teacher_trainer import train_teacher
 
-    nested = len(seeds) > 1
-    started = time.monotonic()
-    results = {}
-    try:
-        with tracked_run(client, experiment_id, STAGE, tags) as parent:
-            for index, seed in enumerate(seeds):
-                cfg = configs[seed]
-                alias = settings["alias"] or None
-                if alias and nested:  # every member gets <alias>-seed<S>; the first also <alias>
-                    aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])]
-                else:
-                    aliases = [alias] if alias else []
-                with _seed_run(client, experiment_id, parent, seed, nested, tags) as run_id:
-                    link_previous_run(client, folders[seed], run_id)
-                    hooks = MlflowHooks(client, run_id, registered_model=settings["teacher_model"] or None,
-                                        alias=aliases[0] if aliases else None, variant=STAGE,
-                                        extra_params=extra, version_tags={"dgnet.seed": seed})
-                    try:
-                        results[seed] = train_teacher(frame, model_cfg, cfg, folders[seed], hooks=[hooks],
-                                                      resume=True)
-                    finally:
-                        hooks.close()
-                    results[seed].config["mlflow.run_id"] = run_id
-                    if hooks.model_version is not None:
-                        for more in aliases[1:]:
-                            hooks.set_alias(more)
-                        results[seed].config["mlflow.model_version"] = hooks.model_version.version
-            summary = _write_outputs(workspace, seeds, results)
-            if nested:
-                hooks = MlflowHooks(client, parent.info.run_id, extra_params=extra)
-                hooks.log_params({"teacher.iterations": configs[seeds[0]].iterations})
-                hooks.on_evaluation(configs[seeds[0]].iterations,
-                                    {k: v for k, v in summary.items() if not isinstance(v, dict)})
-    except DgnetError as exc:
-        print(f"stages.teacher: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("stages.teacher: interrupted; re-run to resume from the last checkpoint", file=sys.stderr)
-        return 130
+    client, settings, nested = inputs.client, inputs.mlflow, len(seeds) > 1
+    started, results = time.monotonic(), {}
+    with tracked_run(client, inputs.experiment_id, STAGE, tags) as parent:
+        for index, seed in enumerate(seeds):
+            alias = settings.alias or None
+            if alias and nested:  # every member gets <alias>-seed<S>; the first also <alias>
+                aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])]
+            else:
+                aliases = [alias] if alias else []
+            with _seed_run(client, inputs.experiment_id, parent, seed, nested, tags) as run_id:
+                link_previous_run(client, folders[seed], run_id)
+                hooks = MlflowHooks(client, run_id, registered_model=settings.teacher_model or None,
+                                    alias=aliases[0] if aliases else None, variant=STAGE,
+                                    extra_params=extra, version_tags={"dgnet.seed": seed})
+                try:
+                    results[seed] = train_teacher(inputs.frame, model_cfg, configs[seed], folders[seed],
+                                                  hooks=[hooks], resume=True)
+                finally:
+                    hooks.close()
+                results[seed].config["mlflow.run_id"] = run_id
+                if hooks.model_version is not None:
+                    for more in aliases[1:]:
+                        hooks.set_alias(more)
+                    results[seed].config["mlflow.model_version"] = hooks.model_version.version
+        summary = _write_outputs(inputs.workspace, seeds, results)
+        if nested:
+            hooks = MlflowHooks(client, parent.info.run_id, extra_params=extra)
+            hooks.log_params({"teacher.iterations": configs[seeds[0]].iterations})
+            hooks.on_evaluation(configs[seeds[0]].iterations,
+                                {k: v for k, v in summary.items() if not isinstance(v, dict)})
     for seed in seeds:
-        remove_work_dirs(workspace, f"teacher-seed{seed}")
+        remove_work_dirs(inputs.workspace, f"teacher-seed{seed}")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not isinstance(v, dict))
-    print(f"teacher: {len(seeds)} model(s) in {workspace / OUT} after {time.monotonic() - started:.0f} s; "
-          f"{shown}")
-    print(f"metrics: {workspace / METRICS}; MLflow run {parent.info.run_id} in experiment "
-          f"{settings['experiment']!r} at {uri} (view: {view_hint(uri)})")
+    print(f"teacher: {len(seeds)} model(s) in {inputs.workspace / OUT} after "
+          f"{time.monotonic() - started:.0f} s; {shown}")
+    print(f"metrics: {inputs.workspace / METRICS}; MLflow run {parent.info.run_id} in experiment "
+          f"{settings.experiment!r} at {inputs.uri} (view: {view_hint(inputs.uri)})")
     return 0
 
 

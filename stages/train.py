@@ -41,24 +41,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dgnet.errors import ConfigError, DgnetError
+from dgnet.errors import ConfigError
 from dgnet.io import atomic_dir, atomic_path, write_json
 from dgnet.profiles import STAGE_KEYS as PROFILE_STAGE_KEYS
-from dgnet.profiles import apply_assignments, merge, resolve_params
-from stages.common import TEACHER_OUT, load_params, parse_seeds, section, teacher_paths
-from stages.mlflow_hooks import LastImage, MlflowHooks, metrics_summary, mlflow_settings
-from stages.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
-from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, view_hint, workspace_root
+from dgnet.profiles import apply_assignments, merge
+from stages.common import TEACHER_OUT, parse_seeds, section, teacher_paths
+from stages.mlflow_hooks import LastImage, MlflowHooks, metrics_summary
+from stages.mlflow_runs import link_previous_run, run_tags, tracked_run
+from stages.tracking import view_hint
 from stages.workspace import (
+    StageInputs,
     file_md5,
     hold_run_locks,
-    interrupt_on_sigterm,
-    manifest_path,
     model_config,
     model_fingerprint,
-    read_manifest,
+    open_inputs,
+    read_params,
     remove_work_dirs,
-    report_path,
+    stage_main,
     train_config,
     work_dir,
 )
@@ -157,127 +157,114 @@ def warmup_config(cfg: Any) -> Any:
     return dataclasses.replace(cfg, iterations=start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet_mlflow()
-    interrupt_on_sigterm()
-    from dgnet.training.trainer import DGNetTrainConfig
+def run_config(params: dict[str, Any], args: argparse.Namespace, seed: int) -> Any:
+    """The run's DGNetTrainConfig: its section (or the ablation's), `--set`, the seed; cut at the
+    warm-up for `--warmup`."""
+    from dgnet.config import DGNetTrainConfig
 
-    try:
-        workspace = workspace_root()
-        params = resolve_params(load_params(workspace))
-        settings = mlflow_settings(params)
-        seeds, mode = seed_settings(section(params, STAGE))
-        seed = seeds[0] if args.seed is None else args.seed
-        args = with_defaults(args, seed)
-        name = args.section
-        base = ablation_settings(params, args.ablation) if args.ablation else section(params, name)
-        values = apply_assignments(base, args.assignments, name)
-        cfg, _ = train_config(DGNetTrainConfig, values, name, STAGE_KEYS, fixed={"seed": seed})
-        cfg = warmup_config(cfg) if args.warmup else cfg
-        manifest = manifest_path(params, workspace)
-        frame = read_manifest(manifest, report_path(params, workspace))
-        model_cfg = model_config(params, frame)
-        teachers = seed_teachers(workspace, args.teachers, seed, mode) \
-            if cfg.needs_teacher() or args.warmup else []
-        fork = workspace / args.fork / WARMUP_CHECKPOINT if args.fork else None
-        if fork is not None and not fork.is_file():
-            raise ConfigError(f"--fork {args.fork}: no warm-up checkpoint {fork}; run the warm-up first "
-                              f"(`dvc repro warmup@{seed}`, or `python -m stages.train --warmup --seed "
-                              f"{seed}`)")
-        uri = tracking_uri()
-        client = connect(uri)
-        experiment_id = ensure_experiment(client, settings["experiment"], artifact_location(uri))
-    except DgnetError as exc:
-        print(f"stages.train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    name = args.section
+    base = ablation_settings(params, args.ablation) if args.ablation else section(params, name)
+    values = apply_assignments(base, args.assignments, name)
+    cfg, _ = train_config(DGNetTrainConfig, values, name, STAGE_KEYS, fixed={"seed": seed})
+    return warmup_config(cfg) if args.warmup else cfg
 
-    registered = settings["model"] if args.registered_model is None else args.registered_model
-    registered = registered if seed == seeds[0] else ""  # one registered version per pipeline run
-    manifest_md5 = file_md5(manifest)
-    teacher_prints = [model_fingerprint(path) for path in teachers]
-    train = frame[frame["split"] == "train"]
-    extra = {"profile": params["profile"], "stage.section": name,
-             "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
-             "data.train_images": len(train), "data.train_ids": int(train["person_id"].nunique()),
-             "teacher.fingerprints": [f[:16] for f in teacher_prints], "train.teachers": mode}
+
+def fork_checkpoint(workspace: Path, args: argparse.Namespace, seed: int) -> Path | None:
+    """The warm-up checkpoint `--fork` names, which must exist."""
+    if args.fork is None:
+        return None
+    fork = workspace / args.fork / WARMUP_CHECKPOINT
+    if not fork.is_file():
+        raise ConfigError(f"--fork {args.fork}: no warm-up checkpoint {fork}; run the warm-up first "
+                          f"(`dvc repro warmup@{seed}`, or `python -m stages.train --warmup --seed {seed}`)")
+    return fork
+
+
+def run_params(inputs: StageInputs, args: argparse.Namespace, mode: str, teachers: list[Path],
+               fork: Path | None) -> dict[str, Any]:
+    """What the MLflow run records beside the configuration: data, teachers, how the run was made."""
+    extra = {**inputs.data_params(), "stage.section": args.section, "train.teachers": mode,
+             "teacher.fingerprints": [model_fingerprint(path)[:16] for path in teachers]}
     if args.assignments:
         extra["stage.overrides"] = args.assignments
     if args.ablation:
         extra["stage.ablation"] = args.ablation
-        extra["stage.ablation_changes"] = (params.get("ablations") or {})[args.ablation]
+        extra["stage.ablation_changes"] = (inputs.params.get("ablations") or {})[args.ablation]
     if fork is not None:
         extra["stage.forked_from"] = str(args.fork)
+    return extra
+
+
+@stage_main("train")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    workspace, params = read_params()
+    seeds, mode = seed_settings(section(params, STAGE))
+    seed = seeds[0] if args.seed is None else args.seed
+    args = with_defaults(args, seed)
+    cfg = run_config(params, args, seed)
+    inputs = open_inputs(workspace, params)
+    model_cfg = model_config(params, inputs.frame)
+    needs_teacher = cfg.needs_teacher() or args.warmup
+    teachers = seed_teachers(workspace, args.teachers, seed, mode) if needs_teacher else []
+    fork = fork_checkpoint(workspace, args, seed)
+    registered = inputs.mlflow.model if args.registered_model is None else args.registered_model
+    registered = registered if seed == seeds[0] else ""  # one registered version per pipeline run
     run_name = f"{args.variant}-seed{seed}"
     folder = work_dir(workspace, f"dgnet-{run_name}", {
-        "model": model_cfg, "train": cfg, "manifest": manifest_md5, "teachers": teacher_prints})
-    stage = "warmup" if args.warmup else name
-    stage = f"ablation@{args.ablation}-{seed}" if args.ablation else f"{stage}@{seed}"
+        "model": model_cfg, "train": cfg, "manifest": file_md5(inputs.manifest),
+        "teachers": [model_fingerprint(path) for path in teachers]})
+    stage = f"ablation@{args.ablation}-{seed}" if args.ablation else \
+        f"{'warmup' if args.warmup else args.section}@{seed}"
     tags = {**run_tags(stage, "dgnet", args.variant, "stages/train.py", workspace), "dgnet.seed": str(seed)}
-    try:  # one run per folder: a second stage in this workspace stops here, before any MLflow run
-        locks = hold_run_locks([folder], f"{run_name} run folder")
-    except DgnetError as exc:
-        print(f"stages.train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    with locks:
-        return _train_and_publish(args, run_name, client, experiment_id, settings, registered, frame,
-                                  model_cfg, cfg, teachers, fork, folder, extra, tags, workspace, uri)
+    # One run per folder: a second stage in this workspace stops here, before any MLflow run.
+    with hold_run_locks([folder], f"{run_name} run folder"):
+        return train_and_publish(inputs, args, run_name, registered, model_cfg, cfg, teachers, fork, folder,
+                                 run_params(inputs, args, mode, teachers, fork), tags)
 
 
-def _train_and_publish(args: argparse.Namespace, run_name: str, client: Any, experiment_id: str,
-                       settings: dict[str, Any], registered: str, frame: Any, model_cfg: Any, cfg: Any,
-                       teachers: list[Path], fork: Path | None, folder: Path, extra: dict[str, Any],
-                       tags: dict[str, str], workspace: Path, uri: str) -> int:
+def train_and_publish(inputs: StageInputs, args: argparse.Namespace, run_name: str, registered: str,
+                      model_cfg: Any, cfg: Any, teachers: list[Path], fork: Path | None, folder: Path,
+                      extra: dict[str, Any], tags: dict[str, str]) -> int:
     """Train in the (locked) run folder, log and register the model, write the outputs."""
     from dgnet.training.checkpoint import checkpoint_path
     from dgnet.training.trainer import train_dgnet
 
-    out = workspace / args.out
-    metrics_file = workspace / args.metrics if args.metrics else None
-    started = time.monotonic()
-    pictures = LastImage()
-    try:
-        with tracked_run(client, experiment_id, run_name, tags) as run:
-            link_previous_run(client, folder, run.info.run_id)
-            hooks = MlflowHooks(client, run.info.run_id, registered_model=registered or None,
-                                alias=settings["alias"] or None, variant=args.variant, extra_params=extra)
-            try:
-                with warnings.catch_warnings():  # a warm-up stops where the ramps start, by design
-                    if args.warmup:
-                        warnings.filterwarnings("ignore", "schedule.warmup_start .* is past the run")
-                    result = train_dgnet(frame, model_cfg, cfg, teachers, folder, hooks=[pictures, hooks],
-                                         resume=True, fork_from=fork)
-            finally:
-                hooks.close()
-            summary = metrics_summary(result.metrics)
-            with atomic_dir(out) as tmp:
+    out, started, pictures = inputs.workspace / args.out, time.monotonic(), LastImage()
+    metrics_file = inputs.workspace / args.metrics if args.metrics else None
+    with tracked_run(inputs.client, inputs.experiment_id, run_name, tags) as run:
+        link_previous_run(inputs.client, folder, run.info.run_id)
+        hooks = MlflowHooks(inputs.client, run.info.run_id, registered_model=registered or None,
+                            alias=inputs.mlflow.alias or None, variant=args.variant, extra_params=extra)
+        try:
+            with warnings.catch_warnings():  # a warm-up stops where the ramps start, by design
                 if args.warmup:
-                    warm = checkpoint_path(folder / "checkpoints", cfg.iterations)
-                    shutil.copy2(warm, tmp / WARMUP_CHECKPOINT)
-                    write_json(tmp / "warmup.json", {"seed": cfg.seed, "iterations": cfg.iterations,
-                                                     "metrics": summary, "mlflow_run_id": run.info.run_id})
-                else:
-                    shutil.copy2(result.model_path, tmp / "model.pt")
-            if "swap_grid" in pictures.images:
-                with atomic_path(workspace / args.swap_grid) as png:
-                    pictures.images["swap_grid"].save(png, format="PNG")
-            if metrics_file is not None:
-                write_json(metrics_file, summary)
-    except DgnetError as exc:
-        print(f"stages.train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("stages.train: interrupted; re-run to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    remove_work_dirs(workspace, f"dgnet-{run_name}")
+                    warnings.filterwarnings("ignore", "schedule.warmup_start .* is past the run")
+                result = train_dgnet(inputs.frame, model_cfg, cfg, teachers, folder, hooks=[pictures, hooks],
+                                     resume=True, fork_from=fork)
+        finally:
+            hooks.close()
+        summary = metrics_summary(result.metrics)
+        with atomic_dir(out) as tmp:
+            if args.warmup:
+                shutil.copy2(checkpoint_path(folder / "checkpoints", cfg.iterations), tmp / WARMUP_CHECKPOINT)
+                write_json(tmp / "warmup.json", {"seed": cfg.seed, "iterations": cfg.iterations,
+                                                 "metrics": summary, "mlflow_run_id": run.info.run_id})
+            else:
+                shutil.copy2(result.model_path, tmp / "model.pt")
+        if "swap_grid" in pictures.images:
+            with atomic_path(inputs.workspace / args.swap_grid) as png:
+                pictures.images["swap_grid"].save(png, format="PNG")
+        if metrics_file is not None:
+            write_json(metrics_file, summary)
+    remove_work_dirs(inputs.workspace, f"dgnet-{run_name}")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
     version = hooks.model_version
     version = f", registered {registered!r} version {version.version}" if version else ""
     what = "warm-up checkpoint" if args.warmup else "model"
     print(f"{run_name}: {what} in {out} after {time.monotonic() - started:.0f} s; {shown}")
-    where = f"metrics: {metrics_file}; " if metrics_file else ""
-    print(f"{where}MLflow run {run.info.run_id} in experiment {settings['experiment']!r} "
-          f"at {uri}{version} (view: {view_hint(uri)})")
+    print(f"{f'metrics: {metrics_file}; ' if metrics_file else ''}MLflow run {run.info.run_id} in experiment "
+          f"{inputs.mlflow.experiment!r} at {inputs.uri}{version} (view: {view_hint(inputs.uri)})")
     return 0
 
 

@@ -189,7 +189,7 @@ def connect_tracker(settings: TuneSettings, workspace: Path) -> StudyTracker:
     run comes once the study is open (`StudyTracker.open_parent`)."""
     uri = tracking_uri()
     client = connect(uri)
-    experiment = mlflow_settings(load_params(workspace))["experiment"]
+    experiment = mlflow_settings(load_params(workspace)).experiment
     experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
     tags = {**run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace), "dgnet.score_split": SCORE_SPLIT}
     return StudyTracker(client, experiment_id, settings.study, tags)

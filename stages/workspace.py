@@ -1,16 +1,28 @@
-"""What the training stages share besides MLflow: the validated manifest, the configuration built
-from params, run folders under checkpoints/ keyed by configuration and data (locked while a run
-uses them, removed once the stage has succeeded), fingerprints, and SIGTERM as an interrupt."""
+"""What the tracked stages share: opening a stage (params, the validated manifest, the store, in that
+order, so that the cheapest error comes first), one way to end it on an error, run folders under
+checkpoints/ keyed by configuration and data (locked while a run uses them, removed once the stage
+has succeeded), fingerprints, and SIGTERM as an interrupt."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dgnet.config import MlflowConfig
+from dgnet.errors import DgnetError
+from dgnet.profiles import resolve_params
+from stages.common import load_params
+from stages.mlflow_hooks import mlflow_settings
+from stages.mlflow_runs import ensure_experiment
+from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, workspace_root
 
 CHECKPOINT_ROOT = "checkpoints"
 
@@ -144,3 +156,63 @@ def interrupt_on_sigterm() -> None:
 
     with contextlib.suppress(ValueError):  # only the main thread may set handlers
         signal.signal(signal.SIGTERM, handler)
+
+
+def stage_main(name: str, interrupted: str = "re-run to resume from the last checkpoint"
+               ) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """A stage's `main`: MLflow quiet, SIGTERM an interrupt, and every DgnetError (bad params, data,
+    store) printed as `stages.<name>: error: ...` with its exit code, never a traceback."""
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            quiet_mlflow()
+            interrupt_on_sigterm()
+            try:
+                return main(argv)
+            except DgnetError as exc:
+                print(f"stages.{name}: error: {exc}", file=sys.stderr)
+                return exc.exit_code
+            except KeyboardInterrupt:
+                print(f"stages.{name}: interrupted; {interrupted}", file=sys.stderr)
+                return 130
+        return run
+    return decorate
+
+
+def read_params() -> tuple[Path, dict[str, Any]]:
+    """(the workspace, its params.yaml completed from its profile)."""
+    workspace = workspace_root()
+    return workspace, resolve_params(load_params(workspace))
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """The validated data and the open store a tracked stage runs with."""
+
+    workspace: Path
+    params: dict[str, Any]
+    mlflow: MlflowConfig  # params `mlflow` with its defaults
+    manifest: Path
+    frame: Any  # the validated manifest
+    uri: str
+    client: Any
+    experiment_id: str
+
+    def data_params(self) -> dict[str, Any]:
+        """What the MLflow run records of its data and profile."""
+        train = self.frame[self.frame["split"] == "train"]
+        return {"profile": self.params.get("profile"), "data.manifest": str(self.manifest),
+                "data.manifest_md5": file_md5(self.manifest), "data.train_images": len(train),
+                "data.train_ids": int(train["person_id"].nunique())}
+
+
+def open_inputs(workspace: Path, params: dict[str, Any]) -> StageInputs:
+    """Read the validated manifest, then reach the tracking store (a quick check) and its experiment."""
+    settings = mlflow_settings(params)
+    manifest = manifest_path(params, workspace)
+    frame = read_manifest(manifest, report_path(params, workspace))
+    uri = tracking_uri()
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, settings.experiment, artifact_location(uri))
+    return StageInputs(workspace, params, settings, manifest, frame, uri, client, experiment_id)
+

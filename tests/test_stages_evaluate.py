@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from dgnet.config import EvaluationTarget
 from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError, DgnetError
@@ -118,9 +119,9 @@ def test_flat_metrics_of_nested_baselines_are_what_mlflow_gets(results):
 
 
 def test_num_swaps_default_and_params():
-    assert evaluate_stage._settings({})["num_swaps"] == 512
+    assert evaluate_stage._settings({}).num_swaps == 512
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    assert evaluate_stage._settings(params)["num_swaps"] >= 500  # what the report is read on
+    assert evaluate_stage._settings(params).num_swaps >= 500  # what the report is read on
     with pytest.raises(ConfigError, match="num_swaps"):
         evaluate_stage._settings({"evaluate": {"num_swaps": 1}})
 
@@ -137,11 +138,11 @@ def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_
 
 
 def test_targets_params_are_checked():
-    assert evaluate_stage._settings({})["targets"] == ()
-    targets = evaluate_stage._settings({"evaluate": {"targets": [{"name": "duke", "data": "/d"}]}})["targets"]
-    assert targets == ({"name": "duke", "data": "/d", "format": None},)
+    assert evaluate_stage._settings({}).targets == ()
+    targets = evaluate_stage._settings({"evaluate": {"targets": [{"name": "duke", "data": "/d"}]}}).targets
+    assert targets == (EvaluationTarget("duke", "/d", None),)
     for bad, message in ((["duke"], "mapping with `name` and `data`"),
-                         ([{"name": "a", "data": "x", "fmt": "m"}], "unknown key"),
+                         ([{"name": "a", "data": "x", "fmt": "m"}], r"unknown field\(s\) \['fmt'\]"),
                          ([{"name": "a", "data": "x"}, {"name": "a", "data": "y"}], "must be unique"),
                          ([{"name": "a", "data": "x", "format": "viper"}], "is not one of")):
         with pytest.raises(ConfigError, match=message):

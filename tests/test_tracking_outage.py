@@ -16,6 +16,7 @@ from dgnet.errors import ConfigError
 from stages import teacher as teacher_stage
 from stages import tracking
 from stages import train as train_stage
+from stages import workspace as stage_workspace
 from stages.mlflow_hooks import MlflowHooks
 from stages.tracking import RetryPolicy, TrackingError, connect, redact
 from tests.fixtures import publish_manifest
@@ -183,7 +184,7 @@ def test_train_stage_stops_keeping_its_checkpoint_and_resumes_from_it(trained_te
         clients.append(Outage(connect(uri)))
         return clients[-1]
 
-    monkeypatch.setattr(train_stage, "connect", connect_with_outage)
+    monkeypatch.setattr(stage_workspace, "connect", connect_with_outage)  # the stages open the store there
     capsys.readouterr()
     assert train_stage.main([]) == 2
     err = capsys.readouterr().err
@@ -192,7 +193,7 @@ def test_train_stage_stops_keeping_its_checkpoint_and_resumes_from_it(trained_te
     (checkpoint,) = workspace.glob("checkpoints/dgnet-dgnet-*/checkpoints/iter_00000001.pt")
     assert not (workspace / "outputs" / "dgnet").exists()  # nothing half-written
 
-    monkeypatch.setattr(train_stage, "connect", connect)  # the server is back
+    monkeypatch.setattr(stage_workspace, "connect", connect)  # the server is back
     assert train_stage.main([]) == 0
     out = capsys.readouterr().out
     assert f"resumed from {checkpoint} at iteration 1" in out
