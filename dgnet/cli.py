@@ -1,7 +1,7 @@
 """`dgnet` command line: thin sub-commands over the library.
 
 Sub-commands that need the MLOps stack (Great Expectations, MLflow, Optuna) are registered by
-the `stages` package through the `dgnet.commands` entry-point group, so `dgnet/` never imports
+the `dgnet_pipeline` package through the `dgnet.commands` entry-point group, so `dgnet/` never imports
 that stack and stays usable on machines that only have torch.
 """
 

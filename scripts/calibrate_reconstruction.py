@@ -39,8 +39,8 @@ from dgnet.evaluation.generation import image_l1
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
 from dgnet.profiles import apply_assignments, resolve_params
-from stages.common import load_params, repo_root, section
-from stages.workspace import model_config
+from dgnet_pipeline.common import load_params, repo_root, section
+from dgnet_pipeline.workspace import model_config
 
 
 def rendered_variant(out: Path, saturation: float, blur: float) -> Path:

@@ -39,8 +39,8 @@ from dgnet.training.loop import training_labels
 from dgnet.training.objective import DGNetBatch, generator_objective
 from dgnet.training.schedule import LossWeights, loss_weights_at
 from dgnet.training.trainer import DGNetTrainConfig, load_teachers, train_dgnet
-from stages.common import load_params, repo_root, section
-from stages.workspace import model_config, train_config
+from dgnet_pipeline.common import load_params, repo_root, section
+from dgnet_pipeline.workspace import model_config, train_config
 
 
 class LossLog(TrainingHooks):

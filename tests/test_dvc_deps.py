@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("dgnet", "stages")
+FIRST_PARTY = ("dgnet", "dgnet_pipeline")
 
 
 def module_file(name: str) -> Path | None:
@@ -62,12 +62,12 @@ def import_closure(module: str) -> set[Path]:
 
 def stages() -> list[tuple[str, str, list[str]]]:
     """(stage, module its cmd runs, deps) for every stage of dvc.yaml and tuning/dvc.yaml (whose
-    stage runs from the repository root, `wdir: ..`) that runs a stages module."""
+    stage runs from the repository root, `wdir: ..`) that runs a dgnet_pipeline module."""
     found = []
     for file, prefix in (("dvc.yaml", ""), ("tuning/dvc.yaml", "tuning:")):
         for name, stage in yaml.safe_load((ROOT / file).read_text())["stages"].items():
             body = stage.get("do", stage)
-            match = re.match(r"python -m (stages\.\w+)", body["cmd"])
+            match = re.match(r"python -m (dgnet_pipeline\.\w+)", body["cmd"])
             if match:
                 found.append((prefix + name, match.group(1), [str(dep) for dep in body.get("deps", [])]))
     return found
@@ -85,9 +85,9 @@ def test_every_imported_file_is_a_dep(stage: str, module: str, deps: list[str]) 
 
 
 def test_the_closure_sees_lazy_imports() -> None:
-    # stages.train imports the trainer inside main(): a closure of top-level imports would miss it.
-    files = {p.relative_to(ROOT).as_posix() for p in import_closure("stages.train")}
-    assert "dgnet/training/trainer.py" in files and "stages/tracking.py" in files
+    # dgnet_pipeline.train imports the trainer inside main(): a closure of top-level imports would miss it.
+    files = {p.relative_to(ROOT).as_posix() for p in import_closure("dgnet_pipeline.train")}
+    assert "dgnet/training/trainer.py" in files and "dgnet_pipeline/tracking.py" in files
     assert not any(f.startswith(("torch", "mlflow")) for f in files)
 
 

@@ -294,7 +294,7 @@ def test_validate_lists_every_bad_file_name_with_the_count(tmp_path: Path) -> No
 
 
 def test_validate_on_a_symlink_loop_or_an_unwritable_folder_exits_2(tmp_path: Path, capsys) -> None:
-    from stages.validate import run_validation
+    from dgnet_pipeline.validate import run_validation
 
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
@@ -340,7 +340,7 @@ def test_params_help_says_it_takes_a_file(capsys) -> None:
 
 
 def test_tune_pruner_kind_none_over_median_settings() -> None:
-    from stages.tune_settings import parse_pruner
+    from dgnet_pipeline.tune_settings import parse_pruner
 
     assert parse_pruner({"kind": "none", "n_startup_trials": 3, "n_warmup_steps": 100})["kind"] == "none"
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_startup_trial'\]"):
@@ -360,7 +360,7 @@ def test_stale_holder_files_do_not_block(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_sqlite_store_fails_within_seconds(tmp_path: Path) -> None:
-    from stages.tracking import TrackingError, check_sqlite, connect
+    from dgnet_pipeline.tracking import TrackingError, check_sqlite, connect
 
     (tmp_path / "a_folder.db").mkdir()  # a folder where the database file should be
     started = time.monotonic()

@@ -140,19 +140,19 @@ def test_a_model_uri_without_mlflow_is_a_clear_error(models, monkeypatch):
         def load(self):
             raise ImportError("No module named 'mlflow'")
 
-    absent = Absent("models", "stages.mlflow_model:download_model", "dgnet.model_uris")
+    absent = Absent("models", "dgnet_pipeline.mlflow_model:download_model", "dgnet.model_uris")
     monkeypatch.setattr(extract_module, "entry_points", lambda group: [absent])
     with pytest.raises(ModelFileError, match=r"needs MLflow, which cannot be imported here"):
         FeatureExtractor("models:/dgnet@current")
 
-    def lazy_resolver(uri, dst):  # stages.mlflow_model imports MLflow only when called
+    def lazy_resolver(uri, dst):  # dgnet_pipeline.mlflow_model imports MLflow only when called
         raise ImportError("import of mlflow halted")
 
     class Lazy(EntryPoint):
         def load(self):
             return lazy_resolver
 
-    lazy = Lazy("models", "stages.mlflow_model:download_model", "dgnet.model_uris")
+    lazy = Lazy("models", "dgnet_pipeline.mlflow_model:download_model", "dgnet.model_uris")
     monkeypatch.setattr(extract_module, "entry_points", lambda group: [lazy])
     with pytest.raises(ModelFileError, match=r"needs MLflow, which cannot be imported here"):
         FeatureExtractor("models:/dgnet@current")

@@ -25,10 +25,10 @@ from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, save_model
 from dgnet.training.hooks import TrainingResult
-from stages.mlflow_hooks import MlflowHooks
-from stages.mlflow_model import save_pyfunc_model
-from stages.mlflow_runs import ensure_experiment, tracked_run
-from stages.tracking import artifact_location, connect
+from dgnet_pipeline.mlflow_hooks import MlflowHooks
+from dgnet_pipeline.mlflow_model import save_pyfunc_model
+from dgnet_pipeline.mlflow_runs import ensure_experiment, tracked_run
+from dgnet_pipeline.tracking import artifact_location, connect
 
 TINY = get_profile("tiny", num_classes=4)
 NAME = "dgnet-serve-test"

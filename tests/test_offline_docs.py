@@ -1,5 +1,5 @@
 """Data Docs work offline: no page loads a script, style sheet, image or font from the internet, and
-every local file a page loads is there (stages/offline_docs.py)."""
+every local file a page loads is there (dgnet_pipeline/offline_docs.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from stages import validate as stage
-from stages.offline_docs import make_docs_offline
+from dgnet_pipeline import validate as stage
+from dgnet_pipeline.offline_docs import make_docs_offline
 from tests.fixtures import make_market
 
 CSS_URL = re.compile(r"""url\(\s*(["']?)([^"')]+)\1\s*\)""", re.IGNORECASE)

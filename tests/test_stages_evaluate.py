@@ -20,8 +20,8 @@ from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
-from stages import evaluate as evaluate_stage
-from stages import evaluate_report
+from dgnet_pipeline import evaluate as evaluate_stage
+from dgnet_pipeline import evaluate_report
 
 
 @pytest.fixture(scope="module")

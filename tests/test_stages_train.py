@@ -22,10 +22,10 @@ from dgnet.models.persist import load_model
 from dgnet.profiles import resolve_params
 from dgnet.training.teacher_trainer import TeacherTrainConfig
 from dgnet.training.trainer import DGNetTrainConfig
-from stages import teacher as teacher_stage
-from stages import train as train_stage
-from stages.tracking import connect
-from stages.workspace import train_config
+from dgnet_pipeline import teacher as teacher_stage
+from dgnet_pipeline import train as train_stage
+from dgnet_pipeline.tracking import connect
+from dgnet_pipeline.workspace import train_config
 from tests.fixtures import publish_manifest
 
 RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
@@ -291,7 +291,7 @@ def test_repository_params_build_valid_configs():
 
 
 def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace, store, in_workspace):
-    from stages import evaluate as evaluate_stage
+    from dgnet_pipeline import evaluate as evaluate_stage
 
     params = {**PARAMS, "evaluate": {"num_swaps": 6, "ranked_queries": 2, "rerank": False}}
     write_params(workspace, params)
@@ -340,7 +340,7 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
 
 
 def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp_path, monkeypatch, capsys):
-    from stages import evaluate as evaluate_stage
+    from dgnet_pipeline import evaluate as evaluate_stage
 
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
@@ -349,10 +349,11 @@ def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp
 
 
 def test_a_second_teacher_stage_in_the_workspace_stops_before_any_run(in_workspace, store, capsys):
-    """The probe: two `python -m stages.teacher` at once shared one checkpoints folder and registered two
-    models. Now the second stops at once (exit 2), naming the first, and opens no MLflow run."""
-    from stages.teacher import parse_seeds, run_folders
-    from stages.workspace import file_md5, model_config, read_manifest, report_path
+    """The probe: two `python -m dgnet_pipeline.teacher` at once shared one checkpoints folder and
+    registered two models. Now the second stops at once (exit 2), naming the first, and opens no
+    MLflow run."""
+    from dgnet_pipeline.teacher import parse_seeds, run_folders
+    from dgnet_pipeline.workspace import file_md5, model_config, read_manifest, report_path
 
     params = yaml.safe_load((in_workspace / "params.yaml").read_text())
     manifest = in_workspace / "data" / "manifest.csv"

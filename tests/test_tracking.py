@@ -1,4 +1,5 @@
-"""stages.tracking: where runs land, the MLflow training hook (driven by a fake loop), dead servers."""
+"""dgnet_pipeline.tracking and its hooks: where runs land, the training hook (driven by a fake loop),
+dead servers."""
 
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
-from stages import mlflow_runs, tracking
-from stages.mlflow_hooks import MAX_PARAM_VALUE, MlflowHooks, check_alias, flatten, param_value, safe_key
-from stages.mlflow_runs import ensure_experiment, tracked_run
-from stages.tracking import TrackingError, artifact_location, connect, tracking_uri
+from dgnet_pipeline import mlflow_runs, tracking
+from dgnet_pipeline.mlflow_hooks import (
+    MAX_PARAM_VALUE,
+    MlflowHooks,
+    check_alias,
+    flatten,
+    param_value,
+    safe_key,
+)
+from dgnet_pipeline.mlflow_runs import ensure_experiment, tracked_run
+from dgnet_pipeline.tracking import TrackingError, artifact_location, connect, tracking_uri
 from tests.fixtures import make_market
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +225,7 @@ def test_stage_with_dead_server_exits_non_zero_quickly(tmp_path):
     uri = f"http://127.0.0.1:{closed_port()}"
     env = {"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "stages.teacher"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "dgnet_pipeline.teacher"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=150)
     assert proc.returncode == 2, proc.stderr
     assert uri in proc.stderr and "unreachable" in proc.stderr

@@ -22,10 +22,10 @@ from dgnet.models.teacher import ReidBaseline
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.trainer import DGNetTrainConfig
-from stages import train as train_stage
-from stages import tune, tune_settings, tune_study
-from stages.tracking import connect
-from stages.workspace import train_config
+from dgnet_pipeline import train as train_stage
+from dgnet_pipeline import tune, tune_settings, tune_study
+from dgnet_pipeline.tracking import connect
+from dgnet_pipeline.workspace import train_config
 from tests.fixtures import publish_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +233,7 @@ def test_tune_refuses_a_split_that_holds_test_images(in_workspace, tmp_path, mon
     before any study, teacher or trial."""
     import pandas as pd
 
-    from stages import tune_data
+    from dgnet_pipeline import tune_data
 
     real = tune_data.validation_split
 
@@ -480,7 +480,7 @@ def test_losing_the_race_to_create_the_tables_is_retried_and_connection_errors_a
     (PostgreSQL: duplicate key on pg_type, `type ... already exists`) are retried, nothing else is."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-    from stages import tune_storage
+    from dgnet_pipeline import tune_storage
 
     monkeypatch.setattr(tune_storage.random, "uniform", lambda low, high: 0.0)  # no waiting here
     lost = [IntegrityError("CREATE TYPE studydirection", {}, Exception(
@@ -514,7 +514,7 @@ def test_losing_the_race_to_create_the_tables_is_retried_and_connection_errors_a
 def test_startup_lock_lets_one_worker_at_a_time_open_a_sqlite_study(tmp_path):
     import threading
 
-    from stages import tune_storage
+    from dgnet_pipeline import tune_storage
 
     url = f"sqlite:///{tmp_path}/locked.db"
     outcome: list[str] = []
@@ -555,7 +555,7 @@ def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, c
     Repo.init(str(tmp_path), no_scm=True)
     with Repo(str(tmp_path)) as repo:
         (stage,) = repo.stage.collect("tuning/dvc.yaml:tune")
-        assert stage.cmd == "python -m stages.tune" and Path(stage.wdir) == tmp_path
+        assert stage.cmd == "python -m dgnet_pipeline.tune" and Path(stage.wdir) == tmp_path
         out = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["out"]
         assert out in [str(o) for o in stage.outs]
     capfd.readouterr()

@@ -24,7 +24,7 @@ from dgnet.data.validation import (
     compute_file_checks,
     validate,
 )
-from stages import validate as stage
+from dgnet_pipeline import validate as stage
 from tests.fixtures import make_duke, make_market, make_msmt, truncate, write_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,7 +347,7 @@ def _subprocess_env() -> dict[str, str]:
 def test_python_m_stages_validate(good: dict, tmp_path: Path) -> None:
     repo = _params_repo(tmp_path, Path(good["market1501"][0].attrs["root"]))
     truncate(repo / "data" / "synthetic" / "query" / "0010_c1s1_002001_00.jpg")
-    done = subprocess.run([sys.executable, "-m", "stages.validate"], cwd=repo, env=_subprocess_env(),
+    done = subprocess.run([sys.executable, "-m", "dgnet_pipeline.validate"], cwd=repo, env=_subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "0010_c1s1_002001_00.jpg" in done.stderr and "images_decode" in done.stderr

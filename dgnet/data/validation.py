@@ -3,7 +3,7 @@
 `compute_file_checks` adds one boolean column per per-file rule to a manifest; `build_rule_frames`
 turns that into the four small tables every rule reads (files, queries, ids, splits). Two engines
 check the same tables and must agree: `validate` here (plain pandas: what the GPU machines
-without Great Expectations use) and the Great Expectations suite of `stages/validate.py`.
+without Great Expectations use) and the Great Expectations suite of `dgnet_pipeline/validate.py`.
 
 Rules (names shared by both engines; see `RULES`): schema, split_counts, files_exist,
 images_decode, file_names_follow_pattern, camera_ids_in_range, image_sizes_plausible,

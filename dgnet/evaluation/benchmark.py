@@ -2,7 +2,7 @@
 
 Features are extracted once per model; the alpha sweep only rescales the queries' fine-grained
 half (docs/method.md section 5), so it costs a ranking per alpha, not a forward pass. The evaluate
-stage (stages/evaluate.py) calls `benchmark_model` for the teacher, DG-Net and the ablations
+stage (dgnet_pipeline/evaluate.py) calls `benchmark_model` for the teacher, DG-Net and the ablations
 and writes the report; this module holds no tracking or file-format concerns beyond pictures.
 
 Generation figures stand beside trivial baselines scored on the same pairs and images: copying

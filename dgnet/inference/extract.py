@@ -9,7 +9,7 @@ flip-averaged, concatenated (DG-Net: primary half, then fine-grained half). It i
 feature: a query's fine-grained half is weighted afterwards (`scale_fine_half`), as the evaluator does.
 
 A `models:/NAME@ALIAS` (or `runs:/...`) URI is resolved by the plug-in registered under the
-`dgnet.model_uris` entry-point group (stages.mlflow_model, which needs MLflow), so that dgnet itself
+`dgnet.model_uris` entry-point group (dgnet_pipeline.mlflow_model, which needs MLflow), so that dgnet itself
 never imports MLflow and a torch-only machine gets a clear message instead of an ImportError.
 """
 
@@ -78,7 +78,7 @@ def _uri_resolver(uri: str) -> Any:
             "(model.pt) instead")
     try:
         return found[0].load()
-    except ImportError as exc:  # a torch-only machine: stages/ is there but MLflow is not
+    except ImportError as exc:  # a torch-only machine: dgnet_pipeline/ is there but MLflow is not
         raise _without_mlflow(uri, exc) from exc
 
 

@@ -1,7 +1,7 @@
 """Training hooks: how a loop reports what it does, without knowing who listens.
 
 The loops in dgnet/training call these methods on rank 0 only. The library ships a console hook;
-the DVC stages add an MLflow hook (stages/), which is why dgnet itself never imports mlflow.
+the DVC stages add an MLflow hook (dgnet_pipeline/), which is why dgnet itself never imports mlflow.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, alive: lis
 @pytest.fixture(scope="module")
 def teacher(workspace: Path, mlflow_server: MlflowServer, logs: Path) -> dict[str, Any]:
     """The teacher stage, run once against the tracking server (every later stage needs its model)."""
-    code, output, seconds = run_stage(["stages.teacher"], workspace, stage_env(mlflow_server.url),
+    code, output, seconds = run_stage(["dgnet_pipeline.teacher"], workspace, stage_env(mlflow_server.url),
                                       logs / "teacher.log")
     assert code == 0, output
     log(f"teacher stage against {mlflow_server.url}: exit 0 after {seconds:.0f} s")
@@ -174,14 +174,15 @@ def mlflow_client(url: str) -> Any:
 
 def test_unreachable_storage_or_server_is_named_at_start(workspace, teacher, mlflow_server, logs):
     dead_db = f"postgresql+psycopg://dgnet:s3cret@127.0.0.1:{free_port()}/optuna"
-    code, output, seconds = run_stage(["stages.tune", "--storage", dead_db, "--n-trials", "1"], workspace,
-                                      stage_env(mlflow_server.url), logs / "dead-storage.log", timeout=120)
+    code, output, seconds = run_stage(["dgnet_pipeline.tune", "--storage", dead_db, "--n-trials", "1"],
+                                      workspace, stage_env(mlflow_server.url), logs / "dead-storage.log",
+                                      timeout=120)
     log(f"tune with a dead Optuna storage: exit {code} after {seconds:.0f} s: {output.strip()[-300:]}")
     assert code == 2 and "Optuna storage" in output and "unreachable" in output
     assert dead_db.replace("s3cret", "***") in output and "s3cret" not in output
 
     dead_server = f"http://127.0.0.1:{free_port()}"
-    code, output, seconds = run_stage(["stages.train"], workspace, stage_env(dead_server),
+    code, output, seconds = run_stage(["dgnet_pipeline.train"], workspace, stage_env(dead_server),
                                       logs / "dead-server.log", timeout=120)
     log(f"train with a dead tracking server: exit {code} after {seconds:.0f} s: {output.strip()[-300:]}")
     assert code == 2 and dead_server in output and "unreachable" in output
@@ -209,7 +210,7 @@ def test_stages_log_to_the_tracking_server_and_its_artifact_root(teacher, mlflow
         status = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,)).fetchone()
     assert status == ("FINISHED",)
     # The stages may also use the database itself as the store (no server; artifacts need the server).
-    from stages.tracking import connect
+    from dgnet_pipeline.tracking import connect
 
     assert connect(postgres.url("mlflow")).get_run(run.info.run_id).info.status == "FINISHED"
     log(f"teacher run {run.info.run_id}: params, metrics, model in {stored[0].parent.parent}, "
@@ -247,7 +248,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
 
     storage = databases["optuna"]
     assert trial_rows(postgres) == []  # a new database: no tables yet
-    command = [sys.executable, "-m", "stages.tune", "--study", STUDY, "--n-trials", str(N_TRIALS),
+    command = [sys.executable, "-m", "dgnet_pipeline.tune", "--study", STUDY, "--n-trials", str(N_TRIALS),
                "--storage", storage, "--seed", "0", "--heartbeat-interval", "1", "--grace-period", "3"]
     env = stage_env(mlflow_server.url)
     started = time.monotonic()
@@ -366,7 +367,7 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
     process = None
     try:
         server.start()
-        process = spawn([sys.executable, "-m", "stages.train"], logs / "train-outage-1.log", env=env,
+        process = spawn([sys.executable, "-m", "dgnet_pipeline.train"], logs / "train-outage-1.log", env=env,
                         cwd=workspace)
         wait_for(lambda: list(checkpoints.glob("dgnet-dgnet-*/checkpoints/iter_*.pt")), 300,
                  "the train stage's first checkpoint", alive=[process])
@@ -378,7 +379,7 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
         assert code == 2, output[-3000:]
         assert "retry 1/3" in output and "retry 3/3" in output and "the store is unavailable" in output
         assert server.url in output and "is kept" in output
-        message = next(line for line in output.splitlines() if "stages.train: error" in line)
+        message = next(line for line in output.splitlines() if "dgnet_pipeline.train: error" in line)
         log(f"  {message[:400]}")
         kept = sorted(checkpoints.glob("dgnet-dgnet-*/checkpoints/iter_*.pt"))
         assert kept and not (workspace / "outputs" / "dgnet").exists()
@@ -386,7 +387,8 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
         iteration = int(newest.stem.split("_")[1])
 
         server.start()  # back, same port
-        code, output, seconds = run_stage(["stages.train"], workspace, env, logs / "train-outage-2.log")
+        code, output, seconds = run_stage(["dgnet_pipeline.train"], workspace, env,
+                                          logs / "train-outage-2.log")
         assert code == 0, output[-3000:]
         assert f"resumed from {newest} at iteration {iteration}" in output
         log(f"re-run with the server back: resumed from {newest.name}, exit 0 after {seconds:.0f} s")

@@ -1,4 +1,4 @@
-"""What `dgnet tune` (stages/tune.py) trains and scores its trials on: the validation split carved
+"""What `dgnet tune` (dgnet_pipeline/tune.py) trains and scores its trials on: the validation split carved
 from the training identities, and a teacher trained on that split's training side only.
 
 Why a teacher of its own: the trials' E_a starts from the teacher and learns from its soft labels.
@@ -32,11 +32,11 @@ import pandas as pd
 
 from dgnet.data.splits import SPLIT_ATTR, benchmark_rows, check_no_test_images, validation_split
 from dgnet.io import atomic_dir, write_json
-from stages.common import TEACHER_INDEX as INDEX
-from stages.common import parse_seeds, teacher_paths
-from stages.mlflow_hooks import MlflowHooks, metrics_summary
-from stages.mlflow_runs import link_previous_run, tracked_run
-from stages.workspace import remove_work_dirs, train_config, work_dir
+from dgnet_pipeline.common import TEACHER_INDEX as INDEX
+from dgnet_pipeline.common import parse_seeds, teacher_paths
+from dgnet_pipeline.mlflow_hooks import MlflowHooks, metrics_summary
+from dgnet_pipeline.mlflow_runs import link_previous_run, tracked_run
+from dgnet_pipeline.workspace import remove_work_dirs, train_config, work_dir
 
 SCORE_SPLIT = "validation"  # tag/param `dgnet.score_split` of every tuning run, key of tune.json
 VALIDATION_PREFIX = "val/"  # MLflow metric prefix of evaluations on the validation split

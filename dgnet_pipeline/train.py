@@ -45,11 +45,11 @@ from dgnet.errors import ConfigError
 from dgnet.io import atomic_dir, atomic_path, write_json
 from dgnet.profiles import STAGE_KEYS as PROFILE_STAGE_KEYS
 from dgnet.profiles import apply_assignments, merge
-from stages.common import TEACHER_OUT, parse_seeds, section, teacher_paths
-from stages.mlflow_hooks import LastImage, MlflowHooks, metrics_summary
-from stages.mlflow_runs import link_previous_run, run_tags, tracked_run
-from stages.tracking import view_hint
-from stages.workspace import (
+from dgnet_pipeline.common import TEACHER_OUT, parse_seeds, section, teacher_paths
+from dgnet_pipeline.mlflow_hooks import LastImage, MlflowHooks, metrics_summary
+from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
+from dgnet_pipeline.tracking import view_hint
+from dgnet_pipeline.workspace import (
     StageInputs,
     file_md5,
     hold_run_locks,
@@ -105,7 +105,8 @@ def seed_teachers(workspace: Path, teachers: Path, seed: int, mode: str) -> list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.train",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", metavar="NAME", default=None,
                         help="train ablation NAME of params `ablations` (sets the defaults below)")
     parser.add_argument("--seed", type=int, default=None,
@@ -176,7 +177,8 @@ def fork_checkpoint(workspace: Path, args: argparse.Namespace, seed: int) -> Pat
     fork = workspace / args.fork / WARMUP_CHECKPOINT
     if not fork.is_file():
         raise ConfigError(f"--fork {args.fork}: no warm-up checkpoint {fork}; run the warm-up first "
-                          f"(`dvc repro warmup@{seed}`, or `python -m stages.train --warmup --seed {seed}`)")
+                          f"(`dvc repro warmup@{seed}`, or `python -m dgnet_pipeline.train --warmup --seed "
+                          f"{seed}`)")
     return fork
 
 
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "teachers": [model_fingerprint(path) for path in teachers]})
     stage = f"ablation@{args.ablation}-{seed}" if args.ablation else \
         f"{'warmup' if args.warmup else args.section}@{seed}"
-    tags = {**run_tags(stage, "dgnet", args.variant, "stages/train.py", workspace), "dgnet.seed": str(seed)}
+    tags = {**run_tags(stage, "dgnet", args.variant, "dgnet_pipeline/train.py", workspace),
+            "dgnet.seed": str(seed)}
     # One run per folder: a second stage in this workspace stops here, before any MLflow run.
     with hold_run_locks([folder], f"{run_name} run folder"):
         return train_and_publish(inputs, args, run_name, registered, model_cfg, cfg, teachers, fork, folder,

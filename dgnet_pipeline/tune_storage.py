@@ -26,8 +26,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from dgnet.errors import DgnetError
-from stages.tracking import check_database, redact, tracking_root
-from stages.tune_tracking import quiet_optuna, short
+from dgnet_pipeline.tracking import check_database, redact, tracking_root
+from dgnet_pipeline.tune_tracking import quiet_optuna, short
 
 
 class StorageError(DgnetError):

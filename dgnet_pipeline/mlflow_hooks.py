@@ -3,12 +3,12 @@
 `MlflowHooks` is a `dgnet.training.hooks.TrainingHooks`: the training loops in dgnet/ call it and
 never import mlflow themselves. It logs the run's params and tags at the start, losses/weights/
 learning rates every few iterations (batched), re-ID metrics at evaluations, swap grids as images,
-and at the end the final model as an MLflow pyfunc model (stages.mlflow_model: images in, features
+and at the end the final model as an MLflow pyfunc model (dgnet_pipeline.mlflow_model: images in, features
 out, with its signature; the dgnet model file and the configuration JSON inside), registered as a new
 version of a registered model whose alias (default `current`) then points at it. Load one back with
 `mlflow.pyfunc.load_model("models:/dgnet@current")`, `dgnet.FeatureExtractor("models:/dgnet@current")`,
 or `mlflow.artifacts.download_artifacts(...)` and `dgnet.models.persist.load_model` on its model.pt.
-Every write goes through the store's `RetryPolicy` (stages.tracking)."""
+Every write goes through the store's `RetryPolicy` (dgnet_pipeline.tracking)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,15 @@ from typing import Any
 from dgnet.config import MlflowConfig, check_alias, section_config
 from dgnet.errors import DgnetError
 from dgnet.training.hooks import TrainingHooks, TrainingResult
-from stages.tracking import RetryPolicy, TrackingError, attempt_env, is_transient, redact, scoped_env, short
+from dgnet_pipeline.tracking import (
+    RetryPolicy,
+    TrackingError,
+    attempt_env,
+    is_transient,
+    redact,
+    scoped_env,
+    short,
+)
 
 DEFAULT_ALIAS = "current"
 
@@ -246,7 +254,7 @@ class MlflowHooks(TrainingHooks):
     def log_model(self, result: TrainingResult) -> Any:
         """Log the model under `model/` as an MLflow pyfunc model (the model file inside) with its
         configuration; register it if configured."""
-        from stages.mlflow_model import save_pyfunc_model
+        from dgnet_pipeline.mlflow_model import save_pyfunc_model
 
         path = Path(result.model_path)
         if not path.exists():

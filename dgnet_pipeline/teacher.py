@@ -30,13 +30,13 @@ from typing import Any
 
 from dgnet.config import TeacherTrainConfig
 from dgnet.io import atomic_dir, write_json
-from stages.common import TEACHER_INDEX as INDEX
-from stages.common import TEACHER_OUT as OUT
-from stages.common import parse_seeds, section
-from stages.mlflow_hooks import MlflowHooks, metrics_summary
-from stages.mlflow_runs import link_previous_run, run_tags, tracked_run
-from stages.tracking import view_hint
-from stages.workspace import (
+from dgnet_pipeline.common import TEACHER_INDEX as INDEX
+from dgnet_pipeline.common import TEACHER_OUT as OUT
+from dgnet_pipeline.common import parse_seeds, section
+from dgnet_pipeline.mlflow_hooks import MlflowHooks, metrics_summary
+from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
+from dgnet_pipeline.tracking import view_hint
+from dgnet_pipeline.workspace import (
     StageInputs,
     file_md5,
     hold_run_locks,
@@ -68,7 +68,8 @@ def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: b
 
 @stage_main("teacher")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.teacher", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.teacher",
+                                     description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     workspace, params = read_params()
     values = section(params, STAGE)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
     # their mean, apart, so that it does not count as one more seed.
     variant = STAGE if len(seeds) == 1 else f"{STAGE}-mean"
-    tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", workspace)
+    tags = run_tags(STAGE, "teacher", variant, "dgnet_pipeline/teacher.py", workspace)
     if len(seeds) == 1:
         tags["dgnet.seed"] = str(seeds[0])
     folders = run_folders(workspace, model_cfg, configs, file_md5(inputs.manifest))

@@ -7,7 +7,7 @@ with its rule name in `meta["rule"]`, so this engine reports exactly the rules o
 A Checkpoint feeds the same `batch_parameters` (hence the same dataframe) to all its validation
 definitions, so each table gets its own Checkpoint; Data Docs are built once, over all four
 results, into a filesystem site at the chosen folder, then made to work offline (their CDN assets
-copied from pinned packages beside them: `stages.offline_docs`).
+copied from pinned packages beside them: `dgnet_pipeline.offline_docs`).
 
 Exit codes: 0 valid (report, docs and manifest CSV written, the manifest's record in the report),
 1 a rule failed (report and docs written, no manifest, message on stderr), 2 the dataset could not
@@ -46,8 +46,8 @@ from dgnet.data.validation import (
 from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, DgnetError, OutputError
 from dgnet.io import atomic_dir
 from dgnet.progress import progress
-from stages.common import load_params, repo_root, resolve, section
-from stages.offline_docs import make_docs_offline
+from dgnet_pipeline.common import load_params, repo_root, resolve, section
+from dgnet_pipeline.offline_docs import make_docs_offline
 
 DEFAULT_REPORT = "reports/validation.json"
 DEFAULT_DOCS = "reports/gx_docs"
@@ -293,7 +293,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 def main(argv: list[str] | None = None) -> int:
     """DVC stage: read params.yaml sections `data` and `validate`; paths are relative to the repo root."""
-    parser = argparse.ArgumentParser(prog="python -m stages.validate", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.validate", description=main.__doc__)
     parser.parse_args(argv)
     try:
         root = repo_root()
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if "root" not in data:
             raise ConfigError(f"{root / 'params.yaml'}: section data needs a `root`")
     except ConfigError as err:
-        print(f"stages.validate: {err}", file=sys.stderr)
+        print(f"dgnet_pipeline.validate: {err}", file=sys.stderr)
         return 2
     fmt = data.get("format")
     return run_validation(

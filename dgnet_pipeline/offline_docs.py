@@ -4,7 +4,7 @@ Why: GX's pages load jQuery, Bootstrap, bootstrap-table, Font Awesome, vega... f
 opened without internet (a lab, a cluster node) they are unstyled and their results tables empty,
 since bootstrap-table fills them from JavaScript. After GX writes the site, `make_docs_offline`
 copies each of those assets from an installed, pinned package (pyproject.toml; bootstrap-table from
-npm, stages/gx_docs_assets/) into `static/vendor/` beside the docs and points every `<script src>`,
+npm, dgnet_pipeline/gx_docs_assets/) into `static/vendor/` beside the docs and points every `<script src>`,
 `<link href>`, `<img src>` and CSS `url()` at the copy. Nothing is fetched: an asset that no
 package carries is dropped (a comment in the page says what is lost, and an unknown one is named
 on stderr), so no page ever reaches for the internet.

@@ -27,21 +27,21 @@ from dgnet.errors import ConfigError, DgnetError
 from dgnet.losses import NonFiniteLossError
 from dgnet.profiles import STAGE_KEYS, merge
 from dgnet.training.hooks import TrainingHooks, TrainingResult
-from stages.mlflow_hooks import MlflowHooks
-from stages.tracking import (
+from dgnet_pipeline.mlflow_hooks import MlflowHooks
+from dgnet_pipeline.tracking import (
     redact,
 )
-from stages.tune_data import (
+from dgnet_pipeline.tune_data import (
     VALIDATION_PREFIX,
     TeacherRecipe,
     TuningData,
 )
-from stages.tune_settings import STAGE, Knob, TuneSettings
-from stages.tune_storage import (
+from dgnet_pipeline.tune_settings import STAGE, Knob, TuneSettings
+from dgnet_pipeline.tune_storage import (
     retry_callback,
 )
-from stages.tune_tracking import StudyTracker, quiet_optuna, retry_history, short
-from stages.workspace import (
+from dgnet_pipeline.tune_tracking import StudyTracker, quiet_optuna, retry_history, short
+from dgnet_pipeline.workspace import (
     train_config,
     work_dir,
 )

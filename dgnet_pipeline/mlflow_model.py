@@ -2,7 +2,8 @@
 
 The MLflow model folder (what the training stages log under the run's `model/` and register) is:
 
-    MLmodel            the pyfunc flavour: loader module `stages.mlflow_model` (this file), the signature
+    MLmodel            the pyfunc flavour: loader module `dgnet_pipeline.mlflow_model` (this file), the
+                       signature
                        images (-1, 3, H, W) float32 -> features (-1, D) float32
     model.pt           the dgnet model file (dgnet.models.persist), as `dgnet train` wrote it
     config.json        the run's model card (written by the tracking hook)
@@ -102,7 +103,7 @@ def save_pyfunc_model(model_file: str | os.PathLike, folder: str | os.PathLike) 
 
 
 def _store_uri(uri: str) -> str:
-    from stages.tracking import tracking_uri
+    from dgnet_pipeline.tracking import tracking_uri
 
     try:
         return tracking_uri()
@@ -115,7 +116,7 @@ def _store_uri(uri: str) -> str:
 
 def download_model(uri: str, dst: str | os.PathLike) -> Path:
     """The dgnet model file of a `models:/NAME@ALIAS` (or `runs:/RUN/model`) URI, downloaded into `dst`."""
-    from stages.tracking import quiet_mlflow, redact, short
+    from dgnet_pipeline.tracking import quiet_mlflow, redact, short
 
     quiet_mlflow()
     import mlflow

@@ -41,12 +41,12 @@ from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
-from stages.common import parse_seeds, resolve, teacher_paths
-from stages.evaluate_report import first_seeds, main_setting, seed_summaries, write_report
-from stages.mlflow_hooks import finite, flatten
-from stages.mlflow_runs import run_tags, tracked_run
-from stages.tracking import view_hint
-from stages.workspace import open_inputs, read_params, stage_main
+from dgnet_pipeline.common import parse_seeds, resolve, teacher_paths
+from dgnet_pipeline.evaluate_report import first_seeds, main_setting, seed_summaries, write_report
+from dgnet_pipeline.mlflow_hooks import finite, flatten
+from dgnet_pipeline.mlflow_runs import run_tags, tracked_run
+from dgnet_pipeline.tracking import view_hint
+from dgnet_pipeline.workspace import open_inputs, read_params, stage_main
 
 REPORT = Path("reports/benchmark.md")
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     models = models_to_evaluate(workspace, params)
     data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
     inputs = open_inputs(workspace, params)
-    tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
+    tags = run_tags("evaluate", "evaluation", "all", "dgnet_pipeline/evaluate.py", workspace)
     with tracked_run(inputs.client, inputs.experiment_id, "evaluate", tags) as run:
         references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size
         results = [benchmark_model(path, inputs.frame, name=name, data_root=data_root,

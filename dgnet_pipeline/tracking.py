@@ -10,7 +10,7 @@ repository, not the temporary copy under .dvc/tmp/exps), else the folder holding
 every run of the pipeline, from any working directory or experiment copy, lands in one store.
 
 At start, `connect` makes one quick check, so an unreachable server or database is reported within
-seconds. Mid-run, every write of the training hook (stages.mlflow_hooks) is retried with exponential
+seconds. Mid-run, every write of the training hook (dgnet_pipeline.mlflow_hooks) is retried with exponential
 back-off (`RetryPolicy`: 5 retries over about a minute by default; `DGNET_MLFLOW_RETRIES`,
 `DGNET_MLFLOW_RETRY_WAIT_S` change it); if the server is still away the hook raises TrackingError,
 the stage stops (exit 2) and the training checkpoints already written stay in checkpoints/, so

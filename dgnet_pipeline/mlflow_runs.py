@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stages.tracking import CHECK_TIMEOUT_S, TrackingError, attempt_env, scoped_env, short
+from dgnet_pipeline.tracking import CHECK_TIMEOUT_S, TrackingError, attempt_env, scoped_env, short
 
 # MLflow 3's UI opens an untagged experiment on its GenAI (traces) overview; this tag makes it open
 # on the runs table, where variants and metrics are compared.

@@ -1,4 +1,4 @@
-"""`dgnet tune` (and `python -m stages.tune`, the DVC entry tuning/dvc.yaml): an Optuna study of
+"""`dgnet tune` (and `python -m dgnet_pipeline.tune`, the DVC entry tuning/dvc.yaml): an Optuna study of
 DG-Net's loss weights, every trial a short training run tracked in MLflow.
 
 What is searched (params `tune.space`): lambda_prim (`primary_max`), the fine-grained alpha
@@ -8,7 +8,7 @@ maximum (`code_max`) and the cross-identity id weight (`id_generated`). Each tri
 `tune.base` section (default `train`) changed by `tune.train` (fewer iterations, evaluations to
 prune on, deterministic) with the sampled weights, and scores the final `tune.metric` (mAP).
 
-What trials train and score on (stages/tune_data.py): never the benchmark's query/gallery split.
+What trials train and score on (dgnet_pipeline/tune_data.py): never the benchmark's query/gallery split.
 `tune.validation_fraction` of the training identities (seeded by `tune.validation_seed`) are held
 out and split into query and gallery by camera as the test protocol does (dgnet.data.splits); the
 trials train on the other training ids and score on those. A guard refuses any frame handed to a
@@ -39,7 +39,7 @@ How it repeats and resumes:
 - Each worker prints a line when a trial starts (`tune: trial 2 re-runs trial 0 (same weights),
   resuming at iteration 14` for a re-run) and when it ends (state, value, seconds).
 
-MLflow (stages/tune_tracking.py): one parent run per study (found again on resume; tag and param
+MLflow (dgnet_pipeline/tune_tracking.py): one parent run per study (found again on resume; tag and param
 `score_split` = validation, params `tune.validation.*`: fraction, seed, ids and images), one child
 run per trial attempt with the sampled weights, losses and evaluations (`val/mAP`, ...: validation
 figures), and one per tuning-teacher seed when it is trained; a re-run's run and the runs of
@@ -70,10 +70,10 @@ from optuna.trial import TrialState
 from dgnet.errors import DgnetError
 from dgnet.io import write_json
 from dgnet.profiles import STAGE_KEYS, apply_assignments, merge, resolve_params
-from stages.common import load_params, section
-from stages.mlflow_hooks import mlflow_settings
-from stages.mlflow_runs import ensure_experiment, run_tags
-from stages.tracking import (
+from dgnet_pipeline.common import load_params, section
+from dgnet_pipeline.mlflow_hooks import mlflow_settings
+from dgnet_pipeline.mlflow_runs import ensure_experiment, run_tags
+from dgnet_pipeline.tracking import (
     TrackingError,
     artifact_location,
     connect,
@@ -83,15 +83,15 @@ from stages.tracking import (
     view_hint,
     workspace_root,
 )
-from stages.tune_data import (
+from dgnet_pipeline.tune_data import (
     SCORE_SPLIT,
     TeacherRun,
     ensure_teacher,
     teacher_recipe,
     tuning_data,
 )
-from stages.tune_settings import STAGE, TuneSettings, make_pruner, tune_settings
-from stages.tune_storage import (
+from dgnet_pipeline.tune_settings import STAGE, TuneSettings, make_pruner, tune_settings
+from dgnet_pipeline.tune_storage import (
     StorageError,
     check_storage,
     open_storage,
@@ -99,7 +99,7 @@ from stages.tune_storage import (
     startup_lock,
     storage_url,
 )
-from stages.tune_study import (
+from dgnet_pipeline.tune_study import (
     FINISHED,
     Objective,
     PerTrialSeedTPESampler,
@@ -109,9 +109,9 @@ from stages.tune_study import (
     run_trials,
     settings_key,
 )
-from stages.tune_tracking import StudyTracker, best_trial, quiet_optuna, short
-from stages.tune_weights import apply_tuned, write_tuned
-from stages.workspace import (
+from dgnet_pipeline.tune_tracking import StudyTracker, best_trial, quiet_optuna, short
+from dgnet_pipeline.tune_weights import apply_tuned, write_tuned
+from dgnet_pipeline.workspace import (
     file_md5,
     interrupt_on_sigterm,
     manifest_path,
@@ -191,7 +191,8 @@ def connect_tracker(settings: TuneSettings, workspace: Path) -> StudyTracker:
     client = connect(uri)
     experiment = mlflow_settings(load_params(workspace)).experiment
     experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
-    tags = {**run_tags(STAGE, "dgnet", STAGE, "stages/tune.py", workspace), "dgnet.score_split": SCORE_SPLIT}
+    tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", workspace),
+            "dgnet.score_split": SCORE_SPLIT}
     return StudyTracker(client, experiment_id, settings.study, tags)
 
 
@@ -311,7 +312,7 @@ def apply_command(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `dgnet tune` and `python -m stages.tune`; unset ones come from params `tune`."""
+    """The options of `dgnet tune` and `python -m dgnet_pipeline.tune`; unset ones come from params `tune`."""
     parser.add_argument("--study", default=None, help="study name (params tune.study)")
     parser.add_argument("--n-trials", type=int, default=None,
                         help="run until the study has N finished (complete or pruned) trials")
@@ -347,7 +348,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.tune",
+                                     description=__doc__.splitlines()[0])
     return command(add_arguments(parser).parse_args(argv))
 
 

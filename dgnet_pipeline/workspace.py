@@ -19,10 +19,10 @@ from typing import Any
 from dgnet.config import MlflowConfig
 from dgnet.errors import DgnetError
 from dgnet.profiles import resolve_params
-from stages.common import load_params
-from stages.mlflow_hooks import mlflow_settings
-from stages.mlflow_runs import ensure_experiment
-from stages.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, workspace_root
+from dgnet_pipeline.common import load_params
+from dgnet_pipeline.mlflow_hooks import mlflow_settings
+from dgnet_pipeline.mlflow_runs import ensure_experiment
+from dgnet_pipeline.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, workspace_root
 
 CHECKPOINT_ROOT = "checkpoints"
 
@@ -161,7 +161,7 @@ def interrupt_on_sigterm() -> None:
 def stage_main(name: str, interrupted: str = "re-run to resume from the last checkpoint"
                ) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """A stage's `main`: MLflow quiet, SIGTERM an interrupt, and every DgnetError (bad params, data,
-    store) printed as `stages.<name>: error: ...` with its exit code, never a traceback."""
+    store) printed as `dgnet_pipeline.<name>: error: ...` with its exit code, never a traceback."""
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
@@ -170,10 +170,10 @@ def stage_main(name: str, interrupted: str = "re-run to resume from the last che
             try:
                 return main(argv)
             except DgnetError as exc:
-                print(f"stages.{name}: error: {exc}", file=sys.stderr)
+                print(f"dgnet_pipeline.{name}: error: {exc}", file=sys.stderr)
                 return exc.exit_code
             except KeyboardInterrupt:
-                print(f"stages.{name}: interrupted; {interrupted}", file=sys.stderr)
+                print(f"dgnet_pipeline.{name}: interrupted; {interrupted}", file=sys.stderr)
                 return 130
         return run
     return decorate

@@ -6,7 +6,7 @@ import sys
 
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import DgnetError
-from stages.common import load_params, repo_root, resolve, section
+from dgnet_pipeline.common import load_params, repo_root, resolve, section
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """setuptools' build backend, plus `npm ci` of the Data Docs assets that PyPI does not carry.
 
-Why: the Data Docs must render offline (stages/offline_docs.py), so every script and style sheet
+Why: the Data Docs must render offline (dgnet_pipeline/offline_docs.py), so every script and style sheet
 they load is copied from an installed package, never fetched while docs are built. Most come from
 pinned PyPI packages (pyproject.toml); bootstrap-table, which fills the results tables, is on npm
 only. Running `npm ci` here, when pip builds the project for an editable install (the docs are

@@ -1,10 +1,10 @@
-"""The MLflow side of `dgnet tune` (stages/tune.py): one parent run per study, one child run per trial
+"""The MLflow side of `dgnet tune` (dgnet_pipeline/tune.py): one parent run per study, one child run per trial
 attempt, and the study's summary on the parent (best weights, plots, trials.csv).
 
 - The parent run `tune-<study>` (tags `dgnet.kind=study`, `optuna.study`, `optuna.storage`) is
   recorded in the study (user attribute `dgnet.mlflow_parent_run_id`), so every worker and every
   resumed run of the study finds the same one. Workers starting together on a new study call
-  `open_parent` under the storage's start-up lock (stages/tune.py `startup_lock`): the first creates
+  `open_parent` under the storage's start-up lock (dgnet_pipeline/tune.py `startup_lock`): the first creates
   the parent and records it, the others find it.
 - A child run `trial-NNNN` per attempt (tags `optuna.study`, `optuna.trial_number`, `optuna.trial_id`,
   `optuna.state`, `dgnet.variant=tune`; the sampled weights as `tune.*` params). It ends FINISHED
@@ -14,7 +14,7 @@ attempt, and the study's summary on the parent (best weights, plots, trials.csv)
 - The parent gets the best weights and value as `best/...` metrics (they change as a study grows,
   which MLflow params may not), trial counts, Optuna's plots as PNG images, and trials.csv.
 
-MLflow failures surface as TrackingError (stages.tracking), whose message names the store.
+MLflow failures surface as TrackingError (dgnet_pipeline.tracking), whose message names the store.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from dgnet.errors import DgnetError
-from stages.mlflow_hooks import MlflowHooks
-from stages.mlflow_runs import tracked_run
-from stages.tracking import TrackingError, redact, short
+from dgnet_pipeline.mlflow_hooks import MlflowHooks
+from dgnet_pipeline.mlflow_runs import tracked_run
+from dgnet_pipeline.tracking import TrackingError, redact, short
 
 VARIANT = "tune"
 # Study user attribute: the study's MLflow parent run.

@@ -13,14 +13,14 @@ from optuna.trial import FrozenTrial
 from dgnet.errors import ConfigError
 from dgnet.io import atomic_path
 from dgnet.profiles import STAGE_KEYS, resolve_params
-from stages.mlflow_hooks import flatten
-from stages.tune_data import (
+from dgnet_pipeline.mlflow_hooks import flatten
+from dgnet_pipeline.tune_data import (
     SCORE_SPLIT,
 )
-from stages.tune_settings import Knob, TuneSettings
-from stages.tune_study import finished_trials
-from stages.tune_tracking import short
-from stages.workspace import (
+from dgnet_pipeline.tune_settings import Knob, TuneSettings
+from dgnet_pipeline.tune_study import finished_trials
+from dgnet_pipeline.tune_tracking import short
+from dgnet_pipeline.workspace import (
     train_config,
 )
 
