@@ -22,8 +22,11 @@ reports/plots/cmc/<model>.csv (for `dvc plots`), reports/figures/*.png, and one 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +44,39 @@ from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
-from dgnet_pipeline.common import parse_seeds, resolve, teacher_paths
+from dgnet_pipeline.common import TEACHER_OUT, parse_seeds, resolve, teacher_paths
 from dgnet_pipeline.evaluate_report import first_seeds, main_setting, seed_summaries, write_report
 from dgnet_pipeline.mlflow_hooks import finite, flatten
 from dgnet_pipeline.mlflow_runs import run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
 from dgnet_pipeline.workspace import open_inputs, read_params, stage_main
 
-REPORT = Path("reports/benchmark.md")
-
-
-METRICS = Path("reports/metrics/eval.json")
-
-
-PLOTS = Path("reports/plots/cmc")
-
-
-FIGURES = Path("reports/figures")
-
-
 CROSS_DOMAIN = Path("reports/cross_domain")  # the targets' validation reports
 
 
-DGNET = Path("outputs/dgnet")
+@dataclass(frozen=True)
+class Paths:
+    """What the stage reads and writes, relative to the workspace; dvc.yaml's `cmd` passes each."""
+
+    teachers: Path = TEACHER_OUT  # the teacher stage's output (its teachers.json)
+    dgnet: Path = Path("outputs/dgnet")  # seed<S>/model.pt
+    ablations: Path = Path("outputs/ablations")  # <name>/seed<S>/model.pt
+    report: Path = Path("reports/benchmark.md")
+    metrics: Path = Path("reports/metrics/eval.json")
+    plots: Path = Path("reports/plots/cmc")
+    figures: Path = Path("reports/figures")
 
 
-ABLATIONS = Path("outputs/ablations")
+DEFAULT_PATHS = Paths()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.evaluate",
+                                     description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(Paths):
+        parser.add_argument(f"--{field.name}", type=Path, default=field.default, metavar="PATH",
+                            help=f"default: {field.default}")
+    return parser
 
 
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
@@ -116,25 +126,27 @@ def _by_seed(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed") or 0))
 
 
-def models_to_evaluate(workspace: Path, params: dict[str, Any]) -> dict[str, Path]:
+def models_to_evaluate(workspace: Path, params: dict[str, Any], paths: Paths = DEFAULT_PATHS
+                       ) -> dict[str, Path]:
     """<variant>_seed<S> -> model file: each teacher of the teacher stage, and DG-Net and each ablation
     of params `ablations` for each seed of params `train.seeds`, from outputs/dgnet/seed<S> and
     outputs/ablations/<name>/seed<S>. Exactly those: a folder of a variant or seed no longer in
     params is left out, and said so; a missing one is an error that names its stage."""
-    models = {f"teacher_{path.parent.name}": path for path in _by_seed(teacher_paths(workspace))}
+    teachers = _by_seed(teacher_paths(workspace, paths.teachers))
+    models = {f"teacher_{path.parent.name}": path for path in teachers}
     seeds = parse_seeds(params.get("train") or {}, "train")
     ablations = [name.removeprefix("ablation_") for name in ablation_changes(params)]
-    expected = {f"dgnet_seed{seed}": (workspace / DGNET / f"seed{seed}" / "model.pt", f"train@{seed}")
-                for seed in seeds}
-    expected |= {f"ablation_{name}_seed{seed}": (workspace / ABLATIONS / name / f"seed{seed}" / "model.pt",
+    dgnet, ablation = workspace / paths.dgnet, workspace / paths.ablations
+    expected = {f"dgnet_seed{seed}": (dgnet / f"seed{seed}" / "model.pt", f"train@{seed}") for seed in seeds}
+    expected |= {f"ablation_{name}_seed{seed}": (ablation / name / f"seed{seed}" / "model.pt",
                                                  f"ablation@{name}-{seed}")
                  for name in ablations for seed in seeds}
     missing = [(path, stage) for path, stage in expected.values() if not path.is_file()]
     if missing:
         listed = ", ".join(f"{path} (stage {stage})" for path, stage in missing)
         raise DgnetError(f"missing model: {listed}; run those stages first (`dvc repro`)")
-    stale = sorted({path.parent for path in [*(workspace / DGNET).glob("seed*/model.pt"),
-                                             *(workspace / ABLATIONS).glob("*/seed*/model.pt")]}
+    stale = sorted({path.parent for path in [*(workspace / paths.dgnet).glob("seed*/model.pt"),
+                                             *(workspace / paths.ablations).glob("*/seed*/model.pt")]}
                    - {path.parent for path, _ in expected.values()})
     if stale:
         print(f"evaluate: not benchmarked (not in params train.seeds / ablations): "
@@ -161,10 +173,11 @@ def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @stage_main("evaluate", interrupted="re-run to evaluate again")
 def main(argv: list[str] | None = None) -> int:
-    started = time.monotonic()
+    args, started = build_parser().parse_args(argv), time.monotonic()
+    paths = Paths(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Paths)})
     workspace, params = read_params()
     settings, changes = _settings(params), ablation_changes(params)
-    models = models_to_evaluate(workspace, params)
+    models = models_to_evaluate(workspace, params, paths)
     data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
     inputs = open_inputs(workspace, params)
     tags = run_tags("evaluate", "evaluation", "all", "dgnet_pipeline/evaluate.py", workspace)
@@ -176,19 +189,21 @@ def main(argv: list[str] | None = None) -> int:
         trivial = colour_histogram_reid(inputs.frame, TRIVIAL_SIZE)
         cross = cross_domain(models, results, workspace, settings, changes)
         write_outputs(workspace, results, settings, inputs.manifest, time.monotonic() - started, changes,
-                      trivial, cross)
-        log_to_mlflow(inputs.client, run.info.run_id, workspace, results, changes, trivial, cross, models)
+                      trivial, cross, paths)
+        log_to_mlflow(inputs.client, run.info.run_id, workspace, results, changes, trivial, cross, models,
+                      paths)
     for result in results:
         setting = main_setting(result, changes)
         m = result.reid[setting]
         print(f"{result.name:>24} ({setting}): rank-1 {100 * m['rank1']:.1f}  mAP {100 * m['mAP']:.1f}")
-    print(f"report: {workspace / REPORT}; MLflow run {run.info.run_id} (view: {view_hint(inputs.uri)})")
+    print(f"report: {workspace / paths.report}; MLflow run {run.info.run_id} (view: {view_hint(inputs.uri)})")
     return 0
 
 
 def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[ModelBenchmark],
                   changes: dict[str, dict[str, Any]], trivial: dict[str, Any],
-                  cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path]) -> None:
+                  cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path],
+                  paths: Paths = DEFAULT_PATHS) -> None:
     """Every figure of the report as an MLflow metric, and the report with its pictures as artifacts."""
     metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
     metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
@@ -199,7 +214,7 @@ def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[Model
                 for name, m in per_model.items() for k in REID_KEYS}
     client.log_batch(run_id, metrics=_metric_entities(metrics))
     client.log_param(run_id, "models", ", ".join(models))
-    for path in [workspace / REPORT, *sorted((workspace / FIGURES).glob("eval_*.png"))]:
+    for path in [workspace / paths.report, *sorted((workspace / paths.figures).glob("eval_*.png"))]:
         client.log_artifact(run_id, str(path), artifact_path="report")
 
 
@@ -234,7 +249,8 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: EvaluateConfig,
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                   trivial: dict[str, float] | None = None,
-                  cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+                  cross: dict[str, dict[str, dict[str, Any]]] | None = None,
+                  paths: Paths = DEFAULT_PATHS) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
     keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
     summary: dict[str, Any] = {}
@@ -250,20 +266,20 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: Eval
             table = pd.DataFrame({"rank": range(1, len(curve) + 1), "cmc": curve})
             main = main_setting(result, changes)
             name = f"{result.name}.csv" if setting == main else f"{result.name}_{setting}.csv"
-            with atomic_path(workspace / PLOTS / name) as tmp:
+            with atomic_path(workspace / paths.plots / name) as tmp:
                 table.to_csv(tmp, index=False)
         for picture, image in result.pictures.items():
-            save(image, workspace / FIGURES / f"eval_{result.name}_{picture}.png")
+            save(image, workspace / paths.figures / f"eval_{result.name}_{picture}.png")
     for variant, entry in seed_summaries(results, changes).items():
         summary.setdefault(variant, {})["summary"] = _rounded(entry)
     if cross:
         summary["cross_domain"] = {t: {name: {k: round(m[k], 6) for k in REID_KEYS}
                                        for name, m in per_model.items()} for t, per_model in cross.items()}
-    write_json(workspace / METRICS, summary)
+    write_json(workspace / paths.metrics, summary)
     curves = {r.name: r.cmc[main_setting(r, changes)] for r in first_seeds(results)}
     save(cmc_plot(curves, max_rank=20, title="CMC (each model at its main setting)"),
-         workspace / FIGURES / "eval_cmc.png")
-    write_report(workspace / REPORT, results, settings, manifest, seconds, changes, trivial, cross)
+         workspace / paths.figures / "eval_cmc.png")
+    write_report(workspace / paths.report, results, settings, manifest, seconds, changes, trivial, cross)
 
 
 if __name__ == "__main__":

@@ -66,11 +66,17 @@ def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: b
         yield child.info.run_id
 
 
-@stage_main("teacher")
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.teacher",
                                      description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=OUT, help=f"the models and {INDEX} (default: {OUT})")
+    parser.add_argument("--metrics", type=Path, default=METRICS, help=f"dvc metrics (default: {METRICS})")
+    return parser
+
+
+@stage_main("teacher")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     workspace, params = read_params()
     values = section(params, STAGE)
     seeds = parse_seeds(values)
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = run_folders(workspace, model_cfg, configs, file_md5(inputs.manifest))
     # One run per folder: a second stage in this workspace stops here, before any MLflow run.
     with hold_run_locks(folders.values(), "teacher run folder"):
-        return train_and_publish(inputs, configs, seeds, folders, model_cfg,
+        return train_and_publish(inputs, args, configs, seeds, folders, model_cfg,
                                  {**inputs.data_params(), "teacher.seeds": seeds}, tags)
 
 
@@ -99,8 +105,8 @@ def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
             for seed, cfg in configs.items()}
 
 
-def train_and_publish(inputs: StageInputs, configs: dict[int, Any], seeds: list[int],
-                      folders: dict[int, Path], model_cfg: Any, extra: dict[str, Any],
+def train_and_publish(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any],
+                      seeds: list[int], folders: dict[int, Path], model_cfg: Any, extra: dict[str, Any],
                       tags: dict[str, str]) -> int:
     """Train every seed's teacher in its (locked) folder, log and register them, write the outputs."""
     from dgnet.training.teacher_trainer import train_teacher
@@ -129,7 +135,7 @@ def train_and_publish(inputs: StageInputs, configs: dict[int, Any], seeds: list[
                     for more in aliases[1:]:
                         hooks.set_alias(more)
                     results[seed].config["mlflow.model_version"] = hooks.model_version.version
-        summary = _write_outputs(inputs.workspace, seeds, results)
+        summary = _write_outputs(inputs.workspace / args.out, inputs.workspace / args.metrics, seeds, results)
         if nested:
             hooks = MlflowHooks(client, parent.info.run_id, extra_params=extra)
             hooks.log_params({"teacher.iterations": configs[seeds[0]].iterations})
@@ -138,17 +144,17 @@ def train_and_publish(inputs: StageInputs, configs: dict[int, Any], seeds: list[
     for seed in seeds:
         remove_work_dirs(inputs.workspace, f"teacher-seed{seed}")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not isinstance(v, dict))
-    print(f"teacher: {len(seeds)} model(s) in {inputs.workspace / OUT} after "
+    print(f"teacher: {len(seeds)} model(s) in {inputs.workspace / args.out} after "
           f"{time.monotonic() - started:.0f} s; {shown}")
-    print(f"metrics: {inputs.workspace / METRICS}; MLflow run {parent.info.run_id} in experiment "
+    print(f"metrics: {inputs.workspace / args.metrics}; MLflow run {parent.info.run_id} in experiment "
           f"{settings.experiment!r} at {inputs.uri} (view: {view_hint(inputs.uri)})")
     return 0
 
 
-def _write_outputs(workspace: Path, seeds: list[int], results: dict[int, Any]) -> dict[str, Any]:
-    """outputs/teacher (models + index) in one atomic swap, then the metrics JSON."""
+def _write_outputs(out: Path, metrics: Path, seeds: list[int], results: dict[int, Any]) -> dict[str, Any]:
+    """`out` (models + index) in one atomic swap, then the metrics JSON."""
     entries = []
-    with atomic_dir(workspace / OUT) as tmp:
+    with atomic_dir(out) as tmp:
         for seed in seeds:
             result = results[seed]
             target = tmp / f"seed{seed}" / "model.pt"
@@ -167,7 +173,7 @@ def _write_outputs(workspace: Path, seeds: list[int], results: dict[int, Any]) -
                     / sum(1 for m in per_seed.values() if name in m), 6) for name in names}
     if len(seeds) > 1:
         summary["seeds"] = per_seed
-    write_json(workspace / METRICS, summary)
+    write_json(metrics, summary)
     return summary
 
 

@@ -8,7 +8,9 @@ closure is read statically (ast), including imports inside functions (the stages
 from __future__ import annotations
 
 import ast
+import importlib
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,21 @@ def test_no_python_dep_is_stale(stage: str, module: str, deps: list[str]) -> Non
     closure = {p.relative_to(ROOT).as_posix() for p in import_closure(module)}
     stale = sorted(dep for dep in deps if dep.endswith(".py") and dep not in closure)
     assert not stale, f"dvc.yaml stage {stage!r} ({module}) lists deps it does not import: {stale}"
+
+
+def test_every_command_line_of_dvc_yaml_parses() -> None:
+    """dvc.yaml passes each stage its paths: every resolved `cmd` must parse with its stage's own
+    parser (an option renamed in a stage and not in dvc.yaml fails here, not an hour into a run)."""
+    from dvc.repo import Repo
+
+    checked = 0
+    for stage in Repo(str(ROOT)).index.stages:
+        python, flag, module, *args = shlex.split(stage.cmd)
+        assert (python, flag) == ("python", "-m"), stage.cmd
+        build_parser = getattr(importlib.import_module(module), "build_parser", None)
+        if build_parser is None:
+            assert not args, f"{stage.name}: {module} takes no options, dvc.yaml passes {args}"
+            continue
+        build_parser().parse_args(args)  # SystemExit (exit 2) on an unknown or malformed option
+        checked += 1
+    assert checked >= 5  # teacher, warmup, train, ablation, evaluate

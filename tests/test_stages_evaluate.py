@@ -92,7 +92,7 @@ def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
     settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0,
                                  {"ablation_no_fine": {"schedule.fine_mining": False}})
-    summary = json.loads((tmp_path / evaluate_stage.METRICS).read_text())
+    summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
     gen = summary["dgnet"]["generation"]
     assert {"recon_l1", "swap_l1_person", "swap_ssim_person"} <= set(gen)
     baselines = gen["baselines"]
@@ -102,7 +102,7 @@ def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
         results[1].generation["baselines"]["copy_structure"]["swap_l1_person"], 6)
     assert gen["num_swaps"] == 8 and isinstance(gen["num_swaps"], int)
     assert "generation" not in summary["teacher"]
-    report = (tmp_path / evaluate_stage.REPORT).read_text()
+    report = (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text()
     assert "| rank-1 | mAP | swap L1 (person) | swap SSIM (person) | recon L1 | SSIM diversity |" in report
     assert "## Generator against trivial baselines" in report
     assert "### dgnet" in report and "### ablation_no_fine" in report and "### teacher\n" not in report
@@ -130,9 +130,9 @@ def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_
     settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
     trivial = {"rank1": 0.05, "rank5": 0.1, "rank10": 0.2, "mAP": 0.0314, "mINP": 0.01}
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0, {}, trivial)
-    summary = json.loads((tmp_path / evaluate_stage.METRICS).read_text())
+    summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
     assert summary["colour_histogram"]["baseline"]["mAP"] == 0.0314
-    rows = [line for line in (tmp_path / evaluate_stage.REPORT).read_text().splitlines()
+    rows = [line for line in (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text().splitlines()
             if line.startswith("| colour_histogram |")]
     assert len(rows) == 1 and "| 5.0 | 3.1 |" in rows[0] and "no learning" in rows[0]
 
@@ -177,9 +177,9 @@ def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
 
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 1.0, changes,
                                  cross=cross)
-    summary = json.loads((tmp_path / evaluate_stage.METRICS).read_text())
+    summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
     assert summary["cross_domain"]["other"]["teacher"]["mAP"] == round(cross["other"]["teacher"]["mAP"], 6)
-    report = (tmp_path / evaluate_stage.REPORT).read_text()
+    report = (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text()
     assert "## Cross-domain" in report and "| other | ablation_no_fine | alpha_0 |" in report
 
     broken = evaluate_stage._settings({"evaluate": {"targets": [{"name": "x", "data": "absent"}]}})
