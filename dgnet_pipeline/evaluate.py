@@ -80,12 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
-
-
-
-
-
-
 REID_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 # Settings of params `evaluate` that benchmark_model takes as they are.
 BENCHMARK_KEYS = ("device", "alphas", "rerank", "batch_size", "ranked_queries", "num_swaps",
@@ -117,8 +111,6 @@ def cross_domain(models: dict[str, Path], results: list[ModelBenchmark], workspa
                                     query_alpha=alpha)
             out[target.name][result.name] = {"setting": setting, **{k: metrics[k] for k in REID_KEYS}}
     return out
-
-
 
 
 def _by_seed(paths: list[Path]) -> list[Path]:
@@ -159,16 +151,6 @@ def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ablations = params.get("ablations") or {}
     return {f"ablation_{name}": flatten(changes) for name, changes in ablations.items()
             if isinstance(changes, dict)}
-
-
-
-
-
-
-
-
-
-
 
 
 @stage_main("evaluate", interrupted="re-run to evaluate again")

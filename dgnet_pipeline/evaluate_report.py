@@ -31,13 +31,9 @@ BASELINE_FIGURES = (
 
 
 FLIPPED = {"beats": "loses to", "loses": "beats"}
-
-
 AGAINST_FULL = {"beats": "beats the full model", "loses": "loses to the full model",
                 "indistinguishable at this budget": "is indistinguishable from the full model at this budget",
                 "untested (one seed: no interval)": "is untested against the full model (one seed)"}
-
-
 
 
 def cross_domain_section(cross: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

@@ -37,31 +37,17 @@ from dgnet_pipeline.tracking import (
     short,
 )
 
-DEFAULT_ALIAS = "current"
-
-
+DEFAULT_ALIAS = MlflowConfig.alias  # "current"
 EVAL_PREFIX = "eval/"
-
-
 MODEL_ARTIFACT_DIR = "model"
 
 
 # MLflow's limits (mlflow.utils.validation): values longer than these are rejected.
 MAX_PARAM_VALUE = 6000
-
-
 MAX_TAG_VALUE = 8000
-
-
 MAX_KEY = 250
-
-
 PARAMS_PER_BATCH = 100
-
-
 METRICS_PER_BATCH = 1000
-
-
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 

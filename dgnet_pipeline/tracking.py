@@ -32,8 +32,6 @@ from typing import Any
 from dgnet.errors import ConfigError, DgnetError
 
 DEFAULT_DB = "mlflow.db"
-
-
 DEFAULT_ARTIFACTS = "mlruns"
 
 

@@ -21,20 +21,10 @@ from dgnet.errors import ConfigError
 STAGE = "tune"  # the params section, and the MLflow runs' dgnet.stage
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"  # relative: against the repository root (DVC_ROOT in dvc exp)
-
-
 DEFAULT_OUT = Path("params/tuned.yaml")
-
-
 METRICS = ("mAP", "rank1", "mINP")
-
-
 PRUNERS = ("median", "threshold", "none")
-
-
 PRUNER_KEYS = {"kind", "n_warmup_steps", "interval_steps", "n_startup_trials", "lower"}  # lower: threshold
-
-
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 

@@ -51,8 +51,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # Study user attributes: the settings fingerprint (its hash, its text).
 SETTINGS_ATTR = "dgnet.settings_hash"
-
-
 SETTINGS_TEXT_ATTR = "dgnet.settings"
 
 
