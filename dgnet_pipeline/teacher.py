@@ -38,7 +38,6 @@ from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
 from dgnet_pipeline.workspace import (
     StageInputs,
-    file_md5,
     hold_run_locks,
     model_config,
     open_inputs,
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     tags = run_tags(STAGE, "teacher", variant, "dgnet_pipeline/teacher.py", workspace)
     if len(seeds) == 1:
         tags["dgnet.seed"] = str(seeds[0])
-    folders = run_folders(workspace, model_cfg, configs, file_md5(inputs.manifest))
+    folders = run_folders(workspace, model_cfg, configs, inputs.manifest_md5)
     # One run per folder: a second stage in this workspace stops here, before any MLflow run.
     with hold_run_locks(folders.values(), "teacher run folder"):
         return train_and_publish(inputs, args, configs, seeds, folders, model_cfg,

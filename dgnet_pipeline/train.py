@@ -51,7 +51,6 @@ from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
 from dgnet_pipeline.workspace import (
     StageInputs,
-    file_md5,
     hold_run_locks,
     model_config,
     model_fingerprint,
@@ -182,11 +181,11 @@ def fork_checkpoint(workspace: Path, args: argparse.Namespace, seed: int) -> Pat
     return fork
 
 
-def run_params(inputs: StageInputs, args: argparse.Namespace, mode: str, teachers: list[Path],
+def run_params(inputs: StageInputs, args: argparse.Namespace, mode: str, teacher_prints: list[str],
                fork: Path | None) -> dict[str, Any]:
     """What the MLflow run records beside the configuration: data, teachers, how the run was made."""
     extra = {**inputs.data_params(), "stage.section": args.section, "train.teachers": mode,
-             "teacher.fingerprints": [model_fingerprint(path)[:16] for path in teachers]}
+             "teacher.fingerprints": [fingerprint[:16] for fingerprint in teacher_prints]}
     if args.assignments:
         extra["stage.overrides"] = args.assignments
     if args.ablation:
@@ -212,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     fork = fork_checkpoint(workspace, args, seed)
     registered = inputs.mlflow.model if args.registered_model is None else args.registered_model
     registered = registered if seed == seeds[0] else ""  # one registered version per pipeline run
+    teacher_prints = [model_fingerprint(path) for path in teachers]  # loads each model: once
     run_name = f"{args.variant}-seed{seed}"
     folder = work_dir(workspace, f"dgnet-{run_name}", {
-        "model": model_cfg, "train": cfg, "manifest": file_md5(inputs.manifest),
-        "teachers": [model_fingerprint(path) for path in teachers]})
+        "model": model_cfg, "train": cfg, "manifest": inputs.manifest_md5, "teachers": teacher_prints})
     stage = f"ablation@{args.ablation}-{seed}" if args.ablation else \
         f"{'warmup' if args.warmup else args.section}@{seed}"
     tags = {**run_tags(stage, "dgnet", args.variant, "dgnet_pipeline/train.py", workspace),
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     # One run per folder: a second stage in this workspace stops here, before any MLflow run.
     with hold_run_locks([folder], f"{run_name} run folder"):
         return train_and_publish(inputs, args, run_name, registered, model_cfg, cfg, teachers, fork, folder,
-                                 run_params(inputs, args, mode, teachers, fork), tags)
+                                 run_params(inputs, args, mode, teacher_prints, fork), tags)
 
 
 def train_and_publish(inputs: StageInputs, args: argparse.Namespace, run_name: str, registered: str,

@@ -193,6 +193,7 @@ class StageInputs:
     params: dict[str, Any]
     mlflow: MlflowConfig  # params `mlflow` with its defaults
     manifest: Path
+    manifest_md5: str
     frame: Any  # the validated manifest
     uri: str
     client: Any
@@ -202,7 +203,7 @@ class StageInputs:
         """What the MLflow run records of its data and profile."""
         train = self.frame[self.frame["split"] == "train"]
         return {"profile": self.params.get("profile"), "data.manifest": str(self.manifest),
-                "data.manifest_md5": file_md5(self.manifest), "data.train_images": len(train),
+                "data.manifest_md5": self.manifest_md5, "data.train_images": len(train),
                 "data.train_ids": int(train["person_id"].nunique())}
 
 
@@ -214,5 +215,6 @@ def open_inputs(workspace: Path, params: dict[str, Any]) -> StageInputs:
     uri = tracking_uri()
     client = connect(uri)
     experiment_id = ensure_experiment(client, settings.experiment, artifact_location(uri))
-    return StageInputs(workspace, params, settings, manifest, frame, uri, client, experiment_id)
+    return StageInputs(workspace, params, settings, manifest, file_md5(manifest), frame, uri, client,
+                       experiment_id)
 
