@@ -18,6 +18,7 @@ import pytest
 import dgnet.data.datasets as datasets_module
 from dgnet.cli import build_parser
 from dgnet.cli import main as dgnet_main
+from dgnet.config import config_from_mapping
 from dgnet.data.manifest import build_manifest
 from dgnet.data.transforms import ImageReadError, load_image
 from dgnet.data.validated import (
@@ -30,7 +31,7 @@ from dgnet.data.validated import (
 from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DataRuleError, DatasetError, OutputError
 from dgnet.models.config import get_profile
 from dgnet.training.checkpoint import list_checkpoints
-from dgnet.training.loop import config_from_mapping, worker_error_message
+from dgnet.training.loop import worker_error_message
 from dgnet.training.runlock import HOLDER_NAME, RunLockedError, locked_by_another, run_lock
 from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
 from dgnet.training.trainer import DGNetTrainConfig

@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dgnet.config import config_from_mapping, float_string_message  # noqa: F401 (their old home)
 from dgnet.data.manifest import mislabelled_train_rows, train_label_map
 from dgnet.data.samplers import (
     IdentityPairSampler,
