@@ -182,9 +182,10 @@ def test_appearance_encoder_bn_updates_per_iteration(setup) -> None:
     _, model, teacher, batch = setup
     batch = erased_batch(batch)
     encoder = model.appearance_encoder
-    seen: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []  # the batches BatchNorm normalises on their own (a grouped forward: several)
     handle = encoder.register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].detach()) if module.training else None)
+        lambda module, args: seen.extend(args[0].detach().chunk(module.trunk.bn1.statistics_groups))
+        if module.training else None)
     before = int(encoder.trunk.bn1.num_batches_tracked)
     generator_objective(model, teacher, batch, loss_weights_at(40_000))
     handle.remove()

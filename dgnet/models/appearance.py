@@ -10,6 +10,7 @@ from torch import nn
 
 from dgnet.models.backbone import ResNetTrunk, build_trunk
 from dgnet.models.config import ModelConfig
+from dgnet.models.grouped_norm import GroupedBatchNorm1d
 
 
 class IdHead(nn.Module):
@@ -18,7 +19,7 @@ class IdHead(nn.Module):
     def __init__(self, in_features: int, embedding_dim: int, num_classes: int, dropout: float) -> None:
         super().__init__()
         self.embed = nn.Linear(in_features, embedding_dim)
-        self.bn = nn.BatchNorm1d(embedding_dim)
+        self.bn = GroupedBatchNorm1d(embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embedding_dim, num_classes)
         # Re-ID convention: Kaiming for the embedding, small normal for the classifier, BN at (1, 0).

@@ -17,6 +17,7 @@ from torch import nn
 
 from dgnet.errors import ConfigError
 from dgnet.models.config import RESNET_WIDTH, ModelConfig
+from dgnet.models.grouped_norm import GroupedBatchNorm2d
 
 _BUILDERS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
@@ -41,7 +42,8 @@ class ResNetTrunk(nn.Module):
         super().__init__()
         if name not in _BUILDERS:
             raise ConfigError(f"model.backbone: {name!r} is not one of {sorted(_BUILDERS)}")
-        resnet = _BUILDERS[name][0](weights=None)
+        # Grouped BatchNorm: torch's own unless a caller groups a batch (dgnet.models.grouped_norm).
+        resnet = _BUILDERS[name][0](weights=None, norm_layer=GroupedBatchNorm2d)
         if width != RESNET_WIDTH:
             _narrow(resnet, width)
         # Re-ID keeps the last stage at stride 1 (a 16x8 map at 256x128) for finer spatial detail.
@@ -66,7 +68,7 @@ def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
     depths = [len(resnet.layer1), len(resnet.layer2), len(resnet.layer3), len(resnet.layer4)]
     resnet.inplanes = width
     resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-    resnet.bn1 = nn.BatchNorm2d(width)
+    resnet.bn1 = GroupedBatchNorm2d(width)
     resnet.layer1 = resnet._make_layer(block, width, depths[0])
     resnet.layer2 = resnet._make_layer(block, 2 * width, depths[1], stride=2)
     resnet.layer3 = resnet._make_layer(block, 4 * width, depths[2], stride=2)

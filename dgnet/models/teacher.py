@@ -12,6 +12,7 @@ from dgnet.models.appearance import IdHead
 from dgnet.models.backbone import ResNetTrunk, build_trunk
 from dgnet.models.config import ModelConfig
 from dgnet.models.frozen import frozen_call
+from dgnet.models.grouped_norm import grouped_call
 
 
 class ReidBaseline(nn.Module):
@@ -60,14 +61,18 @@ class FrozenTeacher(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, batch_statistics: bool = False) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, batch_statistics: bool = False, batches: int = 1) -> torch.Tensor:
         """N x C class probabilities: the mean over teachers of softmax(logits).
 
-        `batch_statistics`: BatchNorm normalises with `images`' own statistics (running ones untouched).
+        `batch_statistics`: BatchNorm normalises with `images`' own statistics (running ones
+        untouched), each of `batches` equal parts of `images` with its own, as separate forwards.
         """
         probabilities = None
         for member in self.members:
-            output = frozen_call(member, images) if batch_statistics else member(images)
+            if batch_statistics:
+                output = grouped_call(lambda x, m=member: frozen_call(m, x), images, batches, norms_of=member)
+            else:
+                output = member(images)
             logits = output[0] if isinstance(output, tuple | list) else output
             p = F.softmax(logits.float(), dim=1)
             if probabilities is not None and p.shape != probabilities.shape:
@@ -79,16 +84,15 @@ class FrozenTeacher(nn.Module):
         return probabilities / len(self.members)
 
     def soft_labels(self, images: torch.Tensor, flip_average: bool = True,
-                    batch_statistics: bool = True) -> torch.Tensor:
+                    batch_statistics: bool = True, batches: int = 1) -> torch.Tensor:
         """Teacher probabilities for `images`, averaged with those of the horizontally flipped images.
 
-        `batch_statistics` (published): each view is one forward whose BatchNorm uses that view's
-        batch statistics, so the two views go separately. With running statistics the two views
-        go through in one batch, which then equals two forwards.
+        `batch_statistics` (published): each view of each of `batches` equal parts of `images` is a
+        batch of its own, whose BatchNorm uses that batch's statistics (one grouped forward,
+        dgnet.models.grouped_norm). With running statistics all go through in one batch, which then
+        equals separate forwards.
         """
-        if not flip_average:
-            return self(images, batch_statistics)
-        if batch_statistics:
-            return 0.5 * (self(images, True) + self(images.flip(3), True))
-        both = self(torch.cat([images, images.flip(3)]))
-        return both.view(2, images.shape[0], -1).mean(0)
+        views = torch.cat([images, images.flip(3)]) if flip_average else images
+        groups = batches * (2 if flip_average else 1)
+        probabilities = self(views, batch_statistics, groups if batch_statistics else 1)
+        return probabilities.view(2, images.shape[0], -1).mean(0) if flip_average else probabilities

@@ -66,6 +66,7 @@ from dgnet.losses import (
 )
 from dgnet.models.dgnet import DGNet
 from dgnet.models.frozen import frozen_call
+from dgnet.models.grouped_norm import grouped_call
 from dgnet.models.teacher import FrozenTeacher
 from dgnet.training.schedule import LossWeights
 
@@ -136,7 +137,7 @@ def generate_cross(model: DGNet, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     this extra forward does not move its BN running statistics.
     """
     structure_a, structure_b = model.structure_encoder(torch.cat([a, b])).chunk(2)
-    code_a, code_b = (frozen_call(model.appearance_encoder, x).code for x in (a, b))
+    code_a, code_b = _frozen_per_batch(model.appearance_encoder, torch.cat([a, b])).code.chunk(2)
     return model.decoder(torch.cat([structure_b, structure_a]), torch.cat([code_a, code_b]))
 
 
@@ -169,13 +170,16 @@ def _pair(loss_fn: Any, first: torch.Tensor, second: torch.Tensor) -> torch.Tens
     return loss_fn(first_a, second_a) + loss_fn(first_b, second_b)
 
 
-def _per_stream(module: Callable[[torch.Tensor], Any], images: torch.Tensor, parts: int = 2) -> list[Any]:
-    """`module` on each of `parts` equal batches of `images` on its own (BatchNorm batch statistics)."""
-    return [module(x) for x in images.chunk(parts)]
+def _per_batch(module: torch.nn.Module, images: torch.Tensor, parts: int = 2) -> Any:
+    """`module` on each of `parts` equal batches of `images` as if on its own (BatchNorm's statistics
+    and running-statistic updates per batch, in order), outputs concatenated: one forward
+    (dgnet.models.grouped_norm)."""
+    return grouped_call(module, images, parts)
 
 
-def _cat(outputs: list[Any], field: str) -> torch.Tensor:
-    return torch.cat([getattr(o, field) for o in outputs])
+def _frozen_per_batch(module: torch.nn.Module, images: torch.Tensor, parts: int = 2) -> Any:
+    """`_per_batch` through the frozen view of `module` (dgnet.models.frozen)."""
+    return grouped_call(lambda x: frozen_call(module, x), images, parts, norms_of=module)
 
 
 def generator_objective(
@@ -207,17 +211,17 @@ def generator_objective(
     # --- Real images through the live E_a, one batch of N at a time: clean (codes), then erased (ids).
     real = torch.cat([batch.a, batch.b, batch.pos_a, batch.pos_b])
     if batch.erased is None:
-        id_outputs = _per_stream(encoder, real, 4)
-        codes = _cat(id_outputs, "code").detach()
+        id_outputs = _per_batch(encoder, real, 4)
+        codes = id_outputs.code.detach()
     else:
         with torch.no_grad():  # the codes are detached anyway; BN still counts these batches
-            codes = _cat(_per_stream(encoder, real, 4), "code")
-        id_outputs = _per_stream(encoder, torch.cat(batch.erased), 4)
+            codes = _per_batch(encoder, real, 4).code
+        id_outputs = _per_batch(encoder, torch.cat(batch.erased), 4)
     code_a, code_b, code_pos_a, code_pos_b = codes.chunk(4)
-    primary_logits = _cat(id_outputs, "primary_logits").chunk(2)  # (a, b) | (pos_a, pos_b)
+    primary_logits = id_outputs.primary_logits.chunk(2)  # (a, b) | (pos_a, pos_b)
     terms["id"] = (weights.id, _pair(identity_loss, primary_logits[0], labels))
     terms["id_positive"] = (weights.id_positive, _pair(identity_loss, primary_logits[1], labels))
-    fine_real_logits = _cat(id_outputs[:2], "fine_logits")
+    fine_real_logits = id_outputs.fine_logits[: 2 * n]
     terms["fine_real"] = (weights.fine, _pair(fine_grained_id_loss, fine_real_logits, labels))
     structure_a, structure_b = model.structure_encoder(torch.cat([batch.a, batch.b])).chunk(2)
 
@@ -234,10 +238,9 @@ def generator_objective(
     )  # fmt: skip
 
     # --- Generated images through the frozen E_a: L_id^c (x_ij as i) and the recovered appearance codes.
-    recovered = _per_stream(lambda x: frozen_call(encoder, x), cross)
-    terms["id_generated"] = (weights.id_generated,
-                             _pair(identity_loss, _cat(recovered, "primary_logits"), labels))
-    recovered_codes = _cat(recovered, "code")
+    recovered = _frozen_per_batch(encoder, cross)
+    terms["id_generated"] = (weights.id_generated, _pair(identity_loss, recovered.primary_logits, labels))
+    recovered_codes = recovered.code
     if not cfg.appearance_code_loss_grad:
         recovered_codes = recovered_codes.detach()
     own_codes = torch.cat([code_a, code_b])  # x_ab should give back a's code, x_ba b's
@@ -275,23 +278,17 @@ def generator_objective(
     # --- Discriminative module on detached generated images, one stream at a time: trains E_a, not G.
     if weights.primary > 0 or weights.fine > 0:
         detached = cross.detach()
-        student = _per_stream(encoder, detached)
+        student = _per_batch(encoder, detached)
         if weights.primary > 0:
-            soft_labels = torch.cat([
-                teacher.soft_labels(x, flip_average=cfg.teacher_flip_average,
-                                    batch_statistics=cfg.teacher_batch_statistics)
-                for x in detached.chunk(2)
-            ])
-            terms["primary_kl"] = (
-                weights.primary,
-                _pair(primary_kl_loss, _cat(student, "primary_logits"), soft_labels),
-            )
+            soft_labels = teacher.soft_labels(detached, flip_average=cfg.teacher_flip_average,
+                                              batch_statistics=cfg.teacher_batch_statistics, batches=2)
+            terms["primary_kl"] = (weights.primary, _pair(primary_kl_loss, student.primary_logits, soft_labels))
         if weights.fine > 0:
             # x_ab has b's structure, x_ba a's: the label is the structure provider's.
             structure_labels = torch.cat([batch.label_b, batch.label_a])
             terms["fine_generated"] = (
                 weights.fine,
-                _pair(fine_grained_id_loss, _cat(student, "fine_logits"), structure_labels),
+                _pair(fine_grained_id_loss, student.fine_logits, structure_labels),
             )
 
     total = sum((weight * loss for weight, loss in terms.values() if weight > 0), generated.new_zeros(()))

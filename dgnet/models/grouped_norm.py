@@ -1,0 +1,106 @@
+"""BatchNorm over groups of a batch: G separate forwards' statistics in one forward.
+
+As published, every batch of N images goes through E_a (and the teacher) on its own: BatchNorm
+normalises it with its own statistics, and the running statistics are updated once per batch, in
+order. Ten forwards of 8 small images leave most of a CPU idle. `statistics_groups(module, G)`
+makes one forward of G*N images compute exactly that: each BatchNorm layer normalises every block
+of N with the block's statistics and updates its running statistics as G forwards one after
+another would (r <- (1 - m) r + m s_g for g = 1..G; `num_batches_tracked` += G). Convolutions,
+pooling and linear layers are per sample, so the whole forward, and its backward, equal the G
+separate ones (up to float rounding: the kernels block a larger batch differently).
+
+With one group, in eval mode, or with momentum None, the layers are torch's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _GroupedBatchNorm:
+    """The forward of `GroupedBatchNorm1d/2d`; `statistics_groups` is set by the context manager."""
+
+    statistics_groups: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.statistics_groups
+        if groups == 1 or not self.training or not self.track_running_stats or self.momentum is None:
+            if groups > 1 and self.training:  # batch statistics per group, torch's own updates
+                return torch.cat([super().forward(part) for part in x.chunk(groups)])
+            return super().forward(x)
+        if x.shape[0] % groups:
+            raise ValueError(f"statistics_groups: a batch of {x.shape[0]} is not {groups} equal groups")
+        n, channels, rest = x.shape[0] // groups, x.shape[1], x.shape[2:]
+        # Group g's channel c becomes channel g*C + c of an N-sample batch: per-channel statistics of
+        # that batch are the per-group statistics, in one native batch_norm call.
+        folded = x.reshape(groups, n, channels, *rest).transpose(0, 1).reshape(n, groups * channels, *rest)
+        means = self.running_mean.new_zeros(groups * channels)
+        variances = self.running_var.new_zeros(groups * channels)
+        weight = self.weight.repeat(groups) if self.weight is not None else None
+        bias = self.bias.repeat(groups) if self.bias is not None else None
+        # momentum 1: `means` / `variances` receive each group's mean and unbiased variance exactly.
+        out = F.batch_norm(folded, means, variances, weight, bias, True, 1.0, self.eps)
+        with torch.no_grad():
+            for g in range(groups):
+                part = slice(g * channels, (g + 1) * channels)
+                self.running_mean.lerp_(means[part], self.momentum)
+                self.running_var.lerp_(variances[part], self.momentum)
+            self.num_batches_tracked.add_(groups)
+        return out.reshape(n, groups, channels, *rest).transpose(0, 1).reshape(x.shape)
+
+
+class GroupedBatchNorm1d(_GroupedBatchNorm, nn.BatchNorm1d):
+    """nn.BatchNorm1d that can normalise groups of a batch separately (same parameters, buffers, keys)."""
+
+
+class GroupedBatchNorm2d(_GroupedBatchNorm, nn.BatchNorm2d):
+    """nn.BatchNorm2d that can normalise groups of a batch separately (same parameters, buffers, keys)."""
+
+
+@contextlib.contextmanager
+def statistics_groups(module: nn.Module, groups: int) -> Iterator[None]:
+    """Within the block, every grouped BatchNorm of `module` treats a batch as `groups` equal batches.
+
+    Raises ValueError if `module` has a plain BatchNorm layer (it would mix the groups' statistics)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    plain = [type(m).__name__ for m in norms if not isinstance(m, _GroupedBatchNorm)]
+    if plain and groups > 1:
+        raise ValueError(f"statistics_groups: {type(module).__name__} has plain {plain[0]} layers")
+    previous = [m.statistics_groups for m in norms if isinstance(m, _GroupedBatchNorm)]
+    for m in norms:
+        m.statistics_groups = groups
+    try:
+        yield
+    finally:
+        for m, value in zip(norms, previous, strict=True):
+            m.statistics_groups = value
+
+
+def grouped_call(module: Callable[..., Any], images: torch.Tensor, groups: int, *args: Any,
+                 norms_of: nn.Module | None = None) -> Any:
+    """`module(images, *args)` as `groups` separate forwards of equal parts of `images` would give it
+    (outputs concatenated along the batch), in one forward when every BatchNorm of `norms_of`
+    (default `module`) is grouped; otherwise as those separate forwards."""
+    owner = norms_of if norms_of is not None else module
+    norms = [m for m in owner.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if groups == 1:
+        return module(images, *args)
+    if all(isinstance(m, _GroupedBatchNorm) for m in norms):
+        with statistics_groups(owner, groups):
+            return module(images, *args)
+    return _concat([module(part, *args) for part in images.chunk(groups)])
+
+
+def _concat(outputs: list[Any]) -> Any:
+    """Per-part outputs (tensors, or tuples / NamedTuples of them) concatenated along the batch."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    fields = [torch.cat(parts) for parts in zip(*outputs, strict=True)]
+    return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
