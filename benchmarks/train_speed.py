@@ -42,6 +42,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from dgnet.errors import ConfigError
 from dgnet.io import replace_marked_section
@@ -165,7 +167,8 @@ def synthetic_batch(height: int, width: int, batch_size: int, num_classes: int,
 
 def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
             batch_size: int | None = None, channels_last: bool = False, num_classes: int | None = None,
-            rss_at_start_mb: float | None = None) -> dict[str, Any]:
+            rss_at_start_mb: float | None = None,
+            model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time `iterations` joint DG-Net iterations after `warmup` untimed ones; peak memory. In this process.
 
     Returns a row: mode, status ("ok" / "skipped" + reason), per-iteration times and their
@@ -189,7 +192,7 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
         return {**row, "device": row.get("device", device), "status": "skipped", "reason": str(exc)}
 
     # pretrained=False: no ImageNet lookup; weights do not change the cost.
-    overrides: dict[str, Any] = {"pretrained": False}
+    overrides: dict[str, Any] = {"pretrained": False, **(model_overrides or {})}
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     model_cfg = get_profile(profile, **overrides)
@@ -276,6 +279,17 @@ def _p90(values: list[float]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def model_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`--model-set KEY=VALUE` assignments as ModelConfig overrides (values parsed as YAML)."""
+    overrides = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"--model-set {assignment!r}: expected KEY=VALUE, e.g. backbone_width=32")
+        overrides[key] = yaml.safe_load(text)
+    return overrides
+
+
 def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """One mode in a fresh interpreter, so that its peak memory and compile caches are its own."""
     cmd = [sys.executable, __file__, "--child", mode, "--profile", args.profile, "--device", args.device,
@@ -286,6 +300,8 @@ def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             cmd += [flag, str(value)]
     if args.channels_last:
         cmd.append("--channels-last")
+    for assignment in args.model_set:
+        cmd += ["--model-set", assignment]
     base = {"profile": args.profile, "mode": Mode.parse(mode, args.channels_last).name, "device": args.device,
             "load_average_start": _load_average()}
     try:
@@ -466,6 +482,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode-timeout", type=int, default=3600, help="seconds before a mode is given up")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--write", action="store_true", help="write its section of --results")
+    parser.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a ModelConfig field of the profile changed (YAML value), e.g. "
+                             "backbone_width=32; repeatable; the section's name then ends with the changes")
     parser.add_argument("--child", metavar="MODE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "auto":
@@ -474,13 +493,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         row = measure(args.profile, args.device, args.child, args.iterations, args.warmup,
-                      args.batch_size or None, args.channels_last, args.num_classes or None, rss_at_start)
+                      args.batch_size or None, args.channels_last, args.num_classes or None, rss_at_start,
+                      model_overrides(args.model_set))
         print(json.dumps(row))
         return
 
     modes = [m for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         Mode.parse(mode)  # a typo fails before minutes of measuring
+    get_profile(args.profile, pretrained=False, **model_overrides(args.model_set))  # so does a bad field
     info = machine()
     print(f"{args.profile} profile on {args.device}: {info['cpu']}, {info['cores']} cores, "
           f"torch {info['torch']}, load average {info['load_average']}", flush=True)
@@ -493,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         command = "python benchmarks/train_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         name = section_name(args.profile, args.device, args.threads)
+        if args.model_set:
+            name += "-" + re.sub(r"[^A-Za-z0-9_.=]+", "", "-".join(args.model_set))
         existing = args.results.read_text() if args.results.exists() else ""
         gpu_pending = not args.device.startswith("cuda") and "BEGIN train_speed-paper-cuda" not in existing
         update_results(args.results, name, render_section(name, info, rows, command.strip(), gpu_pending))

@@ -33,14 +33,14 @@ from dgnet.data.manifest import read_manifest
 from dgnet.evaluation.benchmark import benchmark_model
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
-from dgnet.profiles import apply_assignments, resolve_params
+from dgnet.profiles import apply_assignments, resolve_params, run_config
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.objective import DGNetBatch, generator_objective
 from dgnet.training.schedule import LossWeights, loss_weights_at
 from dgnet.training.trainer import DGNetTrainConfig, load_teachers, train_dgnet
 from dgnet_pipeline.common import load_params, repo_root, section
-from dgnet_pipeline.workspace import model_config, train_config
+from dgnet_pipeline.workspace import model_config
 
 
 class LossLog(TrainingHooks):
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations:
         values = {**values, "iterations": args.iterations}
     values = apply_assignments(values, args.assignments, "train")
-    cfg, _ = train_config(DGNetTrainConfig, values, "train")
+    cfg = run_config({**params, "train": values}, "train")  # the stage keys (seeds, teachers) set aside
     frame = read_manifest(root / "data/manifest.csv", "run `dvc repro validate`")
     model_params = dict(params["model"])
     model_params = apply_assignments(model_params, args.model_set, "model")

@@ -77,13 +77,11 @@ def test_plain_batchnorm_falls_back_to_separate_forwards() -> None:
     reference = copy.deepcopy(plain)
     out = grouped_call(plain, x, 3)
     assert torch.allclose(out, torch.cat([reference(p) for p in x.chunk(3)]), atol=1e-6)
-    with pytest.raises(ValueError, match="plain BatchNorm2d"):
-        with statistics_groups(plain, 3):
-            pass
+    with pytest.raises(ValueError, match="plain BatchNorm2d"), statistics_groups(plain, 3):
+        pass
 
 
 def test_batch_must_split_into_equal_groups() -> None:
     norm = GroupedBatchNorm2d(4).train()
-    with pytest.raises(ValueError, match="not 3 equal groups"):
-        with statistics_groups(norm, 3):
-            norm(torch.randn(4, 4, 2, 2))
+    with pytest.raises(ValueError, match="not 3 equal groups"), statistics_groups(norm, 3):
+        norm(torch.randn(4, 4, 2, 2))

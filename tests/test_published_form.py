@@ -182,7 +182,7 @@ def test_appearance_encoder_bn_updates_per_iteration(setup) -> None:
     _, model, teacher, batch = setup
     batch = erased_batch(batch)
     encoder = model.appearance_encoder
-    seen: list[torch.Tensor] = []  # the batches BatchNorm normalises on their own (a grouped forward: several)
+    seen: list[torch.Tensor] = []  # the batches BatchNorm normalises on their own (grouped: several)
     handle = encoder.register_forward_pre_hook(
         lambda module, args: seen.extend(args[0].detach().chunk(module.trunk.bn1.statistics_groups))
         if module.training else None)

@@ -44,7 +44,7 @@ and the teacher see x_ab and x_ba separately as well.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,7 +282,8 @@ def generator_objective(
         if weights.primary > 0:
             soft_labels = teacher.soft_labels(detached, flip_average=cfg.teacher_flip_average,
                                               batch_statistics=cfg.teacher_batch_statistics, batches=2)
-            terms["primary_kl"] = (weights.primary, _pair(primary_kl_loss, student.primary_logits, soft_labels))
+            terms["primary_kl"] = (weights.primary,
+                                   _pair(primary_kl_loss, student.primary_logits, soft_labels))
         if weights.fine > 0:
             # x_ab has b's structure, x_ba a's: the label is the structure provider's.
             structure_labels = torch.cat([batch.label_b, batch.label_a])
