@@ -308,3 +308,39 @@ def test_full_step_tiny(setup) -> None:
     )
     assert not teacher.training
 
+
+
+def test_discriminator_step_inside_the_generator_forward_equals_a_separate_one(setup) -> None:
+    """The trainer's order (D step on the G forward's own x_ab, x_ba, via `on_cross`) gives the same
+    iteration as the published one (fakes generated on their own, D step, then the G step)."""
+    import copy
+
+    _, model, teacher, batch = setup
+    separate_model = copy.deepcopy(model)
+    separate_opts, inside_opts = make_optimizers(separate_model), make_optimizers(model)
+    weights = loss_weights_at(40_000)
+
+    torch.manual_seed(5)
+    separate_logs = run_step(separate_model, teacher, batch, 40_000, separate_opts)
+
+    def d_step(fakes: torch.Tensor) -> None:
+        assert not fakes.requires_grad
+        assert torch.allclose(fakes, generate_cross(model, batch.a, batch.b), atol=1e-5)
+        d_loss, d_logs = discriminator_objective(model, torch.cat([batch.a, batch.b]), fakes)
+        inside_opts[1].zero_grad(set_to_none=True)
+        d_loss.backward()
+        inside_opts[1].step()
+        seen.update(d_logs)
+
+    seen: dict[str, float] = {}
+    torch.manual_seed(5)
+    g_loss, g_logs = generator_objective(model, teacher, batch, weights, on_cross=d_step)
+    for opt in (inside_opts[0], inside_opts[2]):
+        opt.zero_grad(set_to_none=True)
+    g_loss.backward()
+    inside_opts[0].step()
+    inside_opts[2].step()
+    for name, value in {**seen, **g_logs}.items():
+        assert value == pytest.approx(separate_logs[name], rel=1e-4, abs=1e-6), name
+    for p, q in zip(model.parameters(), separate_model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), "the same weights after the iteration"

@@ -1,9 +1,14 @@
 """One DG-Net iteration's losses (docs/method.md section 3), with the gradient routing of the paper.
 
-The training loop calls, each iteration:
-    fakes = generate_cross(model, batch.a, batch.b)                      # no grad
-    d_loss, d_logs = discriminator_objective(model, real, fakes)        # D step
-    g_loss, g_logs = generator_objective(model, teacher, batch, w, cfg) # joint G + E_a step
+The training loop calls, each iteration, one D step and then one joint G + E_a step:
+    def d_step(fakes):                                                   # fakes: cat(x_ab, x_ba), detached
+        d_loss, d_logs = discriminator_objective(model, real, fakes)     # ... backward, D's optimiser
+    g_loss, g_logs = generator_objective(model, teacher, batch, w, cfg, on_cross=d_step)
+`generator_objective` calls `on_cross` as soon as its decoder has made x_ab and x_ba, before anything
+uses D: the D step trains on the very images the G step generates (the published code generates
+them twice; `generate_cross` does it on its own), and the G step's adversarial term sees the
+updated D, as after a separate D step. Nothing before that point depends on D, and D draws no random
+numbers, so this is the same iteration as "D step, then G step" and one decode of x_ij cheaper.
 
 Naming: x_ij = G(s_j, a_i) has i's appearance and j's structure; here i, j are the streams a, b,
 so x_ab = G(s_b, a_a) and x_ba = G(s_a, a_b). Every pairwise loss is the sum of its a-stream and
@@ -44,7 +49,7 @@ and the teacher see x_ab and x_ba separately as well.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,8 +194,12 @@ def generator_objective(
     weights: LossWeights,
     cfg: ObjectiveConfig | None = None,
     reencode_structure: bool | None = None,
+    on_cross: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The joint G + E_a loss of one iteration, and every term's unweighted value (plus "total").
+
+    `on_cross(cat(x_ab, x_ba).detach())` runs right after the cross-identity decode, before D is
+    used (the trainer's D step; see the module docstring).
 
     Terms whose weight is 0 at this iteration and which nothing else needs are not computed (before
     the warm-up: no teacher, no cycle, no E_a on detached fakes) and are absent from the logs.
@@ -231,6 +240,8 @@ def generator_objective(
         torch.cat([code_a, code_b, code_pos_a, code_pos_b, code_a, code_b]),
     )
     self_recon, positive_recon, cross = generated.split(2 * n)  # cross = (x_ab, x_ba)
+    if on_cross is not None:
+        on_cross(cross.detach())
     originals = torch.cat([batch.a, batch.b])
     terms["recon_image"] = (weights.recon_image, _pair(image_reconstruction_loss, self_recon, originals))
     terms["recon_image_positive"] = (

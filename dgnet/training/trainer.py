@@ -1,8 +1,9 @@
 """The joint DG-Net training loop (docs/method.md section 4).
 
 Each iteration, from a batch [a, pos_a, b, pos_b] of the DG-Net sampler (`train.sampling`):
-1. one discriminator step on detached cross-identity fakes (`generate_cross`,
-   `discriminator_objective`), Adam;
+1. one discriminator step on the detached cross-identity images x_ab, x_ba
+   (`discriminator_objective`), Adam; it runs inside step 2's forward, as soon as its decoder has made
+   them (`on_cross`), so that they are decoded once;
 2. one joint step of the generator (E_s, decoder, AdaIN MLPs; Adam) and the appearance encoder
    (E_a trunk and id heads; SGD, heads x10) on `generator_objective`, whose gradient routing
    decides which loss trains which network.
@@ -51,7 +52,6 @@ from dgnet.training.objective import (
     DGNetBatch,
     check_finite,
     discriminator_objective,
-    generate_cross,
     generator_objective,
 )
 from dgnet.training.runlock import run_lock
@@ -228,22 +228,24 @@ def make_joint_step(
         weights = loss_weights_at(iteration, cfg.schedule)
         real = split_batch(batch, device, cfg.channels_last)
 
-        # 1. Discriminator step on detached fakes.
-        with autocast_context(device, cfg.amp):
-            fakes = generate_cross(model, real.a, real.b)
-            d_loss, d_logs = discriminator_objective(model, torch.cat([real.a, real.b]), fakes,
-                                                     cfg.objective.r1_weight)
-        d_logs = mean_over_ranks(d_logs, ctx)  # a NaN on any rank stops every rank
-        check_finite(d_logs, iteration + 1)
-        optimizers["discriminator"].zero_grad(set_to_none=True)
-        scalers["discriminator"].scale(d_loss).backward()
-        average_gradients(groups.discriminator, ctx)
-        scalers["discriminator"].step(optimizers["discriminator"])
-        scalers["discriminator"].update()
+        d_logs: dict[str, float] = {}
 
-        # 2. Joint step of the generator and E_a.
+        def discriminator_step(fakes: torch.Tensor) -> None:
+            """1. D on the detached x_ab, x_ba of this iteration's G forward (objective.py docstring)."""
+            d_loss, logs = discriminator_objective(model, torch.cat([real.a, real.b]), fakes,
+                                                   cfg.objective.r1_weight)
+            d_logs.update(mean_over_ranks(logs, ctx))  # a NaN on any rank stops every rank
+            check_finite(d_logs, iteration + 1)
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            scalers["discriminator"].scale(d_loss).backward()
+            average_gradients(groups.discriminator, ctx)
+            scalers["discriminator"].step(optimizers["discriminator"])
+            scalers["discriminator"].update()
+
+        # 2. The joint step of the generator and E_a, whose forward runs the D step when x_ij exist.
         with autocast_context(device, cfg.amp):
-            g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective)
+            g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective,
+                                                 on_cross=discriminator_step)
         g_logs = mean_over_ranks(g_logs, ctx)
         check_finite(g_logs, iteration + 1)
         optimizers["generator"].zero_grad(set_to_none=True)
