@@ -7,7 +7,8 @@ Runs the trainer's own step (`make_joint_step`, as benchmarks/train_speed.py doe
 wrapped in a named scope; a backward op is charged to the network whose forward op created it
 (the profiler's autograd sequence numbers link the two). What is left is the optimisers, the loss
 arithmetic and the Python between ops. Prints one table, seconds per iteration (mean over the
-profiled iterations, after one warm-up), and with --out writes it as JSON.
+profiled iterations, after one warm-up), and with --out writes it as JSON; --write puts it in
+benchmarks/RESULTS.md (its own section, with the machine and the command).
 Imports only dgnet, torch and the standard library.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -91,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default="auto")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--write", action="store_true", help="write its section of --results")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_speed import synthetic_batch  # the same batch as the speed benchmark
+    from train_speed import machine, synthetic_batch  # the same batch as the speed benchmark
+
+    load_start = machine()["load_average"]
 
     device = torch.device("cpu")
     model_cfg = get_profile(args.profile, pretrained=False)
@@ -135,7 +141,48 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'rest (optimisers, loss arithmetic, Python)':<43} {result['rest_s']:.3f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
+    if args.write:
+        given = argv if argv is not None else sys.argv[1:]
+        command = "python benchmarks/profile_iteration.py " + shlex.join(given)
+        write_section(args.results, result, command, load_start)
     return 0
+
+
+def write_section(results: Path, result: dict[str, Any], command: str, load_start: Any) -> None:
+    """This script's section of RESULTS.md (one per profile and thread count)."""
+    from train_speed import HEADER, machine
+
+    from dgnet.io import replace_marked_section
+
+    info = machine()
+    name = f"profile_iteration-{result['profile']}-{result['threads']}thread"
+    wall = result["wall_s_per_iteration"]
+    rows = sorted(result["networks"].items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"]))
+    lines = [
+        f"<!-- BEGIN {name} -->",
+        f"## Where an iteration's time goes, {result['profile']} profile, {result['threads']} torch "
+        f"threads (`benchmarks/profile_iteration.py`)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `{command}`.",
+        f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}; load average "
+        f"{load_start} at the start, {info['load_average']} at the end.",
+        "",
+        f"The trainer's own step (`make_joint_step`) at iteration 40,000 of the paper's schedule (every "
+        f"loss on), amp {result['amp']}, batch {result['batch_size']} per stream, under torch.profiler "
+        f"(which slows it: {wall:.3f} s an iteration here, against train_speed.py's unprofiled "
+        f"figures). Each network's backward ops are charged to it through the autograd sequence numbers.",
+        "",
+        "| network | forward (s) | backward (s) | share |",
+        "| --- | ---: | ---: | ---: |",
+        *[f"| {k} | {v['forward']:.3f} | {v['backward']:.3f} | {(v['forward'] + v['backward']) / wall:.1%} |"
+          for k, v in rows],
+        f"| rest (optimisers, loss arithmetic, Python) | | | {result['rest_s'] / wall:.1%} |",
+        "",
+        f"<!-- END {name} -->",
+        "",
+    ]
+    replace_marked_section(results, name, "\n".join(lines), HEADER)
+    print(f"wrote {results} ({name})")
 
 
 if __name__ == "__main__":
