@@ -1,0 +1,142 @@
+"""Where a `dvc repro` spends its time, from the MLflow runs it made.
+
+    python benchmarks/pipeline_time.py [--tracking-uri sqlite:///mlflow.db] [--experiment dgnet]
+                                       [--since UNIX_SECONDS] [--write]
+
+Every training stage is one MLflow run (the teacher stage: one per seed, under an umbrella run)
+whose iteration logs carry `time/iteration` (the step: reading the batch, forward, backward,
+optimisers) and `time/data` (the part of it spent waiting for the batch), means over each window of
+`log_every` iterations. A run's wall time minus its iterations is the rest of the run: evaluations,
+swap-grid pictures, checkpoints, logging the model. Between one run's end and the next one's start
+lie the stage's start-up (imports, reading the data, building the networks), the end of the
+previous stage, and DVC's own work. The evaluate stage makes no run: its time is what follows the
+last run, when `--end` (the `dvc repro`'s end) is given. Prints a markdown table;
+`--write` puts it in benchmarks/RESULTS.md. Needs mlflow (the `pipeline` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "RESULTS.md"
+
+
+def step_seconds(client: Any, run_id: str, name: str) -> tuple[float, int]:
+    """Sum over a run's windows of (mean seconds of `name`) x (iterations in the window); iterations."""
+    history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+    if not history:
+        return 0.0, 0
+    steps = [m.step for m in history]
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    first = statistics.median(gaps) if gaps else steps[0]
+    total, previous = 0.0, steps[0] - first
+    for m in history:
+        total += m.value * (m.step - previous)
+        previous = m.step
+    return total, int(steps[-1] - (steps[0] - first))
+
+
+def runs_of(client: Any, experiment: str, since: float) -> list[Any]:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        sys.exit(f"pipeline_time: no MLflow experiment {experiment!r} in this store")
+    runs = client.search_runs([found.experiment_id], f"attributes.start_time >= {int(since * 1000)}",
+                              max_results=1000)
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}  # a stage's umbrella run (teacher)
+    return sorted((r for r in runs if r.info.end_time and r.info.run_id not in parents),
+                  key=lambda r: r.info.start_time)
+
+
+def table(client: Any, runs: list[Any], end: float | None) -> tuple[list[str], dict[str, float]]:
+    lines = ["| run | wall (s) | iterations | iterations (s) | s / iteration | of which data (s) "
+             "| rest of the run (s) | before the run (s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    totals = {"wall": 0.0, "steps": 0.0, "data": 0.0, "rest": 0.0, "between": 0.0}
+    previous_end = None
+    for run in runs:
+        wall = (run.info.end_time - run.info.start_time) / 1000
+        steps, iterations = step_seconds(client, run.info.run_id, "time/iteration")
+        data, _ = step_seconds(client, run.info.run_id, "time/data")
+        before = (run.info.start_time - previous_end) / 1000 if previous_end else 0.0
+        previous_end = run.info.end_time
+        rest = wall - steps
+        per = f"{steps / iterations:.3f}" if iterations else ""
+        lines.append(f"| {run.info.run_name} | {wall:.0f} | {iterations} | {steps:.0f} | {per} | {data:.1f} "
+                     f"| {rest:.0f} | {before:.0f} |")
+        for key, value in (("wall", wall), ("steps", steps), ("data", data), ("rest", rest),
+                           ("between", before)):
+            totals[key] += value
+    after = end - previous_end / 1000 if end and previous_end else None
+    lines.append(f"| **all runs** | {totals['wall']:.0f} | | {totals['steps']:.0f} | | {totals['data']:.1f} "
+                 f"| {totals['rest']:.0f} | {totals['between']:.0f} |")
+    if after is not None:
+        lines.append(f"| after the last run (evaluate stage) | {after:.0f} | | | | | | |")
+        totals["after"] = after
+    return lines, totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    import mlflow
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", default="dgnet")
+    parser.add_argument("--since", type=float, default=0.0, help="only runs started after (Unix seconds)")
+    parser.add_argument("--start", type=float, help="the dvc repro's start (Unix seconds): its total")
+    parser.add_argument("--end", type=float, help="the dvc repro's end (Unix seconds)")
+    parser.add_argument("--note", default="", help="a sentence on the machine's load, put in the section")
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    client = mlflow.MlflowClient(args.tracking_uri)
+    runs = runs_of(client, args.experiment, args.since or args.start or 0.0)
+    if not runs:
+        sys.exit("pipeline_time: no finished runs in that window")
+    lines, totals = table(client, runs, args.end)
+    summary = []
+    if args.start and args.end:
+        first = runs[0].info.start_time / 1000
+        total = args.end - args.start
+        summary.append(f"`dvc repro` wall time {total:.0f} s ({total / 60:.1f} min): "
+                       f"{first - args.start:.0f} s before the first run (data, validate, the first "
+                       f"stage's start-up), "
+                       f"{totals['wall']:.0f} s inside the runs, {totals['between']:.0f} s between them, "
+                       f"{totals.get('after', 0):.0f} s after the last (evaluate).")
+    summary.append(f"Inside the runs: {totals['steps']:.0f} s of training iterations (of which "
+                   f"{totals['data']:.1f} s waiting for data), {totals['rest']:.0f} s for evaluations, "
+                   f"pictures, checkpoints and model logging.")
+    print("\n".join([*lines, "", *summary]))
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from train_speed import HEADER, machine
+
+        from dgnet.io import replace_marked_section
+
+        info = machine()
+        name = "pipeline_time-dvc-repro"
+        section = "\n".join([
+            f"<!-- BEGIN {name} -->",
+            "## Where a `dvc repro` spends its time (`benchmarks/pipeline_time.py`)",
+            "",
+            f"Written {time.strftime('%Y-%m-%d')} from the MLflow runs of one `dvc repro` (a fresh clone). "
+            f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}. {args.note}",
+            "",
+            "Steps = `time/iteration` summed over the iterations (forward, backward, optimisers); the rest "
+            "of a run = evaluations, pictures, checkpoints, model logging; before the run = the stage's "
+            "start-up and DVC's work since the previous run ended.",
+            "",
+            *lines, "", *summary, "",
+            f"<!-- END {name} -->", ""])
+        replace_marked_section(args.results, name, section, HEADER)
+        print(f"wrote {args.results} ({name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
