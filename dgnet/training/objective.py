@@ -38,12 +38,15 @@ Gradient routing, and how it is obtained without copying any network:
 Batching (one forward where it gives the same result): E_s, the decoder and D have no batch
 statistics (instance/layer norm or none), so E_s(a, b) is one forward, all six decodes of the step
 (two self, two positive, two cross) are one decoder forward, and the cycle's two decodes are one.
-E_a's BatchNorm and the teacher's do use batch statistics, so, as published, every batch of N goes
-through them on its own: E_a sees the clean a, b, pos_a, pos_b (appearance codes), then their
-erased copies (id losses), then x_ab and x_ba (the student losses), ten forwards of N in that
+E_a's BatchNorm and the teacher's do use batch statistics, so, as published, every batch of N is
+normalised on its own: E_a sees the clean a, b, pos_a, pos_b (appearance codes), then their
+erased copies (id losses), then x_ab and x_ba (the student losses), ten batches of N in that
 order, each updating the running statistics: about 29% of the running average at the end of an
 iteration comes from generated images (0.19 / (1 - 0.9^10) with BN momentum 0.1). The frozen E_a
-and the teacher see x_ab and x_ba separately as well.
+and the teacher see x_ab and x_ba (and the teacher their flips) as batches of their own as well.
+Each group of such batches is one grouped forward (`dgnet.models.grouped_norm`: per-batch statistics
+and running-statistic updates in order, the same result as separate forwards): E_a runs four
+forwards (clean, erased, frozen on x_ij, student on x_ij), not ten, and the teacher one, not four.
 """
 
 from __future__ import annotations
@@ -136,10 +139,11 @@ class DGNetBatch:
 
 @torch.no_grad()
 def generate_cross(model: DGNet, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """cat(x_ab, x_ba) = cat(G(s_b, a_a), G(s_a, a_b)), without grad, for the discriminator step.
+    """cat(x_ab, x_ba) = cat(G(s_b, a_a), G(s_a, a_b)), without grad: the D step's fakes on their own
+    (the trainer takes them from the G step's forward instead, `on_cross`).
 
-    E_a runs as a frozen view (each stream's batch on its own, as in `generator_objective`) so that
-    this extra forward does not move its BN running statistics.
+    E_a runs as a frozen view (each stream's batch normalised on its own, as in
+    `generator_objective`), so that this extra forward does not move its BN running statistics.
     """
     structure_a, structure_b = model.structure_encoder(torch.cat([a, b])).chunk(2)
     code_a, code_b = _frozen_per_batch(model.appearance_encoder, torch.cat([a, b])).code.chunk(2)
