@@ -344,7 +344,7 @@ def step_train_speed(opts: Options) -> dict[str, Any]:
     args = argparse.Namespace(profile=opts.profile, device=opts.device, iterations=opts.speed_iterations,
                               warmup=opts.speed_warmup, batch_size=opts.batch_size, num_classes=0,
                               threads=0 if opts.on_cuda else opts.threads, channels_last=False,
-                              mode_timeout=0)
+                              mode_timeout=0, model_set=[])
     info = train_speed.machine()
     rows = []
     cannot: dict[str, str] = {}
