@@ -341,10 +341,11 @@ def step_train_speed(opts: Options) -> dict[str, Any]:
     deadline = step_deadline(margin=8)
     # A slow mode (compilation) may not starve the ones after it below this many seconds each.
     reserve = 25 if opts.on_cuda else 10
-    args = argparse.Namespace(profile=opts.profile, device=opts.device, iterations=opts.speed_iterations,
-                              warmup=opts.speed_warmup, batch_size=opts.batch_size, num_classes=0,
-                              threads=0 if opts.on_cuda else opts.threads, channels_last=False,
-                              mode_timeout=0, model_set=[])
+    # train_speed's own parser, so that every option its children read has its default here too.
+    args = train_speed.build_parser().parse_args(
+        ["--profile", opts.profile, "--device", opts.device, "--iterations", str(opts.speed_iterations),
+         "--warmup", str(opts.speed_warmup), "--batch-size", str(opts.batch_size),
+         "--threads", str(0 if opts.on_cuda else opts.threads)])
     info = train_speed.machine()
     rows = []
     cannot: dict[str, str] = {}

@@ -466,8 +466,8 @@ def _print_row(r: dict[str, Any]) -> None:
           f"times {r['times_s']}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    rss_at_start = _proc_status_mb("VmRSS")  # after importing torch and dgnet: the children's baseline
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; benchmarks/gpu_check.py parses its own settings with it too."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
@@ -486,7 +486,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="a ModelConfig field of the profile changed (YAML value), e.g. "
                              "backbone_width=32; repeatable; the section's name then ends with the changes")
     parser.add_argument("--child", metavar="MODE", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    rss_at_start = _proc_status_mb("VmRSS")  # after importing torch and dgnet: the children's baseline
+    args = build_parser().parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads:

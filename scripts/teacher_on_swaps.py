@@ -63,17 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.pairs // args.batch_size):
             a = rng.choice(len(train), args.batch_size, replace=False)
             b = np.array([rng.choice(np.flatnonzero(train["person_id"] != train["person_id"][k])) for k in a])
-            load = lambda rows: torch.stack([normalize(load_image(str(root / "data" / p), size))  # noqa: E731
-                                             for p in train["path"][rows]])
-            x_i, x_j = load(a), load(b)
+            x_i, x_j = (torch.stack([normalize(load_image(str(root / "data" / p), size))
+                                     for p in train["path"][rows]]) for rows in (a, b))
             label_i = torch.tensor([label_map[int(p)] for p in train["person_id"][a]])
             label_j = torch.tensor([label_map[int(p)] for p in train["person_id"][b]])
-            structure_j = model.structure_encoder(x_j)
-            x_ij = model.decode(structure_j, model.appearance_encoder(x_i).code)
+            appearance_i = model.appearance_encoder(x_i)
+            x_ij = model.decode(model.structure_encoder(x_j), appearance_i.code)
             views = {"teacher, real x_i, batch statistics": teacher.soft_labels(x_i, batch_statistics=True),
                      "teacher, x_ij, batch statistics": teacher.soft_labels(x_ij, batch_statistics=True),
                      "teacher, x_ij, running statistics": teacher.soft_labels(x_ij, batch_statistics=False),
-                     "E_a (eval), real x_i": model.appearance_encoder(x_i).primary_logits.softmax(1),
+                     "E_a (eval), real x_i": appearance_i.primary_logits.softmax(1),
                      "E_a (eval), x_ij": model.appearance_encoder(x_ij).primary_logits.softmax(1)}
             for name, probabilities in views.items():
                 results.setdefault(name, []).append(summary(probabilities, label_i, label_j))
