@@ -1,4 +1,5 @@
-"""Where a model's swap error sits, on the benchmark's own test pairs (synthetic data only).
+"""Where a model's swap error sits, on the benchmark's own test pairs (synthetic data only; models of
+the `cpu` profile's 64x32).
 
     python scripts/swap_error_sources.py [MODEL.pt ...]
 
@@ -17,15 +18,12 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import torch
-from PIL import Image
 
-from dgnet.data import synthetic
 from dgnet.data.manifest import read_manifest
 from dgnet.data.transforms import denormalize
 from dgnet.evaluation.benchmark import DEFAULT_NUM_SWAPS, _reconstructions, _swaps, generation_reference
-from dgnet.evaluation.generation import blur, ssim, swap_fidelity
+from dgnet.evaluation.generation import blur, swap_fidelity, swap_ground_truth
 from dgnet.models.persist import load_model
 from dgnet_pipeline.common import repo_root
 
@@ -35,7 +33,8 @@ FROM_STRUCTURE_DONOR = {"texture": ("top_texture",), "texture_sleeves_bottom": (
 
 
 def masked_scores(fake: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """L1, SSIM, luma L1, chroma L1 and mean-colour error inside `mask`, images on [0, 1]."""
+    """L1, SSIM (both `swap_fidelity`'s, with `target` as the ground truth), luma L1, chroma L1 and
+    mean-colour error inside `mask`, images on [0, 1]."""
     m = mask.double()
     area = m.flatten(1).sum(1)
 
@@ -49,25 +48,17 @@ def masked_scores(fake: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     f, t = fake.double(), target.double()
     (yf, cf), (yt, ct) = luma_chroma(f), luma_chroma(t)
     mean_colour = lambda x: (x * m[:, None]).flatten(2).sum(2) / area[:, None]  # noqa: E731
-    structural = torch.cat([ssim(fake[k:k + 64], target[k:k + 64], mask[k:k + 64])
-                            for k in range(0, len(fake), 64)])
-    return {"l1": inside((f - t).abs().mean(1)),
-            "ssim": round(float(structural.nanmean()), 4),
+    fidelity = swap_fidelity(fake, [], [], normalized=False, ground_truth=(target, mask))
+    return {"l1": round(fidelity["l1_person"], 4), "ssim": round(fidelity["ssim_person"], 4),
             "luma_l1": inside((yf - yt).abs()), "chroma_l1": inside((cf - ct).abs().mean(1)),
             "mean_colour": round(float((mean_colour(f) - mean_colour(t)).abs().mean(1).nanmean()), 4)}
 
 
 def counterfactual(appearance: list[dict], structure: list[dict], from_j: tuple[str, ...]) -> tuple:
-    """`render_swap` of each pair with the fields `from_j` taken from the structure donor too."""
-    images, masks = [], []
-    for a, s in zip(appearance, structure, strict=True):
-        factors = synthetic.swap_factors(a, s) | {k: s[k] for k in from_j}
-        image, mask = synthetic.render(factors)
-        image = np.asarray(Image.fromarray(image).resize(SIZE[::-1], Image.Resampling.BILINEAR))
-        mask = np.asarray(Image.fromarray(mask).resize(SIZE[::-1], Image.Resampling.NEAREST))
-        images.append(torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255)
-        masks.append(torch.from_numpy(mask.copy()).bool())
-    return torch.stack(images), torch.stack(masks)
+    """`swap_ground_truth` of each pair with the clothing fields `from_j` taken from the structure
+    donor too (as if image i wore them)."""
+    worn = [a | {k: s[k] for k in from_j} for a, s in zip(appearance, structure, strict=True)]
+    return swap_ground_truth(worn, structure, size=SIZE)
 
 
 def main(paths: list[str]) -> int:
