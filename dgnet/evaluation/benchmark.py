@@ -379,10 +379,10 @@ def _generation(model: DGNet, reference: GenerationReference, device: torch.devi
 
 
 def markdown_table(results: list[ModelBenchmark]) -> str:
-    """One row per (model, setting): rank-1, rank-5, mAP, mINP in percent, and generation figures."""
-    lines = ["| model | kind | query setting | rank-1 | rank-5 | mAP | mINP | swap L1 (person) "
+    """One row per (model, setting): rank-1/5/10, mAP, mINP in percent, and generation figures."""
+    lines = ["| model | kind | query setting | rank-1 | rank-5 | rank-10 | mAP | mINP | swap L1 (person) "
              "| swap SSIM (person) | SSIM diversity | FID |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def fmt(value: Any, percent: bool = False) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -395,7 +395,28 @@ def markdown_table(results: list[ModelBenchmark]) -> str:
         for setting, m in result.reid.items():
             lines.append(
                 f"| {result.name} | {result.kind} | {setting} | {fmt(m['rank1'], True)} | "
-                f"{fmt(m['rank5'], True)} | {fmt(m['mAP'], True)} | {fmt(m['mINP'], True)} | "
+                f"{fmt(m['rank5'], True)} | {fmt(m.get('rank10'), True)} | {fmt(m['mAP'], True)} | "
+                f"{fmt(m['mINP'], True)} | "
                 f"{fmt(gen.get('swap_l1_person'))} | {fmt(gen.get('swap_ssim_person'))} | "
                 f"{fmt(gen.get('ssim_diversity_generated'))} | {fid_text} |")
     return "\n".join(lines) + "\n"
+
+
+def write_benchmark(results: list[ModelBenchmark], out: str | os.PathLike, heading: str) -> Path:
+    """OUT/benchmark.md (`heading`, then the table of `markdown_table`), OUT/metrics.json (per model
+    its flat metrics), OUT/cmc/<model>.csv (rank, one column per setting) and OUT/<model>_<picture>.png."""
+    from dgnet.evaluation.pictures import save
+    from dgnet.io import atomic_path, write_json
+
+    out = Path(out)
+    with atomic_path(out / "benchmark.md") as tmp:
+        tmp.write_text(f"{heading}\n\n{markdown_table(results)}")
+    write_json(out / "metrics.json", {r.name: r.flat_metrics() for r in results})
+    for result in results:
+        curves = pd.DataFrame(result.cmc)
+        curves.insert(0, "rank", np.arange(1, len(curves) + 1))
+        with atomic_path(out / "cmc" / f"{result.name}.csv") as tmp:
+            curves.to_csv(tmp, index=False)
+        for name, picture in result.pictures.items():
+            save(picture, out / f"{result.name}_{name}.png")
+    return out / "benchmark.md"

@@ -38,7 +38,7 @@ class ResNetTrunk(nn.Module):
     4 width and 8 width channels (and initialises them as torchvision does).
     """
 
-    def __init__(self, name: str, width: int = RESNET_WIDTH) -> None:
+    def __init__(self, name: str, width: int = RESNET_WIDTH, last_stride: int = 1) -> None:
         super().__init__()
         if name not in _BUILDERS:
             raise ConfigError(f"model.backbone: {name!r} is not one of {sorted(_BUILDERS)}")
@@ -49,8 +49,8 @@ class ResNetTrunk(nn.Module):
         # Re-ID keeps the last stage at stride 1 (a 16x8 map at 256x128) for finer spatial detail.
         first = resnet.layer4[0]
         strided_conv = first.conv2 if isinstance(first, torchvision.models.resnet.Bottleneck) else first.conv1
-        strided_conv.stride = (1, 1)
-        first.downsample[0].stride = (1, 1)
+        strided_conv.stride = (last_stride, last_stride)
+        first.downsample[0].stride = (last_stride, last_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
@@ -116,9 +116,9 @@ def load_trunk_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> None:
         ) from error
 
 
-def build_trunk(cfg: ModelConfig) -> ResNetTrunk:
+def build_trunk(cfg: ModelConfig, last_stride: int = 1) -> ResNetTrunk:
     """The configured ResNet trunk, with ImageNet weights when asked for and available."""
-    trunk = ResNetTrunk(cfg.backbone, cfg.backbone_width)
+    trunk = ResNetTrunk(cfg.backbone, cfg.backbone_width, last_stride)
     if not cfg.pretrained:
         return trunk
     path = Path(cfg.pretrained_path) if cfg.pretrained_path else cached_imagenet_checkpoint(cfg.backbone)

@@ -66,6 +66,9 @@ class ModelConfig:
     discriminator_init_std: float = 0.02
     # Teacher baseline: pooling of its global feature ("avg" is the usual re-ID baseline).
     teacher_pooling: str = "avg"
+    # Stride of the teacher trunk's last stage: 1 as E_a (a 16x8 map), or torchvision's 2 (the
+    # re-ID baseline's default; the published teacher's opts.yaml says which it was trained with).
+    teacher_last_stride: int = 1
 
     def __post_init__(self) -> None:
         # YAML gives lists; the frozen config holds tuples so that it stays hashable and immutable.
@@ -78,6 +81,8 @@ class ModelConfig:
     def _validate(self) -> None:
         if self.backbone not in BACKBONE_CHANNELS:
             raise ConfigError(f"model.backbone: {self.backbone!r} is not one of {sorted(BACKBONE_CHANNELS)}")
+        if self.teacher_last_stride not in (1, 2):
+            raise ConfigError(f"model.teacher_last_stride: must be 1 or 2, got {self.teacher_last_stride!r}")
         if self.teacher_pooling not in POOLINGS:
             raise ConfigError(f"model.teacher_pooling: {self.teacher_pooling!r} is not one of {POOLINGS}")
         positive = [

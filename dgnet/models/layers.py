@@ -54,7 +54,12 @@ class ResidualBlock(nn.Module):
 
 
 class SampleLayerNorm(nn.Module):
-    """LayerNorm over (C, H, W) of each sample, then a per-channel scale and bias."""
+    """LayerNorm over (C, H, W) of each sample, then a per-channel scale and bias.
+
+    As published: (x - mean) / (std + eps) with the unbiased std, not torch's
+    (x - mean) / sqrt(var + eps). The two differ where a sample's std is small (6e-4 of the decoder's
+    output on the reference weights, tests/test_published_import.py).
+    """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -64,7 +69,9 @@ class SampleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, x.shape[1:], eps=self.eps)
+        flat = x.flatten(1)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        x = (x - flat.mean(1).view(shape)) / (flat.std(1).view(shape) + self.eps)
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 

@@ -20,7 +20,7 @@ class ReidBaseline(nn.Module):
 
     def __init__(self, cfg: ModelConfig, trunk: ResNetTrunk | None = None) -> None:
         super().__init__()
-        self.trunk = trunk if trunk is not None else build_trunk(cfg)
+        self.trunk = trunk if trunk is not None else build_trunk(cfg, cfg.teacher_last_stride)
         self.pooling = cfg.teacher_pooling
         self.head = IdHead(self.trunk.out_channels, cfg.embedding_dim, cfg.num_classes, cfg.primary_dropout)
 

@@ -1,0 +1,264 @@
+"""The checkpoints the DG-Net authors released, read into dgnet's own paper-profile networks.
+
+Their files (docs/published_model.md): the generator, discriminator and appearance encoder as
+`{'a': state_dict}`, the teacher as a bare state dict with its `stride` in `opts.yaml` beside it.
+Every published key maps to exactly one dgnet key of the same shape, by the rules below; the only
+keys without a dgnet counterpart are torchvision's unused ImageNet classifier (`model.fc.*`) and the
+running buffers of the decoder's AdaIN layers (AdaIN normalises each image with its own statistics).
+Anything else (an unknown or missing key, a shape that does not fit, a file of another kind) is a
+ModelFileError that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgnet.errors import ModelFileError
+from dgnet.models.config import ModelConfig, get_profile
+from dgnet.models.dgnet import DGNet
+from dgnet.models.teacher import ReidBaseline
+
+# What each released file is, how to recognise it, and where its keys go in our networks.
+NETWORKS = {
+    "gen": "generator (gen_00100000.pt: structure encoder enc_content.*, decoder dec.*, AdaIN MLPs mlp_*)",
+    "dis": "discriminator (dis_00100000.pt: cnns.*)",
+    "id": "appearance encoder (id_00100000.pt: model.*, classifier1.*, classifier2.*)",
+    "teacher": "teacher (net_last.pth: model.*, classifier.*)",
+}
+_SIGNATURE = {"gen": "enc_content.", "dis": "cnns.", "id": "classifier1.", "teacher": "classifier.add_block."}
+_WRAPPED = {"gen": True, "dis": True, "id": True, "teacher": False}  # {'a': state_dict} or bare
+
+Rule = tuple[str, str | Callable[[re.Match[str]], str]]
+
+
+def _head(theirs: str, ours: str) -> list[Rule]:
+    """A published ClassBlock (add_block: Linear, BatchNorm1d; classifier: Linear) onto an IdHead."""
+    return [(rf"{theirs}\.add_block\.0\.", f"{ours}.embed."), (rf"{theirs}\.add_block\.1\.", f"{ours}.bn."),
+            (rf"{theirs}\.classifier\.0\.", f"{ours}.classifier.")]
+
+
+# (published key pattern, dgnet prefix) per file; a pattern matches the start of a key and the rest
+# of the key (weight, bias, running_mean, ...) is kept. A published Conv2dBlock's `.conv` is the
+# first layer of our ConvBlock (`.0`).
+RULES: dict[str, list[Rule]] = {
+    "gen": [
+        (r"enc_content\.model\.([0-3])\.conv\.", r"structure_encoder.stem.\1.0."),
+        (r"enc_content\.model\.4\.model\.(\d+)\.model\.(\d+)\.conv\.",
+         r"structure_encoder.blocks.\1.body.\2.0."),
+        (r"enc_content\.model\.5\.conv1\.conv\.", "structure_encoder.aspp.branches.0.0."),
+        (r"enc_content\.model\.5\.conv6\.(\d)\.conv\.", r"structure_encoder.aspp.branches.1.\1.0."),
+        (r"enc_content\.model\.5\.conv12\.(\d)\.conv\.", r"structure_encoder.aspp.branches.2.\1.0."),
+        (r"enc_content\.model\.5\.conv18\.(\d)\.conv\.", r"structure_encoder.aspp.branches.3.\1.0."),
+        (r"enc_content\.model\.5\.fuse\.conv\.", "structure_encoder.aspp.fuse.0."),
+        (r"dec\.model\.1\.model\.(\d+)\.model\.(\d)\.conv\.",
+         lambda m: f"decoder.blocks.{m[1]}.conv{int(m[2]) + 1}."),
+        (r"dec\.model\.3\.conv\.", "decoder.upsample.0.conv."),
+        (r"dec\.model\.5\.conv\.", "decoder.upsample.1.conv."),
+        (r"dec\.model\.([35])\.norm\.gamma$", lambda m: f"decoder.upsample.{int(m[1]) // 4}.norm.weight"),
+        (r"dec\.model\.([35])\.norm\.beta$", lambda m: f"decoder.upsample.{int(m[1]) // 4}.norm.bias"),
+        (r"dec\.model\.([67])\.conv\.", lambda m: f"decoder.refine.{int(m[1]) - 6}.0."),
+        (r"dec\.model\.8\.conv\.", "decoder.to_image."),
+        # mlp_w<k> gives block k's AdaIN scales, mlp_b<k> its biases; their Linear layers sit at
+        # every other index of our Sequential (a LeakyReLU between them).
+        (r"mlp_([wb])([1-9])\.model\.(\d)\.fc\.",
+         lambda m: f"decoder.mapping.{'scale' if m[1] == 'w' else 'bias'}_mlps."
+                   f"{int(m[2]) - 1}.{2 * int(m[3])}."),
+    ],
+    "dis": [
+        (r"cnns\.(\d)\.([0-4])\.conv\.", r"discriminator.scales.\1.net.\2.0."),
+        (r"cnns\.(\d)\.([5-8])\.model\.(\d)\.conv\.", r"discriminator.scales.\1.net.\2.body.\3.0."),
+        (r"cnns\.(\d)\.9\.", r"discriminator.scales.\1.net.9."),
+    ],
+    "id": [(r"model\.(?!fc\.)", "appearance_encoder.trunk."),
+           *_head("classifier1", "appearance_encoder.primary_head"),
+           *_head("classifier2", "appearance_encoder.fine_head")],
+    "teacher": [(r"model\.(?!fc\.)", "trunk."), *_head("classifier", "head")],
+}
+# Published keys with no dgnet counterpart (docs/published_model.md says why).
+UNUSED = {"gen": r"dec\..*\.norm\.running_(mean|var)$", "dis": r"$^",
+          "id": r"model\.fc\.", "teacher": r"model\.fc\."}
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _looks_like(state: Any) -> str:
+    """Which released file `state` (as loaded) resembles, for the error message."""
+    for net in NETWORKS:
+        inner = state.get("a") if _WRAPPED[net] and isinstance(state, dict) else state
+        if isinstance(inner, dict) and any(str(k).startswith(_SIGNATURE[net]) for k in inner):
+            return f"it looks like the {NETWORKS[net]}"
+    return "it is none of the released files"
+
+
+def read_published(path: str | os.PathLike, net: str) -> dict[str, torch.Tensor]:
+    """The state dict of a released file of network `net` ("gen", "dis", "id", "teacher").
+
+    Loaded with `weights_only=True` (tensors and plain containers only: nothing in it runs).
+    """
+    path = Path(path)
+    what = f"published {NETWORKS[net]}"
+    if not path.is_file():
+        raise ModelFileError(f"{what}: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or a pickle of code
+        raise ModelFileError(f"{what}: {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    inner = state.get("a") if _WRAPPED[net] and isinstance(state, dict) else state
+    layout = "{'a': state_dict}" if _WRAPPED[net] else "a bare state dict"
+    if not isinstance(inner, dict) or not any(str(k).startswith(_SIGNATURE[net]) for k in inner):
+        raise ModelFileError(f"{what}: {path} is not that file (expected {layout} with "
+                             f"{_SIGNATURE[net]}* keys); {_looks_like(state)}")
+    bad = [k for k, v in inner.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelFileError(f"{what}: {path}: entry {bad[0]!r} is not a tensor")
+    return inner
+
+
+def map_keys(state: Mapping[str, torch.Tensor], net: str,
+             path: str | os.PathLike) -> dict[str, tuple[str, torch.Tensor]]:
+    """{dgnet key: (published key, tensor)}; the UNUSED keys dropped, a key no rule maps is an error."""
+    mapped: dict[str, tuple[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if re.match(UNUSED[net], key):
+            continue
+        for pattern, target in RULES[net]:
+            match = re.match(pattern, key)
+            if match:
+                ours = match.expand(target) if isinstance(target, str) else target(match)
+                mapped[ours + key[match.end():]] = (key, value)
+                break
+        else:
+            raise ModelFileError(f"published {NETWORKS[net]} {path}: key {key!r} is not one of the published "
+                                 "paper configuration's (is it a checkpoint of another architecture?)")
+    return mapped
+
+
+def _fill(module: nn.Module, mapped: Mapping[str, tuple[str, torch.Tensor]],
+          sources: Mapping[str, Path]) -> None:
+    """Copy `mapped` into `module`: every key of ours under the `sources` prefixes filled, shapes equal."""
+    prefixes = tuple(sources)
+    ours = {k: v for k, v in module.state_dict().items() if k.startswith(prefixes)}
+    for key, (theirs, value) in mapped.items():
+        source = next(sources[p] for p in prefixes if key.startswith(p))
+        if key not in ours:
+            raise ModelFileError(f"{source}: key {theirs!r} (our {key!r}) has no place in the paper profile")
+        if tuple(value.shape) != tuple(ours[key].shape):
+            raise ModelFileError(
+                f"{source}: {theirs!r} has shape {tuple(value.shape)}, the paper profile's {key!r} has "
+                f"{tuple(ours[key].shape)} (a checkpoint of another width or class count?)"
+            )
+    missing = sorted(set(ours) - set(mapped))
+    if missing:
+        source = next(sources[p] for p in prefixes if missing[0].startswith(p))
+        raise ModelFileError(f"{source}: no published key fills our {missing[0]!r} "
+                             f"({len(missing)} of ours unfilled; a truncated or partial checkpoint?)")
+    module.load_state_dict({**module.state_dict(), **{k: v for k, (_, v) in mapped.items()}}, strict=True)
+
+
+def _classes(state: Mapping[str, torch.Tensor], key: str, path: Path) -> int:
+    if key not in state or state[key].dim() != 2:
+        raise ModelFileError(f"{path}: no classifier weight {key!r} to read the number of classes from")
+    return int(state[key].shape[0])
+
+
+def import_dgnet(gen: str | os.PathLike, id_: str | os.PathLike, dis: str | os.PathLike | None = None,
+                 ) -> tuple[DGNet, ModelConfig, dict[str, Any]]:
+    """A paper-profile DGNet holding the released generator, appearance encoder and (optional) D.
+
+    Returns (model in eval mode, its config, provenance). Without `dis`, D keeps its initialisation
+    (fine: only training uses it), and the provenance says so.
+    """
+    paths = {"gen": Path(gen), "id": Path(id_), **({"dis": Path(dis)} if dis is not None else {})}
+    states = {net: read_published(path, net) for net, path in paths.items()}
+    num_classes = _classes(states["id"], "classifier1.classifier.0.weight", paths["id"])
+    cfg = get_profile("paper", num_classes=num_classes)
+    model = DGNet(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
+    prefixes = {"gen": ("structure_encoder.", "decoder."), "id": ("appearance_encoder.",),
+                "dis": ("discriminator.",)}
+    mapped: dict[str, tuple[str, torch.Tensor]] = {}
+    sources: dict[str, Path] = {}
+    for net, state in states.items():
+        mapped |= map_keys(state, net, paths[net])
+        sources |= dict.fromkeys(prefixes[net], paths[net])
+    _fill(model, mapped, sources)
+    provenance = {"source": "published DG-Net checkpoints",
+                  "files": {net: {"path": str(p), "sha256": sha256(p)} for net, p in paths.items()},
+                  "discriminator": "published" if dis is not None else "initialised (no --dis given)"}
+    return model.eval(), cfg, provenance
+
+
+def import_teacher(path: str | os.PathLike, stride: int) -> tuple[ReidBaseline, ModelConfig, dict[str, Any]]:
+    """The released teacher (a ResNet-50 baseline, average pooling) with last stride `stride`."""
+    path = Path(path)
+    state = read_published(path, "teacher")
+    num_classes = _classes(state, "classifier.classifier.0.weight", path)
+    cfg = get_profile("paper", num_classes=num_classes, teacher_pooling="avg", teacher_last_stride=stride)
+    model = ReidBaseline(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
+    _fill(model, map_keys(state, "teacher", path), {"trunk.": path, "head.": path})
+    provenance = {"source": "published DG-Net teacher", "stride": stride,
+                  "files": {"teacher": {"path": str(path), "sha256": sha256(path)}}}
+    return model.eval(), cfg, provenance
+
+
+def teacher_stride(path: str | os.PathLike, given: int | None) -> int:
+    """The teacher's last stride: `opts.yaml` beside the file when there is one, else `given`.
+
+    A `given` stride that contradicts opts.yaml is an error, as is neither being there.
+    """
+    import yaml
+
+    opts = Path(path).with_name("opts.yaml")
+    stride = None
+    if opts.is_file():
+        try:
+            stride = (yaml.safe_load(opts.read_text()) or {}).get("stride")
+        except (yaml.YAMLError, AttributeError) as exc:
+            raise ModelFileError(f"teacher options {opts}: not a YAML mapping ({exc})") from exc
+        if stride not in (1, 2):
+            raise ModelFileError(f"teacher options {opts}: stride must be 1 or 2, got {stride!r}")
+        if given is not None and given != stride:
+            raise ModelFileError(f"--teacher-stride {given} contradicts {opts} (stride: {stride})")
+    stride = stride if stride is not None else given
+    if stride is None:
+        raise ModelFileError(f"teacher {path}: no opts.yaml beside it to read its stride from; "
+                             "give --teacher-stride 1 or 2 (the stride it was trained with)")
+    return stride
+
+
+def import_published(out: str | os.PathLike, gen: str | os.PathLike, id_: str | os.PathLike,
+                     dis: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
+                     stride: int | None = None) -> dict[str, Path]:
+    """Write OUT/model.pt (DG-Net, paper profile) and, with `teacher`, OUT/teacher/model.pt.
+
+    Both are ordinary dgnet model files (`dgnet.models.persist.load_model` reads them), whose
+    `extra["provenance"]` names the released files and their SHA-256. Everything is read and checked
+    before anything is written.
+    """
+    from dgnet.models.persist import save_model
+
+    out = Path(out)
+    model, cfg, provenance = import_dgnet(gen, id_, dis)
+    imported = None
+    if teacher is not None:
+        imported = import_teacher(teacher, teacher_stride(teacher, stride))
+    written = {"dgnet": save_model(out / "model.pt", model, "dgnet", cfg, extra={"provenance": provenance})}
+    if imported is not None:
+        net, teacher_cfg, teacher_provenance = imported
+        written["teacher"] = save_model(out / "teacher" / "model.pt", net, "teacher", teacher_cfg,
+                                        extra={"provenance": teacher_provenance})
+    return written
