@@ -328,6 +328,8 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
     summaries = seed_summaries(results, changes)
     notes = seed_notes(summaries)
     fid_notes = {r.generation.get("fid_skipped") for r in results if r.generation.get("fid_skipped")}
+    fid_used = {(r.generation["fid_network"], r.generation["fid_weights"]) for r in results
+                if r.generation.get("fid_network")}
     lines = [
         "# Benchmark report", "",
         f"Data: `{manifest}`. Re-ID protocol: docs/method.md section 5 (junk = same id and camera, "
@@ -354,6 +356,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
         markdown_table(results),
         "## Notes", "", *notes,
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
+        *[f"- FID computed with the {network} (`{weights}`)." for network, weights in sorted(fid_used)],
         f"- Evaluated in {seconds:.0f} s on {settings.device}"
         + (" with k-reciprocal re-ranking rows (`+rerank`)." if settings.rerank else "."), "",
         "## Pictures", "", "![CMC](figures/eval_cmc.png)", "",

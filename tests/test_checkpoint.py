@@ -1,6 +1,7 @@
 """Checkpoint files: atomic, rotated, RNG states restored, clear errors."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from dgnet.training.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    newest_readable_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -55,3 +57,28 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: it creates the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_code_pickle_is_not_executed_and_the_run_falls_back(tmp_path):
+    """A crafted iter_*.pt in a shared run folder: never unpickled beyond tensors and plain values;
+    resuming skips it (moved aside, named in the warning) and takes the previous checkpoint."""
+    save_checkpoint(tmp_path, 1, {"x": torch.ones(2)})
+    marker = tmp_path / "payload_ran"
+    torch.save({"iteration": 2, "x": _Payload(marker)}, tmp_path / "iter_00000002.pt")
+    with pytest.raises(CheckpointError, match=r"iter_00000002\.pt.*other than tensors"):
+        load_checkpoint(tmp_path / "iter_00000002.pt")
+    warnings: list[str] = []
+    path, state = newest_readable_checkpoint(tmp_path, warn=warnings.append)
+    assert not marker.exists()
+    assert path.name == "iter_00000001.pt" and state["iteration"] == 1
+    assert "iter_00000002.pt" in warnings[0] and (tmp_path / "iter_00000002.pt.unreadable").exists()

@@ -133,7 +133,7 @@ def test_two_ranks_train_in_lockstep(tmp_path):
                 process.kill()
             pytest.fail(f"the two ranks did not finish within {TIMEOUT_S} s")
 
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     # Disjoint identities: each iteration, each rank has a full batch (streams a and b of BATCH people,
     # each with a positive) and the two ranks' batches share no person.
     seen = [r["seen"][: len(r["seen"]) // 2] for r in ranks]  # the first (averaged) run's batches

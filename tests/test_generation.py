@@ -222,3 +222,30 @@ def test_fid_pipeline_with_a_stand_in_network(tmp_path, monkeypatch):
     real, fake = torch.rand(40, 3, 32, 16, generator=g), torch.rand(40, 3, 32, 16, generator=g) * 0.5
     assert fid(real, real, weights=weights)["fid"] == pytest.approx(0, abs=1e-6)
     assert fid(real, fake, weights=weights)["fid"] > 1
+
+
+def test_fid_uses_the_tf_inception_file_through_pytorch_fid_without_downloading(tmp_path, monkeypatch):
+    """With pytorch-fid's TF Inception file on disk (random weights of its architecture stand in for
+    the real file), FID runs pytorch-fid's network on that file and says which network it was."""
+    pytest.importorskip("pytorch_fid")
+    from torchvision.models import inception_v3
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("FID must never download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    torch.manual_seed(0)
+    # pytorch-fid's network is torchvision's Inception-v3 with 1008 classes and no aux head.
+    state = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=True).state_dict()
+    weights = tmp_path / "elsewhere" / gen.FID_INCEPTION_FILE
+    weights.parent.mkdir()
+    torch.save(state, weights)
+    hub = torch.hub.get_dir()
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.rand(6, 3, 64, 32, generator=g), torch.rand(6, 3, 64, 32, generator=g) * 0.3
+    same, different = fid(real, real, weights=weights), fid(real, fake, weights=weights)
+    assert same["fid"] == pytest.approx(0, abs=1e-3) and different["fid"] > same["fid"]
+    assert "TF Inception" in different["fid_network"] and torch.hub.get_dir() == hub
+    monkeypatch.setitem(__import__("sys").modules, "pytorch_fid.inception", None)  # not installed
+    skipped = fid(real, fake, weights=weights)
+    assert skipped["fid"] is None and "pip install pytorch-fid" in skipped["fid_skipped"]

@@ -214,3 +214,28 @@ def test_the_imported_model_extracts_generates_and_evaluates(imported, tmp_path,
     # The swap grid is the one a trained model gets (benchmark_model draws both).
     assert (tmp_path / "eval" / f"{name}_swap_grid.png").is_file()
     assert (tmp_path / "eval" / "cmc" / "teacher.csv").is_file()
+
+
+@pytest.mark.slow
+def test_training_fine_tunes_the_imported_model(imported, tmp_path, capsys):
+    """`dgnet train --init` starts from the imported weights (new classifiers for other identities);
+    the released teacher (Market's 751 ids) and a model file of another profile are refused."""
+    data = tmp_path / "synthetic"
+    synthesize(data, seed=0, num_ids=8, num_cameras=3)
+    start, _ = load_model(imported / "model.pt", kind="dgnet")
+    argv = ["train", "--data", data, "--profile", "paper", "--iterations", 1, "--batch-size", 2,
+            "--device", "cpu", "--num-workers", 0, "--init", imported / "model.pt"]
+    teacher = imported / "teacher" / "model.pt"
+    code, _, err = run(capsys, *argv, "--teacher", teacher, "--out", tmp_path / "no")
+    assert code == 2 and "teacher" in err and "751" in err
+    with pytest.warns(UserWarning, match="classifiers start new"):
+        code, _, err = run(capsys, *argv, "--out", tmp_path / "tuned")
+    assert code == 0, err
+    tuned, info = load_model(tmp_path / "tuned" / "model.pt", kind="dgnet")
+    assert info.config.num_classes == 4
+    # One iteration moved the weights a little from the imported ones, not from a random start.
+    before, after = start.structure_encoder.stem[0][0].weight, tuned.structure_encoder.stem[0][0].weight
+    assert 0 < (after - before).abs().max() < 0.1 * before.abs().max()
+    code, _, err = run(capsys, *argv[:-2], "--profile", "tiny", "--init", imported / "model.pt",
+                       "--out", tmp_path / "tiny")
+    assert code == 2 and "--init" in err and "differs" in err

@@ -409,8 +409,11 @@ def write_benchmark(results: list[ModelBenchmark], out: str | os.PathLike, headi
     from dgnet.io import atomic_path, write_json
 
     out = Path(out)
+    notes = sorted({f"FID computed with the {r.generation['fid_network']} (`{r.generation['fid_weights']}`)."
+                    if r.generation.get("fid_network") else f"FID skipped: {r.generation['fid_skipped']}"
+                    for r in results if "fid" in r.generation})
     with atomic_path(out / "benchmark.md") as tmp:
-        tmp.write_text(f"{heading}\n\n{markdown_table(results)}")
+        tmp.write_text(f"{heading}\n\n{markdown_table(results)}" + "".join(f"\n- {n}" for n in notes) + "\n")
     write_json(out / "metrics.json", {r.name: r.flat_metrics() for r in results})
     for result in results:
         curves = pd.DataFrame(result.cmc)

@@ -14,16 +14,20 @@
   the same L1 of the mean training image and of x blurred (area down-sampling 4x, bilinear back):
   a generator that does not beat these has learnt nothing an average or a blur does not give.
 * FID: the Frechet distance between Inception-v3 pool features (2048-d) of real and generated
-  images, when the Inception weights are on this machine (torch hub cache or a given path);
-  never downloaded, never faked: without them the result says it was skipped, and why. The
-  weights are torchvision's ImageNet ones, so values are comparable within dgnet, not with the
-  paper's TF-Inception FID (18.24).
+  images, when Inception weights are on this machine (torch hub cache or a given path); never
+  downloaded, never faked: without them the result says it was skipped, and why. First choice: the
+  TF Inception of the original FID code, which the paper's 18.24 was computed with, through
+  pytorch-fid (its file pt_inception-2015-12-05-6726825d.pth; `pip install pytorch-fid`). Else
+  torchvision's ImageNet Inception: comparable within dgnet, not with published FIDs. The result's
+  `fid_network` says which.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,9 @@ from dgnet.data.transforms import denormalize
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
+FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF FID Inception
+FID_NETWORKS = {"tf": "TF Inception of the FID paper (pytorch-fid), as the published FID",
+                "torchvision": "torchvision's ImageNet Inception-v3: not comparable with published FIDs"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,38 +315,67 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
-    """(path, "") of the Inception-v3 weights to use, or (None, why not). Looks only on disk:
-    `path` when given, else torchvision's checkpoint in the torch hub cache."""
+    """(path, "") of the Inception-v3 weights to use, or (None, why not). Looks only on disk: `path`
+    when given, else in the torch hub cache pytorch-fid's TF Inception, then torchvision's."""
     if path is not None:
         p = Path(path).expanduser()
         return (p, "") if p.is_file() else (None, f"Inception weights {p}: no such file")
-    p = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if p.is_file():
-        return p, ""
-    return None, (f"no Inception-v3 weights on this machine ({p} is missing; put torchvision's "
-                  f"{INCEPTION_FILE} there or give a path); FID needs them and they are never downloaded")
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in (FID_INCEPTION_FILE, INCEPTION_FILE):
+        if (folder / name).is_file():
+            return folder / name, ""
+    return None, (f"no Inception-v3 weights on this machine (neither {FID_INCEPTION_FILE}, the TF FID "
+                  f"Inception of pytorch-fid, nor torchvision's {INCEPTION_FILE} in {folder}; put one "
+                  "there or give a path); FID needs them and they are never downloaded")
 
 
-def _inception(weights: Path, device: torch.device) -> torch.nn.Module:
+def fid_network(weights: Path) -> str:
+    """"tf" for pytorch-fid's TF Inception file, else "torchvision"."""
+    return "tf" if weights.name.startswith(FID_INCEPTION_FILE.rsplit("-", 1)[0]) else "torchvision"
+
+
+@contextlib.contextmanager
+def _hub_holding(weights: Path) -> Iterator[None]:
+    """The torch hub cache pointed at a folder whose checkpoints/ holds `weights` under pytorch-fid's
+    file name, so that pytorch-fid loads that file and has nothing to download."""
+    previous = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "checkpoints").mkdir()
+        (Path(tmp) / "checkpoints" / FID_INCEPTION_FILE).symlink_to(weights.resolve())
+        torch.hub.set_dir(tmp)
+        try:
+            yield
+        finally:
+            torch.hub.set_dir(previous)
+
+
+def _inception(weights: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images in [0, 1], any size -> N x 2048 pool features, with the network `weights` hold."""
+    if fid_network(weights) == "tf":
+        try:
+            from pytorch_fid.inception import InceptionV3
+        except ImportError as exc:
+            raise ImportError(f"{weights} is the TF FID Inception, which needs pytorch-fid "
+                              "(pip install pytorch-fid)") from exc
+        with _hub_holding(weights):  # resizes to 299 (bilinear) and scales to [-1, 1] itself
+            tf = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
+        return lambda x: tf(x)[0].flatten(1)
     from torchvision.models import inception_v3
 
     model = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.fc = torch.nn.Identity()  # the 2048-d pool features
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    return lambda x: model(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1)
 
 
-def inception_features(model: torch.nn.Module, images: torch.Tensor | Iterable[torch.Tensor],
-                       device: torch.device, batch_size: int = 50) -> np.ndarray:
-    """Pool features of images in [0, 1] (a (N, 3, H, W) tensor or an iterable of batches),
-    resized to 299 x 299 and scaled to [-1, 1] as the Inception weights expect."""
+def inception_features(model: Callable[[torch.Tensor], torch.Tensor],
+                       images: torch.Tensor | Iterable[torch.Tensor], device: torch.device,
+                       batch_size: int = 50) -> np.ndarray:
+    """Pool features of images in [0, 1] (a (N, 3, H, W) tensor or an iterable of batches)."""
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    out = []
     with torch.inference_mode():
-        for batch in batches:
-            x = F.interpolate(batch.float().to(device), size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(model(x * 2 - 1).double().cpu())
+        out = [model(batch.float().to(device)).double().cpu() for batch in batches]
     return torch.cat(out).numpy()
 
 
@@ -356,7 +392,11 @@ def fid(
     if path is None:
         return {"fid": None, "fid_skipped": reason}
     device = torch.device(device)
-    model = _inception(path, device)
+    try:
+        model = _inception(path, device)
+    except ImportError as exc:
+        return {"fid": None, "fid_skipped": str(exc)}
     real = feature_statistics(inception_features(model, real_images, device, batch_size))
     fake = feature_statistics(inception_features(model, fake_images, device, batch_size))
-    return {"fid": frechet_distance(*real, *fake), "fid_weights": str(path)}
+    return {"fid": frechet_distance(*real, *fake), "fid_weights": str(path),
+            "fid_network": FID_NETWORKS[fid_network(path)]}

@@ -9,6 +9,7 @@ name and renamed, so a crash mid-write keeps the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from collections.abc import Callable
@@ -29,8 +30,12 @@ class CheckpointError(DgnetError):
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG a training step may draw from."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global RNG a training step may draw from, as tensors and plain values only (so that the
+    checkpoint loads with `weights_only=True`): numpy's key array becomes an int64 tensor."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "position": int(position), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -38,7 +43,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -79,8 +86,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        # Our own files: they hold RNG tuples and numpy arrays, which weights_only=True refuses.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # Tensors and plain values only: a file planted in a shared run folder runs no code.
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain values, "
+                              "so it is not loaded (a file of another program, or of a dgnet before "
+                              "checkpoints loaded with weights_only)") from exc
     except Exception as exc:  # torch raises several types for truncated/corrupt files
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "iteration" not in state:

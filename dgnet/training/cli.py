@@ -121,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     frame = _load_frame(args)
     result = train_dgnet(frame, model_cfg, cfg, args.teacher, args.out, hooks=[FileLogHook(args.out)],
-                         resume=not args.no_resume)
+                         resume=not args.no_resume, init_from=args.init)
     if is_main_process():
         _report(result)
     return 0
@@ -184,4 +184,6 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_common(train)
     train.add_argument("--teacher", action="append", type=Path, default=[], metavar="PATH",
                        help="teacher model file (repeat for an ensemble)")
+    train.add_argument("--init", type=Path, metavar="MODEL",
+                       help="fine-tune: start from this DG-Net model file (e.g. `dgnet import-published`'s)")
     train.set_defaults(func=_cmd_train)

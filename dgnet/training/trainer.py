@@ -37,7 +37,7 @@ from dgnet.evaluation.pictures import swap_grid
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
 from dgnet.models.dgnet import DGNet
-from dgnet.models.persist import ModelFileError, load_model, save_model
+from dgnet.models.persist import ModelFileError, load_model, read_model_file, save_model
 from dgnet.models.teacher import FrozenTeacher
 from dgnet.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from dgnet.training.hooks import TrainingHooks, TrainingResult
@@ -159,6 +159,28 @@ def init_from_teacher(model: DGNet, teacher: FrozenTeacher | None) -> None:
     target.load_state_dict(source)
 
 
+def init_from_model(model: DGNet, path: Path, model_cfg: ModelConfig, label_map: dict[int, int]) -> list[str]:
+    """Fine-tuning: start `model` from the DG-Net model file at `path` (e.g. an imported released model).
+
+    The file's networks must be this configuration's, but for the number of classes: trained on other
+    identities (another dataset), the two classifier layers start new. Returns the keys left new.
+    """
+    source, info = load_model(path, kind="dgnet")
+    ignored = ("num_classes", "pretrained", "pretrained_path", "require_pretrained")
+    theirs, ours = (dataclasses.asdict(dataclasses.replace(c, **{k: getattr(model_cfg, k) for k in ignored}))
+                    for c in (info.config, model_cfg))
+    differing = sorted(k for k in ours if ours[k] != theirs[k])
+    if differing:
+        raise ModelFileError(f"--init {path}: its model differs from this run's in {differing} "
+                             f"(e.g. {differing[0]} {theirs[differing[0]]!r} vs {ours[differing[0]]!r}); "
+                             "use the profile it was trained with")
+    state = source.state_dict()
+    same_ids = info.config.num_classes == model_cfg.num_classes and info.label_map in (None, label_map)
+    new = [] if same_ids else [k for k in state if ".classifier." in k]
+    model.load_state_dict({k: v for k, v in state.items() if k not in new}, strict=False)
+    return new
+
+
 def make_optimizers(model: DGNet, cfg: DGNetTrainConfig) -> dict[str, torch.optim.Optimizer]:
     """Adam for the generator and for D; SGD (Nesterov) for E_a, its id heads at x head_lr_mult.
 
@@ -270,8 +292,12 @@ def train_dgnet(
     hooks: Sequence[TrainingHooks] = (),
     resume: bool = True,
     fork_from: str | Path | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainingResult:
     """Train DG-Net on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
+
+    `init_from`: a DG-Net model file to fine-tune (`init_from_model`), e.g. the released model of
+    `dgnet import-published`; a checkpoint of this run, when resumed, comes before it.
 
     `teacher_paths`: model files of `train_teacher` runs (several = an ensemble); needed when the
     primary loss switches on within `cfg.iterations`, checked before anything is trained.
@@ -293,6 +319,8 @@ def train_dgnet(
         if not path.is_file():
             raise ModelFileError(f"missing teacher: {path} does not exist — run the teacher stage first "
                                  "(`dgnet train-teacher`)")
+    if init_from is not None:
+        read_model_file(init_from, "dgnet")  # a missing or wrong file stops before anything is written
     check_invariants(frame)
     label_map = training_labels(frame)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
@@ -309,18 +337,27 @@ def train_dgnet(
                 determinism(cfg.seed, cfg.deterministic):
             teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device)
             return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx,
-                          label_map, Path(fork_from) if fork_from is not None else None)
+                          label_map, Path(fork_from) if fork_from is not None else None,
+                          Path(init_from) if init_from is not None else None)
     finally:
         cleanup_distributed(ctx)
 
 
 def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, teacher: FrozenTeacher | None,
            teacher_paths: list[Path], out_dir: Path, hooks: Sequence[TrainingHooks], resume: bool,
-           ctx: DistContext, label_map: dict[int, int], fork_from: Path | None = None) -> TrainingResult:
+           ctx: DistContext, label_map: dict[int, int], fork_from: Path | None = None,
+           init_from: Path | None = None) -> TrainingResult:
     device = ctx.device
     cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
+    if init_from is not None:  # the file's weights replace ImageNet's
+        model_cfg = dataclasses.replace(model_cfg, pretrained=False, require_pretrained=False)
     model = DGNet(model_cfg).to(device)
-    if cfg.init_appearance_from_teacher:
+    if init_from is not None:
+        new = init_from_model(model, init_from, model_cfg, label_map)
+        if new and ctx.is_main:
+            warnings.warn(f"--init {init_from}: trained on other identities; its classifiers start new "
+                          f"({len(new)} tensors)", stacklevel=2)
+    elif cfg.init_appearance_from_teacher:
         init_from_teacher(model, teacher)
     broadcast_module(model, ctx)
     prepare_networks(model, teacher, cfg)
