@@ -75,11 +75,8 @@ def train_config(cls: type, values: Mapping[str, Any], section: str, stage_keys:
 def file_md5(path: Path) -> str:
     import hashlib
 
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def model_fingerprint(path: Path) -> str:

@@ -39,11 +39,8 @@ def _sha256(parts: Iterable[str]) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def manifest_record(path: str | os.PathLike) -> dict[str, Any]:

@@ -89,11 +89,8 @@ UNUSED = {"gen": r"dec\..*\.norm\.running_(mean|var)$", "dis": r"$^",
 
 
 def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _looks_like(state: Any) -> str:
