@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dgnet.errors import OutputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -36,9 +38,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_replaceable(path: str | os.PathLike, marker: str, command: str) -> None:
+    """OutputError unless the folder `path` may be replaced by `command`'s output: it is absent, empty,
+    or a previous output of that command (it holds `marker`, a file the command always writes), and
+    it is neither the current folder nor one above it."""
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    if path == here or here.is_relative_to(path):
+        raise OutputError(f"{command} --out {path}: the current folder or one above it is never replaced; "
+                          "give a new folder")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{command} --out {path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise OutputError(f"{command} --out {path}: the folder holds files that {command} did not write "
+                          f"(no {marker}), and its output replaces the whole folder; give a new or "
+                          "empty folder")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a fresh temporary folder beside `path`; it replaces `path` only if the block succeeds.
+
+    Whatever `path` held is gone then: commands that take the folder from the user check it first
+    (`check_replaceable`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -41,3 +41,34 @@ def test_permissions_follow_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_synth_and_generate_never_delete_what_they_did_not_write(tmp_path, capsys, monkeypatch):
+    """--out replaces the whole folder: only an empty one or a previous output of the same command
+    (its signature file) is replaced; a folder of the user's, `.` and the folders above are refused."""
+    from dgnet.cli import main
+    from dgnet.models.config import get_profile
+    from dgnet.models.dgnet import DGNet
+    from dgnet.models.persist import save_model
+
+    data = tmp_path / "data"
+    assert main(["synth", "--out", str(data), "--ids", "8", "--cameras", "3"]) == 0
+    assert main(["synth", "--out", str(data), "--ids", "8", "--cameras", "3", "--seed", "1"]) == 0  # its own
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["synth", "--out", str(mine)]) == 2
+    assert "did not write" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
+    monkeypatch.chdir(mine / "sub")
+    for here in (".", ".."):
+        assert main(["synth", "--out", here]) == 2
+        assert "current folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").is_file() and (mine / "sub").is_dir()
+
+    cfg = get_profile("tiny", num_classes=4)
+    model = save_model(tmp_path / "m.pt", DGNet(cfg), "dgnet", cfg)
+    args = ["generate", "--model", str(model), "--images", str(data / "bounding_box_train"), "--pairs", "40"]
+    assert main([*args, "--out", str(mine)]) == 2 and (mine / "notes.txt").is_file()
+    assert main([*args, "--out", str(tmp_path / "generated")]) == 0
+    assert main([*args, "--out", str(tmp_path / "generated"), "--seed", "1"]) == 0  # its own output

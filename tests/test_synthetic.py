@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dgnet.data import synthetic as syn
-from dgnet.errors import ConfigError, DatasetError
+from dgnet.errors import ConfigError, DatasetError, OutputError
 
 NAME = re.compile(r"^(-1|\d{4})_c(\d+)s1_(\d{6})_(\d{2})\.jpg$")
 SMALL = {"num_ids": 12, "num_cameras": 4}
@@ -174,15 +174,20 @@ def test_bad_arguments(tmp_path, kwargs):
     assert not (tmp_path / "out").exists()
 
 
-def test_output_is_replaced_whole(tmp_path):
+def test_a_previous_output_is_replaced_whole_a_foreign_folder_never(tmp_path):
     out = tmp_path / "data"
-    out.mkdir()
+    syn.generate_dataset(out, seed=3, num_ids=4, num_cameras=2, num_distractors=1, num_junk=1)
     (out / "stale.txt").write_text("old")
     syn.generate_dataset(out, seed=3, num_ids=4, num_cameras=2, num_distractors=1, num_junk=1)
     assert not (out / "stale.txt").exists() and (out / "factors.csv").is_file()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError):
+    with pytest.raises(OutputError, match="not a folder"):
         syn.generate_dataset(tmp_path / "file", num_ids=4)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError, match="did not write"):
+        syn.generate_dataset(tmp_path / "mine", num_ids=4)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_bad_factors_raise_dataset_error(small):

@@ -54,7 +54,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from dgnet.errors import ConfigError, DatasetError
-from dgnet.io import atomic_dir, atomic_path
+from dgnet.io import atomic_dir, atomic_path, check_replaceable
 
 # --------------------------------------------------------------------------------------------
 # Constants: image format, vocabularies, field groups
@@ -1165,8 +1165,7 @@ def generate_dataset(
         num_junk=num_junk,
     )
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; the dataset needs a folder there")
+    check_replaceable(out, "factors.csv", "synth")
     with atomic_dir(out) as tmp:
         for folder in SPLIT_DIRS.values():
             (tmp / folder).mkdir()

@@ -26,7 +26,7 @@ from dgnet.data.validation import NON_IDENTITY_IDS
 from dgnet.errors import ConfigError, DataRuleError
 from dgnet.evaluation.pictures import to_pil
 from dgnet.inference.extract import MAX_LISTED, find_images
-from dgnet.io import atomic_dir, atomic_path
+from dgnet.io import atomic_dir, atomic_path, check_replaceable
 from dgnet.models.dgnet import DGNet
 from dgnet.progress import progress
 
@@ -123,6 +123,7 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
     if images_dir == out_dir or images_dir.is_relative_to(out_dir):
         raise ConfigError(f"--out {out_dir}: would replace the donor images' folder {images_dir}; "
                           "choose another folder")
+    check_replaceable(out_dir, "provenance.csv", "generate")
     donors = donor_table(images_dir, fmt)
     plan = plan_pairs(donors, len(donors) if pairs is None else pairs, test_fraction, seed)
     device = next(model.parameters()).device
