@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -52,6 +53,39 @@ def check_replaceable(path: str | os.PathLike, marker: str, command: str) -> Non
         raise OutputError(f"{command} --out {path}: the folder holds files that {command} did not write "
                           f"(no {marker}), and its output replaces the whole folder; give a new or "
                           "empty folder")
+
+
+def check_writable(path: str | os.PathLike, command: str, need_bytes: int = 0) -> None:
+    """OutputError unless a file can be created where `path` goes (its nearest existing folder takes a
+    new file) with `need_bytes` free there: checked before the work, so a command never computes
+    what it then cannot write."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise OutputError(f"{command}: cannot write {path} ({exc.filename or folder}: "
+                          f"{exc.strerror or exc}); choose a folder you can write to") from exc
+    if need_bytes > free:
+        raise OutputError(f"{command}: {path} needs {need_bytes:,} bytes, {folder} has {free:,} free")
+
+
+@contextlib.contextmanager
+def output_errors(command: str, path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError while writing (a full disk, a folder gone read-only) into an OutputError naming
+    the file, so the command stops with exit 2 and its message instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise OutputError(f"{command}: cannot write {exc.filename or path}: {why}; nothing half-written "
+                          "was kept") from exc
 
 
 @contextlib.contextmanager

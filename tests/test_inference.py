@@ -272,3 +272,41 @@ def test_export_without_onnxruntime_names_the_package(models, tmp_path, capsys, 
                        "--out", tmp_path / "m.onnx")
     assert code == 2 and "`onnxruntime`" in err and "pip install" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# --- Outputs that cannot be written ---------------------------------------------------------------
+
+
+def test_an_unwritable_out_stops_every_command_before_the_work(models, data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # a path under a file: unwritable even for root
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model ran although its output cannot be written")
+    monkeypatch.setattr(FeatureExtractor, "extract", no_work)
+    monkeypatch.setattr("dgnet.inference.generate.generate_dataset", no_work)
+    monkeypatch.setattr(onnx_export, "export_onnx", no_work)
+    commands = {
+        "extract": ["--model", models["dgnet"], "--images", data / "query", "--out", blocker / "f.npy"],
+        "rank": ["--model", models["dgnet"], "--query", data / "query",
+                 "--gallery", data / "bounding_box_test", "--out", blocker / "ranking"],
+        "generate": ["--model", models["dgnet"], "--images", data / "bounding_box_train",
+                     "--out", blocker / "g"],
+        "export": ["--model", models["dgnet"], "--format", "onnx", "--out", blocker / "m.onnx"],
+        "evaluate": ["--model", models["dgnet"], "--data", data, "--out", blocker / "e"],
+    }
+    for command, argv in commands.items():
+        code, _, err = run(capsys, command, *argv)
+        assert code == 2, (command, err)
+        assert f"{command}: cannot write" in err and str(blocker) in err and "Traceback" not in err, err
+
+
+def test_a_full_disk_while_writing_is_exit_2_naming_the_file(models, data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "f.npy"))
+    monkeypatch.setattr(np, "save", full)
+    code, _, err = run(capsys, "extract", "--model", models["dgnet"], "--images", data / "query",
+                       "--out", tmp_path / "f.npy")
+    assert code == 2 and "the disk is full" in err and "f.npy" in err
+    assert list(tmp_path.iterdir()) == []  # no half-written file, no temporary left

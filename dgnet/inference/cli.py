@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from dgnet.config import DEVICES
+from dgnet.io import check_writable, output_errors
 
 
 def _extractor(args: argparse.Namespace):
@@ -29,7 +30,9 @@ def _extractor(args: argparse.Namespace):
 def _cmd_extract(args: argparse.Namespace) -> int:
     from dgnet.inference.extract import extract_to_file
 
-    done = extract_to_file(_extractor(args), args.out, images=args.images, manifest=args.manifest)
+    check_writable(args.out, "extract")
+    with output_errors("extract", args.out):
+        done = extract_to_file(_extractor(args), args.out, images=args.images, manifest=args.manifest)
     print(f"extract: {done['count']} images -> {done['features']} ({done['count']} x {done['dim']}), names "
           f"{done['names']}; {done['images_per_s']:.1f} images/s")
     return 0
@@ -38,9 +41,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 def _cmd_rank(args: argparse.Namespace) -> int:
     from dgnet.inference.search import rank_folders
 
-    result = rank_folders(_extractor(args), args.query, args.gallery, args.out, top_k=args.top_k,
-                          query_alpha=args.query_alpha, rerank=args.rerank, k1=args.k1, k2=args.k2,
-                          lambda_value=args.rerank_lambda)
+    check_writable(args.out / "ranking.csv", "rank")
+    with output_errors("rank", args.out):
+        result = rank_folders(_extractor(args), args.query, args.gallery, args.out, top_k=args.top_k,
+                              query_alpha=args.query_alpha, rerank=args.rerank, k1=args.k1, k2=args.k2,
+                              lambda_value=args.rerank_lambda)
     print(f"rank: {result.num_queries} queries x {result.num_gallery} gallery images -> {result.csv}, "
           f"{result.page}, {result.picture}")
     if result.metrics:
@@ -55,11 +60,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from dgnet.inference.generate import generate_dataset
     from dgnet.training.runtime import select_device
 
+    check_writable(args.out, "generate")  # the new dataset is made beside --out, then renamed onto it
     model, info = load_trained_model(args.model, select_device(args.device), kind="dgnet")
     size = (info.config.image_height, info.config.image_width)
-    provenance = generate_dataset(model, size, args.images, args.out, fmt=args.format, pairs=args.pairs,
-                                  test_fraction=args.test_fraction, seed=args.seed,
-                                  batch_size=args.batch_size)
+    with output_errors("generate", args.out):
+        provenance = generate_dataset(model, size, args.images, args.out, fmt=args.format, pairs=args.pairs,
+                                      test_fraction=args.test_fraction, seed=args.seed,
+                                      batch_size=args.batch_size)
     counts = provenance.groupby("split").size().to_dict()
     print(f"generate: {len(provenance)} images, {provenance['person_id'].nunique()} ids, in {args.out} ("
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "); provenance.csv names the donors")
@@ -70,21 +77,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from dgnet.inference.extract import load_trained_model
     from dgnet.inference.onnx_export import export_onnx
 
+    check_writable(args.out, "export")
     model, info = load_trained_model(args.model, "cpu")
-    report = export_onnx(model, info, args.out, opset=args.opset, source=str(args.model))
+    with output_errors("export", args.out):
+        report = export_onnx(model, info, args.out, opset=args.opset, source=str(args.model))
     print(json.dumps(report, indent=2))
     return 0
 
 
 def _cmd_import_published(args: argparse.Namespace) -> int:
-    from dgnet.errors import OutputError
     from dgnet.models.published import import_published
 
-    try:
+    with output_errors("import-published", args.out):
         written = import_published(args.out, args.gen, args.id, args.dis, args.teacher, args.teacher_stride)
-    except OSError as exc:
-        raise OutputError(f"import-published: cannot write {exc.filename or args.out}: "
-                          f"{exc.strerror or exc}; choose a folder you can write to") from exc
     for kind, path in written.items():
         print(f"import-published: {kind} model -> {path}")
     return 0
@@ -92,10 +97,10 @@ def _cmd_import_published(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dgnet.data.validated import validate_dataset
-    from dgnet.errors import OutputError
     from dgnet.evaluation.benchmark import DEFAULT_ALPHAS, benchmark_model, write_benchmark
     from dgnet.training.runtime import select_device
 
+    check_writable(args.out / "benchmark.md", "evaluate")
     frame = validate_dataset(args.data, args.format, report=args.out / "validation.json")
     device = select_device(args.device)
     names: list[str] = []
@@ -114,11 +119,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                f"{counts.get('gallery', 0)} gallery images)\n\n"
                "Settings: query alpha = weight of the query's fine-grained half (0.5 as published); "
                "mAP is the Market-1501 (trapezoid) convention, divided by the queries with a match.")
-    try:
+    with output_errors("evaluate", args.out):
         report = write_benchmark(results, args.out, heading)
-    except OSError as exc:
-        raise OutputError(f"evaluate: cannot write {exc.filename or args.out}: "
-                          f"{exc.strerror or exc}") from exc
     print(report.read_text())
     print(f"evaluate: {report}, {args.out / 'metrics.json'}, CMC curves in {args.out / 'cmc'}")
     return 0
