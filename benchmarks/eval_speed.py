@@ -3,7 +3,7 @@
     python benchmarks/eval_speed.py                     # market and msmt, both feature kinds
     python benchmarks/eval_speed.py --sizes market --repeats 5 --no-write
 
-What is timed: `rank_metrics_from_features` (ap="market") from given L2-normalised 1024-d
+What is timed: `rank_metrics_from_features` (both AP conventions) from given L2-normalised 1024-d
 features, i.e. the query x gallery dot products, chunk by chunk, and the exact ranking
 (CMC, mAP, mINP). Feature extraction is not included. The chunked product alone is timed
 too, so that "ranking" = total - distances.
@@ -144,7 +144,7 @@ def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) ->
     for _ in range(repeats):  # interleaved, so that a busy spell of the machine hits both alike
         sync()
         start = time.perf_counter()
-        metrics = rank_metrics_from_features(qf, gf, q_pids, q_cams, g_pids, g_cams, ap="market",
+        metrics = rank_metrics_from_features(qf, gf, q_pids, q_cams, g_pids, g_cams,
                                              chunk_size=chunk_size)
         sync()
         totals.append(time.perf_counter() - start)
@@ -224,7 +224,7 @@ def render_section(name: str, info: dict, rows: list[dict], command: str) -> str
         + (f", GPU {info['gpu']}" if "gpu" in info and rows and rows[0]["device"].startswith("cuda") else "")
         + f"; torch {info['torch']}, Python {info['python']}{busy}.",
         "",
-        "`rank_metrics_from_features`, ap=market, 1024-d L2-normalised features given; total = "
+        "`rank_metrics_from_features` (mAP and mAP_finite), 1024-d L2-normalised features given; total = "
         "distances (chunked matrix product) + exact ranking; best of the repeats (MSMT size: at most two). "
         "Peak memory: the child process's peak RSS on the CPU (torch itself, the features and the "
         "evaluation; 'before' = RSS just before the evaluation, so peak - before is the evaluation's "

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
-REID_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+REID_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_finite", "mINP")
 # Settings of params `evaluate` that benchmark_model takes as they are.
 BENCHMARK_KEYS = ("device", "alphas", "rerank", "batch_size", "ranked_queries", "num_swaps",
                   "inception_weights", "seed")
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         setting = main_setting(result, changes)
         m = result.reid[setting]
-        print(f"{result.name:>24} ({setting}): rank-1 {100 * m['rank1']:.1f}  mAP {100 * m['mAP']:.1f}")
+        print(f"{result.name:>24} ({setting}): rank-1 {100 * m['rank1']:.1f}  mAP {100 * m['mAP']:.1f}"
+              f"  mAP_finite {100 * m['mAP_finite']:.1f}")
     print(f"report: {workspace / paths.report}; MLflow run {run.info.run_id} (view: {view_hint(inputs.uri)})")
     return 0
 
@@ -191,7 +192,7 @@ def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[Model
     metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
                 for variant, entry in seed_summaries(results, changes).items()
                 for k, v in finite(flatten(entry)).items()}
-    metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in ("rank1", "mAP", "mINP")}
+    metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in REID_KEYS}
     metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
                 for name, m in per_model.items() for k in REID_KEYS}
     client.log_batch(run_id, metrics=_metric_entities(metrics))
@@ -234,7 +235,7 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: Eval
                   cross: dict[str, dict[str, dict[str, Any]]] | None = None,
                   paths: Paths = DEFAULT_PATHS) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
-    keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
+    keys = REID_KEYS
     summary: dict[str, Any] = {}
     if trivial is not None:
         summary["colour_histogram"] = {"baseline": {k: round(trivial[k], 6) for k in keys}}

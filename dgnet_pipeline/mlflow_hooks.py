@@ -325,6 +325,6 @@ def mlflow_settings(params: Mapping[str, Any]) -> MlflowConfig:
 
 
 def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """rank1, mAP, mINP (fractions) of a run's last evaluation, for `dvc metrics`."""
+    """rank1, mAP, mAP_finite, mINP (fractions) of a run's last evaluation, for `dvc metrics`."""
     clean = finite(metrics)
-    return {name: round(clean[name], 6) for name in ("rank1", "mAP", "mINP") if name in clean}
+    return {name: round(clean[name], 6) for name in ("rank1", "mAP", "mAP_finite", "mINP") if name in clean}

@@ -6,7 +6,7 @@ same seed learn from, or all of them as an ensemble: train.teachers; and an opti
 `scale_schedule_from`) and `mlflow`. Writes
 - outputs/teacher/seed<S>/model.pt for every seed, and outputs/teacher/teachers.json (the index the
   train stage reads), all at once when every teacher has trained;
-- reports/metrics/teacher.json: rank1, mAP, mINP (fractions; the mean over seeds, and per seed);
+- reports/metrics/teacher.json: rank1, mAP, mAP_finite, mINP (fractions; the mean over seeds, and per seed);
 - one MLflow run `teacher` (with one child run per seed when there are several: tagged
   dgnet.variant `teacher` and dgnet.seed, the parent `teacher-mean` with their mean), each teacher
   registered as a version of `mlflow.teacher_model` with the alias `mlflow.alias`.
@@ -166,7 +166,8 @@ def _write_outputs(out: Path, metrics: Path, seeds: list[int], results: dict[int
                             "model_version": result.config.get("mlflow.model_version")})
         write_json(tmp / INDEX, {"kind": "teacher", "teachers": entries})
     per_seed = {str(e["seed"]): e["metrics"] for e in entries}
-    names = [name for name in ("rank1", "mAP", "mINP") if any(name in m for m in per_seed.values())]
+    names = [name for name in ("rank1", "mAP", "mAP_finite", "mINP")
+             if any(name in m for m in per_seed.values())]
     summary: dict[str, Any] = {
         name: round(sum(m[name] for m in per_seed.values() if name in m)
                     / sum(1 for m in per_seed.values() if name in m), 6) for name in names}

@@ -10,7 +10,7 @@ compressed to `iterations`) and `mlflow`. One run trains one seed (`--seed S`, d
   ablation switches act only on losses whose weight is 0 until then). Writes
   outputs/warmup/seed<S>/checkpoint.pt and warmup.json; MLflow run `warmup-seed<S>`.
 - (no option) the full model: outputs/dgnet/seed<S>/model.pt (see dgnet.models.persist),
-  reports/metrics/dgnet_seed<S>.json (rank1, mAP, mINP of the final evaluation) and
+  reports/metrics/dgnet_seed<S>.json (rank1, mAP, mAP_finite, mINP of the final evaluation) and
   reports/figures/dgnet_seed<S>_swap_grid.png (a DVC plot: the top row gives the structure, the
   left column the appearance, tile (i, j) = G(s_j, a_i)); MLflow run `dgnet-seed<S>` (params, loss
   curves, weights, learning rates, `eval/...`, swap grids, the model); the first seed's model is

@@ -39,7 +39,7 @@ def test_dgnet_benchmark_has_alpha_sweep_generation_and_pictures(dataset, model_
     result = benchmark_model(model_files[1], frame, name="dgnet", data_root=root, num_swaps=12, rerank=True)
     assert set(result.reid) == {"alpha_0", "alpha_0.5", "alpha_1", "fine_only", "alpha_0.5+rerank"}
     for metrics in result.reid.values():
-        assert 0.0 <= metrics["rank1"] <= 1.0 and 0.0 < metrics["mAP"] <= 1.0
+        assert 0.0 <= metrics["rank1"] <= 1.0 and 0.0 < metrics["mAP"] <= metrics["mAP_finite"] <= 1.0
         assert metrics["num_valid_queries"] == (frame["split"] == "query").sum()
     gen = result.generation
     assert gen["num_swaps"] == 12 and gen["swap_num_images"] == 12
@@ -48,7 +48,7 @@ def test_dgnet_benchmark_has_alpha_sweep_generation_and_pictures(dataset, model_
     assert set(result.pictures) == {"ranked_list", "swap_grid"}
     assert result.pictures["swap_grid"].size[0] > 100
     flat = result.flat_metrics()
-    assert "alpha_0.5/mAP" in flat and "generation/swap_l1_person" in flat
+    assert "alpha_0.5/mAP" in flat and "alpha_0.5/mAP_finite" in flat and "generation/swap_l1_person" in flat
     assert "generation/baselines/copy_structure/swap_l1_person" in flat
     assert "generation/baselines/recon_blur4" in flat and "generation/recon_l1" in flat
     assert all(isinstance(v, int | float) for v in flat.values())
@@ -166,6 +166,9 @@ def test_teacher_benchmark_is_one_setting_without_generation(dataset, model_file
     assert list(result.reid) == ["baseline"] and result.generation == {}
     table = markdown_table([result])
     assert "| teacher | teacher | baseline |" in table
+    m = result.reid["baseline"]
+    assert "| mAP | mAP_finite |" in table
+    assert f"| {100 * m['mAP']:.1f} | {100 * m['mAP_finite']:.1f} |" in table
 
 
 def test_manifest_without_gallery_is_an_error(dataset, model_files):

@@ -41,7 +41,8 @@ def results(tmp_path_factory):
 
 
 def _reid() -> dict[str, dict[str, float]]:
-    return {"alpha_0.5": {"rank1": 0.3, "rank5": 0.5, "rank10": 0.6, "mAP": 0.3, "mINP": 0.2}}
+    return {"alpha_0.5": {"rank1": 0.3, "rank5": 0.5, "rank10": 0.6, "mAP": 0.3, "mAP_finite": 0.32,
+                          "mINP": 0.2}}
 
 
 def _made_up(name: str = "dgnet") -> ModelBenchmark:
@@ -103,7 +104,7 @@ def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
     assert gen["num_swaps"] == 8 and isinstance(gen["num_swaps"], int)
     assert "generation" not in summary["teacher"]
     report = (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text()
-    assert "| rank-1 | mAP | swap L1 (person) | swap SSIM (person) | recon L1 | SSIM diversity |" in report
+    assert "| rank-1 | mAP | mAP_finite | swap L1 (person) | swap SSIM (person) | recon L1 |" in report
     assert "## Generator against trivial baselines" in report
     assert "### dgnet" in report and "### ablation_no_fine" in report and "### teacher\n" not in report
     verdicts = [line for line in report.splitlines() if line.startswith("dgnet: ")]
@@ -128,13 +129,14 @@ def test_num_swaps_default_and_params():
 
 def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_path):
     settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
-    trivial = {"rank1": 0.05, "rank5": 0.1, "rank10": 0.2, "mAP": 0.0314, "mINP": 0.01}
+    trivial = {"rank1": 0.05, "rank5": 0.1, "rank10": 0.2, "mAP": 0.0314, "mAP_finite": 0.0401, "mINP": 0.01}
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0, {}, trivial)
     summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
     assert summary["colour_histogram"]["baseline"]["mAP"] == 0.0314
+    assert summary["colour_histogram"]["baseline"]["mAP_finite"] == 0.0401
     rows = [line for line in (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text().splitlines()
             if line.startswith("| colour_histogram |")]
-    assert len(rows) == 1 and "| 5.0 | 3.1 |" in rows[0] and "no learning" in rows[0]
+    assert len(rows) == 1 and "| 5.0 | 3.1 | 4.0 |" in rows[0] and "no learning" in rows[0]
 
 
 def test_targets_params_are_checked():
@@ -174,6 +176,7 @@ def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
     model, _ = load_model(models["dgnet"])
     expected = evaluate_reid(model, build_manifest(other), (64, 32), query_alpha=0.5)
     assert cross["other"]["dgnet"]["mAP"] == pytest.approx(expected["mAP"])
+    assert cross["other"]["dgnet"]["mAP_finite"] == pytest.approx(expected["mAP_finite"])
 
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 1.0, changes,
                                  cross=cross)

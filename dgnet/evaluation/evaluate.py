@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from dgnet.data.datasets import EvalImages
 from dgnet.errors import DatasetError
 from dgnet.evaluation.features import extract_features
-from dgnet.evaluation.rank import ApConvention, rank_metrics_from_features
+from dgnet.evaluation.rank import rank_metrics_from_features
 
 
 def has_eval_splits(frame: pd.DataFrame) -> bool:
@@ -35,10 +35,10 @@ def evaluate_reid(
     device: torch.device | str = "cpu",
     batch_size: int = 128,
     query_alpha: float | None = None,
-    ap: ApConvention = "market",
     num_workers: int = 0,
 ) -> dict[str, float]:
-    """rank1, rank5, rank10, mAP, mINP (fractions) and query counts of `model` on `frame`'s test splits.
+    """rank1, rank5, rank10, mAP, mAP_finite, mINP (fractions) and query counts of `model` on `frame`'s
+    test splits.
 
     `model`: a DGNet (1024-d primary + fine feature), its appearance encoder, or a ReidBaseline.
     `query_alpha` weights the queries' fine-grained half (0.5 in the published numbers); it is
@@ -51,16 +51,15 @@ def evaluate_reid(
                             pin_memory=torch.device(device).type == "cuda")
         return extract_features(model, loader, device=device, query_alpha=alpha if split == "query" else None)
 
-    return rank_test_splits(frame, image_size, features_of, ap=ap)
+    return rank_test_splits(frame, image_size, features_of)
 
 
 def rank_test_splits(
     frame: pd.DataFrame,
     image_size: tuple[int, int],
     features_of: Callable[[EvalImages, str], torch.Tensor],
-    ap: ApConvention = "market",
 ) -> dict[str, float]:
-    """rank1, rank5, rank10, mAP, mINP (fractions) and query counts of the features that
+    """rank1, rank5, rank10, mAP, mAP_finite, mINP (fractions) and query counts of the features that
     `features_of(images, split)` gives for `frame`'s query and gallery images (docs/method.md section 5)."""
     if not has_eval_splits(frame):
         raise DatasetError("evaluation: the manifest has no query and gallery images (split column)")
@@ -71,6 +70,6 @@ def rank_test_splits(
         ids[split], cameras[split] = images.person_ids, images.cameras
     metrics = rank_metrics_from_features(
         features["query"], features["gallery"], ids["query"], cameras["query"],
-        ids["gallery"], cameras["gallery"], ap=ap,
+        ids["gallery"], cameras["gallery"],
     )  # fmt: skip
     return {name: float(value) for name, value in metrics.items() if not isinstance(value, list)}

@@ -13,7 +13,6 @@ import torch
 from dgnet.data.datasets import EvalImages
 from dgnet.data.transforms import denormalize
 from dgnet.evaluation.evaluate import rank_test_splits
-from dgnet.evaluation.rank import ApConvention
 
 HSV_BINS = (8, 4, 4)  # hue, saturation, value
 STRIPES = 3
@@ -50,11 +49,11 @@ def stripe_histograms(images: torch.Tensor, bins: tuple[int, int, int] = HSV_BIN
     return torch.nn.functional.normalize(torch.cat(out, 1), dim=1)
 
 
-def colour_histogram_reid(frame: pd.DataFrame, image_size: tuple[int, int],
-                          ap: ApConvention = "market") -> dict[str, float]:
-    """rank1, rank5, rank10, mAP, mINP of the HSV stripe-histogram baseline on `frame`'s test splits."""
+def colour_histogram_reid(frame: pd.DataFrame, image_size: tuple[int, int]) -> dict[str, float]:
+    """rank1, rank5, rank10, mAP, mAP_finite, mINP of the HSV stripe-histogram baseline on `frame`'s
+    test splits."""
 
     def features_of(images: EvalImages, split: str) -> torch.Tensor:
         return stripe_histograms(denormalize(torch.stack([images[i]["image"] for i in range(len(images))])))
 
-    return rank_test_splits(frame, image_size, features_of, ap=ap)
+    return rank_test_splits(frame, image_size, features_of)

@@ -1,4 +1,4 @@
-"""Re-ID rank metrics: CMC, mAP (Market-1501 or finite convention) and mINP.
+"""Re-ID rank metrics: CMC, mAP in both conventions (Market-1501 and finite) and mINP.
 
 Protocol (docs/method.md section 5): for each query, gallery items with the query's id AND camera
 are junk, so are gallery ids -1; both are removed before ranking. Id 0 (distractors) is a plain
@@ -32,12 +32,9 @@ memory: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
-
-ApConvention = Literal["market", "finite"]
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray | Sequence, device: torch.device) -> torch.Tensor:
@@ -217,33 +214,31 @@ def _positive_ranks(
 
 
 def _query_scores(
-    ranks: torch.Tensor, is_positive: torch.Tensor, ap: ApConvention, max_rank: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per query: AP, INP, CMC hits (num_queries, max_rank) and whether it has a valid match."""
+    ranks: torch.Tensor, is_positive: torch.Tensor, max_rank: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per query: AP (Market-1501), AP (finite), INP, CMC hits (num_queries, max_rank) and whether
+    it has a valid match. Both APs come from the same positives' ranks: one pass, no second sort.
+
+    finite (torchreid, fast-reid, sklearn's average_precision_score): the mean of the precisions
+    at the hits. Market-1501 (its official code): each hit's precision averaged with the precision
+    just before it (a trapezoid; 1 before a hit at rank 1)."""
     rank_f = ranks.double()
     mask = is_positive.double()
     num_pos = mask.sum(dim=1)
     has_match = num_pos > 0
     k = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)[None, :]
     precision = k / rank_f
-    if ap == "finite":
-        per_hit = precision
-    elif ap == "market":
-        # Official Market-1501 code: trapezoid between the precision just before the hit and at it
-        # (precision before a hit at rank 1 is taken as 1).
-        before = torch.where(ranks > 1, (k - 1) / (rank_f - 1).clamp(min=1), torch.ones_like(rank_f))
-        per_hit = (precision + before) / 2
-    else:
-        raise ValueError(f"ap must be 'market' or 'finite', not {ap!r}")
+    before = torch.where(ranks > 1, (k - 1) / (rank_f - 1).clamp(min=1), torch.ones_like(rank_f))
     denom = num_pos.clamp(min=1)
-    ap_values = (per_hit * mask).sum(dim=1) / denom
+    ap_finite = (precision * mask).sum(dim=1) / denom
+    ap_market = (((precision + before) / 2) * mask).sum(dim=1) / denom
     last_rank = torch.where(is_positive, rank_f, torch.zeros_like(rank_f)).max(dim=1).values \
         if ranks.shape[1] else torch.zeros_like(num_pos)
     inp = num_pos / last_rank.clamp(min=1)
     first_rank = ranks[:, 0] if ranks.shape[1] else torch.zeros(ranks.shape[0], device=ranks.device)
     cutoffs = torch.arange(1, max_rank + 1, device=ranks.device)
     cmc = (first_rank[:, None] <= cutoffs[None, :]) & has_match[:, None]
-    return ap_values, inp, cmc, has_match
+    return ap_market, ap_finite, inp, cmc, has_match
 
 
 def rank_metrics(
@@ -252,13 +247,13 @@ def rank_metrics(
     q_camids: torch.Tensor | np.ndarray | Sequence[int],
     g_pids: torch.Tensor | np.ndarray | Sequence[int],
     g_camids: torch.Tensor | np.ndarray | Sequence[int],
-    ap: ApConvention = "market",
     max_rank: int = 50,
     chunk_size: int = 256,
 ) -> dict:
     """CMC, mAP and mINP from a (num_query, num_gallery) distance matrix; smaller = more similar.
 
-    Returns fractions: `rank1`, `rank5`, `rank10`, `mAP`, `mINP`, the `cmc` curve (list of
+    Returns fractions: `rank1`, `rank5`, `rank10`, `mAP` (Market-1501 convention), `mAP_finite`
+    (torchreid / fast-reid convention), `mINP`, the `cmc` curve (list of
     `max_rank` values), `num_queries`, `num_valid_queries` and `num_queries_without_match`.
     Ties rank by gallery index (a stable sort), NaN distances last.
     """
@@ -266,7 +261,7 @@ def rank_metrics(
     max_rank = min(max_rank, max(int(dist.shape[1]), 1))
     return _accumulate(
         lambda start, stop, scratch: _as_tensor(dist[start:stop], device),
-        int(dist.shape[0]), q_pids, q_camids, g_pids, g_camids, ap, max_rank, chunk_size, device,
+        int(dist.shape[0]), q_pids, q_camids, g_pids, g_camids, max_rank, chunk_size, device,
         drop_junk_columns=False,
     )
 
@@ -299,7 +294,6 @@ def rank_metrics_from_features(
     g_pids: torch.Tensor | np.ndarray | Sequence[int],
     g_camids: torch.Tensor | np.ndarray | Sequence[int],
     metric: str = "cosine",
-    ap: ApConvention = "market",
     max_rank: int = 50,
     chunk_size: int = 256,
 ) -> dict:
@@ -320,15 +314,13 @@ def rank_metrics_from_features(
     return _accumulate(
         lambda start, stop, scratch: _chunk_distance(query_features[start:stop], gallery_features, metric,
                                                      scratch),
-        int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, ap, max_rank, chunk_size,
+        int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, max_rank, chunk_size,
         device, drop_junk_columns=True,
     )
 
 
-def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, ap, max_rank,
+def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, max_rank,
                 chunk_size, device, drop_junk_columns) -> dict:
-    if ap not in ("market", "finite"):
-        raise ValueError(f"ap must be 'market' or 'finite', not {ap!r}")
     q_pids, q_camids = _as_tensor(q_pids, device).long(), _as_tensor(q_camids, device).long()
     g_pids, g_camids = _as_tensor(g_pids, device).long(), _as_tensor(g_camids, device).long()
     if not (len(q_pids) == len(q_camids) == num_queries):
@@ -342,7 +334,7 @@ def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, ap,
     g_valid = g_pids != -1
     junk_columns = None if drop_junk_columns or bool(g_valid.all()) else ~g_valid[None, :]
     columns, q_start, q_count = _same_id_table(q_pids, g_pids, g_valid)
-    ap_sum = inp_sum = 0.0
+    ap_sum = ap_finite_sum = inp_sum = 0.0
     cmc_sum = torch.zeros(max_rank, dtype=torch.float64, device=device)
     num_valid = 0
     scratch = _Scratch()
@@ -365,8 +357,9 @@ def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, ap,
                 else torch.zeros_like(at)
             ranks, is_positive = _positive_ranks(dist, same_idx, same_valid, g_camids[same_idx],
                                                  q_camids[start:stop], junk_columns, scratch)
-            ap_values, inp, cmc, has_match = _query_scores(ranks, is_positive, ap, max_rank)
+            ap_values, ap_finite, inp, cmc, has_match = _query_scores(ranks, is_positive, max_rank)
             ap_sum += float(ap_values[has_match].sum())
+            ap_finite_sum += float(ap_finite[has_match].sum())
             inp_sum += float(inp[has_match].sum())
             cmc_sum += cmc[has_match].double().sum(dim=0)
             num_valid += int(has_match.sum())
@@ -377,6 +370,7 @@ def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, ap,
         "rank5": cmc_curve[min(4, max_rank - 1)] if cmc_curve else 0.0,
         "rank10": cmc_curve[min(9, max_rank - 1)] if cmc_curve else 0.0,
         "mAP": ap_sum / denom,
+        "mAP_finite": ap_finite_sum / denom,
         "mINP": inp_sum / denom,
         "cmc": cmc_curve,
         "num_queries": num_queries,
