@@ -116,13 +116,13 @@ def _store_uri(uri: str) -> str:
 
 def download_model(uri: str, dst: str | os.PathLike) -> Path:
     """The dgnet model file of a `models:/NAME@ALIAS` (or `runs:/RUN/model`) URI, downloaded into `dst`."""
-    from dgnet_pipeline.tracking import quiet_mlflow, redact, short
+    from dgnet_pipeline.tracking import connect, redact, short
 
-    quiet_mlflow()
+    store = _store_uri(uri)
+    connect(store)  # a dead server fails here in seconds, not after MLflow's minutes of retries
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store = _store_uri(uri)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store,
                                                     registry_uri=store)

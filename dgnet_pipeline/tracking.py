@@ -216,7 +216,9 @@ def check_sqlite(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         raise TrackingError(f"MLflow tracking store {uri}: the folder {path.parent} does not exist; {hint}")
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=timeout_s)) as db:
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file or folder
+            # BEGIN IMMEDIATE alone succeeds on a read-only file: a write, rolled back, proves it.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("CREATE TABLE _dgnet_write_check (x)")
             db.rollback()
     except sqlite3.Error as exc:
         raise TrackingError(f"MLflow tracking store {uri} cannot be written ({exc}); {hint}") from exc

@@ -214,6 +214,34 @@ def test_dead_server_fails_fast_naming_the_uri():
     assert time.monotonic() - start < 60  # a hang guard: MLflow's own retries take minutes
 
 
+def test_a_read_only_database_fails_at_the_check_naming_the_file(store, monkeypatch):
+    """A read-only mount: SQLite opens the file read-only, where BEGIN IMMEDIATE still succeeds."""
+    import sqlite3
+
+    _, uri, _, _ = store
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda path, **kw: real_connect(f"file:{path}?mode=ro", uri=True,
+                                                                             **kw))
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"mlflow\.db cannot be written.*readonly"):
+        connect(uri)
+    assert time.monotonic() - start < 5
+
+
+def test_a_models_uri_against_a_dead_server_fails_within_seconds(tmp_path, monkeypatch, capsys):
+    from dgnet.cli import main
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (32, 64)).save(tmp_path / "imgs" / "a.jpg")
+    start = time.monotonic()
+    code = main(["extract", "--model", "models:/dgnet@current", "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / "f.npy")])
+    assert code == 2 and uri in capsys.readouterr().err
+    assert time.monotonic() - start < 30  # MLflow's own retries took 252 s
+
+
 def test_stage_with_dead_server_exits_non_zero_quickly(tmp_path):
     """The stage process itself: exit code and message on stderr. MLflow's own retries would take
     minutes; the subprocess timeout (a hang guard, generous for loaded machines) catches a retry storm."""
