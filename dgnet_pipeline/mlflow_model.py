@@ -48,9 +48,14 @@ class FeaturePyfunc:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
+        from mlflow.exceptions import MlflowException
 
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        return self.extractor(images).numpy()
+        images = np.asarray(model_input, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(images.reshape(len(images), -1)).all(axis=1))
+        if len(bad):  # a NaN pixel would give a NaN feature row, answered with status 200
+            raise MlflowException.invalid_parameter_value(
+                f"input row(s) {bad[:10].tolist()} hold NaN or infinite values; send finite pixels")
+        return self.extractor(torch.as_tensor(images)).numpy()
 
 
 def _load_pyfunc(path: str) -> FeaturePyfunc:

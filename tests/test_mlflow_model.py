@@ -17,6 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from dgnet.cli import main
@@ -75,6 +76,10 @@ def test_pyfunc_gives_the_extractors_features_with_its_signature(model_file, tmp
     images = torch.randn(3, 3, TINY.image_height, TINY.image_width)
     expected = FeatureExtractor(model_file).features(images).numpy()
     np.testing.assert_allclose(loaded.predict(images.numpy()), expected, atol=1e-6)
+    images[1, 0, 2, 3] = float("nan")
+    with pytest.raises(MlflowException, match=r"row\(s\) \[1\] hold NaN") as raised:
+        loaded.predict(images.numpy())
+    assert raised.value.get_http_status_code() == 400
 
 
 def test_registered_model_is_an_mlflow_model_and_a_dgnet_uri(registered, model_file, images, tmp_path,
@@ -138,6 +143,12 @@ def test_mlflow_models_serve_answers_with_the_features_of_dgnet_extract(register
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
         np.testing.assert_allclose(np.asarray(answer["predictions"], dtype=np.float32), expected, atol=1e-5)
+        batch[2, 1, 0, 0] = np.nan  # JSON's NaN: a 400 naming the row, not a NaN feature with 200
+        request = urllib.request.Request(request.full_url, headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"inputs": batch.tolist()}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400 and "row(s) [2]" in refused.value.read().decode()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
