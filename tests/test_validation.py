@@ -87,7 +87,7 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> Bad:
 
 @pytest.fixture(scope="module")
 def no_gallery(good: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The good Market manifest with its gallery split dropped (build_manifest refuses empty splits)."""
+    """The good Market manifest with its gallery split dropped."""
     frame, checks = good["market1501"]
     keep = frame["split"] != "gallery"
     return frame[keep].reset_index(drop=True), checks[keep].reset_index(drop=True)
@@ -260,11 +260,15 @@ def cli_runs(good: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     truncate(corrupted)
     broken_root = Path(shutil.copytree(good_root, base / "broken"))
     shutil.rmtree(broken_root / "bounding_box_train")
+    empty_query_root = Path(shutil.copytree(good_root, base / "empty_query"))
+    for image in (empty_query_root / "query").glob("*.jpg"):
+        image.unlink()
 
     parser = argparse.ArgumentParser(prog="dgnet")
     stage.add_command(parser.add_subparsers(dest="command"))
     runs = {"corrupted": corrupted}
-    for name, root in {"good": good_root, "corrupt": corrupt_root, "broken": broken_root}.items():
+    for name, root in {"good": good_root, "corrupt": corrupt_root, "broken": broken_root,
+                       "empty_query": empty_query_root}.items():
         out = base / name
         args = parser.parse_args(["validate", "--data", str(root), "--report", str(out / "validation.json"),
                                   "--docs", str(out / "gx_docs"), "--manifest", str(out / "manifest.csv")])
@@ -292,6 +296,16 @@ def test_cli_corrupt_image(cli_runs: dict) -> None:
     assert not report["ok"] and report["manifest"] is None
     decode = next(r for r in report["rules"] if r["name"] == "images_decode")
     assert decode["first_offending"] == [str(cli_runs["corrupted"].resolve())]
+    assert (out / "gx_docs" / "index.html").is_file()
+
+
+def test_cli_empty_split_is_a_data_rule_with_its_report(cli_runs: dict) -> None:
+    code, out = cli_runs["empty_query"]
+    assert code == 1 and not (out / "manifest.csv").exists()
+    report = json.loads((out / "validation.json").read_text())
+    split_rule = next(r for r in report["rules"] if r["name"] == "split_counts")
+    assert not split_rule["passed"] and split_rule["first_offending"] == ["query"]
+    assert report["counts"]["query"] == {"images": 0, "ids": 0}
     assert (out / "gx_docs" / "index.html").is_file()
 
 
