@@ -45,7 +45,7 @@ from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
 from dgnet_pipeline.common import TEACHER_OUT, parse_seeds, resolve, teacher_paths
-from dgnet_pipeline.evaluate_report import first_seeds, main_setting, seed_summaries, write_report
+from dgnet_pipeline.evaluate_report import first_seeds, headline, main_setting, seed_summaries, write_report
 from dgnet_pipeline.mlflow_hooks import finite, flatten
 from dgnet_pipeline.mlflow_runs import run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
@@ -187,7 +187,8 @@ def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[Model
                   changes: dict[str, dict[str, Any]], trivial: dict[str, Any],
                   cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path],
                   paths: Paths = DEFAULT_PATHS) -> None:
-    """Every figure of the report as an MLflow metric, and the report with its pictures as artifacts."""
+    """Every figure of the report as an MLflow metric, the report's headline as the run's description,
+    and the report with its pictures as artifacts."""
     metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
     metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
                 for variant, entry in seed_summaries(results, changes).items()
@@ -196,6 +197,7 @@ def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[Model
     metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
                 for name, m in per_model.items() for k in REID_KEYS}
     client.log_batch(run_id, metrics=_metric_entities(metrics))
+    client.set_tag(run_id, "mlflow.note.content", "\n".join(headline(results, changes)))  # its description
     client.log_param(run_id, "models", ", ".join(models))
     for path in [workspace / paths.report, *sorted((workspace / paths.figures).glob("eval_*.png"))]:
         client.log_artifact(run_id, str(path), artifact_path="report")

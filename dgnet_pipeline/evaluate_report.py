@@ -10,12 +10,13 @@ from typing import Any
 
 from dgnet.evaluation.benchmark import ModelBenchmark, markdown_table
 from dgnet.evaluation.handcrafted import STRIPES
-from dgnet.evaluation.spread import mean_std, paired_difference
+from dgnet.evaluation.spread import PairedDifference, mean_std, paired_difference, t_quantile_975
 from dgnet.io import atomic_path
 
 SEEDED_NAME = re.compile(r"(?P<variant>.+)_seed(?P<seed>\d+)")  # a model's name: <variant>_seed<S>
 SUMMARY_KEYS = ("mAP", "mAP_finite", "rank1")
 FULL = "dgnet"  # the variant every ablation is compared with
+TEACHER = "teacher"  # the variant DG-Net is compared with
 
 # (figure label, key in `generation`, lower is better, baselines: (label, path in `generation.baselines`)).
 BASELINE_FIGURES = (
@@ -28,12 +29,6 @@ BASELINE_FIGURES = (
      (("copy-structure", ("copy_structure", "swap_ssim_person")),
       ("copy-appearance", ("copy_appearance", "swap_ssim_person")))),
 )
-
-
-FLIPPED = {"beats": "loses to", "loses": "beats"}
-AGAINST_FULL = {"beats": "beats the full model", "loses": "loses to the full model",
-                "indistinguishable at this budget": "is indistinguishable from the full model at this budget",
-                "untested (one seed: no interval)": "is untested against the full model (one seed)"}
 
 
 def cross_domain_section(cross: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
@@ -91,10 +86,10 @@ def group_by_variant(results: list[ModelBenchmark]) -> dict[str, dict[int, Model
 def seed_summaries(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None = None,
                    ) -> dict[str, dict[str, Any]]:
     """Per variant at its main setting: `seeds`, `<k>_mean`, `<k>_std` (sample std; left out for one
-    seed) and `<k>_per_seed` for mAP, mAP_finite and rank-1; and, for every variant but the full model,
-    `vs_dgnet`: its paired difference to DG-Net over the seeds both have (dgnet.evaluation.spread:
-    mean, 95% Student-t interval, verdict; the teacher of seed S is paired with DG-Net seed S, which
-    learnt from it)."""
+    seed) and `<k>_per_seed` for mAP, mAP_finite and rank-1; and `vs_<reference>`: the paired
+    difference variant - reference over the seeds both have (dgnet.evaluation.spread: per seed, mean,
+    95% Student-t interval, verdict), DG-Net against its teacher (the teacher of seed S is paired with
+    DG-Net seed S, which learnt from it) and every other variant against DG-Net."""
     groups = group_by_variant(results)
     out: dict[str, dict[str, Any]] = {}
     for variant, runs in groups.items():
@@ -109,19 +104,28 @@ def seed_summaries(results: list[ModelBenchmark], changes: dict[str, dict[str, A
                 entry[f"{key}_std"] = std
             entry[f"{key}_per_seed"] = {f"seed{s}": v for s, v in values.items()}
         out[variant] = entry
-    if FULL in out:
-        for variant, entry in out.items():
-            if variant == FULL:
-                continue
-            entry["vs_dgnet"] = {}
-            for key in SUMMARY_KEYS:
-                diff = paired_difference(
-                    {int(s[4:]): v for s, v in entry[f"{key}_per_seed"].items()},
-                    {int(s[4:]): v for s, v in out[FULL][f"{key}_per_seed"].items()})
-                if diff is not None:
-                    entry["vs_dgnet"][key] = {"seeds": list(diff.seeds), "mean": diff.mean, "low": diff.low,
-                                              "high": diff.high, "verdict": diff.verdict}
+    for variant, entry in out.items():
+        reference = reference_of(variant)
+        if reference not in out:
+            continue
+        entry[f"vs_{reference}"] = {}
+        for key in SUMMARY_KEYS:
+            diff = paired_difference(
+                {int(s[4:]): v for s, v in entry[f"{key}_per_seed"].items()},
+                {int(s[4:]): v for s, v in out[reference][f"{key}_per_seed"].items()})
+            if diff is not None:
+                entry[f"vs_{reference}"][key] = _as_dict(diff)
     return out
+
+
+def reference_of(variant: str) -> str | None:
+    """What a variant is compared with: DG-Net with its teacher, every other variant with DG-Net."""
+    return None if variant == TEACHER else TEACHER if variant == FULL else FULL
+
+
+def _as_dict(diff: PairedDifference) -> dict[str, Any]:
+    return {"seeds": list(diff.seeds), "per_seed": list(diff.differences), "mean": diff.mean,
+            "low": diff.low, "high": diff.high, "verdict": diff.verdict}
 
 
 def _pm(entry: dict[str, Any], key: str) -> str:
@@ -129,28 +133,32 @@ def _pm(entry: dict[str, Any], key: str) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {100 * std:.1f}"
 
 
-def _interval(diff: dict[str, Any] | None) -> str:
+def _interval(diff: dict[str, Any] | None, percent: bool = True) -> str:
+    """mean [low, high]: in points (x 100, one decimal) or as it is (three decimals)."""
     if not diff:
         return "-"
+    fmt = (lambda v: f"{100 * v:+.1f}") if percent else (lambda v: f"{v:+.3f}")
     if diff["low"] is None:
-        return f"{100 * diff['mean']:+.1f} (one seed)"
-    return f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+        return f"{fmt(diff['mean'])} (one seed)"
+    return f"{fmt(diff['mean'])} [{fmt(diff['low'])}, {fmt(diff['high'])}]"
 
 
 def variants_table(summaries: dict[str, dict[str, Any]], groups: dict[str, dict[int, ModelBenchmark]],
                    changes: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per variant: mean ± std over seeds, the per-seed mAP, the paired difference to DG-Net."""
+    """One row per variant: mean ± std over seeds, the per-seed mAP, the paired difference to its
+    reference (variant - reference: DG-Net - teacher, ablation - DG-Net)."""
     lines = ["| variant | trained as | seeds | setting | rank-1 | mAP | mAP_finite | mAP per seed "
-             "| paired Δ mAP vs dgnet [95% t] | verdict (vs dgnet) |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+             "| reference | paired Δ mAP, variant - reference [95% t] | verdict |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- |"]
     for variant, entry in summaries.items():
         how = trained_as(next(iter(groups[variant].values())), changes)
         per_seed = ", ".join(f"{100 * v:.1f}" for v in entry["mAP_per_seed"].values())
-        diff = entry.get("vs_dgnet", {}).get("mAP")
+        reference = reference_of(variant)
+        diff = entry.get(f"vs_{reference}", {}).get("mAP")
         verdict = "-" if diff is None else diff["verdict"]
         lines.append(f"| {variant} | {how} | {len(entry['seeds'])} | {entry['setting']} "
                      f"| {_pm(entry, 'rank1')} | {_pm(entry, 'mAP')} | {_pm(entry, 'mAP_finite')} "
-                     f"| {per_seed} | {_interval(diff)} "
+                     f"| {per_seed} | {reference if diff else '-'} | {_interval(diff)} "
                      f"| {verdict} |")
     return lines
 
@@ -289,37 +297,68 @@ def _real_diversity(results: list[ModelBenchmark]) -> str:
     return "real images: " + ", ".join(f"{name} {value}" for name, value in values.items())
 
 
-def seed_notes(summaries: dict[str, dict[str, Any]]) -> list[str]:
-    """Plain sentences from the seed summaries: each ablation against the full model, DG-Net against
-    its teacher, and what the spread rests on."""
-    full = summaries.get(FULL)
-    if full is None:
-        return ["- No full DG-Net model to compare with."]
-    notes = []
+def _signs(differences: list[float], up: str = "above", down: str = "below") -> str:
+    """"above in 2 of 2 seeds", "above in 1, below in 1 of 2 seeds"."""
+    n, above, below = len(differences), sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    parts = [f"{up} in {above}"] * bool(above) + [f"{down} in {below}"] * bool(below)
+    parts += [f"equal in {n - above - below}"] * bool(n - above - below)
+    return f"{', '.join(parts)} of {n} seed{'s' if n > 1 else ''}"
+
+
+def _comparison(variant: str, reference: str, figure: str, diff: dict[str, Any], percent: bool,
+                note: str = "") -> str:
+    """One headline line: the verdict first, then variant - reference with its interval and the signs."""
+    verdict, n = diff["verdict"], len(diff["seeds"])
+    if verdict in ("above", "below"):
+        said = f"{variant} {verdict} {reference}"
+    elif diff["low"] is None:
+        side = "above" if diff["mean"] > 0 else "below"
+        said = f"{variant} {side} {reference} in its one seed (no interval)"
+    else:
+        said = f"{variant} not distinguishable from {reference} at {n} seeds"
+    unit = " points" if percent else ""
+    return (f"- **{figure}: {said}**{note}: {variant} - {reference} {_interval(diff, percent)}{unit}, "
+            f"{_signs(diff['per_seed'])}.")
+
+
+def headline(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The report's first lines (and the evaluate run's MLflow description): DG-Net against its
+    teacher, each ablation against DG-Net (mAP), DG-Net's swaps against copying the input; each as
+    variant - reference paired over seeds, its 95% t interval, the sign in each seed and the verdict
+    (above / below when the interval excludes 0)."""
+    summaries = seed_summaries(results, changes)
+    lines = []
     for variant, entry in summaries.items():
-        diff = entry.get("vs_dgnet", {}).get("mAP")
-        if diff is None:
+        reference = reference_of(variant)
+        diff = entry.get(f"vs_{reference}", {}).get("mAP")
+        if diff is not None:
+            lines.append(_comparison(variant, str(reference), "mAP", diff, percent=True))
+    runs = group_by_variant(results).get(FULL, {})
+    per_seed = {seed: _figures_and_baselines(run) for seed, run in runs.items()}
+    first = next(iter(per_seed.values()), [])
+    for label, _, lower, found in first:
+        if not label.startswith("swap"):
             continue
-        seeds = len(diff["seeds"])
-        figures = (f"mAP {_pm(entry, 'mAP')} vs dgnet {_pm(full, 'mAP')}; paired difference "
-                   f"{_interval(diff)} over {seeds} seed{'s' if seeds > 1 else ''}")
-        if variant.startswith("teacher"):
-            verdict = FLIPPED.get(diff["verdict"], "is indistinguishable from"
-                                  if diff["low"] is not None else "is untested against (one seed)")
-            notes.append(f"- **DG-Net {verdict} its teacher**: {figures} (teacher - dgnet).")
-        else:
-            said = AGAINST_FULL.get(diff["verdict"], f"{diff['verdict']} against the full model")
-            notes.append(f"- **{variant} {said}**: {figures}.")
+        copy, copied = (min if lower else max)(found, key=lambda item: item[1])  # the harder copy
+        model = {seed: value for seed, figures in per_seed.items() for name, value, _, _ in figures
+                 if name == label}
+        diff = paired_difference(model, dict.fromkeys(model, copied))
+        if diff is not None:
+            note = (f" (copying the input unchanged, the stronger copy: {copied:.3f}; "
+                    f"{'lower' if lower else 'higher'} is better)")
+            lines.append(_comparison(FULL, copy, label, _as_dict(diff), percent=False, note=note))
+    if not lines:
+        return ["- Nothing to compare: no DG-Net with a teacher, ablation or generation baseline."]
     counts = sorted({len(entry["seeds"]) for entry in summaries.values()})
     if counts == [1]:
-        notes.append("- Each variant is one training run (one seed): the gaps above have no interval; "
-                     "set `train.seeds` and `teacher.seeds` to two or more seeds to measure the spread.")
+        lines.append("- One training run per variant (one seed): no interval; set `train.seeds` and "
+                     "`teacher.seeds` to two or more seeds to measure the spread.")
     else:
-        notes.append(f"- Seeds per variant: {', '.join(map(str, counts))}. A seed changes the "
-                     "initialisation, the data order and augmentation, and (train.teachers: paired) the "
-                     "teacher; all runs share one test split. With 2 seeds t_0.975 = 12.71: only large "
-                     "gaps are resolved.")
-    return notes
+        t = ", ".join(f"{t_quantile_975(n - 1):.2f} for {n}" for n in counts if n > 1)
+        lines.append(f"- Seeds per variant: {', '.join(map(str, counts))} (t_0.975 = {t}: with few seeds "
+                     "only large gaps are resolved). A seed changes the initialisation, the data order and "
+                     "augmentation, and (train.teachers: paired) the teacher; all runs share one test split.")
+    return lines
 
 
 def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
@@ -330,12 +369,14 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
     changes = changes or {}
     groups = group_by_variant(results)
     summaries = seed_summaries(results, changes)
-    notes = seed_notes(summaries)
     fid_notes = {r.generation.get("fid_skipped") for r in results if r.generation.get("fid_skipped")}
     fid_used = {(r.generation["fid_network"], r.generation["fid_weights"]) for r in results
                 if r.generation.get("fid_network")}
     lines = [
         "# Benchmark report", "",
+        "Each line: variant - reference, paired over seeds (mean and 95% Student-t interval), the sign in "
+        "each seed, and the verdict: above / below when the interval excludes 0.", "",
+        *headline(results, changes), "",
         f"Data: `{manifest}`. Re-ID protocol: docs/method.md section 5 (junk = same id and camera, "
         "or id -1). mAP: the Market-1501 AP convention of the published evaluator; mAP_finite: the "
         "torchreid / fast-reid one, from the same ranks (docs/method.md section 5 says why they differ). "
@@ -348,10 +389,10 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
         "## Variants over seeds", "",
         "Each variant at its main setting (alpha 0.5; alpha 0 where the fine-grained head is not trained; "
         "the teacher's single feature): mean ± sample standard deviation over its seeds, and its paired "
-        "difference to the full model over the seeds both have (variant - dgnet, mAP points; 95% Student-t "
-        "interval of the per-seed differences, df = seeds - 1). Verdict: beats or loses when the interval "
-        "excludes 0, else indistinguishable at this budget. The teacher of seed S is paired with DG-Net "
-        "seed S, which learnt from it.", "",
+        "difference to its reference over the seeds both have (variant - reference, mAP points: DG-Net - "
+        "teacher, ablation - DG-Net; 95% Student-t interval of the per-seed differences, df = seeds - 1). "
+        "Verdict: above or below when the interval excludes 0. The teacher of seed S is paired with "
+        "DG-Net seed S, which learnt from it.", "",
         *variants_table(summaries, groups, changes), "",
         "## Every run", "",
         "Each run at its variant's main setting.", "",
@@ -360,7 +401,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
         *cross_domain_section(cross or {}),
         "## Every setting", "",
         markdown_table(results),
-        "## Notes", "", *notes,
+        "## Notes", "",
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
         *[f"- FID computed with the {network} (`{weights}`)." for network, weights in sorted(fid_used)],
         f"- Evaluated in {seconds:.0f} s on {settings.device}"

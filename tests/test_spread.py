@@ -30,12 +30,12 @@ def test_paired_interval_by_hand_and_verdicts():
     half = 4.3027 * 0.01 / math.sqrt(3)
     assert worse.seeds == (0, 1, 2)  # only the shared seeds are paired
     assert worse.mean == pytest.approx(-0.05) and worse.high == pytest.approx(-0.05 + half)
-    assert worse.verdict == "loses"
+    assert worse.verdict == "below"
     better = paired_difference({s: v + 0.05 for s, v in full.items()},
                                {s: v - 0.001 * s for s, v in full.items()})
-    assert better.verdict == "beats" and better.low > 0
+    assert better.verdict == "above" and better.low > 0
     noisy = paired_difference({0: 0.45, 1: 0.38}, {0: 0.40, 1: 0.42})
-    assert noisy.low < 0 < noisy.high and noisy.verdict == "indistinguishable at this budget"
+    assert noisy.low < 0 < noisy.high and noisy.verdict == "not distinguishable at this seed count"
     one = paired_difference({0: 0.5}, {0: 0.4, 1: 0.3})
-    assert one.low is None and one.verdict.startswith("untested")
+    assert one.low is None and one.verdict.startswith("one seed")
     assert paired_difference({3: 0.5}, {0: 0.4}) is None

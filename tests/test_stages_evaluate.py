@@ -211,3 +211,56 @@ def test_evaluate_benchmarks_exactly_the_variants_and_seeds_in_params(tmp_path, 
                             "ablation_no_fine_seed0", "ablation_no_fine_seed1"]
     out = capsys.readouterr().out
     assert "not benchmarked" in out and "ablations/dropped/seed0" in out and "dgnet/seed2" in out
+
+
+def _seeded(variant: str, maps: list[float], swap_l1: float | None = None) -> list[ModelBenchmark]:
+    """One made-up run per seed of `variant` with these mAPs (and swap L1 against copies 0.173 / 0.163)."""
+    runs = []
+    for seed, value in enumerate(maps):
+        kind, setting = ("teacher", "baseline") if variant == "teacher" else ("dgnet", "alpha_0.5")
+        generation = {} if swap_l1 is None else {
+            "swap_l1_person": swap_l1 + 0.001 * seed, "swap_ssim_person": 0.36,
+            "baselines": {"copy_structure": {"swap_l1_person": 0.173, "swap_ssim_person": 0.40},
+                          "copy_appearance": {"swap_l1_person": 0.163, "swap_ssim_person": 0.17}}}
+        reid = {setting: {"rank1": value, "rank5": value, "mAP": value, "mAP_finite": value + 0.03,
+                          "mINP": value}}
+        runs.append(ModelBenchmark(f"{variant}_seed{seed}", kind, reid=reid, generation=generation))
+    return runs
+
+
+@pytest.mark.parametrize("teacher_maps, sign, verdict", [
+    ([0.40, 0.41], "+", "dgnet above teacher"),  # the reference (teacher) below
+    ([0.60, 0.62], "-", "dgnet below teacher"),  # the reference above
+])
+def test_headline_signs_are_variant_minus_reference(teacher_maps, sign, verdict):
+    results = [*_seeded("teacher", teacher_maps), *_seeded("dgnet", [0.50, 0.52], swap_l1=0.150),
+               *_seeded("ablation_no_primary", [0.55, 0.57]), *_seeded("ablation_no_fine", [0.53, 0.49])]
+    lines = evaluate_report.headline(results)
+    teacher_line, primary, fine, swap_l1, swap_ssim = lines[:5]
+    side = "above" if sign == "+" else "below"
+    diff = 100 * (0.51 - sum(teacher_maps) / 2)
+    assert f"**mAP: {verdict}**" in teacher_line and f"dgnet - teacher {diff:+.1f} [" in teacher_line
+    assert teacher_line.endswith(f"{side} in 2 of 2 seeds.")
+    assert "**mAP: ablation_no_primary above dgnet**" in primary and "- dgnet +5.0 [" in primary
+    assert "not distinguishable from dgnet at 2 seeds" in fine
+    assert fine.endswith("above in 1, below in 1 of 2 seeds.")  # +3.0 in seed 0, -3.0 in seed 1
+    # The generator against the stronger copy: copy-appearance for L1 (lower), copy-structure for SSIM.
+    assert "**swap L1 (person): dgnet below copy-appearance**" in swap_l1 and "-0.013 [" in swap_l1
+    assert "lower is better" in swap_l1 and swap_l1.endswith("below in 2 of 2 seeds.")
+    assert "swap SSIM (person): dgnet below copy-structure" in swap_ssim and "higher is better" in swap_ssim
+    # The table says the same thing with the same sign; and the report opens with the headline.
+    summaries = evaluate_report.seed_summaries(results)
+    table = evaluate_report.variants_table(summaries, evaluate_report.group_by_variant(results), {})
+    (row,) = [line for line in table if line.startswith("| dgnet |")]
+    assert f"| teacher | {diff:+.1f} [" in row and f"| {side} |" in row
+    assert next(line for line in table if line.startswith("| teacher |")).endswith("| - | - | - |")
+
+
+def test_report_opens_with_the_headline(tmp_path):
+    results = [*_seeded("teacher", [0.40, 0.41]), *_seeded("dgnet", [0.50, 0.52], swap_l1=0.150)]
+    settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
+    evaluate_report.write_report(tmp_path / "r.md", results, settings, Path("m.csv"), 1.0)
+    lines = (tmp_path / "r.md").read_text().splitlines()
+    headline = evaluate_report.headline(results)
+    assert lines[0] == "# Benchmark report" and lines[4:4 + len(headline)] == headline
+    assert headline[0].startswith("- **mAP: dgnet above teacher**")

@@ -318,24 +318,28 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
     assert full["mAP_mean"] == pytest.approx(sum(per_seed) / 2, abs=1e-6)
     assert full["mAP_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, abs=1e-6)
     assert {"rank1_mean", "rank1_std", "mAP_per_seed"} <= set(full)
-    teacher = summary["teacher"]["summary"]["vs_dgnet"]["mAP"]  # teacher S paired with DG-Net S
+    teacher = full["vs_teacher"]["mAP"]  # DG-Net S - teacher S, which it learnt from
     assert teacher["seeds"] == [0, 1] and teacher["low"] <= teacher["mean"] <= teacher["high"]
+    assert "vs_dgnet" not in summary["teacher"]["summary"] and "mAP_finite_mean" in full
     ablated = summary["ablation_no_fine"]["summary"]
     assert ablated["seeds"] == [0, 1] and ablated["setting"] == "alpha_0"
-    assert ablated["vs_dgnet"]["mAP"]["verdict"] in {"beats", "loses", "indistinguishable at this budget"}
+    verdicts = {"above", "below", "not distinguishable at this seed count"}
+    assert ablated["vs_dgnet"]["mAP"]["verdict"] in verdicts
     report = (workspace / "reports" / "benchmark.md").read_text()
     assert "## Variants over seeds" in report and "| dgnet | full DG-Net | 2 | alpha_0.5 |" in report
     assert "| dgnet_seed0 | full DG-Net | alpha_0.5 |" in report and "FID skipped" in report
     # Without fine-grained mining the model is read at alpha 0 (primary half).
     assert "| ablation_no_fine_seed0 | `schedule.fine_mining: false` | alpha_0 |" in report
-    assert "### dgnet (mean of 2 seeds)" in report and "DG-Net" in report and "its teacher" in report
+    assert "### dgnet (mean of 2 seeds)" in report and "\n- **mAP: dgnet " in report and "teacher" in report
     for picture in ("eval_cmc.png", "eval_dgnet_seed0_swap_grid.png", "eval_teacher_seed0_ranked_list.png"):
         assert (workspace / "reports" / "figures" / picture).is_file()
     assert (workspace / "reports" / "plots" / "cmc" / "dgnet_seed1.csv").read_text().startswith("rank,cmc")
     (run,) = runs(store[1], "evaluate")
     assert run.info.status == "FINISHED" and "dgnet_seed0/alpha_0.5/mAP" in run.data.metrics
-    assert {"dgnet/summary/mAP_mean", "teacher/summary/vs_dgnet/mAP/low"} <= set(run.data.metrics)
+    assert {"dgnet/summary/mAP_mean", "dgnet/summary/vs_teacher/mAP/low"} <= set(run.data.metrics)
     assert "colour_histogram/baseline/mAP" in run.data.metrics
+    headline = run.data.tags["mlflow.note.content"]  # the run's description: the report's first lines
+    assert headline.startswith("- **mAP: dgnet ") and headline.splitlines()[0] in report
     assert any(a.path.endswith("benchmark.md") for a in store[1].list_artifacts(run.info.run_id, "report"))
 
 

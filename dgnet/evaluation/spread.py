@@ -49,14 +49,14 @@ class PairedDifference:
 
     @property
     def verdict(self) -> str:
-        """beats / loses (the interval excludes 0), indistinguishable, or untested (one seed)."""
+        """above / below (the interval excludes 0), not distinguishable, or one seed (no interval)."""
         if self.low is None or self.high is None:
-            return "untested (one seed: no interval)"
+            return "one seed: no interval"
         if self.low > 0:
-            return "beats"
+            return "above"
         if self.high < 0:
-            return "loses"
-        return "indistinguishable at this budget"
+            return "below"
+        return "not distinguishable at this seed count"
 
 
 def paired_difference(variant: Mapping[int, float],
