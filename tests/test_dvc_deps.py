@@ -126,3 +126,41 @@ def test_every_command_line_of_dvc_yaml_parses() -> None:
         build_parser().parse_args(args)  # SystemExit (exit 2) on an unknown or malformed option
         checked += 1
     assert checked >= 5  # teacher, warmup, train, ablation, evaluate
+
+
+def test_the_pipeline_runs_with_no_ablations(tmp_path: Path) -> None:
+    """`ablations: {}` (the README: delete an entry to skip it): every dep of every stage is still
+    made by another stage or is in git, so `dvc repro` gets to evaluate, and evaluate takes no ablation."""
+    from dgnet_pipeline.evaluate import models_to_evaluate
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ablations"] = {}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    code = ("import json, sys; from dvc.repo import Repo; repo = Repo.init(sys.argv[1], no_scm=True); "
+            "print(json.dumps([(s.name, [d.def_path for d in s.deps], [o.def_path for o in s.outs]) "
+            "for s in repo.index.stages]))")
+    listed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert listed.returncode == 0, listed.stderr
+    resolved = json.loads(listed.stdout.strip().splitlines()[-1])
+    assert not [name for name, _, _ in resolved if name.startswith("ablation")]
+    outs = [out for _, _, stage_outs in resolved for out in stage_outs]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+
+    def made_or_tracked(dep: str) -> bool:
+        def under(a: str, b: str) -> bool:
+            return a == b or a.startswith(b.rstrip("/") + "/")
+        return any(under(dep, o) or under(o, dep) for o in outs) or any(under(f, dep) for f in tracked)
+
+    missing = [(name, dep) for name, deps, _ in resolved for dep in deps if not made_or_tracked(dep)]
+    assert not missing, f"deps neither made by a stage nor in git: {missing}"
+    teachers = tmp_path / "outputs/teacher"
+    (teachers / "seed0").mkdir(parents=True)
+    (teachers / "seed0/model.pt").write_bytes(b"")
+    (teachers / "teachers.json").write_text(json.dumps({"teachers": [{"path": "seed0/model.pt"}]}))
+    for seed in params["train"]["seeds"]:
+        (tmp_path / f"outputs/dgnet/seed{seed}").mkdir(parents=True)
+        (tmp_path / f"outputs/dgnet/seed{seed}/model.pt").write_bytes(b"")
+    models = models_to_evaluate(tmp_path, params)
+    assert not [name for name in models if name.startswith("ablation")] and "dgnet_seed0" in models
