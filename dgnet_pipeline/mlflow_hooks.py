@@ -38,6 +38,17 @@ from dgnet_pipeline.tracking import (
 )
 
 DEFAULT_ALIAS = MlflowConfig.alias  # "current"
+MODEL_DESCRIPTIONS = {
+    "dgnet": "DG-Net (Zheng et al., CVPR 2019): person re-ID by joint discriminative and generative "
+             "learning, trained by the dgnet pipeline. Its appearance encoder gives the re-ID feature.",
+    "teacher": "The re-ID baseline DG-Net learns soft labels from (primary feature learning): a ResNet-50 "
+               "trained with the identity loss, trained by the dgnet pipeline.",
+}
+MODEL_FORMAT = (" One version per training run and seed; aliases `current-seed<S>` (each seed's latest) "
+                "and `current` (the first seed's). Each version is an MLflow pyfunc model: images "
+                "(N, 3, H, W) float32, ImageNet-normalised, in; flip-averaged features out "
+                "(`mlflow models serve`); it holds model.pt (`dgnet extract --model models:/NAME@current`) "
+                "and config.json.")
 EVAL_PREFIX = "eval/"
 MODEL_ARTIFACT_DIR = "model"
 
@@ -266,15 +277,16 @@ class MlflowHooks(TrainingHooks):
         from mlflow.exceptions import MlflowException
 
         name = self.registered_model
+        description = MODEL_DESCRIPTIONS.get(result.kind, result.kind) + MODEL_FORMAT
         try:
-            self.client.create_registered_model(
-                name, description=f"dgnet {result.kind} models, one version per training run: MLflow "
-                                  "pyfunc models (images in, features out; `mlflow models serve`) holding "
-                                  "model.pt (dgnet.models.persist) and config.json")
+            self.client.create_registered_model(name, description=description)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise TrackingError(f"MLflow at {self.client.tracking_uri}: cannot create registered "
                                     f"model {name!r}: {short(exc)}") from exc
+            if self.client.get_registered_model(name).description != description:  # an older text
+                self._call("describe the registered model", self.client.update_registered_model, name,
+                           description)
         run = self._call("read the run", self.client.get_run, self.run_id)
         source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
         tags = {"dgnet.kind": result.kind, "dgnet.iterations": str(result.iterations),
@@ -282,9 +294,12 @@ class MlflowHooks(TrainingHooks):
                 **self.version_tags}
         if self.variant:
             tags["dgnet.variant"] = self.variant
+        seed, mean_ap = self.version_tags.get("dgnet.seed"), _number(result.metrics.get("mAP"))
+        what = ", ".join([self.variant or result.kind, *([f"seed {seed}"] if seed is not None else []),
+                          f"{result.iterations} iterations",
+                          *([f"mAP {100 * mean_ap:.1f}"] if mean_ap is not None else [])])
         version = self._call(f"register a version of {name!r}", self.client.create_model_version,
-                             name, source, run_id=self.run_id, tags=tags,
-                             description=f"{result.kind} after {result.iterations} iterations")
+                             name, source, run_id=self.run_id, tags=tags, description=what)
         self.model_version = version
         if self.alias:
             self.set_alias(self.alias)

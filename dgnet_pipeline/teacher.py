@@ -114,11 +114,8 @@ def train_and_publish(inputs: StageInputs, args: argparse.Namespace, configs: di
     started, results = time.monotonic(), {}
     with tracked_run(client, inputs.experiment_id, STAGE, tags) as parent:
         for index, seed in enumerate(seeds):
-            alias = settings.alias or None
-            if alias and nested:  # every member gets <alias>-seed<S>; the first also <alias>
-                aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])]
-            else:
-                aliases = [alias] if alias else []
+            alias = settings.alias or None  # every seed gets <alias>-seed<S>, the first also <alias>
+            aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])] if alias else []
             with _seed_run(client, inputs.experiment_id, parent, seed, nested, tags) as run_id:
                 link_previous_run(client, folders[seed], run_id)
                 hooks = MlflowHooks(client, run_id, registered_model=settings.teacher_model or None,

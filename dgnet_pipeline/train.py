@@ -13,8 +13,9 @@ compressed to `iterations`) and `mlflow`. One run trains one seed (`--seed S`, d
   reports/metrics/dgnet_seed<S>.json (rank1, mAP, mAP_finite, mINP of the final evaluation) and
   reports/figures/dgnet_seed<S>_swap_grid.png (a DVC plot: the top row gives the structure, the
   left column the appearance, tile (i, j) = G(s_j, a_i)); MLflow run `dgnet-seed<S>` (params, loss
-  curves, weights, learning rates, `eval/...`, swap grids, the model); the first seed's model is
-  registered as a new version of `mlflow.model` with the alias `mlflow.alias`.
+  curves, weights, learning rates, `eval/...`, swap grids, the model); every seed's model is
+  registered as a new version of `mlflow.model` with the alias `<mlflow.alias>-seed<S>`, the first
+  seed's also with `mlflow.alias` (as the teacher stage does).
 - `--ablation NAME`: the `train` section with the keys of params `ablations.NAME` changed (same
   data, seed and teacher), to outputs/ablations/NAME/seed<S>/, reports/metrics/ablation_NAME_seed<S>.json
   and the swap grid beside it; MLflow run `NAME-seed<S>`, not registered.
@@ -210,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     teachers = seed_teachers(workspace, args.teachers, seed, mode) if needs_teacher else []
     fork = fork_checkpoint(workspace, args, seed)
     registered = inputs.mlflow.model if args.registered_model is None else args.registered_model
-    registered = registered if seed == seeds[0] else ""  # one registered version per pipeline run
     teacher_prints = [model_fingerprint(path) for path in teachers]  # loads each model: once
     run_name = f"{args.variant}-seed{seed}"
     folder = work_dir(workspace, f"dgnet-{run_name}", {
@@ -222,13 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     # One run per folder: a second stage in this workspace stops here, before any MLflow run.
     with hold_run_locks([folder], f"{run_name} run folder"):
         return train_and_publish(inputs, args, run_name, registered, model_cfg, cfg, teachers, fork, folder,
-                                 run_params(inputs, args, mode, teacher_prints, fork), tags)
+                                 run_params(inputs, args, mode, teacher_prints, fork), tags,
+                                 first_seed=seed == seeds[0])
 
 
 def train_and_publish(inputs: StageInputs, args: argparse.Namespace, run_name: str, registered: str,
                       model_cfg: Any, cfg: Any, teachers: list[Path], fork: Path | None, folder: Path,
-                      extra: dict[str, Any], tags: dict[str, str]) -> int:
-    """Train in the (locked) run folder, log and register the model, write the outputs."""
+                      extra: dict[str, Any], tags: dict[str, str], first_seed: bool = True) -> int:
+    """Train in the (locked) run folder, log and register the model (alias `<alias>-seed<S>`, and
+    `<alias>` for the first seed), write the outputs."""
     from dgnet.training.checkpoint import checkpoint_path
     from dgnet.training.trainer import train_dgnet
 
@@ -236,8 +238,10 @@ def train_and_publish(inputs: StageInputs, args: argparse.Namespace, run_name: s
     metrics_file = inputs.workspace / args.metrics if args.metrics else None
     with tracked_run(inputs.client, inputs.experiment_id, run_name, tags) as run:
         link_previous_run(inputs.client, folder, run.info.run_id)
+        alias = inputs.mlflow.alias
         hooks = MlflowHooks(inputs.client, run.info.run_id, registered_model=registered or None,
-                            alias=inputs.mlflow.alias or None, variant=args.variant, extra_params=extra)
+                            alias=f"{alias}-seed{cfg.seed}" if alias else None, variant=args.variant,
+                            extra_params=extra, version_tags={"dgnet.seed": cfg.seed})
         try:
             with warnings.catch_warnings():  # a warm-up stops where the ramps start, by design
                 if args.warmup:
@@ -246,6 +250,8 @@ def train_and_publish(inputs: StageInputs, args: argparse.Namespace, run_name: s
                                      resume=True, fork_from=fork)
         finally:
             hooks.close()
+        if hooks.model_version is not None and alias and first_seed:
+            hooks.set_alias(alias)
         summary = metrics_summary(result.metrics)
         with atomic_dir(out) as tmp:
             if args.warmup:

@@ -147,10 +147,13 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     # Seed S learns from the teacher of seed S (train.teachers: paired).
     assert dgnet_run.data.params["teacher.fingerprints"] != unforked.data.params["teacher.fingerprints"]
     assert dgnet_run.data.params["train.teachers"] == "paired"
-    # Only the first seed's model is registered: one version per pipeline run.
+    # Every seed's model is registered: current-seed<S>, and current for the first seed.
     version = client.get_model_version_by_alias("t-dgnet", "current")
-    assert version.run_id == dgnet_run.info.run_id
-    assert unforked.info.run_id not in {v.run_id for v in client.search_model_versions("name = 't-dgnet'")}
+    assert version.run_id == dgnet_run.info.run_id == \
+        client.get_model_version_by_alias("t-dgnet", "current-seed0").run_id
+    assert client.get_model_version_by_alias("t-dgnet", "current-seed1").run_id == unforked.info.run_id
+    assert version.tags["dgnet.seed"] == "0" and version.description.startswith("dgnet, seed 0, 3 iterations")
+    assert "DG-Net" in client.get_registered_model("t-dgnet").description
     # The registered version loads back through the registry: models:/<name>@<alias> -> model.pt.
     local = mlflow.artifacts.download_artifacts(artifact_uri="models:/t-dgnet@current",
                                                 dst_path=str(workspace / "download"), tracking_uri=store[0],
@@ -333,7 +336,9 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
     assert "### dgnet (mean of 2 seeds)" in report and "\n- **mAP: dgnet " in report and "teacher" in report
     for picture in ("eval_cmc.png", "eval_dgnet_seed0_swap_grid.png", "eval_teacher_seed0_ranked_list.png"):
         assert (workspace / "reports" / "figures" / picture).is_file()
-    assert (workspace / "reports" / "plots" / "cmc" / "dgnet_seed1.csv").read_text().startswith("rank,cmc")
+    assert (workspace / "reports" / "plots" / "cmc.csv").read_text().startswith("rank,cmc,model")
+    assert json.loads((workspace / "reports/metrics/summary/dgnet_seed1.json").read_text())["mAP"] == round(
+        summary["dgnet_seed1"]["alpha_0.5"]["mAP"], 4)
     (run,) = runs(store[1], "evaluate")
     assert run.info.status == "FINISHED" and "dgnet_seed0/alpha_0.5/mAP" in run.data.metrics
     assert {"dgnet/summary/mAP_mean", "dgnet/summary/vs_teacher/mAP/low"} <= set(run.data.metrics)
