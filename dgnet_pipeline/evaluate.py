@@ -15,10 +15,13 @@ Cross-domain: every dataset of params `evaluate.targets` (`- {name: duke, data: 
 format: dukemtmc}`; format detected when left out) is validated with the same rules (pandas engine;
 report in reports/cross_domain/) and every model is ranked on its query/gallery at its main setting.
 
-Writes reports/benchmark.md (one table, honest notes), reports/metrics/eval.json (for `dvc metrics`;
-`cross_domain/<target>/<model>` there for the targets),
-reports/plots/cmc/<model>.csv (for `dvc plots`), reports/figures/*.png, and one MLflow run
-`evaluate` holding all metrics and the report with its pictures."""
+Writes reports/benchmark.md (its headline first, the tables, honest notes), reports/metrics/eval.json
+(every figure; `cross_domain/<target>/<model>` there for the targets), reports/metrics/summary/
+(`dvc metrics show`: one small file per variant, <variant>.json the mean over seeds and
+<variant>_seed<S>.json each seed: rank1, mAP, mAP_finite, mINP), reports/plots/cmc.csv (`dvc plots
+show`: rank, cmc, model; each variant at its main setting, the mean over its seeds), reports/figures/*.png,
+and one MLflow run `evaluate` holding all metrics and the report with its pictures, the report's
+headline as its description."""
 
 from __future__ import annotations
 
@@ -45,7 +48,14 @@ from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
 from dgnet_pipeline.common import TEACHER_OUT, parse_seeds, resolve, teacher_paths
-from dgnet_pipeline.evaluate_report import first_seeds, headline, main_setting, seed_summaries, write_report
+from dgnet_pipeline.evaluate_report import (
+    first_seeds,
+    group_by_variant,
+    headline,
+    main_setting,
+    seed_summaries,
+    write_report,
+)
 from dgnet_pipeline.mlflow_hooks import finite, flatten
 from dgnet_pipeline.mlflow_runs import run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
@@ -63,7 +73,8 @@ class Paths:
     ablations: Path = Path("outputs/ablations")  # <name>/seed<S>/model.pt
     report: Path = Path("reports/benchmark.md")
     metrics: Path = Path("reports/metrics/eval.json")
-    plots: Path = Path("reports/plots/cmc")
+    summary: Path = Path("reports/metrics/summary")
+    plots: Path = Path("reports/plots/cmc.csv")
     figures: Path = Path("reports/figures")
 
 
@@ -81,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
 REID_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_finite", "mINP")
+SUMMARY = ("rank1", "mAP", "mAP_finite", "mINP")  # what `dvc metrics show` prints, per variant and seed
 # Settings of params `evaluate` that benchmark_model takes as they are.
 BENCHMARK_KEYS = ("device", "alphas", "rerank", "batch_size", "ranked_queries", "num_swaps",
                   "inception_weights", "seed")
@@ -231,6 +243,29 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items() if v is not None}
 
 
+def write_summary(folder: Path, results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None
+                  ) -> None:
+    """folder/<variant>.json (the mean over its seeds) and folder/<variant>_seed<S>.json: rank1, mAP,
+    mAP_finite, mINP at the variant's main setting; one row each in `dvc metrics show`."""
+    for variant, runs in group_by_variant(results).items():
+        per_seed = {seed: run.reid[main_setting(run, changes)] for seed, run in runs.items()}
+        for seed, m in per_seed.items():
+            write_json(folder / f"{variant}_seed{seed}.json", {k: round(m[k], 4) for k in SUMMARY})
+        write_json(folder / f"{variant}.json",
+                   {k: round(sum(m[k] for m in per_seed.values()) / len(per_seed), 4) for k in SUMMARY})
+
+
+def cmc_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None) -> pd.DataFrame:
+    """rank, cmc, model: each variant's CMC at its main setting, the mean over its seeds (long format:
+    one chart, a curve per model, in `dvc plots show`)."""
+    tables = []
+    for variant, runs in group_by_variant(results).items():
+        curves = [run.cmc[main_setting(run, changes)] for run in runs.values()]
+        mean = [sum(values) / len(values) for values in zip(*curves, strict=True)]
+        tables.append(pd.DataFrame({"rank": range(1, len(mean) + 1), "cmc": mean, "model": variant}))
+    return pd.concat(tables, ignore_index=True)
+
+
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: EvaluateConfig,
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                   trivial: dict[str, float] | None = None,
@@ -247,12 +282,6 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: Eval
         gen = _finite_tree(result.generation)
         if gen:
             summary[result.name]["generation"] = gen
-        for setting, curve in result.cmc.items():
-            table = pd.DataFrame({"rank": range(1, len(curve) + 1), "cmc": curve})
-            main = main_setting(result, changes)
-            name = f"{result.name}.csv" if setting == main else f"{result.name}_{setting}.csv"
-            with atomic_path(workspace / paths.plots / name) as tmp:
-                table.to_csv(tmp, index=False)
         for picture, image in result.pictures.items():
             save(image, workspace / paths.figures / f"eval_{result.name}_{picture}.png")
     for variant, entry in seed_summaries(results, changes).items():
@@ -261,6 +290,9 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: Eval
         summary["cross_domain"] = {t: {name: {k: round(m[k], 6) for k in REID_KEYS}
                                        for name, m in per_model.items()} for t, per_model in cross.items()}
     write_json(workspace / paths.metrics, summary)
+    write_summary(workspace / paths.summary, results, changes)
+    with atomic_path(workspace / paths.plots) as tmp:
+        cmc_table(results, changes).to_csv(tmp, index=False)
     curves = {r.name: r.cmc[main_setting(r, changes)] for r in first_seeds(results)}
     save(cmc_plot(curves, max_rank=20, title="CMC (each model at its main setting)"),
          workspace / paths.figures / "eval_cmc.png")
