@@ -99,7 +99,7 @@ def test_status_of_the_pipeline_is_up_to_date(workspace):
     status = _dvc(workspace, "status", "dvc.yaml")
     assert status.returncode == 0 and status.stdout.strip() == "Data and pipelines are up to date."
     # The never-run tuning entry is the only thing a bare `dvc status` lists (DVC 3 has no way to
-    # leave a never-run stage of a collected dvc.yaml out; see dvc.yaml's note).
+    # leave a never-run stage of a collected dvc.yaml out; see tuning/dvc.yaml's note).
     everything = _dvc(workspace, "status")
     assert everything.returncode == 0
     listed = [line for line in everything.stdout.splitlines() if line and not line.startswith(("\t", " "))]
