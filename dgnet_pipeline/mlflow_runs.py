@@ -4,10 +4,12 @@ on an interrupt) and its link to the interrupted run it resumes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,21 @@ from dgnet_pipeline.tracking import CHECK_TIMEOUT_S, TrackingError, attempt_env,
 # MLflow 3's UI opens an untagged experiment on its GenAI (traces) overview; this tag makes it open
 # on the runs table, where variants and metrics are compared.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The trained variants' runs: not the warm-ups, the teachers' parent, the evaluate or tuning runs.
+VARIANT_FILTER = " and ".join(["attributes.status = 'FINISHED'", *(
+    f"tags.`dgnet.variant` != '{v}'" for v in ("warmup", "teacher-mean", "all", "tune"))])
+# A saved view of the runs table (MLflow >= 3.15 keeps them as experiment tags under this prefix;
+# Views menu, or #/experiments/<id>/runs?viewStateShareKey=<VIEW_ID>): one row per variant, its
+# final rank-1 / mAP / mAP_finite averaged over the seeds, the seeds' runs beneath it.
+VIEW_TAG_PREFIX, VIEW_ID = "mlflow.sharedViewState.", "dgnet-variants"
+VIEW_STATE = {
+    "searchFilter": VARIANT_FILTER, "orderByKey": "attributes.start_time", "orderByAsc": False,
+    "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+    "selectedColumns": [f"metrics.`eval/{m}`" for m in ("rank1", "mAP", "mAP_finite", "mINP")],
+    "runsHiddenMode": "SHOW_ALL",
+    "groupBy": {"aggregateFunction": "average",
+                "groupByKeys": [{"mode": "tag", "groupByData": "dgnet.variant"}]},
+}
 
 
 def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
@@ -31,19 +48,27 @@ def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+                tags = {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: saved_view()}
+                return client.create_experiment(name, artifact_location=location, tags=tags)
             except MlflowException as exc:  # created concurrently by another stage
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 experiment = client.get_experiment_by_name(name)
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
-        for key, value in EXPERIMENT_KIND.items():
+        for key, value in {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: saved_view()}.items():
             if key not in experiment.tags:  # an experiment made before, or by hand: a user's choice stays
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     except MlflowException as exc:
         raise TrackingError(f"MLflow experiment {name!r} at {client.tracking_uri}: {short(exc)}") from exc
+
+
+def saved_view() -> str:
+    """The saved view's tag value, in the envelope MLflow's UI writes ({name, createdAt, state})."""
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "Variants: rank-1 and mAP over seeds", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(VIEW_STATE)})
 
 
 def git_commit(folder: str | os.PathLike) -> tuple[str | None, bool | None]:

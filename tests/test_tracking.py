@@ -57,6 +57,21 @@ def test_experiments_open_on_the_runs_table(store):
     assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"  # kept
 
 
+def test_the_saved_view_shows_exactly_the_variant_runs_with_their_metrics(store):
+    _, _, client, _ = store
+    experiment_id = ensure_experiment(client, "views", None)
+    tags = client.get_experiment(experiment_id).tags
+    state = json.loads(json.loads(tags[mlflow_runs.VIEW_TAG_PREFIX + mlflow_runs.VIEW_ID])["state"])
+    assert {"metrics.`eval/mAP`", "metrics.`eval/rank1`"} <= set(state["selectedColumns"])
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dgnet.variant"}]
+    for variant in ("warmup", "teacher-mean", "all", "tune", "teacher", "dgnet", "no_fine"):
+        run = client.create_run(experiment_id, run_name=variant, tags={"dgnet.variant": variant})
+        client.set_terminated(run.info.run_id)
+    client.create_run(experiment_id, run_name="running", tags={"dgnet.variant": "dgnet"})  # not finished
+    shown = client.search_runs([experiment_id], state["searchFilter"])
+    assert sorted(r.info.run_name for r in shown) == ["dgnet", "no_fine", "teacher"]
+
+
 @pytest.fixture()
 def no_tracking_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
