@@ -49,9 +49,10 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     print(f"rank: {result.num_queries} queries x {result.num_gallery} gallery images -> {result.csv}, "
           f"{result.page}, {result.picture}")
     if result.metrics:
-        print(f"ids from the {result.id_format} file names: rank-1 {100 * result.metrics['rank1']:.1f}, "
-              f"mAP {100 * result.metrics['mAP']:.1f} ({int(result.metrics['num_valid_queries'])} queries "
-              "with a match)")
+        m = result.metrics
+        print(f"ids from the {result.id_format} file names: rank-1 {100 * m['rank1']:.1f}, "
+              f"mAP {100 * m['mAP']:.1f} (finite-sum AP: {100 * m['mAP_finite']:.1f}; "
+              f"{int(m['num_valid_queries'])} queries with a match)")
     return 0
 
 
@@ -118,7 +119,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     heading = (f"# Benchmark on {args.data} ({frame.attrs['format']}: {counts.get('query', 0)} queries, "
                f"{counts.get('gallery', 0)} gallery images)\n\n"
                "Settings: query alpha = weight of the query's fine-grained half (0.5 as published); "
-               "mAP is the Market-1501 (trapezoid) convention, divided by the queries with a match.")
+               "mAP is the Market-1501 (trapezoid) convention, mAP_finite the finite sum torchreid and "
+               "fast-reid report; both divided by the queries with a match.")
     with output_errors("evaluate", args.out):
         report = write_benchmark(results, args.out, heading)
     print(report.read_text())
