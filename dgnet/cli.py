@@ -38,12 +38,16 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from dgnet.profiles import resolve_cli_params, resolved_config
+    from dgnet.profiles import resolve_cli_params, resolved_config, set_iterations
 
     path = args.params
     if path is None and args.profile is None and Path("params.yaml").is_file():
         path = Path("params.yaml")  # in a workspace: what `dvc repro` trains
-    shown = resolved_config(resolve_cli_params(path, args.assignments, args.profile, default="cpu"))
+    params = resolve_cli_params(path, args.assignments, args.profile, default="cpu")
+    if args.iterations is not None:  # as `dgnet train-teacher` / `dgnet train --iterations N` do
+        for section in ("teacher", "train"):
+            set_iterations(params, section, args.iterations)
+    shown = resolved_config(params)
     if args.format == "json":
         print(json.dumps(shown, indent=2))
     else:
@@ -82,6 +86,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                       help="a params file (default: ./params.yaml unless --profile is given)")
     show.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                       help="one setting, e.g. train.iterations=300 (YAML value); repeatable")
+    show.add_argument("--iterations", type=int, default=None,
+                      help="what `dgnet train-teacher` / `dgnet train --iterations N` get: that length, the "
+                           "schedule at the same fractions")
     show.add_argument("--format", choices=("json", "yaml"), default="yaml")
     show.set_defaults(func=_cmd_config_show)
 

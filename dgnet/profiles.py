@@ -179,6 +179,16 @@ def resolve_cli_params(path: Path | None, assignments: Iterable[str] = (), profi
     return resolve_params(params, profile=profile or params.get("profile") or default)
 
 
+def set_iterations(params: dict[str, Any], section: str, iterations: int) -> None:
+    """`--iterations N`: resolved params' `section` runs N iterations with its whole schedule (warm-up,
+    ramps, LR steps) at the same fractions of the run; numbers without `scale_schedule_from` (the tiny
+    profile, a params file) are taken as written for the section's own length."""
+    values = params[section]
+    default = next(f.default for f in dataclasses.fields(CONFIG_CLASSES[section]) if f.name == "iterations")
+    values.setdefault("scale_schedule_from", values.get("iterations", default))
+    values["iterations"] = iterations
+
+
 def model_config(params: Mapping[str, Any], num_classes: int | None = None) -> Any:
     """The ModelConfig of resolved params: the profile's, changed by `model:` (and the data's classes)."""
     overrides = dict(params.get("model") or {})

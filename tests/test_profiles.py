@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import yaml
 
 from dgnet.errors import ConfigError
 from dgnet.profiles import (
+    CONFIG_CLASSES,
     PROFILES,
+    _plain,
     apply_assignments,
     model_config,
     resolve_params,
@@ -153,3 +156,28 @@ def test_assignments_and_model_config():
     with pytest.raises(ConfigError, match="differs from the 5 training identities"):
         model_config(resolve_params({"profile": "tiny", "model": {"num_classes": 4}}), num_classes=5)
     assert set(PROFILES) == {"paper", "cpu", "tiny"}
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_iterations_flag_scales_the_whole_schedule_of_every_profile(profile):
+    """`dgnet train --iterations 60` moves warm-up, ramps and LR steps inside the 60 iterations at the
+    paper's fractions (the tiny profile kept warmup_start 30000: the ramped losses never switched on),
+    and `dgnet config show --iterations 60` prints what the trainers get."""
+    from dgnet.cli import build_parser
+    from dgnet.training.cli import build_configs
+
+    def configs(command: str, section: str) -> object:
+        args = build_parser(command).parse_args(
+            [command, "--profile", profile, "--iterations", "60", "--data", "d", "--out", "o"])
+        return build_configs(args, CONFIG_CLASSES[section], section)[1]
+
+    train, teacher = configs("train", "train"), configs("train-teacher", "teacher")
+    schedule = train.schedule
+    points = (schedule.warmup_start, *schedule.lr_milestones)
+    assert train.iterations == 60 and all(0 < p < 60 for p in points)
+    assert schedule.warmup_start == 18 and schedule.lr_milestones == (36, 54)  # 30k, 60k, 90k of 100k
+    assert schedule.id_generated_ramp <= 60 and train.needs_teacher()
+    assert teacher.iterations == 60 and teacher.lr_milestones == (40,)  # 16k of 24k
+    shown = show("--profile", profile, "--iterations", "60")
+    assert shown["train"]["schedule"] == _plain(dataclasses.asdict(schedule))
+    assert shown["teacher"]["lr_milestones"] == [40]

@@ -27,7 +27,7 @@ from dgnet.config import AMP_MODES, DEVICES, DGNetTrainConfig, TeacherTrainConfi
 from dgnet.data.manifest import FORMATS
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
-from dgnet.profiles import PROFILES, model_config, resolve_cli_params, run_config
+from dgnet.profiles import PROFILES, model_config, resolve_cli_params, run_config, set_iterations
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 
 if TYPE_CHECKING:
@@ -84,14 +84,16 @@ def _load_frame(args: argparse.Namespace) -> pd.DataFrame:
 def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> tuple[ModelConfig, Any]:
     """(model config, training config): the profile, `--params`, `--set`, then the flags, in that order.
 
-    `--iterations` sets `<section>.iterations`: the profile's schedule numbers are written for its
-    `scale_schedule_from` iterations and move to the same fractions of the shorter run."""
-    flags = {"iterations": args.iterations, "batch_size": args.batch_size, "device": args.device,
+    `--iterations` sets `<section>.iterations` and moves the whole schedule to the same fractions of
+    the new length (`dgnet.profiles.set_iterations`; `dgnet config show --iterations N` prints it)."""
+    flags = {"batch_size": args.batch_size, "device": args.device,
              "amp": args.amp, "seed": args.seed, "compile": args.compile,
              "channels_last": args.channels_last, "deterministic": args.deterministic,
              "num_workers": args.num_workers}
     params = resolve_cli_params(args.params, args.assignments, args.profile)
     params[section].update({k: v for k, v in flags.items() if v is not None})
+    if args.iterations is not None:
+        set_iterations(params, section, args.iterations)
     return model_config(params), run_config(params, section)
 
 
@@ -150,7 +152,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="one setting, dotted from the section (YAML value), e.g. "
                              "train.objective.r1_weight=0 or model.backbone=resnet34; repeatable")
     parser.add_argument("--iterations", type=int,
-                        help="number of iterations; the schedule keeps its fractions of the run")
+                        help="number of iterations; the whole schedule (warm-up, ramps, LR steps) keeps its "
+                             "fractions of the run, as `dgnet config show --iterations N` prints")
     parser.add_argument("--batch-size", type=int, help="batch size per rank (DG-Net: per stream)")
     parser.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
     parser.add_argument("--amp", choices=AMP_MODES,
