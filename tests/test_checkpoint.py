@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dgnet.errors import OutputError
 from dgnet.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -45,7 +46,7 @@ def test_failed_write_keeps_previous(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"iter_00000002\.pt: cannot be written \(disk full\).*iter_0+1"):
         save_checkpoint(tmp_path, 2, {"x": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["iter_00000001.pt"]
 

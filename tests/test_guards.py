@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -372,3 +373,43 @@ def test_an_unwritable_sqlite_store_fails_within_seconds(tmp_path: Path) -> None
     assert time.monotonic() - started <= 5
     check_sqlite(f"sqlite:///{tmp_path / 'fine.db'}")
     check_sqlite("sqlite:///:memory:")
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),  # errno.ENOSPC from the file write
+    RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 4096 vs 4090\n"
+                 "PytorchStreamWriter failed writing file data/3: file write failed"),  # torch's zip writer
+])
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(workspace: Path, tmp_path: Path, capsys,
+                                                            monkeypatch, failure: Exception) -> None:
+    """The disk fills up while the second checkpoint is written: exit 2 naming the file, the bytes it
+    needs and the checkpoint kept, no traceback; the first checkpoint is whole and no temporary file is
+    left (was: torch's RuntimeError as a traceback, exit 1)."""
+    import torch
+
+    from dgnet.training.checkpoint import load_checkpoint
+
+    real_save, files = torch.save, []
+
+    def filling_save(obj: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(target, str | os.PathLike):
+            files.append(target)
+            if len(files) == 2:
+                Path(target).write_bytes(b"PK\x03\x04 half a checkpoint")
+                raise failure
+        real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", filling_save)
+    out = tmp_path / "out"
+    code = run_cli("train-teacher", "--manifest", workspace / "data" / "manifest.csv", "--profile", "tiny",
+                   "--out", out, "--iterations", "3", "--set", "teacher.checkpoint_every=1",
+                   "--batch-size", "4", "--device", "cpu", "--num-workers", "0")
+    err = capsys.readouterr().err
+    folder = out / "checkpoints"
+    assert code == EXIT_USAGE and "Traceback" not in err, err
+    assert f"checkpoint {folder / 'iter_00000002.pt'}: cannot be written" in err
+    assert ("the disk is full" if isinstance(failure, OSError) else "PytorchStreamWriter failed") in err
+    assert re.search(r"needs about [\d,]{6,} bytes, [\d,]+ bytes free", err), err
+    assert f"the last good checkpoint, {folder / 'iter_00000001.pt'}, is kept" in err
+    assert [p.name for p in folder.iterdir()] == ["iter_00000001.pt"] and not (out / "model.pt").exists()
+    assert load_checkpoint(folder / "iter_00000001.pt")["iteration"] == 1

@@ -8,10 +8,12 @@ name and renamed, so a crash mid-write keeps the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgnet.errors import DgnetError
+from dgnet.errors import DgnetError, OutputError
 from dgnet.io import atomic_path
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
@@ -59,11 +61,41 @@ def save_checkpoint(folder: str | os.PathLike, iteration: int, state: dict[str, 
     """Write `state` (+ iteration and RNG states) as folder/iter_XXXXXXXX.pt, atomically; keep the
     newest `keep` checkpoints."""
     path = checkpoint_path(folder, iteration)
-    with atomic_path(path) as tmp:
-        torch.save({**state, "iteration": iteration, "rng": rng_state()}, tmp)
+    state = {**state, "iteration": iteration, "rng": rng_state()}
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as a RuntimeError
+        if isinstance(exc, RuntimeError) and "PytorchStreamWriter" not in str(exc):
+            raise
+        raise _write_error(path, state, exc) from exc
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    return sum(_nbytes(v) for v in obj) if isinstance(obj, list | tuple) else 0
+
+
+def _write_error(path: Path, state: dict[str, Any], exc: Exception) -> OutputError:
+    """What a failed checkpoint write tells the user: the file, the space it needs and has, and which
+    checkpoint is kept (the atomic write leaves the previous ones whole and no temporary file)."""
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+    why = "the disk is full" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[-1])
+    try:
+        free = f", {shutil.disk_usage(path.parent).free:,} bytes free there"
+    except OSError:
+        free = ""
+    kept = list_checkpoints(path.parent)
+    kept = (f"the last good checkpoint, {kept[-1]}, is kept: re-run the same command to resume from it"
+            if kept else "no earlier checkpoint of this run exists")
+    return OutputError(f"checkpoint {path}: cannot be written ({why}); it needs about "
+                       f"{_nbytes(state):,} bytes{free}. Free space there; {kept}")
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
