@@ -7,6 +7,7 @@ import pytest
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ["DGNET_OFFLINE"] = "1"  # tests never download ImageNet weights (tests/test_models.py mocks it)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

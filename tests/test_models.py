@@ -298,6 +298,41 @@ def test_pretrained_missing_warns_and_inits_randomly(tmp_path, monkeypatch) -> N
         build_trunk(dataclasses.replace(cfg, require_pretrained=True))
 
 
+def test_a_run_that_requires_imagenet_weights_downloads_them_through_torchvision(tmp_path, monkeypatch):
+    """Online: torchvision's weights API fetches the file into the hub cache (the network mocked)."""
+    import urllib.error
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.delenv("DGNET_OFFLINE")
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    fetched = []
+
+    def download(url, dst, *args, **kwargs):
+        fetched.append(url)
+        torch.save(reference.state_dict(), dst)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    cfg = get_profile("tiny", pretrained=True, require_pretrained=True)
+    trunk = build_trunk(cfg)
+    assert fetched == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    assert torch.equal(trunk.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    build_trunk(cfg)
+    assert len(fetched) == 1  # from the cache the second time
+    build_trunk(dataclasses.replace(cfg, require_pretrained=False))  # never downloads: found in the cache
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty"))
+    with pytest.warns(PretrainedWeightsMissingWarning, match="downloading .* failed"), \
+            pytest.raises(ConfigError, match=r"Put https://.*resnet18-f37072fd\.pth as .*empty/checkpoints/"):
+        build_trunk(cfg)
+    monkeypatch.setenv("DGNET_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded offline"))
+    with pytest.raises(ConfigError, match="none could be downloaded"):
+        build_trunk(cfg)
+
+
 def test_pretrained_path_is_loaded(tmp_path) -> None:
     torch.manual_seed(1)
     reference = torchvision.models.resnet18(weights=None)

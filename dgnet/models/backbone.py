@@ -1,13 +1,17 @@
 """ResNet trunk (torchvision ResNet without pooling and fc), last stage with stride 1.
 
 ImageNet weights are used when the user has them: a path in the config, or the torchvision
-checkpoint file already in the torch hub cache. Nothing is ever downloaded: without weights the
-trunk is randomly initialised with a warning, or ConfigError when `require_pretrained` is set.
+checkpoint file already in the torch hub cache. A run that requires them (`require_pretrained`, the
+paper profile) downloads them there through torchvision's weights API when the machine is online,
+as torchreid and fast-reid do (one bounded attempt; DGNET_OFFLINE=1 turns it off); otherwise, and
+for every other run, nothing is downloaded: without weights the trunk is randomly initialised with
+a warning, or ConfigError naming the file and the folder when `require_pretrained` is set.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -24,6 +28,10 @@ _BUILDERS = {
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
 }
+
+
+DOWNLOAD_TIMEOUT_S = 30  # per network operation: an offline machine gives up within it
+OFFLINE_ENV = "DGNET_OFFLINE"
 
 
 class PretrainedWeightsMissingWarning(UserWarning):
@@ -92,6 +100,24 @@ def cached_imagenet_checkpoint(name: str) -> Path | None:
     return None
 
 
+def download_imagenet_checkpoint(name: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path | None:
+    """Fetch `name`'s ImageNet V1 weights into the torch hub cache (torchvision's `get_state_dict`,
+    hash checked); the file, or None when offline, refused by DGNET_OFFLINE=1, or failed."""
+    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
+        return None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        _BUILDERS[name][1].IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as error:  # URLError and timeouts are OSErrors
+        warnings.warn(f"model.pretrained: downloading the {name} ImageNet weights failed ({error})",
+                      PretrainedWeightsMissingWarning, stacklevel=3)
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return cached_imagenet_checkpoint(name)
+
+
 def load_trunk_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> None:
     """Load a torchvision ResNet state dict (`fc.*` entries ignored) into `trunk`; ConfigError if unfit."""
     path = Path(path)
@@ -122,19 +148,23 @@ def build_trunk(cfg: ModelConfig, last_stride: int = 1) -> ResNetTrunk:
     if not cfg.pretrained:
         return trunk
     path = Path(cfg.pretrained_path) if cfg.pretrained_path else cached_imagenet_checkpoint(cfg.backbone)
+    if path is None and cfg.require_pretrained:
+        path = download_imagenet_checkpoint(cfg.backbone)
     if path is not None:
         load_trunk_weights(trunk, path)
         return trunk
-    message = (
-        f"model.pretrained: no ImageNet weights for {cfg.backbone} (no model.pretrained_path and none in "
-        f"{Path(torch.hub.get_dir()) / 'checkpoints'}); nothing is downloaded"
-    )
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    message = (f"model.pretrained: no ImageNet weights for {cfg.backbone} (no model.pretrained_path and "
+               f"none in {folder})")
     if cfg.require_pretrained:
+        url = _BUILDERS[cfg.backbone][1].IMAGENET1K_V1.url
         raise ConfigError(
-            message + "; model.require_pretrained is set (the paper profile sets it: without ImageNet "
-            "weights it loses tens of rank-1 points). Put torchvision's weights in that folder or set "
-            "model.pretrained_path; to train from random init anyway, set require_pretrained: false "
-            "(params.yaml `model: {require_pretrained: false}`, or --set model.require_pretrained=false)"
+            message + " and none could be downloaded; model.require_pretrained is set (the paper profile "
+            f"sets it: without ImageNet weights it loses tens of rank-1 points). Put {url} as "
+            f"{folder / os.path.basename(url)}, or set model.pretrained_path; to train from random init "
+            "anyway, set require_pretrained: false (params.yaml `model: {require_pretrained: false}`, or "
+            "--set model.require_pretrained=false)"
         )
+    message += "; nothing is downloaded unless model.require_pretrained is set"
     warnings.warn(message + "; starting from random init", PretrainedWeightsMissingWarning, stacklevel=2)
     return trunk
