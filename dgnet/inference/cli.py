@@ -20,9 +20,28 @@ from dgnet.config import DEVICES
 from dgnet.io import check_writable, output_errors
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """--threads, else OMP_NUM_THREADS when set, else the idle cores (`idle_cores`)."""
+    import os
+
+    import torch
+
+    from dgnet.inference.extract import idle_cores
+
+    if args.threads is not None:
+        if args.threads < 1:
+            from dgnet.errors import ConfigError
+
+            raise ConfigError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(idle_cores())
+
+
 def _extractor(args: argparse.Namespace):
     from dgnet.inference.extract import FeatureExtractor
 
+    _set_threads(args)
     return FeatureExtractor(args.model, device=args.device, batch_size=args.batch_size,
                             num_workers=args.num_workers)
 
@@ -62,6 +81,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from dgnet.training.runtime import select_device
 
     check_writable(args.out, "generate")  # the new dataset is made beside --out, then renamed onto it
+    _set_threads(args)
     model, info = load_trained_model(args.model, select_device(args.device), kind="dgnet")
     size = (info.config.image_height, info.config.image_width)
     with output_errors("generate", args.out):
@@ -134,6 +154,9 @@ def _add_model(parser: argparse.ArgumentParser, batch: bool = True) -> None:
     if batch:  # the commands that run the model on images
         parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
         parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+        parser.add_argument("--threads", type=int, metavar="N",
+                            help="CPU threads (default: OMP_NUM_THREADS, else the cores the load average "
+                                 "shows idle)")
 
 
 def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:

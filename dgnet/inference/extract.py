@@ -63,6 +63,16 @@ def feature_dim(config: ModelConfig, kind: str) -> int:
     return config.embedding_dim * (2 if kind == "dgnet" else 1)
 
 
+def idle_cores() -> int:
+    """The CPU threads an inference command should use: the cores this process may run on that the
+    1-minute load average does not show busy, at least 1. torch's default (every core) on a busy
+    machine makes its threads wait on each other: 35 images/s instead of 140 with one thread on 2
+    busy cores (benchmarks/RESULTS.md, extract threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - round(busy)))
+
+
 def is_model_uri(ref: str | os.PathLike) -> bool:
     """True for `models:/...` and `runs:/...` (MLflow), False for a file path."""
     return any(str(ref).startswith(f"{scheme}:/") for scheme in URI_SCHEMES)
