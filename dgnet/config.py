@@ -183,6 +183,9 @@ class DGNetTrainConfig(RunConfig):
     # weights (the CPU default), where a random E_a learns identities, and so appearance codes,
     # too slowly for the decoder to use them. The paper's configuration keeps False.
     init_appearance_from_teacher: bool = False
+    # Teachers trained on other data than this run's training split (cross-dataset distillation; a
+    # model file records the data it learnt): accepted with a warning. False refuses them.
+    cross_dataset_teacher: bool = False
     image_every: int = 5_000  # 0: only at the end
     # compile: E_a, E_s, decoder (D too when r1_weight is 0: R1 needs double backward).
     # amp: bf16 preferred to fp16, whose loss scale does not reach the R1 gradient.

@@ -12,6 +12,7 @@ Every write goes through the store's `RetryPolicy` (dgnet_pipeline.tracking)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import posixpath
@@ -19,7 +20,8 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,25 @@ class MlflowHooks(TrainingHooks):
         items = [RunTag(k, _tag_value(v)) for k, v in tags.items()]
         if items:
             self._call("set tags", self.client.log_batch, self.run_id, tags=items, synchronous=True)
+
+    @contextlib.contextmanager
+    def logging_warnings(self) -> Iterator[None]:
+        """Warnings shown in the block (a teacher of other data, a schedule past the run's end) are
+        printed as ever and also become the run's tag `dgnet.warnings`, one per line."""
+        shown: list[str] = []
+        with warnings.catch_warnings():
+            show = warnings.showwarning
+
+            def record(message: Any, *args: Any, **kwargs: Any) -> None:
+                shown.append(str(message))
+                show(message, *args, **kwargs)
+
+            warnings.showwarning = record
+            try:
+                yield
+            finally:
+                if shown and not self.gone:
+                    self.set_tags({"dgnet.warnings": "\n".join(dict.fromkeys(shown))})
 
     # -- hooks
     def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:

@@ -243,7 +243,7 @@ def train_and_publish(inputs: StageInputs, args: argparse.Namespace, run_name: s
                             alias=f"{alias}-seed{cfg.seed}" if alias else None, variant=args.variant,
                             extra_params=extra, version_tags={"dgnet.seed": cfg.seed})
         try:
-            with warnings.catch_warnings():  # a warm-up stops where the ramps start, by design
+            with hooks.logging_warnings(), warnings.catch_warnings():  # a warm-up stops where the ramps start
                 if args.warmup:
                     warnings.filterwarnings("ignore", "schedule.warmup_start .* is past the run")
                 result = train_dgnet(inputs.frame, model_cfg, cfg, teachers, folder, hooks=[pictures, hooks],

@@ -285,3 +285,25 @@ def test_a_resumed_run_links_and_closes_the_interrupted_one(store, tmp_path):
     assert client.get_run(first).info.status == "KILLED"
     assert client.get_run(first).data.tags["dgnet.resumed_by_run"] == run.info.run_id
     assert client.get_run(run.info.run_id).data.tags["dgnet.resumed_from_run"] == first
+
+
+def test_the_warning_of_an_accepted_teacher_of_other_data_reaches_the_mlflow_run(store, tmp_path):
+    """The train stage trains inside `MlflowHooks.logging_warnings`: a teacher of other data accepted
+    by train.cross_dataset_teacher is warned about (printed as ever) and in the run's tag dgnet.warnings."""
+    import torch
+
+    from dgnet.data.manifest import TRAIN_DATA_KEY
+    from dgnet.models.teacher import ReidBaseline
+    from dgnet.training.trainer import load_teachers
+
+    _, _, client, experiment_id = store
+    label_map = {pid: label for label, pid in enumerate((1, 2, 3, 4))}
+    teacher = save_model(tmp_path / "teacher.pt", ReidBaseline(TINY), "teacher", TINY,
+                         extra={"label_map": label_map, TRAIN_DATA_KEY: "ab" * 32})
+    with tracked_run(client, experiment_id, "warned", {}) as run:
+        hooks = MlflowHooks(client, run.info.run_id)
+        with hooks.logging_warnings():
+            load_teachers([teacher], label_map, TINY, torch.device("cpu"), "cd" * 32, other_data=True)
+    tag = client.get_run(run.info.run_id).data.tags["dgnet.warnings"]
+    assert f"teacher {teacher}: trained on other data (training split abababababab)" in tag
+    assert "accepted (train.cross_dataset_teacher)" in tag

@@ -14,7 +14,7 @@ import torch
 
 import dgnet.training.runtime as runtime_module
 import dgnet.training.trainer as trainer_module
-from dgnet.data.manifest import build_manifest
+from dgnet.data.manifest import TRAIN_DATA_KEY, build_manifest, train_fingerprint
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid
@@ -206,6 +206,60 @@ def test_teacher_from_another_dataset_is_refused(tmp_path, frame):
     other = save_model(tmp_path / "other.pt", ReidBaseline(cfg), "teacher", cfg)
     with pytest.raises(ModelFileError, match="trained on 9 identities"):
         train_dgnet(frame, TINY, dgnet_cfg(), [other], tmp_path / "run")
+
+
+def test_train_fingerprint_is_the_train_split_s_files_and_ids(frame):
+    ours = train_fingerprint(frame)
+    assert len(ours) == 64 and train_fingerprint(frame.sample(frac=1.0, random_state=0)) == ours  # order-free
+    query = frame.index[frame["split"] == "query"][0]
+    other_query = frame.assign(person_id=frame["person_id"].where(frame.index != query, 99))
+    assert train_fingerprint(other_query) == ours
+    first = frame.index[frame["split"] == "train"][0]
+    relabelled = frame.assign(person_id=frame["person_id"].where(frame.index != first, 99))
+    assert train_fingerprint(relabelled) != ours
+    renamed = frame.assign(file_name=frame["file_name"].where(frame.index != first, "9999_c1_f0.jpg"))
+    assert train_fingerprint(renamed) != ours
+
+
+def test_a_teacher_of_other_data_with_the_same_ids_is_refused_unless_accepted(tmp_path, frame):
+    """The probe: a teacher trained on another dataset with the same id numbers and class count was
+    taken (only those were compared), and DG-Net learnt its soft labels."""
+    label_map, ours = training_labels(frame), train_fingerprint(frame)
+    cfg = get_profile("tiny", num_classes=len(label_map))
+    other = save_model(tmp_path / "other.pt", ReidBaseline(cfg), "teacher", cfg,
+                       extra={"label_map": label_map, TRAIN_DATA_KEY: "ab" * 32})
+    with pytest.raises(ModelFileError) as refused:
+        train_dgnet(frame, TINY, dgnet_cfg(), [other], tmp_path / "refused")
+    message = str(refused.value)
+    assert f"teacher {other}: trained on other data (training split abababababab)" in message
+    assert f"this run's (training split {ours[:12]})" in message and "--cross-dataset-teacher" in message
+    assert refused.value.exit_code == 2 and not (tmp_path / "refused" / "model.pt").exists()
+
+    with pytest.warns(UserWarning, match=rf"teacher {other}: trained on other data .*: accepted"):
+        result = train_dgnet(frame, TINY, dgnet_cfg(cross_dataset_teacher=True), [other],
+                             tmp_path / "accepted")
+    assert load_model(result.model_path, kind="dgnet")[1].extra[TRAIN_DATA_KEY] == ours  # DG-Net's too
+
+    unknown = save_model(tmp_path / "imported.pt", ReidBaseline(cfg), "teacher", cfg,
+                         extra={"label_map": label_map})
+    with pytest.warns(UserWarning, match=rf"teacher {unknown}: trained on unknown data"):
+        trainer_module.load_teachers([unknown], label_map, TINY, torch.device("cpu"), ours)
+
+    parser = argparse.ArgumentParser()
+    add_train_commands(parser.add_subparsers(dest="command"))
+    for flags in (["--cross-dataset-teacher"], ["--set", "train.cross_dataset_teacher=true"]):
+        args = parser.parse_args(["train", "--data", "x", "--out", "y", "--profile", "tiny", *flags])
+        assert build_configs(args, DGNetTrainConfig, "train")[1].cross_dataset_teacher
+    args = parser.parse_args(["train", "--data", "x", "--out", "y", "--profile", "tiny"])
+    assert not build_configs(args, DGNetTrainConfig, "train")[1].cross_dataset_teacher
+
+
+def test_a_trained_teacher_records_its_data_and_is_taken_without_a_warning(tmp_path, frame, recwarn):
+    result = train_teacher(frame, TINY, teacher_cfg(iterations=1, checkpoint_every=0), tmp_path / "teacher")
+    assert load_model(result.model_path, kind="teacher")[1].extra[TRAIN_DATA_KEY] == train_fingerprint(frame)
+    trainer_module.load_teachers([result.model_path], training_labels(frame), TINY, torch.device("cpu"),
+                                 train_fingerprint(frame))
+    assert not [w for w in recwarn if "teacher" in str(w.message)]
 
 
 # ---- hooks, evaluation, pictures -----------------------------------------------------------------

@@ -16,6 +16,7 @@ One row per image, columns in this order (see `COLUMNS`):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -295,6 +296,17 @@ def train_label_map(frame: pd.DataFrame) -> dict[int, int]:
     """{person_id: label}: the train split's ids numbered 0..C-1 in sorted person_id order."""
     ids = np.unique(frame.loc[frame["split"] == "train", "person_id"].to_numpy())
     return {int(pid): label for label, pid in enumerate(ids)}
+
+
+TRAIN_DATA_KEY = "train_data"  # the `train_fingerprint` of a model file's training data, in its extra
+
+
+def train_fingerprint(frame: pd.DataFrame) -> str:
+    """The SHA-256 of the train split's sorted (file name, person id) pairs: which data a model learnt
+    from (model files keep it, so a teacher of other data is not taken for this data's)."""
+    train = frame[frame["split"] == "train"]
+    pairs = sorted(zip(train["file_name"].astype(str), train["person_id"].astype(int), strict=True))
+    return hashlib.sha256("".join(f"{name}\t{pid}\n" for name, pid in pairs).encode()).hexdigest()
 
 
 def mislabelled_train_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -89,7 +89,8 @@ def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> t
     flags = {"batch_size": args.batch_size, "device": args.device,
              "amp": args.amp, "seed": args.seed, "compile": args.compile,
              "channels_last": args.channels_last, "deterministic": args.deterministic,
-             "num_workers": args.num_workers}
+             "num_workers": args.num_workers,
+             "cross_dataset_teacher": getattr(args, "cross_dataset_teacher", None)}  # `dgnet train` only
     params = resolve_cli_params(args.params, args.assignments, args.profile)
     params[section].update({k: v for k, v in flags.items() if v is not None})
     if args.iterations is not None:
@@ -187,6 +188,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_common(train)
     train.add_argument("--teacher", action="append", type=Path, default=[], metavar="PATH",
                        help="teacher model file (repeat for an ensemble)")
+    train.add_argument("--cross-dataset-teacher", action="store_true", default=None,
+                       help="accept teachers trained on other data than this training split (cross-dataset "
+                            "distillation), with a warning; refused otherwise")
     train.add_argument("--init", type=Path, metavar="MODEL",
                        help="fine-tune: start from this DG-Net model file (e.g. `dgnet import-published`'s)")
     train.set_defaults(func=_cmd_train)

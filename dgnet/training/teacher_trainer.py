@@ -18,6 +18,7 @@ import torch
 
 from dgnet.config import TeacherTrainConfig
 from dgnet.data.datasets import TrainImages
+from dgnet.data.manifest import TRAIN_DATA_KEY, train_fingerprint
 from dgnet.data.samplers import RandomImageSampler
 from dgnet.data.validated import check_invariants
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
@@ -148,7 +149,7 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig,
     model_path = out_dir / "model.pt"
     if ctx.is_main:
         save_model(model_path, model, "teacher", model_cfg,
-                   extra={"label_map": label_map, "iterations": cfg.iterations, "seed": cfg.seed,
-                          "metrics": session.metrics})
+                   extra={"label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame),
+                          "iterations": cfg.iterations, "seed": cfg.seed, "metrics": session.metrics})
     barrier()  # every rank returns once the model file exists
     return session.finish(model_path, cfg.iterations)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from dgnet.config import SAMPLINGS, DGNetTrainConfig
 from dgnet.data.datasets import TrainImages
+from dgnet.data.manifest import TRAIN_DATA_KEY, train_fingerprint
 from dgnet.data.samplers import IdentityPairSampler, ImagePairSampler
 from dgnet.data.transforms import load_image, normalize
 from dgnet.data.validated import check_invariants
@@ -78,7 +79,8 @@ __all__ = ["SAMPLINGS", "DGNetTrainConfig", "train_dgnet", "warmup_fingerprint"]
 
 # Fields that change nothing a training step computes: how long the run is, and how it reports.
 REPORTING_FIELDS = ("iterations", "log_every", "eval_every", "image_every", "checkpoint_every",
-                    "keep_checkpoints", "eval_batch_size", "swap_images", "query_alpha", "num_workers")
+                    "keep_checkpoints", "eval_batch_size", "swap_images", "query_alpha", "num_workers",
+                    "cross_dataset_teacher")
 # Schedule fields that act only through the ramped weights, which are 0 up to `warmup_start`: the
 # ablation switches and the ramps' maxima and rate.
 WARMUP_ONLY_FIELDS = ("primary_learning", "fine_mining", "primary_max", "fine_alpha", "code_max",
@@ -125,8 +127,12 @@ def fork_from_warmup(checkpoint_dir: Path, warmup: Path, identity: dict[str, obj
 
 
 def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_cfg: ModelConfig,
-                  device: torch.device) -> FrozenTeacher | None:
-    """The trained teachers as one frozen ensemble, checked against this training set; None for no paths."""
+                  device: torch.device, data: str | None = None,
+                  other_data: bool = False) -> FrozenTeacher | None:
+    """The trained teachers as one frozen ensemble, checked against this training set; None for no paths.
+
+    `data`: this run's `train_fingerprint`; a teacher whose file records another is refused unless
+    `other_data` (cross-dataset distillation), which warns; one that records none is warned about."""
     members = []
     for path in paths:
         teacher, info = load_model(path, map_location=device, kind="teacher")
@@ -135,6 +141,19 @@ def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_
                 f"teacher {path}: trained on {info.config.num_classes} identities that are not this "
                 f"training split's {len(label_map)}; train the teacher on the same dataset"
             )
+        theirs = info.extra.get(TRAIN_DATA_KEY)
+        if data is not None and theirs is None:
+            warnings.warn(f"teacher {path}: trained on unknown data (its model file records no training "
+                          "data, e.g. an imported or older one); check it learnt this training split",
+                          stacklevel=2)
+        elif data is not None and theirs != data:
+            what = (f"teacher {path}: trained on other data (training split {str(theirs)[:12]}) than this "
+                    f"run's (training split {data[:12]})")
+            if not other_data:
+                raise ModelFileError(f"{what}; train the teacher on this manifest, or accept it for "
+                                     "cross-dataset distillation with --cross-dataset-teacher "
+                                     "(params: train.cross_dataset_teacher: true)")
+            warnings.warn(f"{what}: accepted (train.cross_dataset_teacher)", stacklevel=2)
         size = (info.config.image_height, info.config.image_width)
         if size != (model_cfg.image_height, model_cfg.image_width):
             raise ModelFileError(
@@ -335,7 +354,8 @@ def train_dgnet(
     try:
         with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), \
                 determinism(cfg.seed, cfg.deterministic):
-            teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device)
+            teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device,
+                                    train_fingerprint(frame), cfg.cross_dataset_teacher)
             return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx,
                           label_map, Path(fork_from) if fork_from is not None else None,
                           Path(init_from) if init_from is not None else None)
@@ -412,7 +432,8 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     model_path = out_dir / "model.pt"
     if ctx.is_main:
         save_model(model_path, model, "dgnet", model_cfg,
-                   extra={"label_map": label_map, "iterations": cfg.iterations, "seed": cfg.seed,
+                   extra={"label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame),
+                          "iterations": cfg.iterations, "seed": cfg.seed,
                           "teachers": [str(p) for p in teacher_paths], "metrics": session.metrics})
     barrier()  # every rank returns once the model file exists
     return session.finish(model_path, cfg.iterations)
