@@ -402,7 +402,7 @@ def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
     args = parser.parse_args(["train", "--data", "x", "--out", "y", "--iterations", "800", "--profile", "cpu",
                               "--set", "train.scale_schedule_from=null"])
     _, cfg = build_configs(args, DGNetTrainConfig, "train")  # the numbers as written
-    assert cfg.schedule.warmup_start == 30_000 and cfg.lr_generator == 0.001 and cfg.device == "cpu"
+    assert cfg.schedule.warmup_start == 30_000 and cfg.lr_generator == 0.001 and cfg.device == "auto"
 
 
 def test_appearance_encoder_can_start_from_the_teacher(frame, teacher_path):
