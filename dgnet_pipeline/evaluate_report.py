@@ -361,6 +361,14 @@ def headline(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] |
     return lines
 
 
+def trained_on_notes(results: list[ModelBenchmark]) -> list[str]:
+    """Where each model trained, one note per place (the models' own records)."""
+    places: dict[str, list[str]] = {}
+    for result in results:
+        places.setdefault(result.trained_on or "not recorded in the model file", []).append(result.name)
+    return [f"- Trained on {place}: {', '.join(names)}." for place, names in places.items()]
+
+
 def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                  trivial: dict[str, float] | None = None,
@@ -404,6 +412,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
         "## Notes", "",
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
         *[f"- FID computed with the {network} (`{weights}`)." for network, weights in sorted(fid_used)],
+        *trained_on_notes(results),
         f"- Evaluated in {seconds:.0f} s on {settings.device}"
         + (" with k-reciprocal re-ranking rows (`+rerank`)." if settings.rerank else "."), "",
         "## Pictures", "", "![CMC](figures/eval_cmc.png)", "",

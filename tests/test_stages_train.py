@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -331,6 +332,7 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
     report = (workspace / "reports" / "benchmark.md").read_text()
     assert "## Variants over seeds" in report and "| dgnet | full DG-Net | 2 | alpha_0.5 |" in report
     assert "| dgnet_seed0 | full DG-Net | alpha_0.5 |" in report and "FID skipped" in report
+    assert re.search(r"- Trained on cpu: .*, fp32: teacher_seed0, teacher_seed1, dgnet_seed0", report)
     # Without fine-grained mining the model is read at alpha 0 (primary half).
     assert "| ablation_no_fine_seed0 | `schedule.fine_mining: false` | alpha_0 |" in report
     assert "### dgnet (mean of 2 seeds)" in report and "\n- **mAP: dgnet " in report and "teacher" in report

@@ -66,6 +66,7 @@ class ModelBenchmark:
     cmc: dict[str, list[float]] = field(default_factory=dict)  # setting -> CMC curve
     generation: dict[str, Any] = field(default_factory=dict)
     pictures: dict[str, Image.Image] = field(default_factory=dict)
+    trained_on: str = ""  # where its training ran (the model file's record; "" when it has none)
 
     def flat_metrics(self) -> dict[str, float]:
         """`setting/metric` -> value, plus `generation/...` with nested dicts joined by '/'
@@ -135,7 +136,8 @@ def benchmark_model(
     gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)
     if query.empty or gallery.empty:
         raise DatasetError("evaluation: the manifest needs query and gallery images (split column)")
-    result = ModelBenchmark(name or Path(path).parent.name, info.kind)
+    result = ModelBenchmark(name or Path(path).parent.name, info.kind,
+                            trained_on=str(info.extra.get("trained_on", "")))
     q_images, q_feat = _features(model, query, size, device, batch_size, num_workers)
     g_images, g_feat = _features(model, gallery, size, device, batch_size, num_workers)
     ids = (q_images.person_ids, q_images.cameras, g_images.person_ids, g_images.cameras)

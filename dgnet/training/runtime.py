@@ -57,6 +57,25 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(name if ":" in name else f"cuda:{local_rank}")
 
 
+def trained_on(device: torch.device, amp: str, world_size: int = 1) -> str:
+    """Where a run trained, for its model file and the report: "cuda: NVIDIA H100 x 1, bf16"."""
+    if device.type == "cuda":
+        where = f"cuda: {torch.cuda.get_device_name(device)} x {world_size}"
+    else:
+        cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                    if line.startswith("model name")), "CPU")
+        ranks = f" x {world_size}" if world_size > 1 else ""
+        where = f"cpu: {cpu}, {torch.get_num_threads()} threads{ranks}"
+    return f"{where}, {'fp32' if amp == 'off' else amp}"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def _check_amp(device: torch.device, amp: str) -> None:
     if amp not in AMP_MODES:
         raise ConfigError(f"amp: {amp!r} is not one of {AMP_MODES}")

@@ -52,6 +52,7 @@ from dgnet.training.runtime import (
     prepare_module,
     resolve_amp,
     to_channels_last,
+    trained_on,
 )
 from dgnet.training.schedule import learning_rate_at
 
@@ -150,6 +151,7 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig,
     if ctx.is_main:
         save_model(model_path, model, "teacher", model_cfg,
                    extra={"label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame),
-                          "iterations": cfg.iterations, "seed": cfg.seed, "metrics": session.metrics})
+                          "iterations": cfg.iterations, "seed": cfg.seed, "metrics": session.metrics,
+                          "trained_on": trained_on(device, cfg.amp, ctx.world_size)})
     barrier()  # every rank returns once the model file exists
     return session.finish(model_path, cfg.iterations)

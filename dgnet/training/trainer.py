@@ -72,6 +72,7 @@ from dgnet.training.runtime import (
     prepare_module,
     resolve_amp,
     to_channels_last,
+    trained_on,
 )
 from dgnet.training.schedule import learning_rate_at, loss_weights_at
 
@@ -434,7 +435,8 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
         save_model(model_path, model, "dgnet", model_cfg,
                    extra={"label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame),
                           "iterations": cfg.iterations, "seed": cfg.seed,
-                          "teachers": [str(p) for p in teacher_paths], "metrics": session.metrics})
+                          "teachers": [str(p) for p in teacher_paths], "metrics": session.metrics,
+                          "trained_on": trained_on(device, cfg.amp, ctx.world_size)})
     barrier()  # every rank returns once the model file exists
     return session.finish(model_path, cfg.iterations)
 
