@@ -11,6 +11,7 @@ Imports no torch: a configuration error is reported before any heavy import.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Iterable, Mapping
@@ -347,3 +348,139 @@ def section_config(cls: type, params: Mapping[str, Any], name: str) -> Any:
     """The dataclass of params section `name` (missing or null: the defaults); unknown keys named."""
     values = params.get(name)
     return config_from_mapping(cls, {} if values is None else values, name)
+
+
+# --------------------------------------------------------------------------------------------
+# `tune:` (read by `dgnet tune`, dgnet_pipeline/tune.py; Optuna itself is imported there only).
+# --------------------------------------------------------------------------------------------
+
+_STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched loss weight of train.schedule: a float in [low, high] (log scale when `log`),
+    written to the field `name` and to every field of `also`."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    also: tuple[str, ...] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.name, *self.also)
+
+    def __post_init__(self) -> None:
+        where = f"tune.space.{self.name}"
+        low = float(check_number(self.low, f"{where}.low"))
+        high = float(check_number(self.high, f"{where}.high"))
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        if not isinstance(self.log, bool):
+            raise ConfigError(f"{where}.log: must be true or false, got {self.log!r}")
+        if not low < high or (self.log and low == 0):
+            raise ConfigError(f"{where}: needs 0 <= low < high (low > 0 on a log scale), got low {low}, "
+                              f"high {high}")
+        numeric = {f.name for f in dataclasses.fields(ScheduleConfig) if f.type in ("float", float)}
+        for name in self.targets:
+            if name not in numeric:
+                raise ConfigError(f"{where}: {name!r} is not a loss weight of train.schedule; "
+                                  f"searchable: {sorted(numeric)}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    n_startup_trials: int = 10  # random trials before TPE models the results
+
+    def __post_init__(self) -> None:
+        check_int(self.n_startup_trials, "tune.sampler.n_startup_trials")
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """median (default), threshold (prune below `lower`) or none; the keys of the other kinds are
+    ignored, so that `--set pruner.kind=none` works over params holding the median's."""
+
+    kind: str = "median"
+    n_startup_trials: int = 3  # median: trials finished before any is pruned
+    n_warmup_steps: int = 0  # iterations
+    interval_steps: int = 1
+    lower: float | None = None  # threshold
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "tune.pruner.kind", ("median", "threshold", "none"))
+        check_int(self.n_startup_trials, "tune.pruner.n_startup_trials")
+        check_int(self.n_warmup_steps, "tune.pruner.n_warmup_steps")
+        check_int(self.interval_steps, "tune.pruner.interval_steps", 1)
+        if self.kind == "threshold":
+            check_number(self.lower, "tune.pruner.lower", low=-math.inf)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """params `tune:`, the Optuna study of the loss weights (params.yaml says what each key does)."""
+
+    study: str = "dgnet-weights"
+    n_trials: int = 10
+    seed: int = 0
+    storage: str = "sqlite:///optuna.db"  # relative: against the repository root
+    metric: str = "mAP"
+    base: str = "train"
+    train: Mapping[str, Any] = field(default_factory=dict)
+    space: tuple[Knob, ...] = ()  # params: {field: {low, high, log, also}}
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    heartbeat_interval: int | None = 30  # 0 / null: no heartbeat
+    grace_period: int | None = None  # null: Optuna's default, 2 heartbeats
+    max_retry: int = 2
+    log_models: bool = False
+    out: str = "params/tuned.yaml"
+    validation_fraction: float = 0.25
+    validation_seed: int = 0
+
+    def __post_init__(self) -> None:
+        from dgnet.data.splits import check_fraction  # pandas: only `dgnet tune` gets here
+
+        if not isinstance(self.study, str) or not _STUDY.fullmatch(self.study):
+            raise ConfigError(f"tune.study: {self.study!r} must be letters, digits, `_`, `.`, `-` "
+                              f"(at most 100)")
+        check_int(self.n_trials, "tune.n_trials", 1)
+        check_int(self.seed, "tune.seed")
+        check_choice(self.metric, "tune.metric", ("mAP", "rank1", "mINP"))
+        if not isinstance(self.train, Mapping):
+            raise ConfigError("tune.train: must be a mapping of training keys changed for every trial")
+        object.__setattr__(self, "space", _knobs(self.space))
+        heartbeat = None if self.heartbeat_interval in (None, 0) else check_int(
+            self.heartbeat_interval, "tune.heartbeat_interval", 1)
+        grace = None if self.grace_period is None or heartbeat is None else check_int(
+            self.grace_period, "tune.grace_period", 1)
+        if grace is not None and grace <= heartbeat:
+            raise ConfigError(f"tune.grace_period: {grace} s must exceed heartbeat_interval {heartbeat} s")
+        object.__setattr__(self, "heartbeat_interval", heartbeat)
+        object.__setattr__(self, "grace_period", grace)
+        check_int(self.max_retry, "tune.max_retry")
+        if not isinstance(self.log_models, bool):
+            raise ConfigError(f"tune.log_models: must be true or false, got {self.log_models!r}")
+        object.__setattr__(self, "out", str(self.out))
+        object.__setattr__(self, "validation_fraction", check_fraction(self.validation_fraction))
+        check_int(self.validation_seed, "tune.validation_seed")
+
+
+def _knobs(values: Any) -> tuple[Knob, ...]:
+    if isinstance(values, tuple) and all(isinstance(k, Knob) for k in values) and values:
+        return values
+    if not isinstance(values, Mapping) or not values:
+        raise ConfigError("tune.space: must map loss weights to {low, high, log} ranges")
+    knobs: list[Knob] = []
+    for name, spec in values.items():
+        where = f"tune.space.{name}"
+        if not isinstance(spec, Mapping) or not {"low", "high"} <= set(spec):
+            raise ConfigError(f"{where}: must be a mapping with `low` and `high` (and `log`, `also`)")
+        knob = config_from_mapping(Knob, {"name": str(name), **spec}, where)
+        taken = {t for k in knobs for t in k.targets} & set(knob.targets)
+        if taken or len(set(knob.targets)) < len(knob.targets):
+            raise ConfigError(f"{where}: {sorted(taken or knob.targets)} set by two entries of tune.space")
+        knobs.append(knob)
+    return tuple(knobs)

@@ -1,307 +1,759 @@
 """`dgnet tune` (and `python -m dgnet_pipeline.tune`, the DVC entry tuning/dvc.yaml): an Optuna study of
 DG-Net's loss weights, every trial a short training run tracked in MLflow.
 
-What is searched (params `tune.space`): lambda_prim (`primary_max`), the fine-grained alpha
-(`fine_alpha`), the image reconstruction weight (`recon_image`, which also sets
-`recon_image_positive`: the paper weights both reconstructions alike), the code reconstruction
-maximum (`code_max`) and the cross-identity id weight (`id_generated`). Each trial trains the
-`tune.base` section (default `train`) changed by `tune.train` (fewer iterations, evaluations to
-prune on, deterministic) with the sampled weights, and scores the final `tune.metric` (mAP).
-
-What trials train and score on (dgnet_pipeline/tune_data.py): never the benchmark's query/gallery split.
-`tune.validation_fraction` of the training identities (seeded by `tune.validation_seed`) are held
-out and split into query and gallery by camera as the test protocol does (dgnet.data.splits); the
-trials train on the other training ids and score on those. A guard refuses any frame handed to a
-trial or to the teacher that holds a test image or identity. The trials' teacher is trained on the
-tuning-train split too (params `teacher`, deterministic, cached in outputs/tuning/), since the
-pipeline's teacher has seen the held-out ids. The tuned weights are benchmarked once on the test
-split, by `dvc repro` after `dgnet tune --apply`.
-
-How it repeats and resumes:
-- TPESampler seeded per trial from (seed, trial number), one worker, deterministic CPU training:
-  the same seed gives the same trials, params and values. Seeding per trial (instead of once per
-  process) also means a resumed study never redraws the random start-up points it already tried.
-- Storage: SQLite at the repository root by default (`optuna.db`), or any SQLAlchemy URL (e.g.
-  postgresql+psycopg://...) for many workers. Re-running the same command continues the study until
-  it has `n_trials` finished (complete or pruned) trials. Workers may all start at the same moment on
-  a new database: they open the storage, the study and its MLflow parent run one at a time, under a
-  start-up lock (`startup_lock`), and the creation of Optuna's tables is retried when it loses a race.
-- A trial stopped by Ctrl-C / SIGTERM, or by the tracking store going away, is failed and re-queued
-  with the same weights at once; one left RUNNING by a killed worker is failed once its heartbeat is
-  older than `grace_period` and re-queued by RetryHeartbeatStaleTrialCallback (the successor of
-  RetryFailedTrialCallback, deprecated since Optuna 4.9). Checkpoints live in
-  checkpoints/tune-<study>-<hash of the configuration>/, so the re-queued trial resumes where the
-  first attempt stopped; they are deleted when a trial ends. A worker that has nothing left to run
-  waits (one grace period at most) for trials running elsewhere and re-runs those whose worker died,
-  so no trial is left RUNNING, even in a study that already has its `n_trials`.
-- A study remembers a hash of its settings (space, training config, data, validation split, teacher
-  recipe, seed): resuming it with other settings is refused (use another study name).
-- Each worker prints a line when a trial starts (`tune: trial 2 re-runs trial 0 (same weights),
-  resuming at iteration 14` for a re-run) and when it ends (state, value, seconds).
-
-MLflow (dgnet_pipeline/tune_tracking.py): one parent run per study (found again on resume; tag and param
-`score_split` = validation, params `tune.validation.*`: fraction, seed, ids and images), one child
-run per trial attempt with the sampled weights, losses and evaluations (`val/mAP`, ...: validation
-figures), and one per tuning-teacher seed when it is trained; a re-run's run and the runs of
-the attempts it replaces point at each other (`optuna.retry_of`, `optuna.rerun_as`). The parent gets
-the best weights and value, the optimisation history, intermediate values and parameter importances
-as PNG images, and trials.csv.
-
-The best weights go to params/tuned.yaml (params.yaml's layout); `dgnet tune --apply
-params/tuned.yaml` copies them into params.yaml's `train.schedule`, after which `dvc repro` retrains.
-
-Exit codes: 0 done; 1 a test image in the data handed to a trial; 2 bad params (a validation
-fraction out of (0, 1) or leaving too few ids), missing manifest, unreachable Optuna storage or MLflow
-store (at start, or mid-trial after the retries: the trial is re-queued), a study resumed with other
-settings, too many failed trials; 130 interrupted (re-run to go on)."""
+A trial trains params `tune.base` changed by `tune.train` with the `tune.space` weights TPE samples, and
+scores `tune.metric` on a validation split of the training ids (never the test split), with a teacher
+trained on the rest of them (cached in outputs/tuning/). On Optuna's own features: an RDBStorage with
+heartbeats, whose stale trials RetryHeartbeatStaleTrialCallback re-queues with the same weights (it
+re-queues a trial stopped by Ctrl-C or a tracking outage too), resumed from checkpoints/tune-<study>-*;
+create_study(load_if_exists=True) and study.optimize with MaxTrialsCallback until `n_trials` trials are
+finished (complete or pruned); a TPESampler seeded per trial number, so that one worker with one seed
+gets the same trials, resumed or not. MLflow: a parent run per study, a child per trial attempt.
+Exit codes: 0 done; 1 a test image in a trial's data; 2 bad params, data, storage or tracking store, a
+study resumed with other settings, too many failed trials; 130 interrupted (re-run to go on)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
 import sys
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
-from optuna.trial import TrialState
+import yaml
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
 
-from dgnet.errors import DgnetError
-from dgnet.io import write_json
+from dgnet.config import PrunerConfig, TuneConfig, section_config
+from dgnet.data.splits import SPLIT_ATTR, benchmark_rows, check_no_test_images, validation_split
+from dgnet.errors import ConfigError, DgnetError
+from dgnet.io import atomic_dir, atomic_path, write_json
+from dgnet.losses import NonFiniteLossError
 from dgnet.profiles import STAGE_KEYS, apply_assignments, merge, resolve_params
-from dgnet_pipeline.common import load_params, section
-from dgnet_pipeline.mlflow_hooks import mlflow_settings
-from dgnet_pipeline.mlflow_runs import ensure_experiment, run_tags
-from dgnet_pipeline.tracking import (
-    TrackingError,
-    artifact_location,
-    connect,
-    quiet_mlflow,
-    redact,
-    tracking_uri,
-    view_hint,
-    workspace_root,
-)
-from dgnet_pipeline.tune_data import (
-    SCORE_SPLIT,
-    TeacherRun,
-    ensure_teacher,
-    teacher_recipe,
-    tuning_data,
-)
-from dgnet_pipeline.tune_settings import STAGE, TuneSettings, make_pruner, tune_settings
-from dgnet_pipeline.tune_storage import (
-    StorageError,
-    check_storage,
-    open_storage,
-    retry_schema_race,
-    startup_lock,
-    storage_url,
-)
-from dgnet_pipeline.tune_study import (
-    FINISHED,
-    Objective,
-    PerTrialSeedTPESampler,
-    TrialContext,
-    check_same_settings,
-    finished_trials,
-    run_trials,
-    settings_key,
-)
-from dgnet_pipeline.tune_tracking import StudyTracker, best_trial, quiet_optuna, short
-from dgnet_pipeline.tune_weights import apply_tuned, write_tuned
-from dgnet_pipeline.workspace import (
-    file_md5,
-    interrupt_on_sigterm,
-    manifest_path,
-    model_config,
-    read_manifest,
-    remove_work_dirs,
-    report_path,
-    train_config,
-)
+from dgnet.training.hooks import TrainingResult
+from dgnet_pipeline import tracking
+from dgnet_pipeline import workspace as ws
+from dgnet_pipeline.common import TEACHER_INDEX, load_params, parse_seeds, section, teacher_paths
+from dgnet_pipeline.mlflow_hooks import MlflowHooks, flatten, metrics_summary, mlflow_settings
+from dgnet_pipeline.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
+from dgnet_pipeline.tracking import TrackingError, redact, short
 
-DEFAULT_METRICS = Path("reports/metrics/tune.json")
+STAGE = "tune"  # the params section; the runs' dgnet.stage and dgnet.variant
+SCORE_SPLIT, VALIDATION_PREFIX = "validation", "val/"  # what tuning figures are scored on; their prefix
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings", "dgnet.mlflow_parent_run_id"  # study user attributes
+MAX_FAILURES_IN_A_ROW, LOCK_TIMEOUT_S = 3, 300
+DEFAULT_METRICS, TEACHER_ROOT = Path("reports/metrics/tune.json"), Path("outputs/tuning")
 
 
-def prepare(args: argparse.Namespace) -> tuple[TrialContext, dict[str, Any]]:
-    """Read and check params and data, carve the validation split, and work out the tuning
-    teacher's recipe, before anything is opened or trained. Returns the trials' context and the
-    study's settings key (see `settings_key`)."""
-    from dgnet.training.trainer import DGNetTrainConfig
-
-    workspace = workspace_root()
-    params = resolve_params(load_params(workspace))
-    settings = tune_settings(apply_assignments(section(params, STAGE), args.assignments, STAGE), args)
-    mlflow_settings(params)  # checked here; read again when tracking starts
-    base_values = merge(section(params, settings.base), settings.train)
-    base_cfg, _ = train_config(DGNetTrainConfig, base_values, f"tune (from {settings.base})",
-                               STAGE_KEYS["train"])
-    manifest = manifest_path(params, workspace)
-    # The test split's rows are kept for the guard only; its images are never opened.
-    data = tuning_data(read_manifest(manifest, report_path(params, workspace)), settings.validation_fraction,
-                       settings.validation_seed)
-    model_cfg = model_config(params, data.frame)
-    manifest_md5 = file_md5(manifest)
-    may_need_teacher = base_cfg.needs_teacher() or any("primary_max" in k.targets for k in settings.space)
-    recipe = teacher_recipe(section(params, "teacher"), model_cfg, manifest_md5, data.summary) \
-        if may_need_teacher else None
-    # The teacher enters the study's settings by its recipe (deterministic: the same recipe trains
-    # the same weights), so a study is checked before the teacher is trained.
-    teacher_key = recipe.folder.name if recipe is not None else None
-    data_key = {"manifest": manifest_md5, "validation": data.summary, "teachers": teacher_key,
-                "model": model_cfg}
-    split = data.summary
-    extra = {"profile": params["profile"],
-             "stage.section": settings.base,
-             "data.manifest": str(manifest), "data.manifest_md5": manifest_md5,
-             "data.score_split": SCORE_SPLIT, "data.validation_fraction": split["fraction"],
-             "data.validation_seed": split["seed"], "data.validation_ids": split["validation_ids"],
-             "data.query_images": split["query_images"], "data.gallery_images": split["gallery_images"],
-             "data.train_images": split["train_images"], "data.train_ids": split["train_ids"],
-             "optuna.study": settings.study}
-    context = TrialContext(workspace, settings, base_values, data, model_cfg, recipe, extra,
-                           {"manifest": manifest_md5, "validation": split["query_sha256"],
-                            "teachers": teacher_key})
-    return context, settings_key(settings, base_values, data_key)
+class StorageError(DgnetError):
+    """The Optuna storage cannot be opened; the message names its URL (password hidden)."""
 
 
-def open_study(url: str, settings: TuneSettings, key: Mapping[str, Any]) -> optuna.Study:
-    """The study, created or loaded, whose settings match `key` (see `startup_lock` for workers
-    opening it at the same moment)."""
-    storage = open_storage(url, settings.heartbeat_interval, settings.grace_period, settings.max_retry)
+
+def storage_url(url: str) -> str:
+    """A relative SQLite path is taken from the repository root (DVC_ROOT under `dvc exp`)."""
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite:///") and path != ":memory:" and not path.startswith("/"):
+        return f"sqlite:///{tracking.tracking_root() / path}"
+    return url
+
+
+def check_storage(url: str) -> tuple[str, str | None]:
+    """(backend, SQLite file or None), or StorageError: not a SQLAlchemy URL, a SQLite file in a
+    missing folder, a database server that does not answer within seconds."""
+    from sqlalchemy.engine import make_url
+
     try:
-        with quiet_optuna():
-            study = retry_schema_race(
-                optuna.create_study, storage=storage, study_name=settings.study, direction="maximize",
-                load_if_exists=True, pruner=make_pruner(settings.pruner),
-                sampler=PerTrialSeedTPESampler(settings.seed, n_startup_trials=settings.startup_trials))
+        parsed = make_url(url)
     except Exception as exc:
-        raise StorageError(f"Optuna storage {redact(url)}: cannot create or load study "
-                           f"{settings.study!r}: {short(exc)}") from exc
-    check_same_settings(study, key, url)
-    return study
+        raise StorageError(f"Optuna storage {redact(url)}: not a SQLAlchemy URL (e.g. sqlite:///optuna.db, "
+                           f"postgresql+psycopg://user:password@host/db)") from exc
+    backend = parsed.get_backend_name()
+    database = parsed.database if backend == "sqlite" and parsed.database not in ("", ":memory:") else None
+    if database and not Path(database).parent.is_dir():
+        raise StorageError(f"Optuna storage {url}: the folder {Path(database).parent} does not exist")
+    if backend != "sqlite":
+        tracking.check_database(url, "Optuna storage", error=StorageError)
+    return backend, database
 
 
-def connect_tracker(settings: TuneSettings, workspace: Path) -> StudyTracker:
-    """The MLflow side: the store (MLFLOW_TRACKING_URI or mlflow.db) and the experiment; the parent
-    run comes once the study is open (`StudyTracker.open_parent`)."""
-    uri = tracking_uri()
-    client = connect(uri)
-    experiment = mlflow_settings(load_params(workspace)).experiment
-    experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
-    tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", workspace),
-            "dgnet.score_split": SCORE_SPLIT}
-    return StudyTracker(client, experiment_id, settings.study, tags)
+@contextlib.contextmanager
+def startup_lock(url: str) -> Iterator[None]:
+    """Held while a worker opens the storage (creating Optuna's tables), the study, its settings and
+    its MLflow parent run: Optuna's table creation is not safe against a concurrent one, and neither
+    Optuna's user attributes (upserts) nor MLflow (no create-if-absent) can elect one parent among
+    workers started together. PostgreSQL: a session advisory lock, released by the server if the
+    worker dies; SQLite: a filelock beside the file; other backends: none (start workers one by one)."""
+    import sqlalchemy
+    from filelock import FileLock, Timeout
+    from sqlalchemy.pool import NullPool
+
+    (backend, database), release = check_storage(url), None
+    waiting = "tune: another worker is opening the study; waiting for it"
+    try:
+        if backend == "postgresql":
+            engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+            session = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            release = session.close  # closing the session releases its advisory lock
+            session.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+            if not session.exec_driver_sql("SELECT pg_try_advisory_lock(74121)").scalar():
+                print(waiting, flush=True)
+                session.exec_driver_sql("SELECT pg_advisory_lock(74121)")
+        elif database:
+            lock = FileLock(f"{database}.lock", timeout=LOCK_TIMEOUT_S)
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                print(waiting, flush=True)
+                lock.acquire()
+            release = lock.release
+    except Exception as exc:
+        if release is not None:
+            release()
+        raise StorageError(f"Optuna storage {redact(url)}: no start-up lock within {LOCK_TIMEOUT_S} s (is "
+                           f"another worker hanging?): {short(exc)}") from exc
+    try:
+        yield
+    finally:
+        if release is not None:
+            release()
 
 
-def study_params(settings: TuneSettings, split: Mapping[str, Any]) -> dict[str, Any]:
-    """The parent run's params: what fixes a study (MLflow params cannot change; n_trials can),
-    the validation split its trials score on included."""
-    space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)}
-             for k in settings.space}
-    return {"seed": settings.seed, "metric": settings.metric, "base": settings.base, "train": settings.train,
-            "space": space, "sampler.n_startup_trials": settings.startup_trials, "pruner": settings.pruner,
-            "score_split": SCORE_SPLIT, "validation": dict(split)}
+class PerTrialSeedTPESampler(optuna.samplers.BaseSampler):
+    """A TPESampler(seed=hash(seed, trial number)) for each trial. TPESampler(seed) seeds once per
+    process, so a resumed study would draw its start-up points from the start of the same sequence
+    again; here trial k draws from the same state whatever process runs it."""
+
+    def __init__(self, seed: int, n_startup_trials: int) -> None:
+        self.seed, self.n_startup_trials, self.number, self.tpe = seed, n_startup_trials, None, None
+
+    def sampler(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
+        if trial.number != self.number:
+            state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+            self.number = trial.number
+            self.tpe = optuna.samplers.TPESampler(seed=state, n_startup_trials=self.n_startup_trials)
+        return self.tpe
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self.sampler(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: dict) -> dict[str, Any]:
+        return self.sampler(trial).sample_relative(study, trial, space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any) -> Any:
+        return self.sampler(trial).sample_independent(study, trial, name, dist)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.sampler(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self.sampler(trial).after_trial(study, trial, state, values)
+
+
+def make_pruner(pruner: PrunerConfig) -> optuna.pruners.BasePruner:
+    steps = {"n_warmup_steps": pruner.n_warmup_steps, "interval_steps": pruner.interval_steps}
+    if pruner.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials, **steps)
+    if pruner.kind == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=pruner.lower, **steps)
+    return optuna.pruners.NopPruner()
+
+
+def retry(cfg: TuneConfig) -> RetryHeartbeatStaleTrialCallback:
+    """Re-queues a trial with its weights and intermediate values, at most `max_retry` times."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry, inherit_intermediate_values=True)
+
+
+def open_study(url: str, cfg: TuneConfig, key: Mapping[str, Any]) -> tuple[optuna.Study, RDBStorage]:
+    """The study (created or loaded; its settings must be `key`) and its storage; under `startup_lock`."""
+    heartbeat = {"heartbeat_interval": cfg.heartbeat_interval, "grace_period": cfg.grace_period,
+                 "heartbeat_stale_trial_callback": retry(cfg)} if cfg.heartbeat_interval else {}
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        storage = RDBStorage(url, engine_kwargs=engine, **heartbeat)
+        study = optuna.create_study(storage=storage, study_name=cfg.study, direction="maximize",
+                                    load_if_exists=True, pruner=make_pruner(cfg.pruner),
+                                    sampler=PerTrialSeedTPESampler(cfg.seed, cfg.sampler.n_startup_trials))
+    except Exception as exc:
+        raise StorageError(f"Optuna storage {redact(url)} cannot be opened (check the path, the server and "
+                           f"the credentials): {short(exc)}") from exc
+    text, stored = json.dumps(key, sort_keys=True, default=str), study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, text)
+    elif stored != text:
+        before, now = json.loads(stored), json.loads(text)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["?"]
+        raise ConfigError(f"study {cfg.study!r} in {redact(url)} was started with other settings (changed: "
+                          f"{', '.join(changed)}); resume it with those, or give this search another name "
+                          f"(--study NAME, params tune.study)")
+    return study, storage
+
+
+def trials(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=states or None)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    return study.best_trial if trials(study, TrialState.COMPLETE) else None
+
+
+
+@dataclasses.dataclass
+class Context:
+    """What every trial needs. `frame`: the validation split (its train, query and gallery rows);
+    `test`: the manifest's query and gallery rows, kept only for the guard (check_no_test_images)."""
+
+    workspace: Path
+    cfg: TuneConfig
+    base_values: dict[str, Any]  # the base section with tune.train applied
+    frame: Any
+    test: Any
+    model_cfg: Any
+    teacher: tuple[Any, Path] | None  # (its config, its cache folder); None: no trial needs one
+    extra_params: dict[str, Any]
+    fingerprint: dict[str, Any]  # data, split and teacher: part of the checkpoint folders' key
+    teachers: list[Path] = dataclasses.field(default_factory=list)
+
+    @property
+    def split(self) -> dict[str, Any]:
+        return self.frame.attrs[SPLIT_ATTR]
+
+
+class TrialHooks(MlflowHooks):
+    """A trial's MlflowHooks: the worker's line when it starts (a re-run says where it resumes), the
+    metric reported to Optuna at each evaluation once logged (TrialPruned when the pruner says so,
+    never at the end), and the model file logged only with `tune.log_models`."""
+
+    def __init__(self, *args: Any, trial: optuna.Trial, history: Sequence[int], sampled: Mapping[str, float],
+                 cfg: TuneConfig, iterations: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trial, self.history, self.sampled, self.cfg = trial, history, sampled, cfg
+        self.iterations = iterations
+
+    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
+        where = f"resuming at iteration {start_iteration}" if start_iteration else "from iteration 0"
+        if self.history:
+            print(f"tune: trial {self.trial.number} re-runs trial {self.history[-1]} (same weights), {where}",
+                  flush=True)
+        else:
+            weights = ", ".join(f"{k} {v:.4g}" for k, v in self.sampled.items())
+            print(f"tune: trial {self.trial.number} starts {where} with {weights}", flush=True)
+        super().on_start(kind, config, start_iteration)
+
+    def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        super().on_evaluation(iteration, metrics)
+        if (value := metrics.get(self.cfg.metric)) is None or not math.isfinite(value):
+            return
+        with warnings.catch_warnings():  # a resumed retry re-reports inherited steps: ignored, fine
+            warnings.simplefilter("ignore", UserWarning)
+            self.trial.report(float(value), int(iteration))
+        if iteration < self.iterations and self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.cfg.metric} {value:.4f} at iteration {iteration}")
+
+    def log_model(self, result: TrainingResult) -> Any:
+        return super().log_model(result) if self.cfg.log_models else None
+
+
+def requeue(study: optuna.Study, number: int, cfg: TuneConfig) -> None:
+    """Re-queue running trial `number`, which this process stopped (not its weights), with `retry`."""
+    try:
+        trial = next(t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.number == number)
+        if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= cfg.max_retry:
+            print(f"tune: trial {number} not re-queued: its weights were re-run tune.max_retry "
+                  f"({cfg.max_retry}) times already", flush=True)
+            return
+        retry(cfg)(study, trial)
+    except Exception as exc:  # the storage may be what broke; why the trial stopped matters more
+        print(f"tune: warning: could not re-queue trial {number}: {short(exc, 160)}", file=sys.stderr)
+        return
+    print(f"tune: trial {number} re-queued with the same weights (a re-run resumes from its last "
+          f"checkpoint)", flush=True)
+
+
+def objective(ctx: Context, tracker: StudyTracker) -> Any:
+    """Optuna's objective: train one configuration, return its final metric (pruned on the way)."""
+    from dgnet.config import DGNetTrainConfig
+    from dgnet.training import trainer
+
+    cfg = ctx.cfg
+
+    def run(trial: optuna.Trial) -> float:
+        check_no_test_images(ctx.frame, ctx.test, "tuning")  # a refused trial fails, not re-queued
+        started, outcome, stopped = time.monotonic(), "FAIL", False
+        sampled = {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in cfg.space}
+        history = next(RetryHeartbeatStaleTrialCallback.retry_history(t)
+                       for t in trials(trial.study, TrialState.RUNNING) if t.number == trial.number)
+        schedule = {t: sampled[k.name] for k in cfg.space for t in k.targets}
+        train_cfg = ws.train_config(DGNetTrainConfig, merge(ctx.base_values, {"schedule": schedule}),
+                                    f"tune (from {cfg.base})", STAGE_KEYS["train"])[0]
+        folder = ws.work_dir(ctx.workspace, f"tune-{cfg.study}",
+                             {"model": ctx.model_cfg, "train": train_cfg, **ctx.fingerprint})
+        try:
+            with tracker.trial_run(trial, sampled, history) as run_id:
+                hooks = TrialHooks(tracker.client, run_id, variant=STAGE, extra_params=ctx.extra_params,
+                                   eval_prefix=VALIDATION_PREFIX, trial=trial, history=history,
+                                   sampled=sampled, cfg=cfg, iterations=train_cfg.iterations)
+                try:
+                    result = trainer.train_dgnet(ctx.frame, ctx.model_cfg, train_cfg, ctx.teachers, folder,
+                                                 hooks=[hooks], resume=True)
+                    value = float(result.metrics[cfg.metric])
+                    hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
+                finally:
+                    hooks.close()
+            outcome = f"COMPLETE, {cfg.metric} {value:.4f}"
+            return value
+        except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome
+            outcome = f"{'PRUNED' if isinstance(exc, optuna.TrialPruned) else 'FAIL'} ({short(exc, 120)})"
+            raise
+        except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
+            stopped = True
+            outcome = f"stopped ({type(exc).__name__}{': ' + short(exc, 120) if str(exc) else ''})"
+            raise
+        finally:
+            if not stopped:
+                shutil.rmtree(folder, ignore_errors=True)
+            print(f"tune: trial {trial.number} {outcome} after {time.monotonic() - started:.0f} s",
+                  flush=True)
+            if stopped:
+                requeue(trial.study, trial.number, cfg)
+
+    return run
+
+
+def run_trials(study: optuna.Study, func: Any, cfg: TuneConfig) -> None:
+    """study.optimize until `n_trials` trials are finished and none waits to be re-run (with several
+    workers each stops there, so up to workers - 1 more may finish: MaxTrialsCallback's way); then a
+    worker waits for trials running elsewhere, and re-runs those whose worker died."""
+    failures: list[int] = []
+
+    def failed_in_a_row(study: optuna.Study, trial: FrozenTrial) -> None:
+        failures[:] = [*failures, trial.number] if trial.state == TrialState.FAIL else []
+        if len(failures) >= MAX_FAILURES_IN_A_ROW:
+            study.stop()
+
+    while True:
+        if cfg.heartbeat_interval:
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed and re-queued
+        if len(trials(study, *FINISHED)) < cfg.n_trials or trials(study, TrialState.WAITING):
+            study.optimize(func, catch=(NonFiniteLossError,),
+                           callbacks=[MaxTrialsCallback(cfg.n_trials, states=FINISHED), failed_in_a_row])
+            if len(failures) >= MAX_FAILURES_IN_A_ROW:
+                raise DgnetError(f"study {cfg.study!r}: {len(failures)} trials in a row failed (non-finite "
+                                 f"losses); narrow tune.space, e.g. lower the `high` of the largest weights")
+        elif not wait_for_stale(study, cfg):
+            return
+
+
+def wait_for_stale(study: optuna.Study, cfg: TuneConfig) -> bool:
+    """Wait while trials run elsewhere (a grace period and a heartbeat at most): True once one of them
+    turns out dead (it is then re-queued), False when none runs or those running stay alive."""
+    if not cfg.heartbeat_interval or not trials(study, TrialState.RUNNING):
+        return False
+    deadline = time.monotonic() + (cfg.grace_period or 2 * cfg.heartbeat_interval) + cfg.heartbeat_interval
+    print(f"tune: waiting up to {deadline - time.monotonic():.0f} s for trials running elsewhere",
+          file=sys.stderr)
+    while time.monotonic() < deadline and trials(study, TrialState.RUNNING):
+        time.sleep(cfg.heartbeat_interval)
+        optuna.storages.fail_stale_trials(study)
+        if trials(study, TrialState.WAITING):
+            return True
+    return False
+
+
+
+@dataclasses.dataclass
+class StudyTracker:
+    """The study's MLflow runs: the parent (recorded in the study, found again on resume), one child per
+    trial attempt and the tuning teacher's. Client errors become TrackingError naming the store."""
+
+    client: Any
+    experiment_id: str
+    study: str
+    tags: dict[str, str]
+    parent_id: str | None = None
+    storage: RDBStorage | None = None
+
+    @contextlib.contextmanager
+    def store(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except DgnetError:
+            raise
+        except Exception as exc:
+            raise TrackingError(f"MLflow at {redact(str(self.client.tracking_uri))}: could not {what}: "
+                                f"{short(exc)}") from exc
+
+    def open_parent(self, study: optuna.Study, params: Mapping[str, Any], storage: str) -> None:
+        """The run the study remembers, set RUNNING; else a new one, recorded (under the start-up lock)."""
+        with self.store("open the study's parent run"):
+            run_id = study.user_attrs.get(PARENT_ATTR)
+            with contextlib.suppress(Exception):  # another store, or deleted: a new parent
+                if run_id and self.client.get_run(run_id).info.lifecycle_stage == "active":
+                    self.client.update_run(run_id, status="RUNNING")
+                    self.parent_id = run_id
+                    return
+            tags = {**self.tags, "dgnet.kind": "study", "dgnet.variant": STAGE, "optuna.study": self.study,
+                    "optuna.storage": storage}
+            self.parent_id = self.client.create_run(self.experiment_id, run_name=f"tune-{self.study}",
+                                                    tags=tags).info.run_id
+            MlflowHooks(self.client, self.parent_id).log_params(params)
+            study.set_user_attr(PARENT_ATTR, self.parent_id)
+
+    @contextlib.contextmanager
+    def trial_run(self, trial: optuna.Trial, sampled: Mapping[str, float], history: Sequence[int]
+                  ) -> Iterator[str]:
+        """A child run `trial-NNNN`, ended FINISHED (complete), KILLED (pruned, interrupted, a tracking
+        outage) or FAILED, tagged `optuna.state`; the runs of the attempts it re-runs (`history`) are
+        ended KILLED if left RUNNING and point at it (`optuna.rerun_as`; its `optuna.retry_of`)."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(self.study), trial.number)
+        tags = {**self.tags, "dgnet.kind": "dgnet", "dgnet.variant": STAGE, "optuna.study": self.study,
+                "optuna.trial_number": str(trial.number), "optuna.trial_id": str(trial_id),
+                **({"optuna.retry_of": str(history[-1])} if history else {})}
+        with tracked_run(self.client, self.experiment_id, f"trial-{trial.number:04d}", tags,
+                         parent_run_id=self.parent_id, killed_by=(optuna.TrialPruned, TrackingError)) as run:
+            run_id = run.info.run_id
+            trial.set_user_attr("mlflow_run_id", run_id)
+            with self.store(f"retire the earlier attempts of trial {trial.number}"):
+                for number in history:
+                    query = (f"tags.`optuna.study` = '{self.study}' and tags.`optuna.trial_number` = "
+                             f"'{number}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
+                    for old in self.client.search_runs([self.experiment_id], query):
+                        if old.info.status == "RUNNING":
+                            self.client.set_terminated(old.info.run_id, "KILLED")
+                        self.client.set_tag(old.info.run_id, "optuna.state", "FAIL")
+                        self.client.set_tag(old.info.run_id, "optuna.rerun_as", str(trial.number))
+            hooks, state = MlflowHooks(self.client, run_id), "FAIL"
+            hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
+            try:
+                yield run_id
+                state = "COMPLETE"
+                hooks.set_tags({"optuna.state": state})  # retried; a failure re-queues the trial
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                if state != "COMPLETE":  # one attempt: the store may be why the trial stopped
+                    try:
+                        self.client.set_tag(run_id, "optuna.state", state)
+                    except Exception as exc:
+                        print(f"tune: warning: could not tag MLflow run {run_id} {state}: {short(exc, 160)}",
+                              file=sys.stderr)
+
+    def summarize(self, study: optuna.Study, n_trials: int) -> None:
+        """On the parent: best weights and value (`best/...`, step = finished trials), trial counts,
+        Optuna's plots (PNG) and trials.csv."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as plots
+
+        counts = {s.name.lower(): len(trials(study, s)) for s in TrialState}
+        metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
+        if (best := best_trial(study)) is not None:
+            metrics.update({"best/value": best.value, "best/trial_number": best.number,
+                            **{f"best/{k}": v for k, v in best.params.items()}})
+            self.client.set_tag(self.parent_id, "optuna.best_trial", str(best.number))
+        hooks = MlflowHooks(self.client, self.parent_id)
+        hooks.on_iteration(counts["complete"] + counts["pruned"], metrics)
+        hooks.flush()
+        self.client.set_tag(self.parent_id, "optuna.n_trials", str(n_trials))
+        if study.trials:
+            self.client.log_text(self.parent_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
+        for name, plot, needed in [("optimization_history", plots.plot_optimization_history, 1),
+                                   ("intermediate_values", plots.plot_intermediate_values, 1),
+                                   ("param_importances", plots.plot_param_importances, 2)]:
+            if counts["complete"] < needed:  # importances need two complete trials
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                print(f"tune: plot {name} skipped: {short(exc)}", file=sys.stderr)
+                continue
+            figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            try:
+                self.client.log_figure(self.parent_id, figure, f"plots/{name}.png")
+            finally:
+                plt.close(figure)
+
+    def end_parent(self, study: optuna.Study, status: str) -> None:
+        """End the parent run, unless another worker still runs a trial of the study."""
+        if status == "FINISHED" or not trials(study, TrialState.RUNNING):
+            self.client.set_terminated(self.parent_id, status)
+
+
+
+def teacher_recipe(values: Mapping[str, Any], key: dict[str, Any]) -> tuple[Any, Path]:
+    """params `teacher`, deterministic, with its first seed (a trial learns from one teacher), and its
+    cache folder, named by the hash of it, the model, the manifest and the split (`key`)."""
+    from dgnet.config import TeacherTrainConfig
+
+    values = {k: v for k, v in values.items() if k != "deterministic"}
+    seed = parse_seeds(values)[0]
+    cfg = ws.train_config(TeacherTrainConfig, values, "teacher", ("seeds",),
+                          fixed={"seed": seed, "deterministic": True})[0]
+    digest = hashlib.sha256(json.dumps({**key, "teacher": {seed: cfg}}, sort_keys=True, default=str).encode())
+    return cfg, TEACHER_ROOT / f"teacher-{digest.hexdigest()[:12]}"
+
+
+def ensure_teacher(ctx: Context, tracker: StudyTracker) -> list[Path]:
+    """The tuning teacher: cached, or trained now on the tuning-train split (by one worker of the
+    workspace at a time: a filelock) in a child run of the study's parent, published atomically."""
+    from filelock import FileLock
+
+    from dgnet.training.teacher_trainer import train_teacher
+
+    cfg, relative = ctx.teacher
+    folder, name, split = ctx.workspace / relative, f"tuning-teacher-seed{cfg.seed}", ctx.split
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if (folder / TEACHER_INDEX).is_file():
+            print(f"tune: teacher of the tuning split: {relative} (cached)", flush=True)
+            return teacher_paths(ctx.workspace, relative)
+        check_no_test_images(ctx.frame, ctx.test, "the tuning teacher")
+        print(f"tune: training the teacher of the tuning split ({split['train_ids']} ids, "
+              f"{split['train_images']} images) into {relative}", flush=True)
+        run_dir = ws.work_dir(ctx.workspace, name, {"teacher": relative.name})
+        variant = f"tune-teacher-seed{cfg.seed}"
+        tags = {**tracker.tags, "dgnet.kind": "teacher", "dgnet.variant": variant,
+                "optuna.study": tracker.study}
+        with tracked_run(tracker.client, tracker.experiment_id, name, tags,
+                         parent_run_id=tracker.parent_id) as run:
+            link_previous_run(tracker.client, run_dir, run.info.run_id)
+            hooks = MlflowHooks(tracker.client, run.info.run_id, variant=variant,
+                                eval_prefix=VALIDATION_PREFIX,
+                                extra_params={**ctx.extra_params, "teacher.seeds": [cfg.seed]})
+            try:
+                result = train_teacher(ctx.frame, ctx.model_cfg, cfg, run_dir, hooks=[hooks], resume=True)
+            finally:
+                hooks.close()
+        metrics = metrics_summary(result.metrics)
+        with atomic_dir(folder) as tmp:
+            (tmp / f"seed{cfg.seed}").mkdir()
+            shutil.copy2(result.model_path, tmp / f"seed{cfg.seed}" / "model.pt")
+            entry = {"seed": cfg.seed, "path": f"seed{cfg.seed}/model.pt", "iterations": result.iterations,
+                     "metrics": metrics, "score_split": SCORE_SPLIT, "mlflow_run_id": run.info.run_id}
+            write_json(tmp / TEACHER_INDEX, {"kind": "teacher", "trained_on": "tuning split", "split": split,
+                                             "teachers": [entry]})
+        ws.remove_work_dirs(ctx.workspace, name)
+        print(f"tune: tuning teacher trained ({', '.join(f'val {k} {v:.4f}' for k, v in metrics.items())})",
+              flush=True)
+    return teacher_paths(ctx.workspace, relative)
+
+
+
+def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, Any]]:
+    """Params (`tune` after --set and the options), data, split and teacher recipe, checked before
+    anything is opened or trained: the trials' context and the study's settings key."""
+    from dgnet.config import DGNetTrainConfig
+
+    workspace = tracking.workspace_root()
+    params = resolve_params(load_params(workspace))
+    values = apply_assignments(section(params, STAGE), args.assignments, STAGE)
+    options = {"study": args.study, "n_trials": args.n_trials, "seed": args.seed, "storage": args.storage,
+               "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
+               "out": args.out}
+    values.update({k: v for k, v in options.items() if v is not None})
+    cfg = section_config(TuneConfig, {STAGE: values}, STAGE)
+    mlflow_settings(params)  # checked here; read again when tracking starts
+    base_values = merge(section(params, cfg.base), cfg.train)
+    base_cfg = ws.train_config(DGNetTrainConfig, base_values, f"tune (from {cfg.base})",
+                               STAGE_KEYS["train"])[0]
+    manifest_file = ws.manifest_path(params, workspace)
+    manifest = ws.read_manifest(manifest_file, ws.report_path(params, workspace))
+    frame = validation_split(manifest, cfg.validation_fraction, cfg.validation_seed)
+    test = benchmark_rows(manifest)[["path", "person_id"]]  # for the guard only: never opened
+    check_no_test_images(frame, test, "tuning")
+    split, md5 = frame.attrs[SPLIT_ATTR], ws.file_md5(manifest_file)
+    model_cfg = ws.model_config(params, frame)
+    teacher = None  # it enters the settings by its recipe, so they are checked before it trains
+    if base_cfg.needs_teacher() or any("primary_max" in k.targets for k in cfg.space):
+        teacher = teacher_recipe(section(params, "teacher"), {"model": model_cfg, "manifest": md5,
+                                                              "split": dict(split)})
+    teacher_key = teacher[1].name if teacher is not None else None
+    extra = {"profile": params["profile"], "stage.section": cfg.base, "data.manifest": str(manifest_file),
+             "data.manifest_md5": md5, "data.score_split": SCORE_SPLIT, "optuna.study": cfg.study,
+             "data.validation_fraction": split["fraction"], "data.validation_seed": split["seed"],
+             **{f"data.{k}": split[k] for k in ("validation_ids", "query_images", "gallery_images",
+                                                "train_images", "train_ids")}}
+    ctx = Context(workspace, cfg, base_values, frame, test, model_cfg, teacher, extra,
+                  {"manifest": md5, "validation": split["query_sha256"], "teachers": teacher_key})
+    # Not the searched schedule fields (applying tuned weights keeps the study), nor n_trials (it grows).
+    searched = {t for k in cfg.space for t in k.targets}
+    schedule = {k: v for k, v in (base_values.get("schedule") or {}).items() if k not in searched}
+    key = {"space": [dataclasses.asdict(k) for k in cfg.space], "metric": cfg.metric, "seed": cfg.seed,
+           "base": cfg.base, "train": {**base_values, "schedule": schedule}, "manifest": md5,
+           "validation": split, "teachers": teacher_key, "model": model_cfg}
+    return ctx, key
 
 
 def run_tune(args: argparse.Namespace) -> int:
     """`dgnet tune`: run (or resume) the study, then write the tuned weights and the metrics."""
-    quiet_mlflow()
-    interrupt_on_sigterm()
-    started = time.monotonic()
+    tracking.quiet_mlflow()
+    ws.interrupt_on_sigterm()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
     try:
-        context, key = prepare(args)
-        settings = context.settings
-        url = storage_url(settings.storage)
-        check_storage(url)  # unreachable storage or tracking store: said at once, before any lock
-        tracker = connect_tracker(settings, context.workspace)
-        with startup_lock(url, settings.study):
-            study = open_study(url, settings, key)
-            tracker.open_parent(study, {"tune": study_params(settings, context.data.summary)}, redact(url))
-    except DgnetError as exc:
-        print(f"dgnet tune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    done = len(finished_trials(study))
-    print(f"tune: study {settings.study!r} in {redact(url)}: {done} of {settings.n_trials} trials finished",
-          flush=True)
-    status, summarize = "FAILED", True  # summarize: the study in MLflow, at the end
-    try:
-        if context.teacher is not None:
-            context.teachers = ensure_teacher(
-                context.teacher, context.data, context.model_cfg, context.workspace,
-                TeacherRun(tracker.client, tracker.experiment_id, tracker.parent_id,
-                           {**tracker.tags, "optuna.study": settings.study},
-                           {**context.extra_params, "teacher.seeds": list(context.teacher.configs)}))
-        with quiet_optuna():
-            run_trials(study, Objective(context, tracker), settings)
-        status = "FINISHED"
+        return tune(args)
     except KeyboardInterrupt:
-        status = "KILLED"
-        print(f"dgnet tune: interrupted; re-run the same command to continue study {settings.study!r}",
-              file=sys.stderr)
+        print("dgnet tune: interrupted; re-run the same command to continue the study", file=sys.stderr)
         return 130
     except TrackingError as exc:
-        summarize = False  # the store is away: the next run summarizes the study (and ends the parent)
-        print(f"dgnet tune: error: {exc}\ndgnet tune: study {settings.study!r} stopped; re-run the same "
-              f"command once the tracking store is back to continue it", file=sys.stderr)
+        print(f"dgnet tune: error: {exc}\ndgnet tune: the study stopped; re-run the same command once the "
+              f"tracking store is back to continue it", file=sys.stderr)
         return 2
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    finally:
-        if summarize:
-            best_effort("summarize the study in MLflow", tracker.summarize, study, settings.n_trials)
-            best_effort("end the MLflow parent run", tracker.end_parent, study, status)
-    return report(study, settings, context.workspace, args, tracker, time.monotonic() - started,
-                  context.data.summary)
 
 
-def best_effort(what: str, step: Any, *args: Any) -> None:
-    """A reporting step whose failure is only a warning: it must not hide why the study stopped."""
+def tune(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    ctx, key = prepare(args)
+    cfg, url = ctx.cfg, storage_url(ctx.cfg.storage)
+    check_storage(url)  # an unreachable storage or tracking store is said at once
+    client = tracking.connect(uri := tracking.tracking_uri())
+    experiment_id = ensure_experiment(client, mlflow_settings(load_params(ctx.workspace)).experiment,
+                                      tracking.artifact_location(uri))
+    tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", ctx.workspace),
+            "dgnet.score_split": SCORE_SPLIT}
+    tracker = StudyTracker(client, experiment_id, cfg.study, tags)
+    space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)} for k in cfg.space}
+    params = {"seed": cfg.seed, "metric": cfg.metric, "base": cfg.base, "train": dict(cfg.train),
+              "space": space, "sampler.n_startup_trials": cfg.sampler.n_startup_trials,
+              "pruner": dataclasses.asdict(cfg.pruner), "score_split": SCORE_SPLIT,
+              "validation": dict(ctx.split)}
+    with startup_lock(url):
+        study, tracker.storage = open_study(url, cfg, key)
+        tracker.open_parent(study, {STAGE: params}, redact(url))
+    print(f"tune: study {cfg.study!r} in {redact(url)}: {len(trials(study, *FINISHED))} of {cfg.n_trials} "
+          f"trials finished", flush=True)
+    status, summarize = "FAILED", True
     try:
-        step(*args)
-    except Exception as exc:
-        print(f"dgnet tune: warning: could not {what}: {short(exc)}", file=sys.stderr)
+        if ctx.teacher is not None:
+            ctx.teachers = ensure_teacher(ctx, tracker)
+        run_trials(study, objective(ctx, tracker), cfg)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except TrackingError:
+        summarize = False  # the store is away: the next run summarizes the study and ends the parent
+        raise
+    finally:
+        for what, step, arg in (("summarize the study in MLflow", tracker.summarize, cfg.n_trials),
+                                ("end the MLflow parent run", tracker.end_parent, status)):
+            try:  # a warning only: it must not hide why the study stopped
+                if summarize:
+                    step(study, arg)
+            except Exception as exc:
+                print(f"dgnet tune: warning: could not {what}: {short(exc)}", file=sys.stderr)
+    return report(study, ctx, args, tracker, time.monotonic() - started)
 
 
-def report(study: optuna.Study, settings: TuneSettings, workspace: Path, args: argparse.Namespace,
-           tracker: StudyTracker, seconds: float, split: Mapping[str, Any]) -> int:
-    """The finished study's outputs: params/tuned.yaml, the metrics JSON (which split its values
-    come from: `score_split`, `validation`), a summary on stdout."""
-    trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.FAIL)}
-    best = best_trial(study)
-    # Every value here is a validation-split figure; the test split's come from `dvc repro` after --apply.
-    shown_split = {k: v for k, v in split.items() if k not in ("held_out_ids", "query_sha256")}  # numbers
-    summary: dict[str, Any] = {"metric": settings.metric, "score_split": SCORE_SPLIT,
-                               "validation": shown_split, **counts}
-    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        remove_work_dirs(workspace, f"tune-{settings.study}")
-    if best is None:
+def report(study: optuna.Study, ctx: Context, args: argparse.Namespace, tracker: StudyTracker,
+           seconds: float) -> int:
+    """params/tuned.yaml (params.yaml's layout), the metrics JSON and a summary on stdout: every
+    figure comes from the validation split (`score_split`)."""
+    cfg, split, workspace = ctx.cfg, ctx.split, ctx.workspace
+    counts = {s.name.lower(): len(trials(study, s)) for s in (*FINISHED, TrialState.FAIL)}
+    summary: dict[str, Any] = {"metric": cfg.metric, "score_split": SCORE_SPLIT, **counts, "validation": {
+        k: v for k, v in split.items() if k not in ("held_out_ids", "query_sha256")}}
+    if not trials(study, TrialState.RUNNING):
+        ws.remove_work_dirs(workspace, f"tune-{cfg.study}")
+    if (best := best_trial(study)) is None:
         write_json(workspace / args.metrics, summary)
-        print(f"tune: no complete trial in study {settings.study!r} ({counts}); no tuned weights written")
+        print(f"tune: no complete trial in study {cfg.study!r} ({counts}); no tuned weights written")
         return 0
     summary.update({"best_value": round(float(best.value), 6), "best_trial": best.number,
                     **{f"best_{k}": v for k, v in best.params.items()}})
-    out = settings.out if settings.out.is_absolute() else workspace / settings.out
-    exp_line = write_tuned(out, study, settings, best)
+    schedule = {t: float(best.params[k.name]) for k in cfg.space for t in k.targets}
+    exp_line = "dvc exp run " + " ".join(f"-S {cfg.base}.schedule.{k}={v!r}" for k, v in schedule.items())
+    finished = len(trials(study, *FINISHED))
+    header = (f"# The best loss weights of Optuna study {cfg.study!r}: trial {best.number} of {finished} "
+              f"finished, final {cfg.metric} {best.value:.6f} on the validation split\n"
+              f"# (tune.validation_fraction of the training ids held out; never the test split).\n"
+              f"# Written by `dgnet tune`; make the pipeline use them (then `dvc repro` retrains):\n"
+              f"#   dgnet tune --apply {Path(cfg.out).as_posix()}\n"
+              f"# or try them as a DVC experiment without touching params.yaml:\n#   {exp_line}\n")
+    tuned = {"tuned": {"study": cfg.study, "trial": best.number, "metric": cfg.metric,
+                       "value": float(best.value), "score_split": SCORE_SPLIT, "finished_trials": finished},
+             cfg.base: {"schedule": schedule}}
+    with atomic_path(out := workspace / cfg.out) as tmp:  # an absolute `out` stays itself
+        tmp.write_text(header + yaml.safe_dump(tuned, sort_keys=False))
     write_json(workspace / args.metrics, summary)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
-    print(f"tune: {counts} after {seconds:.0f} s; best trial {best.number}: {SCORE_SPLIT} {settings.metric} "
+    print(f"tune: {counts} after {seconds:.0f} s; best trial {best.number}: {SCORE_SPLIT} {cfg.metric} "
           f"{best.value:.4f} with {shown} ({split['validation_ids']} held-out training ids, "
           f"{split['query_images']} queries, {split['gallery_images']} gallery images; the test split's "
           f"figures come from `dvc repro` after --apply)")
-    print(f"tuned weights: {out}; use them with `dgnet tune --apply {settings.out}` "
-          f"(or: {exp_line}); MLflow parent run {tracker.parent_id} "
-          f"(view: {view_hint(tracker.client.tracking_uri)})")
+    print(f"tuned weights: {out}; use them with `dgnet tune --apply {cfg.out}` (or: {exp_line}); MLflow "
+          f"parent run {tracker.parent_id} (view: {tracking.view_hint(tracker.client.tracking_uri)})")
     return 0
 
 
-def apply_command(args: argparse.Namespace) -> int:
+def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
+    """Copy a tuned file's weights into params.yaml (comments and layout kept, atomic); the result must
+    still build the training configuration. Returns the changes as `key: old -> new`."""
+    from ruamel.yaml import YAML
+
+    from dgnet.config import DGNetTrainConfig
+
+    editor = YAML()  # round-trip: comments, order and quoting of params.yaml survive
+    editor.indent(mapping=2, sequence=4, offset=2)
+    editor.width, editor.preserve_quotes = 4096, True  # `amp: "off"` must not become the boolean off
+    editor.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null",
+                                                                                   "null"))
     try:
-        params_file = args.params if args.params is not None else workspace_root() / "params.yaml"
+        values, document = yaml.safe_load(tuned.read_text()), editor.load(params_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--apply {tuned}: cannot read it or {params_file} ({short(exc)})") from exc
+    sections = {k: v for k, v in (values or {}).items() if k != "tuned"} if isinstance(values, dict) else {}
+    if not sections or not all(isinstance(v, dict) for v in sections.values()):
+        raise ConfigError(f"--apply {tuned}: expected params sections such as `train: schedule: ...`")
+    changes = []
+    for dotted, value in flatten(sections).items():
+        *parents, leaf = dotted.split(".")
+        node = document
+        for key in parents:  # a section holds only what differs from the profile: add what is missing
+            if isinstance(node, Mapping) and node.get(key) is None:
+                node[key] = {}
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"--apply {tuned}: {params_file} has no `{'.'.join(parents)}` to put {leaf} in")
+        changes.append(f"{dotted}: {node.get(leaf, '(default)')} -> {value}")
+        node[leaf] = value
+    with atomic_path(params_file) as tmp:
+        with open(tmp, "w") as handle:
+            editor.dump(document, handle)
+        updated = resolve_params(yaml.safe_load(tmp.read_text()))
+        for name in sections:  # a training section must still build a training configuration
+            if name == "train" or {"iterations", "schedule"} <= set(updated.get(name) or {}):
+                ws.train_config(DGNetTrainConfig, updated[name], name, STAGE_KEYS["train"])
+    return changes
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.apply is None:
+        return run_tune(args)
+    try:
+        params_file = args.params if args.params is not None else tracking.workspace_root() / "params.yaml"
         changes = apply_tuned(args.apply, params_file)
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
@@ -312,39 +764,31 @@ def apply_command(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `dgnet tune` and `python -m dgnet_pipeline.tune`; unset ones come from params `tune`."""
-    parser.add_argument("--study", default=None, help="study name (params tune.study)")
-    parser.add_argument("--n-trials", type=int, default=None,
-                        help="run until the study has N finished (complete or pruned) trials")
-    parser.add_argument("--storage", default=None,
-                        help="SQLAlchemy URL of the Optuna storage (default sqlite:///optuna.db at the "
-                             "repository root; postgresql+psycopg://user:password@host/db for many workers)")
-    parser.add_argument("--seed", type=int, default=None, help="sampler seed (params tune.seed)")
-    parser.add_argument("--heartbeat-interval", type=int, default=None,
-                        help="seconds between a running trial's heartbeats (0: none)")
-    parser.add_argument("--grace-period", type=int, default=None,
-                        help="seconds without a heartbeat after which a trial is dead and re-queued")
-    parser.add_argument("--out", type=Path, default=None, help="tuned weights file (params tune.out)")
-    parser.add_argument("--metrics", type=Path, default=DEFAULT_METRICS, help="summary JSON (dvc metrics)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of params `tune` (dotted, YAML value), e.g. train.iterations=50")
-    parser.add_argument("--apply", type=Path, default=None, metavar="TUNED_YAML",
-                        help="instead of tuning: copy the weights of a tuned file into params.yaml")
-    parser.add_argument("--params", type=Path, default=None, help="with --apply: the params file to change")
+    """The options of `dgnet tune` and `python -m dgnet_pipeline.tune`; unset: from params `tune`."""
+    add = parser.add_argument
+    add("--study", help="study name (params tune.study)")
+    add("--n-trials", type=int, help="run until the study has N finished (complete or pruned) trials")
+    add("--storage", help="SQLAlchemy URL of the Optuna storage (default sqlite:///optuna.db at the "
+                          "repository root; postgresql+psycopg://user:password@host/db for many workers)")
+    add("--seed", type=int, help="sampler seed (params tune.seed)")
+    add("--heartbeat-interval", type=int, help="seconds between a running trial's heartbeats (0: none)")
+    add("--grace-period", type=int, help="seconds without a heartbeat after which a trial is re-queued")
+    add("--out", type=Path, help="tuned weights file (params tune.out)")
+    add("--metrics", type=Path, default=DEFAULT_METRICS, help="summary JSON (dvc metrics)")
+    add("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of params `tune` (dotted, YAML value), e.g. train.iterations=50")
+    add("--apply", type=Path, metavar="TUNED_YAML", help="instead of tuning: copy a tuned file's weights "
+                                                         "into params.yaml")
+    add("--params", type=Path, help="with --apply: the params file to change")
     parser.set_defaults(func=command)
     return parser
 
 
-def command(args: argparse.Namespace) -> int:
-    return apply_command(args) if args.apply is not None else run_tune(args)
-
-
 def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `dgnet tune` on the CLI's sub-parsers (entry point group `dgnet.commands`)."""
-    parser = subparsers.add_parser(
+    return add_arguments(subparsers.add_parser(
         "tune", help="tune DG-Net's loss weights with a resumable Optuna study tracked in MLflow",
-        description=__doc__.split("\n\n")[0].replace("\n", " "))
-    return add_arguments(parser)
+        description=__doc__.split("\n\n")[0].replace("\n", " ")))
 
 
 def main(argv: list[str] | None = None) -> int:

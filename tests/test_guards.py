@@ -342,11 +342,12 @@ def test_params_help_says_it_takes_a_file(capsys) -> None:
 
 
 def test_tune_pruner_kind_none_over_median_settings() -> None:
-    from dgnet_pipeline.tune_settings import parse_pruner
+    from dgnet.config import PrunerConfig
 
-    assert parse_pruner({"kind": "none", "n_startup_trials": 3, "n_warmup_steps": 100})["kind"] == "none"
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_startup_trial'\]"):
-        parse_pruner({"kind": "median", "n_startup_trial": 3})
+    pruner = {"kind": "none", "n_startup_trials": 3, "n_warmup_steps": 100}
+    assert config_from_mapping(PrunerConfig, pruner, "tune.pruner").kind == "none"
+    with pytest.raises(ConfigError, match=r"tune.pruner: unknown field\(s\) \['n_startup_trial'\]"):
+        config_from_mapping(PrunerConfig, {"kind": "median", "n_startup_trial": 3}, "tune.pruner")
 
 
 def test_stale_holder_files_do_not_block(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 import dgnet.training.trainer as trainer_module
+from dgnet.config import TuneConfig
 from dgnet.data.manifest import read_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.models.config import get_profile
@@ -23,7 +24,7 @@ from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.trainer import DGNetTrainConfig
 from dgnet_pipeline import train as train_stage
-from dgnet_pipeline import tune, tune_settings, tune_study
+from dgnet_pipeline import tune
 from dgnet_pipeline.tracking import connect
 from dgnet_pipeline.workspace import train_config
 from tests.fixtures import publish_manifest
@@ -98,6 +99,12 @@ def in_workspace(workspace, mlflow_uri, monkeypatch) -> Path:
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # never the repository's mlflow.db
     return workspace
+
+
+def suggest(trial: optuna.Trial) -> dict[str, float]:
+    """The weights a trial of `SPACE` gets (as the objective asks for them)."""
+    space = TuneConfig(space=SPACE).space
+    return {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in space}
 
 
 def load(storage: str, name: str = "weights") -> optuna.Study:
@@ -233,9 +240,7 @@ def test_tune_refuses_a_split_that_holds_test_images(in_workspace, tmp_path, mon
     before any study, teacher or trial."""
     import pandas as pd
 
-    from dgnet_pipeline import tune_data
-
-    real = tune_data.validation_split
+    real = tune.validation_split
 
     def leaking(manifest, *args, **kwargs):
         split = real(manifest, *args, **kwargs)
@@ -244,7 +249,7 @@ def test_tune_refuses_a_split_that_holds_test_images(in_workspace, tmp_path, mon
         leaked.attrs = split.attrs
         return leaked
 
-    monkeypatch.setattr(tune_data, "validation_split", leaking)
+    monkeypatch.setattr(tune, "validation_split", leaking)
     storage = f"sqlite:///{tmp_path}/leak.db"
     assert tune.main(["--study", "leak", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
                       "--metrics", str(tmp_path / "t.json")]) == 1
@@ -290,7 +295,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     heartbeat = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=2)
     dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
     assert dead.number == 2
-    assert tune_study.suggest(dead, tune_settings.parse_space(SPACE)) == study.trials[1].params
+    assert suggest(dead) == study.trials[1].params
     heartbeat.record_heartbeat(dead._trial_id)
     client = connect(mlflow_uri)
     orphan = client.create_run(parent.info.experiment_id, run_name="trial-0002", tags={
@@ -302,7 +307,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     study = load(storage, "resume")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
                                                TrialState.COMPLETE, TrialState.COMPLETE]
-    assert len(tune_study.finished_trials(study)) == 3
+    assert len(tune.trials(study, *tune.FINISHED)) == 3
     assert study.trials[3].params == study.trials[1].params  # the weights of the lost attempts, run
     runs = trial_runs(mlflow_uri, "resume")
     assert sorted(runs) == [0, 1, 2, 3, 4]
@@ -318,7 +323,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     # The study has its 3 trials, but a worker dies in a 6th: a re-run waits for that trial to go
     # stale, then re-runs it, rather than leave it RUNNING for ever.
     dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
-    tune_study.suggest(dead, tune_settings.parse_space(SPACE))
+    suggest(dead)
     heartbeat.record_heartbeat(dead._trial_id)
     assert tune.main(args) == 0
     study = load(storage, "resume")
@@ -475,66 +480,47 @@ def test_unreachable_storage_bad_split_and_changed_settings_exit_2(twice, in_wor
     assert not (tmp_path / "split.db").exists()
 
 
-def test_losing_the_race_to_create_the_tables_is_retried_and_connection_errors_are_not(monkeypatch):
-    """Workers started together on a new database all create Optuna's tables; the losers' errors
-    (PostgreSQL: duplicate key on pg_type, `type ... already exists`) are retried, nothing else is."""
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
-    from dgnet_pipeline import tune_storage
-
-    monkeypatch.setattr(tune_storage.random, "uniform", lambda low, high: 0.0)  # no waiting here
-    lost = [IntegrityError("CREATE TYPE studydirection", {}, Exception(
-                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"')),
-            ProgrammingError("CREATE TYPE studydirection", {}, Exception(
-                'type "studydirection" already exists'))]
-    calls = []
-
-    def create() -> str:
-        calls.append(1)
-        if len(calls) <= len(lost):
-            raise lost[len(calls) - 1]
-        return "storage"
-
-    assert tune_storage.retry_schema_race(create) == "storage" and len(calls) == 3
-    refused = OperationalError("connect", {}, Exception("connection refused"))
-    calls.clear()
-
-    def unreachable() -> None:
-        calls.append(1)
-        raise refused
-
-    with pytest.raises(OperationalError):
-        tune_storage.retry_schema_race(unreachable)
-    assert len(calls) == 1
-    wrapped = optuna.exceptions.StorageInternalError("commit failed")
-    wrapped.__cause__ = lost[0]
-    assert tune_storage.schema_race(wrapped) and not tune_storage.schema_race(refused)
-
-
-def test_startup_lock_lets_one_worker_at_a_time_open_a_sqlite_study(tmp_path):
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_workers_opening_a_new_study_together_make_one_study_and_one_parent_run(tmp_path, mlflow_uri,
+                                                                               monkeypatch, capsys):
+    """Workers started at the same moment on a new database: each creates Optuna's tables, the study and
+    its settings, or finds them, and all share one MLflow parent run; a worker that cannot get the
+    start-up lock in time says so, naming the storage."""
     import threading
 
-    from dgnet_pipeline import tune_storage
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    url, cfg = f"sqlite:///{tmp_path}/race.db", TuneConfig(study="race", space=SPACE, heartbeat_interval=1)
+    client = connect(mlflow_uri)
+    experiment = client.get_experiment_by_name("tune-test") or client.get_experiment(
+        client.create_experiment("tune-test"))
+    parents, errors = [], []
 
-    url = f"sqlite:///{tmp_path}/locked.db"
-    outcome: list[str] = []
-
-    def second_worker() -> None:
+    def worker() -> None:
         try:
-            with tune_storage.startup_lock(url, "s", timeout_s=0.5):
-                outcome.append("entered")
-        except tune.StorageError as exc:
-            outcome.append(str(exc))
+            tracker = tune.StudyTracker(client, experiment.experiment_id, "race", {})
+            with tune.startup_lock(url):
+                study, tracker.storage = tune.open_study(url, cfg, {"space": "same"})
+                tracker.open_parent(study, {"tune": {"seed": 0}}, url)
+            parents.append(tracker.parent_id)
+        except Exception as exc:  # pragma: no cover - the failure the test is about
+            errors.append(exc)
 
-    with tune_storage.startup_lock(url, "s"):
-        thread = threading.Thread(target=second_worker)
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in workers:
         thread.start()
+    for thread in workers:
         thread.join()
-    assert len(outcome) == 1 and "another worker has been opening study 's'" in outcome[0]
-    thread = threading.Thread(target=second_worker)
-    thread.start()
-    thread.join()
-    assert outcome[1] == "entered"  # released when the first worker is done
+    assert errors == [] and len(parents) == 4 and len(set(parents)) == 1
+    assert len(parent_runs(mlflow_uri, "race")) == 1
+    assert optuna.get_all_study_names(url) == ["race"]
+
+    monkeypatch.setattr(tune, "LOCK_TIMEOUT_S", 0.5)
+    with tune.startup_lock(url), pytest.raises(tune.StorageError, match=r"race.db: no start-up lock"), \
+            tune.startup_lock(url):
+        pass
+    assert "another worker is opening the study; waiting" in capsys.readouterr().out
+    with tune.startup_lock(url):  # released when the first worker is done
+        pass
 
 
 def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, capfd):
@@ -571,14 +557,13 @@ def test_sampler_draws_the_same_trials_after_a_restart():
     new sampler (a resumed run) gets the trials an uninterrupted one gets, never repeated start-up points."""
 
     def objective(trial: optuna.Trial) -> float:
-        return sum(tune_study.suggest(trial, tune_settings.parse_space(SPACE)).values())
+        return sum(suggest(trial).values())
 
     def study(sampler_per_step: bool) -> list[dict]:
-        study = optuna.create_study(direction="maximize", sampler=tune_study.PerTrialSeedTPESampler(
-            7, n_startup_trials=2))
+        study = optuna.create_study(direction="maximize", sampler=tune.PerTrialSeedTPESampler(7, 2))
         for _ in range(4):
             if sampler_per_step:  # a new process for every trial
-                study.sampler = tune_study.PerTrialSeedTPESampler(7, n_startup_trials=2)
+                study.sampler = tune.PerTrialSeedTPESampler(7, 2)
             study.optimize(objective, n_trials=1)
         return [t.params for t in study.trials]
 
