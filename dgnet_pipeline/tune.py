@@ -61,7 +61,6 @@ class StorageError(DgnetError):
     """The Optuna storage cannot be opened; the message names its URL (password hidden)."""
 
 
-
 def storage_url(url: str) -> str:
     """A relative SQLite path is taken from the repository root (DVC_ROOT under `dvc exp`)."""
     path = url.removeprefix("sqlite:///")
@@ -207,7 +206,6 @@ def trials(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return study.best_trial if trials(study, TrialState.COMPLETE) else None
-
 
 
 @dataclasses.dataclass
@@ -372,7 +370,6 @@ def wait_for_stale(study: optuna.Study, cfg: TuneConfig) -> bool:
     return False
 
 
-
 @dataclasses.dataclass
 class StudyTracker:
     """The study's MLflow runs: the parent (recorded in the study, found again on resume), one child per
@@ -499,7 +496,6 @@ class StudyTracker:
             self.client.set_terminated(self.parent_id, status)
 
 
-
 def teacher_recipe(values: Mapping[str, Any], key: dict[str, Any]) -> tuple[Any, Path]:
     """params `teacher`, deterministic, with its first seed (a trial learns from one teacher), and its
     cache folder, named by the hash of it, the model, the manifest and the split (`key`)."""
@@ -556,7 +552,6 @@ def ensure_teacher(ctx: Context, tracker: StudyTracker) -> list[Path]:
         print(f"tune: tuning teacher trained ({', '.join(f'val {k} {v:.4f}' for k, v in metrics.items())})",
               flush=True)
     return teacher_paths(ctx.workspace, relative)
-
 
 
 def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, Any]]:
