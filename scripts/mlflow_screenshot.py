@@ -1,13 +1,14 @@
-"""Screenshot the MLflow UI's training runs grouped by a tag (docs/mlflow_grouped_by_variant.png).
+"""Screenshot the MLflow UI's runs table in the pipeline's saved view (docs/mlflow_variants_view.png).
 
     mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5055 &
     python scripts/mlflow_screenshot.py --url http://127.0.0.1:5055 --experiment dgnet \
-        --group-by dgnet.variant --out docs/mlflow_grouped_by_variant.png
+        --out docs/mlflow_variants_view.png
 
-Drives a real headless Chromium (Playwright's Python package with the system's browser,
-`--chromium /usr/bin/chromium`; nothing is downloaded) through what a user clicks: the experiment's
-runs page, "Group by" -> the tag, so each variant is one row with its metrics averaged over its
-seeds. Not a dependency of the project: `pip install playwright` in any environment.
+Opens what a user opens: the experiment's runs page in the saved view the pipeline stores on its
+experiment ("Variants: rank-1 and mAP over seeds", dgnet_pipeline.mlflow_runs.VIEW_ID), in a real
+headless Chromium (Playwright's Python package with the system's browser, `--chromium
+/usr/bin/chromium`; nothing is downloaded). Not a dependency of the project: `pip install
+playwright` in any environment.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import json
 import sys
 import urllib.request
 from pathlib import Path
+
+VIEW_ID = "dgnet-variants"  # dgnet_pipeline.mlflow_runs.VIEW_ID (this script runs without dgnet)
 
 
 def experiment_id(url: str, name: str) -> str:
@@ -30,22 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:5000")
     parser.add_argument("--experiment", default="dgnet")
-    parser.add_argument("--group-by", default="dgnet.variant", help="a run tag")
-    parser.add_argument("--filter", default=" and ".join(  # the trained models: not the warm-ups,
-        ["attributes.status = 'FINISHED'"]                    # the teachers' parent, the evaluate runs
-        + [f"tags.`dgnet.variant` != '{v}'" for v in ("warmup", "teacher-mean", "all")]))
-    parser.add_argument("--columns", nargs="*", default=["eval/mAP", "eval/rank1"],
-                        help="metric columns to show, by name")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--height", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=Path("docs/mlflow_grouped_by_variant.png"))
+    parser.add_argument("--width", type=int, default=1500)
+    parser.add_argument("--height", type=int, default=760)
+    parser.add_argument("--out", type=Path, default=Path("docs/mlflow_variants_view.png"))
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
     exp = experiment_id(args.url, args.experiment)
-    filter_ = urllib.request.quote(args.filter)
-    page_url = f"{args.url}/#/experiments/{exp}/runs?searchFilter={filter_}"
+    page_url = f"{args.url}/#/experiments/{exp}/runs?viewStateShareKey={VIEW_ID}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
@@ -54,29 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         close = page.get_by_role("button", name="Close")  # the assistant's side panel, when it opens
         if close.count():
             close.first.click()
-        page.get_by_role("button", name="Toggle sidebar").first.click()  # room for the table
-        page.get_by_role("button", name="Columns", exact=True).click()
-        chooser = page.get_by_role("dialog")
-        for column in ("Dataset", "Source", "Models", *args.columns):  # off (room), then the metrics on
-            chooser.get_by_placeholder("Search columns").fill(column)
-            chooser.get_by_text(column, exact=True).first.click()
-        page.keyboard.press("Escape")
-        page.get_by_role("button", name="Group by").click()
-        page.get_by_role("menuitemcheckbox", name=args.group_by, exact=True).first.click()
-        page.keyboard.press("Escape")
-        for header, extra in (("Run Name", 80), *((c, 30) for c in args.columns)):  # no "..." in the names
-            box = page.locator(".ag-header-cell", has_text=header).first.bounding_box()
-            if box:
-                page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
-                page.mouse.down()
-                page.mouse.move(box["x"] + box["width"] + extra, box["y"] + box["height"] / 2, steps=5)
-                page.mouse.up()
         page.mouse.move(1, 1)  # no tooltip in the picture
-        page.wait_for_timeout(2000)
+        page.wait_for_timeout(3000)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out))
         browser.close()
-    print(f"{args.out}: {page_url} grouped by tag {args.group_by}")
+    print(f"{args.out}: {page_url}")
     return 0
 
 
