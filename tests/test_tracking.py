@@ -307,3 +307,8 @@ def test_the_warning_of_an_accepted_teacher_of_other_data_reaches_the_mlflow_run
     tag = client.get_run(run.info.run_id).data.tags["dgnet.warnings"]
     assert f"teacher {teacher}: trained on other data (training split abababababab)" in tag
     assert "accepted (train.cross_dataset_teacher)" in tag
+
+
+def test_the_screenshot_script_opens_the_pipelines_saved_view():
+    text = (REPO / "scripts" / "mlflow_screenshot.py").read_text()
+    assert f'VIEW_ID = "{mlflow_runs.VIEW_ID}"' in text
