@@ -18,11 +18,11 @@ Peak memory: each measurement runs in a fresh child process; on the CPU its peak
 size (`resource.getrusage`, which covers the features too: their size is listed beside it),
 on a GPU `torch.cuda.max_memory_allocated` during the evaluation.
 
-The results go to a delimited section of benchmarks/RESULTS.md (one section per device kind,
-and per --threads when given; other sections of the file are left as they are), with the
-machine, the load average at the start (other processes on the machine slow the figures down;
-with torch's default threads an op waits for its slowest thread, so a busy machine hurts more
-than its share: --threads 1 then gives steadier figures) and the date.
+The results go to a delimited section of benchmarks/RESULTS.md, their rows to RESULTS.json (one
+section per device kind, and per --threads when given; other sections of the file are left as
+they are), with the machine, the load average at the start (other processes on the machine slow
+the figures down; with torch's default threads an op waits for its slowest thread, so a busy
+machine hurts more than its share: --threads 1 then gives steadier figures) and the date.
 """
 
 from __future__ import annotations
@@ -42,15 +42,9 @@ import numpy as np
 import torch
 
 from dgnet.evaluation.rank import pairwise_distance, rank_metrics_from_features
-from dgnet.io import replace_marked_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = """# Benchmarks
-
-Speed and memory measurements of dgnet. Each section below is written by one script (named in
-its heading) between its BEGIN/END markers; re-running a script replaces only its section.
-Never timed asserts: these are measurements, not tests.
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
+from common import RESULTS, write_results
 
 # name: (queries, gallery, ids, cameras, images per id, distractors (id 0)); the rest of the
 # gallery is junk (id -1): about 2,600 at Market size (the real Market-1501 has 3,819 on top).
@@ -247,9 +241,9 @@ def render_section(name: str, info: dict, rows: list[dict], command: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, name: str, section: str) -> None:
-    """Replace (or append) this script's section of the results file, atomically."""
-    replace_marked_section(path, name, section, HEADER)
+def update_results(path: Path, name: str, section: str, record: dict) -> None:
+    """Replace (or add) this script's section of the results file, and its record (rows, machine)."""
+    write_results(path, name, section, record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -291,7 +285,9 @@ def main(argv: list[str] | None = None) -> None:
         name = f"eval_speed-{'cuda' if args.device.startswith('cuda') else 'cpu'}"
         if args.threads:  # a thread count of its own: its own section
             name += f"-{args.threads}thread{'s' if args.threads > 1 else ''}"
-        update_results(args.results, name, render_section(name, info, rows, command.strip()))
+        section = render_section(name, info, rows, command.strip())
+        record = {"command": command.strip(), "machine": info, "rows": rows}
+        update_results(args.results, name, section, record)
         print(f"wrote {args.results}")
 
 

@@ -2,13 +2,14 @@
 
     python benchmarks/profile_iteration.py --profile cpu --iterations 5 [--amp bf16] [--threads 2]
 
-Runs the trainer's own step (`make_joint_step`, as benchmarks/train_speed.py does, at iteration
-40,000 of the paper's schedule: every loss on) under torch.profiler. Each network's forward is
-wrapped in a named scope; a backward op is charged to the network whose forward op created it
-(the profiler's autograd sequence numbers link the two). What is left is the optimisers, the loss
-arithmetic and the Python between ops. Prints one table, seconds per iteration (mean over the
-profiled iterations, after one warm-up), and with --out writes it as JSON; --write puts it in
-benchmarks/RESULTS.md (its own section, with the machine and the command).
+Runs the trainer's own step (`make_joint_step`, built by benchmarks/common.py's `build_joint_step`
+as benchmarks/train_speed.py builds it, at iteration 40,000 of the paper's schedule: every loss on)
+under torch.profiler. Each network's forward is wrapped in a named scope; a backward op is charged
+to the network whose forward op created it (the profiler's autograd sequence numbers link the two).
+What is left is the optimisers, the loss arithmetic and the Python between ops. Prints one table,
+seconds per iteration (mean over the profiled iterations, after one warm-up), and with --out writes
+it as JSON; --write puts it in benchmarks/RESULTS.md (its own section, with the machine and the
+command) and its figures in RESULTS.json.
 Imports only dgnet, torch and the standard library.
 """
 
@@ -19,7 +20,6 @@ import bisect
 import json
 import shlex
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,20 +29,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from dgnet.models.config import get_profile
-from dgnet.models.dgnet import DGNet
-from dgnet.models.persist import save_model
-from dgnet.models.teacher import ReidBaseline
 from dgnet.training.runtime import DistContext, resolve_amp
-from dgnet.training.trainer import (
-    DGNetTrainConfig,
-    load_teachers,
-    make_joint_step,
-    make_optimizers,
-    make_scalers,
-    prepare_networks,
-)
+from dgnet.training.trainer import DGNetTrainConfig
 
-TIMED_ITERATION = 40_000  # after the warm-up ramps: the most expensive iteration
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
+import common
+
 SCOPE = "net:"
 
 
@@ -94,39 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--write", action="store_true", help="write its section of --results")
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from train_speed import machine, synthetic_batch  # the same batch as the speed benchmark
-
-    load_start = machine()["load_average"]
-
+    load_start = common.load_average()
     device = torch.device("cpu")
     model_cfg = get_profile(args.profile, pretrained=False)
     cfg = DGNetTrainConfig(amp=resolve_amp(device, args.amp), num_workers=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        label_map = {i: i for i in range(model_cfg.num_classes)}
-        path = save_model(Path(tmp) / "t.pt", ReidBaseline(model_cfg), "teacher", model_cfg,
-                          extra={"label_map": label_map})
-        teacher = load_teachers([path], label_map, model_cfg, device)
-    model = DGNet(model_cfg)
-    prepare_networks(model, teacher, cfg)
+    built = common.build_joint_step(model_cfg, cfg, DistContext(0, 1, 0, device, False))
     for name in ("appearance_encoder", "structure_encoder", "decoder", "discriminator"):
-        _scoped(name, getattr(model, name))
-    _scoped("teacher", teacher)
-    ctx = DistContext(0, 1, 0, device, False)
-    optimizers, scalers = make_optimizers(model, cfg), make_scalers(device, cfg.amp)
-    step = make_joint_step(model, teacher, cfg, ctx, optimizers, scalers)
-    model.train()
-    batch = synthetic_batch(model_cfg.image_height, model_cfg.image_width, cfg.batch_size,
+        _scoped(name, getattr(built.model, name))
+    _scoped("teacher", built.teacher)
+    step = built.step
+    batch = common.synthetic_batch(model_cfg.image_height, model_cfg.image_width, cfg.batch_size,
                             model_cfg.num_classes, device)
-    step(TIMED_ITERATION, batch)  # warm-up
+    step(common.TIMED_ITERATION, batch)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
         for k in range(args.iterations):
-            step(TIMED_ITERATION + 1 + k, batch)
+            step(common.TIMED_ITERATION + 1 + k, batch)
         wall = (time.perf_counter() - started) / args.iterations
     per_it = {k: {p: v / args.iterations for p, v in d.items()} for k, d in attribute(prof.events()).items()}
     accounted = sum(v["forward"] + v["backward"] for v in per_it.values())
@@ -150,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_section(results: Path, result: dict[str, Any], command: str, load_start: Any) -> None:
     """This script's section of RESULTS.md (one per profile and thread count)."""
-    from train_speed import HEADER, machine
-
-    from dgnet.io import replace_marked_section
-
-    info = machine()
+    info = common.machine()
     name = f"profile_iteration-{result['profile']}-{result['threads']}thread"
     wall = result["wall_s_per_iteration"]
     rows = sorted(result["networks"].items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"]))
@@ -181,7 +156,7 @@ def write_section(results: Path, result: dict[str, Any], command: str, load_star
         f"<!-- END {name} -->",
         "",
     ]
-    replace_marked_section(results, name, "\n".join(lines), HEADER)
+    common.write_results(results, name, "\n".join(lines), {"command": command, "machine": info, **result})
     print(f"wrote {results} ({name})")
 
 

@@ -5,16 +5,17 @@
         --modes fp32,bf16,fp16,compile,bf16+compile --iterations 30 --warmup 5 --write
 
 What is timed: the trainer's own iteration, `dgnet.training.trainer.make_joint_step` (what
-`train_dgnet` runs each iteration): one discriminator step on detached cross-identity fakes, then
-one joint generator + appearance-encoder step, with its learning rates, loss weights, gradient
-scalers and host-to-device copy of the batch. It runs at iteration 40,000 of the paper's schedule,
-after the warm-up ramps are complete (code weights 1, cycle 2, lambda_prim 2, fine-grained 0.4): the
-most expensive iteration, with the frozen teacher's soft labels (on flipped and unflipped images),
-the cycle decode and the code losses all on. The teacher is a real `ReidBaseline` of the profile,
-untrained, saved with `save_model` and loaded the way training loads it (`load_teachers`); its
-weights do not change the cost. Batches are synthetic images of the profile's size (4 x batch-size
-clean images + their random-erased copies, as the DG-Net sampler gives), made once: data
-loading and augmentation are not included (in training they run in loader workers, beside the step).
+`train_dgnet` runs each iteration; set up by benchmarks/common.py's `build_joint_step`): one
+discriminator step on detached cross-identity fakes, then one joint generator + appearance-encoder
+step, with its learning rates, loss weights, gradient scalers and host-to-device copy of the batch.
+It runs at iteration 40,000 of the paper's schedule, after the warm-up ramps are complete (code
+weights 1, cycle 2, lambda_prim 2, fine-grained 0.4): the most expensive iteration, with the frozen
+teacher's soft labels (on flipped and unflipped images), the cycle decode and the code losses all
+on. The teacher is a real `ReidBaseline` of the profile, untrained, saved with `save_model` and
+loaded the way training loads it (`load_teachers`); its weights do not change the cost. Batches are
+synthetic images of the profile's size (4 x batch-size clean images + their random-erased copies, as
+the DG-Net sampler gives), made once: data loading and augmentation are not included (in training
+they run in loader workers, beside the step).
 
 Modes (comma-separated; tokens joined by "+"): fp32 | bf16 | fp16 (autocast, the trainer's `amp`),
 `compile` (the trainer's `compile`: E_a, E_s and the decoder; D stays eager because of R1's double
@@ -30,7 +31,8 @@ after importing torch is listed beside it). The load average is read before and 
 other processes on the machine slow the CPU figures down.
 
 `--write` replaces this script's section for (profile, device) in benchmarks/RESULTS.md between
-`<!-- BEGIN train_speed-PROFILE-DEVICE -->` / `<!-- END ... -->` markers, leaving the other sections.
+`<!-- BEGIN train_speed-PROFILE-DEVICE -->` / `<!-- END ... -->` markers, leaving the other sections,
+and its rows under the same name in benchmarks/RESULTS.json.
 Imports only dgnet and the standard library (GPU machines have torch but no MLOps packages).
 """
 
@@ -41,13 +43,11 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,32 +56,22 @@ import torch
 import yaml
 
 from dgnet.errors import ConfigError
-from dgnet.io import replace_marked_section
 from dgnet.models.config import PROFILES, get_profile
-from dgnet.models.dgnet import DGNet
-from dgnet.models.persist import save_model
-from dgnet.models.teacher import ReidBaseline
 from dgnet.training.runtime import DistContext, determinism, select_device
 from dgnet.training.schedule import loss_weights_at
-from dgnet.training.trainer import (
-    DGNetTrainConfig,
-    load_teachers,
-    make_joint_step,
-    make_optimizers,
-    make_scalers,
-    prepare_networks,
+from dgnet.training.trainer import DGNetTrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
+from common import (
+    RESULTS,
+    TIMED_ITERATION,
+    build_joint_step,
+    load_average,
+    machine,
+    synthetic_batch,
+    write_results,
 )
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = """# Benchmarks
-
-Speed and memory measurements of dgnet. Each section below is written by one script (named in
-its heading) between its BEGIN/END markers; re-running a script replaces only its section.
-Never timed asserts: these are measurements, not tests.
-"""
-# The paper's schedule reaches its full ramped weights at 34k (code 1 at 32k) and steps the LR at 60k:
-# 40k is a fully warmed-up iteration, the most expensive kind.
-TIMED_ITERATION = 40_000
 PAPER_ITERATIONS = 100_000
 # Per-stream batch per profile: the paper's 8 (the paper and cpu profiles, dgnet/profiles.py); tiny: tests.
 DEFAULT_BATCH = {"paper": 8, "cpu": 8, "tiny": 4}
@@ -141,30 +131,6 @@ def _proc_status_mb(field: str) -> float | None:
     return None
 
 
-def _load_average() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def synthetic_batch(height: int, width: int, batch_size: int, num_classes: int,
-                    device: torch.device) -> dict[str, torch.Tensor]:
-    """A loader-shaped batch [a, pos_a, b, pos_b] (4 x batch_size images), labels a != b.
-
-    Kept on the host (pinned on CUDA, as the loader's pin_memory does) so that the step's copy to
-    the device is timed as in training.
-    """
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(4 * batch_size, 3, height, width, generator=gen)
-    erased = images.clone()
-    erased[:, :, height // 4: height // 2, width // 4: width // 2] = 0.0  # a stand-in erased patch
-    label_a = torch.arange(batch_size) % num_classes
-    label_b = (label_a + max(1, num_classes // 2)) % num_classes  # another person
-    labels = torch.cat([label_a, label_a, label_b, label_b])
-    batch = {"image": images, "image_erased": erased, "label": labels}
-    if device.type == "cuda":
-        batch = {k: v.pin_memory() for k, v in batch.items()}
-    return batch
-
-
 def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
             batch_size: int | None = None, channels_last: bool = False, num_classes: int | None = None,
             rss_at_start_mb: float | None = None,
@@ -182,7 +148,7 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
         "profile": profile, "mode": parsed.name, "amp": parsed.amp, "compile": parsed.compile,
         "channels_last": parsed.channels_last, "batch_size": batch_size,
         "images_per_iteration": 4 * batch_size, "iteration": TIMED_ITERATION, "warmup": warmup,
-        "torch_threads": torch.get_num_threads(), "load_average_start": _load_average(),
+        "torch_threads": torch.get_num_threads(), "load_average_start": load_average(),
     }
     try:
         dev = select_device(device)
@@ -204,16 +170,8 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     # determinism(seed, False) as in training: seeds, and cudnn.benchmark on.
-    with determinism(cfg.seed, cfg.deterministic), tempfile.TemporaryDirectory() as tmp:
-        label_map = {i: i for i in range(model_cfg.num_classes)}
-        teacher_file = save_model(Path(tmp) / "teacher.pt", ReidBaseline(model_cfg), "teacher", model_cfg,
-                                  extra={"label_map": label_map})
-        teacher = load_teachers([teacher_file], label_map, model_cfg, dev)
-        model = DGNet(model_cfg).to(dev)
-        prepare_networks(model, teacher, cfg)
-        optimizers = make_optimizers(model, cfg)
-        step = make_joint_step(model, teacher, cfg, ctx, optimizers, make_scalers(dev, cfg.amp))
-        model.train()
+    with determinism(cfg.seed, cfg.deterministic):
+        step = build_joint_step(model_cfg, cfg, ctx).step
         batch = synthetic_batch(model_cfg.image_height, model_cfg.image_width, batch_size,
                                 model_cfg.num_classes, dev)
 
@@ -245,7 +203,7 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
         "status": "ok", "iterations": iterations, "times_s": [round(t, 4) for t in times],
         "median_s": median, "p90_s": _p90(times), "min_s": min(times), "it_per_s": 1.0 / median,
         "projected_100k_h": median * PAPER_ITERATIONS / 3600,
-        "load_average_end": _load_average(),
+        "load_average_end": load_average(),
     })
     if dev.type == "cuda":
         row["peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -303,7 +261,7 @@ def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     for assignment in args.model_set:
         cmd += ["--model-set", assignment]
     base = {"profile": args.profile, "mode": Mode.parse(mode, args.channels_last).name, "device": args.device,
-            "load_average_start": _load_average()}
+            "load_average_start": load_average()}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
     except subprocess.TimeoutExpired:
@@ -314,30 +272,6 @@ def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
         return {**base, "status": "skipped", "reason": f"child exited {out.returncode}: {tail}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    memory = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = int(line.split()[1]) / 2**20  # GiB
-    except (OSError, ValueError):
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "load_average": _load_average(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def section_name(profile: str, device: str, threads: int = 0) -> str:
@@ -445,9 +379,9 @@ def render_section(name: str, info: dict[str, Any], rows: list[dict[str, Any]], 
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, name: str, section: str) -> None:
-    """Replace (or append) this script's section of the results file, atomically."""
-    replace_marked_section(path, name, section, HEADER)
+def update_results(path: Path, name: str, section: str, record: dict[str, Any]) -> None:
+    """Replace (or add) this script's section of the results file, and its record (rows, machine)."""
+    write_results(path, name, section, record)
 
 
 def _print_row(r: dict[str, Any]) -> None:
@@ -515,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         row = run_child(args, mode)
         rows.append(row)
         _print_row(row)
-    info["load_average_end"] = _load_average()
+    info["load_average_end"] = load_average()
     if args.write:
         command = "python benchmarks/train_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         name = section_name(args.profile, args.device, args.threads)
@@ -523,7 +457,9 @@ def main(argv: list[str] | None = None) -> None:
             name += "-" + re.sub(r"[^A-Za-z0-9_.=]+", "", "-".join(args.model_set))
         existing = args.results.read_text() if args.results.exists() else ""
         gpu_pending = not args.device.startswith("cuda") and "BEGIN train_speed-paper-cuda" not in existing
-        update_results(args.results, name, render_section(name, info, rows, command.strip(), gpu_pending))
+        section = render_section(name, info, rows, command.strip(), gpu_pending)
+        record = {"command": command.strip(), "machine": info, "rows": rows}
+        update_results(args.results, name, section, record)
         print(f"wrote {args.results} ({name})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -21,8 +22,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 @pytest.fixture(scope="module")
 def gpu_check() -> ModuleType:
-    # benchmarks/ is not a package; gpu_check imports its siblings train_speed and eval_speed by name.
-    sys.path.insert(0, str(SCRIPT.parent))
+    # benchmarks/ is not a package; gpu_check puts its folder on sys.path for its siblings.
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT.with_suffix(".py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -36,10 +36,10 @@ def test_cpu_defaults_shrink_and_gpu_fit(gpu_check, tmp_path):
                                     "--timeout", "train=7"])
     cpu = gpu_check.DEFAULTS["cpu"]
     assert opts.train_iterations == cpu["train_iterations"] < gpu_check.DEFAULTS["cuda"]["train_iterations"]
-    assert opts.timeouts["train"] == 7 and opts.steps == gpu_check.STEPS
+    assert opts.timeouts["train"] == 7 and tuple(opts.steps) == gpu_check.STEPS
     assert "bf16+compile" not in opts.speed_modes and opts.batch_size == 4
     # On a GPU, a training that would outrun its timeout at the measured speed is cut to fit.
-    gpu = gpu_check.dataclasses.replace(opts, device="cuda", train_iterations=1500)
+    gpu = argparse.Namespace(**{**vars(opts), "on_cuda": True, "device": "cuda", "train_iterations": 1500})
     speed = {"figures": {"modes": {"bf16": {"median_s": 0.2}}}}
     fit = gpu_check.fit_train_iterations(gpu, speed, timeout=190)
     assert fit == int((190 - gpu_check.TRAIN_OVERHEAD_S) / (0.2 * gpu_check.TRAIN_SLOWDOWN))
@@ -50,7 +50,7 @@ def test_cpu_defaults_shrink_and_gpu_fit(gpu_check, tmp_path):
 
 def test_loss_curves_picture_skips_missing_values(gpu_check):
     rows = [{"iteration": 1, "loss/total": 3.0}, {"iteration": 2, "loss/total": 2.0, "loss/cycle": 1.0}]
-    picture = gpu_check.loss_curves_picture(rows, "t")
+    picture = gpu_check.gpu_steps.loss_curves_picture(rows, "t")
     assert picture.size[0] > 0 and picture.getbbox() is not None
 
 

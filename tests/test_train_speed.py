@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import sys
@@ -71,11 +72,15 @@ def test_measure_tiny_and_write_section(train_speed, tmp_path, one_thread):
     name = train_speed.section_name("tiny", "cpu")
     command = "python benchmarks/train_speed.py --profile tiny"
     section = train_speed.render_section(name, info, [row, skipped], command, gpu_pending=True)
-    train_speed.update_results(results, name, section)
-    train_speed.update_results(results, name, section)  # replaced, not appended twice
+    record = {"command": command, "machine": info, "rows": [row, skipped]}
+    train_speed.update_results(results, name, section, record)
+    train_speed.update_results(results, name, section, record)  # replaced, not appended twice
     text = results.read_text()
     assert text.count(f"<!-- BEGIN {name} -->") == 1 and text.count(f"<!-- END {name} -->") == 1
     assert "| fp32 |" in text and "| fp16 | skipped:" in text and "pending" in text
+    # The figures the section was rendered from, as JSON beside it (what other scripts read).
+    stored = json.loads(results.with_suffix(".json").read_text())[name]
+    assert stored["rows"][0]["median_s"] == row["median_s"] and stored["rows"][1]["status"] == "skipped"
     if before:  # the other sections are left as they were
         pattern = re.compile(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->\n?", re.S)
         assert pattern.sub("", text).strip() == pattern.sub("", before).strip()
