@@ -100,7 +100,10 @@ BENCHMARK_KEYS = ("device", "alphas", "rerank", "batch_size", "ranked_queries", 
 
 def _settings(params: dict[str, Any]) -> EvaluateConfig:
     """params `evaluate:` (dgnet.config.EvaluateConfig; the report's swap figures want num_swaps >= 500)."""
-    return section_config(EvaluateConfig, params, "evaluate")
+    from dgnet.training.runtime import select_device
+
+    settings = section_config(EvaluateConfig, params, "evaluate")
+    return dataclasses.replace(settings, device=str(select_device(settings.device)))  # "auto" -> cpu / cuda:0
 
 
 def cross_domain(models: dict[str, Path], results: list[ModelBenchmark], workspace: Path,
