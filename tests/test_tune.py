@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -529,7 +531,6 @@ def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, c
     args = build_parser().parse_args(["tune", "--study", "s", "--n-trials", "4", "--seed", "1"])
     assert args.func is tune.command and (args.study, args.n_trials, args.seed) == ("s", 4, 1)
     # The DVC entry: its own dvc.yaml, which a plain `dvc repro` (the root dvc.yaml) does not run.
-    from dvc.cli import main as dvc
     from dvc.repo import Repo
 
     (tmp_path / "tuning").mkdir()
@@ -544,12 +545,14 @@ def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, c
         assert stage.cmd == "python -m dgnet_pipeline.tune" and Path(stage.wdir) == tmp_path
         out = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["out"]
         assert out in [str(o) for o in stage.outs]
-    capfd.readouterr()
-    assert dvc(["repro", "--dry"]) == 0
-    plain = capfd.readouterr()
-    assert "Running stage 'main'" in plain.out and "tune" not in plain.out + plain.err
-    dvc(["repro", "--dry", "tuning/dvc.yaml"])  # fails here on the missing manifest, after choosing it
-    assert "tuning/dvc.yaml:tune" in "".join(capfd.readouterr())
+    # In child processes: DVC's state from earlier in-process calls changes what `dvc` prints here.
+    dvc_cli = [sys.executable, "-m", "dvc"]
+    plain = subprocess.run([*dvc_cli, "repro", "--dry"], cwd=tmp_path, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert "Running stage 'main'" in plain.stdout and "tune" not in plain.stdout + plain.stderr
+    chosen = subprocess.run([*dvc_cli, "repro", "--dry", "tuning/dvc.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True)  # fails on the missing manifest, once chosen
+    assert "tuning/dvc.yaml:tune" in chosen.stdout + chosen.stderr
 
 
 def test_sampler_draws_the_same_trials_after_a_restart():
