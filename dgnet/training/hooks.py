@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from PIL import Image
+
+from dgnet.io import atomic_path
 
 
 @dataclass
@@ -53,26 +56,47 @@ class HookList(TrainingHooks):
     def __init__(self, hooks: Sequence[TrainingHooks] = ()) -> None:
         self.hooks = list(hooks)
 
-    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
+    def _each(self, method: str, *args: Any) -> None:
         for hook in self.hooks:
-            hook.on_start(kind, config, start_iteration)
+            getattr(hook, method)(*args)
+
+    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
+        self._each("on_start", kind, config, start_iteration)
 
     def on_iteration(self, iteration: int, logs: dict[str, float]) -> None:
-        for hook in self.hooks:
-            hook.on_iteration(iteration, logs)
+        self._each("on_iteration", iteration, logs)
 
     def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
-        for hook in self.hooks:
-            hook.on_evaluation(iteration, metrics)
+        self._each("on_evaluation", iteration, metrics)
 
     def on_image(self, iteration: int, name: str, image: Image.Image) -> None:
-        for hook in self.hooks:
-            hook.on_image(iteration, name, image)
+        self._each("on_image", iteration, name, image)
 
     def on_checkpoint(self, iteration: int, path: Path) -> None:
-        for hook in self.hooks:
-            hook.on_checkpoint(iteration, path)
+        self._each("on_checkpoint", iteration, path)
 
     def on_end(self, result: TrainingResult) -> None:
-        for hook in self.hooks:
-            hook.on_end(result)
+        self._each("on_end", result)
+
+
+class LossCurve(TrainingHooks):
+    """The run's loss curves as a CSV: `iteration`, then one column per `loss/*` term (each the mean
+    over its log window), what `dvc plots show` draws. Rewritten atomically at every log window, so a
+    killed run leaves a whole file. A resumed run keeps the rows up to where it starts, from this
+    file or else from `history` (the warm-up a forked run starts from, so its curve starts at 0)."""
+
+    def __init__(self, path: str | Path, history: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.history = None if history is None else Path(history)
+        self.rows: list[dict[str, float]] = []
+
+    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
+        source = self.path if self.path.is_file() or self.history is None else self.history
+        if source.is_file() and start_iteration > 0:
+            earlier = pd.read_csv(source)
+            self.rows = earlier[earlier["iteration"] <= start_iteration].to_dict("records")
+
+    def on_iteration(self, iteration: int, logs: dict[str, float]) -> None:
+        self.rows.append({"iteration": iteration, **{k: v for k, v in logs.items() if k.startswith("loss/")}})
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(self.rows).to_csv(tmp, index=False)
