@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dgnet.training.hooks import HookList, LossCurve, TrainingHooks
+from dgnet.training.hooks import HookList, LossCurve, TrainingHooks, mean_loss_curves
 
 
 def feed(hook: TrainingHooks, start: int, stop: int, step: int = 10) -> None:
@@ -34,3 +34,18 @@ def test_a_fork_starts_from_its_warm_up_and_a_resumed_run_from_its_own_rows(tmp_
     fresh = tmp_path / "fresh.csv"
     feed(LossCurve(fresh, history=tmp_path / "missing.csv"), 0, 20)
     assert pd.read_csv(fresh)["iteration"].tolist() == [10, 20]
+
+
+def test_mean_loss_curves_average_the_seeds_of_each_model(tmp_path):
+    seeds = []
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        path = tmp_path / f"dgnet_seed{seed}.csv"
+        pd.DataFrame({"iteration": [10, 20], "loss/total": [scale, 2 * scale]}).to_csv(path, index=False)
+        seeds.append(path)
+    teacher = tmp_path / "teacher.csv"
+    pd.DataFrame({"iteration": [10], "loss/id": [0.5]}).to_csv(teacher, index=False)
+    table = mean_loss_curves({"dgnet": seeds, "teacher": [teacher]})
+    assert table.to_dict("records") == [
+        {"iteration": 10, "model": "dgnet", "loss": "loss/total", "value": 2.0},
+        {"iteration": 20, "model": "dgnet", "loss": "loss/total", "value": 4.0},
+        {"iteration": 10, "model": "teacher", "loss": "loss/id", "value": 0.5}]

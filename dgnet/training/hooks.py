@@ -100,3 +100,12 @@ class LossCurve(TrainingHooks):
         self.rows.append({"iteration": iteration, **{k: v for k, v in logs.items() if k.startswith("loss/")}})
         with atomic_path(self.path) as tmp:
             pd.DataFrame(self.rows).to_csv(tmp, index=False)
+
+
+def mean_loss_curves(curves: dict[str, list[Path]]) -> pd.DataFrame:
+    """LossCurve files of each model (its seeds) as one long table for one faceted chart: iteration,
+    model, loss, value (the mean over the model's seeds at that iteration)."""
+    long = pd.concat([pd.read_csv(path).melt("iteration", var_name="loss").assign(model=model)
+                      for model, paths in curves.items() for path in paths]).dropna()
+    means = long.groupby(["model", "loss", "iteration"], as_index=False, sort=False)["value"].mean()
+    return means[["iteration", "model", "loss", "value"]]
