@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from dgnet.data.manifest import FORMATS, build_manifest
 from dgnet.data.validated import publish
@@ -45,7 +46,6 @@ from dgnet.data.validation import (
 )
 from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, DgnetError, OutputError
 from dgnet.io import atomic_dir
-from dgnet.progress import progress
 from dgnet_pipeline.common import load_params, repo_root, resolve, section
 from dgnet_pipeline.offline_docs import make_docs_offline
 
@@ -214,7 +214,7 @@ def gx_validate(frame: pd.DataFrame, fmt: str | None = None, *, checks: pd.DataF
 
 def _compute_checks(frame: pd.DataFrame, fmt: str, workers: int | None) -> pd.DataFrame:
     """compute_file_checks with a progress bar: a full decode of Market takes a few seconds."""
-    with progress(total=len(frame), desc="decoding images") as bar:
+    with tqdm(total=len(frame), desc="decoding images", dynamic_ncols=True) as bar:
         return compute_file_checks(frame, fmt, workers=workers, progress=bar.update)
 
 

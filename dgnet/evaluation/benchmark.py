@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from dgnet.data.datasets import EvalImages
 from dgnet.data.synthetic import read_factors
@@ -46,7 +47,6 @@ from dgnet.evaluation.rank import rank_metrics, rank_metrics_from_features
 from dgnet.evaluation.reranking import k_reciprocal_rerank
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
-from dgnet.progress import progress
 
 # Query-side weights on the fine-grained half; "fine_only" drops the primary half instead.
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
@@ -333,7 +333,7 @@ def _swaps(model: DGNet, structure: torch.Tensor, appearance: torch.Tensor, devi
     Each donor goes through its own encoder only (`DGNet.encode` would run both on both).
     """
     out = []
-    for start in progress(range(0, len(structure), batch_size), desc="generating swaps"):
+    for start in tqdm(range(0, len(structure), batch_size), desc="generating swaps", dynamic_ncols=True):
         s_code = model.structure_encoder(structure[start:start + batch_size].to(device))
         a_code = model.appearance_encoder(appearance[start:start + batch_size].to(device)).code
         out.append(model.decode(s_code, a_code).float().cpu())

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from dgnet.data.transforms import image_to_tensor, load_image, normalize
 from dgnet.errors import ConfigError, DataRuleError, DatasetError
@@ -36,7 +37,6 @@ from dgnet.evaluation.features import features_of_batch
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
 from dgnet.models.persist import ModelFileError, ModelInfo, load_model
-from dgnet.progress import progress
 from dgnet.training.runtime import select_device
 
 MODEL_URI_GROUP = "dgnet.model_uris"
@@ -220,7 +220,7 @@ class FeatureExtractor:
         loader = DataLoader(_Images(items, self.image_size), batch_size=self.batch_size,
                             num_workers=self.num_workers)
         chunks = []
-        with progress(total=len(items), desc=desc, disable=not show_progress) as bar:
+        with tqdm(total=len(items), desc=desc, disable=not show_progress, dynamic_ncols=True) as bar:
             for batch in loader:
                 chunks.append(self.features(batch))
                 bar.update(len(batch))

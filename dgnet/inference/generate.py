@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from dgnet.data.manifest import _MARKET_DIRS, PATTERN_EXAMPLES, PATTERNS
 from dgnet.data.transforms import load_image, normalize
@@ -28,7 +29,6 @@ from dgnet.evaluation.pictures import to_pil
 from dgnet.inference.extract import MAX_LISTED, find_images
 from dgnet.io import atomic_dir, atomic_path, check_replaceable
 from dgnet.models.dgnet import DGNet
-from dgnet.progress import progress
 
 LAYOUT_FORMATS = ("market1501", "dukemtmc")  # the formats whose layout is Market-1501's
 JPEG_QUALITY = 95
@@ -133,8 +133,8 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
     files = [f"{folders[s]}/{output_name(fmt, p, c, k)}" for k, (s, p, c) in enumerate(labels)]
     paths = donors["path"].tolist()
     model.eval()
-    with atomic_dir(out_dir) as tmp, progress(total=len(plan), desc="generate",
-                                              disable=not show_progress) as bar:
+    with atomic_dir(out_dir) as tmp, tqdm(total=len(plan), desc="generate", disable=not show_progress,
+                                          dynamic_ncols=True) as bar:
         for folder in folders.values():
             (tmp / folder).mkdir()
         for start in range(0, len(plan), batch_size):

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from dgnet.data.manifest import mislabelled_train_rows, train_label_map
 from dgnet.data.samplers import (
@@ -34,7 +35,6 @@ from dgnet.data.samplers import (
     RandomImageSampler,
 )
 from dgnet.errors import DatasetError, DgnetError
-from dgnet.progress import progress
 from dgnet.training.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -169,7 +169,8 @@ class TrainingSession:
         self.hooks.on_start(self.kind, self.config, start)
         sums: dict[str, float] = {}
         count, busy, waiting = 0, 0.0, 0.0
-        bar = progress(total=cadence.iterations, initial=start, desc=self.kind, disable=not main)
+        bar = tqdm(total=cadence.iterations, initial=start, desc=self.kind, disable=not main,
+                   dynamic_ncols=True)
         completed, fetching = start, False
         try:
             iterator = iter(batches)
