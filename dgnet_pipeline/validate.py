@@ -1,13 +1,11 @@
 """DVC stage and `dgnet validate`: check a re-ID dataset with Great Expectations, then write its manifest.
 
-The rules are computed once by `dgnet.data.validation` (per-file check columns and three small
-tables); here they become one Great Expectations 1.x suite per table, each expectation tagged
-with its rule name in `meta["rule"]`, so this engine reports exactly the rules of the pandas engine.
-
-A Checkpoint feeds the same `batch_parameters` (hence the same dataframe) to all its validation
-definitions, so each table gets its own Checkpoint; Data Docs are built once, over all four
-results, into a filesystem site at the chosen folder, then made to work offline (their CDN assets
-copied from pinned packages beside them: `dgnet_pipeline.offline_docs`).
+Great Expectations decides the rules: each expectation of `dgnet.data.validation.expectations`
+(on the measured columns: file names against the dataset's regex, id and size ranges, decodability,
+ids unique across train/test, the splits present) runs as GX's own expectation, tagged with its
+rule in `meta`. The pandas engine there decides the same expectations and must agree
+(tests/test_validation.py). Data Docs are built over the results, then made to work offline
+(`dgnet_pipeline.offline_docs`).
 
 Exit codes: 0 valid (report, docs and manifest CSV written, the manifest's record in the report),
 1 a rule failed (report and docs written, no manifest, message on stderr), 2 the dataset could not
@@ -17,12 +15,10 @@ be read at all or an output cannot be written (the message names the path).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +28,20 @@ from tqdm.auto import tqdm
 from dgnet.data.manifest import FORMATS, build_manifest
 from dgnet.data.validated import publish
 from dgnet.data.validation import (
-    CHECK_COLUMNS,
-    COLUMNS,
-    EXPECTED_DTYPES,
-    FILE_RULE_COLUMNS,
-    MAX_OFFENDING,
     RULES,
+    TABLE_INDEX,
+    Expectation,
     RuleResult,
     ValidationReport,
-    build_rule_frames,
-    compute_file_checks,
+    expectations,
+    measure_files,
+    rule_results,
+    rule_tables,
     split_counts,
+    table_problems,
 )
-from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, DgnetError, OutputError
-from dgnet.io import atomic_dir
+from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, DgnetError
+from dgnet.io import atomic_dir, check_writable
 from dgnet_pipeline.common import load_params, repo_root, resolve, section
 from dgnet_pipeline.offline_docs import make_docs_offline
 
@@ -53,9 +49,6 @@ DEFAULT_REPORT = "reports/validation.json"
 DEFAULT_DOCS = "reports/gx_docs"
 DEFAULT_MANIFEST = "data/manifest.csv"
 DOCS_SITE = "dgnet"
-
-# The column GX names offending rows by, per table (see dgnet.data.validation.build_rule_frames).
-TABLE_INDEX = {"files": "path", "queries": "path", "ids": "person_id", "splits": "split"}
 
 
 def _import_gx() -> Any:
@@ -68,114 +61,60 @@ def _import_gx() -> Any:
     return gx
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Mute GX's warnings (pandas 3 deprecations and the like) while it runs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _suites(gx: Any) -> dict[str, Any]:
-    """One ExpectationSuite per table; every expectation carries its rule name in meta."""
-    gxe = gx.expectations
-
-    def tag(rule: str) -> dict[str, Any]:
-        return {"meta": {"rule": rule}, "notes": f"dgnet rule `{rule}`: {RULES[rule]}"}
-
-    columns = [*COLUMNS, *CHECK_COLUMNS]
-    files = [gxe.ExpectTableColumnsToMatchOrderedList(column_list=columns, **tag("schema"))]
-    files += [gxe.ExpectColumnValuesToBeOfType(column=column, type_=dtype, **tag("schema"))
-              for column, dtype in EXPECTED_DTYPES.items()]
-    files += [gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True], **tag(rule))
-              for rule, column in FILE_RULE_COLUMNS.items()]
-    expectations = {
-        "files": files,
-        "queries": [gxe.ExpectColumnValuesToBeInSet(column="has_cross_camera_gallery", value_set=[True],
-                                                    **tag("query_has_cross_camera_gallery"))],
-        # One row per id and side: an id in both train and test is a duplicated person_id.
-        "ids": [gxe.ExpectColumnValuesToBeUnique(column="person_id", **tag("train_test_ids_disjoint"))],
-        "splits": [gxe.ExpectColumnValuesToBeBetween(column="images", min_value=1, **tag("split_counts"))],
-    }
-    suites = {}
-    for table, items in expectations.items():
-        suite = gx.ExpectationSuite(name=f"dgnet_{table}")
-        for order, expectation in enumerate(items):
-            # GX returns results in its own order: keep ours, so that both engines list problems alike
-            expectation.meta["order"] = order
-            suite.add_expectation(expectation)
-        suites[table] = suite
-    return suites
-
-
-def _exception_message(info: Any) -> str | None:
-    """The message of an exception GX caught, if any: `info` is flat, or keyed by metric when a
-    metric failed (a missing column, say)."""
-    if not isinstance(info, dict):
-        return None
-    if info.get("raised_exception"):
-        return str(info.get("exception_message"))
-    for value in info.values():
+def _gx_outcome(expectation: Expectation, result: Any) -> tuple[bool, list[str]]:
+    """(passed, offending items) of one GX result, in the pandas engine's wording."""
+    info = result.exception_info if isinstance(result.exception_info, dict) else {}
+    # flat, or keyed by metric when a metric failed (a missing column, say)
+    for value in (info, *info.values()):
         if isinstance(value, dict) and value.get("raised_exception"):
-            return str(value.get("exception_message"))
-    return None
-
-
-def _offending(rule: str, table: str, config: Any, result: Any) -> list[str]:
-    """Offending items of one failed expectation, in the pandas engine's wording."""
-    error = _exception_message(result.exception_info)
-    if error is not None:
-        return [f"error: {error}"]
+            return False, [f"error: {value.get('exception_message')}"]
+    if result.success:
+        return True, []
     details = result.result or {}
-    kwargs, observed = config.kwargs, details.get("observed_value")
-    if rule == "schema":
-        if "column_list" in kwargs:
-            return [f"columns: expected {list(kwargs['column_list'])}, got {observed}"]
-        return [f"column {kwargs['column']}: expected dtype {kwargs['type_']}, got {observed}"]
-    if rule == "train_test_ids_disjoint":
-        return [str(v) for v in dict.fromkeys(details.get("partial_unexpected_list", []))]
-    return [str(row[TABLE_INDEX[table]]) for row in details.get("partial_unexpected_index_list", [])]
+    if "unexpected_index_list" in details:
+        column = TABLE_INDEX[expectation.table]
+        return False, [str(row[column]) for row in details["unexpected_index_list"]]
+    observed = details.get("observed_value")
+    if expectation.type == "expect_column_distinct_values_to_contain_set":
+        missing = set(details.get("partial_missing_list", []))
+        observed = [v for v in expectation.kwargs["value_set"] if v not in missing]
+    return False, table_problems(expectation, observed)
 
 
-def _num_failed(rule: str, result: Any, offending: list[str]) -> int:
-    if rule == "schema" or "unexpected_count" not in (result.result or {}):
-        return len(offending)
-    if rule == "train_test_ids_disjoint":
-        return int(result.result["unexpected_count"]) // 2  # each shared id is one train + one test row
-    return int(result.result["unexpected_count"])
-
-
-def run_gx(frames: dict[str, pd.DataFrame], docs_dir: str | os.PathLike | None = None) -> list[RuleResult]:
-    """Check the tables of `build_rule_frames` with GX; build Data Docs into `docs_dir` if given."""
+def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLike | None = None
+           ) -> list[RuleResult]:
+    """Decide `expectations(fmt)` on the tables of `rule_tables` with GX, one suite and Checkpoint
+    per table (a Checkpoint feeds one dataframe to all its definitions); Data Docs into `docs_dir`."""
     gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    with _quiet():
+    every = expectations(fmt)
+    outcomes: list[tuple[Expectation, bool, list[str]]] = []
+    with warnings.catch_warnings():  # GX's pandas deprecations and the like
+        warnings.simplefilter("ignore")
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         source = context.data_sources.add_pandas("dgnet")
-        rule_results: dict[str, list[tuple[bool, list[str], int]]] = {name: [] for name in RULES}
-        for table, suite in _suites(gx).items():
+        for table in dict.fromkeys(e.table for e in every):
+            suite = gx.ExpectationSuite(name=f"dgnet_{table}")
+            for number, e in enumerate(every):
+                if e.table == table:
+                    kind = getattr(gx.expectations, e.type.title().replace("_", ""))
+                    suite.add_expectation(kind(**e.kwargs, meta={"rule": e.rule, "number": number},
+                                               notes=f"dgnet rule `{e.rule}`: {RULES[e.rule]}"))
             batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
-            suite = context.suites.add(suite)
             definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"dgnet_{table}", data=batch, suite=suite))
-            result_format = {
-                "result_format": "SUMMARY",
-                "unexpected_index_column_names": [TABLE_INDEX[table]],
-                # the ids table lists each shared id twice
-                "partial_unexpected_count": 2 * MAX_OFFENDING if table == "ids" else MAX_OFFENDING,
-            }
+                gx.ValidationDefinition(name=f"dgnet_{table}", data=batch, suite=context.suites.add(suite)))
+            # COMPLETE: every offending row, so that a rule of several expectations counts each row once
+            result_format = {"result_format": "COMPLETE",
+                             "unexpected_index_column_names": [TABLE_INDEX[table]]}
             checkpoint = context.checkpoints.add(gx.Checkpoint(
                 name=f"dgnet_{table}", validation_definitions=[definition], result_format=result_format))
-            outcome = checkpoint.run(batch_parameters={"dataframe": frames[table]})
-            for suite_result in outcome.run_results.values():
-                for result in sorted(suite_result.results, key=lambda r: r.expectation_config.meta["order"]):
-                    rule = result.expectation_config.meta["rule"]
-                    offending = [] if result.success else _offending(
-                        rule, table, result.expectation_config, result)
-                    rule_results[rule].append((bool(result.success), offending,
-                                               0 if result.success else _num_failed(rule, result, offending)))
+            run = checkpoint.run(batch_parameters={"dataframe": tables[table]})
+            for suite_result in run.run_results.values():
+                for result in suite_result.results:
+                    e = every[result.expectation_config.meta["number"]]
+                    outcomes.append((e, *_gx_outcome(e, result)))
         if docs_dir is not None:
             with atomic_dir(docs_dir) as tmp:
                 context.add_data_docs_site(site_name=DOCS_SITE, site_config={
@@ -186,36 +125,22 @@ def run_gx(frames: dict[str, pd.DataFrame], docs_dir: str | os.PathLike | None =
                 })
                 context.build_data_docs(site_names=[DOCS_SITE])
                 make_docs_offline(tmp)
-
-    results = []
-    for name, description in RULES.items():
-        parts = rule_results[name]
-        if not parts:  # an engine that checked nothing for a rule must not report it as passed
-            results.append(RuleResult(name, description, False, 0, ["not checked by Great Expectations"]))
-            continue
-        offending = [item for _, items, _ in parts for item in items]
-        results.append(RuleResult(name, description, all(ok for ok, _, _ in parts),
-                                  sum(n for _, _, n in parts), offending[:MAX_OFFENDING]))
-    return results
+    outcomes.sort(key=lambda outcome: every.index(outcome[0]))  # GX returns results in its own order
+    return rule_results(tables, outcomes)
 
 
-def gx_validate(frame: pd.DataFrame, fmt: str | None = None, *, checks: pd.DataFrame | None = None,
+def gx_validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFrame | None = None,
                 docs_dir: str | os.PathLike | None = None, workers: int | None = None) -> ValidationReport:
     """Like `dgnet.data.validation.validate`, with Great Expectations as the engine."""
     fmt = fmt or frame.attrs.get("format")
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if checks is None:
-        checks = _compute_checks(frame, fmt, workers)
-    results = run_gx(build_rule_frames(checks, fmt), docs_dir)
+    if measured is None:  # with a progress bar: a full decode of Market takes a few seconds
+        with tqdm(total=len(frame), desc="decoding images", dynamic_ncols=True) as bar:
+            measured = measure_files(frame, fmt, workers=workers, progress=bar.update)
+    results = run_gx(rule_tables(measured, fmt), fmt, docs_dir)
     return ValidationReport(results, split_counts(frame), fmt, str(frame.attrs.get("root", "")),
                             engine="great_expectations")
-
-
-def _compute_checks(frame: pd.DataFrame, fmt: str, workers: int | None) -> pd.DataFrame:
-    """compute_file_checks with a progress bar: a full decode of Market takes a few seconds."""
-    with tqdm(total=len(frame), desc="decoding images", dynamic_ncols=True) as bar:
-        return compute_file_checks(frame, fmt, workers=workers, progress=bar.update)
 
 
 def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
@@ -230,7 +155,8 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
     index = Path(docs) / "index.html"
     try:
         frame = build_manifest(data, fmt, include_gt_bbox=include_gt_bbox, msmt_include_val=msmt_include_val)
-        _check_writable(report, manifest, docs)
+        for option, path in {"--report": report, "--manifest": manifest, "--docs": docs}.items():
+            check_writable(path, option)
         result = gx_validate(frame, frame.attrs["format"], docs_dir=docs, workers=workers)
         publish(frame, result, report, manifest, extra={"data_docs": str(index)})
     except DgnetError as err:
@@ -248,19 +174,6 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
     print(f"dataset valid ({result.format}: {sizes}); {len(result.rules)} rules passed")
     print(f"manifest: {manifest}; report: {report}; data docs: {index}")
     return 0
-
-
-def _check_writable(*paths: str | os.PathLike) -> None:
-    """OutputError naming the first path whose folder cannot be created or written, before any work."""
-    for path in paths:
-        folder = Path(path).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the folder {folder} of {path}: {exc.strerror or exc}") from exc
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write {path}: its folder {folder} is not writable; "
-                              "choose a folder you can write to")
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -317,7 +317,7 @@ def test_validate_on_a_symlink_loop_or_an_unwritable_folder_exits_2(tmp_path: Pa
     assert run_validation(root, report=tmp_path / "r.json", docs=tmp_path / "docs",
                           manifest=blocker / "manifest.csv") == EXIT_USAGE
     err = capsys.readouterr().err
-    assert f"cannot create the folder {blocker}" in err and "Traceback" not in err
+    assert f"--manifest: cannot write {blocker / 'manifest.csv'}" in err and "Traceback" not in err
 
 
 # ---- 6. small items ------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from PIL import ImageFile
 
 from dgnet.data.manifest import COLUMNS, build_manifest
 from dgnet.data.validation import (
-    CHECK_COLUMNS,
+    MEASURED_COLUMNS,
     RULES,
     ValidationReport,
-    build_rule_frames,
-    compute_file_checks,
+    measure_files,
+    rule_tables,
     validate,
 )
 from dgnet_pipeline import validate as stage
@@ -35,11 +35,11 @@ GOOD_MAKERS = {"market1501": make_market, "dukemtmc": make_duke, "msmt17": make_
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """{format: (manifest, checks)} of the three good trees."""
+    """{format: (manifest, measured) of the three good trees."""
     out = {}
     for fmt, make in GOOD_MAKERS.items():
         frame = build_manifest(make(tmp_path_factory.mktemp(fmt)))
-        out[fmt] = (frame, compute_file_checks(frame, fmt))
+        out[fmt] = (frame, measure_files(frame, fmt))
     return out
 
 
@@ -63,10 +63,12 @@ class Bad:
         # A name that breaks the pattern would stop build_manifest: break it in the frame instead.
         self.renamed = root / "bounding_box_test" / "-1_c2s1_000201_03.jpg"
         frame.loc[frame["path"] == str(self.renamed.resolve()), "file_name"] = "junk-box.jpg"
+        self.negative_id = root / "bounding_box_test" / "0000_c1s1_000151_01.jpg"
+        frame.loc[frame["path"] == str(self.negative_id.resolve()), "person_id"] = -5
         # schema: width and height must be int64 (two problems: both engines list them alike)
         frame[["width", "height"]] = frame[["width", "height"]].astype("float64")
         self.frame = frame
-        self.checks = compute_file_checks(frame, "market1501")
+        self.measured = measure_files(frame, "market1501")
         # What each rule must report (a path, an id, a column).
         self.expected = {
             "schema": "column width",
@@ -74,6 +76,7 @@ class Bad:
             "images_decode": str(self.truncated.resolve()),
             "file_names_follow_pattern": str(self.renamed.resolve()),
             "camera_ids_in_range": str(self.camera9.resolve()),
+            "person_ids_in_range": str(self.negative_id.resolve()),
             "image_sizes_plausible": str(self.tiny.resolve()),
             "train_test_ids_disjoint": "7",
             "query_has_cross_camera_gallery": str(self.lonely_query.resolve()),
@@ -85,72 +88,105 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> Bad:
     return Bad(tmp_path_factory.mktemp("bad"))
 
 
-@pytest.fixture(scope="module")
-def no_gallery(good: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The good Market manifest with its gallery split dropped."""
-    frame, checks = good["market1501"]
-    keep = frame["split"] != "gallery"
-    return frame[keep].reset_index(drop=True), checks[keep].reset_index(drop=True)
+def _without(pair: tuple[pd.DataFrame, pd.DataFrame], split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    keep = pair[0]["split"] != split
+    return pair[0][keep].reset_index(drop=True), pair[1][keep].reset_index(drop=True)
+
+
+def _edited(pair: tuple[pd.DataFrame, pd.DataFrame], fmt: str, row: int, **values: object
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = pair[0].copy()
+    for column, value in values.items():
+        frame.loc[row, column] = value
+    return frame, measure_files(frame, fmt)
 
 
 @pytest.fixture(scope="module")
-def gx_reports(good: dict, bad: Bad, no_gallery: tuple, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bad_datasets(good: dict, bad: Bad, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every bad dataset of this module: {name: (format, manifest, measured)}."""
+    duke = make_duke(tmp_path_factory.mktemp("duke9"))
+    write_jpeg(duke / "bounding_box_train" / "0005_c9_f0061112.jpg")  # Duke has 8 cameras
+    duke_frame = build_manifest(duke)
+    query = good["market1501"][0].index[good["market1501"][0]["split"] == "query"][0]
+    corrupt = good["market1501"][0].copy()
+    corrupt.loc[query, "path"] = str(bad.truncated.resolve())  # a query whose file does not decode
+    msmt_query = good["msmt17"][0].index[good["msmt17"][0]["split"] == "query"][0]
+    datasets = {
+        "every_rule": ("market1501", bad.frame, bad.measured),
+        "no_gallery": ("market1501", *_without(good["market1501"], "gallery")),
+        "no_query": ("market1501", *_without(good["market1501"], "query")),
+        "truncated_query": ("market1501", corrupt, measure_files(corrupt, "market1501")),
+        "duke_camera_9": ("dukemtmc", duke_frame, measure_files(duke_frame, "dukemtmc")),
+        # the list gives id 1 where the file name says 0: the name disagrees
+        "msmt_name_disagrees": ("msmt17", *_edited(good["msmt17"], "msmt17", 0, person_id=1)),
+        # a query id without the test offset is a train id: leaked, and its name disagrees
+        "msmt_leaked_id": ("msmt17", *_edited(good["msmt17"], "msmt17", msmt_query, person_id=0)),
+        "camera_0": ("market1501", *_edited(good["market1501"], "market1501", 0, camera_id=0)),
+    }
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def gx_reports(good: dict, bad_datasets: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every Great Expectations run of this module, done once (GX costs ~2.5 s to import)."""
     docs = tmp_path_factory.mktemp("docs")
-    reports = {fmt: stage.gx_validate(frame, fmt, checks=checks) for fmt, (frame, checks) in good.items()}
-    reports["bad"] = stage.gx_validate(bad.frame, "market1501", checks=bad.checks, docs_dir=docs / "bad")
-    reports["no_gallery"] = stage.gx_validate(no_gallery[0], "market1501", checks=no_gallery[1])
+    reports = {fmt: stage.gx_validate(frame, fmt, measured=measured)
+               for fmt, (frame, measured) in good.items()}
+    for name, (fmt, frame, measured) in bad_datasets.items():
+        reports[name] = stage.gx_validate(frame, fmt, measured=measured,
+                                          docs_dir=docs / "bad" if name == "every_rule" else None)
     reports["docs"] = docs
     return reports
 
 
-# --- per-file checks ---------------------------------------------------------------------------
+# --- measured columns and rule tables ------------------------------------------------------------
 
-def test_file_checks_columns(good: dict) -> None:
-    frame, checks = good["market1501"]
-    assert list(checks.columns) == [*COLUMNS, *CHECK_COLUMNS]
-    assert all(checks[c].dtype == bool and checks[c].all() for c in CHECK_COLUMNS)
-    assert checks.attrs["format"] == "market1501"
-    pd.testing.assert_frame_equal(checks[list(COLUMNS)], frame)
+def test_measured_columns(good: dict) -> None:
+    frame, measured = good["market1501"]
+    assert list(measured.columns) == [*COLUMNS, *MEASURED_COLUMNS]
+    assert measured["exists"].all() and measured["decodes"].all()
+    assert (measured["name_person_id"] == frame["person_id"]).all()
+    assert (measured["name_camera_id"] == frame["camera_id"]).all()
+    assert measured.attrs["format"] == "market1501"
+    pd.testing.assert_frame_equal(measured[list(COLUMNS)], frame)
 
 
-def test_file_checks_flag_each_fault(bad: Bad) -> None:
-    checks = bad.checks.set_index("path")
-    flagged = {column: set(checks.index[~checks[column]]) for column in CHECK_COLUMNS}
-    resolved = {name: str(getattr(bad, name).resolve()) for name in
-                ("missing", "truncated", "random", "camera9", "tiny", "renamed")}
-    assert flagged["exists"] == {resolved["missing"]}
-    assert flagged["decodes"] == {resolved["missing"], resolved["truncated"], resolved["random"]}
-    assert flagged["name_ok"] == {resolved["renamed"]}
-    assert flagged["camera_ok"] == {resolved["camera9"]}
-    assert flagged["size_ok"] == {resolved["tiny"], resolved["random"]}  # random bytes: size 0 x 0
+def test_measured_columns_show_each_fault(bad: Bad) -> None:
+    measured = bad.measured.set_index("path")
+    resolved = {name: str(getattr(bad, name).resolve())
+                for name in ("missing", "truncated", "random", "renamed")}
+    assert set(measured.index[~measured["exists"]]) == {resolved["missing"]}
+    assert set(measured.index[~measured["decodes"]]) == {resolved["missing"], resolved["truncated"],
+                                                         resolved["random"]}
+    assert set(measured.index[measured["name_person_id"].isna()]) == {resolved["renamed"]}
+    assert measured.loc[str(bad.tiny.resolve()), "aspect"] == 1.0
 
 
 def test_truncated_jpeg_caught_even_if_pil_allows_it(bad: Bad) -> None:
     row = bad.frame[bad.frame["path"] == str(bad.truncated.resolve())]
     ImageFile.LOAD_TRUNCATED_IMAGES = True  # as a lenient training loader might leave it
     try:
-        checks = compute_file_checks(row, "market1501", workers=1)
+        measured = measure_files(row, "market1501", workers=1)
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-    assert not checks["decodes"].iloc[0] and checks["exists"].iloc[0]
+    assert not measured["decodes"].iloc[0] and measured["exists"].iloc[0]
 
 
-def test_name_check_knows_msmt_offset(good: dict) -> None:
-    frame, checks = good["msmt17"]
-    assert checks["name_ok"].all()
+def test_name_ids_know_msmt_offset(good: dict) -> None:
+    frame, measured = good["msmt17"]
+    assert (measured["name_person_id"] == frame["person_id"]).all()
     moved = frame.copy()
     moved.loc[moved["split"] == "query", "person_id"] -= 100_000  # the original, un-offset id
-    assert not compute_file_checks(moved, "msmt17")["name_ok"][moved["split"] == "query"].any()
+    report = validate(moved, "msmt17")
+    assert report.rule("file_names_follow_pattern").num_failed == int((moved["split"] == "query").sum())
 
 
-def test_rule_frames(good: dict) -> None:
-    frames = build_rule_frames(good["market1501"][1], "market1501")
-    assert list(frames["queries"]["has_cross_camera_gallery"]) == [True, True]
-    assert list(frames["ids"]["person_id"]) == [2, 7, 10, 11]  # 0 and -1 left out
-    assert list(frames["splits"]["images"]) == [4, 2, 5]
-    msmt = build_rule_frames(good["msmt17"][1], "msmt17")
+def test_rule_tables(good: dict) -> None:
+    tables = rule_tables(good["market1501"][1], "market1501")
+    assert list(tables["queries"]["cross_camera_gallery_images"]) == [1, 1]  # 0010: one of two is c1
+    assert list(tables["ids"]["person_id"]) == [2, 7, 10, 11]  # 0 and -1 left out
+    msmt = rule_tables(good["msmt17"][1], "msmt17")
     assert 0 in set(msmt["ids"]["person_id"])  # MSMT17 id 0 is a real person
 
 
@@ -159,7 +195,7 @@ def test_rule_frames(good: dict) -> None:
 @pytest.mark.parametrize("fmt", list(GOOD_MAKERS))
 def test_good_dataset_passes(good: dict, fmt: str) -> None:
     frame, checks = good[fmt]
-    report = validate(frame, fmt, checks=checks)
+    report = validate(frame, fmt, measured=checks)
     assert [r.name for r in report.rules] == list(RULES)
     assert report.ok, report.failure_message()
     assert report.failure_message() == ""
@@ -174,7 +210,7 @@ def test_validate_decodes_by_itself(good: dict) -> None:
 
 @pytest.mark.parametrize("rule", [r for r in RULES if r != "split_counts"])
 def test_bad_dataset_fails_each_rule(bad: Bad, rule: str) -> None:
-    report = validate(bad.frame, "market1501", checks=bad.checks)
+    report = validate(bad.frame, "market1501", measured=bad.measured)
     result = report.rule(rule)
     assert not result.passed and result.num_failed >= 1
     assert bad.expected[rule] in " ".join(result.first_offending)
@@ -182,8 +218,9 @@ def test_bad_dataset_fails_each_rule(bad: Bad, rule: str) -> None:
     assert f"rule {rule}:" in message and bad.expected[rule] in message
 
 
-def test_empty_split_fails(no_gallery: tuple) -> None:
-    report = validate(no_gallery[0], "market1501", checks=no_gallery[1])
+def test_empty_split_fails(bad_datasets: dict) -> None:
+    _, frame, measured = bad_datasets["no_gallery"]
+    report = validate(frame, "market1501", measured=measured)
     result = report.rule("split_counts")
     assert not result.passed and result.first_offending == ["gallery"]
     assert report.counts["gallery"] == {"images": 0, "ids": 0}
@@ -198,53 +235,73 @@ def test_missing_columns_reported_not_crashed(good: dict) -> None:
 
 
 def test_report_to_dict_is_json(bad: Bad) -> None:
-    report = validate(bad.frame, "market1501", checks=bad.checks)
+    report = validate(bad.frame, "market1501", measured=bad.measured)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is False and [r["name"] for r in data["rules"]] == list(RULES)
     assert set(data["rules"][0]) == {"name", "description", "passed", "num_failed", "first_offending"}
 
 
-# --- Great Expectations agrees -----------------------------------------------------------------
+# --- Great Expectations decides, and the pandas engine agrees ------------------------------------
 
 @pytest.mark.parametrize("fmt", list(GOOD_MAKERS))
 def test_gx_good_dataset_passes_and_agrees(good: dict, gx_reports: dict, fmt: str) -> None:
-    frame, checks = good[fmt]
+    frame, measured = good[fmt]
     gx_report = gx_reports[fmt]
     assert gx_report.ok, gx_report.failure_message()
     assert gx_report.engine == "great_expectations"
-    assert gx_report.to_dict()["rules"] == validate(frame, fmt, checks=checks).to_dict()["rules"]
+    assert gx_report.to_dict()["rules"] == validate(frame, fmt, measured=measured).to_dict()["rules"]
 
 
-def test_gx_bad_dataset_agrees(bad: Bad, gx_reports: dict) -> None:
-    gx_report: ValidationReport = gx_reports["bad"]
-    pure = validate(bad.frame, "market1501", checks=bad.checks)
+# Which rules each bad dataset breaks (the others pass).
+BROKEN = {
+    "every_rule": set(RULES) - {"split_counts"},
+    "no_gallery": {"split_counts", "query_has_cross_camera_gallery"},
+    "no_query": {"split_counts"},
+    "truncated_query": {"images_decode"},
+    "duke_camera_9": {"camera_ids_in_range"},
+    "msmt_name_disagrees": {"file_names_follow_pattern"},
+    "msmt_leaked_id": {"file_names_follow_pattern", "train_test_ids_disjoint",
+                       "query_has_cross_camera_gallery"},
+    "camera_0": {"camera_ids_in_range", "file_names_follow_pattern"},
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_both_engines_give_the_same_verdicts_and_offenders(bad_datasets: dict, gx_reports: dict,
+                                                           name: str) -> None:
+    fmt, frame, measured = bad_datasets[name]
+    pure, gx_report = validate(frame, fmt, measured=measured), gx_reports[name]
     assert gx_report.to_dict()["rules"] == pure.to_dict()["rules"]
+    assert {r.name for r in gx_report.rules if not r.passed} == BROKEN[name]
+    assert all(r.first_offending for r in gx_report.rules if not r.passed)
+
+
+def test_gx_names_each_fault(bad: Bad, gx_reports: dict) -> None:
+    gx_report: ValidationReport = gx_reports["every_rule"]
     for rule, item in bad.expected.items():
-        assert not gx_report.rule(rule).passed and item in " ".join(gx_report.rule(rule).first_offending)
+        assert item in " ".join(gx_report.rule(rule).first_offending)
         assert f"rule {rule}:" in gx_report.failure_message()
-    assert gx_report.rule("split_counts").passed
-
-
-def test_gx_empty_split_agrees(no_gallery: tuple, gx_reports: dict) -> None:
-    pure = validate(no_gallery[0], "market1501", checks=no_gallery[1])
-    assert gx_reports["no_gallery"].to_dict()["rules"] == pure.to_dict()["rules"]
+    # renamed: no match and no ids from its name, counted once
+    assert gx_report.rule("file_names_follow_pattern").first_offending.count(bad.expected[
+        "file_names_follow_pattern"]) == 1
+    assert gx_report.rule("train_test_ids_disjoint").first_offending == ["7"]
     assert gx_reports["no_gallery"].rule("split_counts").first_offending == ["gallery"]
 
 
 def test_gx_broken_table_fails_not_passes(good: dict) -> None:
-    frames = build_rule_frames(good["market1501"][1], "market1501")
-    frames["files"] = frames["files"].drop(columns=["camera_ok"])
-    results = {r.name: r for r in stage.run_gx(frames)}
+    tables = rule_tables(good["market1501"][1], "market1501")
+    tables["files"] = tables["files"].drop(columns=["decodes"])
+    results = {r.name: r for r in stage.run_gx(tables, "market1501")}
     assert not results["schema"].passed
-    camera = results["camera_ids_in_range"]  # GX could not compute it: reported, never passed
-    assert not camera.passed and camera.first_offending[0].startswith("error:")
+    decode = results["images_decode"]  # GX could not compute it: reported, never passed
+    assert not decode.passed and decode.first_offending[0].startswith("error:")
 
 
 def test_gx_data_docs(gx_reports: dict) -> None:
     site = gx_reports["docs"] / "bad"
     assert (site / "index.html").is_file()
     pages = {p.relative_to(site / "validations").parts[0] for p in (site / "validations").rglob("*.html")}
-    assert pages == {"dgnet_files", "dgnet_queries", "dgnet_ids", "dgnet_splits"}
+    assert pages == {"dgnet_files", "dgnet_queries", "dgnet_ids"}
     assert not list(gx_reports["docs"].glob(".*.tmp"))  # the atomic temp folder is gone
 
 

@@ -22,8 +22,8 @@ import pandas as pd
 
 from dgnet.data.manifest import FORMATS, build_manifest, mislabelled_train_rows, read_manifest, write_manifest
 from dgnet.data.validation import NON_IDENTITY_IDS, ValidationReport, validate
-from dgnet.errors import DataRuleError, DatasetError, OutputError
-from dgnet.io import atomic_path, write_json
+from dgnet.errors import DataRuleError, DatasetError
+from dgnet.io import atomic_path, output_errors, write_json
 
 RECORD_KEY = "manifest_record"
 DEFAULT_REPORT = Path("reports") / "validation.json"
@@ -188,16 +188,13 @@ def publish(frame: pd.DataFrame, result: ValidationReport, report: str | os.Path
     its record in the report. OutputError names a path that cannot be written."""
     content = {**result.to_dict(), **(extra or {}),
                "manifest": str(manifest) if result.ok and manifest is not None else None}
-    try:
+    with output_errors("validation", report):
         if result.ok and manifest is not None:
             write_manifest(frame, manifest)
             content[RECORD_KEY] = manifest_record(manifest)
         write_json(report, content)
         with atomic_path(Path(report).with_suffix(".md")) as tmp:
             tmp.write_text(result.to_markdown())
-    except OSError as exc:
-        raise OutputError(f"cannot write {exc.filename or report}: {exc.strerror or exc}; "
-                          "choose a folder you can write to") from exc
     return content
 
 

@@ -1,22 +1,20 @@
-"""Dataset validation rules, computed once as columns and facts, checked by an engine.
+"""Dataset validation: measured columns, the expectations on them, and the plain-pandas engine.
 
-`compute_file_checks` adds one boolean column per per-file rule to a manifest; `build_rule_frames`
-turns that into the four small tables every rule reads (files, queries, ids, splits). Two engines
-check the same tables and must agree: `validate` here (plain pandas: what the GPU machines
-without Great Expectations use) and the Great Expectations suite of `dgnet_pipeline/validate.py`.
-
-Rules (names shared by both engines; see `RULES`): schema, split_counts, files_exist,
-images_decode, file_names_follow_pattern, camera_ids_in_range, image_sizes_plausible,
-train_test_ids_disjoint, query_has_cross_camera_gallery.
+`measure_files` adds what is measured per image to a manifest (exists, decodes, the ids its name
+gives, aspect); `rule_tables` adds the query and identity tables. `expectations(fmt)` lists every
+rule's checks as Great Expectations expectations (type and kwargs, as GX 1.x names them). Two
+engines decide them and must agree: `validate` here (pandas: the GPU machines lack GX) and
+Great Expectations itself (`dgnet_pipeline/validate.py`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,15 +37,19 @@ MIN_HEIGHT, MAX_HEIGHT = 16, 2000
 MIN_WIDTH, MAX_WIDTH = 8, 1000
 MIN_ASPECT, MAX_ASPECT = 0.5, 10.0  # height / width
 
-CHECK_COLUMNS = ("exists", "decodes", "name_ok", "camera_ok", "size_ok")
+# name_person_id / name_camera_id: the ids the file name gives (NaN when it does not parse), in the
+# manifest's numbering (MSMT17 test ids with their offset).
+MEASURED_COLUMNS = ("exists", "decodes", "name_person_id", "name_camera_id", "aspect")
 # Market/Duke person ids outside the identity protocol: junk (-1) and distractors (0) may appear in
 # any split. MSMT17 has neither: its id 0 is a real person.
 NON_IDENTITY_IDS = {"market1501": (-1, 0), "dukemtmc": (-1, 0), "msmt17": ()}
 MAX_OFFENDING = 20  # offending items kept per rule in a report
+# The column naming a table's offending rows.
+TABLE_INDEX = {"files": "path", "queries": "path", "ids": "person_id"}
 
 RULES: dict[str, str] = {
-    "schema": "manifest columns are " + ", ".join(COLUMNS) + " in this order (then the check columns "
-              + ", ".join(CHECK_COLUMNS) + "), with string, int64 and bool dtypes",
+    "schema": "manifest columns are " + ", ".join(COLUMNS) + " in this order (then the measured columns "
+              + ", ".join(MEASURED_COLUMNS) + "), with string, int64, bool and float64 dtypes",
     "split_counts": "the train, query and gallery splits each hold at least one image",
     "files_exist": "every image file listed in the manifest exists",
     "images_decode": "every image decodes fully with PIL (no truncated, corrupt, non-image or missing "
@@ -56,6 +58,8 @@ RULES: dict[str, str] = {
                                  "its person_id and camera_id",
     "camera_ids_in_range": "every camera id lies in 1..number of cameras of the dataset "
                            "(Market 6, Duke 8, MSMT17 15)",
+    "person_ids_in_range": "every person id is at least -1 (Market/Duke: -1 junk, 0 distractor) or 0 "
+                           "(MSMT17)",
     "image_sizes_plausible": f"every image is {MIN_HEIGHT}..{MAX_HEIGHT} px tall, "
                              f"{MIN_WIDTH}..{MAX_WIDTH} px wide, "
                              f"with height/width in {MIN_ASPECT}..{MAX_ASPECT}",
@@ -64,15 +68,6 @@ RULES: dict[str, str] = {
     "query_has_cross_camera_gallery": "every query id has at least one gallery image of the same id from "
                                       "another camera",
 }
-# Which boolean column of the files table carries each per-file rule.
-FILE_RULE_COLUMNS = {
-    "files_exist": "exists",
-    "images_decode": "decodes",
-    "file_names_follow_pattern": "name_ok",
-    "camera_ids_in_range": "camera_ok",
-    "image_sizes_plausible": "size_ok",
-}
-
 # What the offending items of each rule are, for messages (every other rule lists file paths).
 OFFENDING_KIND = {"schema": "", "split_counts": "split ", "train_test_ids_disjoint": "person id "}
 
@@ -82,10 +77,10 @@ def string_dtype_name() -> str:
     return "str" if isinstance(pd.Series(["a"]).dtype, pd.StringDtype) else "object"
 
 
-# Expected dtype name per column of the files table (the manifest columns, then the checks).
 EXPECTED_DTYPES: dict[str, str] = {
     **{c: (string_dtype_name() if c in STR_COLUMNS else "int64") for c in COLUMNS},
-    **dict.fromkeys(CHECK_COLUMNS, "bool"),
+    "exists": "bool", "decodes": "bool", "name_person_id": "float64", "name_camera_id": "float64",
+    "aspect": "float64",
 }
 
 
@@ -115,34 +110,22 @@ class ValidationReport:
         return all(rule.passed for rule in self.rules)
 
     def rule(self, name: str) -> RuleResult:
-        """The result of rule `name`."""
-        for result in self.rules:
-            if result.name == name:
-                return result
-        raise KeyError(name)
+        return next(result for result in self.rules if result.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "engine": self.engine,
-            "format": self.format,
-            "root": self.root,
-            "counts": self.counts,
-            "rules": [asdict(rule) for rule in self.rules],
-        }
+        return {"ok": self.ok, "engine": self.engine, "format": self.format, "root": self.root,
+                "counts": self.counts, "rules": [asdict(rule) for rule in self.rules]}
 
     def to_markdown(self, limit: int = 5) -> str:
         """A page a person reads: verdict, counts per split, one table row per rule."""
-        verdict = "PASSED" if self.ok else "FAILED"
-        lines = [f"# Dataset validation: {verdict}", "",
+        lines = [f"# Dataset validation: {'PASSED' if self.ok else 'FAILED'}", "",
                  f"{self.format} at `{self.root}` (engine: {self.engine})", "",
                  "| split | images | ids |", "| --- | ---: | ---: |"]
         lines += [f"| {split} | {c['images']} | {c['ids']} |" for split, c in self.counts.items()]
         lines += ["", "| rule | result | failing | what it checks |", "| --- | --- | ---: | --- |"]
         lines += [f"| `{r.name}` | {'pass' if r.passed else '**FAIL**'} | {r.num_failed} | {r.description} |"
                   for r in self.rules]
-        failed = [r for r in self.rules if not r.passed]
-        for rule in failed:
+        for rule in (r for r in self.rules if not r.passed):
             lines += ["", f"## `{rule.name}`: first offending items", ""]
             lines += [f"- `{item}`" for item in rule.first_offending[:limit]]
         return "\n".join(lines) + "\n"
@@ -175,161 +158,204 @@ def _check_file(path: str) -> tuple[bool, bool]:
         return True, False
 
 
-def _name_ok(names: pd.Series, pids: pd.Series, cams: pd.Series, splits: pd.Series, fmt: str) -> np.ndarray:
-    """True where the name matches the pattern and its id and camera agree with the columns."""
-    parts = names.astype(str).str.extract(PATTERNS[fmt])
-    matched = parts["pid"].notna().to_numpy()
-    name_pid = pd.to_numeric(parts["pid"], errors="coerce").to_numpy()
-    name_cam = pd.to_numeric(parts["cam"], errors="coerce").to_numpy()
-    pid = pids.to_numpy(dtype=np.float64)
-    if fmt == "msmt17":  # test ids carry the manifest's offset; the file name has the original
-        pid = pid - np.where(splits.isin(["query", "gallery"]).to_numpy(), MSMT_TEST_ID_OFFSET, 0)
-    return matched & (name_pid == pid) & (name_cam == cams.to_numpy(dtype=np.float64))
-
-
-def compute_file_checks(frame: pd.DataFrame, fmt: str, *, workers: int | None = None,
-                        progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """The manifest plus one bool column per per-file rule: exists, decodes, name_ok, camera_ok, size_ok.
-
-    Decoding runs on a thread pool (file reads and libjpeg release the GIL). `progress`, if given,
-    is called with 1 after each file, from the calling thread.
-    """
+def _check_format(fmt: str | None) -> str:
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def measure_files(frame: pd.DataFrame, fmt: str, *, workers: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """The manifest plus the `MEASURED_COLUMNS`. Decoding runs on a thread pool (file reads and
+    libjpeg release the GIL); `progress`, if given, is called with 1 per file from this thread."""
+    _check_format(fmt)
     needed = ("path", "file_name", "person_id", "camera_id", "split", "width", "height")
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DatasetError(f"manifest lacks the columns {', '.join(missing)}; expected {', '.join(COLUMNS)}")
-
-    paths = frame["path"].astype(str).tolist()
-    workers = workers or min(16, 4 * (os.cpu_count() or 1))
-
     # A truncated JPEG only fails to load while this PIL global is False; some training code sets it
     # True to survive bad files, so force it off for the check and restore it after.
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     results = []
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # map yields in order; progress is reported from this thread, as progress bars are not
-            # thread-safe
-            for result in pool.map(_check_file, paths):
+        with ThreadPoolExecutor(max_workers=workers or min(16, 4 * (os.cpu_count() or 1))) as pool:
+            for result in pool.map(_check_file, frame["path"].astype(str).tolist()):
                 results.append(result)
-                if progress is not None:
+                if progress is not None:  # from this thread: progress bars are not thread-safe
                     progress(1)
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
-    exists_decodes = np.array(results, dtype=bool).reshape(-1, 2)
-
     out = frame.copy()
-    out["exists"] = exists_decodes[:, 0]
-    out["decodes"] = exists_decodes[:, 1]
-    out["name_ok"] = _name_ok(frame["file_name"], frame["person_id"], frame["camera_id"], frame["split"], fmt)
-    cams = frame["camera_id"].to_numpy(dtype=np.float64)
-    out["camera_ok"] = (cams >= 1) & (cams <= NUM_CAMERAS[fmt])
-    height = frame["height"].to_numpy(dtype=np.float64)
-    width = frame["width"].to_numpy(dtype=np.float64)
+    out[["exists", "decodes"]] = np.array(results, dtype=bool).reshape(-1, 2)
+    parts = frame["file_name"].astype(str).str.extract(PATTERNS[fmt])
+    out["name_person_id"] = pd.to_numeric(parts["pid"], errors="coerce").astype("float64")
+    if fmt == "msmt17":  # the file name has the original test id, the manifest the offset one
+        out["name_person_id"] += np.where(frame["split"].isin(["query", "gallery"]), MSMT_TEST_ID_OFFSET, 0)
+    out["name_camera_id"] = pd.to_numeric(parts["cam"], errors="coerce").astype("float64")
     with np.errstate(divide="ignore", invalid="ignore"):
-        aspect = height / width
-    out["size_ok"] = ((height >= MIN_HEIGHT) & (height <= MAX_HEIGHT) & (width >= MIN_WIDTH)
-                      & (width <= MAX_WIDTH) & (aspect >= MIN_ASPECT) & (aspect <= MAX_ASPECT))
+        out["aspect"] = frame["height"].to_numpy(dtype=np.float64) / frame["width"].to_numpy(dtype=np.float64)
     out.attrs = {**frame.attrs, "format": fmt}
     return out
 
 
 def split_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     """{split: {"images": n, "ids": k}} for train, query, gallery (and any other split present)."""
-    present = [s for s in frame["split"].unique().tolist() if s not in SPLITS]
-    counts = {}
-    for split in [*SPLITS, *sorted(present)]:
-        rows = frame.loc[frame["split"] == split, "person_id"]
-        counts[split] = {"images": len(rows), "ids": int(rows.nunique())}
-    return counts
+    present = sorted(s for s in frame["split"].unique().tolist() if s not in SPLITS)
+    return {split: {"images": int((rows := frame.loc[frame["split"] == split, "person_id"]).size),
+                    "ids": int(rows.nunique())} for split in [*SPLITS, *present]}
 
 
-def build_rule_frames(checks: pd.DataFrame, fmt: str) -> dict[str, pd.DataFrame]:
-    """The four tables every engine checks.
+def rule_tables(files: pd.DataFrame, fmt: str) -> dict[str, pd.DataFrame]:
+    """The tables the expectations read.
 
-    files:   the output of `compute_file_checks` (one row per image)
-    queries: path, person_id, camera_id, has_cross_camera_gallery (one row per query image)
+    files:   the output of `measure_files` (one row per image)
+    queries: path, person_id, camera_id, cross_camera_gallery_images (gallery images of its id
+             from another camera), one row per query image
     ids:     person_id, side ("train" / "test"): each identity once per side, so an id shared by
              train and test is exactly a duplicated person_id
-    splits:  split, images, ids for train, query and gallery
     """
-    split = checks["split"]
-    query = checks.loc[split == "query", ["path", "person_id", "camera_id"]].reset_index(drop=True)
-    gallery = checks.loc[split == "gallery", ["person_id", "camera_id"]].drop_duplicates()
-    pairs = query.reset_index().merge(gallery, on="person_id", how="inner", suffixes=("", "_gallery"))
-    cross = pairs.loc[pairs["camera_id_gallery"] != pairs["camera_id"], "index"].unique()
-    query["has_cross_camera_gallery"] = query.index.isin(cross)
+    split = files["split"]
+    query = files.loc[split == "query", ["path", "person_id", "camera_id"]].reset_index(drop=True)
+    gallery = files.loc[split == "gallery"]
+    same_id = query["person_id"].map(gallery["person_id"].value_counts()).fillna(0)
+    pairs = pd.MultiIndex.from_frame(query[["person_id", "camera_id"]])
+    same_camera = gallery.groupby(["person_id", "camera_id"]).size().reindex(pairs, fill_value=0).to_numpy()
+    query["cross_camera_gallery_images"] = (same_id.to_numpy() - same_camera).astype(np.int64)
 
-    identity = ~checks["person_id"].isin(NON_IDENTITY_IDS[fmt])
-    train_ids = np.unique(checks.loc[identity & (split == "train"), "person_id"].to_numpy())
-    test_ids = np.unique(checks.loc[identity & split.isin(["query", "gallery"]), "person_id"].to_numpy())
-    ids = pd.DataFrame({
-        "person_id": np.concatenate([train_ids, test_ids]).astype(np.int64),
-        "side": pd.Series(["train"] * len(train_ids) + ["test"] * len(test_ids), dtype=str),
-    }).sort_values(["person_id", "side"], kind="stable").reset_index(drop=True)
-
-    counts = split_counts(checks)
-    splits = pd.DataFrame({
-        "split": pd.Series(list(SPLITS), dtype=str),
-        "images": np.array([counts[s]["images"] for s in SPLITS], dtype=np.int64),
-        "ids": np.array([counts[s]["ids"] for s in SPLITS], dtype=np.int64),
-    })
-    return {"files": checks, "queries": query, "ids": ids, "splits": splits}
+    identity = ~files["person_id"].isin(NON_IDENTITY_IDS[fmt])
+    sides = {"train": split == "train", "test": split.isin(["query", "gallery"])}
+    ids = pd.concat([pd.DataFrame({"person_id": np.unique(files.loc[identity & rows, "person_id"]),
+                                   "side": side}) for side, rows in sides.items()])
+    ids = ids.astype({"person_id": np.int64, "side": str}).sort_values(["person_id", "side"], kind="stable")
+    return {"files": files, "queries": query, "ids": ids.reset_index(drop=True)}
 
 
-def _result(name: str, offending: list[str], num_failed: int | None = None) -> RuleResult:
-    count = len(offending) if num_failed is None else num_failed
-    return RuleResult(name, RULES[name], count == 0, count, offending[:MAX_OFFENDING])
+class Expectation(NamedTuple):
+    """One Great Expectations expectation (its snake_case type and kwargs) of one rule on one table."""
+
+    rule: str
+    table: str
+    type: str
+    kwargs: dict[str, Any]
 
 
-def schema_problems(files: pd.DataFrame) -> list[str]:
-    """What is wrong with the columns of the files table: order, names and dtypes."""
-    expected = [*COLUMNS, *CHECK_COLUMNS]
-    problems = []
-    if list(files.columns) != expected:
-        problems.append(f"columns: expected {expected}, got {list(files.columns)}")
-    for column, dtype in EXPECTED_DTYPES.items():
-        if column in files.columns and str(files[column].dtype) != dtype:
-            problems.append(f"column {column}: expected dtype {dtype}, got {files[column].dtype}")
-    return problems
+def expectations(fmt: str) -> list[Expectation]:
+    """Every rule's expectations, in the order of `RULES`."""
+    values, pair = "expect_column_values_to_be_", "expect_column_pair_values_to_be_equal"
+    columns = [*COLUMNS, *MEASURED_COLUMNS]
+    min_person_id = min((*NON_IDENTITY_IDS[fmt], 0))
+    found = [("schema", "files", "expect_table_columns_to_match_ordered_list", {"column_list": columns})]
+    found += [("schema", "files", values + "of_type", {"column": c, "type_": t})
+              for c, t in EXPECTED_DTYPES.items()]
+    found += [
+        ("split_counts", "files", "expect_column_distinct_values_to_contain_set",
+         {"column": "split", "value_set": list(SPLITS)}),
+        ("files_exist", "files", values + "in_set", {"column": "exists", "value_set": [True]}),
+        ("images_decode", "files", values + "in_set", {"column": "decodes", "value_set": [True]}),
+        ("file_names_follow_pattern", "files", "expect_column_values_to_match_regex",
+         {"column": "file_name", "regex": "(?i)" + PATTERNS[fmt].pattern}),
+        ("file_names_follow_pattern", "files", pair, {"column_A": "name_person_id", "column_B": "person_id"}),
+        ("file_names_follow_pattern", "files", pair, {"column_A": "name_camera_id", "column_B": "camera_id"}),
+        ("camera_ids_in_range", "files", values + "between",
+         {"column": "camera_id", "min_value": 1, "max_value": NUM_CAMERAS[fmt]}),
+        ("person_ids_in_range", "files", values + "between",
+         {"column": "person_id", "min_value": min_person_id}),
+        ("image_sizes_plausible", "files", values + "between",
+         {"column": "height", "min_value": MIN_HEIGHT, "max_value": MAX_HEIGHT}),
+        ("image_sizes_plausible", "files", values + "between",
+         {"column": "width", "min_value": MIN_WIDTH, "max_value": MAX_WIDTH}),
+        ("image_sizes_plausible", "files", values + "between",
+         {"column": "aspect", "min_value": MIN_ASPECT, "max_value": MAX_ASPECT}),
+        ("train_test_ids_disjoint", "ids", values + "unique", {"column": "person_id"}),
+        ("query_has_cross_camera_gallery", "queries", values + "between",
+         {"column": "cross_camera_gallery_images", "min_value": 1}),
+    ]
+    return [Expectation(*item) for item in found]
 
 
-def evaluate_rules(frames: dict[str, pd.DataFrame]) -> list[RuleResult]:
-    """The pandas engine: every rule of `RULES`, in that order, over `build_rule_frames` tables."""
-    files, queries, ids, splits = frames["files"], frames["queries"], frames["ids"], frames["splits"]
-    results = {"schema": _result("schema", schema_problems(files))}
-    results["split_counts"] = _result("split_counts", splits.loc[splits["images"] < 1, "split"].tolist())
-    for name, column in FILE_RULE_COLUMNS.items():
-        bad = ~files[column].astype(bool)
-        results[name] = _result(name, files.loc[bad, "path"].astype(str).tolist())
-    shared = ids.loc[ids["person_id"].duplicated(keep=False), "person_id"].drop_duplicates()
-    results["train_test_ids_disjoint"] = _result("train_test_ids_disjoint", [str(i) for i in shared])
-    lonely = queries.loc[~queries["has_cross_camera_gallery"].astype(bool), "path"].astype(str).tolist()
-    results["query_has_cross_camera_gallery"] = _result("query_has_cross_camera_gallery", lonely)
-    return [results[name] for name in RULES]
+def _between(column: pd.Series, kw: dict[str, Any]) -> pd.Series:
+    low, high = kw.get("min_value"), kw.get("max_value")
+    inside = (column >= (-np.inf if low is None else low)) & (column <= (np.inf if high is None else high))
+    return column.notna() & ~inside
 
 
-def validate(frame: pd.DataFrame, fmt: str | None = None, *, checks: pd.DataFrame | None = None,
+# Per row-level expectation type: the rows it fails, as GX computes them (missing values are not
+# checked, except by the pair expectation, which skips only rows missing both).
+ROW_CHECKS: dict[str, Callable[[pd.DataFrame, dict[str, Any]], pd.Series]] = {
+    "expect_column_values_to_be_in_set": lambda t, kw: t[kw["column"]].notna() & ~t[kw["column"]].isin(
+        kw["value_set"]),
+    "expect_column_values_to_be_between": lambda t, kw: _between(t[kw["column"]], kw),
+    "expect_column_values_to_match_regex": lambda t, kw: t[kw["column"]].notna() & t[kw["column"]].astype(
+        str).map(re.compile(kw["regex"]).search).isna(),
+    "expect_column_pair_values_to_be_equal": lambda t, kw: ~(t[kw["column_A"]] == t[kw["column_B"]]) & ~(
+        t[kw["column_A"]].isna() & t[kw["column_B"]].isna()),
+    "expect_column_values_to_be_unique": lambda t, kw: t[kw["column"]].notna() & t[kw["column"]].duplicated(
+        keep=False),
+}
+
+
+def table_problems(expectation: Expectation, observed: Any) -> list[str]:
+    """The offending items of a failed table-level expectation, from what was observed."""
+    kw = expectation.kwargs
+    if expectation.type == "expect_table_columns_to_match_ordered_list":
+        return [f"columns: expected {kw['column_list']}, got {observed}"]
+    if expectation.type == "expect_column_values_to_be_of_type":
+        return [f"column {kw['column']}: expected dtype {kw['type_']}, got {observed}"]
+    return [str(value) for value in kw["value_set"] if value not in set(observed)]  # distinct values ⊇ set
+
+
+def pandas_outcome(expectation: Expectation, tables: dict[str, pd.DataFrame]) -> tuple[bool, list[str]]:
+    """(passed, offending items) of one expectation, decided by pandas."""
+    table, kw = tables[expectation.table], expectation.kwargs
+    if expectation.type in ROW_CHECKS:
+        bad = ROW_CHECKS[expectation.type](table, kw).to_numpy(dtype=bool)
+        offending = table.loc[bad, TABLE_INDEX[expectation.table]].astype(str).tolist()
+        return not offending, offending
+    if expectation.type == "expect_table_columns_to_match_ordered_list":
+        observed: Any = list(table.columns)
+        passed = observed == kw["column_list"]
+    elif expectation.type == "expect_column_values_to_be_of_type":
+        observed = str(table[kw["column"]].dtype) if kw["column"] in table else "no such column"
+        passed = observed == kw["type_"]
+    else:
+        observed = table[kw["column"]].unique().tolist()
+        passed = set(kw["value_set"]) <= set(observed)
+    return passed, [] if passed else table_problems(expectation, observed)
+
+
+def rule_results(tables: dict[str, pd.DataFrame], outcomes: list[tuple[Expectation, bool, list[str]]]
+                 ) -> list[RuleResult]:
+    """Each rule's result from its expectations' outcomes (either engine's): offending rows once
+    each, in table order."""
+    results = []
+    for name, description in RULES.items():
+        parts = [(e, passed, items) for e, passed, items in outcomes if e.rule == name]
+        if not parts:  # an engine that checked nothing for a rule must not report it as passed
+            results.append(RuleResult(name, description, False, 0, ["not checked"]))
+            continue
+        offending = list(dict.fromkeys(item for _, _, items in parts for item in items))
+        if len(offending) > 1 and parts[0][0].type in ROW_CHECKS:
+            index = tables[parts[0][0].table][TABLE_INDEX[parts[0][0].table]].astype(str)
+            position = dict(zip(reversed(index.tolist()), reversed(range(len(index))), strict=True))
+            offending.sort(key=lambda item: position.get(item, -1))
+        results.append(RuleResult(name, description, all(p for _, p, _ in parts), len(offending),
+                                  offending[:MAX_OFFENDING]))
+    return results
+
+
+def validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFrame | None = None,
              workers: int | None = None) -> ValidationReport:
-    """Check a manifest against every rule with plain pandas (no Great Expectations).
-
-    Pass `checks` (from `compute_file_checks`) to reuse decoded results instead of decoding again.
-    """
-    fmt = fmt or frame.attrs.get("format")
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    """Check a manifest against every rule with plain pandas (no Great Expectations). Pass
+    `measured` (from `measure_files`) to reuse decoded results instead of decoding again."""
+    fmt = _check_format(fmt or frame.attrs.get("format"))
     root = str(frame.attrs.get("root", ""))
     missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        # Without these columns no other rule can be computed: report them as not checked.
-        schema = _result("schema", [f"column {c} missing" for c in missing])
+    if missing:  # without these columns no other rule can be computed: report them as not checked
+        schema = RuleResult("schema", RULES["schema"], False, len(missing),
+                            [f"column {c} missing" for c in missing])
         rest = [RuleResult(n, d, False, 0, ["not checked: the manifest schema is broken"])
                 for n, d in RULES.items() if n != "schema"]
         return ValidationReport([schema, *rest], {}, fmt, root)
-    if checks is None:
-        checks = compute_file_checks(frame, fmt, workers=workers)
-    frames = build_rule_frames(checks, fmt)
-    return ValidationReport(evaluate_rules(frames), split_counts(frame), fmt, root)
+    tables = rule_tables(measure_files(frame, fmt, workers=workers) if measured is None else measured, fmt)
+    outcomes = [(e, *pandas_outcome(e, tables)) for e in expectations(fmt)]
+    return ValidationReport(rule_results(tables, outcomes), split_counts(frame), fmt, root)
