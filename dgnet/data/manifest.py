@@ -73,50 +73,29 @@ _LAYOUTS = (
 )
 
 
-def parse_file_name(name: str, fmt: str) -> tuple[int, int]:
-    """Return (person_id, camera_id) from an image file name of format `fmt`."""
-    return _parse(name, fmt, name)
-
-
-def _parse(name: str, fmt: str, where: str | os.PathLike) -> tuple[int, int]:
-    """parse_file_name, with `where` (the full path, a list line) naming the file in the error."""
+def parse_file_name(name: str, fmt: str, where: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(person_id, camera_id) from an image file name of format `fmt`; `where` (the full path, a
+    list line) names the file in the error."""
     if fmt not in PATTERNS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     match = PATTERNS[fmt].match(name)
     if match is None:
-        raise DatasetError(f"{where}: file name does not follow the {fmt} pattern {PATTERN_EXAMPLES[fmt]}")
+        raise DatasetError(f"{where or name}: file name does not follow the {fmt} pattern "
+                           f"{PATTERN_EXAMPLES[fmt]}")
     return int(match["pid"]), int(match["cam"])
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    """entry.is_file(), or DatasetError naming it when it cannot be followed (a symlink loop)."""
-    try:
-        return entry.is_file()
-    except OSError as exc:
-        raise DatasetError(f"{entry.path}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def _jpg_names(folder: Path) -> list[str]:
     """Sorted .jpg file names in `folder`; other files (Thumbs.db, README) are ignored."""
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.name.lower().endswith(".jpg") and _is_file(e))
-
-
-def _pattern_error(fmt: str, offending: list[str]) -> DataRuleError:
-    """Rule file_names_follow_pattern broken by `offending` (paths): their count and the first few."""
-    limit = MAX_LISTED_NAMES
-    shown = "\n".join(f"    {item}" for item in offending[:limit])
-    more = f"\n    ... and {len(offending) - limit} more" if len(offending) > limit else ""
-    return DataRuleError(f"rule file_names_follow_pattern: {len(offending)} file name(s) do not follow the "
-                         f"{fmt} pattern {PATTERN_EXAMPLES[fmt]}:\n{shown}{more}")
-
-
-def _first_jpg(folder: Path) -> str | None:
+    names = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.lower().endswith(".jpg"):
-                return entry.name
-    return None
+            try:
+                if entry.name.lower().endswith(".jpg") and entry.is_file():
+                    names.append(entry.name)
+            except OSError as exc:  # a symlink loop
+                raise DatasetError(f"{entry.path}: cannot be read ({exc.strerror or exc})") from exc
+    return sorted(names)
 
 
 def detect_format(root: str | os.PathLike) -> str:
@@ -126,20 +105,18 @@ def detect_format(root: str | os.PathLike) -> str:
         raise DatasetError(f"{root}: dataset root does not exist or is not a folder")
     if (root / _MSMT_LISTS["train"]).is_file() and any((root / d).is_dir() for d in _MSMT_DIRS["train"]):
         return "msmt17"
-    train = root / _MARKET_DIRS["train"]
     if all((root / d).is_dir() for d in _MARKET_DIRS.values()):
         # Market and Duke share the folder layout: the file names tell them apart.
-        for folder in (train, root / _MARKET_DIRS["gallery"], root / _MARKET_DIRS["query"]):
-            name = _first_jpg(folder)
-            if name is None:
-                continue
-            for fmt in ("market1501", "dukemtmc"):
-                if PATTERNS[fmt].match(name):
-                    return fmt
-            raise DatasetError(
-                f"{folder / name}: cannot tell the dataset format from this file name; expected "
-                f"{PATTERN_EXAMPLES['market1501']} or {PATTERN_EXAMPLES['dukemtmc']}"
-            )
+        for split in ("train", "gallery", "query"):
+            folder = root / _MARKET_DIRS[split]
+            for name in _jpg_names(folder)[:1]:
+                for fmt in ("market1501", "dukemtmc"):
+                    if PATTERNS[fmt].match(name):
+                        return fmt
+                raise DatasetError(
+                    f"{folder / name}: cannot tell the dataset format from this file name; expected "
+                    f"{PATTERN_EXAMPLES['market1501']} or {PATTERN_EXAMPLES['dukemtmc']}"
+                )
         raise DatasetError(f"{root}: the split folders hold no .jpg images; expected layouts: {_LAYOUTS}")
     present = sorted(p.name for p in root.iterdir())[:20]
     raise DatasetError(
@@ -149,7 +126,7 @@ def detect_format(root: str | os.PathLike) -> str:
 
 
 def _read_size(path: str) -> tuple[int, int]:
-    """(width, height) from the image header; PIL decodes no pixels until asked. (0, 0) if unreadable."""
+    """(width, height) from the image header (PIL decodes no pixels); (0, 0) if unreadable."""
     try:
         with Image.open(path) as image:
             return image.size
@@ -157,41 +134,28 @@ def _read_size(path: str) -> tuple[int, int]:
         return 0, 0
 
 
-def _folder_rows(root: Path, fmt: str, split: str, folder_name: str) -> tuple[list[tuple], list[str]]:
-    """(rows of the images in a split folder, paths whose names do not follow the pattern)."""
-    folder = root / folder_name
-    if not folder.is_dir():
-        raise DatasetError(
-            f"{folder}: {split} folder missing; a {fmt} root holds {_MARKET_LAYOUT}"
-        )
+def _market_like_rows(root: Path, fmt: str, include_gt_bbox: bool) -> list[tuple]:
+    if include_gt_bbox and fmt != "market1501":
+        raise DatasetError(f"{root}: gt_bbox exists only in market1501, not in {fmt}")
+    folders = {**_MARKET_DIRS, **({"gt_bbox": "gt_bbox"} if include_gt_bbox else {})}
     rows, offending = [], []  # an empty split is reported by validation's split_counts rule
-    for name in _jpg_names(folder):
-        match = PATTERNS[fmt].match(name)
-        if match is None:
-            offending.append(str(folder / name))
-            continue
-        rows.append((str(folder / name), name, int(match["pid"]), int(match["cam"]), split))
-    return rows, offending
-
-
-def _msmt_dir(root: Path, kind: str) -> Path:
-    for name in _MSMT_DIRS[kind]:
-        if (root / name).is_dir():
-            return root / name
-    raise DatasetError(
-        f"{root / _MSMT_DIRS[kind][0]}: MSMT17 {kind} folder missing (also looked for "
-        f"{_MSMT_DIRS[kind][1]}/); expected layout: {_MSMT_LAYOUT}"
-    )
-
-
-def _existing_files(folder: Path) -> set[str]:
-    """Relative paths (with '/') of the files under `folder`: one walk instead of a stat per line."""
-    found = set()
-    for dirpath, _, files in os.walk(folder):
-        rel = os.path.relpath(dirpath, folder)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found.update(prefix + f for f in files)
-    return found
+    for split, folder_name in folders.items():
+        folder = root / folder_name
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: {split} folder missing; a {fmt} root holds {_MARKET_LAYOUT}")
+        for name in _jpg_names(folder):
+            match = PATTERNS[fmt].match(name)
+            if match is None:
+                offending.append(str(folder / name))
+            else:
+                rows.append((str(folder / name), name, int(match["pid"]), int(match["cam"]), split))
+    if offending:  # every split's bad names in one report
+        shown = "\n".join(f"    {item}" for item in offending[:MAX_LISTED_NAMES])
+        more = len(offending) - MAX_LISTED_NAMES
+        raise DataRuleError(f"rule file_names_follow_pattern: {len(offending)} file name(s) do not follow "
+                            f"the {fmt} pattern {PATTERN_EXAMPLES[fmt]}:\n{shown}"
+                            + (f"\n    ... and {more} more" if more > 0 else ""))
+    return rows
 
 
 def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[str], split: str,
@@ -199,12 +163,12 @@ def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[s
     list_path = root / list_name
     if not list_path.is_file():
         raise DatasetError(f"{list_path}: MSMT17 list file missing; expected layout: {_MSMT_LAYOUT}")
-    rows = []
+    rows = []  # an empty list is reported by validation's split_counts rule
     with open(list_path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
             fields = line.split()
+            if not fields:
+                continue
             if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
                 raise DatasetError(
                     f"{list_path}, line {line_no}: malformed line {line.strip()!r}; expected "
@@ -216,38 +180,34 @@ def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[s
             where = f"{list_path}, line {line_no}: {image_dir / rel}"
             if rel not in existing:
                 raise DatasetError(f"{where}: listed image does not exist")
-            pid, cam = _parse(name, "msmt17", where)
+            pid, cam = parse_file_name(name, "msmt17", where)
             if pid != label:
                 raise DatasetError(f"{where}: the listed person id {label} differs from the id {pid} "
                                    "in the file name")
             rows.append((str(image_dir / rel), name, pid + id_offset, cam, split))
-    return rows  # an empty list is reported by validation's split_counts rule
-
-
-def _market_like_rows(root: Path, fmt: str, include_gt_bbox: bool) -> list[tuple]:
-    rows, offending = [], []
-    for split, folder_name in _MARKET_DIRS.items():
-        found, bad = _folder_rows(root, fmt, split, folder_name)
-        rows, offending = rows + found, offending + bad
-    if include_gt_bbox:
-        if fmt != "market1501":
-            raise DatasetError(f"{root}: gt_bbox exists only in market1501, not in {fmt}")
-        found, bad = _folder_rows(root, fmt, "gt_bbox", "gt_bbox")
-        rows, offending = rows + found, offending + bad
-    if offending:  # every split's bad names in one report
-        raise _pattern_error(fmt, offending)
     return rows
 
 
 def _msmt_rows(root: Path, include_val: bool) -> list[tuple]:
-    train_dir, test_dir = _msmt_dir(root, "train"), _msmt_dir(root, "test")
-    train_files, test_files = _existing_files(train_dir), _existing_files(test_dir)
-    rows = _msmt_list_rows(root, _MSMT_LISTS["train"], train_dir, train_files, "train", 0)
-    if include_val:
-        # list_val holds further images of the train identities (same id space as list_train).
-        rows += _msmt_list_rows(root, _MSMT_LISTS["val"], train_dir, train_files, "train", 0)
-    for split in ("query", "gallery"):
-        rows += _msmt_list_rows(root, _MSMT_LISTS[split], test_dir, test_files, split, MSMT_TEST_ID_OFFSET)
+    dirs = {}
+    for kind, names in _MSMT_DIRS.items():
+        dirs[kind] = next((root / n for n in names if (root / n).is_dir()), None)
+        if dirs[kind] is None:
+            raise DatasetError(f"{root / names[0]}: MSMT17 {kind} folder missing (also looked for "
+                               f"{names[1]}/); expected layout: {_MSMT_LAYOUT}")
+    existing = {}  # relative paths (with '/') under each folder: one walk instead of a stat per line
+    for kind, folder in dirs.items():
+        existing[kind] = set()
+        for dirpath, _, files in os.walk(folder):
+            rel = os.path.relpath(dirpath, folder)
+            existing[kind].update(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}" for f in files)
+    # list_val holds further images of the train identities (same id space as list_train).
+    lists = [("train", "train", 0), *([("val", "train", 0)] if include_val else []),
+             ("query", "query", MSMT_TEST_ID_OFFSET), ("gallery", "gallery", MSMT_TEST_ID_OFFSET)]
+    rows = []
+    for key, split, offset in lists:
+        kind = "train" if split == "train" else "test"
+        rows += _msmt_list_rows(root, _MSMT_LISTS[key], dirs[kind], existing[kind], split, offset)
     return rows
 
 
@@ -270,24 +230,15 @@ def build_manifest(root: str | os.PathLike, fmt: str | None = None, *, include_g
         fmt = detect_format(root)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    rows = _msmt_rows(root, msmt_include_val) if fmt == "msmt17" else _market_like_rows(
-        root, fmt, include_gt_bbox)
-    paths, names, pids, cams, splits = (list(col) for col in zip(*rows, strict=True))
-    sizes = np.array([_read_size(p) for p in paths], dtype=np.int64).reshape(-1, 2)
-    frame = pd.DataFrame({
-        "path": pd.Series(paths, dtype=str),
-        "file_name": pd.Series(names, dtype=str),
-        "person_id": np.asarray(pids, dtype=np.int64),
-        "camera_id": np.asarray(cams, dtype=np.int64),
-        "split": pd.Series(splits, dtype=str),
-        "width": sizes[:, 0],
-        "height": sizes[:, 1],
-    })
+    rows = (_msmt_rows(root, msmt_include_val) if fmt == "msmt17"
+            else _market_like_rows(root, fmt, include_gt_bbox))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS[:5])).astype(
+        {**dict.fromkeys(STR_COLUMNS, str), "person_id": "int64", "camera_id": "int64"})
+    sizes = np.array([_read_size(p) for p in frame["path"]], dtype=np.int64).reshape(-1, 2)
+    frame["width"], frame["height"] = sizes[:, 0], sizes[:, 1]
     label_map = train_label_map(frame)
-    labels = np.full(len(frame), -1, dtype=np.int64)
-    is_train = (frame["split"] == "train").to_numpy()
-    labels[is_train] = frame.loc[is_train, "person_id"].map(label_map).to_numpy(dtype=np.int64)
-    frame["label"] = labels
+    is_train = frame["split"] == "train"
+    frame["label"] = frame["person_id"].map(label_map).where(is_train, -1).astype("int64")
     frame.attrs.update(format=fmt, root=str(root), label_map=label_map)
     return frame
 
@@ -344,9 +295,8 @@ def read_manifest(path: str | os.PathLike, how_to_make: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"manifest {path} does not exist; {how_to_make}")
-    ints = ("person_id", "camera_id", "width", "height", "label")
     try:
-        frame = pd.read_csv(path, dtype=dict.fromkeys(ints, "int64"))
+        frame = pd.read_csv(path, dtype=dict.fromkeys(INT_COLUMNS, "int64"))
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DatasetError(f"manifest {path} cannot be read ({str(exc)[:300]}); {how_to_make}") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]

@@ -44,68 +44,65 @@ class Batch:
         return list(zip(self.indices.tolist(), self.seeds.tolist(), strict=True))
 
 
-class IdentityPairSampler:
+class _RankSampler:
+    """What every sampler holds: a per-rank batch of `batch_size` out of a global one of N*W."""
+
+    def __init__(self, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+
+    def _mine(self, rows: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        """This rank's slice r*N .. (r+1)*N of each global stream in `rows`, concatenated."""
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return np.concatenate([r[mine] for r in rows])
+
+
+class IdentityPairSampler(_RankSampler):
     """DG-Net batches, identity-uniform: streams a and b of `batch_size` images each, all of
     distinct identities, plus one positive (another image of the same identity) for each image.
-
-    The named alternative to the published `ImagePairSampler`: here a and b are always different
-    people, which the cross-identity losses assume (with the image-uniform sampler a_k and b_k
-    are sometimes the same person). Under DDP the ranks hold disjoint identities.
-
-    Batch layout: [a (N), positives of a (N), b (N), positives of b (N)].
-    """
+    Under DDP the ranks hold disjoint identities."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(batch_size, seed, rank, world_size)
         labels = np.asarray(labels)
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.ids = np.unique(labels)
         self.images_of = {int(i): np.flatnonzero(labels == i) for i in self.ids}
-        needed = 2 * batch_size * world_size
         if len(self.ids) < 2:
             raise DatasetError(
                 f"DG-Net training needs at least 2 identities; the training split has {len(self.ids)}"
             )
         # With fewer identities than slots, ids repeat across the batch (never between a_k and b_k).
-        self.replace = len(self.ids) < needed
+        self.replace = len(self.ids) < 2 * batch_size * world_size
 
     def batch(self, iteration: int) -> Batch:
         rng = np.random.default_rng([self.seed, iteration])
-        n, world = self.batch_size, self.world_size
+        total = self.batch_size * self.world_size
         if self.replace:
-            ids_a = rng.choice(self.ids, size=n * world, replace=True)
-            shift = rng.integers(1, len(self.ids), size=n * world)
+            ids_a = rng.choice(self.ids, size=total, replace=True)
+            shift = rng.integers(1, len(self.ids), size=total)
             ids_b = self.ids[(np.searchsorted(self.ids, ids_a) + shift) % len(self.ids)]
         else:
-            chosen = rng.choice(self.ids, size=2 * n * world, replace=False)
-            ids_a, ids_b = chosen[: n * world], chosen[n * world:]
-        anchors, positives = {}, {}
-        for stream, ids in (("a", ids_a), ("b", ids_b)):
+            chosen = rng.choice(self.ids, size=2 * total, replace=False)
+            ids_a, ids_b = chosen[:total], chosen[total:]
+        rows = []
+        for ids in (ids_a, ids_b):
             anchor, positive = [], []
             for i in ids:
                 images = self.images_of[int(i)]
                 pick = rng.permutation(len(images))[:2]
                 anchor.append(images[pick[0]])
                 positive.append(images[pick[-1]])  # the same image when the id has only one
-            anchors[stream], positives[stream] = np.asarray(anchor), np.asarray(positive)
-        seeds = rng.integers(0, _SEED_BOUND, size=(4, n * world))
-        mine = slice(self.rank * n, (self.rank + 1) * n)
-        indices = np.concatenate([anchors["a"][mine], positives["a"][mine], anchors["b"][mine],
-                                  positives["b"][mine]])
-        return Batch(indices, np.concatenate([s[mine] for s in seeds]))
+            rows += [np.asarray(anchor), np.asarray(positive)]
+        return Batch(self._mine(rows), self._mine(rng.integers(0, _SEED_BOUND, size=(4, total))))
 
 
-class ImagePairSampler:
+class ImagePairSampler(_RankSampler):
     """DG-Net batches as published: two independent image-uniform streams a and b.
 
-    Each stream walks through epochs; epoch e of stream s is a permutation of all training images
-    drawn from default_rng([seed, s, e]). Iteration t takes global positions t*N*W .. (t+1)*N*W - 1
-    of each stream (W = world_size), running on into the next epoch's permutation across a
-    boundary, and rank r keeps slice r*N .. (r+1)*N of that global batch: every image appears
-    once per stream per epoch, and W ranks of N see exactly what one process with N*W would.
-    Each image's positive is another image of its identity (itself if the identity has only
-    one). a and b may share an identity by chance, as in the published code.
-
-    Batch layout: [a (N), positives of a (N), b (N), positives of b (N)].
+    Epoch e of stream s is a permutation of all training images drawn from default_rng([seed, s, e]).
+    Iteration t takes global positions t*N*W .. (t+1)*N*W - 1 of each stream (W = world_size),
+    running on into the next epoch's permutation across a boundary: every image appears once per
+    stream per epoch, and W ranks of N see exactly what one process with N*W would. Each image's
+    positive is another image of its identity (itself if the identity has only one).
     """
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -115,24 +112,19 @@ class ImagePairSampler:
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got "
                              f"batch_size={batch_size}, rank={rank}, world_size={world_size}")
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        super().__init__(batch_size, seed, rank, world_size)
         self.num_images = len(labels)
-        self._index_same_identity(labels)
-
-    def _index_same_identity(self, labels: np.ndarray) -> None:
-        """Per image: where its identity's images start in `_by_label`, how many there are, and
-        its own place among them, so that positives are drawn vectorised."""
+        # Per image: where its identity's images start in `_by_label`, how many there are, and its
+        # own place among them, so that positives are drawn vectorised.
         self._by_label = np.argsort(labels, kind="stable")
         _, first, counts = np.unique(labels[self._by_label], return_index=True, return_counts=True)
         group = np.repeat(np.arange(len(counts)), counts)
-        within = np.arange(len(labels)) - first[group]
         self._start, self._count, self._within = (np.empty(len(labels), dtype=np.int64) for _ in range(3))
         self._start[self._by_label] = first[group]
         self._count[self._by_label] = counts[group]
-        self._within[self._by_label] = within
+        self._within[self._by_label] = np.arange(len(labels)) - first[group]
 
     def _stream(self, stream: int, iteration: int) -> np.ndarray:
-        """Global batch of one stream at `iteration`: positions t*N*W .. (t+1)*N*W - 1."""
         total = self.batch_size * self.world_size
         positions = np.arange(iteration * total, (iteration + 1) * total)
         epochs, offsets = np.divmod(positions, self.num_images)
@@ -155,35 +147,29 @@ class ImagePairSampler:
         a, b = (self._stream(s, iteration) for s in _STREAMS)
         rng = np.random.default_rng([self.seed, _PER_ITERATION, iteration])
         rows = [a, self._positives(a, rng), b, self._positives(b, rng)]
-        seeds = rng.integers(0, _SEED_BOUND, size=(4, len(a)))
-        n = self.batch_size
-        mine = slice(self.rank * n, (self.rank + 1) * n)
-        return Batch(np.concatenate([r[mine] for r in rows]), np.concatenate([s[mine] for s in seeds]))
+        return Batch(self._mine(rows), self._mine(rng.integers(0, _SEED_BOUND, size=(4, len(a)))))
 
 
-class RandomImageSampler:
+class RandomImageSampler(_RankSampler):
     """Plain id-loss batches (the teacher): `batch_size` random training images per rank."""
 
     def __init__(self, num_images: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         if num_images < 1:
             raise DatasetError("the training split is empty")
-        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        super().__init__(batch_size, seed, rank, world_size)
+        self.num_images = num_images
 
     def batch(self, iteration: int) -> Batch:
         rng = np.random.default_rng([self.seed, iteration])
         total = self.batch_size * self.world_size
         indices = rng.choice(self.num_images, size=total, replace=total > self.num_images)
-        seeds = rng.integers(0, _SEED_BOUND, size=total)
-        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        return Batch(indices[mine], seeds[mine])
+        return Batch(self._mine([indices]), self._mine([rng.integers(0, _SEED_BOUND, size=total)]))
 
 
 class IterationBatchSampler:
     """Adapter for torch's DataLoader(batch_sampler=...): yields iterations [start, stop)."""
 
-    def __init__(self, sampler: ImagePairSampler | IdentityPairSampler | RandomImageSampler, start: int,
-                 stop: int):
+    def __init__(self, sampler: _RankSampler, start: int, stop: int):
         self.sampler, self.start, self.stop = sampler, start, stop
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

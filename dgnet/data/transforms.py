@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from dgnet.errors import DataRuleError
@@ -26,11 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
-    """Decode `path` as RGB, resize to size=(height, width), return a float tensor in [0, 1].
-
-    BICUBIC, as the published DG-Net (`transforms.Resize(..., interpolation=3)`), at train and
-    at test time alike, so that both see the same resampling.
-    """
+    """`path` as RGB resized to size=(height, width), a float tensor in [0, 1] (`image_to_tensor`)."""
     try:
         with Image.open(path) as image:
             return image_to_tensor(image, size)
@@ -41,19 +37,17 @@ def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """`load_image` for an open PIL image: RGB, bicubic resize to size=(height, width), [0, 1]."""
+    """RGB, resized to size=(height, width), [0, 1]. BICUBIC, as the published DG-Net
+    (`transforms.Resize(..., interpolation=3)`), at train and at test time alike."""
     image = image.convert("RGB")
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+    return TF.pil_to_tensor(image).float().div_(255.0)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation: the generator's output lives in this space too (docs/method.md)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(-1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(-1, 1, 1)
-    return (image - mean) / std
+    return TF.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -71,11 +65,8 @@ def random_flip(image: torch.Tensor, generator: torch.Generator, p: float = 0.5)
 
 def pad_random_crop(image: torch.Tensor, generator: torch.Generator, padding: int = 10) -> torch.Tensor:
     """Pad by `padding` pixels on each side by replicating the border (the published
-    `transforms.Pad(10, padding_mode='edge')`), then crop back to the original size at random.
-
-    Edge replication rather than zeros: a shifted crop shows no black band, which would be an
-    artificial cue the re-ID features and the generator could latch on to.
-    """
+    `transforms.Pad(10, padding_mode='edge')`: a shifted crop shows no black band for the networks
+    to latch on to), then crop back to the original size at random."""
     if padding <= 0:
         return image
     height, width = image.shape[-2:]
@@ -85,49 +76,25 @@ def pad_random_crop(image: torch.Tensor, generator: torch.Generator, padding: in
     return padded[..., top:top + height, left:left + width]
 
 
-def _erasing_box(
-    height: int,
-    width: int,
-    generator: torch.Generator,
-    area: tuple[float, float],
-    aspect: tuple[float, float],
-    attempts: int,
-) -> tuple[int, int, int, int] | None:
-    """(top, left, h, w) of a rectangle for random erasing, or None when no attempt fits.
-
-    Area fraction and aspect ratio h/w are both drawn uniformly, as the published
-    `RandomErasing` does (`random.uniform(r1, 1 / r1)`); a box that does not fit is redrawn.
-    """
+def random_erasing(image: torch.Tensor, generator: torch.Generator, p: float = 0.5,
+                   area: tuple[float, float] = (0.02, 0.4), aspect: tuple[float, float] = (0.3, 3.3),
+                   attempts: int = 100) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020) on a normalised image: with probability p, a rectangle
+    of `area` (fraction of the image) and aspect ratio h/w, both drawn uniformly as the published
+    `RandomErasing` does (a box that does not fit is redrawn), is filled with zeros, i.e. the
+    dataset mean. Returns a new tensor; the input is left untouched."""
+    if torch.rand((), generator=generator) >= p:
+        return image
+    height, width = image.shape[-2:]
     for _ in range(attempts):
         u_area, u_ratio = torch.rand(2, generator=generator).tolist()
         target_area = (area[0] + (area[1] - area[0]) * u_area) * height * width
         ratio = aspect[0] + (aspect[1] - aspect[0]) * u_ratio
-        h = round(math.sqrt(target_area * ratio))
-        w = round(math.sqrt(target_area / ratio))
+        h, w = round(math.sqrt(target_area * ratio)), round(math.sqrt(target_area / ratio))
         if 0 < h < height and 0 < w < width:
             top = int(torch.randint(0, height - h + 1, (), generator=generator))
             left = int(torch.randint(0, width - w + 1, (), generator=generator))
-            return top, left, h, w
-    return None
-
-
-def random_erasing(
-    image: torch.Tensor,
-    generator: torch.Generator,
-    p: float = 0.5,
-    area: tuple[float, float] = (0.02, 0.4),
-    aspect: tuple[float, float] = (0.3, 3.3),
-    attempts: int = 100,
-) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2020) on a normalised image: with probability p, a rectangle
-    of `area` (fraction of the image) and aspect ratio h/w drawn uniformly in `aspect` is filled
-    with zeros, i.e. the dataset mean. Returns a new tensor; the input is left untouched."""
-    if torch.rand((), generator=generator) >= p:
-        return image
-    box = _erasing_box(image.shape[-2], image.shape[-1], generator, area, aspect, attempts)
-    if box is None:
-        return image
-    top, left, h, w = box
-    erased = image.clone()
-    erased[..., top:top + h, left:left + w] = 0.0
-    return erased
+            erased = image.clone()
+            erased[..., top:top + h, left:left + w] = 0.0
+            return erased
+    return image
