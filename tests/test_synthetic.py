@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from dgnet.data import synthetic as syn
+from dgnet.data.synthetic import canvas, scenes
 from dgnet.errors import ConfigError, DatasetError, OutputError
+from dgnet.evaluation.pictures import synthetic_contact_sheet, synthetic_swap_sheet
 
 NAME = re.compile(r"^(-1|\d{4})_c(\d+)s1_(\d{6})_(\d{2})\.jpg$")
 SMALL = {"num_ids": 12, "num_cameras": 4}
@@ -205,19 +207,18 @@ def test_bad_factors_raise_dataset_error(small):
 
 def test_pictures(small, tmp_path):
     root, _ = small
-    sheet = syn.contact_sheet(root, tmp_path / "sheet.png", num_ids=4, per_id=4)
-    swaps = syn.swap_sheet(root, tmp_path / "swaps.png", num=3)
-    with Image.open(sheet) as a, Image.open(swaps) as b:
-        assert a.width > 4 * 128 and a.height > 4 * 256
-        assert b.size[0] > 4 * 128 and b.size[1] > 4 * 256
+    sheet = synthetic_contact_sheet(root, num_ids=4, per_id=4)
+    swaps = synthetic_swap_sheet(root, num=3)
+    assert sheet.width > 4 * 128 and sheet.height > 4 * 256
+    assert swaps.width > 4 * 128 and swaps.height > 4 * 256
 
 
 def test_scenes_are_dull_and_out_of_focus_next_to_the_painted_scene():
     kind, seed = syn.SCENES[0], 7
-    painted = Image.new("RGB", (syn.BG_W * syn.SS, syn.H * syn.SS))
-    syn._SCENE_PAINTERS[kind](syn._Pen(painted), np.random.default_rng(seed))
+    painted = Image.new("RGB", (2 * syn.W * canvas.SS, syn.H * canvas.SS))
+    scenes.SCENE_PAINTERS[kind](canvas.Pen(painted), np.random.default_rng(seed))
     sharp = np.asarray(painted, dtype=np.float32)
-    dull, _ = syn._scene(kind, seed)
+    dull, _ = scenes.scene(kind, seed)
 
     def saturation(x):
         return float((x.max(axis=2) - x.min(axis=2)).mean())
@@ -228,3 +229,23 @@ def test_scenes_are_dull_and_out_of_focus_next_to_the_painted_scene():
     assert saturation(dull) < 0.6 * saturation(sharp)
     assert detail(dull) < 0.5 * detail(sharp)
     assert abs(dull.mean() - sharp.mean()) < 2.0  # the same scene, only dulled: brightness kept
+
+
+@pytest.mark.slow  # ~7 s of CPU, over 20 s on a busy machine
+def test_the_dvc_data_stage_output_is_reproduced(tmp_path):
+    """params.yaml's data.synthetic settings give exactly the `data/synthetic` that dvc.lock records."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("dvc_data")
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db.local import LocalHashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "params.yaml").read_text())["data"]["synthetic"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["data"]
+    expected = next(o for o in lock["outs"] if o["path"] == cfg["out"])
+    syn.generate_dataset(tmp_path / "data", seed=cfg["seed"], num_ids=cfg["ids"], num_cameras=cfg["cameras"])
+    fs = LocalFileSystem()
+    _, meta, tree = build(LocalHashFileDB(fs, str(tmp_path / "odb")), str(tmp_path / "data"), fs, "md5")
+    assert tree.hash_info.value == expected["md5"]
+    assert (meta.nfiles, meta.size) == (expected["nfiles"], expected["size"])

@@ -375,3 +375,103 @@ def cmc_plot(
         draw.line([(bx + 8, y + 7), (bx + 30, y + 7)], fill=colour, width=3)
         draw.text((bx + 36, y), entry, INK, small)
     return sheet
+
+
+# --------------------------------------------------------------------------------------------
+# The synthetic dataset at a glance (dgnet.data.synthetic)
+# --------------------------------------------------------------------------------------------
+
+
+def _interleave(groups: Sequence[Sequence[Any]], n: int) -> list[Any]:
+    """Up to n items, one of each group in turn."""
+    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)][:n]
+
+
+def _camera_round_robin(rows: Any, n: int) -> list[dict[str, Any]]:
+    """Up to n factor records, one camera after another: as many cameras as a row can show."""
+    by_cam = rows.sort_values(["camera_id", "frame"]).groupby("camera_id")
+    return _interleave([g.to_dict("records") for _, g in by_cam], n)
+
+
+def synthetic_contact_sheet(root: str | os.PathLike, num_ids: int = 8, per_id: int = 8, scale: int = 2,
+                            show_extras: bool = True) -> Image.Image:
+    """One row per identity of a synthetic dataset, its images across cameras: first (up to two)
+    groups of identities that wear the same clothes; with `show_extras`, a last row of gallery
+    distractors (0000) and junk (-1)."""
+    from dgnet.data.synthetic import H, W, decode_jpeg, read_factors
+
+    table = read_factors(root)
+    people = table[table["person_id"] > 0]
+    groups = people[people["clothing_group"] > 0].groupby("clothing_group")["person_id"].unique()
+    groups = sorted((sorted(int(i) for i in ids) for ids in groups if len(ids) >= 2), key=lambda g: -len(g))
+    chosen: list[int] = []
+    for ids in groups[:2]:
+        if len(chosen) + len(ids) <= num_ids:
+            chosen += ids
+    others = sorted(set(people.loc[people["clothing_group"] == 0, "person_id"].astype(int)))
+    want = max(0, min(num_ids - len(chosen), len(others)))
+    chosen += [others[int(i)] for i in np.linspace(0, len(others) - 1, want).round()] if want else []
+    lines = []
+    for pid in chosen:
+        picked = _camera_round_robin(people[people["person_id"] == pid], per_id)
+        r = picked[0]
+        text = [f"id {pid:04d} ({'train' if r['split'] == 'train' else 'test'})"]
+        text += [f"same clothes: group {r['clothing_group']}"] if r["clothing_group"] > 0 else []
+        text += [f"{r['top_texture']} top, {r['bottom_style']}", f"hair: {r['hair_length']}",
+                 f"hat: {r['hat']}", f"bag: {r['bag']}", f"height {r['body_height']:.2f}",
+                 f"width {r['body_width']:.2f}"]
+        lines.append((text, picked))
+    extras = table[table["person_id"] <= 0]
+    if show_extras and len(extras):
+        mixed = _interleave([_camera_round_robin(g, per_id) for _, g in extras.groupby("person_id")], per_id)
+        lines.append((["gallery extras:", "0000 = distractors", "-1 = junk crops"], mixed))
+
+    label_w, cap_h, gap, tw, th = 150, 16, 6, W * scale, H * scale
+    font, small = _font(14), _font(12)
+    size = (label_w + per_id * (tw + gap), 30 + len(lines) * (th + cap_h + gap))
+    sheet = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    title = "Synthetic re-ID dataset: one row per identity, its images across cameras (c = camera)"
+    draw.text((6, 6), title, INK, font)
+    for row, (text, picked) in enumerate(lines):
+        y = 30 + row * (th + cap_h + gap)
+        for i, line in enumerate(text):
+            draw.text((6, y + 8 + 17 * i), line, INK, font if i == 0 else small)
+        for c, rec in enumerate(picked):
+            x = label_w + c * (tw + gap)
+            sheet.paste(_tile(decode_jpeg(Path(root) / rec["path"]), (tw, th), False), (x, y))
+            pid = "" if rec["person_id"] > 0 else f"{rec['file_name'].split('_')[0]} "
+            caption = f"{pid}c{rec['camera_id']} {rec['viewpoint']} {rec['split']}"
+            draw.text((x + 2, y + th + 1), caption, INK, small)
+    return sheet
+
+
+def synthetic_swap_sheet(root: str | os.PathLike, num: int = 5, scale: float = 2.0) -> Image.Image:
+    """`swap_grid` of the synthetic ground truth `render_swap` on `num` train images of different
+    people, viewpoints and cameras: cell (i, j) wears image i's clothing in image j's structure
+    (pose, body, hair, hat, bag, background, camera)."""
+    from dgnet.data.synthetic import read_factors, render, render_swap
+
+    train = read_factors(root).query("split == 'train'")
+    pids = sorted(set(train["person_id"].astype(int)))
+    turn_of = {pid: i for i, pid in enumerate(pids)}
+    donors: list[dict[str, Any]] = []
+    used_ids: set[int] = set()
+    used_cams: set[int] = set()
+    for n in range(min(num, len(pids))):
+        fresh = train[~train["person_id"].isin(used_ids)]
+        view = ("front", "left", "back", "right")[n % 4]
+        rows = fresh[(fresh["viewpoint"] == view) & ~fresh["camera_id"].isin(used_cams)]
+        if len(rows):  # the first such person from the n-th part of the ids on
+            turn = (rows["person_id"].map(turn_of) - int(n * len(pids) / num)) % len(pids)
+            donors.append(rows.loc[turn.idxmin()].to_dict())
+        else:
+            donors.append(fresh.iloc[0].to_dict())
+        used_ids.add(int(donors[-1]["person_id"]))
+        used_cams.add(int(donors[-1]["camera_id"]))
+        if len(used_cams) >= train["camera_id"].nunique():  # every camera shown: start over
+            used_cams.clear()
+    images = [render(d)[0] for d in donors]
+    swaps = [[render_swap(a, s)[0] for s in donors] for a in donors]
+    return swap_grid(images, images, swaps, scale, title="Synthetic ground truth of swaps",
+                     appearance_label="clothing from", structure_label="structure from")
