@@ -1,14 +1,11 @@
 """The MLflow training hook and what it logs.
 
-`MlflowHooks` is a `dgnet.training.hooks.TrainingHooks`: the training loops in dgnet/ call it and
-never import mlflow themselves. It logs the run's params and tags at the start, losses/weights/
-learning rates every few iterations (batched), re-ID metrics at evaluations, swap grids as images,
-and at the end the final model as an MLflow pyfunc model (dgnet_pipeline.mlflow_model: images in, features
-out, with its signature; the dgnet model file and the configuration JSON inside), registered as a new
-version of a registered model whose alias (default `current`) then points at it. Load one back with
-`mlflow.pyfunc.load_model("models:/dgnet@current")`, `dgnet.FeatureExtractor("models:/dgnet@current")`,
-or `mlflow.artifacts.download_artifacts(...)` and `dgnet.models.persist.load_model` on its model.pt.
-Every write goes through the store's `RetryPolicy` (dgnet_pipeline.tracking)."""
+`MlflowHooks` is a `dgnet.training.hooks.TrainingHooks` (the loops in dgnet/ never import mlflow): the
+run's params and tags at the start, losses/weights/learning rates every few seconds (batched), re-ID
+metrics at evaluations, swap grids as images, and at the end the model as an MLflow pyfunc model
+(dgnet_pipeline.mlflow_model), registered as a new version whose alias (default `current`) then points
+at it: `mlflow.pyfunc.load_model("models:/dgnet@current")`, `dgnet.FeatureExtractor("models:/...")`.
+A server that does not answer is retried by MLflow (dgnet_pipeline.tracking.HTTP_RETRIES)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,6 @@ import json
 import math
 import posixpath
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -29,15 +25,7 @@ from typing import Any
 from dgnet.config import MlflowConfig, check_alias, section_config
 from dgnet.errors import DgnetError
 from dgnet.training.hooks import TrainingHooks, TrainingResult
-from dgnet_pipeline.tracking import (
-    RetryPolicy,
-    TrackingError,
-    attempt_env,
-    is_transient,
-    redact,
-    scoped_env,
-    short,
-)
+from dgnet_pipeline.tracking import TrackingError, is_transient, redact, short
 
 DEFAULT_ALIAS = MlflowConfig.alias  # "current"
 MODEL_DESCRIPTIONS = {
@@ -55,12 +43,9 @@ EVAL_PREFIX = "eval/"
 MODEL_ARTIFACT_DIR = "model"
 
 
-# MLflow's limits (mlflow.utils.validation): values longer than these are rejected.
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
-MAX_KEY = 250
-PARAMS_PER_BATCH = 100
-METRICS_PER_BATCH = 1000
+# MLflow's limits (mlflow.utils.validation): longer values are rejected. MlflowClient.log_batch splits
+# a batch itself; METRICS_PER_FLUSH bounds the buffer.
+MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY, METRICS_PER_FLUSH = 6000, 8000, 250, 1000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 
@@ -70,13 +55,9 @@ def flatten(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]
         config = asdict(config)
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        name = f"{prefix}{key}"
-        if is_dataclass(value) and not isinstance(value, type):
-            value = asdict(value)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
+        value = asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, Mapping) and value
+                    else {f"{prefix}{key}": value})
     return flat
 
 
@@ -101,102 +82,71 @@ def _tag_value(value: Any) -> str:
 
 def _number(value: Any) -> float | None:
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return number
 
 
 class MlflowHooks(TrainingHooks):
     """Log one training loop into MLflow run `run_id` (created by the caller, e.g. `tracked_run`).
 
-    Iteration logs are buffered and written with `log_batch`, every `flush_every_s` seconds and at
-    evaluations and the end. `registered_model=None` skips the registry. A write that fails because
-    the store is unavailable is retried under `retry` (default `RetryPolicy.from_env()`); when the
-    retries are spent, TrackingError stops the training loop, whose checkpoints stay on disk.
+    Iteration logs are buffered and written with `log_batch` every `flush_every_s` seconds, at
+    evaluations and at the end. `registered_model=None` skips the registry. A write that fails with
+    the store unavailable raises TrackingError, which stops the loop; its checkpoints stay on disk.
     """
 
     def __init__(self, client: Any, run_id: str, *, registered_model: str | None = None,
                  alias: str | None = DEFAULT_ALIAS, variant: str | None = None,
                  extra_params: Mapping[str, Any] | None = None, version_tags: Mapping[str, Any] | None = None,
-                 eval_prefix: str = EVAL_PREFIX, flush_every_s: float = 10.0,
-                 retry: RetryPolicy | None = None) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.registered_model = registered_model
+                 eval_prefix: str = EVAL_PREFIX, flush_every_s: float = 10.0) -> None:
+        self.client, self.run_id, self.registered_model = client, run_id, registered_model
         self.alias = check_alias(alias) if alias else None
-        self.variant = variant
-        self.extra_params = dict(extra_params or {})
+        self.variant, self.extra_params = variant, dict(extra_params or {})
         self.version_tags = {k: str(v) for k, v in (version_tags or {}).items()}
-        self.eval_prefix = eval_prefix
-        self.flush_every_s = flush_every_s
+        self.eval_prefix, self.flush_every_s = eval_prefix, flush_every_s
         self.model_version: Any = None  # the registered ModelVersion, after on_end
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._evaluated_at: set[int] = set()
-        self.retry = retry if retry is not None else RetryPolicy.from_env()
         self.checkpoint: tuple[int, Path] | None = None  # the newest checkpoint this run wrote
-        self.gone = False  # set once retries were spent: close() then writes nothing more
+        self.gone = False  # the store went away: close() then writes nothing more
 
-    # -- internals
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """`fn(*args, **kwargs)`, retried with back-off while the failure is transient."""
-        uri = redact(str(self.client.tracking_uri))
-        waits = self.retry.waits()
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                with scoped_env(**attempt_env(uri, self.retry.attempt_timeout_s)):
-                    return fn(*args, **kwargs)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise TrackingError(f"MLflow at {uri} refused to {what} (run {self.run_id}): "
-                                        f"{short(exc)}") from exc
-                if attempt == len(waits):
-                    self.gone = True
-                    raise TrackingError(
-                        f"MLflow at {uri} failed to {what} (run {self.run_id}) {attempt + 1} times over "
-                        f"{time.monotonic() - started:.0f} s, the store is unavailable: {short(exc)}. "
-                        f"Training stopped; {self._kept()}") from exc
-                print(f"warning: MLflow at {uri} failed to {what} ({short(exc, 160)}); retry "
-                      f"{attempt + 1}/{len(waits)} in {waits[attempt]:g} s", file=sys.stderr, flush=True)
-                time.sleep(waits[attempt])
-                attempt += 1
-
-    def _kept(self) -> str:
-        if self.checkpoint is None:
-            return ("the checkpoints written so far are kept: re-run the same command once the store is "
-                    "back to resume from the newest")
-        iteration, path = self.checkpoint
-        return (f"the last checkpoint, {path} (iteration {iteration}), is kept: re-run the same command "
-                f"once the store is back to resume from it")
+        """`fn(*args, **kwargs)`; TrackingError naming the store (and the kept checkpoint) if it fails."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            uri = redact(str(self.client.tracking_uri))
+            if not is_transient(exc):
+                raise TrackingError(f"MLflow at {uri} refused to {what} (run {self.run_id}): "
+                                    f"{short(exc)}") from exc
+            self.gone = True
+            kept = "the checkpoints written so far are kept" if self.checkpoint is None else (
+                f"the last checkpoint, {self.checkpoint[1]} (iteration {self.checkpoint[0]}), is kept")
+            raise TrackingError(f"MLflow at {uri} failed to {what} (run {self.run_id}), the store is "
+                                f"unavailable: {short(exc)}. Training stopped; {kept}: re-run the same "
+                                f"command once the store is back to resume from the newest") from exc
 
     def _metrics(self, values: Mapping[str, Any], step: int, prefix: str = "") -> list[Any]:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = []
-        for key, value in values.items():
-            number = _number(value)
-            if number is not None:
-                metrics.append(Metric(safe_key(f"{prefix}{key}"), number, now, int(step)))
-        return metrics
+        return [Metric(safe_key(f"{prefix}{k}"), number, now, int(step))
+                for k, v in values.items() if (number := _number(v)) is not None]
 
     def flush(self) -> None:
         """Write the buffered iteration metrics."""
         pending, self._pending = self._pending, []
-        for start in range(0, len(pending), METRICS_PER_BATCH):
-            self._call("log metrics", self.client.log_batch, self.run_id,
-                       metrics=pending[start : start + METRICS_PER_BATCH], synchronous=True)
+        if pending:
+            self._call("log metrics", self.client.log_batch, self.run_id, metrics=pending, synchronous=True)
         self._last_flush = time.monotonic()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(safe_key(k), param_value(v)) for k, v in flatten(params).items()]
-        for start in range(0, len(items), PARAMS_PER_BATCH):
-            self._call("log params", self.client.log_batch, self.run_id,
-                       params=items[start : start + PARAMS_PER_BATCH], synchronous=True)
+        if items:
+            self._call("log params", self.client.log_batch, self.run_id, params=items, synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -224,20 +174,17 @@ class MlflowHooks(TrainingHooks):
                 if shown and not self.gone:
                     self.set_tags({"dgnet.warnings": "\n".join(dict.fromkeys(shown))})
 
-    # -- hooks
     def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
         self.kind = kind
         self.log_params({**self.extra_params, **config})
-        tags = {"dgnet.kind": kind, "dgnet.start_iteration": start_iteration,
-                "dgnet.resumed": str(start_iteration > 0).lower()}
-        if self.variant:
-            tags["dgnet.variant"] = self.variant
-        self.set_tags(tags)
+        self.set_tags({"dgnet.kind": kind, "dgnet.start_iteration": start_iteration,
+                       "dgnet.resumed": str(start_iteration > 0).lower(),
+                       **({"dgnet.variant": self.variant} if self.variant else {})})
 
     def on_iteration(self, iteration: int, logs: dict[str, float]) -> None:
         self._pending.extend(self._metrics(logs, iteration))
         due = time.monotonic() - self._last_flush >= self.flush_every_s
-        if due or len(self._pending) >= METRICS_PER_BATCH:
+        if due or len(self._pending) >= METRICS_PER_FLUSH:
             self.flush()
 
     def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
@@ -268,7 +215,6 @@ class MlflowHooks(TrainingHooks):
         if self._pending and not self.gone:
             self.flush()
 
-    # -- the final model
     def log_model(self, result: TrainingResult) -> Any:
         """Log the model under `model/` as an MLflow pyfunc model (the model file inside) with its
         configuration; register it if configured."""
@@ -277,21 +223,17 @@ class MlflowHooks(TrainingHooks):
         path = Path(result.model_path)
         if not path.exists():
             raise DgnetError(f"the {result.kind} model {path} does not exist after training")
-        if path.is_dir():
-            self._call("log the model", self.client.log_artifacts, self.run_id, str(path), MODEL_ARTIFACT_DIR)
-        else:
-            with tempfile.TemporaryDirectory(prefix="dgnet-mlflow-model-") as tmp:
-                folder = Path(tmp) / MODEL_ARTIFACT_DIR
+        with tempfile.TemporaryDirectory(prefix="dgnet-mlflow-model-") as tmp:
+            folder = path if path.is_dir() else Path(tmp) / MODEL_ARTIFACT_DIR
+            if not path.is_dir():
                 save_pyfunc_model(path, folder)
-                self._call("log the model", self.client.log_artifacts, self.run_id, str(folder),
-                           MODEL_ARTIFACT_DIR)
+            self._call("log the model", self.client.log_artifacts, self.run_id, str(folder),
+                       MODEL_ARTIFACT_DIR)
         card = {"kind": result.kind, "iterations": int(result.iterations), "model_file": path.name,
                 "metrics": result.metrics, "config": result.config}
         self._call("log the model config", self.client.log_dict, self.run_id, json.loads(
             json.dumps(card, default=str)), f"{MODEL_ARTIFACT_DIR}/config.json")
-        if self.registered_model:
-            self.model_version = self.register(result)
-        return self.model_version
+        return self.register(result) if self.registered_model else None
 
     def register(self, result: TrainingResult) -> Any:
         """A new version of the registered model from this run's `model/`; the alias moves to it."""
@@ -312,20 +254,17 @@ class MlflowHooks(TrainingHooks):
         source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
         tags = {"dgnet.kind": result.kind, "dgnet.iterations": str(result.iterations),
                 **{f"metric.{k}": f"{v:.6g}" for k, v in finite(result.metrics).items()},
-                **self.version_tags}
-        if self.variant:
-            tags["dgnet.variant"] = self.variant
+                **self.version_tags, **({"dgnet.variant": self.variant} if self.variant else {})}
         seed, mean_ap = self.version_tags.get("dgnet.seed"), _number(result.metrics.get("mAP"))
         what = ", ".join([self.variant or result.kind, *([f"seed {seed}"] if seed is not None else []),
                           f"{result.iterations} iterations",
                           *([f"mAP {100 * mean_ap:.1f}"] if mean_ap is not None else [])])
-        version = self._call(f"register a version of {name!r}", self.client.create_model_version,
-                             name, source, run_id=self.run_id, tags=tags, description=what)
-        self.model_version = version
+        self.model_version = self._call(f"register a version of {name!r}", self.client.create_model_version,
+                                        name, source, run_id=self.run_id, tags=tags, description=what)
         if self.alias:
             self.set_alias(self.alias)
-        self.set_tags({"dgnet.registered_model": name, "dgnet.model_version": version.version})
-        return version
+        self.set_tags({"dgnet.registered_model": name, "dgnet.model_version": self.model_version.version})
+        return self.model_version
 
     def set_alias(self, alias: str) -> None:
         """Point `alias` of the registered model at the version this run registered."""
@@ -337,12 +276,7 @@ class MlflowHooks(TrainingHooks):
 
 def finite(values: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of `values`, as floats (NaN/inf and non-numbers dropped)."""
-    out = {}
-    for key, value in values.items():
-        number = _number(value)
-        if number is not None and math.isfinite(number):
-            out[key] = number
-    return out
+    return {k: n for k, v in values.items() if (n := _number(v)) is not None and math.isfinite(n)}
 
 
 class LastImage(TrainingHooks):

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dgnet_pipeline.tracking import CHECK_TIMEOUT_S, TrackingError, attempt_env, scoped_env, short
+from dgnet_pipeline.tracking import TrackingError, one_attempt, short
 
 # MLflow 3's UI opens an untagged experiment on its GenAI (traces) overview; this tag makes it open
 # on the runs table, where variants and metrics are compared.
@@ -85,17 +85,14 @@ def git_commit(folder: str | os.PathLike) -> tuple[str | None, bool | None]:
 
 def run_tags(stage: str, kind: str, variant: str, source: str, folder: str | os.PathLike) -> dict[str, str]:
     """The tags every training run gets: git commit, DVC stage/experiment, dgnet kind and variant."""
-    tags = {"dvc.stage": os.environ.get("DVC_STAGE") or stage, "dgnet.kind": kind, "dgnet.variant": variant,
-            "mlflow.source.name": source, "mlflow.source.type": "LOCAL"}
     commit, dirty = git_commit(folder)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["git.commit"] = commit
-        tags["git.dirty"] = str(dirty).lower()
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
-    return tags
+    return {"dvc.stage": os.environ.get("DVC_STAGE") or stage, "dgnet.kind": kind, "dgnet.variant": variant,
+            "mlflow.source.name": source, "mlflow.source.type": "LOCAL",
+            **({"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty).lower()}
+               if commit else {}),
+            **{tag: os.environ[env] for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"),
+                                                     ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev"))
+               if os.environ.get(env)}}
 
 
 @contextlib.contextmanager
@@ -104,14 +101,11 @@ def tracked_run(client: Any, experiment_id: str, run_name: str, tags: Mapping[st
                 killed_by: tuple[type[BaseException], ...] = ()) -> Iterator[Any]:
     """Create a run; end it FINISHED when the block succeeds, KILLED on Ctrl-C (or one of `killed_by`,
     e.g. a pruned Optuna trial: stopped on purpose, not broken), FAILED otherwise."""
-    tags = dict(tags)
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     try:
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     except Exception as exc:
-        raise TrackingError(
-            f"could not create an MLflow run at {client.tracking_uri}: {short(exc)}") from exc
+        raise TrackingError(f"could not create an MLflow run at {client.tracking_uri}: {short(exc)}") from exc
     status = "FAILED"
     try:
         yield run
@@ -121,7 +115,7 @@ def tracked_run(client: Any, experiment_id: str, run_name: str, tags: Mapping[st
         raise
     finally:
         try:  # one quick attempt: when the server has gone, say so rather than retry for minutes
-            with scoped_env(**attempt_env(client.tracking_uri, CHECK_TIMEOUT_S)):
+            with one_attempt(client.tracking_uri):
                 client.set_terminated(run.info.run_id, status)
         except Exception as exc:
             logging.getLogger(__name__).warning("could not mark MLflow run %s %s: %s",

@@ -1,5 +1,5 @@
-"""The tracking store going away: quick start-up errors, retries with back-off mid-run, then a stop
-that keeps the last checkpoint, from which re-running the stage resumes."""
+"""The tracking store going away: quick start-up errors, MLflow's retries with back-off mid-run, then a
+stop that keeps the last checkpoint, from which re-running the stage resumes."""
 
 from __future__ import annotations
 
@@ -12,23 +12,20 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from dgnet.errors import ConfigError
 from dgnet_pipeline import teacher as teacher_stage
 from dgnet_pipeline import tracking
 from dgnet_pipeline import train as train_stage
 from dgnet_pipeline import workspace as stage_workspace
 from dgnet_pipeline.mlflow_hooks import MlflowHooks
-from dgnet_pipeline.tracking import RetryPolicy, TrackingError, connect, redact
+from dgnet_pipeline.tracking import TrackingError, connect, redact
 from tests.fixtures import publish_manifest
 from tests.test_stages_train import PARAMS, write_params
 from tests.test_tracking import closed_port
 
-FAST = RetryPolicy(retries=3, first_wait_s=0.01, max_wait_s=0.02)
-
 
 class FlakyClient:
     """Stands in for an MlflowClient: its writes fail `failures` times (as when the server or its
-    database is down), then succeed; `error` is what a failure raises."""
+    database is down, after MLflow's own retries), then succeed; `error` is what a failure raises."""
 
     tracking_uri = "http://user:secret@mlflow.example:5000"
 
@@ -44,72 +41,71 @@ class FlakyClient:
         self.written.append(batch)
 
 
-def test_retry_policy_defaults_and_environment(monkeypatch):
-    monkeypatch.delenv(tracking.RETRIES_ENV, raising=False)
-    monkeypatch.delenv(tracking.RETRY_WAIT_ENV, raising=False)
-    waits = RetryPolicy.from_env().waits()
-    assert waits == [2, 4, 8, 16, 30] and 30 < sum(waits) < 120  # about a minute, bounded
-    monkeypatch.setenv(tracking.RETRIES_ENV, "2")
-    monkeypatch.setenv(tracking.RETRY_WAIT_ENV, "0.5")
-    assert RetryPolicy.from_env().waits() == [0.5, 1.0]
-    monkeypatch.setenv(tracking.RETRIES_ENV, "many")
-    with pytest.raises(ConfigError, match=tracking.RETRIES_ENV):
-        RetryPolicy.from_env()
+def test_mlflow_retries_about_a_minute_unless_set(monkeypatch):
+    for key in tracking.HTTP_RETRIES:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    tracking.quiet_mlflow()
+    from mlflow import environment_variables as mlflow_env
+    from urllib3.util.retry import Retry
+
+    retries = mlflow_env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    factor = mlflow_env.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    retry, waits = Retry(total=retries, backoff_factor=factor), []
+    for _ in range(retries):  # urllib3's back-off, as MLflow's session uses it
+        retry = retry.increment(method="POST", url="/", error=ConnectionError())
+        waits.append(retry.get_backoff_time())
+    assert (retries, waits) == (5, [0, 4, 8, 16, 32]) and 30 < sum(waits) < 120  # about a minute, bounded
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"  # the user's setting stays
 
 
-def test_transient_failures_are_retried_with_back_off(capsys):
-    client = FlakyClient(failures=2)
-    hooks = MlflowHooks(client, "run1", retry=FAST)
-    hooks.set_tags({"a": 1})
-    assert client.calls == 3 and len(client.written) == 1
-    err = capsys.readouterr().err
-    assert "retry 1/3" in err and "retry 2/3" in err and "retry 3/3" not in err
-    assert "secret" not in err and "***" in err  # the password never reaches a log
+def test_a_dead_server_is_retried_by_mlflow_then_stops_the_run_naming_it(monkeypatch, caplog):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    hooks = MlflowHooks(MlflowClient(tracking_uri=uri), "run1")
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="urllib3"), pytest.raises(TrackingError) as caught:
+        hooks.set_tags({"a": 1})
+    assert time.monotonic() - start < 30
+    assert sum("Retrying" in r.getMessage() for r in caplog.records) == 2  # MLflow's retries, logged
+    assert uri in str(caught.value) and "the store is unavailable" in str(caught.value)
 
 
 def test_a_store_that_stays_away_stops_the_run_naming_the_url_and_the_checkpoint(tmp_path):
     client = FlakyClient(failures=100, error=ConnectionError("Connection refused"))
-    hooks = MlflowHooks(client, "run1", retry=FAST)
+    hooks = MlflowHooks(client, "run1")
     checkpoint = tmp_path / "checkpoints" / "iter_00000004.pt"
     with pytest.raises(TrackingError) as caught:
         hooks.on_checkpoint(4, checkpoint)  # the loop calls it after the file is written
     message = str(caught.value)
     assert redact(client.tracking_uri) in message and "secret" not in message
-    assert "failed to set tags" in message and "4 times" in message
+    assert "failed to set tags" in message and "the store is unavailable" in message
     assert str(checkpoint) in message and "(iteration 4), is kept" in message and "re-run" in message
-    calls = client.calls
     hooks.on_iteration(5, {"loss/total": 1.0})
-    hooks.close()  # gone: no second round of retries while the error propagates
-    assert client.calls == calls == 4
+    hooks.close()  # gone: nothing more is written while the error propagates
+    assert client.calls == 1
 
 
-def test_mlflow_http_retries_are_ours_during_an_attempt(monkeypatch):
-    """MLflow's own 7 HTTP retries (minutes of back-off) would multiply ours: off during our attempts,
-    and the attempt's timeout bounded, unless the user set those variables."""
-    seen = []
-
-    class Recording(FlakyClient):
-        def log_batch(self, run_id: str, **batch: Any) -> None:
-            seen.append((os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
-                         os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")))
-            super().log_batch(run_id, **batch)
-
+def test_one_attempt_turns_mlflows_retries_off_for_a_server_only(monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
-    MlflowHooks(Recording(failures=1), "run1", retry=FAST).set_tags({"a": 1})
-    assert seen == [("0", str(tracking.ATTEMPT_TIMEOUT_S))] * 2
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # restored after the call
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    seen.clear()
-    MlflowHooks(Recording(failures=0), "run1", retry=FAST).set_tags({"a": 1})
-    assert seen == [("2", str(tracking.ATTEMPT_TIMEOUT_S))]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    with tracking.one_attempt("http://127.0.0.1:5000", 3):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # restored after the block
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    with tracking.one_attempt("sqlite:///mlflow.db"):
+        assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
 
 
 def test_errors_that_would_repeat_are_not_retried():
     client = FlakyClient(failures=100, error=MlflowException("param changed",
                                                              error_code=INVALID_PARAMETER_VALUE))
     with pytest.raises(TrackingError, match="refused to log params"):
-        MlflowHooks(client, "run1", retry=FAST).log_params({"a": 1})
+        MlflowHooks(client, "run1").log_params({"a": 1})
     assert client.calls == 1
 
 
@@ -170,8 +166,6 @@ def trained_teacher(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv(tracking.RETRIES_ENV, "2")
-    monkeypatch.setenv(tracking.RETRY_WAIT_ENV, "0.01")
     assert teacher_stage.main([]) == 0
     return tmp_path
 
@@ -188,7 +182,7 @@ def test_train_stage_stops_keeping_its_checkpoint_and_resumes_from_it(trained_te
     capsys.readouterr()
     assert train_stage.main([]) == 2
     err = capsys.readouterr().err
-    assert "failed to" in err and "3 times" in err and "the store is unavailable" in err
+    assert "failed to" in err and "the store is unavailable" in err
     assert "iter_00000001.pt (iteration 1), is kept" in err
     (checkpoint,) = workspace.glob("checkpoints/dgnet-dgnet-*/checkpoints/iter_00000001.pt")
     assert not (workspace / "outputs" / "dgnet").exists()  # nothing half-written

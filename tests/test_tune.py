@@ -349,11 +349,10 @@ class OutageAt(TrainingHooks):
 @pytest.fixture()
 def mlflow_outage(monkeypatch) -> dict:
     """`outage["on"] = True` makes MlflowClient calls fail as with a server that is down (connection
-    refused), until it is set back to False. MLflow writes are not retried (DGNET_MLFLOW_RETRIES=0)."""
+    refused, after MLflow's own retries), until it is set back to False."""
     from mlflow import MlflowClient
 
     outage = {"on": False}
-    monkeypatch.setenv("DGNET_MLFLOW_RETRIES", "0")
 
     def refusing(real):
         def call(self, *args, **kwargs):
