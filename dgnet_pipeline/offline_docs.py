@@ -3,11 +3,11 @@
 Why: GX's pages load jQuery, Bootstrap, bootstrap-table, Font Awesome, vega... from public CDNs;
 opened without internet (a lab, a cluster node) they are unstyled and their results tables empty,
 since bootstrap-table fills them from JavaScript. After GX writes the site, `make_docs_offline`
-copies each of those assets from an installed, pinned package (pyproject.toml; bootstrap-table from
-npm, dgnet_pipeline/gx_docs_assets/) into `static/vendor/` beside the docs and points every `<script src>`,
-`<link href>`, `<img src>` and CSS `url()` at the copy. Nothing is fetched: an asset that no
-package carries is dropped (a comment in the page says what is lost, and an unknown one is named
-on stderr), so no page ever reaches for the internet.
+copies each asset from an installed, pinned package (pyproject.toml; bootstrap-table, on no Python
+package, is vendored in gx_docs_assets/bootstrap-table/, MIT, its LICENSE beside it) into
+`static/vendor/` and points every `<script src>`, `<link href>`, `<img src>` and CSS `url()` at the
+copy. Nothing is fetched: an asset that no package carries is dropped (a comment in the page says
+what is lost, and an unknown one is named on stderr).
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import shutil
 import sys
 from pathlib import Path
 
-NPM_MODULES = Path(__file__).resolve().parent / "gx_docs_assets" / "node_modules"
 VENDOR = Path("static") / "vendor"
 
-# Where each package keeps its files: an importable package and a folder inside it, or npm's tree.
-SOURCES: dict[str, tuple[str | None, str]] = {
+# Where each package keeps its files: an importable package and a folder inside it.
+SOURCES: dict[str, tuple[str, str]] = {
     "jquery": ("xstatic.pkg.jquery", "data"),
     "bootstrap": ("xstatic.pkg.bootstrap", "data"),
     "font-awesome": ("xstatic.pkg.font_awesome", "data"),
     "bootstrap-datepicker": ("xstatic.pkg.bootstrap_datepicker", "data"),
     "vega": ("js_lib_vega_embed", "static/js_lib_vega_embed"),
-    "bootstrap-table": (None, "bootstrap-table"),  # npm
+    "bootstrap-table": ("dgnet_pipeline", "gx_docs_assets/bootstrap-table"),
 }
 
 # Every CDN asset of GX 1.24's templates (query strings ignored): (source, file), or None for
@@ -49,16 +48,16 @@ ASSETS: dict[str, tuple[str, str] | str] = {
     "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css":
         ("font-awesome", "css/all.min.css"),
     "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css":
-        ("bootstrap-table", "dist/bootstrap-table.min.css"),
+        ("bootstrap-table", "bootstrap-table.min.css"),
     "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js":
-        ("bootstrap-table", "dist/bootstrap-table.min.js"),
+        ("bootstrap-table", "bootstrap-table.min.js"),
     "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js":
-        ("bootstrap-table", "dist/extensions/filter-control/bootstrap-table-filter-control.min.js"),
+        ("bootstrap-table", "bootstrap-table-filter-control.min.js"),
     # GX asks for the 1.19.0 style sheets of the filter-control extension; 1.19.1's match its script.
     "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css":
-        ("bootstrap-table", "dist/extensions/filter-control/bootstrap-table-filter-control.min.css"),
+        ("bootstrap-table", "bootstrap-table-filter-control.min.css"),
     "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css":
-        ("bootstrap-table", "dist/extensions/filter-control/bootstrap-table-filter-control.css"),
+        ("bootstrap-table", "bootstrap-table-filter-control.min.css"),
     # bootstrap-datepicker 1.9.0 asked, 1.4.0 packaged (same jQuery plugin API; datepicker.css is
     # what 1.9 calls bootstrap-datepicker.css). It is the run-time filter of the index table.
     "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
@@ -92,9 +91,6 @@ def _source_dir(docs: Path, name: str) -> Path | None:
     if name == "site":
         return docs
     module, sub = SOURCES[name]
-    if module is None:
-        base = NPM_MODULES / sub
-        return base if base.is_dir() else None
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -136,15 +132,12 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
             name, relative = entry
             base = _source_dir(docs, name)
             if base is None or not (base / relative).is_file():
-                npm = name in SOURCES and SOURCES[name][0] is None
-                hint = " (npm was not on PATH at `pip install -e '.[pipeline]'`)" if npm else ""
-                warnings.append(f"Data Docs: {name} is not installed{hint}; {relative} dropped from pages")
+                warnings.append(f"Data Docs: {name} is not installed; {relative} dropped from pages")
                 result = f"lost: {name}, not installed"
-            elif name == "site":
-                result = docs / relative
             else:
-                result = docs / VENDOR / name / relative
-                _copy(base / relative, result)
+                result = docs / relative if name == "site" else docs / VENDOR / name / relative
+                if name != "site":
+                    _copy(base / relative, result)
         local[key] = result
         return result
 

@@ -33,6 +33,7 @@ from dgnet.data.validation import (
     Expectation,
     RuleResult,
     ValidationReport,
+    check_format,
     expectations,
     measure_files,
     rule_results,
@@ -40,7 +41,7 @@ from dgnet.data.validation import (
     split_counts,
     table_problems,
 )
-from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DatasetError, DgnetError
+from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DgnetError
 from dgnet.io import atomic_dir, check_writable
 from dgnet_pipeline.common import load_params, repo_root, resolve, section
 from dgnet_pipeline.offline_docs import make_docs_offline
@@ -49,16 +50,6 @@ DEFAULT_REPORT = "reports/validation.json"
 DEFAULT_DOCS = "reports/gx_docs"
 DEFAULT_MANIFEST = "data/manifest.csv"
 DOCS_SITE = "dgnet"
-
-
-def _import_gx() -> Any:
-    """Import Great Expectations quietly: it is slow (~2.5 s), so only when a validation runs."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import great_expectations as gx
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    return gx
 
 
 def _gx_outcome(expectation: Expectation, result: Any) -> tuple[bool, list[str]]:
@@ -85,13 +76,15 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
            ) -> list[RuleResult]:
     """Decide `expectations(fmt)` on the tables of `rule_tables` with GX, one suite and Checkpoint
     per table (a Checkpoint feeds one dataframe to all its definitions); Data Docs into `docs_dir`."""
-    gx = _import_gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     every = expectations(fmt)
     outcomes: list[tuple[Expectation, bool, list[str]]] = []
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     with warnings.catch_warnings():  # GX's pandas deprecations and the like
         warnings.simplefilter("ignore")
+        import great_expectations as gx  # here: its import takes ~2.5 s
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         source = context.data_sources.add_pandas("dgnet")
@@ -132,9 +125,7 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
 def gx_validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFrame | None = None,
                 docs_dir: str | os.PathLike | None = None, workers: int | None = None) -> ValidationReport:
     """Like `dgnet.data.validation.validate`, with Great Expectations as the engine."""
-    fmt = fmt or frame.attrs.get("format")
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    fmt = check_format(fmt or frame.attrs.get("format"))
     if measured is None:  # with a progress bar: a full decode of Market takes a few seconds
         with tqdm(total=len(frame), desc="decoding images", dynamic_ncols=True) as bar:
             measured = measure_files(frame, fmt, workers=workers, progress=bar.update)

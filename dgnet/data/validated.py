@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from dgnet.data.manifest import FORMATS, build_manifest, mislabelled_train_rows, read_manifest, write_manifest
-from dgnet.data.validation import NON_IDENTITY_IDS, ValidationReport, validate
+from dgnet.data.validation import ValidationReport, expectations, pandas_outcome, rule_tables, validate
 from dgnet.errors import DataRuleError, DatasetError
 from dgnet.io import atomic_path, output_errors, write_json
 
@@ -38,18 +38,11 @@ def _sha256(parts: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def manifest_record(path: str | os.PathLike) -> dict[str, Any]:
-    """What validation vouches for: the file's SHA-256, its rows, and per split and column a hash.
-
-    Read as text, exactly as stored (paths relative to the manifest's folder stay relative), so the
-    record of a checkout moved elsewhere still matches.
-    """
-    path = Path(path)
+    """What validation vouches for: the file's SHA-256, its rows, and per split and column a hash. Read
+    as text, as stored (relative paths stay relative), so a checkout moved elsewhere still matches."""
+    with open(path, "rb") as handle:
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     splits = {}
     if "split" in table.columns:
@@ -57,7 +50,7 @@ def manifest_record(path: str | os.PathLike) -> dict[str, Any]:
             ids = rows["person_id"].nunique() if "person_id" in rows.columns else 0
             splits[str(split)] = {"images": len(rows), "ids": int(ids),
                                   "sha256": _sha256(",".join(r) for r in rows.itertuples(index=False))}
-    return {"sha256": file_sha256(path), "rows": len(table),
+    return {"sha256": sha256, "rows": len(table),
             "columns": {c: _sha256(table[c].tolist()) for c in table.columns}, "splits": splits}
 
 
@@ -87,44 +80,27 @@ def record_differences(validated: Mapping[str, Any], current: Mapping[str, Any])
     return found or ["the file's bytes differ (same rows and values: formatting only)"]
 
 
-def find_report(manifest: str | os.PathLike) -> Path | None:
-    """The validation report of `manifest`: reports/validation.json in its folder or the nearest
-    folder above (the repository layout of `dgnet validate` and the DVC pipeline)."""
-    folder = Path(manifest).resolve().parent
-    for candidate in (folder, *folder.parents):
-        if (candidate / DEFAULT_REPORT).is_file():
-            return candidate / DEFAULT_REPORT
-    return None
-
-
-def _read_report(path: Path) -> dict[str, Any]:
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"validation report {path} cannot be read ({exc}); re-run `dgnet validate`"
-                           ) from exc
-    if not isinstance(report, dict):
-        raise DatasetError(f"validation report {path} is not a JSON object; re-run `dgnet validate`")
-    return report
-
-
 def verify_manifest(manifest: str | os.PathLike, report: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Check `manifest` against the record its validation report holds; return the report.
-
-    DatasetError (exit 2) when there is no usable report, DataRuleError (exit 1) naming what
-    changed when the manifest differs from what validation passed.
-    """
+    """Check `manifest` against the record its validation report (by default reports/validation.json
+    in its folder or the nearest above) holds; return the report. DatasetError (exit 2) when there is
+    no usable report, DataRuleError (exit 1) naming what changed since validation."""
     manifest = Path(manifest)
     how = "run `dgnet validate --data DIR --manifest ...` (or `dvc repro validate`), or train with --data DIR"
     if not manifest.is_file():
         raise DatasetError(f"manifest {manifest} does not exist; {how}")
-    report_path = Path(report) if report is not None else find_report(manifest)
+    above = (folder / DEFAULT_REPORT for folder in manifest.resolve().parents)
+    report_path = Path(report) if report is not None else next((p for p in above if p.is_file()), None)
     if report_path is None:
         raise DatasetError(f"manifest {manifest}: no validation report found ({DEFAULT_REPORT} in its folder "
                            f"or above; name one with --validation-report); {how}")
     if not report_path.is_file():
         raise DatasetError(f"validation report {report_path} does not exist; {how}")
-    content = _read_report(report_path)
+    try:
+        content = json.loads(report_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"validation report {report_path} cannot be read ({exc}); {how}") from exc
+    if not isinstance(content, dict):
+        raise DatasetError(f"validation report {report_path} is not a JSON object; {how}")
     record = content.get(RECORD_KEY)
     if not content.get("ok") or not isinstance(record, dict):
         raise DatasetError(f"validation report {report_path} records no validated manifest (the dataset "
@@ -154,18 +130,16 @@ def check_invariants(frame: pd.DataFrame, fmt: str | None = None) -> None:
     """The rules that are cheap at load, re-checked before any training whatever the manifest's route:
     every image file present, no identity in both train and query/gallery, train labels 0..C-1 in
     sorted person_id order. DataRuleError names the rule and the first offending items."""
-    fmt = fmt or frame.attrs.get("format")
-    missing = [p for p in frame["path"].astype(str) if not os.path.isfile(p)]
-    if missing:
-        raise DataRuleError(_listed("files_exist", "listed image file(s) do not exist", missing))
-    non_identity = NON_IDENTITY_IDS.get(fmt, (-1, 0))  # unknown format: Market/Duke's junk and distractors
-    people = frame[~frame["person_id"].isin(non_identity)]
-    train = set(people.loc[people["split"] == "train", "person_id"].tolist())
-    test = set(people.loc[people["split"].isin(["query", "gallery"]), "person_id"].tolist())
-    shared = sorted(train & test)
-    if shared:
-        raise DataRuleError(_listed("train_test_ids_disjoint", "person id(s) in both train and query/gallery",
-                                    [str(i) for i in shared]))
+    fmt = fmt or frame.attrs.get("format") or "market1501"  # unknown: Market/Duke's junk and distractors
+    tables = rule_tables(frame.assign(exists=frame["path"].astype(str).map(os.path.isfile)), fmt)
+    what = {"files_exist": "listed image file(s) do not exist",
+            "train_test_ids_disjoint": "person id(s) in both train and query/gallery"}
+    for expectation in expectations(fmt):
+        if expectation.rule in what:
+            passed, offending = pandas_outcome(expectation, tables)
+            if not passed:
+                raise DataRuleError(_listed(expectation.rule, what[expectation.rule],
+                                            list(dict.fromkeys(offending))))
     wrong = mislabelled_train_rows(frame)["path"].astype(str).tolist()
     if wrong:
         raise DataRuleError(_listed("labels", "train label(s) are not the person ids numbered 0..C-1 in "

@@ -158,7 +158,8 @@ def _check_file(path: str) -> tuple[bool, bool]:
         return True, False
 
 
-def _check_format(fmt: str | None) -> str:
+def check_format(fmt: str | None) -> str:
+    """`fmt`, or DatasetError when it is not one of FORMATS."""
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     return fmt
@@ -168,7 +169,7 @@ def measure_files(frame: pd.DataFrame, fmt: str, *, workers: int | None = None,
                   progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """The manifest plus the `MEASURED_COLUMNS`. Decoding runs on a thread pool (file reads and
     libjpeg release the GIL); `progress`, if given, is called with 1 per file from this thread."""
-    _check_format(fmt)
+    check_format(fmt)
     needed = ("path", "file_name", "person_id", "camera_id", "split", "width", "height")
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -347,7 +348,7 @@ def validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFr
              workers: int | None = None) -> ValidationReport:
     """Check a manifest against every rule with plain pandas (no Great Expectations). Pass
     `measured` (from `measure_files`) to reuse decoded results instead of decoding again."""
-    fmt = _check_format(fmt or frame.attrs.get("format"))
+    fmt = check_format(fmt or frame.attrs.get("format"))
     root = str(frame.attrs.get("root", ""))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:  # without these columns no other rule can be computed: report them as not checked
