@@ -1,22 +1,12 @@
 """A trained dgnet model as an MLflow model, and `models:/NAME@ALIAS` URIs for the dgnet commands.
 
-The MLflow model folder (what the training stages log under the run's `model/` and register) is:
-
-    MLmodel            the pyfunc flavour: loader module `dgnet_pipeline.mlflow_model` (this file), the
-                       signature
-                       images (-1, 3, H, W) float32 -> features (-1, D) float32
-    model.pt           the dgnet model file (dgnet.models.persist), as `dgnet train` wrote it
-    config.json        the run's model card (written by the tracking hook)
-    requirements.txt, python_env.yaml, conda.yaml   MLflow's environment files
-
-so `mlflow.pyfunc.load_model("models:/dgnet@current").predict(images)` and
-`mlflow models serve -m models:/dgnet@current --env-manager local` give the test-time features of
-`dgnet extract` (the same FeatureExtractor), and the folder still holds model.pt where a download of
-`models:/...` finds it. The pyfunc loads with dgnet installed (it is not on PyPI: serve with
-`--env-manager local` from the environment that has it).
-
-`download_model` is the resolver of the `dgnet.model_uris` entry-point group, through which dgnet's
-commands and `dgnet.FeatureExtractor` take `models:/` and `runs:/` URIs without importing MLflow.
+The MLflow model folder (what the training stages log under the run's `model/` and register) holds the
+MLmodel (pyfunc flavour, loader module this file, signature images (-1, 3, H, W) float32 -> features
+(-1, D) float32), model.pt (the dgnet model file), config.json (the model card) and MLflow's environment
+files: `mlflow.pyfunc.load_model("models:/dgnet@current").predict(images)` and `mlflow models serve -m
+models:/dgnet@current --env-manager local` (dgnet is not on PyPI) give `dgnet extract`'s features.
+`download_model` resolves the `dgnet.model_uris` entry points, through which dgnet's commands and
+`dgnet.FeatureExtractor` take `models:/` and `runs:/` URIs without importing MLflow.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """`dgnet tune` (and `python -m dgnet_pipeline.tune`, the DVC entry tuning/dvc.yaml): an Optuna study of
 DG-Net's loss weights, every trial a short training run tracked in MLflow.
 
-A trial trains params `tune.base` changed by `tune.train` with the `tune.space` weights TPE samples, and
+A trial trains params `tune.base` changed by `tune.train` with the `tune.space` weights TPE samples and
 scores `tune.metric` on a validation split of the training ids (never the test split), with a teacher
-trained on the rest of them (cached in outputs/tuning/). On Optuna's own features: an RDBStorage with
-heartbeats, whose stale trials RetryHeartbeatStaleTrialCallback re-queues with the same weights (it
-re-queues a trial stopped by Ctrl-C or a tracking outage too), resumed from checkpoints/tune-<study>-*;
-create_study(load_if_exists=True) and study.optimize with MaxTrialsCallback until `n_trials` trials are
-finished (complete or pruned); a TPESampler seeded per trial number, so that one worker with one seed
-gets the same trials, resumed or not. MLflow: a parent run per study, a child per trial attempt.
+trained on the rest of them (cached in outputs/tuning/). Optuna: an RDBStorage with heartbeats whose
+stale trials RetryHeartbeatStaleTrialCallback re-queues with the same weights (also a trial stopped by
+Ctrl-C or a tracking outage), resumed from checkpoints/tune-<study>-*; create_study(load_if_exists=True),
+study.optimize with MaxTrialsCallback until `n_trials` trials are finished (complete or pruned); a TPE
+sampler seeded per trial number (one worker, one seed: the same trials, resumed or not). MLflow: a
+parent run per study, a child per trial attempt.
 Exit codes: 0 done; 1 a test image in a trial's data; 2 bad params, data, storage or tracking store, a
 study resumed with other settings, too many failed trials; 130 interrupted (re-run to go on)."""
 
@@ -54,6 +54,7 @@ SCORE_SPLIT, VALIDATION_PREFIX = "validation", "val/"  # what tuning figures are
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings", "dgnet.mlflow_parent_run_id"  # study user attributes
 MAX_FAILURES_IN_A_ROW, LOCK_TIMEOUT_S = 3, 300
+WAITING = "tune: another worker is opening the study; waiting for it"
 DEFAULT_METRICS, TEACHER_ROOT = Path("reports/metrics/tune.json"), Path("outputs/tuning")
 
 
@@ -90,44 +91,40 @@ def check_storage(url: str) -> tuple[str, str | None]:
 
 @contextlib.contextmanager
 def startup_lock(url: str) -> Iterator[None]:
-    """Held while a worker opens the storage (creating Optuna's tables), the study, its settings and
-    its MLflow parent run: Optuna's table creation is not safe against a concurrent one, and neither
-    Optuna's user attributes (upserts) nor MLflow (no create-if-absent) can elect one parent among
-    workers started together. PostgreSQL: a session advisory lock, released by the server if the
-    worker dies; SQLite: a filelock beside the file; other backends: none (start workers one by one)."""
-    import sqlalchemy
+    """Held while a worker opens the storage, the study, its settings and its MLflow parent run: Optuna's
+    table creation is not safe against a concurrent one, and neither Optuna's user attributes (upserts)
+    nor MLflow (no create-if-absent) can elect one parent among workers started together. PostgreSQL:
+    an advisory lock (the server releases it if the worker dies); SQLite: a filelock beside the file;
+    other backends: none (start workers one by one)."""
     from filelock import FileLock, Timeout
-    from sqlalchemy.pool import NullPool
 
-    (backend, database), release = check_storage(url), None
-    waiting = "tune: another worker is opening the study; waiting for it"
-    try:
-        if backend == "postgresql":
-            engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
-            session = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            release = session.close  # closing the session releases its advisory lock
-            session.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-            if not session.exec_driver_sql("SELECT pg_try_advisory_lock(74121)").scalar():
-                print(waiting, flush=True)
-                session.exec_driver_sql("SELECT pg_advisory_lock(74121)")
-        elif database:
-            lock = FileLock(f"{database}.lock", timeout=LOCK_TIMEOUT_S)
-            try:
-                lock.acquire(blocking=False)
-            except Timeout:
-                print(waiting, flush=True)
-                lock.acquire()
-            release = lock.release
-    except Exception as exc:
-        if release is not None:
-            release()
-        raise StorageError(f"Optuna storage {redact(url)}: no start-up lock within {LOCK_TIMEOUT_S} s (is "
-                           f"another worker hanging?): {short(exc)}") from exc
-    try:
+    backend, database = check_storage(url)
+    with contextlib.ExitStack() as held:
+        try:
+            if backend == "postgresql":
+                import sqlalchemy
+                from sqlalchemy.pool import NullPool
+
+                engine = sqlalchemy.create_engine(url, poolclass=NullPool,
+                                                  connect_args={"connect_timeout": 10})
+                session = held.enter_context(engine.connect())
+                session.execution_options(isolation_level="AUTOCOMMIT")
+                session.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                if not session.exec_driver_sql("SELECT pg_try_advisory_lock(74121)").scalar():
+                    print(WAITING, flush=True)
+                    session.exec_driver_sql("SELECT pg_advisory_lock(74121)")  # closing the session frees it
+            elif database:
+                lock = FileLock(f"{database}.lock", timeout=LOCK_TIMEOUT_S)
+                try:
+                    lock.acquire(blocking=False)
+                except Timeout:
+                    print(WAITING, flush=True)
+                    lock.acquire()
+                held.callback(lock.release)
+        except Exception as exc:
+            raise StorageError(f"Optuna storage {redact(url)}: no start-up lock within {LOCK_TIMEOUT_S} s "
+                               f"(is another worker hanging?): {short(exc)}") from exc
         yield
-    finally:
-        if release is not None:
-            release()
 
 
 class PerTrialSeedTPESampler(optuna.samplers.BaseSampler):
@@ -210,8 +207,9 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 @dataclasses.dataclass
 class Context:
-    """What every trial needs. `frame`: the validation split (its train, query and gallery rows);
-    `test`: the manifest's query and gallery rows, kept only for the guard (check_no_test_images)."""
+    """What every trial needs. `frame`: the validation split; `test`: the manifest's query and gallery
+    rows, for the guard (check_no_test_images) only; `fingerprint`: data, split and teacher, part of
+    the checkpoint folders' key; `teacher`: (its config, its cache folder), None when no trial needs one."""
 
     workspace: Path
     cfg: TuneConfig
@@ -219,9 +217,9 @@ class Context:
     frame: Any
     test: Any
     model_cfg: Any
-    teacher: tuple[Any, Path] | None  # (its config, its cache folder); None: no trial needs one
+    teacher: tuple[Any, Path] | None
     extra_params: dict[str, Any]
-    fingerprint: dict[str, Any]  # data, split and teacher: part of the checkpoint folders' key
+    fingerprint: dict[str, Any]
     teachers: list[Path] = dataclasses.field(default_factory=list)
 
     @property
@@ -230,9 +228,9 @@ class Context:
 
 
 class TrialHooks(MlflowHooks):
-    """A trial's MlflowHooks: the worker's line when it starts (a re-run says where it resumes), the
-    metric reported to Optuna at each evaluation once logged (TrialPruned when the pruner says so,
-    never at the end), and the model file logged only with `tune.log_models`."""
+    """A trial's MlflowHooks: the worker's line when it starts, the metric reported to Optuna at each
+    evaluation (TrialPruned when the pruner says so, never at the end), the model only with
+    `tune.log_models`."""
 
     def __init__(self, *args: Any, trial: optuna.Trial, history: Sequence[int], sampled: Mapping[str, float],
                  cfg: TuneConfig, iterations: int, **kwargs: Any) -> None:
@@ -242,12 +240,10 @@ class TrialHooks(MlflowHooks):
 
     def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
         where = f"resuming at iteration {start_iteration}" if start_iteration else "from iteration 0"
-        if self.history:
-            print(f"tune: trial {self.trial.number} re-runs trial {self.history[-1]} (same weights), {where}",
-                  flush=True)
-        else:
-            weights = ", ".join(f"{k} {v:.4g}" for k, v in self.sampled.items())
-            print(f"tune: trial {self.trial.number} starts {where} with {weights}", flush=True)
+        weights = ", ".join(f"{k} {v:.4g}" for k, v in self.sampled.items())
+        what = f"re-runs trial {self.history[-1]} (same weights), {where}" if self.history else (
+            f"starts {where} with {weights}")
+        print(f"tune: trial {self.trial.number} {what}", flush=True)
         super().on_start(kind, config, start_iteration)
 
     def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
@@ -267,7 +263,7 @@ class TrialHooks(MlflowHooks):
 def requeue(study: optuna.Study, number: int, cfg: TuneConfig) -> None:
     """Re-queue running trial `number`, which this process stopped (not its weights), with `retry`."""
     try:
-        trial = next(t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.number == number)
+        trial = next(t for t in trials(study, TrialState.RUNNING) if t.number == number)
         if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= cfg.max_retry:
             print(f"tune: trial {number} not re-queued: its weights were re-run tune.max_retry "
                   f"({cfg.max_retry}) times already", flush=True)
@@ -332,8 +328,8 @@ def objective(ctx: Context, tracker: StudyTracker) -> Any:
 
 def run_trials(study: optuna.Study, func: Any, cfg: TuneConfig) -> None:
     """study.optimize until `n_trials` trials are finished and none waits to be re-run (with several
-    workers each stops there, so up to workers - 1 more may finish: MaxTrialsCallback's way); then a
-    worker waits for trials running elsewhere, and re-runs those whose worker died."""
+    workers each stops there, so up to workers - 1 more may finish: MaxTrialsCallback's way); then wait
+    for trials running elsewhere (a grace period and a heartbeat at most), re-running those that die."""
     failures: list[int] = []
 
     def failed_in_a_row(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -341,6 +337,7 @@ def run_trials(study: optuna.Study, func: Any, cfg: TuneConfig) -> None:
         if len(failures) >= MAX_FAILURES_IN_A_ROW:
             study.stop()
 
+    deadline = None
     while True:
         if cfg.heartbeat_interval:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed and re-queued
@@ -350,24 +347,16 @@ def run_trials(study: optuna.Study, func: Any, cfg: TuneConfig) -> None:
             if len(failures) >= MAX_FAILURES_IN_A_ROW:
                 raise DgnetError(f"study {cfg.study!r}: {len(failures)} trials in a row failed (non-finite "
                                  f"losses); narrow tune.space, e.g. lower the `high` of the largest weights")
-        elif not wait_for_stale(study, cfg):
+            deadline = None
+        elif not cfg.heartbeat_interval or not trials(study, TrialState.RUNNING) or (
+                deadline is not None and time.monotonic() >= deadline):
             return
-
-
-def wait_for_stale(study: optuna.Study, cfg: TuneConfig) -> bool:
-    """Wait while trials run elsewhere (a grace period and a heartbeat at most): True once one of them
-    turns out dead (it is then re-queued), False when none runs or those running stay alive."""
-    if not cfg.heartbeat_interval or not trials(study, TrialState.RUNNING):
-        return False
-    deadline = time.monotonic() + (cfg.grace_period or 2 * cfg.heartbeat_interval) + cfg.heartbeat_interval
-    print(f"tune: waiting up to {deadline - time.monotonic():.0f} s for trials running elsewhere",
-          file=sys.stderr)
-    while time.monotonic() < deadline and trials(study, TrialState.RUNNING):
-        time.sleep(cfg.heartbeat_interval)
-        optuna.storages.fail_stale_trials(study)
-        if trials(study, TrialState.WAITING):
-            return True
-    return False
+        elif deadline is None:
+            wait = (cfg.grace_period or 2 * cfg.heartbeat_interval) + cfg.heartbeat_interval
+            deadline = time.monotonic() + wait
+            print(f"tune: waiting up to {wait} s for trials running elsewhere", file=sys.stderr)
+        else:
+            time.sleep(cfg.heartbeat_interval)
 
 
 @dataclasses.dataclass
@@ -421,7 +410,7 @@ class StudyTracker:
                 **({"optuna.retry_of": str(history[-1])} if history else {})}
         with tracked_run(self.client, self.experiment_id, f"trial-{trial.number:04d}", tags,
                          parent_run_id=self.parent_id, killed_by=(optuna.TrialPruned, TrackingError)) as run:
-            run_id = run.info.run_id
+            run_id, state = run.info.run_id, "FAIL"
             trial.set_user_attr("mlflow_run_id", run_id)
             with self.store(f"retire the earlier attempts of trial {trial.number}"):
                 for number in history:
@@ -432,12 +421,12 @@ class StudyTracker:
                             self.client.set_terminated(old.info.run_id, "KILLED")
                         self.client.set_tag(old.info.run_id, "optuna.state", "FAIL")
                         self.client.set_tag(old.info.run_id, "optuna.rerun_as", str(trial.number))
-            hooks, state = MlflowHooks(self.client, run_id), "FAIL"
+            hooks = MlflowHooks(self.client, run_id)
             hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
             try:
                 yield run_id
                 state = "COMPLETE"
-                hooks.set_tags({"optuna.state": state})  # retried; a failure re-queues the trial
+                hooks.set_tags({"optuna.state": state})  # a failure re-queues the trial
             except optuna.TrialPruned:
                 state = "PRUNED"
                 raise
@@ -470,19 +459,18 @@ class StudyTracker:
         self.client.set_tag(self.parent_id, "optuna.n_trials", str(n_trials))
         if study.trials:
             self.client.log_text(self.parent_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
-        for name, plot, needed in [("optimization_history", plots.plot_optimization_history, 1),
-                                   ("intermediate_values", plots.plot_intermediate_values, 1),
-                                   ("param_importances", plots.plot_param_importances, 2)]:
+        for name, needed in [("optimization_history", 1), ("intermediate_values", 1),
+                             ("param_importances", 2)]:
             if counts["complete"] < needed:  # importances need two complete trials
                 continue
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    axes = plot(study)
+                    axes = getattr(plots, f"plot_{name}")(study)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 print(f"tune: plot {name} skipped: {short(exc)}", file=sys.stderr)
                 continue
-            figure = axes.figure if hasattr(axes, "figure") else np.ravel(axes)[0].figure
+            figure = np.ravel(axes)[0].figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
             try:
