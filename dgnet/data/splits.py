@@ -1,21 +1,13 @@
 """A validation split carved from a manifest's training identities, and the guard that keeps the
-test split out of whatever is tuned on it.
+test split out of whatever is tuned on it (tuning that scores on query/gallery fits the test set).
 
-Tuning must never score on the benchmark's query/gallery images, or the tuned weights are fitted to
-the test set. `validation_split` holds out a seeded fraction of the *training* identities and lays
-them out as the test protocol does (query and gallery split by camera); the other training
-identities, relabelled 0..C'-1, are what the tuning runs train on. `check_no_test_images` refuses
-a frame that holds any image (or identity) of the manifest's query/gallery splits.
-
-The query/gallery layout follows Market-1501's: one query image per (identity, camera), the rest in
-the gallery. The evaluator (dgnet.evaluation.rank) treats a gallery image of the query's id *and*
-camera as junk, so a query needs its id in another camera of the gallery:
-- per held-out id, every camera with at least 2 images gives one query (drawn, seeded) and keeps
-  the rest in the gallery; a camera with a single image puts it in the gallery only. Every camera
-  of the id thus keeps a gallery image, and every query has a true match in each other camera;
-- only *queryable* training ids are held out: at least 2 cameras, one of them with 2 or more images.
-  The others always stay in the tuning-train split (none is dropped, none becomes a distractor), so
-  the number of validation ids is exactly round(fraction x training ids).
+`validation_split` holds out a seeded fraction of the *queryable* training ids (2+ cameras, one of
+them with 2+ images; the others always stay on the training side, so exactly round(fraction x ids)
+are held out) and lays them out as Market-1501 does: per held-out id, every camera with 2+ images
+gives one query (drawn, seeded) and keeps the rest in the gallery, a single-image camera goes to the
+gallery only. The evaluator treats a gallery image of the query's id *and* camera as junk, so every
+query thus has a true match in each other camera. `check_no_test_images` refuses a frame that holds
+any image (or identity) of the manifest's query/gallery splits.
 """
 
 from __future__ import annotations
@@ -23,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -107,9 +98,7 @@ def validation_split(manifest: pd.DataFrame, fraction: float, seed: int,
 def split_summary(frame: pd.DataFrame, fraction: float, seed: int) -> dict[str, Any]:
     """What a validation split is, for reports and a study's settings: fraction, seed, id and image
     counts per side, the held-out ids, and a hash of the query file names (which images were drawn)."""
-    query = frame[frame["split"] == "query"]
-    gallery = frame[frame["split"] == "gallery"]
-    train = frame[frame["split"] == "train"]
+    query, gallery, train = (frame[frame["split"] == s] for s in ("query", "gallery", "train"))
     names = "\n".join(sorted(query["file_name"].astype(str)))
     return {"fraction": fraction, "seed": seed,
             "train_ids": int(train["person_id"].nunique()), "train_images": len(train),
@@ -124,28 +113,24 @@ def benchmark_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest[manifest["split"].isin(TEST_SPLITS)]
 
 
-def _normalized(paths: Iterable[Any]) -> set[str]:
-    return {os.path.normpath(str(p)) for p in paths}
-
-
 def check_no_test_images(frame: pd.DataFrame, test: pd.DataFrame, what: str = "tuning") -> None:
     """DataRuleError when `frame` (to train or score on) holds an image of `test` (the manifest's
     query/gallery rows, see `benchmark_rows`) or one of its identities (junk and distractor ids aside)."""
-    test_paths = _normalized(test["path"])
-    leaked = sorted(p for p in _normalized(frame["path"]) if p in test_paths)
+    test_paths = {os.path.normpath(str(p)) for p in test["path"]}
+    leaked = sorted({os.path.normpath(str(p)) for p in frame["path"]} & test_paths)
     non_identity = NON_IDENTITY_IDS.get(frame.attrs.get("format"), (-1, 0))
     test_ids = set(test["person_id"].tolist()) - set(non_identity)
     shared = sorted(set(frame["person_id"].tolist()) & test_ids)
     if not leaked and not shared:
         return
-    found = []
-    if leaked:
-        more = f", ... and {len(leaked) - MAX_NAMED} more" if len(leaked) > MAX_NAMED else ""
-        found.append(f"{len(leaked)} test image(s): {', '.join(leaked[:MAX_NAMED])}{more}")
+
+    def listed(items: list[Any]) -> str:
+        more = f", ... and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
+        return ", ".join(map(str, items[:MAX_NAMED])) + more
+
+    found = [f"{len(leaked)} test image(s): {listed(leaked)}"] if leaked else []
     if shared:
-        more = f", ... and {len(shared) - MAX_NAMED} more" if len(shared) > MAX_NAMED else ""
-        found.append(f"{len(shared)} test identit{'y' if len(shared) == 1 else 'ies'}: "
-                     f"{', '.join(map(str, shared[:MAX_NAMED]))}{more}")
+        found.append(f"{len(shared)} test identit{'y' if len(shared) == 1 else 'ies'}: {listed(shared)}")
     raise DataRuleError(f"rule {what}_never_reads_test_split: the data handed to {what} holds "
                         f"{' and '.join(found)} from the benchmark's query/gallery split; {what} trains "
                         f"and scores on the validation split carved from the training identities only")

@@ -27,15 +27,15 @@ from dgnet.models.config import ModelConfig, get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.teacher import ReidBaseline
 
-# What each released file is, how to recognise it, and where its keys go in our networks.
+# Each released file: what it is, the key prefix that identifies it, and whether it is {'a': state_dict}.
 NETWORKS = {
-    "gen": "generator (gen_00100000.pt: structure encoder enc_content.*, decoder dec.*, AdaIN MLPs mlp_*)",
-    "dis": "discriminator (dis_00100000.pt: cnns.*)",
-    "id": "appearance encoder (id_00100000.pt: model.*, classifier1.*, classifier2.*)",
-    "teacher": "teacher (net_last.pth: model.*, classifier.*)",
+    "gen": ("generator (gen_00100000.pt: structure encoder enc_content.*, decoder dec.*, AdaIN MLPs mlp_*)",
+            "enc_content.", True),
+    "dis": ("discriminator (dis_00100000.pt: cnns.*)", "cnns.", True),
+    "id": ("appearance encoder (id_00100000.pt: model.*, classifier1.*, classifier2.*)", "classifier1.",
+           True),
+    "teacher": ("teacher (net_last.pth: model.*, classifier.*)", "classifier.add_block.", False),
 }
-_SIGNATURE = {"gen": "enc_content.", "dis": "cnns.", "id": "classifier1.", "teacher": "classifier.add_block."}
-_WRAPPED = {"gen": True, "dis": True, "id": True, "teacher": False}  # {'a': state_dict} or bare
 
 Rule = tuple[str, str | Callable[[re.Match[str]], str]]
 
@@ -93,33 +93,31 @@ def sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _looks_like(state: Any) -> str:
-    """Which released file `state` (as loaded) resembles, for the error message."""
-    for net in NETWORKS:
-        inner = state.get("a") if _WRAPPED[net] and isinstance(state, dict) else state
-        if isinstance(inner, dict) and any(str(k).startswith(_SIGNATURE[net]) for k in inner):
-            return f"it looks like the {NETWORKS[net]}"
-    return "it is none of the released files"
+def _inner(state: Any, net: str) -> dict | None:
+    """The state dict inside a loaded file if it is network `net`'s, else None."""
+    _, signature, wrapped = NETWORKS[net]
+    inner = state.get("a") if wrapped and isinstance(state, dict) else state
+    return inner if isinstance(inner, dict) and any(str(k).startswith(signature) for k in inner) else None
 
 
 def read_published(path: str | os.PathLike, net: str) -> dict[str, torch.Tensor]:
-    """The state dict of a released file of network `net` ("gen", "dis", "id", "teacher").
-
-    Loaded with `weights_only=True` (tensors and plain containers only: nothing in it runs).
-    """
+    """The state dict of a released file of network `net`, loaded with `weights_only=True`."""
     path = Path(path)
-    what = f"published {NETWORKS[net]}"
+    what, signature, wrapped = NETWORKS[net]
+    what = f"published {what}"
     if not path.is_file():
         raise ModelFileError(f"{what}: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or a pickle of code
         raise ModelFileError(f"{what}: {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    inner = state.get("a") if _WRAPPED[net] and isinstance(state, dict) else state
-    layout = "{'a': state_dict}" if _WRAPPED[net] else "a bare state dict"
-    if not isinstance(inner, dict) or not any(str(k).startswith(_SIGNATURE[net]) for k in inner):
-        raise ModelFileError(f"{what}: {path} is not that file (expected {layout} with "
-                             f"{_SIGNATURE[net]}* keys); {_looks_like(state)}")
+    inner = _inner(state, net)
+    if inner is None:
+        looks = next((f"it looks like the {NETWORKS[n][0]}" for n in NETWORKS
+                      if _inner(state, n) is not None), "it is none of the released files")
+        layout = "{'a': state_dict}" if wrapped else "a bare state dict"
+        raise ModelFileError(f"{what}: {path} is not that file (expected {layout} with {signature}* keys); "
+                             f"{looks}")
     bad = [k for k, v in inner.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelFileError(f"{what}: {path}: entry {bad[0]!r} is not a tensor")
@@ -140,8 +138,8 @@ def map_keys(state: Mapping[str, torch.Tensor], net: str,
                 mapped[ours + key[match.end():]] = (key, value)
                 break
         else:
-            raise ModelFileError(f"published {NETWORKS[net]} {path}: key {key!r} is not one of the published "
-                                 "paper configuration's (is it a checkpoint of another architecture?)")
+            raise ModelFileError(f"published {NETWORKS[net][0]} {path}: key {key!r} is not one of the "
+                                 "published paper configuration's (a checkpoint of another architecture?)")
     return mapped
 
 
@@ -167,95 +165,84 @@ def _fill(module: nn.Module, mapped: Mapping[str, tuple[str, torch.Tensor]],
     module.load_state_dict({**module.state_dict(), **{k: v for k, (_, v) in mapped.items()}}, strict=True)
 
 
-def _classes(state: Mapping[str, torch.Tensor], key: str, path: Path) -> int:
-    if key not in state or state[key].dim() != 2:
-        raise ModelFileError(f"{path}: no classifier weight {key!r} to read the number of classes from")
-    return int(state[key].shape[0])
+# The dgnet key prefixes each released file fills, and the classifier that gives the class count.
+_PREFIXES = {"gen": ("structure_encoder.", "decoder."), "id": ("appearance_encoder.",),
+             "dis": ("discriminator.",), "teacher": ("trunk.", "head.")}
+_CLASSES = {"id": "classifier1.classifier.0.weight", "teacher": "classifier.classifier.0.weight"}
 
 
-def import_dgnet(gen: str | os.PathLike, id_: str | os.PathLike, dis: str | os.PathLike | None = None,
-                 ) -> tuple[DGNet, ModelConfig, dict[str, Any]]:
-    """A paper-profile DGNet holding the released generator, appearance encoder and (optional) D.
-
-    Returns (model in eval mode, its config, provenance). Without `dis`, D keeps its initialisation
-    (fine: only training uses it), and the provenance says so.
-    """
-    paths = {"gen": Path(gen), "id": Path(id_), **({"dis": Path(dis)} if dis is not None else {})}
+def _imported(network: type[nn.Module], paths: dict[str, Path],
+              **profile: Any) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """A paper-profile `network` filled from the released `paths` {net: file}: (model in eval mode,
+    its config, {net: {path, sha256}})."""
     states = {net: read_published(path, net) for net, path in paths.items()}
-    num_classes = _classes(states["id"], "classifier1.classifier.0.weight", paths["id"])
-    cfg = get_profile("paper", num_classes=num_classes)
-    model = DGNet(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
-    prefixes = {"gen": ("structure_encoder.", "decoder."), "id": ("appearance_encoder.",),
-                "dis": ("discriminator.",)}
+    net, key = next((n, k) for n, k in _CLASSES.items() if n in paths)
+    if key not in states[net] or states[net][key].dim() != 2:
+        raise ModelFileError(f"{paths[net]}: no classifier weight {key!r} to read the number of classes from")
+    cfg = get_profile("paper", num_classes=int(states[net][key].shape[0]), **profile)
+    model = network(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
     sources: dict[str, Path] = {}
     for net, state in states.items():
         mapped |= map_keys(state, net, paths[net])
-        sources |= dict.fromkeys(prefixes[net], paths[net])
+        sources |= dict.fromkeys(_PREFIXES[net], paths[net])
     _fill(model, mapped, sources)
-    provenance = {"source": "published DG-Net checkpoints",
-                  "files": {net: {"path": str(p), "sha256": sha256(p)} for net, p in paths.items()},
-                  "discriminator": "published" if dis is not None else "initialised (no --dis given)"}
-    return model.eval(), cfg, provenance
+    return model.eval(), cfg, {net: {"path": str(p), "sha256": sha256(p)} for net, p in paths.items()}
+
+
+def import_dgnet(gen: str | os.PathLike, id_: str | os.PathLike, dis: str | os.PathLike | None = None,
+                 ) -> tuple[DGNet, ModelConfig, dict[str, Any]]:
+    """A paper-profile DGNet holding the released generator, appearance encoder and (optional) D:
+    (model, config, provenance). Without `dis`, D keeps its initialisation (only training uses it)."""
+    paths = {"gen": Path(gen), "id": Path(id_), **({"dis": Path(dis)} if dis is not None else {})}
+    model, cfg, files = _imported(DGNet, paths)
+    return model, cfg, {"source": "published DG-Net checkpoints", "files": files,
+                        "discriminator": "published" if dis is not None else "initialised (no --dis given)"}
 
 
 def import_teacher(path: str | os.PathLike, stride: int) -> tuple[ReidBaseline, ModelConfig, dict[str, Any]]:
     """The released teacher (a ResNet-50 baseline, average pooling) with last stride `stride`."""
-    path = Path(path)
-    state = read_published(path, "teacher")
-    num_classes = _classes(state, "classifier.classifier.0.weight", path)
-    cfg = get_profile("paper", num_classes=num_classes, teacher_pooling="avg", teacher_last_stride=stride)
-    model = ReidBaseline(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
-    _fill(model, map_keys(state, "teacher", path), {"trunk.": path, "head.": path})
-    provenance = {"source": "published DG-Net teacher", "stride": stride,
-                  "files": {"teacher": {"path": str(path), "sha256": sha256(path)}}}
-    return model.eval(), cfg, provenance
+    model, cfg, files = _imported(ReidBaseline, {"teacher": Path(path)}, teacher_pooling="avg",
+                                  teacher_last_stride=stride)
+    return model, cfg, {"source": "published DG-Net teacher", "stride": stride, "files": files}
 
 
 def teacher_stride(path: str | os.PathLike, given: int | None) -> int:
-    """The teacher's last stride: `opts.yaml` beside the file when there is one, else `given`.
-
-    A `given` stride that contradicts opts.yaml is an error, as is neither being there.
-    """
+    """The teacher's last stride: `opts.yaml` beside the file when there is one (a `given` stride
+    that contradicts it is an error), else `given` (an error when None)."""
     import yaml
 
     opts = Path(path).with_name("opts.yaml")
-    stride = None
-    if opts.is_file():
-        try:
-            stride = (yaml.safe_load(opts.read_text()) or {}).get("stride")
-        except (yaml.YAMLError, AttributeError) as exc:
-            raise ModelFileError(f"teacher options {opts}: not a YAML mapping ({exc})") from exc
-        if stride not in (1, 2):
-            raise ModelFileError(f"teacher options {opts}: stride must be 1 or 2, got {stride!r}")
-        if given is not None and given != stride:
-            raise ModelFileError(f"--teacher-stride {given} contradicts {opts} (stride: {stride})")
-    stride = stride if stride is not None else given
-    if stride is None:
-        raise ModelFileError(f"teacher {path}: no opts.yaml beside it to read its stride from; "
-                             "give --teacher-stride 1 or 2 (the stride it was trained with)")
+    if not opts.is_file():
+        if given is None:
+            raise ModelFileError(f"teacher {path}: no opts.yaml beside it to read its stride from; "
+                                 "give --teacher-stride 1 or 2 (the stride it was trained with)")
+        return given
+    try:
+        stride = (yaml.safe_load(opts.read_text()) or {}).get("stride")
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise ModelFileError(f"teacher options {opts}: not a YAML mapping ({exc})") from exc
+    if stride not in (1, 2):
+        raise ModelFileError(f"teacher options {opts}: stride must be 1 or 2, got {stride!r}")
+    if given is not None and given != stride:
+        raise ModelFileError(f"--teacher-stride {given} contradicts {opts} (stride: {stride})")
     return stride
 
 
 def import_published(out: str | os.PathLike, gen: str | os.PathLike, id_: str | os.PathLike,
                      dis: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
                      stride: int | None = None) -> dict[str, Path]:
-    """Write OUT/model.pt (DG-Net, paper profile) and, with `teacher`, OUT/teacher/model.pt.
-
-    Both are ordinary dgnet model files (`dgnet.models.persist.load_model` reads them), whose
-    `extra["provenance"]` names the released files and their SHA-256. Everything is read and checked
-    before anything is written.
-    """
+    """Write OUT/model.pt (DG-Net, paper profile) and, with `teacher`, OUT/teacher/model.pt: dgnet
+    model files whose `extra["provenance"]` names the released files and their SHA-256. Everything
+    is read and checked before anything is written."""
     from dgnet.models.persist import save_model
 
     out = Path(out)
     model, cfg, provenance = import_dgnet(gen, id_, dis)
-    imported = None
-    if teacher is not None:
-        imported = import_teacher(teacher, teacher_stride(teacher, stride))
+    imported = import_teacher(teacher, teacher_stride(teacher, stride)) if teacher is not None else None
     written = {"dgnet": save_model(out / "model.pt", model, "dgnet", cfg, extra={"provenance": provenance})}
     if imported is not None:
-        net, teacher_cfg, teacher_provenance = imported
-        written["teacher"] = save_model(out / "teacher" / "model.pt", net, "teacher", teacher_cfg,
-                                        extra={"provenance": teacher_provenance})
+        net, net_cfg, net_provenance = imported
+        written["teacher"] = save_model(out / "teacher" / "model.pt", net, "teacher", net_cfg,
+                                        extra={"provenance": net_provenance})
     return written
