@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dgnet.data import synthetic as syn
-from dgnet.data.synthetic import canvas, scenes
+from dgnet.data.synthetic import canvas, factors, scenes
 from dgnet.errors import ConfigError, DatasetError, OutputError
 from dgnet.evaluation.pictures import synthetic_contact_sheet, synthetic_swap_sheet
 
@@ -214,8 +214,8 @@ def test_pictures(small, tmp_path):
 
 
 def test_scenes_are_dull_and_out_of_focus_next_to_the_painted_scene():
-    kind, seed = syn.SCENES[0], 7
-    painted = Image.new("RGB", (2 * syn.W * canvas.SS, syn.H * canvas.SS))
+    kind, seed = "street", 7
+    painted = Image.new("RGB", (factors.BG_W * canvas.SS, factors.H * canvas.SS))
     scenes.SCENE_PAINTERS[kind](canvas.Pen(painted), np.random.default_rng(seed))
     sharp = np.asarray(painted, dtype=np.float32)
     dull, _ = scenes.scene(kind, seed)

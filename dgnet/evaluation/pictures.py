@@ -378,7 +378,7 @@ def cmc_plot(
 
 
 # --------------------------------------------------------------------------------------------
-# The synthetic dataset at a glance (dgnet.data.synthetic)
+# The synthetic dataset (dgnet.data.synthetic) at a glance
 # --------------------------------------------------------------------------------------------
 
 
@@ -398,7 +398,7 @@ def synthetic_contact_sheet(root: str | os.PathLike, num_ids: int = 8, per_id: i
     """One row per identity of a synthetic dataset, its images across cameras: first (up to two)
     groups of identities that wear the same clothes; with `show_extras`, a last row of gallery
     distractors (0000) and junk (-1)."""
-    from dgnet.data.synthetic import H, W, decode_jpeg, read_factors
+    from dgnet.data.synthetic import decode_jpeg, read_factors
 
     table = read_factors(root)
     people = table[table["person_id"] > 0]
@@ -415,26 +415,26 @@ def synthetic_contact_sheet(root: str | os.PathLike, num_ids: int = 8, per_id: i
     for pid in chosen:
         picked = _camera_round_robin(people[people["person_id"] == pid], per_id)
         r = picked[0]
-        text = [f"id {pid:04d} ({'train' if r['split'] == 'train' else 'test'})"]
-        text += [f"same clothes: group {r['clothing_group']}"] if r["clothing_group"] > 0 else []
-        text += [f"{r['top_texture']} top, {r['bottom_style']}", f"hair: {r['hair_length']}",
-                 f"hat: {r['hat']}", f"bag: {r['bag']}", f"height {r['body_height']:.2f}",
-                 f"width {r['body_width']:.2f}"]
-        lines.append((text, picked))
+        group = [f"same clothes: group {r['clothing_group']}"] if r["clothing_group"] > 0 else []
+        lines.append(([f"id {pid:04d} ({'train' if r['split'] == 'train' else 'test'})", *group,
+                       f"{r['top_texture']} top, {r['bottom_style']}", f"hair: {r['hair_length']}",
+                       f"hat: {r['hat']}", f"bag: {r['bag']}",
+                       f"height {r['body_height']:.2f}, width {r['body_width']:.2f}"], picked))
     extras = table[table["person_id"] <= 0]
     if show_extras and len(extras):
         mixed = _interleave([_camera_round_robin(g, per_id) for _, g in extras.groupby("person_id")], per_id)
         lines.append((["gallery extras:", "0000 = distractors", "-1 = junk crops"], mixed))
 
-    label_w, cap_h, gap, tw, th = 150, 16, 6, W * scale, H * scale
+    h, w = decode_jpeg(Path(root) / table["path"].iloc[0]).shape[:2]
+    label_w, gap, tw, th = 150, 6, w * scale, h * scale
+    row_h = th + 16 + gap  # 16: the captions
     font, small = _font(14), _font(12)
-    size = (label_w + per_id * (tw + gap), 30 + len(lines) * (th + cap_h + gap))
-    sheet = Image.new("RGB", size, BACKGROUND)
+    sheet = Image.new("RGB", (label_w + per_id * (tw + gap), 30 + len(lines) * row_h), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    title = "Synthetic re-ID dataset: one row per identity, its images across cameras (c = camera)"
-    draw.text((6, 6), title, INK, font)
+    draw.text((6, 6), "Synthetic re-ID dataset: one row per identity, its images across cameras (c = camera)",
+              INK, font)
     for row, (text, picked) in enumerate(lines):
-        y = 30 + row * (th + cap_h + gap)
+        y = 30 + row * row_h
         for i, line in enumerate(text):
             draw.text((6, y + 8 + 17 * i), line, INK, font if i == 0 else small)
         for c, rec in enumerate(picked):
@@ -453,24 +453,15 @@ def synthetic_swap_sheet(root: str | os.PathLike, num: int = 5, scale: float = 2
     from dgnet.data.synthetic import read_factors, render, render_swap
 
     train = read_factors(root).query("split == 'train'")
-    pids = sorted(set(train["person_id"].astype(int)))
-    turn_of = {pid: i for i, pid in enumerate(pids)}
+    num_cameras = train["camera_id"].nunique()
     donors: list[dict[str, Any]] = []
-    used_ids: set[int] = set()
-    used_cams: set[int] = set()
-    for n in range(min(num, len(pids))):
-        fresh = train[~train["person_id"].isin(used_ids)]
-        view = ("front", "left", "back", "right")[n % 4]
-        rows = fresh[(fresh["viewpoint"] == view) & ~fresh["camera_id"].isin(used_cams)]
-        if len(rows):  # the first such person from the n-th part of the ids on
-            turn = (rows["person_id"].map(turn_of) - int(n * len(pids) / num)) % len(pids)
-            donors.append(rows.loc[turn.idxmin()].to_dict())
-        else:
-            donors.append(fresh.iloc[0].to_dict())
-        used_ids.add(int(donors[-1]["person_id"]))
-        used_cams.add(int(donors[-1]["camera_id"]))
-        if len(used_cams) >= train["camera_id"].nunique():  # every camera shown: start over
-            used_cams.clear()
+    for n in range(min(num, train["person_id"].nunique())):
+        # Other people, viewpoints and cameras (until all are shown): the grid shows what moves with what.
+        fresh = train[~train["person_id"].isin([d["person_id"] for d in donors])]
+        cameras = [d["camera_id"] for d in donors[n - n % num_cameras :]]
+        rows = fresh[(fresh["viewpoint"] == ("front", "left", "back", "right")[n % 4])
+                     & ~fresh["camera_id"].isin(cameras)]
+        donors.append((rows if len(rows) else fresh).iloc[0].to_dict())
     images = [render(d)[0] for d in donors]
     swaps = [[render_swap(a, s)[0] for s in donors] for a in donors]
     return swap_grid(images, images, swaps, scale, title="Synthetic ground truth of swaps",

@@ -19,14 +19,17 @@ SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bound
 DISTRACTOR_ID = 0
 JUNK_ID = -1
 
-VIEWPOINTS = ("front", "back", "left", "right")  # left / right: side views facing that way
-TEXTURES = ("plain", "stripes", "checks", "logo")
-SLEEVES = ("long", "short")
-BOTTOM_STYLES = ("trousers", "shorts")
-HAIR_LENGTHS = ("short", "long")
-HATS = ("none", "cap", "beanie")
-BAGS = ("none", "backpack", "shoulder", "handbag")
-SCENES = ("street", "plaza", "corridor", "park", "station", "shops")
+# The values of the categorical factors (viewpoint left / right: side views facing that way).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "viewpoint": ("front", "back", "left", "right"), "top_texture": ("plain", "stripes", "checks", "logo"),
+    "sleeves": ("long", "short"), "bottom_style": ("trousers", "shorts"), "hair_length": ("short", "long"),
+    "hat": ("none", "cap", "beanie"), "bag": ("none", "backpack", "shoulder", "handbag"),
+    "scene": ("street", "plaza", "corridor", "park", "station", "shops"),
+}
+SCENES = CHOICES["scene"]
+_CHOICE_P = {"viewpoint": (0.35, 0.35, 0.15, 0.15), "top_texture": (0.4, 0.2, 0.2, 0.2),  # how often each
+             "sleeves": (0.6, 0.4), "bottom_style": (0.75, 0.25), "hair_length": (0.6, 0.4),  # value is drawn
+             "hat": (0.55, 0.25, 0.2), "bag": (0.35, 0.25, 0.2, 0.2)}
 
 # The clothing: what DG-Net's appearance code carries and what a swap takes from image i.
 APPEARANCE_FIELDS: tuple[str, ...] = (
@@ -70,9 +73,7 @@ HAIR_COLORS: dict[str, tuple[int, int, int]] = {
 SKIN_COLORS = ((246, 208, 178), (226, 178, 140), (196, 144, 104), (150, 102, 70), (102, 68, 48))
 
 
-# --------------------------------------------------------------------------------------------
-# Reading a factor record (DatasetError on a bad one)
-# --------------------------------------------------------------------------------------------
+# Reading a factor record: DatasetError on a bad one.
 
 
 def get_field(f: Mapping[str, Any], name: str) -> Any:
@@ -82,10 +83,10 @@ def get_field(f: Mapping[str, Any], name: str) -> Any:
         raise DatasetError(f"factor record lacks the field {name!r} (see synthetic.COLUMNS)") from None
 
 
-def get_choice(f: Mapping[str, Any], name: str, allowed: Sequence[str]) -> str:
+def get_choice(f: Mapping[str, Any], name: str) -> str:
     value = str(get_field(f, name))
-    if value not in allowed:
-        raise DatasetError(f"factor {name}={value!r} is not one of {', '.join(allowed)}")
+    if value not in CHOICES[name]:
+        raise DatasetError(f"factor {name}={value!r} is not one of {', '.join(CHOICES[name])}")
     return value
 
 
@@ -120,9 +121,7 @@ def market_name(person_id: int, camera_id: int, frame: int, k: int = 1) -> str:
     return f"{pid}_c{camera_id}s1_{frame:06d}_{k:02d}.jpg"
 
 
-# --------------------------------------------------------------------------------------------
-# Sampling (one numpy Generator: the order of its draws is the dataset, do not reorder them)
-# --------------------------------------------------------------------------------------------
+# Sampling: one numpy Generator, the order of its draws is the dataset (do not reorder them).
 
 
 def _hex(rgb: Sequence[float]) -> str:
@@ -142,34 +141,28 @@ def _cloth_color(rng: np.random.Generator, names: Sequence[str], spread: float =
     return _hex(np.array(CLOTHING_COLORS[_pick(rng, names)]) + rng.uniform(-spread, spread, 3))
 
 
+def _choose(rng: np.random.Generator, name: str) -> str:
+    return _pick(rng, CHOICES[name], _CHOICE_P[name])
+
+
 def _sample_clothing(rng: np.random.Generator) -> dict[str, Any]:
     names = list(CLOTHING_COLORS)
     top = _pick(rng, names)
     # The pattern's second colour must stand out from the first, or the texture is invisible.
     contrast = [n for n in names if np.abs(np.subtract(CLOTHING_COLORS[n], CLOTHING_COLORS[top])).sum() > 200]
-    return {
-        "top_color": _cloth_color(rng, [top]),
-        "top_texture": _pick(rng, TEXTURES, [0.4, 0.2, 0.2, 0.2]),
-        "top_color2": _cloth_color(rng, contrast),
-        "sleeves": _pick(rng, SLEEVES, [0.6, 0.4]),
-        "bottom_color": _cloth_color(rng, BOTTOM_COLORS),
-        "bottom_style": _pick(rng, BOTTOM_STYLES, [0.75, 0.25]),
-        "shoe_color": _cloth_color(rng, SHOE_COLORS, 10),
-    }
+    return {"top_color": _cloth_color(rng, [top]), "top_texture": _choose(rng, "top_texture"),
+            "top_color2": _cloth_color(rng, contrast), "sleeves": _choose(rng, "sleeves"),
+            "bottom_color": _cloth_color(rng, BOTTOM_COLORS), "bottom_style": _choose(rng, "bottom_style"),
+            "shoe_color": _cloth_color(rng, SHOE_COLORS, 10)}
 
 
 def _sample_body(rng: np.random.Generator) -> dict[str, Any]:
-    return {
-        "body_height": _r4(rng.uniform(0.86, 1.0)),
-        "body_width": _r4(rng.uniform(0.85, 1.2)),
-        "skin_color": _hex(_pick(rng, SKIN_COLORS)),
-        "hair_color": _hex(HAIR_COLORS[_pick(rng, list(HAIR_COLORS))]),
-        "hair_length": _pick(rng, HAIR_LENGTHS, [0.6, 0.4]),
-        "hat": _pick(rng, HATS, [0.55, 0.25, 0.2]),
-        "hat_color": _cloth_color(rng, list(CLOTHING_COLORS)),
-        "bag": _pick(rng, BAGS, [0.35, 0.25, 0.2, 0.2]),
-        "bag_color": _cloth_color(rng, BAG_COLORS),
-    }
+    return {"body_height": _r4(rng.uniform(0.86, 1.0)), "body_width": _r4(rng.uniform(0.85, 1.2)),
+            "skin_color": _hex(_pick(rng, SKIN_COLORS)),
+            "hair_color": _hex(HAIR_COLORS[_pick(rng, list(HAIR_COLORS))]),
+            "hair_length": _choose(rng, "hair_length"), "hat": _choose(rng, "hat"),
+            "hat_color": _cloth_color(rng, list(CLOTHING_COLORS)), "bag": _choose(rng, "bag"),
+            "bag_color": _cloth_color(rng, BAG_COLORS)}
 
 
 def _sample_person(rng: np.random.Generator) -> dict[str, Any]:
@@ -178,17 +171,12 @@ def _sample_person(rng: np.random.Generator) -> dict[str, Any]:
 
 def _sample_camera(rng: np.random.Generator, scene: str) -> dict[str, Any]:
     warmth = rng.uniform(-1.0, 1.0)  # white balance: warm (reddish) to cold (bluish)
-    return {
-        "scene": scene,
-        "scene_seed": int(rng.integers(2**31)),
-        "light_r": _r4(1.0 + 0.14 * warmth + rng.uniform(-0.03, 0.03)),
-        "light_g": _r4(1.0 + rng.uniform(-0.05, 0.05)),
-        "light_b": _r4(1.0 - 0.14 * warmth + rng.uniform(-0.03, 0.03)),
-        "brightness": _r4(rng.uniform(0.78, 1.12)),
-        "saturation": _r4(rng.uniform(0.7, 1.1)),
-        "blur": _r4(rng.uniform(0.0, 0.9)),
-        "noise_sigma": _r4(rng.uniform(1.5, 6.0)),
-    }
+    return {"scene": scene, "scene_seed": int(rng.integers(2**31)),
+            "light_r": _r4(1.0 + 0.14 * warmth + rng.uniform(-0.03, 0.03)),
+            "light_g": _r4(1.0 + rng.uniform(-0.05, 0.05)),
+            "light_b": _r4(1.0 - 0.14 * warmth + rng.uniform(-0.03, 0.03)),
+            "brightness": _r4(rng.uniform(0.78, 1.12)), "saturation": _r4(rng.uniform(0.7, 1.1)),
+            "blur": _r4(rng.uniform(0.0, 0.9)), "noise_sigma": _r4(rng.uniform(1.5, 6.0))}
 
 
 _CUES = ("hair_color", "hair_length", "hat", "bag")  # what tells apart people in the same clothes
@@ -225,15 +213,9 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     return int(value)
 
 
-def sample_factors(
-    *,
-    seed: int = 0,
-    num_ids: int = 120,
-    num_cameras: int = 6,
-    shared_clothing_fraction: float = 0.3,
-    num_distractors: int | None = None,
-    num_junk: int | None = None,
-) -> pd.DataFrame:
+def sample_factors(*, seed: int = 0, num_ids: int = 120, num_cameras: int = 6,
+                   shared_clothing_fraction: float = 0.3, num_distractors: int | None = None,
+                   num_junk: int | None = None) -> pd.DataFrame:
     """The factors table of a dataset (no rendering): one row per image, columns COLUMNS.
 
     Identities 1..num_ids//2 are train, the rest test. Each identity is seen by 2-4 cameras:
@@ -265,21 +247,17 @@ def sample_factors(
 
     def track(pid: int, person: dict[str, Any], group: int, cam: int, splits: Sequence[str]) -> None:
         """A person walking through one camera's view: consecutive frames, a steady direction."""
-        view0 = _pick(rng, VIEWPOINTS, [0.35, 0.35, 0.15, 0.15])
+        view0 = _choose(rng, "viewpoint")
         phase0, offset0 = rng.uniform(0, 2 * math.pi), rng.uniform(8, BG_W - W - 8)
         frame0 = frame = next_frame[cam] + int(rng.integers(5, 60))
         for split in splits:
             frame += int(rng.integers(3, 13))
-            view = view0 if rng.random() > 0.2 else _pick(rng, VIEWPOINTS)  # now and then, a turn
-            image = {
-                "viewpoint": view,
-                "pose_phase": _r4((phase0 + 0.21 * (frame - frame0)) % (2 * math.pi)),  # ~30-frame gait
-                "dx": _r4(rng.uniform(-3.5, 3.5)),
-                "dy": _r4(rng.uniform(-2.5, 2.5)),
-                "scale": _r4(rng.uniform(0.93, 1.05)),
-                "bg_offset": int(np.clip(round(offset0 + rng.uniform(-6, 6)), 0, BG_W - W)),
-                "noise_seed": int(rng.integers(2**31)),
-            }
+            view = view0 if rng.random() > 0.2 else _pick(rng, CHOICES["viewpoint"])  # now and then, a turn
+            image = {"viewpoint": view, "pose_phase": _r4((phase0 + 0.21 * (frame - frame0)) % (2 * math.pi)),
+                     "dx": _r4(rng.uniform(-3.5, 3.5)), "dy": _r4(rng.uniform(-2.5, 2.5)),
+                     "scale": _r4(rng.uniform(0.93, 1.05)),
+                     "bg_offset": int(np.clip(round(offset0 + rng.uniform(-6, 6)), 0, BG_W - W)),
+                     "noise_seed": int(rng.integers(2**31))}  # pose_phase: a ~30-frame gait
             name = market_name(pid, cam, frame)
             meta = {"file_name": name, "path": f"{SPLIT_DIRS[split]}/{name}", "split": split,
                     "person_id": pid, "camera_id": cam, "frame": frame, "k": 1, "clothing_group": group}

@@ -15,17 +15,7 @@ from typing import Any
 from PIL import Image
 
 from dgnet.data.synthetic.canvas import Pen, Point
-from dgnet.data.synthetic.factors import (
-    BAGS,
-    HAIR_LENGTHS,
-    HATS,
-    TEXTURES,
-    VIEWPOINTS,
-    H,
-    W,
-    get_choice,
-    get_number,
-)
+from dgnet.data.synthetic.factors import H, W, get_choice, get_number
 
 SKIN, HAND, HAIR, TOP, ARM_A, ARM_B, PELVIS, LEG_A, LEG_B, SHOE = range(1, 11)
 HAT, HAT_DARK, BAG, BAG_DARK, LOGO, EYE = range(11, 17)
@@ -79,11 +69,11 @@ class Figure:
     (root, joint, end) points once drawn: the colouring cuts sleeves and shorts along them."""
 
     def __init__(self, f: Mapping[str, Any], labels: Image.Image):
-        self.view = get_choice(f, "viewpoint", VIEWPOINTS)
-        self.hair = get_choice(f, "hair_length", HAIR_LENGTHS)
-        self.hat = get_choice(f, "hat", HATS)
-        self.bag = get_choice(f, "bag", BAGS)
-        self.texture = get_choice(f, "top_texture", TEXTURES)
+        self.view = get_choice(f, "viewpoint")
+        self.hair_length = get_choice(f, "hair_length")
+        self.hat = get_choice(f, "hat")
+        self.bag = get_choice(f, "bag")
+        self.texture = get_choice(f, "top_texture")
         self.bw = bw = get_number(f, "body_width")
         # u: the standing height, head top to sole
         self.u = u = 112.0 * get_number(f, "body_height") * get_number(f, "scale")
@@ -120,7 +110,7 @@ class Figure:
             self.leg(hip, phase, LEG_B, 0.0)
             self.neck()
             self.torso()
-            if self.hair == "long":
+            if self.hair_length == "long":
                 self.long_hair(self.rx * 0.55, sy + 0.09 * u)
             self.head()
             self.headwear()
@@ -129,7 +119,7 @@ class Figure:
             if self.bag == "handbag":
                 self.handbag(hand)
             return self
-        if self.view == "front" and self.hair == "long":
+        if self.view == "front" and self.hair_length == "long":
             self.long_hair(self.rx * 1.08, sy + 0.08 * u)
         for s, p, label in ((-1, phase, LEG_A), (1, phase + math.pi, LEG_B)):
             self.leg((cx + s * 0.052 * u * self.bw, self.hip_y), p, label, s * 0.012 * u)
@@ -142,12 +132,10 @@ class Figure:
         if self.bag == "handbag":  # carried in the right hand: image left from the front
             self.handbag(hands[-1 if self.view == "front" else 1])
         self.head()
-        if self.view == "back" and self.hair == "long":  # long hair falls over the back
+        if self.view == "back" and self.hair_length == "long":  # long hair falls over the back
             self.long_hair(self.rx * 1.0, sy + 0.11 * u)
         self.headwear()
         return self
-
-    # -- the body -------------------------------------------------------------------------------
 
     def leg(self, root: Point, p: float, label: int, spread: float) -> None:
         u, shin_r = self.u, self.shin_r
@@ -189,8 +177,6 @@ class Figure:
         self.pen.capsule((self.hx, self.hy + self.ry * 0.6), (self.cx, self.sy + 0.01 * u), 0.02 * u,
                          0.024 * u, SKIN)
 
-    # -- the head -------------------------------------------------------------------------------
-
     def head_shape(self, label: int, x: float, y: float, a: float, b: float, *arc: float) -> None:
         """One shape of _HEAD: its centre and radii in head units, mirrored with the view."""
         cx, cy = self.hx + (self.side or 1.0) * self.rx * x, self.hy + self.ry * y
@@ -201,7 +187,7 @@ class Figure:
 
     def head(self) -> None:
         if self.view == "front":
-            shapes = _HEAD["front"] + ((_SHORT_CUT,) if self.hair == "short" else ()) + _EYES
+            shapes = _HEAD["front"] + ((_SHORT_CUT,) if self.hair_length == "short" else ()) + _EYES
         else:
             shapes = _HEAD["side" if self.side else "back"]
         for shape in shapes:
@@ -225,8 +211,6 @@ class Figure:
             self.head_shape(*_BEANIE)
             self.pen.rect(hx - rx * 1.12, hy - ry * 0.38, hx + rx * 1.12, hy - ry * 0.08, HAT_DARK)
             self.pen.ellipse(hx, hy - ry * 1.22, rx * 0.3, rx * 0.3, HAT_DARK)  # pom-pom
-
-    # -- bags -----------------------------------------------------------------------------------
 
     def back_bag(self) -> None:
         if self.bag == "backpack":

@@ -12,19 +12,7 @@ from PIL import Image
 
 from dgnet.data.synthetic import person as p
 from dgnet.data.synthetic.canvas import SS, downsample, gaussian_blur
-from dgnet.data.synthetic.factors import (
-    BG_W,
-    BOTTOM_STYLES,
-    SCENES,
-    SLEEVES,
-    H,
-    W,
-    get_choice,
-    get_color,
-    get_field,
-    get_number,
-    swap_factors,
-)
+from dgnet.data.synthetic.factors import BG_W, H, W, get_choice, get_color, get_number, swap_factors
 from dgnet.data.synthetic.scenes import scene
 
 # Each material: its coarse part name (`part_labels`), the person labels drawn in it, and the
@@ -66,8 +54,8 @@ def _materials(f: Mapping[str, Any], labels: np.ndarray, y0: int, x0: int, fig: 
     arm, 62% of the thigh): the silhouette, hence the mask, does not depend on the clothing.
     """
     mat = _LABEL_MATERIAL[labels]
-    arm_cut = 0.55 if get_choice(f, "sleeves", SLEEVES) == "short" else None
-    leg_cut = 0.62 if get_choice(f, "bottom_style", BOTTOM_STYLES) == "shorts" else None
+    arm_cut = 0.55 if get_choice(f, "sleeves") == "short" else None
+    leg_cut = 0.62 if get_choice(f, "bottom_style") == "shorts" else None
     cut = {p.ARM_A: arm_cut, p.ARM_B: arm_cut, p.LEG_A: leg_cut, p.LEG_B: leg_cut}
     for label, (root, joint, end) in fig.limbs.items():
         if cut[label] is None:
@@ -134,7 +122,7 @@ def render(factors: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     labels, fig = _draw_labels(f)
 
     # The background window, with a soft contact shadow under the feet (floor only, not masked).
-    big, small = scene(get_choice(f, "scene", SCENES), int(get_field(f, "scene_seed")))
+    big, small = scene(get_choice(f, "scene"), int(get_number(f, "scene_seed")))
     off = int(np.clip(round(get_number(f, "bg_offset")), 0, BG_W - W))
     ys = (np.arange(H, dtype=np.float32) + 0.5)[:, None]
     xs = (np.arange(W, dtype=np.float32) + 0.5)[None, :]
@@ -166,7 +154,7 @@ def render(factors: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     blur = get_number(f, "blur")
     if blur > 0.05:
         img = gaussian_blur(img.astype(np.float32), blur)
-    noise_rng = np.random.default_rng(int(get_field(f, "noise_seed")))
+    noise_rng = np.random.default_rng(int(get_number(f, "noise_seed")))
     img = img + noise_rng.normal(0.0, get_number(f, "noise_sigma"), img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 

@@ -188,8 +188,7 @@ def scene(kind: str, scene_seed: int) -> tuple[np.ndarray, np.ndarray]:
     big = np.asarray(image, dtype=np.float32)
     gray = big.mean(axis=2, keepdims=True)
     big = (gray + SCENE_SATURATION * (big - gray)).astype(np.float32)
-    if SCENE_DEFOCUS > 0:
-        big = gaussian_blur(big, SCENE_DEFOCUS * SS).astype(np.float32)
+    big = gaussian_blur(big, SCENE_DEFOCUS * SS).astype(np.float32)
     small = downsample(big)
     big.flags.writeable = small.flags.writeable = False  # shared by every image of the camera
     return big, small

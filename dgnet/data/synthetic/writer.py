@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,24 +34,13 @@ def decode_jpeg(data: bytes | str | os.PathLike) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def generate_dataset(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    num_ids: int = 120,
-    num_cameras: int = 6,
-    shared_clothing_fraction: float = 0.3,
-    num_distractors: int | None = None,
-    num_junk: int | None = None,
-) -> pd.DataFrame:
+def generate_dataset(out_dir: str | os.PathLike, **sampling: Any) -> pd.DataFrame:
     """Render a synthetic dataset into `out_dir` (Market-1501 layout), replacing it atomically.
 
-    Returns the factors table, also written to `out_dir/factors.csv`; the arguments are
-    `sample_factors`'.
+    `sampling`: `sample_factors`' keyword arguments (seed, num_ids, num_cameras, ...). Returns the
+    factors table, also written to `out_dir/factors.csv`.
     """
-    table = sample_factors(seed=seed, num_ids=num_ids, num_cameras=num_cameras,
-                           shared_clothing_fraction=shared_clothing_fraction,
-                           num_distractors=num_distractors, num_junk=num_junk)
+    table = sample_factors(**sampling)
     out = Path(out_dir)
     check_replaceable(out, "factors.csv", "synth")
     with atomic_dir(out) as tmp:
