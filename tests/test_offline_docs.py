@@ -90,6 +90,8 @@ def test_results_tables_have_their_scripts(site: Path) -> None:
                    "bootstrap-table-filter-control.min.js", "bootstrap.min.css", "all.min.css"):
         assert any(ref.endswith(needed) for ref in refs), needed
     assert list((site / "static" / "vendor" / "font-awesome" / "webfonts").glob("*.woff2"))
+    # bootstrap-table comes from the vendored copy (no npm at install)
+    assert (site / "static" / "vendor" / "bootstrap-table" / "bootstrap-table.min.js").is_file()
 
 
 def test_unknown_assets_are_dropped_not_fetched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -170,10 +170,6 @@ def measure_files(frame: pd.DataFrame, fmt: str, *, workers: int | None = None,
     """The manifest plus the `MEASURED_COLUMNS`. Decoding runs on a thread pool (file reads and
     libjpeg release the GIL); `progress`, if given, is called with 1 per file from this thread."""
     check_format(fmt)
-    needed = ("path", "file_name", "person_id", "camera_id", "split", "width", "height")
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise DatasetError(f"manifest lacks the columns {', '.join(missing)}; expected {', '.join(COLUMNS)}")
     # A truncated JPEG only fails to load while this PIL global is False; some training code sets it
     # True to survive bad files, so force it off for the check and restore it after.
     saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
@@ -243,8 +239,11 @@ class Expectation(NamedTuple):
 def expectations(fmt: str) -> list[Expectation]:
     """Every rule's expectations, in the order of `RULES`."""
     values, pair = "expect_column_values_to_be_", "expect_column_pair_values_to_be_equal"
+
+    def between(rule: str, column: str, low: float, high: float | None = None, table: str = "files") -> tuple:
+        return rule, table, values + "between", {"column": column, "min_value": low, "max_value": high}
+
     columns = [*COLUMNS, *MEASURED_COLUMNS]
-    min_person_id = min((*NON_IDENTITY_IDS[fmt], 0))
     found = [("schema", "files", "expect_table_columns_to_match_ordered_list", {"column_list": columns})]
     found += [("schema", "files", values + "of_type", {"column": c, "type_": t})
               for c, t in EXPECTED_DTYPES.items()]
@@ -257,19 +256,13 @@ def expectations(fmt: str) -> list[Expectation]:
          {"column": "file_name", "regex": "(?i)" + PATTERNS[fmt].pattern}),
         ("file_names_follow_pattern", "files", pair, {"column_A": "name_person_id", "column_B": "person_id"}),
         ("file_names_follow_pattern", "files", pair, {"column_A": "name_camera_id", "column_B": "camera_id"}),
-        ("camera_ids_in_range", "files", values + "between",
-         {"column": "camera_id", "min_value": 1, "max_value": NUM_CAMERAS[fmt]}),
-        ("person_ids_in_range", "files", values + "between",
-         {"column": "person_id", "min_value": min_person_id}),
-        ("image_sizes_plausible", "files", values + "between",
-         {"column": "height", "min_value": MIN_HEIGHT, "max_value": MAX_HEIGHT}),
-        ("image_sizes_plausible", "files", values + "between",
-         {"column": "width", "min_value": MIN_WIDTH, "max_value": MAX_WIDTH}),
-        ("image_sizes_plausible", "files", values + "between",
-         {"column": "aspect", "min_value": MIN_ASPECT, "max_value": MAX_ASPECT}),
+        between("camera_ids_in_range", "camera_id", 1, NUM_CAMERAS[fmt]),
+        between("person_ids_in_range", "person_id", min((*NON_IDENTITY_IDS[fmt], 0))),
+        between("image_sizes_plausible", "height", MIN_HEIGHT, MAX_HEIGHT),
+        between("image_sizes_plausible", "width", MIN_WIDTH, MAX_WIDTH),
+        between("image_sizes_plausible", "aspect", MIN_ASPECT, MAX_ASPECT),
         ("train_test_ids_disjoint", "ids", values + "unique", {"column": "person_id"}),
-        ("query_has_cross_camera_gallery", "queries", values + "between",
-         {"column": "cross_camera_gallery_images", "min_value": 1}),
+        between("query_has_cross_camera_gallery", "cross_camera_gallery_images", 1, table="queries"),
     ]
     return [Expectation(*item) for item in found]
 
