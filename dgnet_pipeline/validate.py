@@ -77,7 +77,7 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
     """Decide `expectations(fmt)` on the tables of `rule_tables` with GX, one suite and Checkpoint
     per table (a Checkpoint feeds one dataframe to all its definitions); Data Docs into `docs_dir`."""
     every = expectations(fmt)
-    outcomes: list[tuple[Expectation, bool, list[str]]] = []
+    outcomes: dict[int, tuple[Expectation, bool, list[str]]] = {}  # by number in `every`
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     with warnings.catch_warnings():  # GX's pandas deprecations and the like
         warnings.simplefilter("ignore")
@@ -106,8 +106,8 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
             run = checkpoint.run(batch_parameters={"dataframe": tables[table]})
             for suite_result in run.run_results.values():
                 for result in suite_result.results:
-                    e = every[result.expectation_config.meta["number"]]
-                    outcomes.append((e, *_gx_outcome(e, result)))
+                    number = result.expectation_config.meta["number"]
+                    outcomes[number] = (every[number], *_gx_outcome(every[number], result))
         if docs_dir is not None:
             with atomic_dir(docs_dir) as tmp:
                 context.add_data_docs_site(site_name=DOCS_SITE, site_config={
@@ -118,8 +118,7 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
                 })
                 context.build_data_docs(site_names=[DOCS_SITE])
                 make_docs_offline(tmp)
-    outcomes.sort(key=lambda outcome: every.index(outcome[0]))  # GX returns results in its own order
-    return rule_results(tables, outcomes)
+    return rule_results(tables, [outcomes[n] for n in sorted(outcomes)])  # GX has its own order
 
 
 def gx_validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFrame | None = None,
