@@ -1,11 +1,9 @@
 """DVC stage and `dgnet validate`: check a re-ID dataset with Great Expectations, then write its manifest.
 
-Great Expectations decides the rules: each expectation of `dgnet.data.validation.expectations`
-(on the measured columns: file names against the dataset's regex, id and size ranges, decodability,
-ids unique across train/test, the splits present) runs as GX's own expectation, tagged with its
-rule in `meta`. The pandas engine there decides the same expectations and must agree
-(tests/test_validation.py). Data Docs are built over the results, then made to work offline
-(`dgnet_pipeline.offline_docs`).
+GX decides every rule: the expectations of `dgnet.data.validation.expectations`, on the measured
+columns, run as GX's own, tagged with their rule in `meta`; the pandas engine there decides the
+same list and must agree (tests/test_validation.py). Data Docs are built over the results, then
+made to work offline (`dgnet_pipeline.offline_docs`).
 
 Exit codes: 0 valid (report, docs and manifest CSV written, the manifest's record in the report),
 1 a rule failed (report and docs written, no manifest, message on stderr), 2 the dataset could not
@@ -137,11 +135,8 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
                    report: str | os.PathLike = DEFAULT_REPORT, docs: str | os.PathLike = DEFAULT_DOCS,
                    manifest: str | os.PathLike = DEFAULT_MANIFEST, include_gt_bbox: bool = False,
                    msmt_include_val: bool = True, workers: int | None = None) -> int:
-    """Build, validate and (if valid) publish the manifest of the dataset at `data`; return an exit code
-    (see `dgnet.errors`: 1 a rule failed, 2 the dataset cannot be read or an output cannot be written).
-
-    A published manifest's record (hash, per-split counts) goes into the report, and training
-    refuses a manifest that no longer matches it (`dgnet.data.validated`)."""
+    """Build, validate and (if valid) publish the manifest of the dataset at `data`; return the exit
+    code. The published manifest's record goes into the report (`dgnet.data.validated`)."""
     index = Path(docs) / "index.html"
     try:
         frame = build_manifest(data, fmt, include_gt_bbox=include_gt_bbox, msmt_include_val=msmt_include_val)
