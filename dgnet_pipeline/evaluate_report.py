@@ -33,18 +33,14 @@ BASELINE_FIGURES = (
 
 def cross_domain_section(cross: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """The models ranked on the other datasets of `evaluate.targets`, one table."""
-    if not cross:
-        return []
-    lines = ["## Cross-domain", "",
-             "Each model, trained on the data above, ranked on the query/gallery of another dataset "
-             "(params `evaluate.targets`), at its main setting. Percentages.", "",
-             "| target | model | setting | rank-1 | mAP | mAP_finite | mINP |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for target, per_model in cross.items():
-        for name, m in per_model.items():
-            figures = " | ".join(f"{100 * m[k]:.1f}" for k in ("rank1", "mAP", "mAP_finite", "mINP"))
-            lines.append(f"| {target} | {name} | {m['setting']} | {figures} |")
-    return [*lines, ""]
+    rows = [f"| {target} | {name} | {m['setting']} | "
+            + " | ".join(f"{100 * m[k]:.1f}" for k in ("rank1", "mAP", "mAP_finite", "mINP")) + " |"
+            for target, per_model in cross.items() for name, m in per_model.items()]
+    return ["## Cross-domain", "",
+            "Each model, trained on the data above, ranked on the query/gallery of another dataset "
+            "(params `evaluate.targets`), at its main setting. Percentages.", "",
+            "| target | model | setting | rank-1 | mAP | mAP_finite | mINP |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |", *rows, ""] if cross else []
 
 
 def variant_of(name: str) -> tuple[str, int]:
@@ -90,31 +86,24 @@ def seed_summaries(results: list[ModelBenchmark], changes: dict[str, dict[str, A
     difference variant - reference over the seeds both have (dgnet.evaluation.spread: per seed, mean,
     95% Student-t interval, verdict), DG-Net against its teacher (the teacher of seed S is paired with
     DG-Net seed S, which learnt from it) and every other variant against DG-Net."""
-    groups = group_by_variant(results)
     out: dict[str, dict[str, Any]] = {}
-    for variant, runs in groups.items():
+    values: dict[str, dict[str, dict[int, float]]] = {}  # variant -> key -> seed -> value
+    for variant, runs in group_by_variant(results).items():
         setting = main_setting(next(iter(runs.values())), changes)
         seeds = sorted(runs)
+        values[variant] = {key: {s: runs[s].reid[setting][key] for s in seeds} for key in SUMMARY_KEYS}
         entry: dict[str, Any] = {"setting": setting, "seeds": seeds}
-        for key in SUMMARY_KEYS:
-            values = {s: runs[s].reid[setting][key] for s in seeds}
-            mean, std = mean_std(list(values.values()))
-            entry[f"{key}_mean"] = mean
+        out[variant] = entry
+        for key, per_seed in values[variant].items():
+            entry[f"{key}_mean"], std = mean_std(list(per_seed.values()))
             if std is not None:
                 entry[f"{key}_std"] = std
-            entry[f"{key}_per_seed"] = {f"seed{s}": v for s, v in values.items()}
-        out[variant] = entry
+            entry[f"{key}_per_seed"] = {f"seed{s}": v for s, v in per_seed.items()}
     for variant, entry in out.items():
-        reference = reference_of(variant)
-        if reference not in out:
-            continue
-        entry[f"vs_{reference}"] = {}
-        for key in SUMMARY_KEYS:
-            diff = paired_difference(
-                {int(s[4:]): v for s, v in entry[f"{key}_per_seed"].items()},
-                {int(s[4:]): v for s, v in out[reference][f"{key}_per_seed"].items()})
-            if diff is not None:
-                entry[f"vs_{reference}"][key] = _as_dict(diff)
+        if (reference := reference_of(variant)) in out:
+            diffs = {key: paired_difference(values[variant][key], values[str(reference)][key])
+                     for key in SUMMARY_KEYS}
+            entry[f"vs_{reference}"] = {key: _as_dict(d) for key, d in diffs.items() if d is not None}
     return out
 
 
@@ -211,11 +200,8 @@ def _figures_and_baselines(result: ModelBenchmark) -> list[tuple[str, float, boo
 
 
 def baseline_verdict(result: ModelBenchmark) -> str:
-    """One plain sentence: does each generation figure beat each of its trivial baselines?
-
-    e.g. "dgnet: swap L1 (person) 0.150 beats copy-structure 0.161 and copy-appearance 0.160; swap SSIM
-    (person) 0.400 does not beat copy-structure 0.446 or copy-appearance 0.300." Computed from the numbers.
-    """
+    """One plain sentence, from the numbers: does each generation figure beat each of its trivial
+    baselines ("dgnet: swap L1 (person) 0.150 beats copy-structure 0.161 and ...")?"""
     return _verdict(result.name, _figures_and_baselines(result))
 
 

@@ -6,7 +6,7 @@ import torch
 
 from dgnet.errors import ConfigError
 from dgnet.evaluation.rank import rank_metrics
-from dgnet.evaluation.reranking import k_reciprocal_rerank, k_reciprocal_rerank_distances
+from dgnet.evaluation.reranking import k_reciprocal_rerank
 
 
 def _literal(query, gallery, k1, k2, lam):
@@ -96,21 +96,13 @@ def test_reranking_improves_map_on_elongated_clusters():
         assert after > before + 0.05, (seed, before, after)
 
 
-def test_distance_matrices_give_the_same_result():
-    q, g, _, _ = _clusters(3)
-    qg, qq, gg = (torch.cdist(a, b) ** 2 for a, b in ((q, g), (q, q), (g, g)))
-    from_features = k_reciprocal_rerank(q, g, k1=8, k2=3)
-    from_matrices = k_reciprocal_rerank_distances(qg, qq, gg, k1=8, k2=3)
-    assert torch.allclose(from_features, from_matrices, atol=1e-5)
-
-
 def test_parameters_are_checked():
     q, g, _, _ = _clusters(4, ids=3)
     with pytest.raises(ConfigError, match="lambda"):
         k_reciprocal_rerank(q, g, lambda_value=1.5)
     with pytest.raises(ConfigError, match="k1"):
         k_reciprocal_rerank(q, g, k1=0)
-    with pytest.raises(ValueError, match="non-negative"):
-        k_reciprocal_rerank_distances(-torch.ones(2, 3), torch.zeros(2, 2), torch.zeros(3, 3))
+    with pytest.raises(ConfigError, match="k2"):
+        k_reciprocal_rerank(q, g, k2=1.5)
     # More neighbours than items: the sets are simply everything.
     assert k_reciprocal_rerank(q[:2], g[:3], k1=20, k2=6).shape == (2, 3)

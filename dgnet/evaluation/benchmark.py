@@ -1,15 +1,11 @@
 """Benchmark one trained model: re-ID at several query alphas, generation quality, pictures.
 
 Features are extracted once per model; the alpha sweep only rescales the queries' fine-grained
-half (docs/method.md section 5), so it costs a ranking per alpha, not a forward pass. The evaluate
-stage (dgnet_pipeline/evaluate.py) calls `benchmark_model` for the teacher, DG-Net and the ablations
-and writes the report; this module holds no tracking or file-format concerns beyond pictures.
-
-Generation figures stand beside trivial baselines scored on the same pairs and images: copying
-the structure donor or the appearance donor unchanged (swaps), the mean training image and a 4x
-blur (self-reconstruction). Those, the test pairs and the synthetic ground truth depend on the
-data and the image size only, so a `GenerationReference` is built once and shared by every model
-of that size (pass the same `references` dict to each `benchmark_model` call).
+half (docs/method.md section 5): a ranking per alpha, not a forward pass. Generation figures stand
+beside trivial baselines on the same pairs and images: copying the structure or appearance donor
+unchanged (swaps), the mean training image and a 4x blur (self-reconstruction). Those, the test
+pairs and the synthetic ground truth depend on the data and the image size only: a
+`GenerationReference` is built once and shared by every model of that size (`references`).
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ from dgnet.evaluation.generation import (
     swap_ground_truth,
 )
 from dgnet.evaluation.pictures import ranked_list, swap_grid
-from dgnet.evaluation.rank import rank_metrics, rank_metrics_from_features
+from dgnet.evaluation.rank import rank_metrics, rank_metrics_from_features, scalar_metrics
 from dgnet.evaluation.reranking import k_reciprocal_rerank
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
@@ -54,6 +50,7 @@ DEFAULT_NUM_SWAPS = 512  # test pairs behind the swap figures and their copy bas
 DEFAULT_NUM_RECON = 2048  # test images behind recon_l1: all of them when fewer (the synthetic set: 520)
 DECODE_BATCH = 32
 BLUR_FACTOR = 4
+MAIN_ALPHA = 0.5  # the query alpha of the pictures and of re-ranking (the paper's)
 
 
 @dataclass
@@ -87,21 +84,6 @@ def _flatten_numbers(values: dict[str, Any], prefix: str) -> dict[str, float]:
     return flat
 
 
-def _setting_name(alpha: float) -> str:
-    return f"alpha_{alpha:g}"
-
-
-def _features(model: torch.nn.Module, frame: pd.DataFrame, size: tuple[int, int], device: torch.device,
-              batch_size: int, num_workers: int) -> tuple[EvalImages, torch.Tensor]:
-    images = EvalImages(frame, size)
-    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
-    return images, extract_features(model, loader, device=device)
-
-
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
-
-
 def benchmark_model(
     path: str | os.PathLike,
     frame: pd.DataFrame,
@@ -110,7 +92,6 @@ def benchmark_model(
     device: str | torch.device = "cpu",
     alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     rerank: bool = False,
-    rerank_alpha: float = 0.5,
     batch_size: int = 64,
     num_workers: int = 0,
     ranked_queries: int = 6,
@@ -138,31 +119,28 @@ def benchmark_model(
         raise DatasetError("evaluation: the manifest needs query and gallery images (split column)")
     result = ModelBenchmark(name or Path(path).parent.name, info.kind,
                             trained_on=str(info.extra.get("trained_on", "")))
-    q_images, q_feat = _features(model, query, size, device, batch_size, num_workers)
-    g_images, g_feat = _features(model, gallery, size, device, batch_size, num_workers)
+    q_images, g_images = EvalImages(query, size), EvalImages(gallery, size)
+    q_feat, g_feat = (extract_features(model, DataLoader(x, batch_size=batch_size, num_workers=num_workers),
+                                       device=device) for x in (q_images, g_images))
     ids = (q_images.person_ids, q_images.cameras, g_images.person_ids, g_images.cameras)
 
     two_headed = isinstance(model, DGNet)
-    settings: dict[str, torch.Tensor] = {}
+    settings = {"baseline": q_feat}
     if two_headed:
-        settings = {_setting_name(alpha): scale_fine_half(q_feat, alpha) for alpha in alphas}
+        settings = {f"alpha_{alpha:g}": scale_fine_half(q_feat, alpha) for alpha in alphas}
         half = q_feat.shape[1] // 2
         settings["fine_only"] = torch.cat([torch.zeros_like(q_feat[:, :half]), q_feat[:, half:]], dim=1)
-    else:
-        settings["baseline"] = q_feat
     for setting, queries in settings.items():
         metrics = rank_metrics_from_features(queries, g_feat, *ids)
-        result.cmc[setting] = metrics["cmc"]
-        result.reid[setting] = _scalar_metrics(metrics)
-    main_setting = _setting_name(rerank_alpha) if two_headed else "baseline"
+        result.cmc[setting], result.reid[setting] = metrics["cmc"], scalar_metrics(metrics)
+    main_setting = f"alpha_{MAIN_ALPHA:g}" if two_headed else "baseline"
     main_queries = settings.get(main_setting)
     if main_queries is None:  # the pictures' / re-ranking's alpha is outside the sweep
-        main_queries = scale_fine_half(q_feat, rerank_alpha)
+        main_queries = scale_fine_half(q_feat, MAIN_ALPHA)
     if rerank:
-        dist = k_reciprocal_rerank(main_queries, g_feat)
-        metrics = rank_metrics(dist, *ids)
+        metrics = rank_metrics(k_reciprocal_rerank(main_queries, g_feat), *ids)
         result.cmc[f"{main_setting}+rerank"] = metrics["cmc"]
-        result.reid[f"{main_setting}+rerank"] = _scalar_metrics(metrics)
+        result.reid[f"{main_setting}+rerank"] = scalar_metrics(metrics)
 
     result.pictures["ranked_list"] = _ranked_picture(main_queries, g_feat, q_images, g_images,
                                                      ranked_queries, seed)
@@ -184,15 +162,12 @@ def _ranked_picture(q_feat: torch.Tensor, g_feat: torch.Tensor, q_images: EvalIm
     queries, galleries, matches, captions = [], [], [], []
     for row, q in enumerate(chosen):
         q_id, q_cam = int(q_images.person_ids[q]), int(q_images.cameras[q])
-        queries.append(q_images[q]["image"])
         ranked = order[row].tolist()
+        queries.append(q_images[q]["image"])
         galleries.append([g_images[g]["image"] for g in ranked])
-        row_matches = []
-        for g in ranked:
-            g_id, g_cam = int(g_images.person_ids[g]), int(g_images.cameras[g])
-            junk = g_id == -1 or (g_id == q_id and g_cam == q_cam)
-            row_matches.append("junk" if junk else "hit" if g_id == q_id else "miss")
-        matches.append(row_matches)
+        labels = [(int(g_images.person_ids[g]), int(g_images.cameras[g])) for g in ranked]
+        matches.append(["junk" if g_id == -1 or (g_id, g_cam) == (q_id, q_cam) else "hit" if g_id == q_id
+                        else "miss" for g_id, g_cam in labels])
         captions.append(f"id {q_id} c{q_cam}")
     return ranked_list(queries, galleries, matches, top_k=top_k, normalized=True, query_labels=captions,
                        title="Ranked retrieval (green hit, red miss, grey junk)")
@@ -309,12 +284,8 @@ def generation_reference(frame: pd.DataFrame, size: tuple[int, int], data_root: 
 def cached_reference(references: dict[tuple[Any, ...], GenerationReference] | None, frame: pd.DataFrame,
                      size: tuple[int, int], data_root: str | os.PathLike | None, count: int, seed: int,
                      **kwargs: Any) -> GenerationReference:
-    """`generation_reference`, looked up in (and stored into) `references` when it is given.
-
-    The key holds everything the reference depends on: the size, the data root, count, seed,
-    num_recon and a hash of the manifest's path/split/person_id columns (so a changed manifest
-    never reuses a stale reference).
-    """
+    """`generation_reference`, kept in `references` (when given) under all it depends on: the size,
+    data root, count, seed, num_recon and a hash of the manifest's path/split/person_id columns."""
     if references is None:
         return generation_reference(frame, size, data_root, count, seed, **kwargs)
     columns = frame[["path", "split", "person_id"]].astype(str)

@@ -12,19 +12,12 @@ from torch.utils.data import DataLoader
 from dgnet.data.datasets import EvalImages
 from dgnet.errors import DatasetError
 from dgnet.evaluation.features import extract_features
-from dgnet.evaluation.rank import rank_metrics_from_features
+from dgnet.evaluation.rank import rank_metrics_from_features, scalar_metrics
 
 
 def has_eval_splits(frame: pd.DataFrame) -> bool:
     """True when the manifest has both query and gallery images."""
-    splits = set(frame["split"].unique())
-    return {"query", "gallery"} <= splits
-
-
-def _two_headed(model: nn.Module) -> bool:
-    """DG-Net's E_a has a primary and a fine-grained head; the teacher baseline has one."""
-    encoder = getattr(model, "appearance_encoder", model)
-    return hasattr(encoder, "fine_head")
+    return {"query", "gallery"} <= set(frame["split"].unique())
 
 
 def evaluate_reid(
@@ -44,12 +37,14 @@ def evaluate_reid(
     `query_alpha` weights the queries' fine-grained half (0.5 in the published numbers); it is
     ignored for a single-head model. The model's train/eval mode is left as it was.
     """
-    alpha = query_alpha if _two_headed(model) else None
+    # DG-Net's E_a has a primary and a fine-grained head; the teacher baseline has one.
+    two_headed = hasattr(getattr(model, "appearance_encoder", model), "fine_head")
 
     def features_of(images: EvalImages, split: str) -> torch.Tensor:
         loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=torch.device(device).type == "cuda")
-        return extract_features(model, loader, device=device, query_alpha=alpha if split == "query" else None)
+        alpha = query_alpha if two_headed and split == "query" else None
+        return extract_features(model, loader, device=device, query_alpha=alpha)
 
     return rank_test_splits(frame, image_size, features_of)
 
@@ -59,17 +54,13 @@ def rank_test_splits(
     image_size: tuple[int, int],
     features_of: Callable[[EvalImages, str], torch.Tensor],
 ) -> dict[str, float]:
-    """rank1, rank5, rank10, mAP, mAP_finite, mINP (fractions) and query counts of the features that
-    `features_of(images, split)` gives for `frame`'s query and gallery images (docs/method.md section 5)."""
+    """`evaluate_reid`'s metrics of the features that `features_of(images, split)` gives for `frame`'s
+    query and gallery images."""
     if not has_eval_splits(frame):
         raise DatasetError("evaluation: the manifest has no query and gallery images (split column)")
-    features, ids, cameras = {}, {}, {}
+    features, labels = [], []
     for split in ("query", "gallery"):
         images = EvalImages(frame[frame["split"] == split], image_size)
-        features[split] = features_of(images, split)
-        ids[split], cameras[split] = images.person_ids, images.cameras
-    metrics = rank_metrics_from_features(
-        features["query"], features["gallery"], ids["query"], cameras["query"],
-        ids["gallery"], cameras["gallery"],
-    )  # fmt: skip
-    return {name: float(value) for name, value in metrics.items() if not isinstance(value, list)}
+        features.append(features_of(images, split))
+        labels += [images.person_ids, images.cameras]
+    return scalar_metrics(rank_metrics_from_features(*features, *labels))

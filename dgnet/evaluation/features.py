@@ -19,11 +19,6 @@ from torch import nn
 from dgnet.models.appearance import AppearanceOutput
 
 
-def _encoder(model: nn.Module) -> nn.Module:
-    """The module whose forward gives the embeddings: a DGNet's appearance encoder, else the model."""
-    return getattr(model, "appearance_encoder", model)
-
-
 def _normalised_parts(output: Any) -> list[torch.Tensor]:
     """The L2-normalised embeddings of one forward: [primary, fine] for E_a, [embedding] for a baseline."""
     if isinstance(output, AppearanceOutput):
@@ -50,17 +45,11 @@ def scale_fine_half(features: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.cat([features[:, :half], alpha * features[:, half:]], dim=1)
 
 
-def _images_of(item: Any) -> torch.Tensor:
-    if isinstance(item, torch.Tensor):
-        return item
-    if isinstance(item, Mapping):
-        for key in ("image", "images"):
-            if key in item:
-                return item[key]
-        raise KeyError(f"extract_features: batch dict has no 'image' key (keys: {sorted(item)})")
-    if isinstance(item, tuple | list):
-        return item[0]
-    raise TypeError(f"extract_features: cannot take images from a {type(item).__name__} batch")
+def _images_of(batch: Any) -> torch.Tensor:
+    """A batch's images: the batch itself, its "image" (a dict) or its first item (a tuple/list)."""
+    if isinstance(batch, Mapping):
+        return batch["image"]
+    return batch[0] if isinstance(batch, tuple | list) else batch
 
 
 def extract_features(
@@ -80,12 +69,9 @@ def extract_features(
     `torch.inference_mode()` in eval mode; its previous train/eval mode is restored afterwards.
     `query_alpha`: give it for query images only; it scales the fine-grained half.
     """
-    encoder = _encoder(model)
-    if device is None:
-        device = next(encoder.parameters()).device
-    batches = (
-        data.split(batch_size) if isinstance(data, torch.Tensor) else (_images_of(item) for item in data)
-    )
+    encoder = getattr(model, "appearance_encoder", model)  # a DGNet's E_a gives the embeddings
+    device = next(encoder.parameters()).device if device is None else device
+    batches = data.split(batch_size) if isinstance(data, torch.Tensor) else map(_images_of, data)
     was_training = encoder.training
     encoder.eval()
     try:

@@ -1,25 +1,18 @@
 """Generation metrics: SSIM and SSIM diversity, swap fidelity on the synthetic data, FID.
 
-* SSIM (Wang et al. 2004): Gaussian window 11 x 11, sigma 1.5, C1 = (0.01)^2, C2 = (0.03)^2
-  on [0, 1] RGB; the window slides over the image without padding (the reference
-  implementation's "valid" filtering), the map is averaged over the channels, then over the
-  pixels (or over a mask's pixels).
-* SSIM diversity (DG-Net, Table 2): the mean SSIM between random pairs of distinct images of a
-  set. Lower means more diverse; it is read beside the same figure on real images (the paper:
-  real 0.350, DG-Net 0.360, i.e. as diverse as the data).
-* Swap fidelity: the synthetic dataset renders the exact ground truth of G(s_j, a_i) (image
-  i's clothing in image j's structure, `render_swap`), so a generated swap can be scored by
-  L1 and SSIM against it, over the whole image and inside the person mask.
-* Self-reconstruction and its trivial baselines: L1 on [0, 1] of G(E_s(x), E_a(x)) against x, beside
-  the same L1 of the mean training image and of x blurred (area down-sampling 4x, bilinear back):
+* SSIM (Wang et al. 2004): Gaussian window 11 x 11, sigma 1.5, C1 = (0.01)^2, C2 = (0.03)^2 on
+  [0, 1] RGB, "valid" filtering (no padding, as the reference code); the map averaged over the
+  channels, then over the pixels (or a mask's).
+* SSIM diversity (DG-Net, Table 2): the mean SSIM between random pairs of distinct images of a set;
+  lower is more diverse, read beside the same figure on real images (paper: real 0.350, DG-Net 0.360).
+* Swap fidelity: the synthetic dataset renders the exact ground truth of G(s_j, a_i) (`render_swap`),
+  so a swap is scored by L1 and SSIM against it, over the whole image and inside the person mask.
+* Self-reconstruction L1 beside the mean training image's and a 4x blur's (area down, bilinear back):
   a generator that does not beat these has learnt nothing an average or a blur does not give.
-* FID: the Frechet distance between Inception-v3 pool features (2048-d) of real and generated
-  images, when Inception weights are on this machine (torch hub cache or a given path); never
-  downloaded, never faked: without them the result says it was skipped, and why. First choice: the
-  TF Inception of the original FID code, which the paper's 18.24 was computed with, through
-  pytorch-fid (its file pt_inception-2015-12-05-6726825d.pth; `pip install pytorch-fid`). Else
-  torchvision's ImageNet Inception: comparable within dgnet, not with published FIDs. The result's
-  `fid_network` says which.
+* FID between Inception-v3 pool features (2048-d), only with weights on this machine (never
+  downloaded, never faked: else it says it was skipped, and why). First choice pytorch-fid's TF
+  Inception (pt_inception-2015-12-05-6726825d.pth), the paper's 18.24 network; else torchvision's
+  ImageNet Inception (comparable within dgnet only). `fid_network` says which.
 """
 
 from __future__ import annotations
@@ -48,10 +41,7 @@ FID_NETWORKS = {"tf": "TF Inception of the FID paper (pytorch-fid), as the publi
                 "torchvision": "torchvision's ImageNet Inception-v3: not comparable with published FIDs"}
 
 
-# --------------------------------------------------------------------------------------------
 # SSIM
-# --------------------------------------------------------------------------------------------
-
 
 # Images per SSIM pass: 8 at 256x128, 128 at 64x32. At 256x128 a pass over 64 images is 3x slower
 # per image than one over 8 (its 11 float64 moment maps no longer fit in the cache).
@@ -101,17 +91,12 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
     return (num / den).mean(dim=1)
 
 
-def _crop_mask(mask: torch.Tensor, window_size: int) -> torch.Tensor:
-    """The mask at the centres of the 'valid' SSIM windows."""
-    r = (window_size - 1) // 2
-    return mask[..., r:mask.shape[-2] - r, r:mask.shape[-1] - r]
-
-
 def _reduce(value: torch.Tensor, mask: torch.Tensor | None, window_size: int) -> torch.Tensor:
-    """Mean of an SSIM map per image, over all its pixels or over a mask's."""
+    """Mean of an SSIM map per image, over all its pixels or over a mask's (at the windows' centres)."""
     if mask is None:
         return value.flatten(1).mean(dim=1)
-    m = _crop_mask(mask.to(value.device).bool(), window_size).double()
+    r = (window_size - 1) // 2
+    m = mask.to(value.device).bool()[..., r:mask.shape[-2] - r, r:mask.shape[-1] - r].double()
     return (value * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1)
 
 
@@ -144,21 +129,15 @@ def ssim_diversity(images: torch.Tensor, num_pairs: int = 1000, seed: int = 0,
     return float(torch.cat(values).mean())
 
 
-# --------------------------------------------------------------------------------------------
 # Swap fidelity on the synthetic data
-# --------------------------------------------------------------------------------------------
-
-
-def _records(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
-
 
 def swap_ground_truth(appearance_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
                       structure_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
                       size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`render_swap(appearance_rows[n], structure_rows[n])` for each n: ((N, 3, H, W) in [0, 1],
     (N, H, W) bool person masks), resized to size = (H, W) when given (bilinear; masks nearest)."""
-    a_rows, s_rows = _records(appearance_rows), _records(structure_rows)
+    a_rows, s_rows = (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+                      for rows in (appearance_rows, structure_rows))
     if len(a_rows) != len(s_rows):
         raise ValueError(f"{len(a_rows)} appearance rows but {len(s_rows)} structure rows")
     images, masks = [], []
@@ -181,17 +160,11 @@ def swap_fidelity(
     normalized: bool = True,
     ground_truth: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float | int]:
-    """How close generated swaps G(s_j, a_i) are to their exact synthetic ground truth.
-
-    `generated`: (N, 3, H, W), in the ImageNet-normalised space the generator outputs
-    (`normalized=True`) or in [0, 1]. Row n of `appearance_rows` (image i: the clothing) and of
-    `structure_rows` (image j: everything else) are factor records (`read_factors` rows).
-    Returns the means over images of: `l1` (mean absolute difference on [0, 1], all pixels and
-    channels), `l1_person` (over the person mask's pixels), `ssim`, `ssim_person` (the SSIM map
-    averaged over the mask), and `num_images`. `ground_truth`: the `swap_ground_truth` of these
-    rows at the generated size, when already rendered (rendering dominates the cost; several
-    models and baselines scored on the same pairs share one).
-    """
+    """How close generated swaps G(s_j, a_i) (N, 3, H, W; ImageNet-normalised, or [0, 1] with
+    `normalized=False`) are to their exact synthetic ground truth; row n of `appearance_rows` (the
+    clothing) and `structure_rows` (the rest) are `read_factors` records. The means over images of
+    `l1` (on [0, 1]), `l1_person` (inside the person mask), `ssim`, `ssim_person`, and `num_images`.
+    `ground_truth`: their `swap_ground_truth`, when already rendered (shared: rendering dominates)."""
     if generated.dim() != 4 or generated.shape[1] != 3:
         raise ValueError(f"generated must be (N, 3, H, W), got {tuple(generated.shape)}")
     fake = denormalize(generated.float()) if normalized else generated.float().clamp(0, 1)
@@ -218,10 +191,7 @@ def swap_fidelity(
     }
 
 
-# --------------------------------------------------------------------------------------------
 # Self-reconstruction and its trivial baselines
-# --------------------------------------------------------------------------------------------
-
 
 def image_l1(fake: torch.Tensor, real: torch.Tensor) -> float:
     """mean over n, c, h, w of |clamp(fake, 0, 1) - real|: two (N, 3, H, W) batches on [0, 1], in float64.
@@ -237,14 +207,11 @@ def image_l1(fake: torch.Tensor, real: torch.Tensor) -> float:
 
 
 def mean_image(batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """The pixel-wise mean (1/N) sum_n x_n of images (N, 3, H, W) given in batches: (3, H, W), float64.
-
-    Summed batch by batch, so a training split too large to hold in memory still has a mean.
-    """
+    """The pixel-wise mean (1/N) sum_n x_n of images (N, 3, H, W) given in batches (so that a training
+    split too large to hold in memory still has one): (3, H, W), float64."""
     total, count = None, 0
     for batch in batches:
-        batch_sum = batch.double().sum(dim=0)
-        total = batch_sum if total is None else total + batch_sum
+        total = batch.double().sum(dim=0) + (0 if total is None else total)
         count += len(batch)
     if total is None or count == 0:
         raise ValueError("mean_image of no images")
@@ -274,10 +241,7 @@ def blur_l1(images: torch.Tensor, factor: int = 4) -> float:
     return image_l1(blur(images, factor), images)
 
 
-# --------------------------------------------------------------------------------------------
 # FID
-# --------------------------------------------------------------------------------------------
-
 
 def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (unbiased, float64) of an (N, D) feature set."""
@@ -369,16 +333,6 @@ def _inception(weights: Path, device: torch.device) -> Callable[[torch.Tensor], 
     return lambda x: model(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1)
 
 
-def inception_features(model: Callable[[torch.Tensor], torch.Tensor],
-                       images: torch.Tensor | Iterable[torch.Tensor], device: torch.device,
-                       batch_size: int = 50) -> np.ndarray:
-    """Pool features of images in [0, 1] (a (N, 3, H, W) tensor or an iterable of batches)."""
-    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    with torch.inference_mode():
-        out = [model(batch.float().to(device)).double().cpu() for batch in batches]
-    return torch.cat(out).numpy()
-
-
 def fid(
     real_images: torch.Tensor | Iterable[torch.Tensor],
     fake_images: torch.Tensor | Iterable[torch.Tensor],
@@ -386,8 +340,8 @@ def fid(
     device: str | torch.device = "cpu",
     batch_size: int = 50,
 ) -> dict[str, Any]:
-    """FID between two image sets in [0, 1]: {"fid": value}, or {"fid": None, "fid_skipped": why}
-    when no Inception weights are on this machine."""
+    """FID between two image sets in [0, 1] (tensors or iterables of batches): {"fid": value, ...}, or
+    {"fid": None, "fid_skipped": why} when no Inception weights are on this machine."""
     path, reason = find_inception_weights(weights)
     if path is None:
         return {"fid": None, "fid_skipped": reason}
@@ -396,7 +350,12 @@ def fid(
         model = _inception(path, device)
     except ImportError as exc:
         return {"fid": None, "fid_skipped": str(exc)}
-    real = feature_statistics(inception_features(model, real_images, device, batch_size))
-    fake = feature_statistics(inception_features(model, fake_images, device, batch_size))
-    return {"fid": frechet_distance(*real, *fake), "fid_weights": str(path),
-            "fid_network": FID_NETWORKS[fid_network(path)]}
+
+    def statistics(images: torch.Tensor | Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+        with torch.inference_mode():
+            features = torch.cat([model(batch.float().to(device)).double().cpu() for batch in batches])
+        return feature_statistics(features.numpy())
+
+    distance = frechet_distance(*statistics(real_images), *statistics(fake_images))
+    return {"fid": distance, "fid_weights": str(path), "fid_network": FID_NETWORKS[fid_network(path)]}

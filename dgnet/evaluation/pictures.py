@@ -85,11 +85,6 @@ def _cell_size(images: Sequence[Any], scale: float, normalized: bool) -> tuple[i
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-# --------------------------------------------------------------------------------------------
-# Swap grid
-# --------------------------------------------------------------------------------------------
-
-
 def swap_grid(
     appearance_images: Sequence[Any],
     structure_images: Sequence[Any],
@@ -180,11 +175,6 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[s
     return [*lines, line] if line else lines
 
 
-# --------------------------------------------------------------------------------------------
-# Ranked lists
-# --------------------------------------------------------------------------------------------
-
-
 def ranked_list(
     query_image: Any | Sequence[Any],
     gallery_images: Sequence[Any] | Sequence[Sequence[Any]],
@@ -205,19 +195,13 @@ def ranked_list(
     Optional captions: `query_labels` (one per query), `gallery_labels` (like `matches`).
     """
     single = len(matches) == 0 or isinstance(matches[0], str)
-    queries = [query_image] if single else list(query_image)
-    galleries = [gallery_images] if single else list(gallery_images)
-    match_rows = [matches] if single else list(matches)
-    label_rows = None
-    if gallery_labels is not None:
-        label_rows = [gallery_labels] if single else list(gallery_labels)
+    queries, galleries, match_rows, label_rows = (None if x is None else [x] if single else list(x) for x in
+                                                  (query_image, gallery_images, matches, gallery_labels))
     if not (len(queries) == len(galleries) == len(match_rows)):
         raise ValueError(f"{len(queries)} queries, {len(galleries)} gallery lists and "
                          f"{len(match_rows)} match lists: one of each per query")
-    for row in match_rows:
-        bad = sorted({m for m in row} - set(MATCH_COLOURS))
-        if bad:
-            raise ValueError(f"matches must be 'hit', 'miss' or 'junk' ('unknown' without ids), got {bad}")
+    if bad := sorted({m for row in match_rows for m in row} - set(MATCH_COLOURS)):
+        raise ValueError(f"matches must be 'hit', 'miss' or 'junk' ('unknown' without ids), got {bad}")
     cw, ch = _cell_size(queries, scale, normalized)
     border, gap, margin, sep = 4, 6, 10, 22
     number_h, caption_h = 18, (14 if label_rows or query_labels else 0)
@@ -272,11 +256,6 @@ def _centred(draw: ImageDraw.ImageDraw, text: str, cx: int, y: int, font: Any,
              fill: tuple[int, int, int]) -> None:
     w, _ = _text_size(draw, text, font)
     draw.text((cx - w // 2, y), text, fill, font)
-
-
-# --------------------------------------------------------------------------------------------
-# CMC curves
-# --------------------------------------------------------------------------------------------
 
 
 def _nice_step(span: float, ticks: int = 5) -> float:

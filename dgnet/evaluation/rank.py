@@ -22,8 +22,8 @@ So, per chunk of queries:
    of the row) are compared exactly, by (distance, gallery index): ties stay exact.
 4. Negatives before positive k = all valid items before it - same-id items before it.
 
-Gallery ids -1 are dropped once (from the features) or parked in a bucket above every
-positive's (distance matrix given). Scratch buffers are reused from chunk to chunk (fresh
+Gallery ids -1 are dropped once (their features, or their columns of a given distance matrix,
+chunk by chunk). Scratch buffers are reused from chunk to chunk (fresh
 multi-megabyte tensors cost page faults), and work is bounded per chunk, so MSMT17 size
 (11,659 x 82,161) fits in well under 4 GB, on whatever device the tensors live. Timings and
 memory: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
@@ -49,16 +49,11 @@ def _num_buckets(num_gallery: int) -> int:
     return int(min(8192, max(64, num_gallery // 4)))
 
 
-def _same_id_table(q_pids: torch.Tensor, g_pids: torch.Tensor, g_valid: torch.Tensor):
-    """Gallery columns grouped by id (ascending within an id) and each query's slice of them.
-
-    Returns (columns, start, count): query i's same-id columns are columns[start[i]:][:count[i]].
-    Columns where `g_valid` is False (ids -1) belong to no query.
-    """
-    cols = torch.nonzero(g_valid).squeeze(1)
-    pids = g_pids[cols]
-    order = torch.sort(pids, stable=True).indices  # stable: columns stay ascending within an id
-    cols, pids = cols[order], pids[order]
+def _same_id_table(q_pids: torch.Tensor, g_pids: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gallery columns grouped by id (ascending within an id) and each query's slice of them:
+    (columns, start, count), query i's same-id columns are columns[start[i]:][:count[i]]."""
+    pids, cols = torch.sort(g_pids, stable=True)  # stable: columns stay ascending within an id
     zero = torch.zeros_like(q_pids)
     if len(cols) == 0:
         return cols, zero, zero
@@ -77,52 +72,44 @@ def _comes_before(d: torch.Tensor, i: torch.Tensor, t: torch.Tensor, j: torch.Te
     return less | (equal & (i < j))
 
 
-class _Scratch:
+class _Scratch(dict):
     """Reusable buffers, one per name: a fresh (queries x gallery) tensor at every chunk costs
     page faults, several times the arithmetic done in it on a CPU."""
 
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-            device: torch.device) -> torch.Tensor:
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
         numel = int(np.prod(shape))
-        buffer = self._buffers.get(name)
+        buffer = self.get(name)
         if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
-            buffer = torch.empty(numel, dtype=dtype, device=device)
-            self._buffers[name] = buffer
+            buffer = self[name] = torch.empty(numel, dtype=dtype, device=device)
         return buffer[:numel].view(shape)
 
 
 def _buckets(values: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, num_buckets: int,
-             row_offset: torch.Tensor, junk_columns: torch.Tensor | None = None,
-             scratch: _Scratch | None = None) -> torch.Tensor:
-    """Monotone map of distances to int32 buckets 0..B+1 (B+2 for junk columns), plus each
-    row's offset, so that the rows of a chunk share one flat histogram.
+             row_offset: torch.Tensor, scratch: _Scratch | None = None) -> torch.Tensor:
+    """Monotone map of distances to int32 buckets 0..B+1, plus each row's offset, so that the rows
+    of a chunk share one flat histogram.
 
     A composition of monotone float operations (subtract, scale by >= 0, clamp, truncate), so
     a < b implies bucket(a) <= bucket(b); NaN goes to the top like +inf. The same function
     maps the positives' distances, so an item and a positive of equal distance share a bucket
     (plain IEEE operations, no fused multiply-add: the same inputs give the same bits).
     """
-    scratch = scratch or _Scratch()
-    v = torch.sub(values, lo, out=scratch.get("float", values.shape, values.dtype, values.device))
+    scratch = _Scratch() if scratch is None else scratch
+    v = torch.sub(values, lo, out=scratch("float", values.shape, values.dtype, values.device))
     v.mul_(scale)
     v.clamp_(-1.0, float(num_buckets))  # keeps NaN...
     torch.nan_to_num_(v, nan=float(num_buckets))  # ...which goes to the top, with +inf
-    if junk_columns is not None:
-        v.masked_fill_(junk_columns, float(num_buckets + 1))
     # Truncation toward zero is monotone too (-1 < v < 1 share a bucket, which costs nothing).
-    out = scratch.get("int", values.shape, torch.int32, values.device).copy_(v)
+    out = scratch("int", values.shape, torch.int32, values.device).copy_(v)
     return out.add_(row_offset + 1)
 
 
 def _positive_ranks(
     dist: torch.Tensor, same_idx: torch.Tensor, same_valid: torch.Tensor, same_cams: torch.Tensor,
-    q_camids: torch.Tensor, junk_columns: torch.Tensor | None = None, scratch: _Scratch | None = None,
-    max_refine: int = 1 << 22,
+    q_camids: torch.Tensor, scratch: _Scratch, max_refine: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-based ranks (among valid gallery items) of each query's positives, ascending.
+    """1-based ranks (among non-junk gallery items) of each query's positives, ascending.
 
     `same_idx` (queries x M): the query's same-id gallery columns, ascending, padded (where
     `same_valid` is False); `same_cams` their cameras. Returns (ranks, is_positive), both
@@ -130,7 +117,6 @@ def _positive_ranks(
     """
     num_q, num_g = dist.shape
     device = dist.device
-    scratch = scratch or _Scratch()
     is_pos = same_valid & (same_cams != q_camids[:, None])
     max_pos = int(is_pos.sum(dim=1).max().item()) if is_pos.numel() else 0
     if max_pos == 0:
@@ -163,12 +149,12 @@ def _positive_ranks(
     scale = (num_b - 1) / width
     bins = num_b + 3
     row_offset = torch.arange(num_q, device=device, dtype=torch.int32)[:, None] * bins
-    bucket = _buckets(dist, lo, scale, num_b, row_offset, junk_columns, scratch).view(-1)
+    bucket = _buckets(dist, lo, scale, num_b, row_offset, scratch).view(-1)
     # Per-row histograms (one flat int32 array, row r at r * bins) and their running sums.
-    hist = scratch.get("hist", (num_q * bins,), torch.int32, device).zero_()
+    hist = scratch("hist", (num_q * bins,), torch.int32, device).zero_()
     hist.index_add_(0, bucket, torch.ones(1, dtype=torch.int32, device=device).expand(len(bucket)))
     cum = torch.cumsum(hist.view(num_q, bins), dim=1, dtype=torch.int32,
-                       out=scratch.get("cum", (num_q, bins), torch.int32, device)).view(-1)
+                       out=scratch("cum", (num_q, bins), torch.int32, device)).view(-1)
     # Same float operations on the same rows: a positive shares its bucket with its equals. The
     # positives are sorted, so their buckets never decrease along a row.
     t_bucket = _buckets(t, lo, scale, num_b, row_offset).long()
@@ -182,14 +168,14 @@ def _positive_ranks(
     first_k[:, 1:] = t_bucket[:, 1:] != t_bucket[:, :-1]
     first_k &= is_positive
     kk = torch.arange(max_pos, device=device).expand_as(t_bucket)
-    flag = scratch.get("flag", (num_q * bins,), torch.bool, device).zero_()
+    flag = scratch("flag", (num_q * bins,), torch.bool, device).zero_()
     flag[t_bucket[is_positive]] = True
-    first_of = scratch.get("first_of", (num_q * bins,), torch.int64, device)  # only read where flagged
+    first_of = scratch("first_of", (num_q * bins,), torch.int64, device)  # only read where flagged
     first_of[t_bucket[first_k]] = kk[first_k]
-    per_bucket = scratch.get("per_bucket", (num_q * bins,), torch.int64, device)
+    per_bucket = scratch("per_bucket", (num_q * bins,), torch.int64, device)
     per_bucket[t_bucket[first_k]] = 0
     per_bucket.index_add_(0, t_bucket[is_positive], torch.ones_like(kk[is_positive]))
-    flagged = torch.index_select(flag, 0, bucket, out=scratch.get("bool", bucket.shape, torch.bool, device))
+    flagged = torch.index_select(flag, 0, bucket, out=scratch("bool", bucket.shape, torch.bool, device))
     selected = torch.nonzero(flagged).squeeze(1)
     diff = torch.zeros(num_q * (max_pos + 1), dtype=torch.int64, device=device)
     for part in selected.split(max_refine):  # bounded memory, even when every distance ties
@@ -258,12 +244,22 @@ def rank_metrics(
     Ties rank by gallery index (a stable sort), NaN distances last.
     """
     device = dist.device if isinstance(dist, torch.Tensor) else torch.device("cpu")
-    max_rank = min(max_rank, max(int(dist.shape[1]), 1))
-    return _accumulate(
-        lambda start, stop, scratch: _as_tensor(dist[start:stop], device),
-        int(dist.shape[0]), q_pids, q_camids, g_pids, g_camids, max_rank, chunk_size, device,
-        drop_junk_columns=False,
-    )
+    if dist.shape[1] != len(g_pids):
+        raise ValueError(f"{dist.shape[1]} gallery columns but {len(g_pids)} gallery ids")
+    keep = _as_tensor(g_pids, device) != -1
+    columns = None if bool(keep.all()) else torch.nonzero(keep).squeeze(1)
+
+    def rows(start: int, stop: int, scratch: _Scratch) -> torch.Tensor:
+        chunk = _as_tensor(dist[start:stop], device)
+        return chunk if columns is None else chunk[:, columns]
+
+    return _accumulate(rows, int(dist.shape[0]), q_pids, q_camids, g_pids, g_camids, keep, max_rank,
+                       chunk_size, device)
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The figures of `rank_metrics` without the CMC curve, as floats."""
+    return {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
 
 
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
@@ -282,7 +278,7 @@ def _chunk_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str,
     """`pairwise_distance` into a reused buffer (cosine, the common case)."""
     if metric != "cosine" or query.dtype != gallery.dtype:
         return pairwise_distance(query, gallery, metric)
-    out = scratch.get("dist", (query.shape[0], gallery.shape[0]), query.dtype, query.device)
+    out = scratch("dist", (query.shape[0], gallery.shape[0]), query.dtype, query.device)
     return torch.mm(query, gallery.T, out=out).neg_()
 
 
@@ -298,29 +294,23 @@ def rank_metrics_from_features(
     chunk_size: int = 256,
 ) -> dict:
     """`rank_metrics` without ever holding the full distance matrix: distances are computed
-    chunk by chunk of queries, on the features' device. Gallery ids -1 (junk for every query)
-    are dropped before any distance is computed; the remaining items keep their order, so ties
-    still rank by gallery index."""
+    chunk by chunk of queries, on the features' device."""
     device = query_features.device
-    g_pids = _as_tensor(g_pids, device).long()
-    if len(g_pids) != gallery_features.shape[0]:
-        raise ValueError(f"{gallery_features.shape[0]} gallery features but {len(g_pids)} gallery ids")
-    max_rank = min(max_rank, max(len(g_pids), 1))  # the cap as if nothing were dropped
-    keep = g_pids != -1
-    gallery_features = gallery_features.to(device)
-    if not bool(keep.all()):
-        gallery_features, g_pids = gallery_features[keep], g_pids[keep]
-        g_camids = _as_tensor(g_camids, device)[keep]
+    keep = _as_tensor(g_pids, device) != -1
+    if len(keep) != gallery_features.shape[0]:
+        raise ValueError(f"{gallery_features.shape[0]} gallery features but {len(keep)} gallery ids")
+    gallery = gallery_features.to(device)
+    gallery = gallery if bool(keep.all()) else gallery[keep]
     return _accumulate(
-        lambda start, stop, scratch: _chunk_distance(query_features[start:stop], gallery_features, metric,
-                                                     scratch),
-        int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, max_rank, chunk_size,
-        device, drop_junk_columns=True,
-    )
+        lambda start, stop, scratch: _chunk_distance(query_features[start:stop], gallery, metric, scratch),
+        int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, keep, max_rank, chunk_size, device)
 
 
-def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, max_rank,
-                chunk_size, device, drop_junk_columns) -> dict:
+def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, keep, max_rank,
+                chunk_size, device) -> dict:
+    """The metrics over the chunks of `dist_chunk(start, stop, scratch)`: the distances of queries
+    start..stop-1 to the gallery columns of `keep` only (not ids -1, junk for every query), in their
+    order, so that ties still rank by gallery index."""
     q_pids, q_camids = _as_tensor(q_pids, device).long(), _as_tensor(q_camids, device).long()
     g_pids, g_camids = _as_tensor(g_pids, device).long(), _as_tensor(g_camids, device).long()
     if not (len(q_pids) == len(q_camids) == num_queries):
@@ -329,11 +319,11 @@ def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, max
         raise ValueError(f"{len(g_pids)} gallery ids but {len(g_camids)} gallery cameras")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    max_rank = min(max_rank, max(len(g_pids), 1))  # the cap as if nothing were dropped
+    g_pids, g_camids = g_pids[keep], g_camids[keep]
     # Bucket ids of a chunk are int32, row after row: keep rows x buckets below 2^31.
     chunk_size = min(chunk_size, (2**31 - 1) // (_num_buckets(len(g_pids)) + 3))
-    g_valid = g_pids != -1
-    junk_columns = None if drop_junk_columns or bool(g_valid.all()) else ~g_valid[None, :]
-    columns, q_start, q_count = _same_id_table(q_pids, g_pids, g_valid)
+    columns, q_start, q_count = _same_id_table(q_pids, g_pids)
     ap_sum = ap_finite_sum = inp_sum = 0.0
     cmc_sum = torch.zeros(max_rank, dtype=torch.float64, device=device)
     num_valid = 0
@@ -342,8 +332,6 @@ def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, max
         for start in range(0, num_queries, chunk_size):
             stop = min(start + chunk_size, num_queries)
             dist = dist_chunk(start, stop, scratch)
-            if dist.shape[1] != len(g_pids):
-                raise ValueError(f"{dist.shape[1]} gallery columns but {len(g_pids)} gallery ids")
             if dist.dtype not in (torch.float32, torch.float64):
                 dist = dist.float()  # half / bfloat16 / ints: exact in float32, order unchanged
             dist = dist.contiguous()
@@ -356,7 +344,7 @@ def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, max
             same_idx = torch.where(same_valid, columns[at], torch.zeros_like(at)) if len(columns) \
                 else torch.zeros_like(at)
             ranks, is_positive = _positive_ranks(dist, same_idx, same_valid, g_camids[same_idx],
-                                                 q_camids[start:stop], junk_columns, scratch)
+                                                 q_camids[start:stop], scratch)
             ap_values, ap_finite, inp, cmc, has_match = _query_scores(ranks, is_positive, max_rank)
             ap_sum += float(ap_values[has_match].sum())
             ap_finite_sum += float(ap_finite[has_match].sum())

@@ -31,23 +31,9 @@ deterministic (on a GPU, `index_add_` sums in no fixed order: last-bit differenc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from dgnet.errors import ConfigError
-
-RowFn = Callable[[int, int], torch.Tensor]  # (start, stop) -> distances of rows start..stop-1 to all N
-PairFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (i, j) -> d(i[n], j[n]) for every n
-
-
-def _check(k1: int, k2: int, lambda_value: float) -> None:
-    if int(k1) != k1 or k1 < 1:
-        raise ConfigError(f"re-ranking k1={k1}: must be an integer >= 1 (the paper uses 20)")
-    if int(k2) != k2 or k2 < 1:
-        raise ConfigError(f"re-ranking k2={k2}: must be an integer >= 1 (the paper uses 6)")
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ConfigError(f"re-ranking lambda={lambda_value}: must lie in [0, 1] (the paper uses 0.3)")
 
 
 def k_reciprocal_rerank(
@@ -63,71 +49,18 @@ def k_reciprocal_rerank(
     The features are used as given (L2-normalise them first, as the protocol does); their
     squared Euclidean distances are the original distances. Runs on the features' device.
     """
-    _check(k1, k2, lambda_value)
+    for name, value, paper in (("k1", k1, 20), ("k2", k2, 6)):
+        if int(value) != value or value < 1:
+            raise ConfigError(f"re-ranking {name}={value}: must be an integer >= 1 (the paper uses {paper})")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ConfigError(f"re-ranking lambda={lambda_value}: must lie in [0, 1] (the paper uses 0.3)")
     if query_features.dim() != 2 or gallery_features.dim() != 2 \
             or query_features.shape[1] != gallery_features.shape[1]:
         raise ValueError(f"features must be (n, d) with the same d: got {tuple(query_features.shape)} "
                          f"and {tuple(gallery_features.shape)}")
     feats = torch.cat([query_features, gallery_features.to(query_features.device)]).float()
-    sq = feats.pow(2).sum(dim=1)
-
-    def rows(start: int, stop: int) -> torch.Tensor:
-        d = torch.mm(feats[start:stop], feats.T).mul_(-2).add_(sq[start:stop, None]).add_(sq[None, :])
-        return d.clamp_(min=0)
-
-    def pairs(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        step = max(1, (1 << 24) // feats.shape[1])  # gathered rows: 64 MB at a time
-        dots = torch.cat([(feats[i[s:s + step]] * feats[j[s:s + step]]).sum(dim=1)
-                          for s in range(0, len(i), step)]) if len(i) else sq[:0]
-        return (sq[i] + sq[j] - 2 * dots).clamp_(min=0)
-
     with torch.no_grad():
-        return _rerank(rows, pairs, len(query_features), len(feats), k1, k2, lambda_value, chunk_size)
-
-
-def k_reciprocal_rerank_distances(
-    query_gallery: torch.Tensor,
-    query_query: torch.Tensor,
-    gallery_gallery: torch.Tensor,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-    chunk_size: int = 1024,
-) -> torch.Tensor:
-    """Re-ranked (num_query, num_gallery) distances from the three original distance matrices
-    (query x gallery, query x query, gallery x gallery; non-negative, smaller = more similar)."""
-    _check(k1, k2, lambda_value)
-    qg, qq, gg = (torch.as_tensor(m).float() for m in (query_gallery, query_query, gallery_gallery))
-    num_q, num_g = qg.shape
-    if qq.shape != (num_q, num_q) or gg.shape != (num_g, num_g):
-        raise ValueError(f"distance matrices disagree: query x gallery {tuple(qg.shape)}, "
-                         f"query x query {tuple(qq.shape)}, gallery x gallery {tuple(gg.shape)}")
-    if bool((qg < 0).any() or (qq < 0).any() or (gg < 0).any()):
-        raise ValueError("re-ranking needs non-negative distances (the kernel is exp(-d))")
-    gg = gg.to(qg.device)
-    qq = qq.to(qg.device)
-
-    def rows(start: int, stop: int) -> torch.Tensor:
-        parts = []
-        if start < num_q:
-            s, e = start, min(stop, num_q)
-            parts.append(torch.cat([qq[s:e], qg[s:e]], dim=1))
-        if stop > num_q:
-            s, e = max(start, num_q) - num_q, stop - num_q
-            parts.append(torch.cat([qg[:, s:e].T, gg[s:e]], dim=1))
-        return torch.cat(parts)
-
-    def pairs(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        # The pooled matrix [[qq, qg], [qg^T, gg]], read at (i, j).
-        out = torch.empty(len(i), dtype=qg.dtype, device=qg.device)
-        iq, jq = i < num_q, j < num_q
-        for mi, mj, m, oi, oj in ((iq, jq, qq, 0, 0), (iq, ~jq, qg, 0, num_q),
-                                  (~iq, jq, qg.T, num_q, 0), (~iq, ~jq, gg, num_q, num_q)):
-            sel = mi & mj
-            out[sel] = m[i[sel] - oi, j[sel] - oj]
-        return out
-
-    return _rerank(rows, pairs, num_q, num_q + num_g, k1, k2, lambda_value, chunk_size)
+        return _rerank(feats, len(query_features), k1, k2, lambda_value, chunk_size)
 
 
 def _reciprocal(nbr: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
@@ -176,10 +109,22 @@ def _coalesce(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, num_co
     return uniq // num_cols, uniq % num_cols, summed
 
 
-def _rerank(rows: RowFn, pairs: PairFn, num_q: int, num: int, k1: int, k2: int, lambda_value: float,
-            chunk_size: int, max_pairs: int = 1 << 23) -> torch.Tensor:
+def _rerank(feats: torch.Tensor, num_q: int, k1: int, k2: int, lambda_value: float, chunk_size: int,
+            max_pairs: int = 1 << 23) -> torch.Tensor:
+    num, device = len(feats), feats.device
     num_g = num - num_q
-    device = rows(0, 1).device if num else torch.device("cpu")
+    sq = feats.pow(2).sum(dim=1)
+
+    def rows(start: int, stop: int) -> torch.Tensor:  # squared distances of rows start..stop-1 to all
+        d = torch.mm(feats[start:stop], feats.T).mul_(-2).add_(sq[start:stop, None]).add_(sq[None, :])
+        return d.clamp_(min=0)
+
+    def pairs(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:  # d(i[n], j[n]) for every n
+        step = max(1, (1 << 24) // feats.shape[1])  # gathered rows: 64 MB at a time
+        dots = torch.cat([(feats[i[s:s + step]] * feats[j[s:s + step]]).sum(dim=1)
+                          for s in range(0, len(i), step)]) if len(i) else sq[:0]
+        return (sq[i] + sq[j] - 2 * dots).clamp_(min=0)
+
     if num_q == 0 or num_g == 0:
         return torch.zeros(num_q, num_g, device=device)
     k1, k2 = min(k1, num - 1), min(k2, num)
