@@ -30,8 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the final file the permissions a plain open() would.
-    os.chmod(tmp_path, 0o666 & ~_umask())
+    tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600 files: the permissions a plain open() gives
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -115,7 +114,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def replace_marked_section(path: str | os.PathLike, name: str, section: str, header: str = "") -> Path:

@@ -268,12 +268,8 @@ def mislabelled_train_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write `frame` as a manifest CSV, atomically.
-
-    Images inside the manifest's folder are stored relative to it (`synthetic/bounding_box_train/..`
-    for data/manifest.csv), so the file, and DVC's hash of it, survive moving or cloning the
-    checkout; images elsewhere (a dataset under /datasets) keep their absolute paths.
-    """
+    """Write `frame` as a manifest CSV, atomically, images inside its folder as paths relative to it
+    (so the file and DVC's hash survive moving or cloning the checkout), others absolute."""
     path = Path(path)
     base = path.parent.resolve()
 

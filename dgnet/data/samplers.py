@@ -1,17 +1,11 @@
-"""Batch samplers whose batches are pure functions of (seed, iteration, rank).
+"""Batch samplers whose batches are pure functions of (seed, iteration, rank): resuming at iteration
+t needs nothing but t, and under DDP all ranks compute the same global batch and keep disjoint slices.
 
-No sampler state exists: iteration t's batch is drawn from generators seeded with the seed and
-t (or the epoch t falls in), so resuming at iteration t needs nothing but t, and under DDP all
-ranks compute the same global batch and keep disjoint slices of it.
-
-DG-Net batches come from one of two samplers, both with the layout
-[a (N), positives of a (N), b (N), positives of b (N)]:
-
-- `ImagePairSampler`, the published DG-Net recipe: streams a and b are two independent
-  epoch-wise shuffles of ALL training images (image-uniform: an identity is drawn in proportion
-  to its number of images), so a and b can hold the same identity by chance.
-- `IdentityPairSampler`, the alternative: identity-uniform, and a and b are always different
-  people, which the cross-identity losses (a's structure with b's appearance) assume.
+DG-Net batches, laid out [a (N), positives of a (N), b (N), positives of b (N)], come from
+`ImagePairSampler`, the published recipe (streams a and b are independent epoch-wise shuffles of
+all training images, so a and b can hold the same identity by chance), or `IdentityPairSampler`,
+the alternative (identity-uniform, a and b always different people, as the cross-identity losses
+assume). The teacher's come from `RandomImageSampler`.
 """
 
 from __future__ import annotations

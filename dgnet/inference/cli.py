@@ -26,16 +26,13 @@ def _set_threads(args: argparse.Namespace) -> None:
 
     import torch
 
+    from dgnet.errors import ConfigError
     from dgnet.inference.extract import idle_cores
 
-    if args.threads is not None:
-        if args.threads < 1:
-            from dgnet.errors import ConfigError
-
-            raise ConfigError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
-    elif not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(idle_cores())
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: must be >= 1")
+    if args.threads is not None or not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(args.threads or idle_cores())
 
 
 def _extractor(args: argparse.Namespace):
@@ -152,8 +149,13 @@ def _add_model(parser: argparse.ArgumentParser, batch: bool = True) -> None:
     parser.add_argument("--model", required=True, metavar="M",
                         help="model file (model.pt of `dgnet train` / `train-teacher`) or models:/NAME@ALIAS")
     if batch:  # the commands that run the model on images
-        parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
-        parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+        _add_device(parser, threads=True)
+
+
+def _add_device(parser: argparse.ArgumentParser, threads: bool) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    if threads:
         parser.add_argument("--threads", type=int, metavar="N",
                             help="CPU threads (default: OMP_NUM_THREADS, else the cores the load average "
                                  "shows idle)")
@@ -259,6 +261,5 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="test images behind the reconstruction L1 (default: the report's 2048)")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"), metavar="DIR",
                           help="output folder (default ./evaluation)")
-    evaluate.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    _add_device(evaluate, threads=False)
     evaluate.set_defaults(func=_cmd_evaluate)

@@ -4,17 +4,15 @@
     features = extractor(["a.jpg", "b.jpg"])                 # (2, D): load, resize, normalise, embed
     features = extractor.features(batch)                     # a normalised (N, 3, H, W) float tensor
 
-The feature is the evaluator's (dgnet.evaluation.features): each head's embedding L2-normalised,
-flip-averaged, concatenated (DG-Net: primary half, then fine-grained half). It is the gallery-side
-feature: a query's fine-grained half is weighted afterwards (`scale_fine_half`), as the evaluator does.
-
-A `models:/NAME@ALIAS` (or `runs:/...`) URI is resolved by the plug-in registered under the
-`dgnet.model_uris` entry-point group (dgnet_pipeline.mlflow_model, which needs MLflow), so that dgnet itself
-never imports MLflow and a torch-only machine gets a clear message instead of an ImportError.
+The feature is the evaluator's (dgnet.evaluation.features), the gallery-side one: a query's
+fine-grained half is weighted afterwards (`scale_fine_half`). A `models:/NAME@ALIAS` (or `runs:/...`)
+URI is resolved by the plug-in of the `dgnet.model_uris` entry-point group (dgnet_pipeline.mlflow_model),
+so that dgnet never imports MLflow and a torch-only machine gets a clear message.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -28,7 +26,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dgnet.data.transforms import image_to_tensor, load_image, normalize
@@ -64,52 +62,34 @@ def feature_dim(config: ModelConfig, kind: str) -> int:
 
 
 def idle_cores() -> int:
-    """The CPU threads an inference command should use: the cores this process may run on that the
-    1-minute load average does not show busy, at least 1. torch's default (every core) on a busy
-    machine makes its threads wait on each other: 35 images/s instead of 140 with one thread on 2
-    busy cores (benchmarks/RESULTS.md, extract threads)."""
+    """The cores this process may run on that the 1-minute load average does not show busy, at least 1:
+    torch's default (every core) on a busy machine makes its threads wait on each other (35 images/s
+    instead of 140 with one thread on 2 busy cores, benchmarks/RESULTS.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, cores - round(busy)))
 
 
-def is_model_uri(ref: str | os.PathLike) -> bool:
-    """True for `models:/...` and `runs:/...` (MLflow), False for a file path."""
-    return any(str(ref).startswith(f"{scheme}:/") for scheme in URI_SCHEMES)
-
-
-def _uri_resolver(uri: str) -> Any:
+def load_trained_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
+                       kind: str | None = None) -> tuple[nn.Module, ModelInfo]:
+    """The network of a model file or of a `models:/NAME@ALIAS` URI, in eval mode on `device`."""
+    uri = str(ref)
     scheme = uri.split(":/", 1)[0]
+    if scheme not in URI_SCHEMES or not uri.startswith(f"{scheme}:/"):
+        return load_model(ref, map_location=device, kind=kind)
     found = [ep for ep in entry_points(group=MODEL_URI_GROUP) if ep.name == scheme]
     if not found:
         raise ModelFileError(
             f"{uri}: a {scheme}:/ URI is resolved through MLflow, and no resolver is installed here "
             "(the pipeline's install registers one: pip install -e '.[pipeline]'); pass the model file "
             "(model.pt) instead")
-    try:
-        return found[0].load()
-    except ImportError as exc:  # a torch-only machine: dgnet_pipeline/ is there but MLflow is not
-        raise _without_mlflow(uri, exc) from exc
-
-
-def _without_mlflow(uri: str, exc: ImportError) -> ModelFileError:
-    scheme = uri.split(":/", 1)[0]
-    return ModelFileError(f"{uri}: a {scheme}:/ URI needs MLflow, which cannot be imported here ({exc}); "
-                          "install it (pip install -e '.[pipeline]') or pass the model file (model.pt) "
-                          "instead")
-
-
-def load_trained_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
-                       kind: str | None = None) -> tuple[nn.Module, ModelInfo]:
-    """The network of a model file or of a `models:/NAME@ALIAS` URI, in eval mode on `device`."""
-    if not is_model_uri(ref):
-        return load_model(ref, map_location=device, kind=kind)
-    resolve = _uri_resolver(str(ref))
     with tempfile.TemporaryDirectory(prefix="dgnet-model-") as tmp:
-        try:
-            path = resolve(str(ref), Path(tmp))
-        except ImportError as exc:  # the resolver imports MLflow when called
-            raise _without_mlflow(str(ref), exc) from exc
+        try:  # a torch-only machine: dgnet_pipeline is there, MLflow (imported on load or call) is not
+            path = found[0].load()(uri, Path(tmp))
+        except ImportError as exc:
+            raise ModelFileError(f"{uri}: a {scheme}:/ URI needs MLflow, which cannot be imported here "
+                                 f"({exc}); install it (pip install -e '.[pipeline]') or pass the model "
+                                 "file (model.pt) instead") from exc
         return load_model(path, map_location=device, kind=kind)
 
 
@@ -160,15 +140,8 @@ def prepare_image(item: ImageItem, size: tuple[int, int]) -> torch.Tensor:
     return normalize(load_image(str(item), size))
 
 
-class _Images(Dataset):
-    def __init__(self, items: Sequence[ImageItem], size: tuple[int, int]) -> None:
-        self.items, self.size = items, size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return prepare_image(self.items[index], self.size)
+def _prepared_batch(items: list[ImageItem], size: tuple[int, int]) -> torch.Tensor:
+    return torch.stack([prepare_image(item, size) for item in items])
 
 
 class FeatureExtractor:
@@ -184,7 +157,6 @@ class FeatureExtractor:
             raise ConfigError(f"batch size {batch_size}: must be >= 1")
         self.device = select_device(device)
         self.model, self.info = load_trained_model(model, self.device)
-        self.source = str(model)
         self.kind = self.info.kind
         self.image_size = (self.info.config.image_height, self.info.config.image_width)
         self.dim = feature_dim(self.info.config, self.kind)
@@ -217,8 +189,8 @@ class FeatureExtractor:
         """Features (N, D) of `items`, in batches (a progress bar with `show_progress`)."""
         if len(items) == 0:
             raise ValueError("FeatureExtractor: no images given")
-        loader = DataLoader(_Images(items, self.image_size), batch_size=self.batch_size,
-                            num_workers=self.num_workers)
+        loader = DataLoader(list(items), batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=functools.partial(_prepared_batch, size=self.image_size))
         chunks = []
         with tqdm(total=len(items), desc=desc, disable=not show_progress, dynamic_ncols=True) as bar:
             for batch in loader:
@@ -227,32 +199,16 @@ class FeatureExtractor:
         return torch.cat(chunks)
 
 
-def write_features(out: str | os.PathLike, features: torch.Tensor | np.ndarray,
-                   names: pd.DataFrame) -> tuple[Path, Path]:
-    """features as OUT.npy (float32, N x D) and `names` (one row per feature, same order) as OUT.csv,
-    each atomically; returns both paths."""
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise ConfigError(f"--out {out}: must end in .npy (the names are written beside it as .csv)")
-    array = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
-    if len(array) != len(names):
-        raise ValueError(f"write_features: {len(array)} features but {len(names)} names")
-    names_path = out.with_suffix(".csv")
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:  # np.save(path) would append .npy
-        np.save(handle, array.astype(np.float32, copy=False))
-    with atomic_path(names_path) as tmp:
-        names.to_csv(tmp, index=False)
-    return out, names_path
-
-
 def extract_to_file(extractor: FeatureExtractor, out: str | os.PathLike, *,
                     images: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
                     show_progress: bool = True) -> dict[str, Any]:
     """`dgnet extract`: features of a folder's images (names relative to it) or of a manifest's rows
-    (its columns kept beside the features); returns what was written and how fast."""
+    (its columns kept) as OUT.npy (float32, N x D) and the names as OUT.csv, each atomically;
+    returns what was written and how fast."""
     if (images is None) == (manifest is None):
         raise ConfigError("extract: give exactly one of --images DIR and --manifest CSV")
-    if Path(out).suffix != ".npy":
+    out = Path(out)
+    if out.suffix != ".npy":
         raise ConfigError(f"--out {out}: must end in .npy (the names are written beside it as .csv)")
     if images is not None:
         paths = find_images(images)
@@ -263,6 +219,10 @@ def extract_to_file(extractor: FeatureExtractor, out: str | os.PathLike, *,
     start = time.perf_counter()
     features = extractor.extract(names["path"].tolist(), show_progress=show_progress)
     seconds = time.perf_counter() - start
-    npy, csv = write_features(out, features, names)
-    return {"features": npy, "names": csv, "count": len(names), "dim": int(features.shape[1]),
-            "seconds": seconds, "images_per_s": len(names) / max(seconds, 1e-9)}
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:  # np.save(path) would append .npy
+        np.save(handle, features.numpy().astype(np.float32, copy=False))
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        names.to_csv(tmp, index=False)
+    return {"features": out, "names": out.with_suffix(".csv"), "count": len(names),
+            "dim": int(features.shape[1]), "seconds": seconds,
+            "images_per_s": len(names) / max(seconds, 1e-9)}

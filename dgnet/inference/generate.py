@@ -1,14 +1,10 @@
 """`dgnet generate`: a generated re-ID dataset in Market-1501 layout (as DG-Market is for Market-1501).
 
-Each image is G(s_j, a_i): person i's clothes (the appearance donor, whose id it carries) in
-image j's pose, body and place (the structure donor, another person, whose camera it takes: the
-camera is the place). Donors come from one folder of images named in a dataset's pattern (usually
-the training split, e.g. bounding_box_train/). Their ids are split in two, as Market's are: the
-train side fills bounding_box_train/, the test side query/ and bounding_box_test/ (a query per id
-and camera, where the id's gallery holds an image of another camera), and each side's structure
-donors are drawn from its own ids, so no one crosses the train/test line. The folder therefore
-passes `dgnet validate` and trains with `dgnet train-teacher --data OUT`. provenance.csv names
-both donors of every image.
+Each image is G(s_j, a_i): person i's clothes (the appearance donor, whose id it carries) in image
+j's pose and place (the structure donor, another person of the same side, whose camera it takes).
+The donors' ids are split in two as Market's are: the train side fills bounding_box_train/, the
+test side query/ and bounding_box_test/, so the folder passes `dgnet validate` and trains with
+`dgnet train-teacher --data OUT`. provenance.csv names both donors of every image.
 """
 
 from __future__ import annotations
@@ -96,12 +92,9 @@ def plan_pairs(donors: pd.DataFrame, pairs: int, test_fraction: float, seed: int
     # Market's query: one image per test id and camera, where the id's gallery keeps an image of
     # another camera. Only cameras holding 2+ images of the id give one, so every camera keeps a
     # gallery image; an id seen by 2+ cameras then has its cross-camera match.
-    test = plan[plan["side"] == "test"]
-    for _, rows in test.groupby("person_id"):
+    for _, rows in plan[plan["side"] == "test"].groupby("person_id"):
         per_camera = rows.groupby("camera_id")
-        if per_camera.ngroups < 2:
-            continue
-        for _, cam_rows in per_camera:
+        for _, cam_rows in per_camera if per_camera.ngroups >= 2 else ():
             if len(cam_rows) >= 2:
                 plan.loc[cam_rows.index[0], "split"] = "query"
     if not (plan["split"] == "query").any():
@@ -127,8 +120,7 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
     donors = donor_table(images_dir, fmt)
     plan = plan_pairs(donors, len(donors) if pairs is None else pairs, test_fraction, seed)
     device = next(model.parameters()).device
-    folders = {"train": _MARKET_DIRS["train"], "query": _MARKET_DIRS["query"],
-               "gallery": _MARKET_DIRS["gallery"]}
+    folders = _MARKET_DIRS
     labels = zip(plan["split"], plan["person_id"], plan["camera_id"], strict=True)
     files = [f"{folders[s]}/{output_name(fmt, p, c, k)}" for k, (s, p, c) in enumerate(labels)]
     paths = donors["path"].tolist()
@@ -150,14 +142,11 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
             for offset, image in enumerate(generated.float().cpu()):
                 to_pil(image, normalized=True).save(tmp / files[start + offset], "JPEG", quality=JPEG_QUALITY)
             bar.update(len(rows))
-        a, s = donors.loc[plan["appearance"]], donors.loc[plan["structure"]]
         provenance = pd.DataFrame({
-            "file": files, "split": plan["split"].to_numpy(), "person_id": plan["person_id"].to_numpy(),
-            "camera_id": plan["camera_id"].to_numpy(),
-            "appearance_source": a["name"].to_numpy(), "appearance_person_id": a["person_id"].to_numpy(),
-            "appearance_camera_id": a["camera_id"].to_numpy(),
-            "structure_source": s["name"].to_numpy(), "structure_person_id": s["person_id"].to_numpy(),
-            "structure_camera_id": s["camera_id"].to_numpy(),
+            "file": files, **{c: plan[c].to_numpy() for c in ("split", "person_id", "camera_id")},
+            **{f"{role}_{column}": donors.loc[plan[role], field].to_numpy()
+               for role in ("appearance", "structure") for column, field in
+               (("source", "name"), ("person_id", "person_id"), ("camera_id", "camera_id"))},
         })
         with atomic_path(tmp / "provenance.csv") as csv:
             provenance.to_csv(csv, index=False)

@@ -1,12 +1,10 @@
 """`dgnet export --format onnx`: the test-time feature as an ONNX graph, checked against PyTorch.
 
-The graph is `FeatureModel`: normalised images (N, 3, H, W) float32 named `images` -> features
-(N, D) named `features`, flip-averaged exactly as the evaluator computes them; N is dynamic. It is
-exported with the TorchScript-based exporter (`dynamo=False`): it needs only the `onnx` package and
-takes about 2 s here, where the torch.export-based one also needs onnxscript and took 10 s, for the
-same graph and the same differences (both measured at about 3e-7). The parity check runs the file
-in onnxruntime on batches of other sizes than the one traced, so the dynamic batch axis is tested too.
-The packages are optional (`pip install -e '.[onnx]'`): the GPU machines' torch-only installs lack them.
+The graph is `FeatureModel`: normalised images (N, 3, H, W) float32 `images` -> flip-averaged
+features (N, D) `features`, N dynamic. The TorchScript-based exporter (`dynamo=False`) needs only
+`onnx` and takes ~2 s, where the torch.export one also needs onnxscript and took 10 s for the same
+graph and differences (~3e-7). The parity check runs the file in onnxruntime on other batch sizes
+than the traced one. The packages are optional (`pip install -e '.[onnx]'`).
 """
 
 from __future__ import annotations

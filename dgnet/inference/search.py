@@ -115,18 +115,16 @@ def rank_folders(extractor: FeatureExtractor, query: str | os.PathLike, gallery:
         fmt, pids, cams = ids
         nq = len(q_paths)
         q_ids, q_cams, g_ids, g_cams = pids[:nq], cams[:nq], pids[nq:], cams[nq:]
-        found = rank_metrics(dist, q_ids, q_cams, g_ids, g_cams)
-        metrics = {key: float(v) for key, v in found.items() if not isinstance(v, list)}
+        metrics = {key: float(v) for key, v in rank_metrics(dist, q_ids, q_cams, g_ids, g_cams).items()
+                   if not isinstance(v, list)}
 
     records, rows = [], []
     for q, ranked in enumerate(order.tolist()):
-        results = []
-        for r, g in enumerate(ranked, start=1):
-            verdict = _match(q_ids[q], q_cams[q], g_ids[g], g_cams[g]) if fmt else "unknown"
-            results.append({"rank": r, "name": g_names[g], "path": str(g_paths[g]),
-                            "distance": float(dist[q, g]), "match": verdict})
-            records.append({"query": q_names[q], "rank": r, "gallery": g_names[g],
-                            "distance": float(dist[q, g]), "match": verdict})
+        results = [{"rank": r, "name": g_names[g], "path": str(g_paths[g]), "distance": float(dist[q, g]),
+                    "match": _match(q_ids[q], q_cams[q], g_ids[g], g_cams[g]) if fmt else "unknown"}
+                   for r, g in enumerate(ranked, start=1)]
+        records += [{"query": q_names[q], "rank": x["rank"], "gallery": x["name"], "distance": x["distance"],
+                     "match": x["match"]} for x in results]
         label = f"id {q_ids[q]} c{q_cams[q]}" if fmt else Path(q_names[q]).stem[:10]  # fits under a tile
         rows.append({"query": q_names[q], "query_path": str(q_paths[q]), "label": label, "results": results})
 

@@ -71,7 +71,5 @@ class AppearanceEncoder(nn.Module):
         feature = F.adaptive_max_pool2d(feature_map, 1).flatten(1)
         primary_logits, primary_embedding = self.primary_head(feature)
         fine_logits, fine_embedding = self.fine_head(feature)
-        return AppearanceOutput(
-            appearance_code(feature_map, self.rows), feature,
-            primary_logits, primary_embedding, fine_logits, fine_embedding,
-        )  # fmt: skip
+        return AppearanceOutput(appearance_code(feature_map, self.rows), feature, primary_logits,
+                                primary_embedding, fine_logits, fine_embedding)

@@ -1,11 +1,10 @@
 """ResNet trunk (torchvision ResNet without pooling and fc), last stage with stride 1.
 
-ImageNet weights are used when the user has them: a path in the config, or the torchvision
-checkpoint file already in the torch hub cache. A run that requires them (`require_pretrained`, the
-paper profile) downloads them there through torchvision's weights API when the machine is online,
-as torchreid and fast-reid do (one bounded attempt; DGNET_OFFLINE=1 turns it off); otherwise, and
-for every other run, nothing is downloaded: without weights the trunk is randomly initialised with
-a warning, or ConfigError naming the file and the folder when `require_pretrained` is set.
+ImageNet weights come from a path in the config or the torchvision checkpoint already in the torch
+hub cache. A run that requires them (`require_pretrained`, the paper profile) downloads them there
+through torchvision's weights API when online, as torchreid and fast-reid do (one bounded attempt;
+DGNET_OFFLINE=1 turns it off); no other run downloads: without weights the trunk is randomly
+initialised with a warning, or ConfigError naming the file and the folder when they are required.
 """
 
 from __future__ import annotations
@@ -23,13 +22,7 @@ from dgnet.errors import ConfigError
 from dgnet.models.config import RESNET_WIDTH, ModelConfig
 from dgnet.models.grouped_norm import GroupedBatchNorm2d
 
-_BUILDERS = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
-}
-
-
+BACKBONES = ("resnet18", "resnet34", "resnet50")
 DOWNLOAD_TIMEOUT_S = 30  # per network operation: an offline machine gives up within it
 OFFLINE_ENV = "DGNET_OFFLINE"
 
@@ -48,10 +41,10 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, name: str, width: int = RESNET_WIDTH, last_stride: int = 1) -> None:
         super().__init__()
-        if name not in _BUILDERS:
-            raise ConfigError(f"model.backbone: {name!r} is not one of {sorted(_BUILDERS)}")
+        if name not in BACKBONES:
+            raise ConfigError(f"model.backbone: {name!r} is not one of {sorted(BACKBONES)}")
         # Grouped BatchNorm: torch's own unless a caller groups a batch (dgnet.models.grouped_norm).
-        resnet = _BUILDERS[name][0](weights=None, norm_layer=GroupedBatchNorm2d)
+        resnet = torchvision.models.get_model(name, weights=None, norm_layer=GroupedBatchNorm2d)
         if width != RESNET_WIDTH:
             _narrow(resnet, width)
         # Re-ID keeps the last stage at stride 1 (a 16x8 map at 256x128) for finer spatial detail.
@@ -87,17 +80,11 @@ def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
 
 
 def cached_imagenet_checkpoint(name: str) -> Path | None:
-    """The torchvision ImageNet checkpoint for `name` if it is already in the torch hub cache, else None.
-
-    Looks at `torch.hub.get_dir()/checkpoints/<file name of the weights enum's url>` for each of the
-    enum's weights (V1 first: the classic weights re-ID papers used). Never downloads.
-    """
+    """The torchvision ImageNet checkpoint for `name` if it is already in the torch hub cache (any of
+    the weights enum's files, V1 first: the classic weights re-ID papers used), else None."""
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    for weights in _BUILDERS[name][1]:
-        candidate = checkpoints / os.path.basename(weights.url)
-        if candidate.is_file():
-            return candidate
-    return None
+    found = (checkpoints / os.path.basename(w.url) for w in torchvision.models.get_model_weights(name))
+    return next((path for path in found if path.is_file()), None)
 
 
 def download_imagenet_checkpoint(name: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path | None:
@@ -108,7 +95,8 @@ def download_imagenet_checkpoint(name: str, timeout_s: float = DOWNLOAD_TIMEOUT_
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
     try:
-        _BUILDERS[name][1].IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError, ValueError) as error:  # URLError and timeouts are OSErrors
         warnings.warn(f"model.pretrained: downloading the {name} ImageNet weights failed ({error})",
                       PretrainedWeightsMissingWarning, stacklevel=3)
@@ -120,26 +108,21 @@ def download_imagenet_checkpoint(name: str, timeout_s: float = DOWNLOAD_TIMEOUT_
 
 def load_trunk_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> None:
     """Load a torchvision ResNet state dict (`fc.*` entries ignored) into `trunk`; ConfigError if unfit."""
-    path = Path(path)
+    path, key = Path(path), "model.pretrained_path"
     if not path.is_file():
-        raise ConfigError(f"model.pretrained_path: {path} does not exist or is not a file")
+        raise ConfigError(f"{key}: {path} does not exist or is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file is the user's to fix
-        raise ConfigError(
-            f"model.pretrained_path: {path} is not a readable torch state dict ({error})"
-        ) from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        raise ConfigError(f"{key}: {path} is not a readable torch state dict ({error})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ConfigError(f"model.pretrained_path: {path} does not hold a state dict")
-    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+        raise ConfigError(f"{key}: {path} does not hold a state dict")
     try:
-        trunk.load_state_dict(state, strict=True)
+        trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
     except RuntimeError as error:
-        raise ConfigError(
-            f"model.pretrained_path: {path} does not fit the configured backbone ({error})"
-        ) from error
+        raise ConfigError(f"{key}: {path} does not fit the configured backbone ({error})") from error
 
 
 def build_trunk(cfg: ModelConfig, last_stride: int = 1) -> ResNetTrunk:
@@ -157,7 +140,7 @@ def build_trunk(cfg: ModelConfig, last_stride: int = 1) -> ResNetTrunk:
     message = (f"model.pretrained: no ImageNet weights for {cfg.backbone} (no model.pretrained_path and "
                f"none in {folder})")
     if cfg.require_pretrained:
-        url = _BUILDERS[cfg.backbone][1].IMAGENET1K_V1.url
+        url = torchvision.models.get_model_weights(cfg.backbone).IMAGENET1K_V1.url
         raise ConfigError(
             message + " and none could be downloaded; model.require_pretrained is set (the paper profile "
             f"sets it: without ImageNet weights it loses tens of rank-1 points). Put {url} as "
@@ -165,6 +148,6 @@ def build_trunk(cfg: ModelConfig, last_stride: int = 1) -> ResNetTrunk:
             "anyway, set require_pretrained: false (params.yaml `model: {require_pretrained: false}`, or "
             "--set model.require_pretrained=false)"
         )
-    message += "; nothing is downloaded unless model.require_pretrained is set"
-    warnings.warn(message + "; starting from random init", PretrainedWeightsMissingWarning, stacklevel=2)
+    warnings.warn(message + "; nothing is downloaded unless model.require_pretrained is set; starting from "
+                  "random init", PretrainedWeightsMissingWarning, stacklevel=2)
     return trunk

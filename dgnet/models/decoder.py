@@ -34,21 +34,15 @@ class AdaINMapping(nn.Module):
         super().__init__()
         self.blocks = cfg.decoder_residual_blocks
         self.channels = cfg.structure_channels
-        out = 2 * self.channels
-        self.scale_mlps = nn.ModuleList(
-            mlp(cfg.adain_slice_dim, cfg.mlp_hidden, out) for _ in range(self.blocks)
-        )
-        self.bias_mlps = nn.ModuleList(
-            mlp(cfg.adain_slice_dim, cfg.mlp_hidden, out) for _ in range(self.blocks)
-        )
+        dims = (cfg.adain_slice_dim, cfg.mlp_hidden, 2 * self.channels)
+        self.scale_mlps = nn.ModuleList(mlp(*dims) for _ in range(self.blocks))
+        self.bias_mlps = nn.ModuleList(mlp(*dims) for _ in range(self.blocks))
 
     def forward(self, code: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per residual block k: (scales, biases), each N x (2 * channels) = [first conv | second conv]."""
         slices = code.chunk(self.blocks, dim=1)
-        return [
-            (scale_mlp(piece), bias_mlp(piece))
-            for piece, scale_mlp, bias_mlp in zip(slices, self.scale_mlps, self.bias_mlps, strict=True)
-        ]
+        return [(scale(piece), bias(piece))
+                for piece, scale, bias in zip(slices, self.scale_mlps, self.bias_mlps, strict=True)]
 
 
 class AdaINResidualBlock(nn.Module):

@@ -2,12 +2,9 @@
 
 The published DG-Net deep-copies E_a every iteration (and keeps frozen copies of E_s and of the
 teacher) so that a loss can pass gradient through a network without training it. `frozen_call`
-gives the same semantics for free: the parameters are passed detached (shared storage), so
-autograd differentiates w.r.t. the inputs only; the buffers are passed as clones, so BatchNorm's
-running-statistic updates land in throw-away tensors.
-
-Mode, as published (`train_bn`): eval mode, so no dropout, with every BatchNorm layer on the
-batch's own statistics. The module's own train/eval flags are restored afterwards.
+gives the same for free: detached parameters (shared storage), so autograd differentiates w.r.t. the
+inputs only; cloned buffers, so BatchNorm's running-statistic updates land in throw-away tensors;
+and, as published (`train_bn`), eval mode with every BatchNorm on the batch's own statistics.
 """
 
 from __future__ import annotations
@@ -37,12 +34,7 @@ def batch_statistics_eval(module: nn.Module) -> Iterator[None]:
 
 
 def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """`module(*args, **kwargs)` as a frozen copy of it would compute it, without copying it.
-
-    Detached parameters: gradients reach the inputs, never the weights (none is even computed).
-    Cloned buffers: BatchNorm's running statistics stay as they are. Eval mode with BatchNorm on
-    batch statistics (`batch_statistics_eval`): no dropout, so two dropout seeds give equal outputs.
-    """
+    """`module(*args, **kwargs)` as a frozen copy of it would compute it (see above), without copying it."""
     tensors = {name: p.detach() for name, p in module.named_parameters()}
     tensors.update({name: b.clone() for name, b in module.named_buffers()})
     with batch_statistics_eval(module):

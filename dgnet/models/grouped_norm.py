@@ -1,15 +1,11 @@
 """BatchNorm over groups of a batch: G separate forwards' statistics in one forward.
 
-As published, every batch of N images goes through E_a (and the teacher) on its own: BatchNorm
-normalises it with its own statistics, and the running statistics are updated once per batch, in
-order. Ten forwards of 8 small images leave most of a CPU idle. `statistics_groups(module, G)`
-makes one forward of G*N images compute exactly that: each BatchNorm layer normalises every block
-of N with the block's statistics and updates its running statistics as G forwards one after
-another would (r <- (1 - m) r + m s_g for g = 1..G; `num_batches_tracked` += G). Convolutions,
-pooling and linear layers are per sample, so the whole forward, and its backward, equal the G
-separate ones (up to float rounding: the kernels block a larger batch differently).
-
-With one group, in eval mode, or with momentum None, the layers are torch's own.
+As published, every batch of N images goes through E_a (and the teacher) on its own, normalised with
+its own statistics, the running statistics updated once per batch, in order; ten forwards of 8
+small images leave most of a CPU idle. Under `statistics_groups(module, G)` one forward of G*N
+images computes exactly that (r <- (1 - m) r + m s_g for g = 1..G; `num_batches_tracked` += G);
+convolutions, pooling and linear layers are per sample, so the forward and backward equal the G
+separate ones up to float rounding. With one group, in eval mode, or momentum None: torch's own.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ from torch import nn
 
 
 class _GroupedBatchNorm:
-    """The forward of `GroupedBatchNorm1d/2d`; `statistics_groups` is set by the context manager."""
+    """The forward of `GroupedBatchNorm1d/2d` (same parameters, buffers and keys as torch's)."""
 
     statistics_groups: int = 1
 
@@ -56,11 +52,11 @@ class _GroupedBatchNorm:
 
 
 class GroupedBatchNorm1d(_GroupedBatchNorm, nn.BatchNorm1d):
-    """nn.BatchNorm1d that can normalise groups of a batch separately (same parameters, buffers, keys)."""
+    pass
 
 
 class GroupedBatchNorm2d(_GroupedBatchNorm, nn.BatchNorm2d):
-    """nn.BatchNorm2d that can normalise groups of a batch separately (same parameters, buffers, keys)."""
+    pass
 
 
 @contextlib.contextmanager
@@ -88,9 +84,9 @@ def grouped_call(module: Callable[..., Any], images: torch.Tensor, groups: int, 
     (outputs concatenated along the batch), in one forward when every BatchNorm of `norms_of`
     (default `module`) is grouped; otherwise as those separate forwards."""
     owner = norms_of if norms_of is not None else module
-    norms = [m for m in owner.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if groups == 1:
         return module(images, *args)
+    norms = [m for m in owner.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if all(isinstance(m, _GroupedBatchNorm) for m in norms):
         with statistics_groups(owner, groups):
             return module(images, *args)

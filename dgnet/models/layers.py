@@ -12,25 +12,15 @@ LEAKY_SLOPE = 0.2
 def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     """A convolution with reflect padding that keeps the size (divided by the stride)."""
     padding = dilation * (kernel - 1) // 2
-    return nn.Conv2d(
-        in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation,
-        padding_mode="reflect" if padding else "zeros",
-    )  # fmt: skip
+    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation,
+                     padding_mode="reflect" if padding else "zeros")
 
 
 class ConvBlock(nn.Sequential):
     """conv (reflect padding) -> optional InstanceNorm (no affine) -> optional LeakyReLU(0.2)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int = 1,
-        dilation: int = 1,
-        instance_norm: bool = False,
-        activation: bool = True,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, dilation: int = 1,
+                 instance_norm: bool = False, activation: bool = True) -> None:
         layers: list[nn.Module] = [conv(in_channels, out_channels, kernel, stride, dilation)]
         if instance_norm:
             layers.append(nn.InstanceNorm2d(out_channels, affine=False))

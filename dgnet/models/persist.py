@@ -44,19 +44,8 @@ class ModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind a DDP / DataParallel / torch.compile wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-def save_model(
-    path: str | os.PathLike,
-    model: nn.Module,
-    kind: str,
-    model_cfg: ModelConfig,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
+def save_model(path: str | os.PathLike, model: nn.Module, kind: str, model_cfg: ModelConfig,
+               extra: Mapping[str, Any] | None = None) -> Path:
     """Write `model`'s weights, kind and config to `path` atomically; return the path.
 
     `extra` must hold plain values (numbers, strings, lists, dicts); put the training label map
@@ -64,11 +53,11 @@ def save_model(
     """
     if kind not in KINDS:
         raise ValueError(f"save_model: kind must be one of {sorted(KINDS)}, got {kind!r}")
-    model = _unwrap(model)
+    model = getattr(model, "module", model)  # the plain module behind DDP / DataParallel ...
+    model = getattr(model, "_orig_mod", model)  # ... and torch.compile
     if not isinstance(model, KINDS[kind]):
-        raise TypeError(
-            f"save_model: kind {kind!r} holds a {KINDS[kind].__name__}, got {type(model).__name__}"
-        )
+        raise TypeError(f"save_model: kind {kind!r} holds a {KINDS[kind].__name__}, "
+                        f"got {type(model).__name__}")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -81,10 +70,9 @@ def save_model(
     # "archive", so equal weights give byte-identical files (DVC then skips downstream stages).
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    path = Path(path)
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buffer.getvalue())
-    return path
+        tmp.write_bytes(buffer.getvalue())
+    return Path(path)
 
 
 def read_model_file(path: str | os.PathLike, kind: str | None = None,
@@ -98,9 +86,8 @@ def read_model_file(path: str | os.PathLike, kind: str | None = None,
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ModelFileError(
-            f"{what} file {path} cannot be read ({type(exc).__name__}: {exc}); is it a dgnet model file?"
-        ) from exc
+        raise ModelFileError(f"{what} file {path} cannot be read ({type(exc).__name__}: {exc}); is it a "
+                             "dgnet model file?") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(
             f"{what} file {path} is not a dgnet model file (no '{FORMAT}' marker); "
@@ -117,18 +104,16 @@ def read_model_file(path: str | os.PathLike, kind: str | None = None,
     try:
         config = ModelConfig(**payload["model_config"])
     except (TypeError, DgnetError) as exc:
-        raise ModelFileError(
-            f"{what} file {path}: its model configuration is not valid here ({exc})"
-        ) from exc
+        raise ModelFileError(f"{what} file {path}: its model configuration is not valid here "
+                             f"({exc})") from exc
     extra = dict(payload.get("extra") or {})
     label_map = extra.get("label_map")
     label_map = {int(k): int(v) for k, v in label_map.items()} if label_map is not None else None
     return payload, ModelInfo(path, stored_kind, config, label_map, extra)
 
 
-def load_model(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None
-) -> tuple[nn.Module, ModelInfo]:
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               kind: str | None = None) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the network stored in `path` (a ReidBaseline or a DGNet) with its weights, in eval mode.
 
     `kind` ("teacher" / "dgnet") is checked when given. ImageNet weights are never looked for: the
@@ -140,7 +125,6 @@ def load_model(
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError) as exc:
-        raise ModelFileError(
-            f"{info.kind} file {path}: weights do not fit the stored configuration ({exc})"
-        ) from exc
+        raise ModelFileError(f"{info.kind} file {path}: weights do not fit the stored configuration "
+                             f"({exc})") from exc
     return model.to(map_location).eval(), info

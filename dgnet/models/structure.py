@@ -38,12 +38,9 @@ class ASPP(nn.Module):
         super().__init__()
         branches = [ConvBlock(in_channels, width, 1, instance_norm=True, activation=False)]
         for dilation in dilations:
-            branches.append(
-                nn.Sequential(
-                    ConvBlock(in_channels, width, 1, instance_norm=True),
-                    ConvBlock(width, width, 3, dilation=dilation, instance_norm=True, activation=False),
-                )
-            )
+            branches.append(nn.Sequential(
+                ConvBlock(in_channels, width, 1, instance_norm=True),
+                ConvBlock(width, width, 3, dilation=dilation, instance_norm=True, activation=False)))
         self.branches = nn.ModuleList(branches)
         self.fuse = ConvBlock(width * len(branches), out_channels, 1, instance_norm=True, activation=False)
 
@@ -63,9 +60,8 @@ class StructureEncoder(nn.Module):
             ConvBlock(w1, w2, 3, instance_norm=True),
             ConvBlock(w2, w3, 3, stride=cfg.structure_downsamplings, instance_norm=True),
         )
-        self.blocks = nn.Sequential(
-            *(ResidualBlock(w3, instance_norm=True) for _ in range(cfg.structure_residual_blocks))
-        )
+        self.blocks = nn.Sequential(*(ResidualBlock(w3, instance_norm=True)
+                                      for _ in range(cfg.structure_residual_blocks)))
         self.aspp = ASPP(w3, cfg.aspp_width, cfg.aspp_dilations, cfg.structure_channels)
         init_generator(self)
 

@@ -36,31 +36,24 @@ def summarize(cfg: ModelConfig) -> str:
 
     encoder, decoder = model.appearance_encoder, model.decoder
     mlps = [*decoder.mapping.scale_mlps, *decoder.mapping.bias_mlps]
-    generator = count_parameters(model.structure_encoder) + count_parameters(decoder)
-    rows: list[tuple[str, str]] = [
-        (f"E_a trunk ({cfg.backbone}, no fc)", f"{count_parameters(encoder.trunk):,}"),
-        (f"E_a primary id head ({cfg.num_classes} classes)", f"{count_parameters(encoder.primary_head):,}"),
-        (f"E_a fine-grained id head ({cfg.num_classes} classes)", f"{count_parameters(encoder.fine_head):,}"),
-        ("E_s structure encoder", f"{count_parameters(model.structure_encoder):,}"),
-        ("G decoder (without AdaIN MLPs)", f"{count_parameters(decoder.body_parameters()):,}"),
-        ("AdaIN MLP, each", f"{count_parameters(mlps[0]):,}"),
-        (f"AdaIN MLPs, all {len(mlps)}", f"{count_parameters(decoder.mapping):,}"),
-        ("G in all (E_s + decoder + MLPs)", f"{generator:,}"),
-        (
-            f"D discriminator ({cfg.discriminator_scales} scales)",
-            f"{count_parameters(model.discriminator):,}",
-        ),
-        (f"teacher ({cfg.backbone} + one id head)", f"{count_parameters(teacher):,}"),
-    ]
-    shapes: list[tuple[str, str]] = [
-        ("input image", _shape(image)),
-        ("structure code", _shape(structure)),
-        ("appearance code", _shape(appearance.code)),
-        ("global feature", _shape(appearance.feature)),
-        ("id embedding, each head", _shape(appearance.primary_embedding)),
-        ("generated image", _shape(generated)),
-        ("D patch maps", ", ".join(_shape(p) for p in patches)),
-    ]
+    rows = [(name, f"{count_parameters(part):,}") for name, part in (
+        (f"E_a trunk ({cfg.backbone}, no fc)", encoder.trunk),
+        (f"E_a primary id head ({cfg.num_classes} classes)", encoder.primary_head),
+        (f"E_a fine-grained id head ({cfg.num_classes} classes)", encoder.fine_head),
+        ("E_s structure encoder", model.structure_encoder),
+        ("G decoder (without AdaIN MLPs)", decoder.body_parameters()),
+        ("AdaIN MLP, each", mlps[0]),
+        (f"AdaIN MLPs, all {len(mlps)}", decoder.mapping),
+        ("G in all (E_s + decoder + MLPs)", [*model.structure_encoder.parameters(), *decoder.parameters()]),
+        (f"D discriminator ({cfg.discriminator_scales} scales)", model.discriminator),
+        (f"teacher ({cfg.backbone} + one id head)", teacher),
+    )]
+    shapes = [(name, " x ".join(str(size) for size in tensor.shape[1:])) for name, tensor in (
+        ("input image", image), ("structure code", structure), ("appearance code", appearance.code),
+        ("global feature", appearance.feature), ("id embedding, each head", appearance.primary_embedding),
+        ("generated image", generated),
+    )]
+    shapes.append(("D patch maps", ", ".join(" x ".join(map(str, p.shape[1:])) for p in patches)))
     width = max(len(name) for name, _ in rows + shapes) + 2
     lines = [
         f"DG-Net: {cfg.backbone}, {cfg.image_height}x{cfg.image_width} input, {cfg.num_classes} classes",
@@ -72,7 +65,3 @@ def summarize(cfg: ModelConfig) -> str:
         *(f"{name:<{width}}{value}" for name, value in shapes),
     ]
     return "\n".join(lines)
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return " x ".join(str(size) for size in tensor.shape[1:])

@@ -33,11 +33,10 @@ class ReidBaseline(nn.Module):
 class FrozenTeacher(nn.Module):
     """One or more trained teachers, frozen: soft labels = their softmax outputs averaged.
 
-    A teacher never uses dropout: `.train()` on it or on a parent leaves it in eval mode. Its
-    BatchNorm layers use their running statistics in `forward`, and, in `soft_labels` with
-    `batch_statistics=True` (the published `train_bn`), the statistics of the batch they label,
-    without updating the running ones. Its parameters never require grad, and it runs under
-    `torch.no_grad()`.
+    Always in eval mode (no dropout, whatever `.train()` asks), parameters never requiring grad,
+    run under `torch.no_grad()`. BatchNorm uses the running statistics in `forward`, and in
+    `soft_labels` with `batch_statistics=True` (the published `train_bn`) those of the batch it
+    labels, without updating the running ones.
     """
 
     def __init__(self, teachers: nn.Module | Sequence[nn.Module]) -> None:
@@ -51,11 +50,9 @@ class FrozenTeacher(nn.Module):
         super().train(False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
-        """Stay in eval mode whatever `mode` is asked for."""
         return super().train(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> FrozenTeacher:
-        """A frozen teacher's parameters never require grad, whatever is asked for."""
         for parameter in self.members.parameters():
             parameter.requires_grad_(False)
         return self
@@ -76,10 +73,8 @@ class FrozenTeacher(nn.Module):
             logits = output[0] if isinstance(output, tuple | list) else output
             p = F.softmax(logits.float(), dim=1)
             if probabilities is not None and p.shape != probabilities.shape:
-                raise ValueError(
-                    f"teacher ensemble: members disagree on the number of classes "
-                    f"({probabilities.shape[1]} vs {p.shape[1]})"
-                )
+                raise ValueError(f"teacher ensemble: members disagree on the number of classes "
+                                 f"({probabilities.shape[1]} vs {p.shape[1]})")
             probabilities = p if probabilities is None else probabilities + p
         return probabilities / len(self.members)
 
@@ -88,9 +83,7 @@ class FrozenTeacher(nn.Module):
         """Teacher probabilities for `images`, averaged with those of the horizontally flipped images.
 
         `batch_statistics` (published): each view of each of `batches` equal parts of `images` is a
-        batch of its own, whose BatchNorm uses that batch's statistics (one grouped forward,
-        dgnet.models.grouped_norm). With running statistics all go through in one batch, which then
-        equals separate forwards.
+        batch of its own for BatchNorm (one grouped forward, dgnet.models.grouped_norm).
         """
         views = torch.cat([images, images.flip(3)]) if flip_average else images
         groups = batches * (2 if flip_average else 1)
