@@ -41,22 +41,21 @@ def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
     artifacts in `<artifact_root>/<name>` when `artifact_root` is given (see `artifact_location`)."""
     from mlflow.exceptions import MlflowException
 
-    location = None
-    if artifact_root:
-        location = f"{artifact_root.rstrip('/')}/{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'experiment'}"
+    location = artifact_root and (f"{artifact_root.rstrip('/')}/"
+                                  f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'experiment'}")
+    tags = {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: saved_view()}
     try:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                tags = {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: saved_view()}
-                return client.create_experiment(name, artifact_location=location, tags=tags)
+                return client.create_experiment(name, artifact_location=location or None, tags=tags)
             except MlflowException as exc:  # created concurrently by another stage
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 experiment = client.get_experiment_by_name(name)
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
-        for key, value in {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: saved_view()}.items():
+        for key, value in tags.items():
             if key not in experiment.tags:  # an experiment made before, or by hand: a user's choice stays
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id

@@ -78,12 +78,17 @@ def tracking_uri(root: str | os.PathLike | None = None) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not env:
         return f"sqlite:///{root / DEFAULT_DB}"
-    if env.startswith("sqlite:///"):
-        path = env.removeprefix("sqlite:///")
-        return f"sqlite:///{root / path}" if path and path != ":memory:" and not path.startswith("/") else env
     if "://" not in env and not env.startswith("/"):  # a bare relative folder (file store)
         return str(root / env)
-    return env
+    return absolute_sqlite(env, root)
+
+
+def absolute_sqlite(url: str, root: str | os.PathLike | None = None) -> str:
+    """`url`, a relative `sqlite:///PATH` taken from `root` (default `tracking_root()`)."""
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite:///") and path and path != ":memory:" and not path.startswith("/"):
+        return f"sqlite:///{(Path(root).resolve() if root is not None else tracking_root()) / path}"
+    return url
 
 
 def artifact_location(uri: str, root: str | os.PathLike | None = None) -> str | None:

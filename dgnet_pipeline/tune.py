@@ -62,14 +62,6 @@ class StorageError(DgnetError):
     """The Optuna storage cannot be opened; the message names its URL (password hidden)."""
 
 
-def storage_url(url: str) -> str:
-    """A relative SQLite path is taken from the repository root (DVC_ROOT under `dvc exp`)."""
-    path = url.removeprefix("sqlite:///")
-    if url.startswith("sqlite:///") and path != ":memory:" and not path.startswith("/"):
-        return f"sqlite:///{tracking.tracking_root() / path}"
-    return url
-
-
 def check_storage(url: str) -> tuple[str, str | None]:
     """(backend, SQLite file or None), or StorageError: not a SQLAlchemy URL, a SQLite file in a
     missing folder, a database server that does not answer within seconds."""
@@ -587,29 +579,10 @@ def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, Any]]:
     return ctx, key
 
 
-def run_tune(args: argparse.Namespace) -> int:
-    """`dgnet tune`: run (or resume) the study, then write the tuned weights and the metrics."""
-    tracking.quiet_mlflow()
-    ws.interrupt_on_sigterm()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
-    try:
-        return tune(args)
-    except KeyboardInterrupt:
-        print("dgnet tune: interrupted; re-run the same command to continue the study", file=sys.stderr)
-        return 130
-    except TrackingError as exc:
-        print(f"dgnet tune: error: {exc}\ndgnet tune: the study stopped; re-run the same command once the "
-              f"tracking store is back to continue it", file=sys.stderr)
-        return 2
-    except DgnetError as exc:
-        print(f"dgnet tune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
 def tune(args: argparse.Namespace) -> int:
     started = time.monotonic()
     ctx, key = prepare(args)
-    cfg, url = ctx.cfg, storage_url(ctx.cfg.storage)
+    cfg, url = ctx.cfg, tracking.absolute_sqlite(ctx.cfg.storage)
     check_storage(url)  # an unreachable storage or tracking store is said at once
     client = tracking.connect(uri := tracking.tracking_uri())
     experiment_id = ensure_experiment(client, mlflow_settings(load_params(ctx.workspace)).experiment,
@@ -733,11 +706,22 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.apply is None:
-        return run_tune(args)
+    """`dgnet tune`: run (or resume) the study, then write the tuned weights and the metrics; or --apply."""
     try:
+        if args.apply is None:
+            tracking.quiet_mlflow()
+            ws.interrupt_on_sigterm()
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+            return tune(args)
         params_file = args.params if args.params is not None else tracking.workspace_root() / "params.yaml"
         changes = apply_tuned(args.apply, params_file)
+    except KeyboardInterrupt:
+        print("dgnet tune: interrupted; re-run the same command to continue the study", file=sys.stderr)
+        return 130
+    except TrackingError as exc:
+        print(f"dgnet tune: error: {exc}\ndgnet tune: the study stopped; re-run the same command once the "
+              f"tracking store is back to continue it", file=sys.stderr)
+        return 2
     except DgnetError as exc:
         print(f"dgnet tune: error: {exc}", file=sys.stderr)
         return exc.exit_code
