@@ -1,24 +1,20 @@
-"""What the benchmarks share: the trainer's joint step built once, the machine, and the results files.
+"""What the benchmarks share: the untrained teacher, a loader-shaped batch, the machine, the results files.
 
-`build_joint_step` is the one place the benchmarks (train_speed, profile_iteration, gpu_check) set up
-what `dgnet.training.trainer.train_dgnet` runs each iteration: DG-Net on the device, the same
-order of initialisation, broadcast, `prepare_networks`, optimisers, gradient scalers and
-`make_joint_step`. Results: each script's figures are a JSON record in benchmarks/RESULTS.json
-(keyed by its section name), and its Markdown, rendered from the same figures, is its section of
-benchmarks/RESULTS.md; a script that needs another's figure reads the JSON, never the Markdown.
-Imports only dgnet, torch and the standard library (GPU machines have torch but no MLOps packages).
+The joint step itself is `dgnet.training.trainer.build_joint_step`, the trainer's own. Results: each
+script's figures are a JSON record in benchmarks/RESULTS.json (keyed by its section name) and its
+Markdown, rendered from the same figures, its section of benchmarks/RESULTS.md; a script that needs
+another's figure reads the JSON. Imports only dgnet, torch and the standard library.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +26,9 @@ import torchvision
 
 from dgnet.io import replace_marked_section
 from dgnet.models.config import ModelConfig
-from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import FrozenTeacher, ReidBaseline
-from dgnet.training.runtime import DistContext, broadcast_module
-from dgnet.training.trainer import (
-    DGNetTrainConfig,
-    init_from_teacher,
-    load_teachers,
-    make_joint_step,
-    make_optimizers,
-    make_scalers,
-    prepare_networks,
-)
+from dgnet.training.trainer import load_teachers
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmarks
@@ -56,56 +42,23 @@ Never timed asserts: these are measurements, not tests.
 TIMED_ITERATION = 40_000
 
 
-@dataclasses.dataclass
-class JointStep:
-    """The trainer's iteration, `step(iteration, batch) -> logs`, and what it trains."""
-
-    model: DGNet
-    teacher: FrozenTeacher | None
-    optimizers: dict[str, torch.optim.Optimizer]
-    scalers: dict[str, torch.amp.GradScaler]
-    step: Callable[[int, dict[str, torch.Tensor]], dict[str, float]]
-
-
-def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistContext,
-                     teachers: Sequence[str | Path] | None = None, label_map: dict[int, int] | None = None,
-                     scalers: dict[str, torch.amp.GradScaler] | None = None) -> JointStep:
-    """DG-Net, its optimisers and scalers and `make_joint_step`, set up as `train_dgnet` sets them up.
-
-    `teachers`: model files of trained teachers, loaded the way training loads them; None: an
-    untrained `ReidBaseline` of the profile, saved and loaded the same way (its weights do not change
-    the cost). `label_map`: the training split's (default: identity over the profile's classes).
-    `scalers`: default `make_scalers(device, cfg.amp)`. Call it inside `determinism(...)`; under a
-    process group the weights are broadcast from rank 0, as in training. The model is left in train mode.
-    """
-    device = ctx.device
+def load_teacher(model_cfg: ModelConfig, device: torch.device, paths: Sequence[str | Path] | None = None,
+                 label_map: dict[int, int] | None = None) -> FrozenTeacher | None:
+    """The teachers at `paths`, loaded as training loads them; None: an untrained `ReidBaseline` of the
+    profile, saved and loaded the same way (its weights do not change the cost)."""
     label_map = label_map if label_map is not None else {i: i for i in range(model_cfg.num_classes)}
-    if teachers is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save_model(Path(tmp) / "teacher.pt", ReidBaseline(model_cfg), "teacher", model_cfg,
-                              extra={"label_map": label_map})
-            teacher = load_teachers([path], label_map, model_cfg, device)
-    else:
-        teacher = load_teachers(teachers, label_map, model_cfg, device)
-    model = DGNet(model_cfg).to(device)
-    if cfg.init_appearance_from_teacher:
-        init_from_teacher(model, teacher)
-    broadcast_module(model, ctx)
-    prepare_networks(model, teacher, cfg)
-    optimizers = make_optimizers(model, cfg)
-    scalers = scalers if scalers is not None else make_scalers(device, cfg.amp)
-    step = make_joint_step(model, teacher, cfg, ctx, optimizers, scalers)
-    model.train()
-    return JointStep(model, teacher, optimizers, scalers, step)
+    if paths is not None:
+        return load_teachers(paths, label_map, model_cfg, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_model(Path(tmp) / "teacher.pt", ReidBaseline(model_cfg), "teacher", model_cfg,
+                          extra={"label_map": label_map})
+        return load_teachers([path], label_map, model_cfg, device)
 
 
 def synthetic_batch(height: int, width: int, batch_size: int, num_classes: int,
                     device: torch.device) -> dict[str, torch.Tensor]:
-    """A loader-shaped batch [a, pos_a, b, pos_b] (4 x batch_size images), labels a != b.
-
-    Kept on the host (pinned on CUDA, as the loader's pin_memory does) so that the step's copy to
-    the device is timed as in training.
-    """
+    """A loader-shaped batch [a, pos_a, b, pos_b] (4 x batch_size images), labels a != b, on the host
+    (pinned on CUDA, as the loader's pin_memory does): the copy to the device is timed as in training."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(4 * batch_size, 3, height, width, generator=gen)
     erased = images.clone()
@@ -162,22 +115,50 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def write_results(path: Path, name: str, markdown: str, record: dict[str, Any]) -> None:
-    """Replace (or add) section `name`: its Markdown in `path` (RESULTS.md), its figures in the JSON
-    file beside it (RESULTS.json), the figures the Markdown was rendered from."""
+def describe_machine(info: dict[str, Any]) -> str:
+    """One sentence: the CPU, threads, GPU, versions and load averages of `machine()`."""
+    threads = info.get("torch_threads", "?")
+    gpu = f", GPU {info['gpu']} (CUDA {info.get('cuda')})" if "gpu" in info else ""
+    load = (info.get("load_average") or ["-"])[0]
+    end = f", {info['load_average_end'][0]} at the end" if info.get("load_average_end") else ""
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, {threads} torch thread(s){gpu}; torch "
+            f"{info['torch']}, Python {info['python']}; load average {load} at the start{end} (other "
+            "processes slow CPU figures down, more so with several torch threads: an op waits for its "
+            "slowest thread).")
+
+
+def render(name: str, record: dict[str, Any]) -> str:
+    """The one renderer: section `name` of RESULTS.md from its RESULTS.json record ("title", "command",
+    "machine", "text" paragraphs, "columns" and "table" of cells)."""
+    columns = record["columns"]
+    return "\n".join([
+        f"<!-- BEGIN {name} -->", f"## {record['title']}", "",
+        f"Measured {record['measured']} with `{record['command']}`.", describe_machine(record["machine"]), "",
+        *[line for text in record.get("text", []) for line in (text, "")],
+        "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |",
+        *["| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) + " |"
+          for row in record["table"]],
+        "", f"<!-- END {name} -->", ""])
+
+
+def write_results(path: Path, name: str, record: dict[str, Any]) -> str:
+    """Replace (or add) section `name`: its figures in the JSON file beside `path` (RESULTS.json),
+    its Markdown, rendered from them, in `path` (RESULTS.md). Returns the Markdown."""
+    record = {"measured": dt.date.today().isoformat(), **record}
+    markdown = render(name, record)
     replace_marked_section(path, name, markdown, HEADER)
     store = path.with_suffix(".json")
     records = json.loads(store.read_text()) if store.is_file() else {}
-    records[name] = {"measured": dt.date.today().isoformat(), **record}
+    records[name] = record
     tmp = store.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1, default=str) + "\n")
     tmp.replace(store)
+    return markdown
 
 
 def recorded_rows(name: str, path: Path = RESULTS) -> list[dict[str, Any]]:
     """The rows of section `name` as its script recorded them in RESULTS.json; [] when there are none."""
-    store = path.with_suffix(".json")
     try:
-        return json.loads(store.read_text()).get(name, {}).get("rows", [])
+        return json.loads(path.with_suffix(".json").read_text()).get(name, {}).get("rows", [])
     except (OSError, ValueError):
         return []

@@ -3,35 +3,20 @@
     python benchmarks/eval_speed.py                     # market and msmt, both feature kinds
     python benchmarks/eval_speed.py --sizes market --repeats 5 --no-write
 
-What is timed: `rank_metrics_from_features` (both AP conventions) from given L2-normalised 1024-d
-features, i.e. the query x gallery dot products, chunk by chunk, and the exact ranking
-(CMC, mAP, mINP). Feature extraction is not included. The chunked product alone is timed
-too, so that "ranking" = total - distances.
-
-The features are synthetic, with Market-like (or MSMT-like) id and camera layouts: gallery
-ids with ~14 (MSMT: ~27) images each over the cameras, one query per (id, camera) seen, and
-distractors (id 0) and junk (id -1) in the gallery. Two kinds of features:
-`trained`: an id centre plus noise, tuned to land near a trained model's mAP (~75-85%);
-`random`: pure noise (mAP ~0), where every query's positives are spread over the whole row.
-
-Peak memory: each measurement runs in a fresh child process; on the CPU its peak resident set
-size (`resource.getrusage`, which covers the features too: their size is listed beside it),
-on a GPU `torch.cuda.max_memory_allocated` during the evaluation.
-
-The results go to a delimited section of benchmarks/RESULTS.md, their rows to RESULTS.json (one
-section per device kind, and per --threads when given; other sections of the file are left as
-they are), with the machine, the load average at the start (other processes on the machine slow
-the figures down; with torch's default threads an op waits for its slowest thread, so a busy
-machine hurts more than its share: --threads 1 then gives steadier figures) and the date.
+Timed: `rank_metrics_from_features` (both AP conventions) from given L2-normalised 1024-d features,
+i.e. the chunked query x gallery products and the exact ranking (CMC, mAP, mINP); the products alone
+too, so that "ranking" = total - distances. Feature extraction is not included. The features are
+synthetic, with Market-like (or MSMT-like) id and camera layouts, distractors (id 0) and junk (id -1):
+`trained` = an id centre plus noise (mAP near a trained model's), `random` = pure noise (mAP ~0).
+Each measurement runs in a fresh child process: peak RSS on the CPU (features included: their size
+is listed beside it), `torch.cuda.max_memory_allocated` during the evaluation on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -44,7 +29,7 @@ import torch
 from dgnet.evaluation.rank import pairwise_distance, rank_metrics_from_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
-from common import RESULTS, write_results
+from common import RESULTS, load_average, machine, write_results
 
 # name: (queries, gallery, ids, cameras, images per id, distractors (id 0)); the rest of the
 # gallery is junk (id -1): about 2,600 at Market size (the real Market-1501 has 3,819 on top).
@@ -177,73 +162,25 @@ def _child(args: argparse.Namespace, size: str, kind: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def render_section(name: str, info: dict, rows: list[dict], command: str) -> str:
-    """The markdown of this script's section, between its markers."""
-    load, load_end = info["load_average"], info.get("load_average_end")
-    threads = info["torch_threads"]
-    busy = ""
-    if load:
-        busy = f"; load average {load[0]:.2f} at the start"
-        busy += f", {load_end[0]:.2f} at the end" if load_end else ""
-        if max(load[0], load_end[0] if load_end else 0) > 0.5:
-            busy += (". Other processes were using the cores: figures are slower than on an idle machine, "
-                     "and more so with several torch threads (an op waits for its slowest thread)")
-    lines = [
-        f"<!-- BEGIN {name} -->",
-        f"## Evaluation speed, {rows[0]['device'] if rows else 'cpu'}, {info['torch_threads']} torch "
-        f"thread{'s' if info['torch_threads'] > 1 else ''} (`benchmarks/eval_speed.py`)",
-        "",
-        f"Measured {dt.date.today().isoformat()} with `{command}`.",
-        f"Machine: {info['cpu']}, {info['cores']} cores ({threads} torch thread{'s' if threads > 1 else ''})"
-        + (f", GPU {info['gpu']}" if "gpu" in info and rows and rows[0]["device"].startswith("cuda") else "")
-        + f"; torch {info['torch']}, Python {info['python']}{busy}.",
-        "",
-        "`rank_metrics_from_features` (mAP and mAP_finite), 1024-d L2-normalised features given; total = "
-        "distances (chunked matrix product) + exact ranking; best of the repeats (MSMT size: at most two). "
-        "Peak memory: the child process's peak RSS on the CPU (torch itself, the features and the "
-        "evaluation; 'before' = RSS just before the evaluation, so peak - before is the evaluation's "
-        "own), or the peak of `torch.cuda.max_memory_allocated` during the evaluation on a GPU. "
-        "Features: `trained` = id centres + noise (mAP near a trained model's), `random` = pure noise.",
-        "",
-        "| problem | features | queries x gallery | total (s) | distances (s) | ranking (s) "
-        "| peak memory (MB) | before (MB) | features (MB) | rank-1 | mAP |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        peak = r.get("peak_gpu_mb", r["peak_rss_mb"])
-        before = r["rss_before_eval_mb"]
-        before = "-" if "peak_gpu_mb" in r or before is None else f"{before:,.0f}"
-        cells = [r["size"], r["kind"], f"{r['queries']:,} x {r['gallery']:,}", f"{r['total_s']:.2f}",
-                 f"{r['distances_s']:.2f}", f"{r['ranking_s']:.2f}", f"{peak:,.0f}", before,
-                 f"{r['features_mb']:,.0f}", f"{100 * r['rank1']:.1f}", f"{100 * r['mAP']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"<!-- END {name} -->"]
-    return "\n".join(lines) + "\n"
-
-
-def update_results(path: Path, name: str, section: str, record: dict) -> None:
-    """Replace (or add) this script's section of the results file, and its record (rows, machine)."""
-    write_results(path, name, section, record)
+def record(info: dict, rows: list[dict], command: str) -> dict:
+    """This script's RESULTS.json record of one section: figures and table cells."""
+    return {
+        "title": f"Evaluation speed, {rows[0]['device'] if rows else 'cpu'}, {info['torch_threads']} torch "
+                 "thread(s) (`benchmarks/eval_speed.py`)",
+        "command": command, "machine": info, "rows": rows,
+        "text": ["`rank_metrics_from_features` (mAP and mAP_finite), 1024-d L2-normalised features given; "
+                 "total = distances (chunked matrix product) + exact ranking; best of the repeats (MSMT "
+                 "size: at most two). Peak memory: the child's peak RSS on the CPU ('before' = RSS just "
+                 "before the evaluation), the peak of `torch.cuda.max_memory_allocated` on a GPU."],
+        "columns": ["problem", "features", "queries x gallery", "total (s)", "distances (s)", "ranking (s)",
+                    "peak memory (MB)", "before (MB)", "features (MB)", "rank-1", "mAP"],
+        "table": [[r["size"], r["kind"], f"{r['queries']:,} x {r['gallery']:,}", f"{r['total_s']:.2f}",
+                   f"{r['distances_s']:.2f}", f"{r['ranking_s']:.2f}",
+                   f"{r.get('peak_gpu_mb', r['peak_rss_mb']):,.0f}",
+                   "-" if "peak_gpu_mb" in r or r["rss_before_eval_mb"] is None
+                   else f"{r['rss_before_eval_mb']:,.0f}",
+                   f"{r['features_mb']:,.0f}", f"{100 * r['rank1']:.1f}", f"{100 * r['mAP']:.1f}"]
+                  for r in rows]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,16 +215,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"peak {peak:7.0f} MB (features {row['features_mb']:.0f} MB, "
                   f"RSS before {row['rss_before_eval_mb'] or 0:.0f} MB)  rank-1 {100 * row['rank1']:.1f}  "
                   f"mAP {100 * row['mAP']:.1f}  runs {row['all_totals_s']}", flush=True)
-    if hasattr(os, "getloadavg"):
-        info["load_average_end"] = os.getloadavg()
+    info["load_average_end"] = load_average()
     if not args.no_write:
         command = "python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
         name = f"eval_speed-{'cuda' if args.device.startswith('cuda') else 'cpu'}"
         if args.threads:  # a thread count of its own: its own section
             name += f"-{args.threads}thread{'s' if args.threads > 1 else ''}"
-        section = render_section(name, info, rows, command.strip())
-        record = {"command": command.strip(), "machine": info, "rows": rows}
-        update_results(args.results, name, section, record)
+        write_results(args.results, name, record(info, rows, command.strip()))
         print(f"wrote {args.results}")
 
 

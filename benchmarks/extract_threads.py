@@ -7,13 +7,12 @@ Each measurement is a fresh `dgnet extract` process: `--threads 1`, `--threads <
 default) and no flag (what the command picks: `dgnet.inference.extract.idle_cores`), first with
 nothing else running, then beside `--busy` processes that each keep a core spinning (a training
 run, another extraction). The figure is the command's own images/s (model loading excluded).
-Results go to their section of benchmarks/RESULTS.md with the machine and the load averages.
+Results go to their section of benchmarks/RESULTS.md and RESULTS.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import re
 import subprocess
@@ -24,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.eval_speed import HEADER, machine
 from dgnet.data.synthetic import generate_dataset
-from dgnet.io import replace_marked_section
 from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module
+from common import RESULTS, machine, write_results
 
 SPIN = "while True: pass"
 
@@ -71,20 +70,18 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for spinner in spinners:
                     spinner.kill()
-    count = len(list(images.glob("*.jpg"))) if images.exists() else 8 * args.ids
-    lines = ["<!-- BEGIN extract-threads -->",
-             "## `dgnet extract` by thread count (`benchmarks/extract_threads.py`)", "",
-             f"Measured {dt.date.today().isoformat()}: cpu-profile DG-Net (random weights), ~{count} "
-             f"synthetic 128x64 crops, batch 64. Machine: {info['cpu']}, {cores} cores, torch "
-             f"{info['torch']}. 'picked' = no --threads: the cores the 1-minute load average shows idle. "
-             "The spinners run 60 s before the first measurement, so that the load average sees them.", "",
-             "| spinning processes | load average | threads | images/s |", "| --- | --- | --- | --- |"]
-    lines += [f"| {busy} | {load} | {threads} | {speed:.1f} |" for busy, load, threads, speed in rows]
-    lines += ["", "<!-- END extract-threads -->"]
+    columns = ["spinning processes", "load average", "threads", "images/s"]
+    table = [[busy, load, threads, f"{speed:.1f}"] for busy, load, threads, speed in rows]
+    print("\n".join(" | ".join(map(str, row)) for row in [columns, *table]))
     if not args.no_write:
-        replace_marked_section(Path(__file__).with_name("RESULTS.md"), "extract-threads",
-                               "\n".join(lines) + "\n", HEADER)
-    print("\n".join(lines))
+        given = argv if argv is not None else sys.argv[1:]
+        write_results(RESULTS, "extract-threads", {
+            "title": "`dgnet extract` by thread count (`benchmarks/extract_threads.py`)",
+            "command": "python benchmarks/extract_threads.py " + " ".join(given),
+            "machine": info, "columns": columns, "table": table,
+            "text": [f"cpu-profile DG-Net (random weights), {8 * args.ids} synthetic 128x64 crops, batch "
+                     "64. 'picked' = no --threads: the cores the 1-minute load average shows idle. The "
+                     "spinners run 60 s before the first measurement, so that the load average sees them."]})
     torch.set_num_threads(1)
     return 0
 

@@ -10,21 +10,22 @@ optimisers) and `time/data` (the part of it spent waiting for the batch), means 
 swap-grid pictures, checkpoints, logging the model. Between one run's end and the next one's start
 lie the stage's start-up (imports, reading the data, building the networks), the end of the
 previous stage, and DVC's own work. The evaluate stage makes no run: its time is what follows the
-last run, when `--end` (the `dvc repro`'s end) is given. Prints a markdown table;
-`--write` puts it in benchmarks/RESULTS.md. Needs mlflow (the `pipeline` extra).
+last run, when `--end` (the `dvc repro`'s end) is given. Prints the table; `--write` puts it in
+benchmarks/RESULTS.md and RESULTS.json. Needs mlflow (the `pipeline` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module
+import common
 
 
 def step_seconds(client: Any, run_id: str, name: str) -> tuple[float, int]:
@@ -53,32 +54,26 @@ def runs_of(client: Any, experiment: str, since: float) -> list[Any]:
                   key=lambda r: r.info.start_time)
 
 
-def table(client: Any, runs: list[Any], end: float | None) -> tuple[list[str], dict[str, float]]:
-    lines = ["| run | wall (s) | iterations | iterations (s) | s / iteration | of which data (s) "
-             "| rest of the run (s) | before the run (s) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    totals = {"wall": 0.0, "steps": 0.0, "data": 0.0, "rest": 0.0, "between": 0.0}
-    previous_end = None
+def table(client: Any, runs: list[Any], end: float | None) -> tuple[list[list[str]], dict[str, float]]:
+    """One row of cells per run, then the totals; the totals by kind."""
+    rows, totals, previous_end = [], dict.fromkeys(("wall", "steps", "data", "rest", "between"), 0.0), None
     for run in runs:
         wall = (run.info.end_time - run.info.start_time) / 1000
         steps, iterations = step_seconds(client, run.info.run_id, "time/iteration")
         data, _ = step_seconds(client, run.info.run_id, "time/data")
         before = (run.info.start_time - previous_end) / 1000 if previous_end else 0.0
         previous_end = run.info.end_time
-        rest = wall - steps
         per = f"{steps / iterations:.3f}" if iterations else ""
-        lines.append(f"| {run.info.run_name} | {wall:.0f} | {iterations} | {steps:.0f} | {per} | {data:.1f} "
-                     f"| {rest:.0f} | {before:.0f} |")
-        for key, value in (("wall", wall), ("steps", steps), ("data", data), ("rest", rest),
-                           ("between", before)):
+        rows.append([run.info.run_name, f"{wall:.0f}", iterations, f"{steps:.0f}", per, f"{data:.1f}",
+                     f"{wall - steps:.0f}", f"{before:.0f}"])
+        for key, value in zip(totals, (wall, steps, data, wall - steps, before), strict=True):
             totals[key] += value
-    after = end - previous_end / 1000 if end and previous_end else None
-    lines.append(f"| **all runs** | {totals['wall']:.0f} | | {totals['steps']:.0f} | | {totals['data']:.1f} "
-                 f"| {totals['rest']:.0f} | {totals['between']:.0f} |")
-    if after is not None:
-        lines.append(f"| after the last run (evaluate stage) | {after:.0f} | | | | | | |")
-        totals["after"] = after
-    return lines, totals
+    rows.append(["**all runs**", f"{totals['wall']:.0f}", "", f"{totals['steps']:.0f}", "",
+                 f"{totals['data']:.1f}", f"{totals['rest']:.0f}", f"{totals['between']:.0f}"])
+    if end and previous_end:
+        totals["after"] = end - previous_end / 1000
+        rows.append(["after the last run (evaluate stage)", f"{totals['after']:.0f}", *[""] * 6])
+    return rows, totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,48 +87,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", type=float, help="the dvc repro's end (Unix seconds)")
     parser.add_argument("--note", default="", help="a sentence on the machine's load, put in the section")
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     client = mlflow.MlflowClient(args.tracking_uri)
     runs = runs_of(client, args.experiment, args.since or args.start or 0.0)
     if not runs:
         sys.exit("pipeline_time: no finished runs in that window")
-    lines, totals = table(client, runs, args.end)
+    rows, totals = table(client, runs, args.end)
     summary = []
     if args.start and args.end:
-        first = runs[0].info.start_time / 1000
-        total = args.end - args.start
+        first, total = runs[0].info.start_time / 1000, args.end - args.start
         summary.append(f"`dvc repro` wall time {total:.0f} s ({total / 60:.1f} min): "
-                       f"{first - args.start:.0f} s before the first run (data, validate, the first "
-                       f"stage's start-up), "
+                       f"{first - args.start:.0f} s before the first run (data, validate, the first stage's "
+                       "start-up), "
                        f"{totals['wall']:.0f} s inside the runs, {totals['between']:.0f} s between them, "
                        f"{totals.get('after', 0):.0f} s after the last (evaluate).")
     summary.append(f"Inside the runs: {totals['steps']:.0f} s of training iterations (of which "
                    f"{totals['data']:.1f} s waiting for data), {totals['rest']:.0f} s for evaluations, "
-                   f"pictures, checkpoints and model logging.")
-    print("\n".join([*lines, "", *summary]))
+                   "pictures, checkpoints and model logging.")
+    columns = ["run", "wall (s)", "iterations", "iterations (s)", "s / iteration", "of which data (s)",
+               "rest of the run (s)", "before the run (s)"]
+    print("\n".join([" | ".join(map(str, row)) for row in [columns, *rows]] + summary))
     if args.write:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from train_speed import HEADER, machine
-
-        from dgnet.io import replace_marked_section
-
-        info = machine()
         name = "pipeline_time-dvc-repro"
-        section = "\n".join([
-            f"<!-- BEGIN {name} -->",
-            "## Where a `dvc repro` spends its time (`benchmarks/pipeline_time.py`)",
-            "",
-            f"Written {time.strftime('%Y-%m-%d')} from the MLflow runs of one `dvc repro` (a fresh clone). "
-            f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}. {args.note}",
-            "",
-            "Steps = `time/iteration` summed over the iterations (forward, backward, optimisers); the rest "
-            "of a run = evaluations, pictures, checkpoints, model logging; before the run = the stage's "
-            "start-up and DVC's work since the previous run ended.",
-            "",
-            *lines, "", *summary, "",
-            f"<!-- END {name} -->", ""])
-        replace_marked_section(args.results, name, section, HEADER)
+        given = argv if argv is not None else sys.argv[1:]
+        common.write_results(args.results, name, {
+            "title": "Where a `dvc repro` spends its time (`benchmarks/pipeline_time.py`)",
+            "command": "python benchmarks/pipeline_time.py " + shlex.join(given),
+            "machine": common.machine(), "totals": totals, "columns": columns, "table": rows,
+            "text": [f"From the MLflow runs of one `dvc repro`. {args.note}".strip(),
+                     "Steps = `time/iteration` summed over the iterations (forward, backward, "
+                     "optimisers); the rest of a run = evaluations, pictures, checkpoints, model logging; "
+                     "before the run = the stage's start-up and DVC's work since the previous run ended.",
+                     *summary]})
         print(f"wrote {args.results} ({name})")
     return 0
 

@@ -3,44 +3,29 @@
     python benchmarks/train_speed.py --profile cpu --device cpu --modes fp32,bf16,compile --write
     python benchmarks/train_speed.py --profile paper --device cuda \\
         --modes fp32,bf16,fp16,compile,bf16+compile --iterations 30 --warmup 5 --write
+    python benchmarks/train_speed.py --profile cpu --modes bf16 --iterations 5 --by-network --write
 
-What is timed: the trainer's own iteration, `dgnet.training.trainer.make_joint_step` (what
-`train_dgnet` runs each iteration; set up by benchmarks/common.py's `build_joint_step`): one
-discriminator step on detached cross-identity fakes, then one joint generator + appearance-encoder
-step, with its learning rates, loss weights, gradient scalers and host-to-device copy of the batch.
-It runs at iteration 40,000 of the paper's schedule, after the warm-up ramps are complete (code
-weights 1, cycle 2, lambda_prim 2, fine-grained 0.4): the most expensive iteration, with the frozen
-teacher's soft labels (on flipped and unflipped images), the cycle decode and the code losses all
-on. The teacher is a real `ReidBaseline` of the profile, untrained, saved with `save_model` and
-loaded the way training loads it (`load_teachers`); its weights do not change the cost. Batches are
-synthetic images of the profile's size (4 x batch-size clean images + their random-erased copies, as
-the DG-Net sampler gives), made once: data loading and augmentation are not included (in training
-they run in loader workers, beside the step).
+What is timed: the trainer's own iteration (`dgnet.training.trainer.build_joint_step`): one D step on
+the detached cross-identity fakes, then the joint G + E_a step, with its learning rates, loss weights,
+gradient scalers and host-to-device copy of the batch, at iteration 40,000 of the paper's schedule
+(every ramp complete: the most expensive iteration). The teacher is an untrained `ReidBaseline` of
+the profile, loaded the way training loads it. Batches are synthetic, made once: data loading is not
+included (in training it runs in loader workers, beside the step).
 
-Modes (comma-separated; tokens joined by "+"): fp32 | bf16 | fp16 (autocast, the trainer's `amp`),
-`compile` (the trainer's `compile`: E_a, E_s and the decoder; D stays eager because of R1's double
-backward), `cl` (channels-last; `--channels-last` adds it to every mode). A mode the device cannot
-run (fp16 on the CPU, bf16 on an old GPU, a compile that fails or runs past --mode-timeout) is
-reported as skipped with the reason.
-
-Each mode runs in a fresh child process, so that neither its peak memory nor its compile caches
-leak into the next mode's figures. Peak memory: on CUDA `torch.cuda.max_memory_allocated` and
-`max_memory_reserved` over the child's life (model, optimiser states, activations); on the CPU the
-child's peak resident set size (VmHWM of /proc/self/status, which includes torch itself: the RSS
-after importing torch is listed beside it). The load average is read before and after each mode:
-other processes on the machine slow the CPU figures down.
-
-`--write` replaces this script's section for (profile, device) in benchmarks/RESULTS.md between
-`<!-- BEGIN train_speed-PROFILE-DEVICE -->` / `<!-- END ... -->` markers, leaving the other sections,
-and its rows under the same name in benchmarks/RESULTS.json.
-Imports only dgnet and the standard library (GPU machines have torch but no MLOps packages).
+Modes (comma-separated; tokens joined by "+"): fp32 | bf16 | fp16 (the trainer's `amp`), `compile`
+(E_a, E_s and the decoder; D stays eager for R1's double backward), `cl` (channels-last). A mode the
+device cannot run (fp16 on the CPU, a compile that fails or runs past --mode-timeout) is reported as
+skipped with the reason. Each mode runs in a fresh child process, so that neither its peak memory
+(CUDA: max allocated / reserved; CPU: the child's VmHWM) nor its compile caches leak into the next.
+`--by-network` profiles the first mode's CPU step instead: seconds per network, forward and backward.
+`--write` replaces this script's section of benchmarks/RESULTS.md and its record in RESULTS.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
-import datetime as dt
 import json
 import os
 import re
@@ -49,24 +34,27 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from torch.profiler import ProfilerActivity, record_function
+from torch.profiler import profile as profile_ops
 
 from dgnet.errors import ConfigError
 from dgnet.models.config import PROFILES, get_profile
-from dgnet.training.runtime import DistContext, determinism, select_device
+from dgnet.training.runtime import DistContext, determinism, resolve_amp, select_device
 from dgnet.training.schedule import loss_weights_at
-from dgnet.training.trainer import DGNetTrainConfig
+from dgnet.training.trainer import DGNetTrainConfig, build_joint_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
 from common import (
     RESULTS,
     TIMED_ITERATION,
-    build_joint_step,
     load_average,
+    load_teacher,
     machine,
     synthetic_batch,
     write_results,
@@ -171,7 +159,7 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
 
     # determinism(seed, False) as in training: seeds, and cudnn.benchmark on.
     with determinism(cfg.seed, cfg.deterministic):
-        step = build_joint_step(model_cfg, cfg, ctx).step
+        step = build_joint_step(model_cfg, cfg, ctx, load_teacher(model_cfg, dev)).step
         batch = synthetic_batch(model_cfg.image_height, model_cfg.image_width, batch_size,
                                 model_cfg.num_classes, dev)
 
@@ -280,124 +268,153 @@ def section_name(profile: str, device: str, threads: int = 0) -> str:
     return name + (f"-{threads}thread{'s' if threads > 1 else ''}" if threads else "")
 
 
-def _fmt_load(load: list[float] | None) -> str:
-    return "-" if not load else f"{load[0]:.2f}"
+def _load(r: dict[str, Any]) -> str:
+    return " / ".join("-" if not x else f"{x[0]:.2f}" for x in (r.get("load_average_start"),
+                                                                  r.get("load_average_end")))
 
 
-def render_section(name: str, info: dict[str, Any], rows: list[dict[str, Any]], command: str,
-                   gpu_pending: bool = False) -> str:
-    """The markdown of one (profile, device) section, between its markers."""
-    profile = rows[0]["profile"] if rows else "?"
-    device = rows[0]["device"] if rows else "cpu"
+def record(info: dict[str, Any], rows: list[dict[str, Any]], command: str,
+           gpu_pending: bool = False) -> dict[str, Any]:
+    """This script's RESULTS.json record of one (profile, device) section: figures and table cells."""
+    profile, device = (rows[0]["profile"], rows[0]["device"]) if rows else ("?", "cpu")
     on_gpu = device.startswith("cuda")
     ok = [r for r in rows if r.get("status") == "ok"]
     batch = ok[0]["batch_size"] if ok else DEFAULT_BATCH.get(profile, "?")
-    threads = info["torch_threads"]
-    load, load_end = info.get("load_average"), info.get("load_average_end")
-    busy = ""
-    if load:
-        busy = f"; load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load)} at the start"
-        if load_end:
-            busy += f", {', '.join(f'{x:.2f}' for x in load_end)} at the end"
-        if not on_gpu and max(load[0], load_end[0] if load_end else 0) > 0.5:
-            busy += (". Other processes were using the cores: CPU figures are slower than on an idle machine "
-                     "(each mode's own load average is in the table)")
-            if threads > 1:  # why the 2-thread and 1-thread sections differ so much on a shared machine
-                busy += ("; with several torch threads an op waits for its slowest thread, so a busy machine "
-                         "hurts more than its share: --threads 1 gives steadier figures")
-    gpu = f", GPU {info['gpu']} (CUDA {info.get('cuda')})" if on_gpu and "gpu" in info else ""
-    memory = f", {info['memory_gib']:.0f} GiB RAM" if info.get("memory_gib") else ""
-    weights = ok[0]["loss_weights"] if ok else None
-    lines = [
-        f"<!-- BEGIN {name} -->",
-        f"## Training speed, {profile} profile, {device}"
-        + ("" if on_gpu else f", {threads} torch thread{'s' if threads > 1 else ''}")
-        + " (`benchmarks/train_speed.py`)",
-        "",
-        f"Measured {dt.date.today().isoformat()} with `{command}`.",
-        f"Machine: {info['cpu']}, {info['cores']} cores{memory} ({threads} torch "
-        f"thread{'s' if threads > 1 else ''}){gpu}; torch {info['torch']}, Python {info['python']}{busy}.",
-        "",
-        f"One joint DG-Net iteration as `train_dgnet` runs it (`make_joint_step`: a D step, then the joint "
-        f"G + E_a step), batch {batch} per stream "
-        f"({4 * batch if isinstance(batch, int) else '?'} real images "
-        f"+ their random-erased copies), at iteration {TIMED_ITERATION:,} of the paper's schedule, after "
-        "the warm-up: teacher soft labels, cycle and code losses all on"
-        + (f" (weights: code {weights['code_appearance']:g}, cycle {weights['cycle']:g}, "
-           f"lambda_prim {weights['primary']:g}, fine {weights['fine']:g})" if weights else "")
-        + ". Synthetic batches, made once: data loading is excluded (the host-to-device copy is included). "
-        "Each mode in a fresh process; median, p90 and min over the timed iterations after the warm-up ones "
-        "(on a busy machine the min is the closest to an idle machine's figure); it/s from the median; "
-        f"'100k' = median x {PAPER_ITERATIONS:,} (the paper's run length); 'first' = the first iteration "
-        "(compilation, much shorter when torch's on-disk compile cache is warm; cudnn autotuning). "
-        + ("Peak memory: `torch.cuda.max_memory_allocated` / `max_memory_reserved` over the process."
-           if on_gpu else
-           "Peak memory: the process's peak RSS (VmHWM), torch itself included; 'RSS at start' = after "
-           "importing torch and dgnet, so peak - start is the training's own (compiled modes: the compiler's "
-           "too).")
-        + " Load: 1-minute load average at the mode's start / end.",
-        "",
-    ]
-    if on_gpu:
-        lines += ["| mode | median s/iter | p90 s/iter | min s/iter | it/s | 100k iterations (h) | first (s) "
-                  "| peak allocated (GB) | peak reserved (GB) | load | paper target |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    else:
-        lines += ["| mode | median s/iter | p90 s/iter | min s/iter | it/s | 100k iterations (h) | first (s) "
-                  "| peak RSS (MB) | RSS at start (MB) | load |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        load_cell = f"{_fmt_load(r.get('load_average_start'))} / {_fmt_load(r.get('load_average_end'))}"
-        if r.get("status") != "ok":
-            width = 11 if on_gpu else 10
-            lines.append(f"| {r['mode']} | skipped: {r.get('reason', '?')} |" + " |" * (width - 2))
-            continue
-        cells = [r["mode"], f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}", f"{r['min_s']:.3f}",
-                 f"{r['it_per_s']:.2f}", f"{r['projected_100k_h']:.1f}", f"{r['first_iteration_s']:.1f}"]
-        if on_gpu:
-            peak_gb = r["peak_allocated_mb"] / 1024
-            target = ""
-            if profile == "paper":
-                met = r["median_s"] <= TARGET_S_PER_ITER and r["peak_reserved_mb"] / 1024 <= TARGET_PEAK_GB
-                target = "met" if met else "not met"
-            cells += [f"{peak_gb:.2f}", f"{r['peak_reserved_mb'] / 1024:.2f}", load_cell, target]
-        else:
-            start = r.get("rss_at_start_mb")
-            cells += [f"{r['peak_rss_mb']:,.0f}" if r.get("peak_rss_mb") else "-",
-                      f"{start:,.0f}" if start else "-", load_cell]
-        lines.append("| " + " | ".join(cells) + " |")
+    w = ok[0]["loss_weights"] if ok else None
+    memory = ("`torch.cuda.max_memory_allocated` / `max_memory_reserved` over the process" if on_gpu else
+              "the process's peak RSS (VmHWM), torch itself included; 'RSS at start' = after importing torch "
+              "and dgnet")
     target = (f"<= {TARGET_S_PER_ITER} s per iteration (100k iterations in under 3 hours) with peak GPU "
               f"memory <= {TARGET_PEAK_GB:g} GB (reserved); the published code needed 1.2-1.9 s per "
               "iteration and >= 10 GB in fp16")
+    text = [f"One joint DG-Net iteration as `train_dgnet` runs it (`build_joint_step`: a D step, then the "
+            f"joint G + E_a step), batch {batch} per stream, at iteration {TIMED_ITERATION:,} of the paper's "
+            "schedule, every loss on" + (f" (code {w['code_appearance']:g}, cycle {w['cycle']:g}, "
+                                         f"lambda_prim {w['primary']:g}, fine {w['fine']:g})" if w else "")
+            + ". Synthetic batches made once: data loading excluded, the host-to-device copy included. Each "
+            "mode in a fresh process; median, p90 and min over the timed iterations; '100k' = median x "
+            f"{PAPER_ITERATIONS:,}; 'first' = the first iteration (compilation, cudnn autotuning). Peak "
+            f"memory: {memory}. Load: 1-minute load average at the mode's start / end."]
     if profile == "paper":
-        lines += ["", f"Paper-profile target on one GPU: {target}."]
+        text.append(f"Paper-profile target on one GPU: {target}.")
     if gpu_pending:
-        lines += ["", "GPU figures of the paper profile: pending (no GPU was lent to the session that "
-                  f"measured these; target {target}). On a CUDA machine with torch only: "
-                  f"`{PAPER_GPU_COMMAND}`."]
-    lines += ["", f"<!-- END {name} -->"]
-    return "\n".join(lines) + "\n"
-
-
-def update_results(path: Path, name: str, section: str, record: dict[str, Any]) -> None:
-    """Replace (or add) this script's section of the results file, and its record (rows, machine)."""
-    write_results(path, name, section, record)
+        text.append(f"GPU figures of the paper profile: pending (target {target}). On a CUDA machine: "
+                    f"`{PAPER_GPU_COMMAND}`.")
+    columns = ["mode", "median s/iter", "p90 s/iter", "min s/iter", "it/s", "100k iterations (h)",
+               "first (s)", *(["peak allocated (GB)", "peak reserved (GB)"] if on_gpu
+                              else ["peak RSS (MB)", "RSS at start (MB)"]),
+               "load", *(["paper target"] if on_gpu else [])]
+    table = []
+    for r in rows:
+        if r.get("status") != "ok":
+            table.append([r["mode"], f"skipped: {r.get('reason', '?')}", *[""] * (len(columns) - 2)])
+            continue
+        cells = [r["mode"], *(f"{r[k]:.3f}" for k in ("median_s", "p90_s", "min_s")), f"{r['it_per_s']:.2f}",
+                 f"{r['projected_100k_h']:.1f}", f"{r['first_iteration_s']:.1f}"]
+        if on_gpu:
+            met = r["median_s"] <= TARGET_S_PER_ITER and r["peak_reserved_mb"] / 1024 <= TARGET_PEAK_GB
+            cells += [f"{r['peak_allocated_mb'] / 1024:.2f}", f"{r['peak_reserved_mb'] / 1024:.2f}", _load(r),
+                      ("met" if met else "not met") if profile == "paper" else ""]
+        else:
+            cells += [f"{r.get(k) or 0:,.0f}" for k in ("peak_rss_mb", "rss_at_start_mb")] + [_load(r)]
+        table.append(cells)
+    title = f"Training speed, {profile} profile, {device}" + (
+        "" if on_gpu else f", {info['torch_threads']} torch thread(s)") + " (`benchmarks/train_speed.py`)"
+    return {"title": title, "command": command, "machine": info, "rows": rows, "text": text,
+            "columns": columns, "table": table}
 
 
 def _print_row(r: dict[str, Any]) -> None:
     if r.get("status") != "ok":
         print(f"{r['mode']:18s} skipped: {r.get('reason')}", flush=True)
         return
-    if "peak_allocated_mb" in r:
-        memory = (f"peak allocated {r['peak_allocated_mb'] / 1024:.2f} GB, "
-                  f"reserved {r['peak_reserved_mb'] / 1024:.2f} GB")
-    else:
-        memory = (f"peak RSS {r.get('peak_rss_mb') or 0:,.0f} MB "
-                  f"(at start {r.get('rss_at_start_mb') or 0:,.0f} MB)")
+    memory = (f"peak allocated {r['peak_allocated_mb'] / 1024:.2f} GB, reserved "
+              f"{r['peak_reserved_mb'] / 1024:.2f} GB" if "peak_allocated_mb" in r
+              else f"peak RSS {r.get('peak_rss_mb') or 0:,.0f} MB")
     print(f"{r['mode']:18s} median {r['median_s']:.3f} s  p90 {r['p90_s']:.3f} s  {r['it_per_s']:.2f} it/s  "
-          f"100k: {r['projected_100k_h']:.1f} h  first {r['first_iteration_s']:.1f} s  {memory}  "
-          f"load {_fmt_load(r.get('load_average_start'))} -> {_fmt_load(r.get('load_average_end'))}  "
-          f"times {r['times_s']}", flush=True)
+          f"first {r['first_iteration_s']:.1f} s  {memory}  load {_load(r)}  times {r['times_s']}",
+          flush=True)
+
+
+# --by-network: where one iteration's time goes, per network, forward and backward (torch.profiler)
+
+SCOPE = "net:"
+
+
+def _scoped(name: str, module: torch.nn.Module) -> None:
+    """Wrap `module.forward` in a profiler scope named `net:<name>` (nested calls keep the outer)."""
+    forward = module.forward
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with record_function(SCOPE + name):
+            return forward(*args, **kwargs)
+
+    module.forward = wrapped  # type: ignore[method-assign]
+
+
+def attribute(events: Any) -> dict[str, dict[str, float]]:
+    """Seconds per network: forward ops inside its scope, backward ops linked to those forward ops by
+    the profiler's autograd sequence numbers."""
+    scopes = sorted((e.time_range.start, e.time_range.end, e.name[len(SCOPE):])
+                    for e in events if e.name.startswith(SCOPE))
+    starts = [s[0] for s in scopes]
+
+    def scope_of(t: float) -> str | None:
+        i = bisect.bisect_right(starts, t) - 1
+        while i >= 0:  # the innermost scope that contains t
+            if scopes[i][0] <= t <= scopes[i][1]:
+                return scopes[i][2]
+            i -= 1
+        return None
+
+    owner: dict[int, str] = {}
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+    for e in events:
+        if e.name.startswith(SCOPE):
+            totals[e.name[len(SCOPE):]]["forward"] += e.cpu_time_total / 1e6
+        elif e.sequence_nr >= 0 and e.name.startswith("aten::") \
+                and (name := scope_of(e.time_range.start)) is not None:  # a forward op with a graph node
+            owner.setdefault(e.sequence_nr, name)
+    for e in events:
+        if e.name.startswith("autograd::engine::evaluate_function"):
+            totals[owner.get(e.sequence_nr, "other")]["backward"] += e.cpu_time_total / 1e6
+    return dict(totals)
+
+
+def by_network(profile: str, mode: str, iterations: int, command: str) -> dict[str, Any]:
+    """The CPU step of `mode` under torch.profiler after one warm-up: seconds per network and iteration."""
+    device, parsed = torch.device("cpu"), Mode.parse(mode)
+    model_cfg = get_profile(profile, pretrained=False)
+    cfg = DGNetTrainConfig(amp=resolve_amp(device, parsed.amp), num_workers=0)
+    ctx = DistContext(0, 1, 0, device, False)
+    built = build_joint_step(model_cfg, cfg, ctx, load_teacher(model_cfg, device))
+    for name in ("appearance_encoder", "structure_encoder", "decoder", "discriminator"):
+        _scoped(name, getattr(built.model, name))
+    _scoped("teacher", built.teacher)
+    batch = synthetic_batch(model_cfg.image_height, model_cfg.image_width, cfg.batch_size,
+                            model_cfg.num_classes, device)
+    built.step(TIMED_ITERATION, batch)  # warm-up
+    with profile_ops(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        for k in range(iterations):
+            built.step(TIMED_ITERATION + 1 + k, batch)
+        wall = (time.perf_counter() - started) / iterations
+    networks = sorted(((k, {p: v / iterations for p, v in d.items()})
+                       for k, d in attribute(prof.events()).items()),
+                      key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"]))
+    rest = wall - sum(v["forward"] + v["backward"] for _, v in networks)
+    return {"title": f"Where an iteration's time goes, {profile} profile, {torch.get_num_threads()} torch "
+                     "threads (`benchmarks/train_speed.py --by-network`)",
+            "command": command, "machine": machine(), "wall_s_per_iteration": wall, "amp": cfg.amp,
+            "networks": dict(networks), "rest_s": rest,
+            "text": [f"The trainer's own step at iteration {TIMED_ITERATION:,} (every loss on), amp "
+                     f"{cfg.amp}, batch {cfg.batch_size} per stream, under torch.profiler (which slows it: "
+                     f"{wall:.3f} s an iteration). Each network's backward ops are charged to it through the "
+                     "autograd sequence numbers."],
+            "columns": ["network", "forward (s)", "backward (s)", "share"],
+            "table": [*([k, f"{v['forward']:.3f}", f"{v['backward']:.3f}",
+                         f"{(v['forward'] + v['backward']) / wall:.1%}"] for k, v in networks),
+                      ["rest (optimisers, loss arithmetic, Python)", "", "", f"{rest / wall:.1%}"]]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true", help="channels-last in every mode")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--mode-timeout", type=int, default=3600, help="seconds before a mode is given up")
+    parser.add_argument("--by-network", action="store_true",
+                        help="the first mode's CPU step under torch.profiler: seconds per network")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--write", action="store_true", help="write its section of --results")
     parser.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
@@ -436,30 +455,32 @@ def main(argv: list[str] | None = None) -> None:
                       model_overrides(args.model_set))
         print(json.dumps(row))
         return
-
+    command = "python benchmarks/train_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     modes = [m for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         Mode.parse(mode)  # a typo fails before minutes of measuring
-    get_profile(args.profile, pretrained=False, **model_overrides(args.model_set))  # so does a bad field
-    info = machine()
-    print(f"{args.profile} profile on {args.device}: {info['cpu']}, {info['cores']} cores, "
-          f"torch {info['torch']}, load average {info['load_average']}", flush=True)
-    rows = []
-    for mode in modes:
-        row = run_child(args, mode)
-        rows.append(row)
-        _print_row(row)
-    info["load_average_end"] = load_average()
-    if args.write:
-        command = "python benchmarks/train_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.by_network:
+        result = by_network(args.profile, modes[0], args.iterations, command)
+        print("\n".join(" | ".join(str(c) for c in row) for row in [result["columns"], *result["table"]]))
+        name = f"profile_iteration-{args.profile}-{torch.get_num_threads()}thread"
+    else:
+        get_profile(args.profile, pretrained=False, **model_overrides(args.model_set))  # so does a bad field
+        info = machine()
+        print(f"{args.profile} profile on {args.device}: {info['cpu']}, {info['cores']} cores, "
+              f"torch {info['torch']}, load average {info['load_average']}", flush=True)
+        rows = []
+        for mode in modes:
+            rows.append(run_child(args, mode))
+            _print_row(rows[-1])
+        info["load_average_end"] = load_average()
         name = section_name(args.profile, args.device, args.threads)
         if args.model_set:
             name += "-" + re.sub(r"[^A-Za-z0-9_.=]+", "", "-".join(args.model_set))
         existing = args.results.read_text() if args.results.exists() else ""
         gpu_pending = not args.device.startswith("cuda") and "BEGIN train_speed-paper-cuda" not in existing
-        section = render_section(name, info, rows, command.strip(), gpu_pending)
-        record = {"command": command.strip(), "machine": info, "rows": rows}
-        update_results(args.results, name, section, record)
+        result = record(info, rows, command, gpu_pending)
+    if args.write:
+        write_results(args.results, name, result)
         print(f"wrote {args.results} ({name})")
 
 

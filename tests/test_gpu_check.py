@@ -50,7 +50,7 @@ def test_cpu_defaults_shrink_and_gpu_fit(gpu_check, tmp_path):
 
 def test_loss_curves_picture_skips_missing_values(gpu_check):
     rows = [{"iteration": 1, "loss/total": 3.0}, {"iteration": 2, "loss/total": 2.0, "loss/cycle": 1.0}]
-    picture = gpu_check.gpu_steps.loss_curves_picture(rows, "t")
+    picture = gpu_check.loss_curves_picture(rows, "t")
     assert picture.size[0] > 0 and picture.getbbox() is not None
 
 

@@ -71,10 +71,9 @@ def test_measure_tiny_and_write_section(train_speed, tmp_path, one_thread):
     info["load_average_end"] = info["load_average"]
     name = train_speed.section_name("tiny", "cpu")
     command = "python benchmarks/train_speed.py --profile tiny"
-    section = train_speed.render_section(name, info, [row, skipped], command, gpu_pending=True)
-    record = {"command": command, "machine": info, "rows": [row, skipped]}
-    train_speed.update_results(results, name, section, record)
-    train_speed.update_results(results, name, section, record)  # replaced, not appended twice
+    record = train_speed.record(info, [row, skipped], command, gpu_pending=True)
+    train_speed.write_results(results, name, record)
+    train_speed.write_results(results, name, record)  # replaced, not appended twice
     text = results.read_text()
     assert text.count(f"<!-- BEGIN {name} -->") == 1 and text.count(f"<!-- END {name} -->") == 1
     assert "| fp32 |" in text and "| fp16 | skipped:" in text and "pending" in text

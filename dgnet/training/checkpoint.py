@@ -1,9 +1,7 @@
-"""Checkpoints that let a resumed run equal an uninterrupted one.
-
-A checkpoint holds the iteration, every state dict (models, optimisers, LR schedulers, AMP
-scaler) and the global RNG states (dropout draws from torch's). Batches and augmentation need
-no state: dgnet's samplers derive them from (seed, iteration). Files are written to a temporary
-name and renamed, so a crash mid-write keeps the previous checkpoint intact.
+"""Checkpoints that let a resumed run equal an uninterrupted one: the iteration, every state dict
+(models, optimisers, AMP scalers) and the global RNG states; batches and augmentation need none (the
+samplers derive them from (seed, iteration)). Written to a temporary name and renamed, so a crash
+mid-write keeps the previous checkpoint whole.
 """
 
 from __future__ import annotations
@@ -108,8 +106,7 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    found = list_checkpoints(folder)
-    return found[-1] if found else None
+    return next(reversed(list_checkpoints(folder)), None)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -134,12 +131,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def newest_readable_checkpoint(folder: str | os.PathLike, map_location: str | torch.device = "cpu",
                                warn: Callable[[str], None] | None = None
                                ) -> tuple[Path, dict[str, Any]] | None:
-    """(path, state) of the newest checkpoint in `folder` that loads, or None when there is none.
-
-    An unreadable newer one (truncated by a full disk, corrupted) is renamed `<name>.unreadable`, so
-    that it is neither resumed from nor counted among the kept checkpoints, and `warn` is told which
-    one was skipped and why.
-    """
+    """(path, state) of the newest checkpoint in `folder` that loads, or None. An unreadable newer one
+    (truncated by a full disk, corrupted) is renamed `<name>.unreadable` (neither resumed from nor
+    counted among the kept ones) and `warn` is told which and why."""
     for path in reversed(list_checkpoints(folder)):
         try:
             return path, load_checkpoint(path, map_location)

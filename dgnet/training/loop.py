@@ -13,10 +13,11 @@ completed, so `iter_00000500.pt` holds the state after 500 iterations and resume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from dgnet.data.samplers import (
     RandomImageSampler,
 )
 from dgnet.errors import DatasetError, DgnetError
+from dgnet.models.config import ModelConfig
+from dgnet.models.persist import save_model
 from dgnet.training.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -45,9 +48,29 @@ from dgnet.training.checkpoint import (
     save_checkpoint,
 )
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
-from dgnet.training.runtime import DistContext, broadcast_object
+from dgnet.training.runlock import run_lock
+from dgnet.training.runtime import (
+    DistContext,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    determinism,
+    init_distributed,
+    trained_on,
+)
 
 StepFn = Callable[[int, Any], Mapping[str, float]]
+
+
+@contextlib.contextmanager
+def training_process(device: str, out_dir: Path, seed: int, deterministic: bool) -> Iterator[DistContext]:
+    """This process's part of a run: the torchrun group (if any), the run lock (rank 0), the seeds."""
+    ctx = init_distributed(device)
+    try:
+        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), determinism(seed, deterministic):
+            yield ctx
+    finally:
+        cleanup_distributed(ctx)
 
 
 @dataclass(frozen=True)
@@ -92,15 +115,12 @@ class TrainingSession:
         self.config = dict(config or {})
         self.metrics: dict[str, float] = {}
 
-    # ---- checkpoints ------------------------------------------------------------------------
-
     def resume(self, stateful: Mapping[str, Any], identity: Mapping[str, Any], resume: bool = True) -> int:
         """Load the newest checkpoint of out_dir/checkpoints into `stateful`; return the start iteration.
 
-        `identity` (e.g. the model configuration) must equal the checkpoint's: a checkpoint of another
-        model is an error, not something to half-load. Without `resume`, old checkpoints are deleted
-        so that a fresh run never resumes from a stale one later. Every rank loads rank 0's choice
-        (ranks share the file system, as under torchrun on one machine).
+        `identity` (e.g. the model configuration) must equal the checkpoint's (another model's is an
+        error, not something to half-load). Without `resume`, old checkpoints are deleted, so that a
+        fresh run never resumes from a stale one later. Every rank loads rank 0's choice.
         """
         path, state = None, None
         if self.ctx.is_main:
@@ -144,8 +164,6 @@ class TrainingSession:
                  "state": {name: obj.state_dict() for name, obj in stateful.items()}}
         path = save_checkpoint(self.checkpoint_dir, done, state, keep=self.cadence.keep_checkpoints)
         self.hooks.on_checkpoint(done, path)
-
-    # ---- the loop ---------------------------------------------------------------------------
 
     def run(
         self,
@@ -216,9 +234,9 @@ class TrainingSession:
 
     def _stopped(self, completed: int, exc: Exception, stateful: Mapping[str, Any],
                  identity: Mapping[str, Any]) -> DgnetError:
-        """The error to stop with when reading data (or a picture, an evaluation) failed between steps:
-        the state is that of `completed` iterations, so it is checkpointed first (rank 0), and the
-        message says where; the error keeps the original's class (and exit code) when it is ours."""
+        """The error to stop with when reading data (a picture, an evaluation) failed between steps: the
+        state of `completed` iterations is checkpointed first (rank 0) and the message says where; the
+        error keeps the original's class (and exit code) when it is ours."""
         message = worker_error_message(str(exc))
         if not isinstance(exc, DgnetError):
             message = f"{type(exc).__name__}: {message}"
@@ -264,10 +282,18 @@ class TrainingSession:
             shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("rank1", "mAP") if k in self.metrics)
             print(f"{self.kind}: iteration {done}: {shown}")
 
-    def finish(self, model_path: Path, iterations: int) -> TrainingResult:
-        """The run's result; rank 0 tells the hooks."""
-        result = TrainingResult(self.kind, Path(model_path), iterations, dict(self.metrics),
-                                dict(self.config))
+    def finish(self, model: torch.nn.Module, model_cfg: ModelConfig, amp: str, extra: dict[str, Any],
+               ) -> TrainingResult:
+        """Rank 0 writes out_dir/model.pt (`extra` + the metrics and where it trained); every rank
+        returns the run's result once the file exists; rank 0 tells the hooks."""
+        model_path = self.out_dir / "model.pt"
+        if self.ctx.is_main:
+            save_model(model_path, model, self.kind, model_cfg, extra={
+                **extra, "metrics": self.metrics,
+                "trained_on": trained_on(self.ctx.device, amp, self.ctx.world_size)})
+        barrier()
+        iterations = self.cadence.iterations
+        result = TrainingResult(self.kind, model_path, iterations, dict(self.metrics), dict(self.config))
         self.hooks.on_end(result)
         return result
 
@@ -280,11 +306,6 @@ def worker_error_message(text: str) -> str:
     last = text.rstrip().splitlines()[-1]
     _, sep, message = last.partition(": ")
     return message if sep else text
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration helpers shared by the trainers
-# --------------------------------------------------------------------------------------------
 
 
 def flat_config(**sections: Any) -> dict[str, Any]:
@@ -308,10 +329,8 @@ def flat_config(**sections: Any) -> dict[str, Any]:
 
 
 def training_labels(frame: pd.DataFrame) -> dict[int, int]:
-    """The training split's label map {person_id: label}, checked against the manifest's label column.
-
-    Training takes its number of classes from here, whatever the model profile says.
-    """
+    """The training split's label map {person_id: label}, checked against the manifest's label column
+    (training takes its number of classes from here, whatever the model profile says)."""
     train = frame[frame["split"] == "train"]
     if train.empty:
         raise DatasetError("training: the manifest has no training images (split 'train')")

@@ -78,17 +78,6 @@ from dgnet.models.grouped_norm import grouped_call
 from dgnet.models.teacher import FrozenTeacher
 from dgnet.training.schedule import LossWeights
 
-__all__ = [
-    "DGNetBatch",
-    "NonFiniteLossError",
-    "ObjectiveConfig",
-    "check_finite",
-    "discriminator_objective",
-    "frozen_call",
-    "generate_cross",
-    "generator_objective",
-]
-
 
 @dataclass(frozen=True)
 class DGNetBatch:
@@ -116,25 +105,22 @@ class DGNetBatch:
         shape = self.a.shape
         for name in ("b", "pos_a", "pos_b"):
             if getattr(self, name).shape != shape:
-                raise ValueError(
-                    f"DGNetBatch.{name}: shape {tuple(getattr(self, name).shape)} != a's {tuple(shape)}"
-                )
+                raise ValueError(f"DGNetBatch.{name}: shape {tuple(getattr(self, name).shape)} "
+                                 f"!= a's {tuple(shape)}")
         for name in ("label_a", "label_b"):
             if getattr(self, name).shape != (shape[0],):
-                raise ValueError(
-                    f"DGNetBatch.{name}: expected shape ({shape[0]},), got {tuple(getattr(self, name).shape)}"
-                )
-        erased = [self.a_erased, self.b_erased, self.pos_a_erased, self.pos_b_erased]
-        given = [t for t in erased if t is not None]
+                raise ValueError(f"DGNetBatch.{name}: expected shape ({shape[0]},), "
+                                 f"got {tuple(getattr(self, name).shape)}")
+        given = [t for t in (self.a_erased, self.b_erased, self.pos_a_erased, self.pos_b_erased)
+                 if t is not None]
         if given and (len(given) != 4 or any(t.shape != shape for t in given)):
             raise ValueError("DGNetBatch: give all four *_erased tensors, each shaped like a, or none")
 
     @property
     def erased(self) -> tuple[torch.Tensor, ...] | None:
         """(a, b, pos_a, pos_b) with random erasing, or None."""
-        if self.a_erased is None:
-            return None
-        return (self.a_erased, self.b_erased, self.pos_a_erased, self.pos_b_erased)
+        return None if self.a_erased is None else (self.a_erased, self.b_erased, self.pos_a_erased,
+                                                    self.pos_b_erased)
 
 
 @torch.no_grad()
@@ -180,9 +166,8 @@ def _pair(loss_fn: Any, first: torch.Tensor, second: torch.Tensor) -> torch.Tens
 
 
 def _per_batch(module: torch.nn.Module, images: torch.Tensor, parts: int = 2) -> Any:
-    """`module` on each of `parts` equal batches of `images` as if on its own (BatchNorm's statistics
-    and running-statistic updates per batch, in order), outputs concatenated: one forward
-    (dgnet.models.grouped_norm)."""
+    """`module` on each of `parts` equal batches of `images` as if on its own (BatchNorm statistics
+    and running-statistic updates per batch, in order) in one forward (dgnet.models.grouped_norm)."""
     return grouped_call(module, images, parts)
 
 
@@ -318,9 +303,8 @@ def generator_objective(
 
 def _to_floats(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Detached tensors to floats with a single device synchronisation."""
-    names = list(values)
-    numbers = torch.stack([values[name].detach().float().reshape(()) for name in names]).tolist()
-    return dict(zip(names, numbers, strict=True))
+    numbers = torch.stack([value.detach().float().reshape(()) for value in values.values()]).tolist()
+    return dict(zip(values, numbers, strict=True))
 
 
 def check_finite(logs_or_losses: Mapping[str, float | torch.Tensor], iteration: int) -> None:

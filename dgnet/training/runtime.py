@@ -1,19 +1,16 @@
 """Where and how a training run executes: device, mixed precision, determinism, compilation, DDP.
 
-Each is a switch that leaves the training code the same: an autocast context that may be a no-op,
-a GradScaler that may be disabled, a gradient average that returns at once on one process.
+Each is a switch that leaves the training code the same (an autocast that may be a no-op, a
+GradScaler that may pass through, a gradient average that returns at once on one process).
 
-Multi-process training (torchrun) uses explicit gradient averaging rather than wrapping models in
-DistributedDataParallel. The DG-Net objective calls sub-networks directly and through
-`frozen_call` (functional views that must bypass any wrapper), it has two backward passes and
-three optimisers an iteration, and some parameters get no gradient before the warm-up: a DDP
-wrapper fits none of that well. Instead every rank starts from rank 0's weights
-(`broadcast_module`) and, after each backward, the gradients of the parameters being stepped are
-averaged over ranks (`average_gradients`), so every rank applies the same update and the weights
-stay identical. Which parameters have a gradient depends only on the iteration (loss weights are a
-function of it), so every rank reduces the same list. BatchNorm uses per-rank batch statistics
-(plain BN, as with DDP without SyncBatchNorm); its running statistics are averaged over ranks after
-each iteration (`average_buffers`) so that every rank, and rank 0's checkpoint, holds one model.
+Multi-process training (torchrun) averages gradients explicitly instead of wrapping models in
+DistributedDataParallel: the DG-Net objective calls sub-networks through `frozen_call` (functional
+views that must bypass any wrapper), has two backward passes and three optimisers an iteration, and
+some parameters get no gradient before the warm-up. Every rank starts from rank 0's weights
+(`broadcast_module`); after each backward the stepped parameters' gradients are averaged
+(`average_gradients`; which have one depends only on the iteration, so every rank reduces the same
+list). BatchNorm uses per-rank statistics (as DDP without SyncBatchNorm); its running statistics
+are averaged after each iteration (`average_buffers`), so every rank holds one model.
 """
 
 from __future__ import annotations
@@ -39,11 +36,6 @@ from dgnet.errors import ConfigError
 _BUCKET_ELEMENTS = 1 << 24
 
 
-# --------------------------------------------------------------------------------------------
-# Device, mixed precision, determinism, compilation
-# --------------------------------------------------------------------------------------------
-
-
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """"auto" (CUDA when present, else CPU), "cpu" or "cuda" (GPU `local_rank` under torchrun)."""
     if name not in DEVICES and not name.startswith("cuda:"):
@@ -62,18 +54,18 @@ def trained_on(device: torch.device, amp: str, world_size: int = 1) -> str:
     if device.type == "cuda":
         where = f"cuda: {torch.cuda.get_device_name(device)} x {world_size}"
     else:
-        cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in (_cpuinfo() or "").splitlines()
                     if line.startswith("model name")), "CPU")
         ranks = f" x {world_size}" if world_size > 1 else ""
         where = f"cpu: {cpu}, {torch.get_num_threads()} threads{ranks}"
     return f"{where}, {'fp32' if amp == 'off' else amp}"
 
 
-def _cpuinfo() -> str:
+def _cpuinfo() -> str | None:
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return ""
+        return None
 
 
 def _check_amp(device: torch.device, amp: str) -> None:
@@ -90,10 +82,9 @@ def native_bf16(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: trust torch's vector-capability probe
+    if (info := _cpuinfo()) is None:  # not Linux: trust torch's vector-capability probe
         return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+    flags = info.split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -104,7 +95,7 @@ def resolve_amp(device: torch.device, amp: str) -> str:
     """
     _check_amp(device, amp)
     if amp == "auto":
-        return _auto_amp(device)
+        return "bf16" if native_bf16(device) else "off"
     if amp == "bf16" and not native_bf16(device):
         warnings.warn(
             f"amp: bf16 on {device} without hardware bf16 (no AVX512-BF16/AMX): autocast emulates it "
@@ -114,18 +105,13 @@ def resolve_amp(device: torch.device, amp: str) -> str:
     return amp
 
 
-def _auto_amp(device: torch.device) -> str:
-    return "bf16" if native_bf16(device) else "off"
-
-
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """The autocast region for forward passes: a no-op for "off", bf16 or fp16 autocast otherwise.
 
     Pass the resolved mode (`resolve_amp`); "auto" is resolved here too, without the warning.
     """
+    amp = resolve_amp(device, amp) if amp == "auto" else amp  # the trainers resolve once and pass it
     _check_amp(device, amp)
-    if amp == "auto":  # reads /proc/cpuinfo: the trainers resolve once and pass the result
-        amp = _auto_amp(device)
     if amp == "off":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -138,14 +124,18 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # "auto" never means fp16
 
 
-def set_determinism(seed: int, deterministic: bool) -> None:
-    """Seed every global RNG; with `deterministic`, also ask torch for deterministic kernels.
+@contextlib.contextmanager
+def determinism(seed: int, deterministic: bool) -> Iterator[None]:
+    """Seed every global RNG; with `deterministic`, also deterministic kernels; for the block only
+    (torch's global flags are restored afterwards).
 
     On the CPU a run is then bit-for-bit repeatable for a given thread count (CPU reductions split
     work by thread). On CUDA some kernels this model uses (max-pool and reflect-pad backward) have no
-    deterministic version: torch warns about them instead of failing, so the run is close to but not
-    exactly repeatable. The setting is process-wide; `determinism` restores the previous one.
+    deterministic version: torch warns about them instead of failing (close to, not exactly, repeatable).
     """
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -154,18 +144,6 @@ def set_determinism(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=torch.cuda.is_available())
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-
-
-@contextlib.contextmanager
-def determinism(seed: int, deterministic: bool) -> Iterator[None]:
-    """`set_determinism` for the length of a block; torch's global flags are restored afterwards."""
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    set_determinism(seed, deterministic)
     try:
         yield
     finally:
@@ -174,20 +152,14 @@ def determinism(seed: int, deterministic: bool) -> Iterator[None]:
 
 
 def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
-    """The torch seed of one iteration on one rank (dropout masks): a pure function, like the batches.
-
-    Reseeding every iteration means a resumed run needs no RNG state to draw the same masks, and
-    ranks draw different masks for their different images.
-    """
+    """The torch seed of one iteration on one rank (dropout masks): a pure function, like the batches,
+    so a resumed run needs no RNG state for them, and ranks draw different masks."""
     return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0])
 
 
 def prepare_module(module: nn.Module, *, channels_last: bool, compile: bool) -> nn.Module:
-    """Move to channels-last memory format and/or compile in place (`nn.Module.compile`).
-
-    In-place compilation keeps the module object, its state-dict keys and its sub-modules, so
-    checkpoints and `frozen_call` are unaffected.
-    """
+    """Channels-last and/or compiled in place (`nn.Module.compile` keeps the object, its state-dict
+    keys and sub-modules: checkpoints and `frozen_call` are unaffected)."""
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if compile:
@@ -198,11 +170,6 @@ def prepare_module(module: nn.Module, *, channels_last: bool, compile: bool) -> 
 def to_channels_last(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A 4-d image batch in channels-last layout when asked for, as is otherwise."""
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed (torchrun) helpers
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -225,12 +192,9 @@ class DistContext:
 
 
 def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -> DistContext:
-    """Join the torchrun process group when RANK/WORLD_SIZE/LOCAL_RANK are set; else a single process.
-
-    Backend: NCCL on CUDA, gloo on the CPU. A process group that already exists (created by the
-    caller, e.g. torch.multiprocessing tests) is used as it is. The timeout covers rank 0's
-    evaluations, during which the other ranks wait.
-    """
+    """Join the torchrun process group (RANK/WORLD_SIZE/LOCAL_RANK), NCCL on CUDA, gloo on the CPU;
+    else a single process. An existing group (e.g. tests') is used as it is. The timeout covers
+    rank 0's evaluations, during which the other ranks wait."""
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -250,11 +214,8 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -
 
 
 def is_main_process() -> bool:
-    """True on rank 0, and in a process that is not part of a process group.
-
-    After the group is destroyed (the trainers do it on return) torchrun's RANK still says which
-    process this is, so that only rank 0 reports.
-    """
+    """True on rank 0 and outside a process group (after the trainers destroy theirs, torchrun's RANK
+    still says which process this is, so that only rank 0 reports)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
@@ -315,10 +276,8 @@ def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
 
 
 def mean_over_ranks(values: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
-    """Average a dict of floats over ranks (every rank must pass the same keys).
-
-    Used on the losses before they are checked, so a NaN on any rank stops every rank together.
-    """
+    """Average a dict of floats over ranks (the same keys on every rank): on the losses before they
+    are checked, so a NaN on any rank stops every rank together."""
     if not ctx.distributed or not values:
         return dict(values)
     names = list(values)

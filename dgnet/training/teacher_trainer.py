@@ -8,7 +8,6 @@ is several runs (e.g. seeds 0, 1, 2) whose model files `train_dgnet` takes as a 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ from dgnet.data.validated import check_invariants
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
 from dgnet.losses import identity_loss
 from dgnet.models.config import ModelConfig
-from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from dgnet.training.loop import (
@@ -33,26 +31,21 @@ from dgnet.training.loop import (
     flat_config,
     make_loader,
     training_labels,
+    training_process,
 )
 from dgnet.training.objective import check_finite
-from dgnet.training.runlock import run_lock
 from dgnet.training.runtime import (
     DistContext,
     autocast_context,
     average_buffers,
     average_gradients,
-    barrier,
     broadcast_module,
-    cleanup_distributed,
-    determinism,
     grad_scaler,
-    init_distributed,
     iteration_seed,
     mean_over_ranks,
     prepare_module,
     resolve_amp,
     to_channels_last,
-    trained_on,
 )
 from dgnet.training.schedule import learning_rate_at
 
@@ -75,13 +68,8 @@ def train_teacher(
     check_invariants(frame)
     label_map = training_labels(frame)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
-    ctx = init_distributed(cfg.device)
-    try:
-        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), \
-                determinism(cfg.seed, cfg.deterministic):
-            return _train(frame, model_cfg, cfg, out_dir, hooks, resume, ctx, label_map)
-    finally:
-        cleanup_distributed(ctx)
+    with training_process(cfg.device, out_dir, cfg.seed, cfg.deterministic) as ctx:
+        return _train(frame, model_cfg, cfg, out_dir, hooks, resume, ctx, label_map)
 
 
 def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig, out_dir: Path,
@@ -147,11 +135,6 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig,
     model.train()
     session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
                 evaluate=evaluate if has_eval_splits(frame) else None, postfix=("loss/id",))
-    model_path = out_dir / "model.pt"
-    if ctx.is_main:
-        save_model(model_path, model, "teacher", model_cfg,
-                   extra={"label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame),
-                          "iterations": cfg.iterations, "seed": cfg.seed, "metrics": session.metrics,
-                          "trained_on": trained_on(device, cfg.amp, ctx.world_size)})
-    barrier()  # every rank returns once the model file exists
-    return session.finish(model_path, cfg.iterations)
+    return session.finish(model, model_cfg, cfg.amp, {
+        "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
+        "seed": cfg.seed})

@@ -15,7 +15,6 @@ The teacher(s), trained first by `train_teacher`, give the soft labels of the pr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
 import warnings
@@ -38,7 +37,7 @@ from dgnet.evaluation.pictures import swap_grid
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
 from dgnet.models.dgnet import DGNet
-from dgnet.models.persist import ModelFileError, load_model, read_model_file, save_model
+from dgnet.models.persist import ModelFileError, load_model, read_model_file
 from dgnet.models.teacher import FrozenTeacher
 from dgnet.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from dgnet.training.hooks import TrainingHooks, TrainingResult
@@ -48,31 +47,21 @@ from dgnet.training.loop import (
     flat_config,
     make_loader,
     training_labels,
+    training_process,
 )
-from dgnet.training.objective import (
-    DGNetBatch,
-    check_finite,
-    discriminator_objective,
-    generator_objective,
-)
-from dgnet.training.runlock import run_lock
+from dgnet.training.objective import DGNetBatch, check_finite, discriminator_objective, generator_objective
 from dgnet.training.runtime import (
     DistContext,
     autocast_context,
     average_buffers,
     average_gradients,
-    barrier,
     broadcast_module,
-    cleanup_distributed,
-    determinism,
     grad_scaler,
-    init_distributed,
     iteration_seed,
     mean_over_ranks,
     prepare_module,
     resolve_amp,
     to_channels_last,
-    trained_on,
 )
 from dgnet.training.schedule import learning_rate_at, loss_weights_at
 
@@ -131,9 +120,8 @@ def load_teachers(paths: Sequence[str | Path], label_map: dict[int, int], model_
                   device: torch.device, data: str | None = None,
                   other_data: bool = False) -> FrozenTeacher | None:
     """The trained teachers as one frozen ensemble, checked against this training set; None for no paths.
-
-    `data`: this run's `train_fingerprint`; a teacher whose file records another is refused unless
-    `other_data` (cross-dataset distillation), which warns; one that records none is warned about."""
+    `data`: this run's `train_fingerprint`; a teacher of other data is refused unless `other_data`
+    (cross-dataset distillation, warned about), one of unknown data is warned about."""
     members = []
     for path in paths:
         teacher, info = load_model(path, map_location=device, kind="teacher")
@@ -180,11 +168,9 @@ def init_from_teacher(model: DGNet, teacher: FrozenTeacher | None) -> None:
 
 
 def init_from_model(model: DGNet, path: Path, model_cfg: ModelConfig, label_map: dict[int, int]) -> list[str]:
-    """Fine-tuning: start `model` from the DG-Net model file at `path` (e.g. an imported released model).
-
-    The file's networks must be this configuration's, but for the number of classes: trained on other
-    identities (another dataset), the two classifier layers start new. Returns the keys left new.
-    """
+    """Fine-tuning: start `model` from the DG-Net model file at `path` (e.g. the released model). Its
+    networks must be this configuration's but for the number of classes: trained on other identities,
+    the two classifier layers start new. Returns the keys left new."""
     source, info = load_model(path, kind="dgnet")
     ignored = ("num_classes", "pretrained", "pretrained_path", "require_pretrained")
     theirs, ours = (dataclasses.asdict(dataclasses.replace(c, **{k: getattr(model_cfg, k) for k in ignored}))
@@ -201,25 +187,6 @@ def init_from_model(model: DGNet, path: Path, model_cfg: ModelConfig, label_map:
     return new
 
 
-def make_optimizers(model: DGNet, cfg: DGNetTrainConfig) -> dict[str, torch.optim.Optimizer]:
-    """Adam for the generator and for D; SGD (Nesterov) for E_a, its id heads at x head_lr_mult.
-
-    Each param group carries its "lr_mult": the loop sets lr = learning_rate_at(iteration) x lr_mult.
-    """
-    groups = model.parameter_groups()
-    adam = {"betas": cfg.adam_betas, "weight_decay": cfg.weight_decay}
-    return {
-        "generator": torch.optim.Adam(groups.generator, lr=cfg.lr_generator, **adam),
-        "discriminator": torch.optim.Adam(groups.discriminator, lr=cfg.lr_discriminator, **adam),
-        "appearance": torch.optim.SGD(
-            [{"params": groups.appearance_trunk, "lr": cfg.lr_appearance, "lr_mult": 1.0},
-             {"params": groups.id_heads, "lr": cfg.lr_appearance * cfg.head_lr_mult,
-              "lr_mult": cfg.head_lr_mult}],
-            lr=cfg.lr_appearance, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
-        ),
-    }
-
-
 def learning_rates_at(iteration: int, cfg: DGNetTrainConfig) -> dict[str, float]:
     """The generator's, D's and E_a trunk's learning rates at `iteration` (id heads: x head_lr_mult)."""
     base = {"generator": cfg.lr_generator, "discriminator": cfg.lr_discriminator,
@@ -229,37 +196,57 @@ def learning_rates_at(iteration: int, cfg: DGNetTrainConfig) -> dict[str, float]
             for name, lr in base.items()}
 
 
-def prepare_networks(model: DGNet, teacher: FrozenTeacher | None, cfg: DGNetTrainConfig) -> None:
-    """channels-last and/or compilation of the networks, in place, as `cfg` asks."""
+@dataclasses.dataclass
+class JointStep:
+    """The training iteration, `step(iteration, batch) -> logs`, and what it trains."""
+
+    model: DGNet
+    teacher: FrozenTeacher | None
+    optimizers: dict[str, torch.optim.Optimizer]
+    scalers: dict[str, torch.amp.GradScaler]
+    step: Callable[[int, dict[str, torch.Tensor]], dict[str, float]]
+
+
+def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistContext,
+                     teacher: FrozenTeacher | None, init: Callable[[DGNet], None] | None = None,
+                     scalers: dict[str, torch.amp.GradScaler] | None = None) -> JointStep:
+    """DG-Net on `ctx.device` with its optimisers, gradient scalers and iteration: what `train_dgnet`
+    runs, and the one place the benchmarks (train_speed, gpu_check) set it up too.
+
+    `init(model)` starts the weights (default: E_a's trunk from the teacher when
+    `cfg.init_appearance_from_teacher`); under a process group rank 0's weights are then broadcast.
+    Optimisers: Adam for the generator and D; SGD (Nesterov) for E_a, its id heads at x head_lr_mult
+    (each param group's "lr_mult"). `scalers`: one per backward pass (D's and G's losses differ in
+    scale), pass-through unless fp16. `batch` of the step is the loader's {"image", "image_erased", "label"}.
+    """
+    device = ctx.device
+    model = DGNet(model_cfg).to(device)
+    if init is not None:
+        init(model)
+    elif cfg.init_appearance_from_teacher:
+        init_from_teacher(model, teacher)
+    broadcast_module(model, ctx)
     for module in (model.appearance_encoder, model.structure_encoder, model.decoder):
         prepare_module(module, channels_last=cfg.channels_last, compile=cfg.compile)
     # The R1 penalty differentiates D twice, which compiled (AOT-autograd) modules cannot do.
-    compile_d = cfg.compile and cfg.objective.r1_weight == 0
-    prepare_module(model.discriminator, channels_last=cfg.channels_last, compile=compile_d)
+    prepare_module(model.discriminator, channels_last=cfg.channels_last,
+                   compile=cfg.compile and cfg.objective.r1_weight == 0)
     if teacher is not None:
         prepare_module(teacher, channels_last=cfg.channels_last, compile=False)
-
-
-def make_scalers(device: torch.device, amp: str) -> dict[str, torch.amp.GradScaler]:
-    """One scaler per backward pass: D's and G's losses differ in scale (both pass-through unless fp16)."""
-    return {"discriminator": grad_scaler(device, amp), "joint": grad_scaler(device, amp)}
-
-
-def make_joint_step(
-    model: DGNet,
-    teacher: FrozenTeacher | None,
-    cfg: DGNetTrainConfig,
-    ctx: DistContext,
-    optimizers: dict[str, torch.optim.Optimizer],
-    scalers: dict[str, torch.amp.GradScaler],
-) -> Callable[[int, dict[str, torch.Tensor]], dict[str, float]]:
-    """One training iteration, `step(iteration, batch) -> logs`: a D step, then a joint G + E_a step.
-
-    A function of its own (rather than inside `train_dgnet`) so that benchmarks/train_speed.py times
-    exactly what training runs. `batch` is the loader's {"image", "image_erased", "label"}.
-    """
-    device = ctx.device
     groups = model.parameter_groups()
+    adam = {"betas": cfg.adam_betas, "weight_decay": cfg.weight_decay}
+    optimizers = {
+        "generator": torch.optim.Adam(groups.generator, lr=cfg.lr_generator, **adam),
+        "discriminator": torch.optim.Adam(groups.discriminator, lr=cfg.lr_discriminator, **adam),
+        "appearance": torch.optim.SGD(
+            [{"params": groups.appearance_trunk, "lr": cfg.lr_appearance, "lr_mult": 1.0},
+             {"params": groups.id_heads, "lr": cfg.lr_appearance * cfg.head_lr_mult,
+              "lr_mult": cfg.head_lr_mult}],
+            lr=cfg.lr_appearance, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
+        ),
+    }
+    if scalers is None:
+        scalers = {"discriminator": grad_scaler(device, cfg.amp), "joint": grad_scaler(device, cfg.amp)}
     joint_parameters = [*groups.generator, *groups.appearance_trunk, *groups.id_heads]
 
     def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -300,7 +287,8 @@ def make_joint_step(
         average_buffers(model.appearance_encoder, ctx)
         return {**{f"loss/{k}": v for k, v in d_logs.items()}, **{f"loss/{k}": v for k, v in g_logs.items()}}
 
-    return step
+    model.train()
+    return JointStep(model, teacher, optimizers, scalers, step)
 
 
 def train_dgnet(
@@ -316,16 +304,12 @@ def train_dgnet(
 ) -> TrainingResult:
     """Train DG-Net on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
 
-    `init_from`: a DG-Net model file to fine-tune (`init_from_model`), e.g. the released model of
-    `dgnet import-published`; a checkpoint of this run, when resumed, comes before it.
-
-    `teacher_paths`: model files of `train_teacher` runs (several = an ensemble); needed when the
-    primary loss switches on within `cfg.iterations`, checked before anything is trained.
-    Checkpoints go to out_dir/checkpoints; with `resume` the newest one is continued. Rank 0 logs,
-    evaluates (query/gallery, every `eval_every` and at the end), draws the swap grid and writes.
-    `fork_from`: a checkpoint of a warm-up run (this configuration with `iterations` =
-    `schedule.warmup_start`, or any with the same `warmup_fingerprint`) to start from when out_dir
+    `teacher_paths`: model files of `train_teacher` runs (several = an ensemble), needed when the
+    primary loss switches on within `cfg.iterations`. Checkpoints go to out_dir/checkpoints; with
+    `resume` the newest one is continued. Rank 0 logs, evaluates, draws the swap grid and writes.
+    `fork_from`: a checkpoint of a warm-up run (same `warmup_fingerprint`) to start from when out_dir
     has none of its own; the result equals an unforked run bit for bit in deterministic mode.
+    `init_from`: a DG-Net model file to fine-tune (`init_from_model`); a checkpoint of this run comes first.
     """
     out_dir = Path(out_dir)
     teacher_paths = [Path(p) for p in teacher_paths]
@@ -351,17 +335,12 @@ def train_dgnet(
             "(DGNetTrainConfig.scaled_to(iterations) keeps the paper's proportions)",
             stacklevel=2,
         )
-    ctx = init_distributed(cfg.device)
-    try:
-        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), \
-                determinism(cfg.seed, cfg.deterministic):
-            teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device,
-                                    train_fingerprint(frame), cfg.cross_dataset_teacher)
-            return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx,
-                          label_map, Path(fork_from) if fork_from is not None else None,
-                          Path(init_from) if init_from is not None else None)
-    finally:
-        cleanup_distributed(ctx)
+    with training_process(cfg.device, out_dir, cfg.seed, cfg.deterministic) as ctx:
+        teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device, train_fingerprint(frame),
+                                cfg.cross_dataset_teacher)
+        return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx, label_map,
+                      Path(fork_from) if fork_from is not None else None,
+                      Path(init_from) if init_from is not None else None)
 
 
 def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, teacher: FrozenTeacher | None,
@@ -372,21 +351,17 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
     if init_from is not None:  # the file's weights replace ImageNet's
         model_cfg = dataclasses.replace(model_cfg, pretrained=False, require_pretrained=False)
-    model = DGNet(model_cfg).to(device)
-    if init_from is not None:
+
+    def start_from_file(model: DGNet) -> None:
         new = init_from_model(model, init_from, model_cfg, label_map)
         if new and ctx.is_main:
             warnings.warn(f"--init {init_from}: trained on other identities; its classifiers start new "
                           f"({len(new)} tensors)", stacklevel=2)
-    elif cfg.init_appearance_from_teacher:
-        init_from_teacher(model, teacher)
-    broadcast_module(model, ctx)
-    prepare_networks(model, teacher, cfg)
 
-    optimizers = make_optimizers(model, cfg)
-    scalers = make_scalers(device, cfg.amp)
-    stateful = {"model": model, **{f"optimizer.{k}": v for k, v in optimizers.items()},
-                **{f"scaler.{k}": v for k, v in scalers.items()}}
+    built = build_joint_step(model_cfg, cfg, ctx, teacher, start_from_file if init_from is not None else None)
+    model = built.model
+    stateful = {"model": model, **{f"optimizer.{k}": v for k, v in built.optimizers.items()},
+                **{f"scaler.{k}": v for k, v in built.scalers.items()}}
     identity = {"model_config": dataclasses.asdict(model_cfg), "warmup": warmup_fingerprint(cfg)}
 
     config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
@@ -406,8 +381,6 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     sampler = sampler_class(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
     loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
-    step = make_joint_step(model, teacher, cfg, ctx, optimizers, scalers)
-
     def describe(iteration: int) -> dict[str, float]:
         weights = dataclasses.asdict(loss_weights_at(iteration, cfg.schedule))
         logs = {f"weight/{k}": float(v) for k, v in weights.items()}
@@ -426,19 +399,12 @@ def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, t
     def picture() -> tuple[str, Image.Image]:
         return "swap_grid", swap_grid_picture(model, grid_images)
 
-    model.train()
-    session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
+    session.run(start, loader, built.step, stateful=stateful, identity=identity, describe=describe,
                 evaluate=evaluate if has_eval_splits(frame) else None, picture=picture,
                 postfix=("loss/total", "loss/d_total"))
-    model_path = out_dir / "model.pt"
-    if ctx.is_main:
-        save_model(model_path, model, "dgnet", model_cfg,
-                   extra={"label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame),
-                          "iterations": cfg.iterations, "seed": cfg.seed,
-                          "teachers": [str(p) for p in teacher_paths], "metrics": session.metrics,
-                          "trained_on": trained_on(device, cfg.amp, ctx.world_size)})
-    barrier()  # every rank returns once the model file exists
-    return session.finish(model_path, cfg.iterations)
+    return session.finish(model, model_cfg, cfg.amp, {
+        "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
+        "seed": cfg.seed, "teachers": [str(p) for p in teacher_paths]})
 
 
 def split_batch(batch: dict[str, torch.Tensor], device: torch.device,
@@ -452,11 +418,6 @@ def split_batch(batch: dict[str, torch.Tensor], device: torch.device,
     a_erased, pos_a_erased, b_erased, pos_b_erased = move(batch["image_erased"])
     label_a, _, label_b, _ = batch["label"].to(device, non_blocking=True).chunk(4)
     return DGNetBatch(a, label_a, b, label_b, pos_a, pos_b, a_erased, b_erased, pos_a_erased, pos_b_erased)
-
-
-# --------------------------------------------------------------------------------------------
-# The swap grid: rows give the appearance, columns the structure
-# --------------------------------------------------------------------------------------------
 
 
 def swap_grid_inputs(frame: pd.DataFrame, size: tuple[int, int], count: int) -> torch.Tensor:
