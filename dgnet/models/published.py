@@ -143,28 +143,6 @@ def map_keys(state: Mapping[str, torch.Tensor], net: str,
     return mapped
 
 
-def _fill(module: nn.Module, mapped: Mapping[str, tuple[str, torch.Tensor]],
-          sources: Mapping[str, Path]) -> None:
-    """Copy `mapped` into `module`: every key of ours under the `sources` prefixes filled, shapes equal."""
-    prefixes = tuple(sources)
-    ours = {k: v for k, v in module.state_dict().items() if k.startswith(prefixes)}
-    for key, (theirs, value) in mapped.items():
-        source = next(sources[p] for p in prefixes if key.startswith(p))
-        if key not in ours:
-            raise ModelFileError(f"{source}: key {theirs!r} (our {key!r}) has no place in the paper profile")
-        if tuple(value.shape) != tuple(ours[key].shape):
-            raise ModelFileError(
-                f"{source}: {theirs!r} has shape {tuple(value.shape)}, the paper profile's {key!r} has "
-                f"{tuple(ours[key].shape)} (a checkpoint of another width or class count?)"
-            )
-    missing = sorted(set(ours) - set(mapped))
-    if missing:
-        source = next(sources[p] for p in prefixes if missing[0].startswith(p))
-        raise ModelFileError(f"{source}: no published key fills our {missing[0]!r} "
-                             f"({len(missing)} of ours unfilled; a truncated or partial checkpoint?)")
-    module.load_state_dict({**module.state_dict(), **{k: v for k, (_, v) in mapped.items()}}, strict=True)
-
-
 # The dgnet key prefixes each released file fills, and the classifier that gives the class count.
 _PREFIXES = {"gen": ("structure_encoder.", "decoder."), "id": ("appearance_encoder.",),
              "dis": ("discriminator.",), "teacher": ("trunk.", "head.")}
@@ -182,11 +160,26 @@ def _imported(network: type[nn.Module], paths: dict[str, Path],
     cfg = get_profile("paper", num_classes=int(states[net][key].shape[0]), **profile)
     model = network(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
-    sources: dict[str, Path] = {}
+    sources: dict[str, Path] = {}  # dgnet key prefix: the file that fills it
     for net, state in states.items():
         mapped |= map_keys(state, net, paths[net])
         sources |= dict.fromkeys(_PREFIXES[net], paths[net])
-    _fill(model, mapped, sources)
+    prefixes = tuple(sources)
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    for key, (theirs, value) in mapped.items():
+        source = next(sources[p] for p in prefixes if key.startswith(p))
+        if key not in ours:
+            raise ModelFileError(f"{source}: key {theirs!r} (our {key!r}) has no place in the paper profile")
+        if tuple(value.shape) != tuple(ours[key].shape):
+            raise ModelFileError(f"{source}: {theirs!r} has shape {tuple(value.shape)}, the paper profile's "
+                                 f"{key!r} has {tuple(ours[key].shape)} (a checkpoint of another width or "
+                                 "class count?)")
+    missing = sorted(set(ours) - set(mapped))
+    if missing:
+        source = next(sources[p] for p in prefixes if missing[0].startswith(p))
+        raise ModelFileError(f"{source}: no published key fills our {missing[0]!r} "
+                             f"({len(missing)} of ours unfilled; a truncated or partial checkpoint?)")
+    model.load_state_dict({**model.state_dict(), **{k: v for k, (_, v) in mapped.items()}}, strict=True)
     return model.eval(), cfg, {net: {"path": str(p), "sha256": sha256(p)} for net, p in paths.items()}
 
 
