@@ -38,12 +38,12 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from dgnet.profiles import resolve_cli_params, resolved_config, set_iterations
+    from dgnet.profiles import DEFAULT_PROFILE, resolve_cli_params, resolved_config, set_iterations
 
     path = args.params
     if path is None and args.profile is None and Path("params.yaml").is_file():
         path = Path("params.yaml")  # in a workspace: what `dvc repro` trains
-    params = resolve_cli_params(path, args.assignments, args.profile, default="cpu")
+    params = resolve_cli_params(path, args.assignments, args.profile, default=DEFAULT_PROFILE)
     if args.iterations is not None:  # as `dgnet train-teacher` / `dgnet train --iterations N` do
         for section in ("teacher", "train"):
             set_iterations(params, section, args.iterations)

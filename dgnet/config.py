@@ -1,11 +1,11 @@
-"""The training configuration's schema: frozen dataclasses shaped like params.yaml, and one parser.
+"""The configuration's one schema: a frozen dataclass per params.yaml section, and one parser.
 
-`teacher:` maps onto TeacherTrainConfig, `train:` onto DGNetTrainConfig (with `schedule:`,
-`objective:` and `augmentation:` nested), `model:` onto dgnet.models.config.ModelConfig. The fields
-both trainers have (counts, cadences, device, precision) are declared once, in RunConfig. Defaults
-are the paper's (docs/method.md sections 2-4); dgnet.profiles holds the other whole configurations.
-Every check goes through dgnet.checks, so an error always reads `section.key: rule, got value`.
-Imports no torch: a configuration error is reported before any heavy import.
+`data:` DataConfig, `validate:` ValidateConfig, `model:` dgnet.models.config.ModelConfig, `teacher:`
+TeacherTrainConfig (+ TeacherStage), `train:` DGNetTrainConfig (+ TrainStage; `ablations:` are `train`
+with a few keys changed), `tune:` TuneConfig, `mlflow:` MlflowConfig, `evaluate:` EvaluateConfig.
+Defaults are the paper's (docs/method.md sections 2-4); dgnet.profiles holds the other whole
+configurations. Every check goes through dgnet.checks, so an error always reads
+`section.key: rule, got value`. Imports no torch: a configuration error comes before any heavy import.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import dataclasses
 import math
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dgnet.checks import check_choice, check_int, check_number, float_string_message
 from dgnet.errors import ConfigError
@@ -25,6 +28,21 @@ from dgnet.training.schedule import ScheduleConfig, check_milestones, loss_weigh
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLINGS = ("image", "identity")
+
+
+def read_params_file(path: Path | None) -> dict[str, Any]:
+    """A params file (YAML or JSON, params.yaml's layout: `profile`, `model`, `teacher`, `train`, ...)."""
+    if path is None:
+        return {}
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file does not exist") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot be read as YAML ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, teacher, train, ...)")
+    return values
 
 
 def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:
@@ -221,24 +239,24 @@ class DGNetTrainConfig(RunConfig):
         return primary or self.init_appearance_from_teacher
 
 
-def build_train_config(cls: type, values: Mapping[str, Any], section: str, stage_keys: Iterable[str] = (),
-                       fixed: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """(the `cls` dataclass built from a params section, the section's stage-level keys).
+def build_train_config(cls: type, values: Mapping[str, Any], section: str,
+                       fixed: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """(the `cls` run config of a params section, its stage keys as STAGE_CLASSES[cls.SECTION]).
 
-    Keys in `stage_keys` belong to the stage (e.g. `seeds`), the rest map onto `cls`'s fields
-    (nested dataclasses take a mapping); an unknown key is a ConfigError naming `section.key`.
-    `scale_schedule_from: N` means the section's schedule numbers (LR milestones, warm-up) are
-    written for a run of N iterations and are compressed to `iterations` (`cls.scaled_to`).
+    `fixed` keys are set by the stage (e.g. the seed), never in params. `scale_schedule_from: N`
+    means the section's schedule numbers (LR milestones, warm-up) are written for a run of N
+    iterations and are compressed to `iterations` (`cls.scaled_to`).
     """
     if not isinstance(values, Mapping):
         raise ConfigError(f"params `{section}:` must be a mapping")
-    stage = {k: values[k] for k in (*stage_keys, "scale_schedule_from") if k in values}
-    fields = {k: v for k, v in values.items() if k not in stage}
+    stage = stage_config(cls.SECTION, values, section)
+    fields = {k: v for k, v in values.items()
+              if k not in vars(stage) and k != "scale_schedule_from"}
     for key in fixed or {}:
         if key in fields:
             raise ConfigError(f"{section}.{key}: set by the stage here, not in params.yaml")
     fields.update(fixed or {})
-    reference = stage.get("scale_schedule_from")
+    reference = values.get("scale_schedule_from")
     if reference is None:
         return config_from_mapping(cls, fields, section), stage
     check_int(reference, f"{section}.scale_schedule_from", 1)
@@ -248,9 +266,100 @@ def build_train_config(cls: type, values: Mapping[str, Any], section: str, stage
     return cfg.scaled_to(iterations), stage
 
 
-# --------------------------------------------------------------------------------------------
-# The pipeline's other sections: `evaluate:` and `mlflow:` (read by the DVC stages).
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TeacherStage:
+    """The keys of params `teacher` that shape the pipeline rather than one run (dvc.yaml's foreach
+    reads them): one teacher per seed."""
+
+    seeds: tuple[int, ...] = (0,)
+
+    SECTION: typing.ClassVar[str] = "teacher"
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            seeds = (seeds,)
+        where = f"{self.SECTION}.seeds"
+        if (not isinstance(seeds, tuple | list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise ConfigError(f"{where}: must be a non-empty list of integers >= 0, got {self.seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{where}: {list(seeds)} repeats a seed")
+        object.__setattr__(self, "seeds", tuple(seeds))
+
+
+@dataclass(frozen=True)
+class TrainStage(TeacherStage):
+    """params `train`'s stage keys: one run per seed and variant; `teachers: paired` (DG-Net seed S
+    learns from the teacher of seed S) or `ensemble` (from all of them)."""
+
+    teachers: str = "paired"
+
+    SECTION: typing.ClassVar[str] = "train"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.teachers, "train.teachers", ("paired", "ensemble"))
+
+
+STAGE_CLASSES = {"teacher": TeacherStage, "train": TrainStage}
+
+
+def stage_config(name: str, values: Mapping[str, Any], section: str | None = None) -> Any:
+    """The stage keys of params `teacher` / `train` (`name`) as their dataclass; the other keys are
+    the run's configuration."""
+    cls = STAGE_CLASSES[name]
+    keys = {f.name for f in dataclasses.fields(cls)}
+    return config_from_mapping(cls, {k: v for k, v in values.items() if k in keys}, section or name)
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """params `data.synthetic`: the embedded dataset the `data` stage draws (half the ids train)."""
+
+    out: str = "data/synthetic"
+    seed: int = 0
+    ids: int = 120
+    cameras: int = 6
+
+    def __post_init__(self) -> None:
+        check_int(self.seed, "data.synthetic.seed")
+        check_int(self.ids, "data.synthetic.ids", 2)
+        check_int(self.cameras, "data.synthetic.cameras", 1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """params `data:`, the dataset every later stage uses (`format` null or auto: detected)."""
+
+    root: str = "data/synthetic"
+    format: str | None = None
+    include_gt_bbox: bool = False
+    msmt_include_val: bool = True
+    synthetic: SyntheticData = field(default_factory=SyntheticData)
+
+    def __post_init__(self) -> None:
+        if self.format in ("", "auto"):
+            object.__setattr__(self, "format", None)
+        if self.format is not None:
+            from dgnet.data.manifest import FORMATS  # pandas: only the data stages get here
+
+            check_choice(self.format, "data.format", FORMATS)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """params `validate:`: where the validation report, its Data Docs and the manifest go."""
+
+    report: str = "reports/validation.json"
+    docs: str = "reports/gx_docs"
+    manifest: str = "data/manifest.csv"  # written only when every rule passes; training reads it
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            check_int(self.workers, "validate.workers", 1)
+
 
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 
@@ -349,10 +458,6 @@ def section_config(cls: type, params: Mapping[str, Any], name: str) -> Any:
     values = params.get(name)
     return config_from_mapping(cls, {} if values is None else values, name)
 
-
-# --------------------------------------------------------------------------------------------
-# `tune:` (read by `dgnet tune`, dgnet_pipeline/tune.py; Optuna itself is imported there only).
-# --------------------------------------------------------------------------------------------
 
 _STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 

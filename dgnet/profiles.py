@@ -1,14 +1,12 @@
-"""Whole configurations: one `profile:` key selects the model, teacher and train settings together.
+"""The profiles: one `profile:` key selects the model, teacher and train settings together.
 
 params.yaml says `profile: cpu` (or paper, tiny) and its `model`, `teacher` and `train` sections hold
-only what differs from that profile, in the same key names. `resolve_params` merges the two; the
-stages and `dgnet train` / `train-teacher` both go through it, and `dgnet config show` prints the
-result. A profile's model part is dgnet.models.config.PROFILES[name]; its teacher and train parts
-are below, as differences from the dataclass defaults (which are the paper's, docs/method.md
-sections 2-4). Schedule numbers are written for the paper's run lengths (`scale_schedule_from`:
-24k teacher iterations, 100k DG-Net) and compressed to `iterations`, so changing only the length
-keeps the warm-up and the LR steps at the same fractions of the run.
-
+only what differs from that profile, in the same key names; `resolve_params` merges the two (the
+stages and `dgnet train` / `train-teacher` both go through it, `dgnet config show` prints the result).
+A profile is written as its differences from the dataclass defaults, which are the paper's
+(docs/method.md sections 2-4). Schedule numbers are written for the paper's run lengths
+(`scale_schedule_from`: 24k teacher iterations, 100k DG-Net) and compressed to `iterations`, so
+changing only the length keeps the warm-up and the LR steps at the same fractions of the run.
 Imports no torch.
 """
 
@@ -22,15 +20,21 @@ from typing import Any
 
 import yaml
 
-from dgnet.config import DGNetTrainConfig, TeacherTrainConfig, build_train_config
+from dgnet.config import (
+    STAGE_CLASSES,
+    DGNetTrainConfig,
+    TeacherTrainConfig,
+    build_train_config,
+    config_from_mapping,
+    read_params_file,
+)
 from dgnet.errors import ConfigError
-from dgnet.models.config import PROFILES as MODEL_PROFILES
-from dgnet.models.config import get_profile
+from dgnet.models.config import ModelConfig
 
+DEFAULT_PROFILE = "cpu"  # params without `profile:`, and `dgnet config show` outside a workspace
+CLI_PROFILE = "paper"  # `dgnet train` / `train-teacher` without --profile or a params file: a GPU machine
 SECTIONS = ("model", "teacher", "train")
-# Keys of `teacher` / `train` that shape the pipeline rather than one run: one run per seed, which
-# teacher a DG-Net seed learns from. They live in params.yaml (dvc.yaml's matrix reads them there).
-STAGE_KEYS = {"teacher": ("seeds",), "train": ("seeds", "teachers")}
+STAGE_KEYS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in STAGE_CLASSES.items()}
 CONFIG_CLASSES = {"teacher": TeacherTrainConfig, "train": DGNetTrainConfig}
 
 _PAPER_RUN = {"log_every": 100, "device": "cuda", "amp": "bf16", "num_workers": 8}
@@ -44,12 +48,29 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # the warm-up from 30k and LR steps at 60k and 90k; the teacher 24k iterations at batch 32; E_a
     # from ImageNet. On a CUDA GPU in bf16 (fp16's loss scale does not reach R1's gradient).
     "paper": {
+        # ImageNet initialisation is part of it: without it the paper configuration loses tens of
+        # rank-1 points, so it refuses to start without the weights (override require_pretrained: false).
+        "model": {},
         "teacher": {"scale_schedule_from": 24_000, **_PAPER_RUN},
         "train": {"scale_schedule_from": 100_000, **_PAPER_RUN},
     },
     # `dvc repro` on the synthetic data on 2 CPU cores: the teacher in ~1 min and each DG-Net variant in
     # ~6 min. What departs from the paper besides the sizes is said (and measured) beside it.
     "cpu": {
+        "model": {
+            # ResNet-18 at torchvision's width (backbone_width 32 makes the trunk, about half of an
+            # iteration, ~4x cheaper, but its teacher reaches only mAP 29.9 against 41.4 in 600 its).
+            "backbone": "resnet18",
+            "require_pretrained": False,  # no ImageNet weights on CPU machines: E_a starts from the teacher
+            "image_height": 64, "image_width": 32, "embedding_dim": 128,
+            "structure_widths": (8, 16, 16, 32), "structure_residual_blocks": 2, "aspp_width": 16,
+            "aspp_dilations": (2, 4, 6),
+            # A 32x16 code (one downsampling, as many numbers as 64 channels at 16x8): at 64x32 a 16x8
+            # code is too coarse for the pose and trousers to transfer; the 32x16 one sharpens the
+            # swaps at the same cost (docs/generator_diagnosis.md, section 4).
+            "structure_channels": 32, "structure_downsamplings": 1, "decoder_widths": (16,),
+            "mlp_hidden": (128,), "discriminator_widths": (16, 32), "discriminator_residual_blocks": 1,
+        },
         "teacher": {
             "scale_schedule_from": 24_000,
             "iterations": 600,  # rank-1 ~0.20 on the synthetic test set (1000: ~0.28, twice the time)
@@ -82,11 +103,29 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Unit tests: the smallest networks; the run settings are the tests' own (the paper's otherwise,
     # on the CPU), and schedule numbers are used as written.
     "tiny": {
+        "model": {  # the smallest shapes that still exercise every layer
+            "backbone": "resnet18", "pretrained": False, "require_pretrained": False,
+            "image_height": 64, "image_width": 32, "num_classes": 8, "embedding_dim": 16,
+            "structure_widths": (4, 8, 8, 8), "structure_residual_blocks": 1, "aspp_width": 4,
+            "aspp_dilations": (1, 2, 3), "structure_channels": 16, "decoder_residual_blocks": 2,
+            "decoder_widths": (8, 8), "mlp_hidden": (16,), "discriminator_widths": (4, 8),
+            "discriminator_residual_blocks": 1,
+        },
         "teacher": {"device": "cpu", "num_workers": 0},
         "train": {"device": "cpu", "num_workers": 0},
     },
 }
-assert set(PROFILES) == set(MODEL_PROFILES), "every whole profile has a model profile of its name"
+
+
+def get_profile(name: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of profile `name` with `overrides` applied (e.g. `num_classes=751`)."""
+    if name not in PROFILES:
+        raise ConfigError(f"model profile: {name!r} is not one of {sorted(PROFILES)}")
+    return config_from_mapping(ModelConfig, {**PROFILES[name]["model"], **overrides},
+                               f"model profile {name!r}")
+
+
+MODEL_PROFILES = {name: get_profile(name) for name in PROFILES}  # name -> ModelConfig
 
 
 def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,8 +139,8 @@ def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
-def profile_name(params: Mapping[str, Any], default: str = "cpu") -> str:
-    name = params.get("profile", default)
+def profile_name(params: Mapping[str, Any]) -> str:
+    name = params.get("profile", DEFAULT_PROFILE)
     if name not in PROFILES:
         raise ConfigError(f"profile: {name!r} is not one of {sorted(PROFILES)}")
     return name
@@ -111,8 +150,7 @@ def resolve_params(params: Mapping[str, Any], profile: str | None = None) -> dic
     """params with `model`, `teacher` and `train` completed from the profile (params' keys win).
 
     `profile` overrides params' own `profile:`. The model section stays a mapping of ModelConfig
-    overrides of the profile's model (`model_config` builds it); the old `model: {profile, overrides}`
-    form is refused with what to write instead.
+    fields (`model_config` builds it); the old `model: {profile, overrides}` form is refused.
     """
     if not isinstance(params, Mapping):
         raise ConfigError("params must be a mapping of sections")
@@ -129,7 +167,9 @@ def resolve_params(params: Mapping[str, Any], profile: str | None = None) -> dic
             raise ConfigError("model.profile / model.overrides: the profile is now the top-level "
                               "`profile:` key, and `model:` holds ModelConfig fields directly "
                               "(e.g. `model: {backbone: resnet34}`)")
-        resolved[section] = merge(PROFILES[name].get(section, {}), values)
+        # `model` stays the user's fields: model_config applies them to the profile's (num_classes
+        # is then the data's unless set here).
+        resolved[section] = dict(values) if section == "model" else merge(PROFILES[name][section], values)
     return resolved
 
 
@@ -156,23 +196,8 @@ def apply_assignments(values: Mapping[str, Any], assignments: Iterable[str],
     return values
 
 
-def read_params_file(path: Path | None) -> dict[str, Any]:
-    """A params file (YAML or JSON, params.yaml's layout: `profile`, `model`, `teacher`, `train`)."""
-    if path is None:
-        return {}
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--params {path}: file does not exist") from exc
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--params {path}: cannot be read as YAML ({exc})") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"--params {path}: expected a mapping of sections (model, teacher, train)")
-    return values
-
-
 def resolve_cli_params(path: Path | None, assignments: Iterable[str] = (), profile: str | None = None,
-                       default: str = "paper") -> dict[str, Any]:
+                       default: str = CLI_PROFILE) -> dict[str, Any]:
     """The params a command line asks for: `--params FILE`, then `--set`, then `--profile` (else the
     file's `profile:`, else `default`), completed from the profile."""
     params = apply_assignments(read_params_file(path), assignments)
@@ -202,9 +227,7 @@ def model_config(params: Mapping[str, Any], num_classes: int | None = None) -> A
 
 def run_config(params: Mapping[str, Any], section: str, fixed: Mapping[str, Any] | None = None) -> Any:
     """The TeacherTrainConfig / DGNetTrainConfig of a resolved section, schedule scaled to its length."""
-    cfg, _ = build_train_config(CONFIG_CLASSES[section], params[section], section,
-                                STAGE_KEYS[section], fixed)
-    return cfg
+    return build_train_config(CONFIG_CLASSES[section], params[section], section, fixed)[0]
 
 
 def resolved_config(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Plumbing shared by the DVC stage scripts: the repo root, params.yaml, seeds and the teachers."""
+"""Plumbing shared by the stage scripts (stages/*.py): the repo root, params.yaml, dvc.yaml's output
+paths, seeds and the teachers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from dgnet.config import read_params_file
 from dgnet.errors import ConfigError, ModelFileError
 
-TEACHER_OUT = Path("outputs/teacher")
 TEACHER_INDEX = "teachers.json"  # the teacher stage's list of its model files, one per seed
 
 
@@ -28,16 +29,7 @@ def repo_root() -> Path:
 
 def load_params(root: Path | None = None) -> dict[str, Any]:
     """params.yaml as a dict (the single source of truth for every knob)."""
-    path = (root or repo_root()) / "params.yaml"
-    try:
-        params = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections")
-    return params
+    return read_params_file((root or repo_root()) / "params.yaml")
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -54,20 +46,22 @@ def resolve(root: Path, path: str | os.PathLike) -> Path:
 
 
 def parse_seeds(values: dict[str, Any], section: str = "teacher") -> list[int]:
-    """`<section>.seeds`: a non-empty list of distinct integers >= 0 (one run each)."""
-    seeds = values.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(f"{section}.seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{section}.seeds: {seeds} repeats a seed")
-    return seeds
+    """`<section>.seeds` as the schema checks it (dgnet.config.TeacherStage / TrainStage)."""
+    from dgnet.config import stage_config
+
+    return list(stage_config(section, values).seeds)
 
 
-def teacher_paths(workspace: Path, out: Path = TEACHER_OUT) -> list[Path]:
-    """The teacher model files listed in outputs/teacher/teachers.json; DgnetError when missing."""
+def stage_paths(script: str | os.PathLike) -> dict[str, Path]:
+    """dvc.yaml's `vars: paths` (where the stages write; dvc.yaml passes them to each stage), read from
+    the dvc.yaml beside the stage script's folder: the defaults when a stage is run by hand."""
+    dvc = Path(script).resolve().parents[1] / "dvc.yaml"
+    entries = [entry for entry in yaml.safe_load(dvc.read_text())["vars"] if isinstance(entry, dict)]
+    return {k: Path(v) for entry in entries for k, v in entry.get("paths", {}).items()}
+
+
+def teacher_paths(workspace: Path, out: Path) -> list[Path]:
+    """The teacher model files listed in `out`/teachers.json; DgnetError when missing."""
     index = workspace / out / TEACHER_INDEX
     if not index.is_file():
         raise ModelFileError(f"missing teacher: {index} does not exist; run the teacher stage first "

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: benchmark every trained model and write the report.
+"""The `evaluate` stage's code (stages/evaluate.py runs it): benchmark every trained model, write the report.
 
 Models: the teacher(s) of the teacher stage, DG-Net of the train stage, and every ablation found
 under outputs/ablations/<variant>/seed<S>/model.pt, each seed of a variant evaluated and summarised
@@ -25,9 +25,7 @@ headline as its description."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.config import EvaluateConfig, section_config
+from dgnet.config import DataConfig, EvaluateConfig, section_config
 from dgnet.data.validated import validate_dataset
 from dgnet.errors import DgnetError
 from dgnet.evaluation.benchmark import (
@@ -47,7 +45,7 @@ from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
-from dgnet_pipeline.common import TEACHER_OUT, parse_seeds, resolve, teacher_paths
+from dgnet_pipeline.common import parse_seeds, resolve, stage_paths, teacher_paths
 from dgnet_pipeline.evaluate_report import (
     first_seeds,
     group_by_variant,
@@ -59,35 +57,30 @@ from dgnet_pipeline.evaluate_report import (
 from dgnet_pipeline.mlflow_hooks import finite, flatten
 from dgnet_pipeline.mlflow_runs import run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
-from dgnet_pipeline.workspace import open_inputs, read_params, stage_main
+from dgnet_pipeline.workspace import open_inputs
 
 CROSS_DOMAIN = Path("reports/cross_domain")  # the targets' validation reports
 
 
 @dataclass(frozen=True)
 class Paths:
-    """What the stage reads and writes, relative to the workspace; dvc.yaml's `cmd` passes each."""
+    """What the stage reads and writes, relative to the workspace: dvc.yaml's `vars: paths`, which
+    its `cmd` passes (`of_dvc`: the same, read from the dvc.yaml beside a stage script)."""
 
-    teachers: Path = TEACHER_OUT  # the teacher stage's output (its teachers.json)
-    dgnet: Path = Path("outputs/dgnet")  # seed<S>/model.pt
-    ablations: Path = Path("outputs/ablations")  # <name>/seed<S>/model.pt
-    report: Path = Path("reports/benchmark.md")
-    metrics: Path = Path("reports/metrics/eval.json")
-    summary: Path = Path("reports/metrics/summary")
-    plots: Path = Path("reports/plots/cmc.csv")
-    figures: Path = Path("reports/figures")
+    teachers: Path  # the teacher stage's output (its teachers.json)
+    dgnet: Path  # seed<S>/model.pt
+    ablations: Path  # <name>/seed<S>/model.pt
+    report: Path
+    metrics: Path
+    summary: Path
+    plots: Path
+    figures: Path
 
-
-DEFAULT_PATHS = Paths()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.evaluate",
-                                     description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Paths):
-        parser.add_argument(f"--{field.name}", type=Path, default=field.default, metavar="PATH",
-                            help=f"default: {field.default}")
-    return parser
+    @classmethod
+    def of_dvc(cls, script: str | Path) -> Paths:
+        paths = stage_paths(script)
+        return cls(paths["teacher"], paths["dgnet"], paths["ablations"], paths["report"],
+                   paths["metrics"] / "eval.json", paths["summary"], paths["plots"], paths["figures"])
 
 
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
@@ -133,8 +126,7 @@ def _by_seed(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed") or 0))
 
 
-def models_to_evaluate(workspace: Path, params: dict[str, Any], paths: Paths = DEFAULT_PATHS
-                       ) -> dict[str, Path]:
+def models_to_evaluate(workspace: Path, params: dict[str, Any], paths: Paths) -> dict[str, Path]:
     """<variant>_seed<S> -> model file: each teacher of the teacher stage, and DG-Net and each ablation
     of params `ablations` for each seed of params `train.seeds`, from outputs/dgnet/seed<S> and
     outputs/ablations/<name>/seed<S>. Exactly those: a folder of a variant or seed no longer in
@@ -168,16 +160,14 @@ def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if isinstance(changes, dict)}
 
 
-@stage_main("evaluate", interrupted="re-run to evaluate again")
-def main(argv: list[str] | None = None) -> int:
-    args, started = build_parser().parse_args(argv), time.monotonic()
-    paths = Paths(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Paths)})
-    workspace, params = read_params()
+def evaluate_models(workspace: Path, params: dict[str, Any], paths: Paths) -> int:
+    """Benchmark every model of params (`models_to_evaluate`), write the outputs, log one MLflow run."""
+    started = time.monotonic()
     settings, changes = _settings(params), ablation_changes(params)
     models = models_to_evaluate(workspace, params, paths)
-    data_root = resolve(workspace, (params.get("data") or {}).get("root", "data/synthetic"))
+    data_root = resolve(workspace, section_config(DataConfig, params, "data").root)
     inputs = open_inputs(workspace, params)
-    tags = run_tags("evaluate", "evaluation", "all", "dgnet_pipeline/evaluate.py", workspace)
+    tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
     with tracked_run(inputs.client, inputs.experiment_id, "evaluate", tags) as run:
         references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size
         results = [benchmark_model(path, inputs.frame, name=name, data_root=data_root,
@@ -186,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         trivial = colour_histogram_reid(inputs.frame, TRIVIAL_SIZE)
         cross = cross_domain(models, results, workspace, settings, changes)
         write_outputs(workspace, results, settings, inputs.manifest, time.monotonic() - started, changes,
-                      trivial, cross, paths)
+                      trivial, cross, paths=paths)
         log_to_mlflow(inputs.client, run.info.run_id, workspace, results, changes, trivial, cross, models,
                       paths)
     for result in results:
@@ -201,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[ModelBenchmark],
                   changes: dict[str, dict[str, Any]], trivial: dict[str, Any],
                   cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path],
-                  paths: Paths = DEFAULT_PATHS) -> None:
+                  paths: Paths) -> None:
     """Every figure of the report as an MLflow metric, the report's headline as the run's description,
     and the report with its pictures as artifacts."""
     metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
@@ -272,8 +262,7 @@ def cmc_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] 
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: EvaluateConfig,
                   manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                   trivial: dict[str, float] | None = None,
-                  cross: dict[str, dict[str, dict[str, Any]]] | None = None,
-                  paths: Paths = DEFAULT_PATHS) -> None:
+                  cross: dict[str, dict[str, dict[str, Any]]] | None = None, *, paths: Paths) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
     keys = REID_KEYS
     summary: dict[str, Any] = {}
@@ -301,6 +290,3 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: Eval
          workspace / paths.figures / "eval_cmc.png")
     write_report(workspace / paths.report, results, settings, manifest, seconds, changes, trivial, cross)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

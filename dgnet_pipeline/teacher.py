@@ -1,20 +1,15 @@
-"""DVC stage `teacher`: train the re-ID teacher(s) on the validated manifest, tracked in MLflow.
+"""The `teacher` stage's shared code (stages/teacher.py runs it): the re-ID teacher(s) on the
+validated manifest, tracked in MLflow.
 
-Reads params.yaml `model` (profile + overrides; the number of classes comes from the manifest),
-`teacher` (TeacherTrainConfig fields, plus `seeds`: one teacher per seed, which DG-Net's runs of the
-same seed learn from, or all of them as an ensemble: train.teachers; and an optional
-`scale_schedule_from`) and `mlflow`. Writes
-- outputs/teacher/seed<S>/model.pt for every seed, and outputs/teacher/teachers.json (the index the
-  train stage reads), all at once when every teacher has trained;
-- reports/metrics/teacher.json: rank1, mAP, mAP_finite, mINP (fractions; the mean over seeds, and per seed);
-- one MLflow run `teacher` (with one child run per seed when there are several: tagged
-  dgnet.variant `teacher` and dgnet.seed, the parent `teacher-mean` with their mean), each teacher
-  registered as a version of `mlflow.teacher_model` with the alias `mlflow.alias`.
+One teacher per seed (params `teacher.seeds`), which DG-Net's runs of the same seed learn from (or
+all of them as an ensemble: train.teachers). Writes OUT/seed<S>/model.pt for every seed and
+OUT/teachers.json (the index the train stage reads), all at once when every teacher has trained;
+METRICS: rank1, mAP, mAP_finite, mINP (the mean over seeds, and per seed); one MLflow run `teacher`
+(with one child run per seed when there are several: tagged dgnet.variant `teacher` and dgnet.seed,
+the parent `teacher-mean` with their mean), each teacher registered as a version of
+`mlflow.teacher_model` with the aliases `<mlflow.alias>-seed<S>` (and `<mlflow.alias>` for the first).
 Checkpoints live in checkpoints/teacher-seed<S>-<config hash>/ (outside DVC's outputs) so that an
 interrupted run resumes; they are deleted once the stage has succeeded.
-
-Exit codes: 0 done; 2 bad params, missing manifest, unreachable tracking store, or a training
-error (message on stderr, the MLflow run marked FAILED, outputs left untouched); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,17 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dgnet.config import TeacherTrainConfig
 from dgnet.io import atomic_dir, write_json
 from dgnet_pipeline.common import TEACHER_INDEX as INDEX
-from dgnet_pipeline.common import TEACHER_OUT as OUT
-from dgnet_pipeline.common import parse_seeds, section
 from dgnet_pipeline.mlflow_hooks import MlflowHooks, metrics_summary
 from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
@@ -40,16 +31,11 @@ from dgnet_pipeline.workspace import (
     StageInputs,
     hold_run_locks,
     model_config,
-    open_inputs,
-    read_params,
     remove_work_dirs,
-    stage_main,
-    train_config,
     work_dir,
 )
 
 STAGE = "teacher"
-METRICS = Path("reports/metrics/teacher.json")
 
 
 @contextlib.contextmanager
@@ -65,31 +51,17 @@ def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: b
         yield child.info.run_id
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.teacher",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT, help=f"the models and {INDEX} (default: {OUT})")
-    parser.add_argument("--metrics", type=Path, default=METRICS, help=f"dvc metrics (default: {METRICS})")
-    return parser
-
-
-@stage_main("teacher")
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    workspace, params = read_params()
-    values = section(params, STAGE)
-    seeds = parse_seeds(values)
-    configs = {seed: train_config(TeacherTrainConfig, values, STAGE, ("seeds",), fixed={"seed": seed})[0]
-               for seed in seeds}
-    inputs = open_inputs(workspace, params)
-    model_cfg = model_config(params, inputs.frame)
+def train_teachers(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any]) -> int:
+    """Every seed's teacher (`configs`: seed -> TeacherTrainConfig), each in its locked run folder."""
+    seeds = list(configs)
+    model_cfg = model_config(inputs.params, inputs.frame)
     # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
     # their mean, apart, so that it does not count as one more seed.
     variant = STAGE if len(seeds) == 1 else f"{STAGE}-mean"
-    tags = run_tags(STAGE, "teacher", variant, "dgnet_pipeline/teacher.py", workspace)
+    tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", inputs.workspace)
     if len(seeds) == 1:
         tags["dgnet.seed"] = str(seeds[0])
-    folders = run_folders(workspace, model_cfg, configs, inputs.manifest_md5)
+    folders = run_folders(inputs.workspace, model_cfg, configs, inputs.manifest_md5)
     # One run per folder: a second stage in this workspace stops here, before any MLflow run.
     with hold_run_locks(folders.values(), "teacher run folder"):
         return train_and_publish(inputs, args, configs, seeds, folders, model_cfg,
@@ -173,6 +145,3 @@ def _write_outputs(out: Path, metrics: Path, seeds: list[int], results: dict[int
     write_json(metrics, summary)
     return summary
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgnet.config import MlflowConfig
+from dgnet.config import MlflowConfig, ValidateConfig, build_train_config, read_params_file, section_config
 from dgnet.errors import DgnetError
 from dgnet.profiles import resolve_params
-from dgnet_pipeline.common import load_params
+from dgnet_pipeline.common import resolve
 from dgnet_pipeline.mlflow_hooks import mlflow_settings
 from dgnet_pipeline.mlflow_runs import ensure_experiment
 from dgnet_pipeline.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, workspace_root
@@ -28,17 +28,13 @@ CHECKPOINT_ROOT = "checkpoints"
 
 
 def manifest_path(params: Mapping[str, Any], workspace: Path) -> Path:
-    """The validated manifest: params `validate.manifest` (default data/manifest.csv)."""
-    name = (params.get("validate") or {}).get("manifest", "data/manifest.csv")
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else workspace / path
+    """The validated manifest: params `validate.manifest`."""
+    return resolve(workspace, section_config(ValidateConfig, params, "validate").manifest)
 
 
 def report_path(params: Mapping[str, Any], workspace: Path) -> Path:
     """The validation report that holds the manifest's record: params `validate.report`."""
-    name = (params.get("validate") or {}).get("report", "reports/validation.json")
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else workspace / path
+    return resolve(workspace, section_config(ValidateConfig, params, "validate").report)
 
 
 def read_manifest(path: Path, report: Path) -> Any:
@@ -64,12 +60,11 @@ def model_config(params: Mapping[str, Any], frame: Any) -> Any:
     return profile_model(params, int(frame.loc[frame["split"] == "train", "person_id"].nunique()))
 
 
-def train_config(cls: type, values: Mapping[str, Any], section: str, stage_keys: tuple[str, ...] = (),
-                 fixed: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """dgnet.config.build_train_config: a params section as a config dataclass + its stage keys."""
-    from dgnet.config import build_train_config
-
-    return build_train_config(cls, values, section, stage_keys, fixed)
+def train_config(cls: type, values: Mapping[str, Any], section: str, stage_keys: Any = (),
+                 fixed: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """dgnet.config.build_train_config. `stage_keys` is not used (the schema's stage classes name
+    them); it stays until dgnet_pipeline/tune.py stops passing it."""
+    return build_train_config(cls, values, section, fixed)
 
 
 def file_md5(path: Path) -> str:
@@ -158,7 +153,7 @@ def interrupt_on_sigterm() -> None:
 def stage_main(name: str, interrupted: str = "re-run to resume from the last checkpoint"
                ) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """A stage's `main`: MLflow quiet, SIGTERM an interrupt, and every DgnetError (bad params, data,
-    store) printed as `dgnet_pipeline.<name>: error: ...` with its exit code, never a traceback."""
+    store) printed as `stages/<name>.py: error: ...` with its exit code, never a traceback."""
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
@@ -167,10 +162,10 @@ def stage_main(name: str, interrupted: str = "re-run to resume from the last che
             try:
                 return main(argv)
             except DgnetError as exc:
-                print(f"dgnet_pipeline.{name}: error: {exc}", file=sys.stderr)
+                print(f"stages/{name}.py: error: {exc}", file=sys.stderr)
                 return exc.exit_code
             except KeyboardInterrupt:
-                print(f"dgnet_pipeline.{name}: interrupted; {interrupted}", file=sys.stderr)
+                print(f"stages/{name}.py: interrupted; {interrupted}", file=sys.stderr)
                 return 130
         return run
     return decorate
@@ -179,7 +174,7 @@ def stage_main(name: str, interrupted: str = "re-run to resume from the last che
 def read_params() -> tuple[Path, dict[str, Any]]:
     """(the workspace, its params.yaml completed from its profile)."""
     workspace = workspace_root()
-    return workspace, resolve_params(load_params(workspace))
+    return workspace, resolve_params(read_params_file(workspace / "params.yaml"))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""dvc.yaml's deps cannot drift from the code: every first-party file a stage imports is a dep.
+"""dvc.yaml's deps cannot drift from the code: every first-party file a stage script imports is a dep.
 
 `dvc status` marks a stage changed only when one of its deps changes, so a module a stage imports
 but does not list would let `dvc repro` keep results of code that is no longer there. The import
@@ -66,16 +66,26 @@ def import_closure(module: str) -> set[Path]:
     return seen
 
 
+def closure(command: str) -> set[Path]:
+    """What a stage's command loads: a stage script (stages/<name>.py) with its imports' closures, or
+    a module's closure (`-m dgnet_pipeline.tune`)."""
+    if not command.endswith(".py"):
+        return import_closure(command)
+    script = ROOT / command
+    return {script}.union(*(import_closure(name) for name in imported_modules(script)))
+
+
 def stages() -> list[tuple[str, str, list[str]]]:
-    """(stage, module its cmd runs, deps) for every stage of dvc.yaml and tuning/dvc.yaml (whose
-    stage runs from the repository root, `wdir: ..`) that runs a dgnet_pipeline module."""
+    """(stage, script or module its cmd runs, deps) for every stage of dvc.yaml and tuning/dvc.yaml
+    (whose stage runs from the repository root, `wdir: ..`)."""
     found = []
     for file, prefix in (("dvc.yaml", ""), ("tuning/dvc.yaml", "tuning:")):
         for name, stage in yaml.safe_load((ROOT / file).read_text())["stages"].items():
             body = stage.get("do", stage)
-            match = re.match(r"python -m (dgnet_pipeline\.\w+)", body["cmd"])
+            match = re.match(r"python (stages/\w+\.py|-m (dgnet_pipeline\.\w+))", body["cmd"])
             if match:
-                found.append((prefix + name, match.group(1), [str(dep) for dep in body.get("deps", [])]))
+                found.append((prefix + name, match.group(2) or match.group(1),
+                              [str(dep) for dep in body.get("deps", [])]))
     return found
 
 
@@ -86,13 +96,13 @@ def covered(path: Path, deps: list[str]) -> bool:
 
 @pytest.mark.parametrize(("stage", "module", "deps"), stages(), ids=[s[0] for s in stages()])
 def test_every_imported_file_is_a_dep(stage: str, module: str, deps: list[str]) -> None:
-    missing = sorted(p.relative_to(ROOT).as_posix() for p in import_closure(module) if not covered(p, deps))
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in closure(module) if not covered(p, deps))
     assert not missing, f"dvc.yaml stage {stage!r} ({module}) imports files that are not its deps: {missing}"
 
 
 def test_the_closure_sees_lazy_imports() -> None:
-    # dgnet_pipeline.train imports the trainer inside main(): a closure of top-level imports would miss it.
-    files = {p.relative_to(ROOT).as_posix() for p in import_closure("dgnet_pipeline.train")}
+    # dgnet_pipeline.train imports the trainer in a function: a closure of top-level imports would miss it.
+    files = {p.relative_to(ROOT).as_posix() for p in closure("stages/train.py")}
     assert "dgnet/training/trainer.py" in files and "dgnet_pipeline/tracking.py" in files
     assert not any(f.startswith(("torch", "mlflow")) for f in files)
 
@@ -100,8 +110,8 @@ def test_the_closure_sees_lazy_imports() -> None:
 @pytest.mark.parametrize(("stage", "module", "deps"), stages(), ids=[s[0] for s in stages()])
 def test_no_python_dep_is_stale(stage: str, module: str, deps: list[str]) -> None:
     """A .py file listed as a dep that the stage no longer imports re-runs it for nothing."""
-    closure = {p.relative_to(ROOT).as_posix() for p in import_closure(module)}
-    stale = sorted(dep for dep in deps if dep.endswith(".py") and dep not in closure)
+    loaded = {p.relative_to(ROOT).as_posix() for p in closure(module)}
+    stale = sorted(dep for dep in deps if dep.endswith(".py") and dep not in loaded)
     assert not stale, f"dvc.yaml stage {stage!r} ({module}) lists deps it does not import: {stale}"
 
 
@@ -117,11 +127,14 @@ def test_every_command_line_of_dvc_yaml_parses() -> None:
     commands = json.loads(listed.stdout.strip().splitlines()[-1])
     checked = 0
     for name, cmd in commands:
-        python, flag, module, *args = shlex.split(cmd)
-        assert (python, flag) == ("python", "-m"), cmd
-        build_parser = getattr(importlib.import_module(module), "build_parser", None)
+        python, script, *args = shlex.split(cmd)
+        if script == "-m":  # tuning/dvc.yaml: `python -m dgnet_pipeline.tune`
+            script, *args = args
+        assert python == "python" and script.startswith(("stages/", "dgnet_pipeline.")), cmd
+        build_parser = getattr(importlib.import_module(script.removesuffix(".py").replace("/", ".")),
+                               "build_parser", None)
         if build_parser is None:
-            assert not args, f"{name}: {module} takes no options, dvc.yaml passes {args}"
+            assert not args, f"{name}: {script} takes no options, dvc.yaml passes {args}"
             continue
         build_parser().parse_args(args)  # SystemExit (exit 2) on an unknown or malformed option
         checked += 1
@@ -131,7 +144,7 @@ def test_every_command_line_of_dvc_yaml_parses() -> None:
 def test_the_pipeline_runs_with_no_ablations(tmp_path: Path) -> None:
     """`ablations: {}` (the README: delete an entry to skip it): every dep of every stage is still
     made by another stage or is in git, so `dvc repro` gets to evaluate, and evaluate takes no ablation."""
-    from dgnet_pipeline.evaluate import models_to_evaluate
+    from dgnet_pipeline.evaluate import Paths, models_to_evaluate
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["ablations"] = {}
@@ -162,5 +175,5 @@ def test_the_pipeline_runs_with_no_ablations(tmp_path: Path) -> None:
     for seed in params["train"]["seeds"]:
         (tmp_path / f"outputs/dgnet/seed{seed}").mkdir(parents=True)
         (tmp_path / f"outputs/dgnet/seed{seed}/model.pt").write_bytes(b"")
-    models = models_to_evaluate(tmp_path, params)
+    models = models_to_evaluate(tmp_path, params, Paths.of_dvc(ROOT / "stages" / "evaluate.py"))
     assert not [name for name in models if name.startswith("ablation")] and "dgnet_seed0" in models

@@ -19,6 +19,8 @@ from dgnet_pipeline import evaluate as evaluate_stage
 
 from .test_dvc_deps import ROOT
 
+PATHS = evaluate_stage.Paths.of_dvc(ROOT / "stages" / "evaluate.py")  # dvc.yaml's
+
 pytest.importorskip("dvc")
 
 
@@ -68,7 +70,7 @@ def _stand_ins(ws, Repo) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(f"{item.def_path}\n")
     results = _results()
-    summary, plots = ws / evaluate_stage.DEFAULT_PATHS.summary, ws / evaluate_stage.DEFAULT_PATHS.plots
+    summary, plots = ws / PATHS.summary, ws / PATHS.plots
     for stand_in in (summary, plots):
         stand_in.unlink(missing_ok=True)
     evaluate_stage.write_summary(summary, results, {})

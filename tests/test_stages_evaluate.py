@@ -22,6 +22,9 @@ from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
 from dgnet_pipeline import evaluate as evaluate_stage
 from dgnet_pipeline import evaluate_report
+from tests.test_dvc_deps import ROOT
+
+PATHS = evaluate_stage.Paths.of_dvc(ROOT / "stages" / "evaluate.py")  # dvc.yaml's
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +95,8 @@ def test_finite_tree_keeps_nested_numbers_rounded():
 def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
     settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0,
-                                 {"ablation_no_fine": {"schedule.fine_mining": False}})
-    summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
+                                 {"ablation_no_fine": {"schedule.fine_mining": False}}, paths=PATHS)
+    summary = json.loads((tmp_path / PATHS.metrics).read_text())
     gen = summary["dgnet"]["generation"]
     assert {"recon_l1", "swap_l1_person", "swap_ssim_person"} <= set(gen)
     baselines = gen["baselines"]
@@ -103,7 +106,7 @@ def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
         results[1].generation["baselines"]["copy_structure"]["swap_l1_person"], 6)
     assert gen["num_swaps"] == 8 and isinstance(gen["num_swaps"], int)
     assert "generation" not in summary["teacher"]
-    report = (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text()
+    report = (tmp_path / PATHS.report).read_text()
     assert "| rank-1 | mAP | mAP_finite | swap L1 (person) | swap SSIM (person) | recon L1 |" in report
     assert "## Generator against trivial baselines" in report
     assert "### dgnet" in report and "### ablation_no_fine" in report and "### teacher\n" not in report
@@ -130,11 +133,12 @@ def test_num_swaps_default_and_params():
 def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_path):
     settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
     trivial = {"rank1": 0.05, "rank5": 0.1, "rank10": 0.2, "mAP": 0.0314, "mAP_finite": 0.0401, "mINP": 0.01}
-    evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0, {}, trivial)
-    summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
+    evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0, {}, trivial,
+                                 paths=PATHS)
+    summary = json.loads((tmp_path / PATHS.metrics).read_text())
     assert summary["colour_histogram"]["baseline"]["mAP"] == 0.0314
     assert summary["colour_histogram"]["baseline"]["mAP_finite"] == 0.0401
-    rows = [line for line in (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text().splitlines()
+    rows = [line for line in (tmp_path / PATHS.report).read_text().splitlines()
             if line.startswith("| colour_histogram |")]
     assert len(rows) == 1 and "| 5.0 | 3.1 | 4.0 |" in rows[0] and "no learning" in rows[0]
 
@@ -179,10 +183,10 @@ def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
     assert cross["other"]["dgnet"]["mAP_finite"] == pytest.approx(expected["mAP_finite"])
 
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 1.0, changes,
-                                 cross=cross)
-    summary = json.loads((tmp_path / evaluate_stage.DEFAULT_PATHS.metrics).read_text())
+                                 cross=cross, paths=PATHS)
+    summary = json.loads((tmp_path / PATHS.metrics).read_text())
     assert summary["cross_domain"]["other"]["teacher"]["mAP"] == round(cross["other"]["teacher"]["mAP"], 6)
-    report = (tmp_path / evaluate_stage.DEFAULT_PATHS.report).read_text()
+    report = (tmp_path / PATHS.report).read_text()
     assert "## Cross-domain" in report and "| other | ablation_no_fine | alpha_0 |" in report
 
     broken = evaluate_stage._settings({"evaluate": {"targets": [{"name": "x", "data": "absent"}]}})
@@ -204,9 +208,9 @@ def test_evaluate_benchmarks_exactly_the_variants_and_seeds_in_params(tmp_path, 
         model_file(f"{relative}/model.pt")
     params = {"train": {"seeds": [0, 1]}, "ablations": {"no_fine": {"schedule": {"fine_mining": False}}}}
     with pytest.raises(DgnetError, match=r"no_fine/seed1/model.pt \(stage ablation@no_fine-1\)"):
-        evaluate_stage.models_to_evaluate(tmp_path, params)
+        evaluate_stage.models_to_evaluate(tmp_path, params, PATHS)
     model_file("outputs/ablations/no_fine/seed1/model.pt")
-    models = evaluate_stage.models_to_evaluate(tmp_path, params)
+    models = evaluate_stage.models_to_evaluate(tmp_path, params, PATHS)
     assert list(models) == ["teacher_seed0", "teacher_seed1", "dgnet_seed0", "dgnet_seed1",
                             "ablation_no_fine_seed0", "ablation_no_fine_seed1"]
     out = capsys.readouterr().out

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import dgnet.training.teacher_trainer as teacher_trainer
+from dgnet.config import TeacherStage, build_train_config, stage_config
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError
 from dgnet.losses import NonFiniteLossError
@@ -23,10 +24,10 @@ from dgnet.models.persist import load_model
 from dgnet.profiles import resolve_params
 from dgnet.training.teacher_trainer import TeacherTrainConfig
 from dgnet.training.trainer import DGNetTrainConfig
-from dgnet_pipeline import teacher as teacher_stage
-from dgnet_pipeline import train as train_stage
 from dgnet_pipeline.tracking import connect
-from dgnet_pipeline.workspace import train_config
+from dgnet_pipeline.train import ablation_settings
+from stages import teacher as teacher_stage
+from stages import train as train_stage
 from tests.fixtures import publish_manifest
 
 RUN = {"log_every": 1, "eval_every": 0, "checkpoint_every": 1, "device": "cpu", "num_workers": 0,
@@ -207,15 +208,15 @@ def test_seed_and_fork_refusals_are_named(trained, in_workspace, capsys):
     err = capsys.readouterr().err
     assert "other settings" in err and "lr_generator" in err
     with pytest.raises(ConfigError, match="repeats"):
-        train_stage.seed_settings({"seeds": [1, 1]})
+        stage_config("train", {"seeds": [1, 1]})
     with pytest.raises(ConfigError, match=r"train\.teachers"):
-        train_stage.seed_settings({"seeds": [0], "teachers": "mine"})
+        stage_config("train", {"seeds": [0], "teachers": "mine"})
 
 
 def test_ablation_changes_merge_into_the_train_section():
     params = {"train": {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0}},
               "ablations": {"no_primary": {"schedule": {"primary_learning": False}}}}
-    merged = train_stage.ablation_settings(params, "no_primary")
+    merged = ablation_settings(params, "no_primary")
     assert merged == {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0,
                                                     "primary_learning": False}}
     assert "primary_learning" not in params["train"]["schedule"]  # the section itself is untouched
@@ -268,34 +269,35 @@ def test_unknown_params_key_is_named(in_workspace, tmp_path, monkeypatch, capsys
 
 def test_params_map_onto_the_dataclasses():
     values = {"seeds": [0, 1], "iterations": 300, "lr_milestones": [16000], "scale_schedule_from": 24000}
-    cfg, stage = train_config(TeacherTrainConfig, values, "teacher", ("seeds",), fixed={"seed": 1})
-    assert stage == {"seeds": [0, 1], "scale_schedule_from": 24000}
+    cfg, stage = build_train_config(TeacherTrainConfig, values, "teacher", fixed={"seed": 1})
+    assert stage == TeacherStage(seeds=(0, 1))
     assert cfg.iterations == 300 and cfg.lr_milestones == (200,) and cfg.seed == 1
-    cfg, _ = train_config(DGNetTrainConfig, {"iterations": 600, "scale_schedule_from": 100000,
-                                             "schedule": {"lr_milestones": [60000, 90000]}}, "train")
+    cfg, _ = build_train_config(DGNetTrainConfig, {"iterations": 600, "scale_schedule_from": 100000,
+                                                   "schedule": {"lr_milestones": [60000, 90000]}}, "train")
     assert cfg.schedule.warmup_start == 180 and cfg.schedule.lr_milestones == (360, 540)
     with pytest.raises(ConfigError, match=r"teacher\.seed"):
-        train_config(TeacherTrainConfig, {"seed": 3}, "teacher", ("seeds",), fixed={"seed": 0})
+        build_train_config(TeacherTrainConfig, {"seed": 3}, "teacher", fixed={"seed": 0})
     with pytest.raises(ConfigError, match="unknown"):
-        train_config(DGNetTrainConfig, {"iterationz": 3}, "train")
+        build_train_config(DGNetTrainConfig, {"iterationz": 3}, "train")
     with pytest.raises(ConfigError, match=r"train\.seed"):  # the stage sets it from train.seeds
-        train_config(DGNetTrainConfig, {"seed": 3}, "train", train_stage.STAGE_KEYS, fixed={"seed": 0})
+        build_train_config(DGNetTrainConfig, {"seed": 3}, "train", fixed={"seed": 0})
+    with pytest.raises(ConfigError, match=r"train\.seeds"):  # the stage keys are checked by the schema
+        build_train_config(DGNetTrainConfig, {"seeds": []}, "train")
 
 
 def test_repository_params_build_valid_configs():
     """params.yaml, resolved with its profile, maps onto the config dataclasses without unknown keys."""
     repo = Path(__file__).resolve().parents[1]
     params = resolve_params(yaml.safe_load((repo / "params.yaml").read_text()))
-    teacher, _ = train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",), fixed={"seed": 0})
-    train, stage = train_config(DGNetTrainConfig, params["train"], "train", train_stage.STAGE_KEYS,
-                                fixed={"seed": 0})
-    assert len(train_stage.seed_settings(stage)[0]) >= 2  # a spread for every variant
+    teacher, _ = build_train_config(TeacherTrainConfig, params["teacher"], "teacher", fixed={"seed": 0})
+    train, stage = build_train_config(DGNetTrainConfig, params["train"], "train", fixed={"seed": 0})
+    assert len(stage.seeds) >= 2  # a spread for every variant
     assert get_profile(params["profile"], **params["model"]) == get_profile("cpu")
     assert train.needs_teacher() and teacher.iterations > 0
 
 
 def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace, store, in_workspace):
-    from dgnet_pipeline import evaluate as evaluate_stage
+    from stages import evaluate as evaluate_stage
 
     params = {**PARAMS, "evaluate": {"num_swaps": 6, "ranked_queries": 2, "rerank": False}}
     write_params(workspace, params)
@@ -351,7 +353,7 @@ def test_evaluate_stage_writes_report_metrics_plots_and_a_run(trained, workspace
 
 
 def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp_path, monkeypatch, capsys):
-    from dgnet_pipeline import evaluate as evaluate_stage
+    from stages import evaluate as evaluate_stage
 
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {**PARAMS, "validate": validated_elsewhere(in_workspace)})
@@ -360,17 +362,18 @@ def test_evaluate_without_trained_models_names_the_missing_one(in_workspace, tmp
 
 
 def test_a_second_teacher_stage_in_the_workspace_stops_before_any_run(in_workspace, store, capsys):
-    """The probe: two `python -m dgnet_pipeline.teacher` at once shared one checkpoints folder and
+    """The probe: two `python stages/teacher.py` at once shared one checkpoints folder and
     registered two models. Now the second stops at once (exit 2), naming the first, and opens no
     MLflow run."""
-    from dgnet_pipeline.teacher import parse_seeds, run_folders
+    from dgnet_pipeline.common import parse_seeds
+    from dgnet_pipeline.teacher import run_folders
     from dgnet_pipeline.workspace import file_md5, model_config, read_manifest, report_path
 
     params = yaml.safe_load((in_workspace / "params.yaml").read_text())
     manifest = in_workspace / "data" / "manifest.csv"
     frame = read_manifest(manifest, report_path(params, in_workspace))
-    configs = {seed: train_config(TeacherTrainConfig, params["teacher"], "teacher", ("seeds",),
-                                  fixed={"seed": seed})[0] for seed in parse_seeds(params["teacher"])}
+    configs = {seed: build_train_config(TeacherTrainConfig, params["teacher"], "teacher",
+                                        fixed={"seed": seed})[0] for seed in parse_seeds(params["teacher"])}
     folder = run_folders(in_workspace, model_config(params, frame), configs, file_md5(manifest))[1]
     hold = ("import sys, time\nfrom dgnet.training.runlock import run_lock\n"
             "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")

@@ -268,7 +268,7 @@ def test_stage_with_dead_server_exits_non_zero_quickly(tmp_path):
     uri = f"http://127.0.0.1:{closed_port()}"
     env = {"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "dgnet_pipeline.teacher"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "teacher.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=150)
     assert proc.returncode == 2, proc.stderr
     assert uri in proc.stderr and "unreachable" in proc.stderr

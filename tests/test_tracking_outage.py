@@ -12,12 +12,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from dgnet_pipeline import teacher as teacher_stage
 from dgnet_pipeline import tracking
-from dgnet_pipeline import train as train_stage
 from dgnet_pipeline import workspace as stage_workspace
 from dgnet_pipeline.mlflow_hooks import MlflowHooks
 from dgnet_pipeline.tracking import TrackingError, connect, redact
+from stages import teacher as teacher_stage
+from stages import train as train_stage
 from tests.fixtures import publish_manifest
 from tests.test_stages_train import PARAMS, write_params
 from tests.test_tracking import closed_port

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 import dgnet.training.trainer as trainer_module
-from dgnet.config import TuneConfig
+from dgnet.config import TuneConfig, build_train_config
 from dgnet.data.manifest import read_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.models.config import get_profile
@@ -25,10 +25,9 @@ from dgnet.models.teacher import ReidBaseline
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.trainer import DGNetTrainConfig
-from dgnet_pipeline import train as train_stage
 from dgnet_pipeline import tune
 from dgnet_pipeline.tracking import connect
-from dgnet_pipeline.workspace import train_config
+from stages import train as train_stage
 from tests.fixtures import publish_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -442,7 +441,7 @@ def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_ur
     assert (tmp_path / "params.yaml").read_text().startswith("# the comment stays\n")
     assert {k: params["train"]["schedule"][k] for k in tuned} == tuned
     assert params["train"]["schedule"]["warmup_start"] == 0  # untouched keys stay
-    cfg, _ = train_config(DGNetTrainConfig, params["train"], "train")
+    cfg, _ = build_train_config(DGNetTrainConfig, params["train"], "train")
     assert cfg.schedule.primary_max == tuned["primary_max"]
     assert cfg.schedule.recon_image_positive == tuned["recon_image"]
     assert train_stage.main([]) == 0  # the pipeline's train stage on the applied params

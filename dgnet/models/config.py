@@ -1,8 +1,7 @@
-"""The model configuration: one frozen object, and named profiles that differ only in numbers.
+"""The model configuration: one frozen object whose defaults are docs/method.md section 2 exactly.
 
-`PROFILES["paper"]` is docs/method.md section 2 exactly (256x128, ResNet-50); "cpu" is what `dvc repro`
-trains on the synthetic data on a 2-core CPU; "tiny" is for tests. Fields are flat so that a
-params.yaml section maps onto them one to one: `get_profile("cpu", num_classes=10)`.
+Fields are flat so that params.yaml's `model:` maps onto them one to one; the profiles (paper, cpu,
+tiny) are in dgnet.profiles: `get_profile("cpu", num_classes=10)`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from dgnet.checks import check_int
+from dgnet.checks import check_choice, check_int, check_number
 from dgnet.errors import ConfigError
 
 # Channels of the last ResNet stage, i.e. of the appearance map and of the global feature, at
@@ -71,25 +70,16 @@ class ModelConfig:
     teacher_last_stride: int = 1
 
     def __post_init__(self) -> None:
-        # YAML gives lists; the frozen config holds tuples so that it stays hashable and immutable.
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, list):
-                object.__setattr__(self, field.name, tuple(value))
-        self._validate()
-
-    def _validate(self) -> None:
-        if self.backbone not in BACKBONE_CHANNELS:
-            raise ConfigError(f"model.backbone: {self.backbone!r} is not one of {sorted(BACKBONE_CHANNELS)}")
-        if self.teacher_last_stride not in (1, 2):
-            raise ConfigError(f"model.teacher_last_stride: must be 1 or 2, got {self.teacher_last_stride!r}")
-        if self.teacher_pooling not in POOLINGS:
-            raise ConfigError(f"model.teacher_pooling: {self.teacher_pooling!r} is not one of {POOLINGS}")
-        positive = [
-            "image_height", "image_width", "num_classes", "appearance_rows", "embedding_dim",
-            "aspp_width", "structure_channels", "decoder_residual_blocks", "discriminator_scales",
-        ]  # fmt: skip
-        for name in positive:
+        for field in dataclasses.fields(self):  # YAML gives lists; a frozen config holds tuples
+            if isinstance(getattr(self, field.name), list):
+                object.__setattr__(self, field.name, tuple(getattr(self, field.name)))
+        check_choice(self.backbone, "model.backbone", sorted(BACKBONE_CHANNELS))
+        check_choice(self.teacher_pooling, "model.teacher_pooling", POOLINGS)
+        for name, choices in (("teacher_last_stride", (1, 2)), ("structure_downsamplings", (1, 2))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"model.{name}: must be 1 or 2, got {getattr(self, name)!r}")
+        for name in ("image_height", "image_width", "num_classes", "appearance_rows", "embedding_dim",
+                     "aspp_width", "structure_channels", "decoder_residual_blocks", "discriminator_scales"):
             check_int(getattr(self, name), f"model.{name}", 1)
         for name in ("structure_residual_blocks", "discriminator_residual_blocks"):
             check_int(getattr(self, name), f"model.{name}")
@@ -97,63 +87,43 @@ class ModelConfig:
         if not isinstance(width, int) or isinstance(width, bool) or width < 8 or width % 8:
             raise ConfigError(f"model.backbone_width: must be a multiple of 8, at least 8, got {width!r}")
         if width != RESNET_WIDTH and (self.pretrained or self.pretrained_path):
-            raise ConfigError(
-                f"model.backbone_width: ImageNet weights exist only at width {RESNET_WIDTH}, so width "
-                f"{width} needs pretrained: false (and no pretrained_path)"
-            )
-        if self.structure_downsamplings not in (1, 2):
-            raise ConfigError(
-                f"model.structure_downsamplings: must be 1 or 2, got {self.structure_downsamplings!r}"
-            )
-        for name, length in (
-            ("structure_widths", 4),
-            ("decoder_widths", self.structure_downsamplings),
-            ("discriminator_widths", 2),
-        ):
+            raise ConfigError(f"model.backbone_width: ImageNet weights exist only at width {RESNET_WIDTH}, "
+                              f"so width {width} needs pretrained: false (and no pretrained_path)")
+        lengths = {"structure_widths": 4, "decoder_widths": self.structure_downsamplings,
+                   "discriminator_widths": 2, "aspp_dilations": None, "mlp_hidden": None}
+        for name, length in lengths.items():
             value = getattr(self, name)
-            if not isinstance(value, tuple) or len(value) != length or not all(_is_pos_int(v) for v in value):
-                raise ConfigError(f"model.{name}: must be {length} positive integers, got {value!r}")
-        for name in ("aspp_dilations", "mlp_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, tuple) or not value or not all(_is_pos_int(v) for v in value):
-                raise ConfigError(
-                    f"model.{name}: must be a non-empty list of positive integers, got {value!r}"
-                )
+            if not isinstance(value, tuple) or not value or (length and len(value) != length) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+                rule = f"{length} positive integers" if length else "a non-empty list of positive integers"
+                raise ConfigError(f"model.{name}: must be {rule}, got {value!r}")
         for name in ("primary_dropout", "fine_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"model.{name}: must be in [0, 1), got {value!r}")
-        if self.discriminator_init_std <= 0:
-            raise ConfigError(
-                f"model.discriminator_init_std: must be > 0, got {self.discriminator_init_std!r}"
-            )
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name}: must be in [0, 1), got {getattr(self, name)!r}")
+        check_number(self.discriminator_init_std, "model.discriminator_init_std", low_open=True)
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """The sizes must fit each other: strides, pooling rows, paddings, D's scales, AdaIN slices."""
         if self.image_height % TRUNK_STRIDE or self.image_width % TRUNK_STRIDE:
-            raise ConfigError(
-                f"model.image_height/image_width: must be multiples of {TRUNK_STRIDE} (the trunk's stride), "
-                f"got {self.image_height}x{self.image_width}"
-            )
+            raise ConfigError(f"model.image_height/image_width: must be multiples of {TRUNK_STRIDE} (the "
+                              f"trunk's stride), got {self.image_height}x{self.image_width}")
         if self.appearance_rows > self.image_height // TRUNK_STRIDE:
-            raise ConfigError(
-                f"model.appearance_rows: {self.appearance_rows} exceeds the {self.appearance_map_size[0]} "
-                f"rows of the appearance map at image_height {self.image_height}"
-            )
-        # Reflect padding needs a pad smaller than the map it pads.
-        if max(self.aspp_dilations) >= min(self.structure_size):
-            raise ConfigError(
-                f"model.aspp_dilations: the largest dilation {max(self.aspp_dilations)} must be smaller "
-                f"than the structure map {self.structure_size[0]}x{self.structure_size[1]} (reflect padding)"
-            )
-        smallest = min(self.image_height, self.image_width) // 2 ** (self.discriminator_scales - 1) // 4
-        if smallest < 2:
-            raise ConfigError(
-                f"model.discriminator_scales: {self.discriminator_scales} scales of a "
-                f"{self.image_height}x{self.image_width} image leave a patch map under 2 pixels wide"
-            )
+            raise ConfigError(f"model.appearance_rows: {self.appearance_rows} exceeds the "
+                              f"{self.appearance_map_size[0]} rows of the appearance map at image_height "
+                              f"{self.image_height}")
+        if max(self.aspp_dilations) >= min(self.structure_size):  # reflect padding: pad < map
+            rows, cols = self.structure_size
+            raise ConfigError(f"model.aspp_dilations: the largest dilation {max(self.aspp_dilations)} must "
+                              f"be smaller than the structure map {rows}x{cols} (reflect padding)")
+        if min(self.image_height, self.image_width) // 2 ** (self.discriminator_scales - 1) // 4 < 2:
+            raise ConfigError(f"model.discriminator_scales: {self.discriminator_scales} scales of a "
+                              f"{self.image_height}x{self.image_width} image leave a patch map under 2 "
+                              f"pixels wide")
         if self.appearance_code_dim % self.decoder_residual_blocks:
-            raise ConfigError(
-                f"model.decoder_residual_blocks: the {self.appearance_code_dim}-d appearance code must split "
-                f"evenly into one slice per residual block, {self.decoder_residual_blocks} does not divide it"
-            )
+            raise ConfigError(f"model.decoder_residual_blocks: the {self.appearance_code_dim}-d appearance "
+                              f"code must split evenly into one slice per residual block, "
+                              f"{self.decoder_residual_blocks} does not divide it")
 
     @property
     def backbone_channels(self) -> int:
@@ -186,76 +156,11 @@ class ModelConfig:
         return self.image_height // TRUNK_STRIDE, self.image_width // TRUNK_STRIDE
 
 
-def _is_pos_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def __getattr__(name: str) -> Any:
+    """`PROFILES` (name -> ModelConfig) and `get_profile` are dgnet.profiles' (the one module of the
+    profiles), still importable from here."""
+    if name in ("PROFILES", "get_profile"):
+        import dgnet.profiles
 
-
-PROFILES: dict[str, ModelConfig] = {
-    # docs/method.md section 2, exactly.
-    # ImageNet initialisation is part of it: without it the paper configuration loses tens of rank-1
-    # points, so it refuses to start without the weights (override require_pretrained: false).
-    "paper": ModelConfig(),
-    # `dvc repro` on the synthetic data on a 2-core CPU: ResNet-18, half-size input, narrow generator.
-    "cpu": ModelConfig(
-        backbone="resnet18",
-        # torchvision's width. backbone_width 32 makes the trunk (about half of an iteration) ~4x
-        # cheaper, but its teacher reaches only mAP 29.9 against 41.4 in 600 iterations.
-        pretrained=True,
-        require_pretrained=False,  # no ImageNet weights on CPU machines: E_a starts from the teacher
-        image_height=64,
-        image_width=32,
-        num_classes=751,
-        appearance_rows=4,
-        embedding_dim=128,
-        structure_widths=(8, 16, 16, 32),
-        structure_residual_blocks=2,
-        aspp_width=16,
-        aspp_dilations=(2, 4, 6),
-        # A 32x16 code (one downsampling, as many numbers as 64 channels at 16x8): at 64x32 a 16x8
-        # code is too coarse for the pose and trousers to transfer; the 32x16 one sharpens the
-        # swaps at the same cost (docs/generator_diagnosis.md, section 4).
-        structure_channels=32,
-        structure_downsamplings=1,
-        decoder_residual_blocks=4,
-        decoder_widths=(16,),
-        mlp_hidden=(128,),
-        discriminator_scales=3,
-        discriminator_widths=(16, 32),
-        discriminator_residual_blocks=1,
-    ),
-    # Unit tests: the smallest shapes that still exercise every layer.
-    "tiny": ModelConfig(
-        backbone="resnet18",
-        pretrained=False,
-        require_pretrained=False,
-        image_height=64,
-        image_width=32,
-        num_classes=8,
-        appearance_rows=4,
-        embedding_dim=16,
-        structure_widths=(4, 8, 8, 8),
-        structure_residual_blocks=1,
-        aspp_width=4,
-        aspp_dilations=(1, 2, 3),
-        structure_channels=16,
-        decoder_residual_blocks=2,
-        decoder_widths=(8, 8),
-        mlp_hidden=(16,),
-        discriminator_scales=3,
-        discriminator_widths=(4, 8),
-        discriminator_residual_blocks=1,
-    ),
-}
-
-
-def get_profile(name: str, **overrides: Any) -> ModelConfig:
-    """The named profile with `overrides` applied (e.g. `num_classes=751`); ConfigError when unknown."""
-    if name not in PROFILES:
-        raise ConfigError(f"model profile: {name!r} is not one of {sorted(PROFILES)}")
-    known = {field.name for field in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(
-            f"model profile {name!r}: unknown field(s) {unknown}; known fields are {sorted(known)}"
-        )
-    return dataclasses.replace(PROFILES[name], **overrides)
+        return dgnet.profiles.MODEL_PROFILES if name == "PROFILES" else dgnet.profiles.get_profile
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

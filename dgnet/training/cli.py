@@ -27,7 +27,7 @@ from dgnet.config import AMP_MODES, DEVICES, DGNetTrainConfig, TeacherTrainConfi
 from dgnet.data.manifest import FORMATS
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
-from dgnet.profiles import PROFILES, model_config, resolve_cli_params, run_config, set_iterations
+from dgnet.profiles import CLI_PROFILE, PROFILES, model_config, resolve_cli_params, run_config, set_iterations
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default=None, help="dataset format (default: detected)")
     parser.add_argument("--profile", default=None, choices=sorted(PROFILES),
                         help="the whole configuration (dgnet/profiles.py; default: the --params file's "
-                             "`profile:`, else paper); `dgnet config show` prints it")
+                             f"`profile:`, else {CLI_PROFILE}); `dgnet config show` prints it")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: model.pt, checkpoints/, log.jsonl, images/")
     parser.add_argument("--params", type=Path, metavar="FILE",

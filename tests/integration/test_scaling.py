@@ -43,6 +43,7 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
+STAGES = str(REPO / "stages")  # the stage scripts dvc.yaml runs
 STUDY = "scaling"
 N_TRIALS = 4
 EXPERIMENT = "scaling"
@@ -127,9 +128,11 @@ def stage_env(tracking_uri: str, **extra: str) -> dict[str, str]:
 
 def run_stage(args: list[str], cwd: Path, env: dict[str, str], log_file: Path, timeout: float = 600
               ) -> tuple[int, str, float]:
-    """Run `python -m <args>` in `cwd` to the end: (exit code, its output, seconds)."""
+    """Run `python <stage script> <args>` (or `python -m <args>`) in `cwd` to the end: (exit code, its
+    output, seconds)."""
     started = time.monotonic()
-    process = spawn([sys.executable, "-m", *args], log_file, env=env, cwd=cwd)
+    process = spawn([sys.executable, *([] if args[0].endswith(".py") else ["-m"]), *args], log_file, env=env,
+                    cwd=cwd)
     try:
         code = process.wait(timeout=timeout)
     finally:
@@ -156,7 +159,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, alive: lis
 @pytest.fixture(scope="module")
 def teacher(workspace: Path, mlflow_server: MlflowServer, logs: Path) -> dict[str, Any]:
     """The teacher stage, run once against the tracking server (every later stage needs its model)."""
-    code, output, seconds = run_stage(["dgnet_pipeline.teacher"], workspace, stage_env(mlflow_server.url),
+    code, output, seconds = run_stage([STAGES + "/teacher.py"], workspace, stage_env(mlflow_server.url),
                                       logs / "teacher.log")
     assert code == 0, output
     log(f"teacher stage against {mlflow_server.url}: exit 0 after {seconds:.0f} s")
@@ -182,7 +185,7 @@ def test_unreachable_storage_or_server_is_named_at_start(workspace, teacher, mlf
     assert dead_db.replace("s3cret", "***") in output and "s3cret" not in output
 
     dead_server = f"http://127.0.0.1:{free_port()}"
-    code, output, seconds = run_stage(["dgnet_pipeline.train"], workspace, stage_env(dead_server),
+    code, output, seconds = run_stage([STAGES + "/train.py"], workspace, stage_env(dead_server),
                                       logs / "dead-server.log", timeout=120)
     log(f"train with a dead tracking server: exit {code} after {seconds:.0f} s: {output.strip()[-300:]}")
     assert code == 2 and dead_server in output and "unreachable" in output
@@ -367,7 +370,7 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
     process = None
     try:
         server.start()
-        process = spawn([sys.executable, "-m", "dgnet_pipeline.train"], logs / "train-outage-1.log", env=env,
+        process = spawn([sys.executable, STAGES + "/train.py"], logs / "train-outage-1.log", env=env,
                         cwd=workspace)
         wait_for(lambda: list(checkpoints.glob("dgnet-dgnet-*/checkpoints/iter_*.pt")), 300,
                  "the train stage's first checkpoint", alive=[process])
@@ -379,7 +382,7 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
         assert code == 2, output[-3000:]
         assert output.count("Retrying (Retry(total=") >= 3 and "the store is unavailable" in output
         assert server.url in output and "is kept" in output
-        message = next(line for line in output.splitlines() if "dgnet_pipeline.train: error" in line)
+        message = next(line for line in output.splitlines() if "stages/train.py: error" in line)
         log(f"  {message[:400]}")
         kept = sorted(checkpoints.glob("dgnet-dgnet-*/checkpoints/iter_*.pt"))
         assert kept and not (workspace / "outputs" / "dgnet").exists()
@@ -387,7 +390,7 @@ def test_training_stops_keeping_its_checkpoint_when_the_server_goes_and_resumes(
         iteration = int(newest.stem.split("_")[1])
 
         server.start()  # back, same port
-        code, output, seconds = run_stage(["dgnet_pipeline.train"], workspace, env,
+        code, output, seconds = run_stage([STAGES + "/train.py"], workspace, env,
                                           logs / "train-outage-2.log")
         assert code == 0, output[-3000:]
         assert f"resumed from {newest} at iteration {iteration}" in output
