@@ -159,18 +159,13 @@ def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, A
     lines = ["| model | trained as | setting | rank-1 | mAP | mAP_finite | swap L1 (person) "
              "| swap SSIM (person) | recon L1 | SSIM diversity |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-
-    def fmt(value: Any) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
     for result in results:
         setting = main_setting(result, changes)
         m, gen = result.reid[setting], result.generation
-        how = trained_as(result, changes)
-        lines.append(f"| {result.name} | {how} | {setting} | {100 * m['rank1']:.1f} | {100 * m['mAP']:.1f} "
-                     f"| {100 * m['mAP_finite']:.1f} "
-                     f"| {fmt(gen.get('swap_l1_person'))} | {fmt(gen.get('swap_ssim_person'))} "
-                     f"| {fmt(gen.get('recon_l1'))} | {fmt(gen.get('ssim_diversity_generated'))} |")
+        cells = " | ".join("-" if gen.get(k) is None else f"{gen[k]:.3f}" for k in
+                           ("swap_l1_person", "swap_ssim_person", "recon_l1", "ssim_diversity_generated"))
+        lines.append(f"| {result.name} | {trained_as(result, changes)} | {setting} | {100 * m['rank1']:.1f} "
+                     f"| {100 * m['mAP']:.1f} | {100 * m['mAP_finite']:.1f} | {cells} |")
     if trivial is not None:
         how = f"trivial baseline: HSV histograms of {STRIPES} stripes, cosine, no learning"
         lines.append(f"| colour_histogram | {how} | - | {100 * trivial['rank1']:.1f} "

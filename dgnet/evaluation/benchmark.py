@@ -225,8 +225,6 @@ class GenerationReference:
     factors.csv. `baselines`: the trivial baselines' scores, in the units of the model's figures.
     """
 
-    appearance_rows: pd.DataFrame
-    structure_rows: pd.DataFrame
     appearance: torch.Tensor
     structure: torch.Tensor
     recon_images: torch.Tensor
@@ -276,8 +274,7 @@ def generation_reference(frame: pd.DataFrame, size: tuple[int, int], data_root: 
             baselines[name] = {f"swap_{k}": v for k, v in scores.items()}
     else:
         notes["swap_fidelity_skipped"] = "not a synthetic dataset (no factors.csv): no ground truth"
-    return GenerationReference(appearance_rows, structure_rows, appearance, structure, recon_images,
-                               ground_truth, factors, baselines,
+    return GenerationReference(appearance, structure, recon_images, ground_truth, factors, baselines,
                                ssim_diversity(denormalize(structure), seed=seed), notes)
 
 

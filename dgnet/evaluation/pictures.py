@@ -216,28 +216,28 @@ def ranked_list(
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((margin, margin), title, INK, font)
+    frame_h = ch + 2 * border
+
+    def framed(x: int, y: int, image: Any, fill: tuple[int, int, int], caption: str | None) -> None:
+        draw.rectangle([x, y + number_h, x + cell_w - 1, y + number_h + frame_h - 1], fill=fill)
+        sheet.paste(_tile(image, (cw, ch), normalized), (x + border, y + number_h + border))
+        if caption is not None:
+            _centred(draw, caption, x + cell_w // 2, y + number_h + frame_h + 1, small, GREY_INK)
+
     for q, (query, gallery, row) in enumerate(zip(queries, galleries, match_rows, strict=True)):
         y = margin + title_h + q * (row_h + gap)
         _centred(draw, "query", margin + cell_w // 2, y + 1, small, INK)
-        draw.rectangle([margin, y + number_h, margin + cell_w - 1, y + number_h + ch + 2 * border - 1],
-                       fill=(60, 60, 60))
-        sheet.paste(_tile(query, (cw, ch), normalized), (margin + border, y + number_h + border))
-        if query_labels:
-            _centred(draw, query_labels[q], margin + cell_w // 2, y + number_h + ch + 2 * border + 1, small,
-                     GREY_INK)
+        framed(margin, y, query, (60, 60, 60), query_labels[q] if query_labels else None)
         x0 = margin + cell_w + sep
         # A thin divider between the query and its results.
-        draw.line([(x0 - sep // 2, y + number_h), (x0 - sep // 2, y + number_h + ch + 2 * border)],
+        draw.line([(x0 - sep // 2, y + number_h), (x0 - sep // 2, y + number_h + frame_h)],
                   fill=(200, 200, 200), width=1)
         for r, (image, match) in enumerate(zip(gallery[:k], row[:k], strict=False)):
             x = x0 + r * (cell_w + gap)
             colour = MATCH_COLOURS[match]
             _centred(draw, str(r + 1), x + cell_w // 2, y + 1, font, colour if match == "hit" else INK)
-            draw.rectangle([x, y + number_h, x + cell_w - 1, y + number_h + ch + 2 * border - 1], fill=colour)
-            sheet.paste(_tile(image, (cw, ch), normalized), (x + border, y + number_h + border))
-            if label_rows is not None and r < len(label_rows[q]):
-                _centred(draw, label_rows[q][r], x + cell_w // 2, y + number_h + ch + 2 * border + 1, small,
-                         GREY_INK)
+            framed(x, y, image, colour,
+                   label_rows[q][r] if label_rows is not None and r < len(label_rows[q]) else None)
     # Legend: the id states, and "unknown" only where it is used.
     y = height - margin - legend_h + 6
     x = margin

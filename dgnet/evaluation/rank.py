@@ -4,29 +4,25 @@ Protocol (docs/method.md section 5): for each query, gallery items with the quer
 are junk, so are gallery ids -1; both are removed before ranking. Id 0 (distractors) is a plain
 negative. Queries with no valid match are counted and reported, and left out of the averages.
 
-The order is exactly that of a stable sort of each row (ties broken by gallery index, NaN
-last), but no row is ever sorted. All we need is the rank of each positive, i.e. how many
-valid gallery items come before it, and a query has few positives (Market: about 14 of 16k).
-So, per chunk of queries:
+The order is exactly that of a stable sort of each row (ties broken by gallery index, NaN last),
+but no row is ever sorted: all we need is how many valid gallery items come before each positive,
+and a query has few positives (Market: about 14 of 16k). Per chunk of queries:
 
-1. The query's same-id items (positives and same-camera junk) are gathered from a per-id
-   table of gallery columns, and sorted: a (queries x same-id) problem, tiny.
-2. Every distance of the row goes through one monotone map into an integer bucket, uniform
-   over [first positive, last positive] (below: bucket 0, above or NaN: the top bucket), and
-   a per-row histogram of buckets is counted. Elementwise arithmetic and an index_add: a few
-   cheap passes, where a per-element binary search (`searchsorted`, the previous method) or
-   a sort costs 5-10x more.
-3. All items in a lower bucket than a positive's come before it (the map is monotone and the
-   positive's own bucket is computed by the very same float operations); all items in a
-   higher bucket come after it. Only items sharing a bucket with some positive (well under 1%
-   of the row) are compared exactly, by (distance, gallery index): ties stay exact.
+1. The query's same-id items (positives and same-camera junk), from a per-id table of gallery
+   columns, are sorted: a tiny (queries x same-id) problem.
+2. Every distance of the row goes through one monotone map into an integer bucket, uniform over
+   [first positive, last positive] (below: bucket 0, above or NaN: the top), and a per-row
+   histogram of buckets is counted: a few cheap elementwise passes and an index_add, where a
+   per-element `searchsorted` or a sort costs 5-10x more.
+3. Items in a lower bucket than a positive's come before it (the positive's own bucket comes from
+   the very same float operations), items in a higher one after it. Only items sharing a bucket
+   with a positive (well under 1% of the row) are compared exactly, by (distance, gallery index).
 4. Negatives before positive k = all valid items before it - same-id items before it.
 
 Gallery ids -1 are dropped once (their features, or their columns of a given distance matrix,
-chunk by chunk). Scratch buffers are reused from chunk to chunk (fresh
-multi-megabyte tensors cost page faults), and work is bounded per chunk, so MSMT17 size
-(11,659 x 82,161) fits in well under 4 GB, on whatever device the tensors live. Timings and
-memory: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
+chunk by chunk). Scratch buffers are reused from chunk to chunk (fresh multi-megabyte tensors cost
+page faults), and work is bounded per chunk: MSMT17 size (11,659 x 82,161) fits in well under
+4 GB, on whatever device the tensors live. Timings: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -19,14 +19,12 @@ With features, d is the squared Euclidean distance (for L2-normalised features: 
 dot product, the same order as the protocol's similarity). So lambda = 1 gives back the
 original distance, divided by one positive constant: the same ranking.
 
-Cost: nothing of size N x N is held. One chunked pass over the N x N distances finds the
-k1 + 1 nearest neighbours; the few distances inside each R* are then recomputed pair by pair.
-V is sparse (tens of entries a row), and sum_l min(V_ql, V_gl) is accumulated column by column
-of V over the (query, gallery) pairs that share the column, a chunk of queries at a time, into
-the (Q, G) result: memory about twice the result. Market-1501 size (3,368 x 15,913, 1024-d):
-seconds to tens of seconds on a CPU.
-Ties among distances are broken as `torch.topk` breaks them; on a CPU the result is
-deterministic (on a GPU, `index_add_` sums in no fixed order: last-bit differences).
+Cost: nothing N x N is held. One chunked pass over the distances finds the k1 + 1 nearest
+neighbours; the few distances inside each R* are recomputed pair by pair. V is sparse, and
+sum_l min(V_ql, V_gl) is accumulated over the (query, gallery) pairs sharing a column of V, a chunk
+of queries at a time: memory about twice the (Q, G) result; Market-1501 size, seconds to tens of
+seconds on a CPU. Ties break as `torch.topk` breaks them; deterministic on a CPU (on a GPU,
+`index_add_` sums in no fixed order: last-bit differences).
 """
 
 from __future__ import annotations
