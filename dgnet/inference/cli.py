@@ -153,7 +153,8 @@ def _add_model(parser: argparse.ArgumentParser, batch: bool = True) -> None:
 
 
 def _add_device(parser: argparse.ArgumentParser, threads: bool) -> None:
-    parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (default: CUDA when present, else the CPU), cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
     if threads:
         parser.add_argument("--threads", type=int, metavar="N",
