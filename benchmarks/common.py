@@ -115,6 +115,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def proc_memory_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def describe_machine(info: dict[str, Any]) -> str:
     """One sentence: the CPU, threads, GPU, versions and load averages of `machine()`."""
     threads = info.get("torch_threads", "?")

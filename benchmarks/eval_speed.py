@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import torch
 from dgnet.evaluation.rank import pairwise_distance, rank_metrics_from_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
-from common import RESULTS, load_average, machine, write_results
+from common import RESULTS, load_average, machine, proc_memory_mb, write_results
 
 # name: (queries, gallery, ids, cameras, images per id, distractors (id 0)); the rest of the
 # gallery is junk (id -1): about 2,600 at Market size (the real Market-1501 has 3,819 on top).
@@ -91,14 +90,6 @@ def make_problem(size: str, kind: str, seed: int = 0, dim: int = 1024):
     return features(q_pids), features(g_pids), q_pids, q_cams, g_pids, g_cams
 
 
-def _rss_mb() -> float | None:
-    """Resident set size now (Linux), else None."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return None
-
-
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
@@ -112,7 +103,7 @@ def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) ->
     features_mb = (qf.numel() + gf.numel()) * qf.element_size() / 2**20
     keep = torch.as_tensor(g_pids != -1, device=dev)
     gallery = gf[keep]  # what rank_metrics_from_features multiplies by, for the distances-only loop
-    rss_before = _rss_mb()
+    rss_before = proc_memory_mb("VmRSS")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     base_gpu = 0
     if dev.type == "cuda":

@@ -56,6 +56,7 @@ from common import (
     load_average,
     load_teacher,
     machine,
+    proc_memory_mb,
     synthetic_batch,
     write_results,
 )
@@ -106,17 +107,6 @@ class Mode:
 # --------------------------------------------------------------------------------------------
 # Measuring one mode (in this process)
 # --------------------------------------------------------------------------------------------
-
-
-def _proc_status_mb(field: str) -> float | None:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
@@ -198,7 +188,7 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
         row["peak_reserved_mb"] = torch.cuda.max_memory_reserved(dev) / 2**20
         row["gpu"] = torch.cuda.get_device_name(dev)
     else:
-        row["peak_rss_mb"] = _proc_status_mb("VmHWM")
+        row["peak_rss_mb"] = proc_memory_mb("VmHWM")
         row["rss_at_start_mb"] = rss_at_start_mb
     return row
 
@@ -443,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    rss_at_start = _proc_status_mb("VmRSS")  # after importing torch and dgnet: the children's baseline
+    rss_at_start = proc_memory_mb("VmRSS")  # after importing torch and dgnet: the children's baseline
     args = build_parser().parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
