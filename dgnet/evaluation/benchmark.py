@@ -38,9 +38,10 @@ from dgnet.evaluation.generation import (
     swap_fidelity,
     swap_ground_truth,
 )
-from dgnet.evaluation.pictures import ranked_list, swap_grid
+from dgnet.evaluation.pictures import ranked_list, save, swap_grid
 from dgnet.evaluation.rank import rank_metrics, rank_metrics_from_features, scalar_metrics
 from dgnet.evaluation.reranking import k_reciprocal_rerank
+from dgnet.io import atomic_path, write_json
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
 
@@ -376,9 +377,6 @@ def markdown_table(results: list[ModelBenchmark]) -> str:
 def write_benchmark(results: list[ModelBenchmark], out: str | os.PathLike, heading: str) -> Path:
     """OUT/benchmark.md (`heading`, then the table of `markdown_table`), OUT/metrics.json (per model
     its flat metrics), OUT/cmc/<model>.csv (rank, one column per setting) and OUT/<model>_<picture>.png."""
-    from dgnet.evaluation.pictures import save
-    from dgnet.io import atomic_path, write_json
-
     out = Path(out)
     notes = sorted({f"FID computed with the {r.generation['fid_network']} (`{r.generation['fid_weights']}`)."
                     if r.generation.get("fid_network") else f"FID skipped: {r.generation['fid_skipped']}"
