@@ -35,7 +35,6 @@ from dgnet.training.loop import (
 )
 from dgnet.training.objective import check_finite
 from dgnet.training.runtime import (
-    DistContext,
     autocast_context,
     average_buffers,
     average_gradients,
@@ -69,72 +68,67 @@ def train_teacher(
     label_map = training_labels(frame)
     model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
     with training_process(cfg.device, out_dir, cfg.seed, cfg.deterministic) as ctx:
-        return _train(frame, model_cfg, cfg, out_dir, hooks, resume, ctx, label_map)
+        device = ctx.device
+        cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
+        model = ReidBaseline(model_cfg).to(device)
+        broadcast_module(model, ctx)
+        prepare_module(model, channels_last=cfg.channels_last, compile=cfg.compile)
+        head = list(model.head.parameters())
+        head_ids = {id(p) for p in head}
+        trunk = [p for p in model.parameters() if id(p) not in head_ids]
+        optimizer = torch.optim.SGD(
+            [{"params": trunk, "lr": cfg.lr, "lr_mult": 1.0},
+             {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
+            lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
+        )
+        scaler = grad_scaler(device, cfg.amp)
+        stateful = {"model": model, "optimizer": optimizer, "scaler": scaler}
+        identity = {"model_config": dataclasses.asdict(model_cfg)}
 
+        config = flat_config(train=cfg, model=model_cfg, world_size=ctx.world_size)
+        cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, 0, cfg.checkpoint_every,
+                          cfg.keep_checkpoints)
+        session = TrainingSession("teacher", out_dir, cadence, ctx, hooks, config)
+        start = session.resume(stateful, identity, resume)
 
-def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: TeacherTrainConfig, out_dir: Path,
-           hooks: Sequence[TrainingHooks], resume: bool, ctx: DistContext,
-           label_map: dict[int, int]) -> TrainingResult:
-    device = ctx.device
-    cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
-    model = ReidBaseline(model_cfg).to(device)
-    broadcast_module(model, ctx)
-    prepare_module(model, channels_last=cfg.channels_last, compile=cfg.compile)
-    head = list(model.head.parameters())
-    head_ids = {id(p) for p in head}
-    trunk = [p for p in model.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.SGD(
-        [{"params": trunk, "lr": cfg.lr, "lr_mult": 1.0},
-         {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
-    )
-    scaler = grad_scaler(device, cfg.amp)
-    stateful = {"model": model, "optimizer": optimizer, "scaler": scaler}
-    identity = {"model_config": dataclasses.asdict(model_cfg)}
+        size = (model_cfg.image_height, model_cfg.image_width)
+        dataset = TrainImages(frame, size, cfg.augmentation)
+        sampler = RandomImageSampler(len(dataset), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+        loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
-    config = flat_config(train=cfg, model=model_cfg, world_size=ctx.world_size)
-    cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, 0, cfg.checkpoint_every,
-                      cfg.keep_checkpoints)
-    session = TrainingSession("teacher", out_dir, cadence, ctx, hooks, config)
-    start = session.resume(stateful, identity, resume)
+        def learning_rate(iteration: int) -> float:
+            return learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma)
 
-    size = (model_cfg.image_height, model_cfg.image_width)
-    dataset = TrainImages(frame, size, cfg.augmentation)
-    sampler = RandomImageSampler(len(dataset), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
-    loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
+        def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+            torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(iteration) * group["lr_mult"]
+            images = to_channels_last(batch["image_erased"].to(device, non_blocking=True), cfg.channels_last)
+            labels = batch["label"].to(device, non_blocking=True)
+            with autocast_context(device, cfg.amp):
+                logits, _ = model(images)
+            loss = identity_loss(logits.float(), labels)
+            accuracy = (logits.argmax(1) == labels).float().mean()
+            logs = mean_over_ranks({"loss/id": loss.item(), "train/accuracy": accuracy.item()}, ctx)
+            check_finite(logs, iteration + 1)  # before the step: a NaN never reaches the weights
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            average_gradients(model.parameters(), ctx)
+            scaler.step(optimizer)
+            scaler.update()
+            average_buffers(model, ctx)
+            return logs
 
-    def learning_rate(iteration: int) -> float:
-        return learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma)
+        def describe(iteration: int) -> dict[str, float]:
+            lr = learning_rate(iteration)
+            return {"lr/trunk": lr, "lr/head": lr * cfg.head_lr_mult}
 
-    def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(iteration) * group["lr_mult"]
-        images = to_channels_last(batch["image_erased"].to(device, non_blocking=True), cfg.channels_last)
-        labels = batch["label"].to(device, non_blocking=True)
-        with autocast_context(device, cfg.amp):
-            logits, _ = model(images)
-        loss = identity_loss(logits.float(), labels)
-        accuracy = (logits.argmax(1) == labels).float().mean()
-        logs = mean_over_ranks({"loss/id": loss.item(), "train/accuracy": accuracy.item()}, ctx)
-        check_finite(logs, iteration + 1)  # before the step: a NaN never reaches the weights
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        average_gradients(model.parameters(), ctx)
-        scaler.step(optimizer)
-        scaler.update()
-        average_buffers(model, ctx)
-        return logs
+        def evaluate() -> dict[str, float]:
+            return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size)
 
-    def describe(iteration: int) -> dict[str, float]:
-        return {"lr/trunk": learning_rate(iteration), "lr/head": learning_rate(iteration) * cfg.head_lr_mult}
-
-    def evaluate() -> dict[str, float]:
-        return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size)
-
-    model.train()
-    session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
-                evaluate=evaluate if has_eval_splits(frame) else None, postfix=("loss/id",))
-    return session.finish(model, model_cfg, cfg.amp, {
-        "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
-        "seed": cfg.seed})
+        model.train()
+        session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
+                    evaluate=evaluate if has_eval_splits(frame) else None, postfix=("loss/id",))
+        return session.finish(model, model_cfg, cfg.amp, {
+            "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
+            "seed": cfg.seed})

@@ -323,6 +323,7 @@ def train_dgnet(
         if not path.is_file():
             raise ModelFileError(f"missing teacher: {path} does not exist — run the teacher stage first "
                                  "(`dgnet train-teacher`)")
+    init_from = Path(init_from) if init_from is not None else None
     if init_from is not None:
         read_model_file(init_from, "dgnet")  # a missing or wrong file stops before anything is written
     check_invariants(frame)
@@ -338,73 +339,66 @@ def train_dgnet(
     with training_process(cfg.device, out_dir, cfg.seed, cfg.deterministic) as ctx:
         teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device, train_fingerprint(frame),
                                 cfg.cross_dataset_teacher)
-        return _train(frame, model_cfg, cfg, teacher, teacher_paths, out_dir, hooks, resume, ctx, label_map,
-                      Path(fork_from) if fork_from is not None else None,
-                      Path(init_from) if init_from is not None else None)
+        device = ctx.device
+        cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
+        if init_from is not None:  # the file's weights replace ImageNet's
+            model_cfg = dataclasses.replace(model_cfg, pretrained=False, require_pretrained=False)
 
+        def start_from_file(model: DGNet) -> None:
+            new = init_from_model(model, init_from, model_cfg, label_map)
+            if new and ctx.is_main:
+                warnings.warn(f"--init {init_from}: trained on other identities; its classifiers start new "
+                              f"({len(new)} tensors)", stacklevel=2)
 
-def _train(frame: pd.DataFrame, model_cfg: ModelConfig, cfg: DGNetTrainConfig, teacher: FrozenTeacher | None,
-           teacher_paths: list[Path], out_dir: Path, hooks: Sequence[TrainingHooks], resume: bool,
-           ctx: DistContext, label_map: dict[int, int], fork_from: Path | None = None,
-           init_from: Path | None = None) -> TrainingResult:
-    device = ctx.device
-    cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
-    if init_from is not None:  # the file's weights replace ImageNet's
-        model_cfg = dataclasses.replace(model_cfg, pretrained=False, require_pretrained=False)
+        built = build_joint_step(model_cfg, cfg, ctx, teacher, None if init_from is None else start_from_file)
+        model = built.model
+        stateful = {"model": model, **{f"optimizer.{k}": v for k, v in built.optimizers.items()},
+                    **{f"scaler.{k}": v for k, v in built.scalers.items()}}
+        identity = {"model_config": dataclasses.asdict(model_cfg), "warmup": warmup_fingerprint(cfg)}
 
-    def start_from_file(model: DGNet) -> None:
-        new = init_from_model(model, init_from, model_cfg, label_map)
-        if new and ctx.is_main:
-            warnings.warn(f"--init {init_from}: trained on other identities; its classifiers start new "
-                          f"({len(new)} tensors)", stacklevel=2)
+        config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
+                             world_size=ctx.world_size)
+        cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, cfg.image_every,
+                          cfg.checkpoint_every, cfg.keep_checkpoints)
+        session = TrainingSession("dgnet", out_dir, cadence, ctx, hooks, config)
+        if fork_from is not None:
+            if ctx.is_main:
+                fork_from_warmup(session.checkpoint_dir, Path(fork_from), identity, cfg.schedule.warmup_start,
+                                 resume)
+            resume = True
+        start = session.resume(stateful, identity, resume)
 
-    built = build_joint_step(model_cfg, cfg, ctx, teacher, start_from_file if init_from is not None else None)
-    model = built.model
-    stateful = {"model": model, **{f"optimizer.{k}": v for k, v in built.optimizers.items()},
-                **{f"scaler.{k}": v for k, v in built.scalers.items()}}
-    identity = {"model_config": dataclasses.asdict(model_cfg), "warmup": warmup_fingerprint(cfg)}
+        size = (model_cfg.image_height, model_cfg.image_width)
+        dataset = TrainImages(frame, size, cfg.augmentation)
+        sampler_class = ImagePairSampler if cfg.sampling == "image" else IdentityPairSampler
+        sampler = sampler_class(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+        loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
-    config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
-                         world_size=ctx.world_size)
-    cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, cfg.image_every, cfg.checkpoint_every,
-                      cfg.keep_checkpoints)
-    session = TrainingSession("dgnet", out_dir, cadence, ctx, hooks, config)
-    if fork_from is not None:
-        if ctx.is_main:
-            fork_from_warmup(session.checkpoint_dir, fork_from, identity, cfg.schedule.warmup_start, resume)
-        resume = True
-    start = session.resume(stateful, identity, resume)
+        def describe(iteration: int) -> dict[str, float]:
+            weights = dataclasses.asdict(loss_weights_at(iteration, cfg.schedule))
+            logs = {f"weight/{k}": float(v) for k, v in weights.items()}
+            lrs = learning_rates_at(iteration, cfg)
+            logs.update({"lr/generator": lrs["generator"], "lr/discriminator": lrs["discriminator"],
+                         "lr/appearance_trunk": lrs["appearance"],
+                         "lr/id_heads": lrs["appearance"] * cfg.head_lr_mult})
+            return logs
 
-    size = (model_cfg.image_height, model_cfg.image_width)
-    dataset = TrainImages(frame, size, cfg.augmentation)
-    sampler_class = ImagePairSampler if cfg.sampling == "image" else IdentityPairSampler
-    sampler = sampler_class(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
-    loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
+        def evaluate() -> dict[str, float]:
+            return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size,
+                                 query_alpha=cfg.query_alpha)
 
-    def describe(iteration: int) -> dict[str, float]:
-        weights = dataclasses.asdict(loss_weights_at(iteration, cfg.schedule))
-        logs = {f"weight/{k}": float(v) for k, v in weights.items()}
-        lrs = learning_rates_at(iteration, cfg)
-        logs.update({"lr/generator": lrs["generator"], "lr/discriminator": lrs["discriminator"],
-                     "lr/appearance_trunk": lrs["appearance"],
-                     "lr/id_heads": lrs["appearance"] * cfg.head_lr_mult})
-        return logs
+        grid_images = swap_grid_inputs(frame, size, cfg.swap_images).to(device) if ctx.is_main else None
 
-    def evaluate() -> dict[str, float]:
-        return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size,
-                             query_alpha=cfg.query_alpha)
+        def picture() -> tuple[str, Image.Image]:
+            return "swap_grid", swap_grid_picture(model, grid_images)
 
-    grid_images = swap_grid_inputs(frame, size, cfg.swap_images).to(device) if ctx.is_main else None
+        session.run(start, loader, built.step, stateful=stateful, identity=identity, describe=describe,
+                    evaluate=evaluate if has_eval_splits(frame) else None, picture=picture,
+                    postfix=("loss/total", "loss/d_total"))
+        return session.finish(model, model_cfg, cfg.amp, {
+            "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
+            "seed": cfg.seed, "teachers": [str(p) for p in teacher_paths]})
 
-    def picture() -> tuple[str, Image.Image]:
-        return "swap_grid", swap_grid_picture(model, grid_images)
-
-    session.run(start, loader, built.step, stateful=stateful, identity=identity, describe=describe,
-                evaluate=evaluate if has_eval_splits(frame) else None, picture=picture,
-                postfix=("loss/total", "loss/d_total"))
-    return session.finish(model, model_cfg, cfg.amp, {
-        "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
-        "seed": cfg.seed, "teachers": [str(p) for p in teacher_paths]})
 
 
 def split_batch(batch: dict[str, torch.Tensor], device: torch.device,
