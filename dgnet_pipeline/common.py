@@ -14,6 +14,7 @@ from dgnet.config import read_params_file
 from dgnet.errors import ConfigError, ModelFileError
 
 TEACHER_INDEX = "teachers.json"  # the teacher stage's list of its model files, one per seed
+LOSS_CURVE = "losses.csv"  # a training run's loss curves (LossCurve), kept beside its model
 
 
 def repo_root() -> Path:

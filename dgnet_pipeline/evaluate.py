@@ -45,13 +45,15 @@ from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
-from dgnet_pipeline.common import parse_seeds, resolve, stage_paths, teacher_paths
+from dgnet.training.hooks import mean_loss_curves
+from dgnet_pipeline.common import LOSS_CURVE, parse_seeds, resolve, stage_paths, teacher_paths
 from dgnet_pipeline.evaluate_report import (
     first_seeds,
     group_by_variant,
     headline,
     main_setting,
     seed_summaries,
+    variant_of,
     write_report,
 )
 from dgnet_pipeline.mlflow_hooks import finite, flatten
@@ -75,12 +77,14 @@ class Paths:
     summary: Path
     plots: Path
     figures: Path
+    losses: Path  # the training runs' loss curves, the mean over each variant's seeds
 
     @classmethod
     def of_dvc(cls, script: str | Path) -> Paths:
         paths = stage_paths(script)
         return cls(paths["teacher"], paths["dgnet"], paths["ablations"], paths["report"],
-                   paths["metrics"] / "eval.json", paths["summary"], paths["plots"], paths["figures"])
+                   paths["metrics"] / "eval.json", paths["summary"], paths["plots"], paths["figures"],
+                   paths["losses"])
 
 
 TRIVIAL_SIZE = (128, 64)  # the colour-histogram baseline's input: Market-1501's crop size
@@ -177,6 +181,7 @@ def evaluate_models(workspace: Path, params: dict[str, Any], paths: Paths) -> in
         cross = cross_domain(models, results, workspace, settings, changes)
         write_outputs(workspace, results, settings, inputs.manifest, time.monotonic() - started, changes,
                       trivial, cross, paths=paths)
+        write_loss_curves(workspace / paths.losses, models)
         log_to_mlflow(inputs.client, run.info.run_id, workspace, results, changes, trivial, cross, models,
                       paths)
     for result in results:
@@ -257,6 +262,20 @@ def cmc_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] 
         mean = [sum(values) / len(values) for values in zip(*curves, strict=True)]
         tables.append(pd.DataFrame({"rank": range(1, len(mean) + 1), "cmc": mean, "model": variant}))
     return pd.concat(tables, ignore_index=True)
+
+
+def write_loss_curves(path: Path, models: dict[str, Path]) -> None:
+    """iteration, model, loss, value: the loss curves the training stages keep beside each model, the
+    mean over each variant's seeds (`dvc plots show`: a panel per loss term, a curve per variant).
+    Only the header when no model has one (imported models)."""
+    curves: dict[str, list[Path]] = {}
+    for name, model in models.items():
+        if (model.parent / LOSS_CURVE).is_file():
+            curves.setdefault(variant_of(name)[0], []).append(model.parent / LOSS_CURVE)
+    empty = pd.DataFrame(columns=["iteration", "model", "loss", "value"])
+    table = mean_loss_curves(curves) if curves else empty
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: EvaluateConfig,

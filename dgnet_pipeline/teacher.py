@@ -5,8 +5,8 @@ One teacher per seed (params `teacher.seeds`), which DG-Net's runs of the same s
 all of them as an ensemble: train.teachers). Writes OUT/seed<S>/model.pt for every seed and
 OUT/teachers.json (the index the train stage reads), all at once when every teacher has trained;
 METRICS: rank1, mAP, mAP_finite, mINP (the mean over seeds, and per seed); one MLflow run `teacher`
-(with one child run per seed when there are several: tagged dgnet.variant `teacher` and dgnet.seed,
-the parent `teacher-mean` with their mean), each teacher registered as a version of
+(with one more run per seed when there are several: tagged dgnet.variant `teacher`, dgnet.seed and
+dgnet.stage_run, the stage run `teacher-mean` holding their mean), each teacher registered as a version of
 `mlflow.teacher_model` with the aliases `<mlflow.alias>-seed<S>` (and `<mlflow.alias>` for the first).
 Checkpoints live in checkpoints/teacher-seed<S>-<config hash>/ (outside DVC's outputs) so that an
 interrupted run resumes; they are deleted once the stage has succeeded.
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dgnet.io import atomic_dir, write_json
+from dgnet.training.hooks import LossCurve
+from dgnet_pipeline.common import LOSS_CURVE as LOSSES
 from dgnet_pipeline.common import TEACHER_INDEX as INDEX
 from dgnet_pipeline.mlflow_hooks import MlflowHooks, metrics_summary
 from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
@@ -41,13 +43,15 @@ STAGE = "teacher"
 @contextlib.contextmanager
 def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: bool,
               tags: dict[str, str]) -> Iterator[str]:
-    """The run one teacher logs into: the stage run itself, or a child of it for an ensemble."""
+    """The run one teacher logs into: the stage run itself, or with several seeds one run per seed,
+    tagged with the stage run (not nested in it: MLflow's UI adds a matched child's parent to every
+    filtered runs table, which would put the mean among the variants' runs)."""
     if not nested:
         yield parent.info.run_id
         return
     with tracked_run(client, experiment_id, f"{STAGE}-seed{seed}",
-                     {**tags, "dgnet.variant": STAGE, "dgnet.seed": str(seed)},
-                     parent_run_id=parent.info.run_id) as child:
+                     {**tags, "dgnet.variant": STAGE, "dgnet.seed": str(seed),
+                      "dgnet.stage_run": parent.info.run_id}) as child:
         yield child.info.run_id
 
 
@@ -94,8 +98,9 @@ def train_and_publish(inputs: StageInputs, args: argparse.Namespace, configs: di
                                     alias=aliases[0] if aliases else None, variant=STAGE,
                                     extra_params=extra, version_tags={"dgnet.seed": seed})
                 try:
+                    curve = LossCurve(folders[seed] / LOSSES)
                     results[seed] = train_teacher(inputs.frame, model_cfg, configs[seed], folders[seed],
-                                                  hooks=[hooks], resume=True)
+                                                  hooks=[hooks, curve], resume=True)
                 finally:
                     hooks.close()
                 results[seed].config["mlflow.run_id"] = run_id
@@ -128,6 +133,8 @@ def _write_outputs(out: Path, metrics: Path, seeds: list[int], results: dict[int
             target = tmp / f"seed{seed}" / "model.pt"
             target.parent.mkdir(parents=True)
             shutil.copy2(result.model_path, target)
+            if (result.model_path.parent / LOSSES).is_file():
+                shutil.copy2(result.model_path.parent / LOSSES, target.parent / LOSSES)
             entries.append({"seed": seed, "path": str(target.relative_to(tmp)),
                             "iterations": result.iterations,
                             "metrics": metrics_summary(result.metrics),

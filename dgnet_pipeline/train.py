@@ -25,6 +25,8 @@ from dgnet.config import TrainStage
 from dgnet.errors import ConfigError
 from dgnet.io import atomic_dir, atomic_path, write_json
 from dgnet.profiles import merge
+from dgnet.training.hooks import LossCurve
+from dgnet_pipeline.common import LOSS_CURVE as LOSSES
 from dgnet_pipeline.common import section, teacher_paths
 from dgnet_pipeline.mlflow_hooks import LastImage, MlflowHooks, metrics_summary
 from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
@@ -137,8 +139,9 @@ def train_variant(inputs: StageInputs, args: argparse.Namespace, cfg: Any, stage
                 with hooks.logging_warnings(), warnings.catch_warnings():
                     if args.warmup:
                         warnings.filterwarnings("ignore", "schedule.warmup_start .* is past the run")
+                    curve = LossCurve(folder / LOSSES, history=fork.parent / LOSSES if fork else None)
                     result = train_dgnet(inputs.frame, model_cfg, cfg, teachers, folder,
-                                         hooks=[pictures, hooks], resume=True, fork_from=fork)
+                                         hooks=[pictures, hooks, curve], resume=True, fork_from=fork)
             finally:
                 hooks.close()
             if hooks.model_version is not None and alias and seed == stage.seeds[0]:
@@ -152,6 +155,8 @@ def train_variant(inputs: StageInputs, args: argparse.Namespace, cfg: Any, stage
                                                      "metrics": summary, "mlflow_run_id": run.info.run_id})
                 else:
                     shutil.copy2(result.model_path, tmp / "model.pt")
+                if curve.path.is_file():
+                    shutil.copy2(curve.path, tmp / LOSSES)
             if "swap_grid" in pictures.images:
                 with atomic_path(inputs.workspace / args.swap_grid) as png:
                     pictures.images["swap_grid"].save(png, format="PNG")

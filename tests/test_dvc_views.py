@@ -1,8 +1,8 @@
 """DVC's own views of the real dvc.yaml, in a tiny workspace: every stage's deps and outs stand in as
 small files, committed as if `dvc repro` had made them (`dvc commit`, nothing runs). Then
 `dvc metrics show` prints one short row per variant and seed, without an error; `dvc status` of
-the pipeline is up to date; `dvc plots show` draws one CMC chart, a curve per variant, from local
-Vega files."""
+the pipeline is up to date; `dvc plots show` draws one CMC chart and one chart of the training
+losses (a panel per loss term), a curve per variant each, from local Vega files."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def workspace(tmp_path_factory):
     subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
     assert _dvc(ws, "init", "-q").returncode == 0
     for name in ("dvc.yaml", "params.yaml", "tuning/dvc.yaml", ".dvc/config", ".dvc/plots.html",
-                 ".dvc/plots/cmc_by_model.json"):
+                 ".dvc/plots/cmc_by_model.json", ".dvc/plots/losses_by_model.json"):
         (ws / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, ws / name)
     cwd = os.getcwd()
@@ -70,11 +70,19 @@ def _stand_ins(ws, Repo) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(f"{item.def_path}\n")
     results = _results()
-    summary, plots = ws / PATHS.summary, ws / PATHS.plots
-    for stand_in in (summary, plots):
+    summary, plots, losses = ws / PATHS.summary, ws / PATHS.plots, ws / PATHS.losses
+    for stand_in in (summary, plots, losses):
         stand_in.unlink(missing_ok=True)
     evaluate_stage.write_summary(summary, results, {})
     evaluate_stage.cmc_table(results, {}).to_csv(plots, index=False)
+    models = {}
+    for result in results:  # a loss curve beside each model, as the training stages leave them
+        model = ws / "curves" / result.name / "model.pt"
+        model.parent.mkdir(parents=True)
+        term = "loss/id" if result.kind == "teacher" else "loss/recon_image"
+        model.parent.joinpath("losses.csv").write_text(f"iteration,{term}\n10,1.5\n20,1.0\n")
+        models[result.name] = model
+    evaluate_stage.write_loss_curves(losses, models)
     with Repo(str(ws)) as repo:
         repo.commit("dvc.yaml", force=True)
 
@@ -108,10 +116,11 @@ def test_status_of_the_pipeline_is_up_to_date(workspace):
     assert listed == ["tuning/dvc.yaml:tune:"]
 
 
-def test_plots_show_one_cmc_chart_a_curve_per_variant_offline(workspace):
+def test_plots_show_the_cmc_and_the_loss_charts_a_curve_per_variant_offline(workspace):
     shown = _dvc(workspace, "plots", "show")
     assert shown.returncode == 0, shown.stderr
     page = (workspace / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "../reports/gx_docs/static/vendor/vega/vega5.js" in page
-    assert page.count("vegaEmbed(") == 1 and '"field": "model"' in page
+    assert page.count("vegaEmbed(") == 2 and '"field": "model"' in page
     assert '"model": "teacher"' in page and '"model": "dgnet"' in page
+    assert '"facet"' in page and '"loss": "loss/recon_image"' in page and '"loss": "loss/id"' in page

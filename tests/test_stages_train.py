@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -122,6 +123,12 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     assert (workspace / "outputs" / "dgnet" / "seed1" / "model.pt").is_file()
     assert (workspace / "outputs" / "warmup" / "seed0" / "checkpoint.pt").is_file()
     warmup = json.loads((workspace / "outputs" / "warmup" / "seed0" / "warmup.json").read_text())
+    # Each run's loss curves beside its model; the fork's begin with its warm-up's rows.
+    curves = {name: pd.read_csv(workspace / "outputs" / name / "losses.csv")
+              for name in ("warmup/seed0", "dgnet/seed0", "dgnet/seed1", "teacher/seed1")}
+    warm, fork = curves["warmup/seed0"]["iteration"].tolist(), curves["dgnet/seed0"]["iteration"].tolist()
+    assert warm and fork[:len(warm)] == warm and len(fork) > len(warm)
+    assert curves["dgnet/seed1"]["iteration"].tolist() == fork and "loss/id" in curves["teacher/seed1"]
     assert (warmup["seed"], warmup["iterations"]) == (0, 1)
     assert (workspace / "reports" / "figures" / "dgnet_seed0_swap_grid.png").is_file()
     assert not (workspace / "checkpoints").exists()  # deleted once the stages succeeded
@@ -166,7 +173,9 @@ def test_stages_write_metrics_models_and_finished_runs(trained, workspace, store
     (parent,) = runs(client, "teacher")
     children = [runs(client, f"teacher-seed{s}")[0] for s in (0, 1)]
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    # Tagged with the stage run, not nested in it: MLflow's UI would add the parent to filtered tables.
+    assert all(c.data.tags["dgnet.stage_run"] == parent.info.run_id for c in children)
+    assert not any("mlflow.parentRunId" in c.data.tags for c in children)
     assert [(c.data.tags["dgnet.variant"], c.data.tags["dgnet.seed"]) for c in children] == [
         ("teacher", "0"), ("teacher", "1")]
     assert parent.data.tags["dgnet.variant"] == "teacher-mean"  # apart from the seeds in a grouped view
