@@ -356,7 +356,7 @@ def step_fp16(opts: argparse.Namespace) -> dict[str, Any]:
         "final_scale": {name: scaler.get_scale() for name, scaler in scalers.items()},
         "d_r1_range": [min(r1), max(r1)] if r1 else None, "peak_reserved_gb": _peak_gb(device),
         "last_losses": {k: v for k, v in rows[-1].items() if k.startswith("loss/")} if rows else {}}
-    problems = [f"{len(non_finite)} non-finite loss(es), first: {non_finite[0]['error']}"][:len(non_finite)]
+    problems = [f"{len(non_finite)} non-finite loss(es), first: {e['error']}" for e in non_finite[:1]]
     problems += [f"{k} skipped {len(v)} of {n} steps (limit {limit})"
                  for k, v in skipped.items() if len(v) > limit]
     return _verdict(figures, problems)
