@@ -1,22 +1,20 @@
-"""`dgnet tune` (and `python -m dgnet_pipeline.tune`, the DVC entry tuning/dvc.yaml): an Optuna study of
-DG-Net's loss weights, every trial a short training run tracked in MLflow.
+"""`dgnet tune` (stages/tune.py is its DVC entry): an Optuna study of DG-Net's loss weights, each trial a
+short training run tracked in MLflow (a parent run per study, a child per trial attempt).
 
 A trial trains params `tune.base` changed by `tune.train` with the `tune.space` weights TPE samples and
 scores `tune.metric` on a validation split of the training ids (never the test split), with a teacher
-trained on the rest of them (cached in outputs/tuning/). Optuna: an RDBStorage with heartbeats whose
-stale trials RetryHeartbeatStaleTrialCallback re-queues with the same weights (also a trial stopped by
-Ctrl-C or a tracking outage), resumed from checkpoints/tune-<study>-*; create_study(load_if_exists=True),
-study.optimize with MaxTrialsCallback until `n_trials` trials are finished (complete or pruned); a TPE
-sampler seeded per trial number (one worker, one seed: the same trials, resumed or not). MLflow: a
-parent run per study, a child per trial attempt.
-Exit codes: 0 done; 1 a test image in a trial's data; 2 bad params, data, storage or tracking store, a
-study resumed with other settings, too many failed trials; 130 interrupted (re-run to go on)."""
+trained on the rest of them (cached in outputs/tuning/). Workers share the study through Optuna's
+RDBStorage; a dead worker's trial, or one stopped by Ctrl-C or a tracking outage, is re-queued with its
+weights and resumes from its checkpoint. Exit codes: 0 done; 1 a test image in a trial's data; 2 bad
+params, data, storage or tracking store, a study resumed with other settings, too many failed trials;
+130 interrupted (re-run to go on)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -47,13 +45,13 @@ from dgnet_pipeline import workspace as ws
 from dgnet_pipeline.common import TEACHER_INDEX, load_params, parse_seeds, section, teacher_paths
 from dgnet_pipeline.mlflow_hooks import MlflowHooks, flatten, metrics_summary, mlflow_settings
 from dgnet_pipeline.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
-from dgnet_pipeline.tracking import TrackingError, redact, short
+from dgnet_pipeline.tracking import TrackingError, one_attempt, redact, short
 
 STAGE = "tune"  # the params section; the runs' dgnet.stage and dgnet.variant
 SCORE_SPLIT, VALIDATION_PREFIX = "validation", "val/"  # what tuning figures are scored on; their prefix
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings", "dgnet.mlflow_parent_run_id"  # study user attributes
-MAX_FAILURES_IN_A_ROW, LOCK_TIMEOUT_S = 3, 300
+MAX_FAILURES_IN_A_ROW, LOCK_TIMEOUT_S, ADVISORY_LOCK = 3, 300, 74121
 WAITING = "tune: another worker is opening the study; waiting for it"
 DEFAULT_METRICS, TEACHER_ROOT = Path("reports/metrics/tune.json"), Path("outputs/tuning")
 
@@ -62,57 +60,34 @@ class StorageError(DgnetError):
     """The Optuna storage cannot be opened; the message names its URL (password hidden)."""
 
 
-def check_storage(url: str) -> tuple[str, str | None]:
-    """(backend, SQLite file or None), or StorageError: not a SQLAlchemy URL, a SQLite file in a
-    missing folder, a database server that does not answer within seconds."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception as exc:
-        raise StorageError(f"Optuna storage {redact(url)}: not a SQLAlchemy URL (e.g. sqlite:///optuna.db, "
-                           f"postgresql+psycopg://user:password@host/db)") from exc
-    backend = parsed.get_backend_name()
-    database = parsed.database if backend == "sqlite" and parsed.database not in ("", ":memory:") else None
-    if database and not Path(database).parent.is_dir():
-        raise StorageError(f"Optuna storage {url}: the folder {Path(database).parent} does not exist")
-    if backend != "sqlite":
-        tracking.check_database(url, "Optuna storage", error=StorageError)
-    return backend, database
-
-
 @contextlib.contextmanager
 def startup_lock(url: str) -> Iterator[None]:
-    """Held while a worker opens the storage, the study, its settings and its MLflow parent run: Optuna's
-    table creation is not safe against a concurrent one, and neither Optuna's user attributes (upserts)
-    nor MLflow (no create-if-absent) can elect one parent among workers started together. PostgreSQL:
-    an advisory lock (the server releases it if the worker dies); SQLite: a filelock beside the file;
-    other backends: none (start workers one by one)."""
+    """Held while a worker opens the storage, the study and its MLflow parent run: Optuna's table creation
+    is not safe against a concurrent one, and neither Optuna nor MLflow (no create-if-absent) can elect
+    one parent among workers started together. PostgreSQL: an advisory lock (freed if the worker dies);
+    SQLite: a filelock beside the file; other backends: none (start workers one by one)."""
+    import sqlalchemy
     from filelock import FileLock, Timeout
 
-    backend, database = check_storage(url)
+    tracking.check_database(url, "Optuna storage", error=StorageError)
+    parsed = sqlalchemy.engine.make_url(url)
     with contextlib.ExitStack() as held:
         try:
-            if backend == "postgresql":
-                import sqlalchemy
-                from sqlalchemy.pool import NullPool
-
-                engine = sqlalchemy.create_engine(url, poolclass=NullPool,
-                                                  connect_args={"connect_timeout": 10})
-                session = held.enter_context(engine.connect())
-                session.execution_options(isolation_level="AUTOCOMMIT")
+            if parsed.get_backend_name() == "postgresql":
+                engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                                  isolation_level="AUTOCOMMIT")
+                session = held.enter_context(engine.connect())  # closing it frees the lock
                 session.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-                if not session.exec_driver_sql("SELECT pg_try_advisory_lock(74121)").scalar():
+                if not session.exec_driver_sql(f"SELECT pg_try_advisory_lock({ADVISORY_LOCK})").scalar():
                     print(WAITING, flush=True)
-                    session.exec_driver_sql("SELECT pg_advisory_lock(74121)")  # closing the session frees it
-            elif database:
-                lock = FileLock(f"{database}.lock", timeout=LOCK_TIMEOUT_S)
+                    session.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK})")
+            elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+                lock = FileLock(f"{parsed.database}.lock", timeout=LOCK_TIMEOUT_S)
                 try:
-                    lock.acquire(blocking=False)
+                    held.enter_context(lock.acquire(blocking=False))
                 except Timeout:
                     print(WAITING, flush=True)
-                    lock.acquire()
-                held.callback(lock.release)
+                    held.enter_context(lock.acquire())
         except Exception as exc:
             raise StorageError(f"Optuna storage {redact(url)}: no start-up lock within {LOCK_TIMEOUT_S} s "
                                f"(is another worker hanging?): {short(exc)}") from exc
@@ -120,34 +95,29 @@ def startup_lock(url: str) -> Iterator[None]:
 
 
 class PerTrialSeedTPESampler(optuna.samplers.BaseSampler):
-    """A TPESampler(seed=hash(seed, trial number)) for each trial. TPESampler(seed) seeds once per
+    """A TPESampler seeded by (seed, trial number) for each trial. TPESampler(seed) seeds once per
     process, so a resumed study would draw its start-up points from the start of the same sequence
     again; here trial k draws from the same state whatever process runs it."""
 
     def __init__(self, seed: int, n_startup_trials: int) -> None:
-        self.seed, self.n_startup_trials, self.number, self.tpe = seed, n_startup_trials, None, None
+        self.seed, self.n_startup_trials = seed, n_startup_trials
 
-    def sampler(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
-        if trial.number != self.number:
-            state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
-            self.number = trial.number
-            self.tpe = optuna.samplers.TPESampler(seed=state, n_startup_trials=self.n_startup_trials)
-        return self.tpe
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:  # a trial's first call
+        state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+        self.tpe = optuna.samplers.TPESampler(seed=state, n_startup_trials=self.n_startup_trials)
+        self.tpe.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self.sampler(trial).infer_relative_search_space(study, trial)
+        return self.tpe.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: dict) -> dict[str, Any]:
-        return self.sampler(trial).sample_relative(study, trial, space)
+        return self.tpe.sample_relative(study, trial, space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any) -> Any:
-        return self.sampler(trial).sample_independent(study, trial, name, dist)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.sampler(trial).before_trial(study, trial)
+        return self.tpe.sample_independent(study, trial, name, dist)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
-        self.sampler(trial).after_trial(study, trial, state, values)
+        self.tpe.after_trial(study, trial, state, values)
 
 
 def make_pruner(pruner: PrunerConfig) -> optuna.pruners.BasePruner:
@@ -193,25 +163,44 @@ def trials(study: optuna.Study, *states: TrialState) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=states or None)
 
 
+def running_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    return next(t for t in trials(study, TrialState.RUNNING) if t.number == number)
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return study.best_trial if trials(study, TrialState.COMPLETE) else None
 
 
+@contextlib.contextmanager
+def mlflow_errors(client: Any, what: str) -> Iterator[None]:
+    """An MLflow client error in the block becomes TrackingError naming the store."""
+    try:
+        yield
+    except DgnetError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"MLflow at {redact(str(client.tracking_uri))}: could not {what}: "
+                            f"{short(exc)}") from exc
+
+
 @dataclasses.dataclass
-class Context:
-    """What every trial needs. `frame`: the validation split; `test`: the manifest's query and gallery
-    rows, for the guard (check_no_test_images) only; `fingerprint`: data, split and teacher, part of
-    the checkpoint folders' key; `teacher`: (its config, its cache folder), None when no trial needs one."""
+class Tuning:
+    """What the trials share: `frame` is the validation split, `fingerprint` (data, split, teacher) part
+    of the checkpoint folders' key, `teacher` (its config, its cache folder) None when no trial needs one."""
 
     workspace: Path
     cfg: TuneConfig
     base_values: dict[str, Any]  # the base section with tune.train applied
     frame: Any
-    test: Any
     model_cfg: Any
     teacher: tuple[Any, Path] | None
     extra_params: dict[str, Any]
     fingerprint: dict[str, Any]
+    client: Any = None
+    experiment_id: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    parent_id: str | None = None
+    storage: RDBStorage | None = None
     teachers: list[Path] = dataclasses.field(default_factory=list)
 
     @property
@@ -255,225 +244,174 @@ class TrialHooks(MlflowHooks):
 def requeue(study: optuna.Study, number: int, cfg: TuneConfig) -> None:
     """Re-queue running trial `number`, which this process stopped (not its weights), with `retry`."""
     try:
-        trial = next(t for t in trials(study, TrialState.RUNNING) if t.number == number)
-        if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= cfg.max_retry:
-            print(f"tune: trial {number} not re-queued: its weights were re-run tune.max_retry "
-                  f"({cfg.max_retry}) times already", flush=True)
-            return
-        retry(cfg)(study, trial)
+        trial = running_trial(study, number)
+        again = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) < cfg.max_retry
+        retry(cfg)(study, trial)  # past max_retry, it does nothing
     except Exception as exc:  # the storage may be what broke; why the trial stopped matters more
         print(f"tune: warning: could not re-queue trial {number}: {short(exc, 160)}", file=sys.stderr)
         return
-    print(f"tune: trial {number} re-queued with the same weights (a re-run resumes from its last "
-          f"checkpoint)", flush=True)
+    print(f"tune: trial {number} " + ("re-queued with the same weights (a re-run resumes from its last "
+          "checkpoint)" if again else f"not re-queued: its weights were re-run tune.max_retry "
+          f"({cfg.max_retry}) times already"), flush=True)
 
 
-def objective(ctx: Context, tracker: StudyTracker) -> Any:
-    """Optuna's objective: train one configuration, return its final metric (pruned on the way)."""
+def retire_attempts(tuning: Tuning, history: Sequence[int], number: int) -> None:
+    """The MLflow runs of the attempts trial `number` re-runs: ended KILLED if a dead worker left them
+    RUNNING, tagged `optuna.state` FAIL and `optuna.rerun_as` the trial."""
+    client, study = tuning.client, tuning.cfg.study
+    with mlflow_errors(client, f"retire the earlier attempts of trial {number}"):
+        for old in history:
+            query = (f"tags.`optuna.study` = '{study}' and tags.`optuna.trial_number` = '{old}' and "
+                     f"tags.`mlflow.parentRunId` = '{tuning.parent_id}'")
+            for run in client.search_runs([tuning.experiment_id], query):
+                if run.info.status == "RUNNING":
+                    client.set_terminated(run.info.run_id, "KILLED")
+                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+                client.set_tag(run.info.run_id, "optuna.rerun_as", str(number))
+
+
+def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
+    """Optuna's objective: train one configuration in a child run `trial-NNNN` of the parent, ended
+    FINISHED (complete), KILLED (pruned, interrupted, a tracking outage) or FAILED and tagged
+    `optuna.state`; return its final metric (pruned on the way). A trial stopped from outside keeps its
+    checkpoints and is re-queued; its re-run (`optuna.retry_of`) retires the earlier attempts' runs."""
     from dgnet.config import DGNetTrainConfig
     from dgnet.training import trainer
 
-    cfg = ctx.cfg
+    cfg, client, number = tuning.cfg, tuning.client, trial.number
+    started, outcome, state, stopped = time.monotonic(), "FAIL", "FAIL", False
+    sampled = {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in cfg.space}
+    history = RetryHeartbeatStaleTrialCallback.retry_history(running_trial(trial.study, number))
+    schedule = {t: sampled[k.name] for k in cfg.space for t in k.targets}
+    train_cfg = ws.train_config(DGNetTrainConfig, merge(tuning.base_values, {"schedule": schedule}),
+                                f"tune (from {cfg.base})", STAGE_KEYS["train"])[0]
+    folder = ws.work_dir(tuning.workspace, f"tune-{cfg.study}",
+                         {"model": tuning.model_cfg, "train": train_cfg, **tuning.fingerprint})
+    storage = tuning.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(cfg.study),
+                                                                number)
+    tags = {**tuning.tags, "optuna.trial_number": str(number), "optuna.trial_id": str(trial_id),
+            **({"optuna.retry_of": str(history[-1])} if history else {})}
+    try:
+        with tracked_run(client, tuning.experiment_id, f"trial-{number:04d}", tags,
+                         tuning.parent_id, killed_by=(optuna.TrialPruned, TrackingError)) as run:
+            trial.set_user_attr("mlflow_run_id", run_id := run.info.run_id)
+            hooks = TrialHooks(client, run_id, variant=STAGE, extra_params=tuning.extra_params,
+                               eval_prefix=VALIDATION_PREFIX, trial=trial, history=history, sampled=sampled,
+                               cfg=cfg, iterations=train_cfg.iterations)
+            try:
+                retire_attempts(tuning, history, number)
+                hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
+                result = trainer.train_dgnet(tuning.frame, tuning.model_cfg, train_cfg, tuning.teachers,
+                                             folder, hooks=[hooks], resume=True)
+                value = float(result.metrics[cfg.metric])
+                hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
+                hooks.flush()
+                state = "COMPLETE"
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                hooks.close()
+                with contextlib.suppress(Exception), one_attempt(client.tracking_uri):  # the store may be
+                    client.set_tag(run_id, "optuna.state", state)  # why the trial stopped: one attempt
+        outcome = f"COMPLETE, {cfg.metric} {value:.4f}"
+        return value
+    except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome
+        outcome = f"{state} ({short(exc, 120)})"
+        raise
+    except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
+        stopped = True
+        outcome = f"stopped ({type(exc).__name__}{': ' + short(exc, 120) if str(exc) else ''})"
+        raise
+    finally:
+        if not stopped:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"tune: trial {number} {outcome} after {time.monotonic() - started:.0f} s", flush=True)
+        if stopped:
+            requeue(trial.study, number, cfg)
 
-    def run(trial: optuna.Trial) -> float:
-        check_no_test_images(ctx.frame, ctx.test, "tuning")  # a refused trial fails, not re-queued
-        started, outcome, stopped = time.monotonic(), "FAIL", False
-        sampled = {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in cfg.space}
-        history = next(RetryHeartbeatStaleTrialCallback.retry_history(t)
-                       for t in trials(trial.study, TrialState.RUNNING) if t.number == trial.number)
-        schedule = {t: sampled[k.name] for k in cfg.space for t in k.targets}
-        train_cfg = ws.train_config(DGNetTrainConfig, merge(ctx.base_values, {"schedule": schedule}),
-                                    f"tune (from {cfg.base})", STAGE_KEYS["train"])[0]
-        folder = ws.work_dir(ctx.workspace, f"tune-{cfg.study}",
-                             {"model": ctx.model_cfg, "train": train_cfg, **ctx.fingerprint})
-        try:
-            with tracker.trial_run(trial, sampled, history) as run_id:
-                hooks = TrialHooks(tracker.client, run_id, variant=STAGE, extra_params=ctx.extra_params,
-                                   eval_prefix=VALIDATION_PREFIX, trial=trial, history=history,
-                                   sampled=sampled, cfg=cfg, iterations=train_cfg.iterations)
-                try:
-                    result = trainer.train_dgnet(ctx.frame, ctx.model_cfg, train_cfg, ctx.teachers, folder,
-                                                 hooks=[hooks], resume=True)
-                    value = float(result.metrics[cfg.metric])
-                    hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
-                finally:
-                    hooks.close()
-            outcome = f"COMPLETE, {cfg.metric} {value:.4f}"
-            return value
-        except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome
-            outcome = f"{'PRUNED' if isinstance(exc, optuna.TrialPruned) else 'FAIL'} ({short(exc, 120)})"
-            raise
-        except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
-            stopped = True
-            outcome = f"stopped ({type(exc).__name__}{': ' + short(exc, 120) if str(exc) else ''})"
-            raise
-        finally:
-            if not stopped:
-                shutil.rmtree(folder, ignore_errors=True)
-            print(f"tune: trial {trial.number} {outcome} after {time.monotonic() - started:.0f} s",
-                  flush=True)
-            if stopped:
-                requeue(trial.study, trial.number, cfg)
 
-    return run
-
-
-def run_trials(study: optuna.Study, func: Any, cfg: TuneConfig) -> None:
+def run_trials(study: optuna.Study, tuning: Tuning) -> None:
     """study.optimize until `n_trials` trials are finished and none waits to be re-run (with several
     workers each stops there, so up to workers - 1 more may finish: MaxTrialsCallback's way); then wait
     for trials running elsewhere (a grace period and a heartbeat at most), re-running those that die."""
-    failures: list[int] = []
+    cfg, failures, waited, heartbeat = tuning.cfg, [], 0, tuning.cfg.heartbeat_interval
+    limit = (cfg.grace_period or 2 * heartbeat) + heartbeat if heartbeat else 0
 
     def failed_in_a_row(study: optuna.Study, trial: FrozenTrial) -> None:
         failures[:] = [*failures, trial.number] if trial.state == TrialState.FAIL else []
         if len(failures) >= MAX_FAILURES_IN_A_ROW:
             study.stop()
 
-    deadline = None
     while True:
-        if cfg.heartbeat_interval:
+        if heartbeat:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed and re-queued
         if len(trials(study, *FINISHED)) < cfg.n_trials or trials(study, TrialState.WAITING):
-            study.optimize(func, catch=(NonFiniteLossError,),
+            study.optimize(functools.partial(run_trial, tuning), catch=(NonFiniteLossError,),
                            callbacks=[MaxTrialsCallback(cfg.n_trials, states=FINISHED), failed_in_a_row])
             if len(failures) >= MAX_FAILURES_IN_A_ROW:
                 raise DgnetError(f"study {cfg.study!r}: {len(failures)} trials in a row failed (non-finite "
                                  f"losses); narrow tune.space, e.g. lower the `high` of the largest weights")
-            deadline = None
-        elif not cfg.heartbeat_interval or not trials(study, TrialState.RUNNING) or (
-                deadline is not None and time.monotonic() >= deadline):
+            waited = 0
+            continue
+        if not heartbeat or not trials(study, TrialState.RUNNING) or waited >= limit:
             return
-        elif deadline is None:
-            wait = (cfg.grace_period or 2 * cfg.heartbeat_interval) + cfg.heartbeat_interval
-            deadline = time.monotonic() + wait
-            print(f"tune: waiting up to {wait} s for trials running elsewhere", file=sys.stderr)
-        else:
-            time.sleep(cfg.heartbeat_interval)
+        if not waited:
+            print(f"tune: waiting up to {limit} s for trials running elsewhere", file=sys.stderr)
+        time.sleep(heartbeat)
+        waited += heartbeat
 
 
-@dataclasses.dataclass
-class StudyTracker:
-    """The study's MLflow runs: the parent (recorded in the study, found again on resume), one child per
-    trial attempt and the tuning teacher's. Client errors become TrackingError naming the store."""
+def open_parent(client: Any, experiment_id: str, study: optuna.Study, tags: Mapping[str, str],
+                params: Mapping[str, Any]) -> str:
+    """The parent run the study remembers, set RUNNING; else a new one, recorded in the study (under
+    `startup_lock`, so that workers started together share it)."""
+    with mlflow_errors(client, "open the study's parent run"):
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        with contextlib.suppress(Exception):  # another store, or deleted: a new parent
+            if run_id and client.get_run(run_id).info.lifecycle_stage == "active":
+                client.update_run(run_id, status="RUNNING")
+                return run_id
+        run_id = client.create_run(experiment_id, run_name=f"tune-{study.study_name}",
+                                   tags={**tags, "dgnet.kind": "study"}).info.run_id
+        MlflowHooks(client, run_id).log_params(params)
+        study.set_user_attr(PARENT_ATTR, run_id)
+        return run_id
 
-    client: Any
-    experiment_id: str
-    study: str
-    tags: dict[str, str]
-    parent_id: str | None = None
-    storage: RDBStorage | None = None
 
-    @contextlib.contextmanager
-    def store(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except DgnetError:
-            raise
-        except Exception as exc:
-            raise TrackingError(f"MLflow at {redact(str(self.client.tracking_uri))}: could not {what}: "
-                                f"{short(exc)}") from exc
+def summarize(tuning: Tuning, study: optuna.Study) -> None:
+    """On the parent: best weights and value (`best/...`, step = finished trials), trial counts, trials.csv
+    and Optuna's plots (PNG)."""
+    import matplotlib
 
-    def open_parent(self, study: optuna.Study, params: Mapping[str, Any], storage: str) -> None:
-        """The run the study remembers, set RUNNING; else a new one, recorded (under the start-up lock)."""
-        with self.store("open the study's parent run"):
-            run_id = study.user_attrs.get(PARENT_ATTR)
-            with contextlib.suppress(Exception):  # another store, or deleted: a new parent
-                if run_id and self.client.get_run(run_id).info.lifecycle_stage == "active":
-                    self.client.update_run(run_id, status="RUNNING")
-                    self.parent_id = run_id
-                    return
-            tags = {**self.tags, "dgnet.kind": "study", "dgnet.variant": STAGE, "optuna.study": self.study,
-                    "optuna.storage": storage}
-            self.parent_id = self.client.create_run(self.experiment_id, run_name=f"tune-{self.study}",
-                                                    tags=tags).info.run_id
-            MlflowHooks(self.client, self.parent_id).log_params(params)
-            study.set_user_attr(PARENT_ATTR, self.parent_id)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
 
-    @contextlib.contextmanager
-    def trial_run(self, trial: optuna.Trial, sampled: Mapping[str, float], history: Sequence[int]
-                  ) -> Iterator[str]:
-        """A child run `trial-NNNN`, ended FINISHED (complete), KILLED (pruned, interrupted, a tracking
-        outage) or FAILED, tagged `optuna.state`; the runs of the attempts it re-runs (`history`) are
-        ended KILLED if left RUNNING and point at it (`optuna.rerun_as`; its `optuna.retry_of`)."""
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.storage.get_study_id_from_name(self.study), trial.number)
-        tags = {**self.tags, "dgnet.kind": "dgnet", "dgnet.variant": STAGE, "optuna.study": self.study,
-                "optuna.trial_number": str(trial.number), "optuna.trial_id": str(trial_id),
-                **({"optuna.retry_of": str(history[-1])} if history else {})}
-        with tracked_run(self.client, self.experiment_id, f"trial-{trial.number:04d}", tags,
-                         parent_run_id=self.parent_id, killed_by=(optuna.TrialPruned, TrackingError)) as run:
-            run_id, state = run.info.run_id, "FAIL"
-            trial.set_user_attr("mlflow_run_id", run_id)
-            with self.store(f"retire the earlier attempts of trial {trial.number}"):
-                for number in history:
-                    query = (f"tags.`optuna.study` = '{self.study}' and tags.`optuna.trial_number` = "
-                             f"'{number}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
-                    for old in self.client.search_runs([self.experiment_id], query):
-                        if old.info.status == "RUNNING":
-                            self.client.set_terminated(old.info.run_id, "KILLED")
-                        self.client.set_tag(old.info.run_id, "optuna.state", "FAIL")
-                        self.client.set_tag(old.info.run_id, "optuna.rerun_as", str(trial.number))
-            hooks = MlflowHooks(self.client, run_id)
-            hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
-            try:
-                yield run_id
-                state = "COMPLETE"
-                hooks.set_tags({"optuna.state": state})  # a failure re-queues the trial
-            except optuna.TrialPruned:
-                state = "PRUNED"
-                raise
-            finally:
-                if state != "COMPLETE":  # one attempt: the store may be why the trial stopped
-                    try:
-                        self.client.set_tag(run_id, "optuna.state", state)
-                    except Exception as exc:
-                        print(f"tune: warning: could not tag MLflow run {run_id} {state}: {short(exc, 160)}",
-                              file=sys.stderr)
-
-    def summarize(self, study: optuna.Study, n_trials: int) -> None:
-        """On the parent: best weights and value (`best/...`, step = finished trials), trial counts,
-        Optuna's plots (PNG) and trials.csv."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as plots
-
-        counts = {s.name.lower(): len(trials(study, s)) for s in TrialState}
-        metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
-        if (best := best_trial(study)) is not None:
-            metrics.update({"best/value": best.value, "best/trial_number": best.number,
-                            **{f"best/{k}": v for k, v in best.params.items()}})
-            self.client.set_tag(self.parent_id, "optuna.best_trial", str(best.number))
-        hooks = MlflowHooks(self.client, self.parent_id)
-        hooks.on_iteration(counts["complete"] + counts["pruned"], metrics)
-        hooks.flush()
-        self.client.set_tag(self.parent_id, "optuna.n_trials", str(n_trials))
-        if study.trials:
-            self.client.log_text(self.parent_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
-        for name, needed in [("optimization_history", 1), ("intermediate_values", 1),
-                             ("param_importances", 2)]:
-            if counts["complete"] < needed:  # importances need two complete trials
-                continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    axes = getattr(plots, f"plot_{name}")(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                print(f"tune: plot {name} skipped: {short(exc)}", file=sys.stderr)
-                continue
-            figure = np.ravel(axes)[0].figure
+    client, parent = tuning.client, tuning.parent_id
+    counts = {s.name.lower(): len(trials(study, s)) for s in TrialState}
+    metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
+    tags = {"optuna.n_trials": tuning.cfg.n_trials}
+    if (best := best_trial(study)) is not None:
+        metrics.update({"best/value": best.value, "best/trial_number": best.number,
+                        **{f"best/{k}": v for k, v in best.params.items()}})
+        tags["optuna.best_trial"] = best.number
+    hooks = MlflowHooks(client, parent)
+    hooks.on_iteration(counts["complete"] + counts["pruned"], metrics)
+    hooks.flush()
+    hooks.set_tags(tags)
+    if study.trials:
+        client.log_text(parent, study.trials_dataframe().to_csv(index=False), "trials.csv")
+    for name, needed in [("optimization_history", 1), ("intermediate_values", 1), ("param_importances", 2)]:
+        if counts["complete"] >= needed:  # importances need two complete trials
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                figure = getattr(plots, f"plot_{name}")(study).figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            try:
-                self.client.log_figure(self.parent_id, figure, f"plots/{name}.png")
-            finally:
-                plt.close(figure)
-
-    def end_parent(self, study: optuna.Study, status: str) -> None:
-        """End the parent run, unless another worker still runs a trial of the study."""
-        if status == "FINISHED" or not trials(study, TrialState.RUNNING):
-            self.client.set_terminated(self.parent_id, status)
+            client.log_figure(parent, figure, f"plots/{name}.png")
+            plt.close(figure)
 
 
 def teacher_recipe(values: Mapping[str, Any], key: dict[str, Any]) -> tuple[Any, Path]:
@@ -489,35 +427,32 @@ def teacher_recipe(values: Mapping[str, Any], key: dict[str, Any]) -> tuple[Any,
     return cfg, TEACHER_ROOT / f"teacher-{digest.hexdigest()[:12]}"
 
 
-def ensure_teacher(ctx: Context, tracker: StudyTracker) -> list[Path]:
+def ensure_teacher(tuning: Tuning) -> list[Path]:
     """The tuning teacher: cached, or trained now on the tuning-train split (by one worker of the
     workspace at a time: a filelock) in a child run of the study's parent, published atomically."""
     from filelock import FileLock
 
     from dgnet.training.teacher_trainer import train_teacher
 
-    cfg, relative = ctx.teacher
-    folder, name, split = ctx.workspace / relative, f"tuning-teacher-seed{cfg.seed}", ctx.split
+    cfg, relative = tuning.teacher
+    folder, name, split = tuning.workspace / relative, f"tuning-teacher-seed{cfg.seed}", tuning.split
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{folder}.lock"):
         if (folder / TEACHER_INDEX).is_file():
             print(f"tune: teacher of the tuning split: {relative} (cached)", flush=True)
-            return teacher_paths(ctx.workspace, relative)
-        check_no_test_images(ctx.frame, ctx.test, "the tuning teacher")
+            return teacher_paths(tuning.workspace, relative)
         print(f"tune: training the teacher of the tuning split ({split['train_ids']} ids, "
               f"{split['train_images']} images) into {relative}", flush=True)
-        run_dir = ws.work_dir(ctx.workspace, name, {"teacher": relative.name})
-        variant = f"tune-teacher-seed{cfg.seed}"
-        tags = {**tracker.tags, "dgnet.kind": "teacher", "dgnet.variant": variant,
-                "optuna.study": tracker.study}
-        with tracked_run(tracker.client, tracker.experiment_id, name, tags,
-                         parent_run_id=tracker.parent_id) as run:
-            link_previous_run(tracker.client, run_dir, run.info.run_id)
-            hooks = MlflowHooks(tracker.client, run.info.run_id, variant=variant,
-                                eval_prefix=VALIDATION_PREFIX,
-                                extra_params={**ctx.extra_params, "teacher.seeds": [cfg.seed]})
+        run_dir, variant = ws.work_dir(tuning.workspace, name, {"teacher": relative.name}), f"tune-{name[7:]}"
+        tags = {**tuning.tags, "dgnet.kind": "teacher", "dgnet.variant": variant}  # tune-teacher-seedN
+        client = tuning.client
+        with tracked_run(client, tuning.experiment_id, name, tags, parent_run_id=tuning.parent_id) as run:
+            link_previous_run(client, run_dir, run.info.run_id)
+            hooks = MlflowHooks(client, run.info.run_id, variant=variant, eval_prefix=VALIDATION_PREFIX,
+                                extra_params={**tuning.extra_params, "teacher.seeds": [cfg.seed]})
             try:
-                result = train_teacher(ctx.frame, ctx.model_cfg, cfg, run_dir, hooks=[hooks], resume=True)
+                result = train_teacher(tuning.frame, tuning.model_cfg, cfg, run_dir, hooks=[hooks],
+                                       resume=True)
             finally:
                 hooks.close()
         metrics = metrics_summary(result.metrics)
@@ -528,24 +463,22 @@ def ensure_teacher(ctx: Context, tracker: StudyTracker) -> list[Path]:
                      "metrics": metrics, "score_split": SCORE_SPLIT, "mlflow_run_id": run.info.run_id}
             write_json(tmp / TEACHER_INDEX, {"kind": "teacher", "trained_on": "tuning split", "split": split,
                                              "teachers": [entry]})
-        ws.remove_work_dirs(ctx.workspace, name)
+        ws.remove_work_dirs(tuning.workspace, name)
         print(f"tune: tuning teacher trained ({', '.join(f'val {k} {v:.4f}' for k, v in metrics.items())})",
               flush=True)
-    return teacher_paths(ctx.workspace, relative)
+    return teacher_paths(tuning.workspace, relative)
 
 
-def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, Any]]:
+def prepare(args: argparse.Namespace) -> tuple[Tuning, dict[str, Any]]:
     """Params (`tune` after --set and the options), data, split and teacher recipe, checked before
-    anything is opened or trained: the trials' context and the study's settings key."""
+    anything is opened or trained: what the trials share and the study's settings key."""
     from dgnet.config import DGNetTrainConfig
 
     workspace = tracking.workspace_root()
     params = resolve_params(load_params(workspace))
     values = apply_assignments(section(params, STAGE), args.assignments, STAGE)
-    options = {"study": args.study, "n_trials": args.n_trials, "seed": args.seed, "storage": args.storage,
-               "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
-               "out": args.out}
-    values.update({k: v for k, v in options.items() if v is not None})
+    options = ("study", "n_trials", "seed", "storage", "heartbeat_interval", "grace_period", "out")
+    values.update({k: getattr(args, k) for k in options if getattr(args, k) is not None})
     cfg = section_config(TuneConfig, {STAGE: values}, STAGE)
     mlflow_settings(params)  # checked here; read again when tracking starts
     base_values = merge(section(params, cfg.base), cfg.train)
@@ -554,8 +487,7 @@ def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, Any]]:
     manifest_file = ws.manifest_path(params, workspace)
     manifest = ws.read_manifest(manifest_file, ws.report_path(params, workspace))
     frame = validation_split(manifest, cfg.validation_fraction, cfg.validation_seed)
-    test = benchmark_rows(manifest)[["path", "person_id"]]  # for the guard only: never opened
-    check_no_test_images(frame, test, "tuning")
+    check_no_test_images(frame, benchmark_rows(manifest)[["path", "person_id"]], "tuning")  # never opened
     split, md5 = frame.attrs[SPLIT_ATTR], ws.file_md5(manifest_file)
     model_cfg = ws.model_config(params, frame)
     teacher = None  # it enters the settings by its recipe, so they are checked before it trains
@@ -568,66 +500,69 @@ def prepare(args: argparse.Namespace) -> tuple[Context, dict[str, Any]]:
              "data.validation_fraction": split["fraction"], "data.validation_seed": split["seed"],
              **{f"data.{k}": split[k] for k in ("validation_ids", "query_images", "gallery_images",
                                                 "train_images", "train_ids")}}
-    ctx = Context(workspace, cfg, base_values, frame, test, model_cfg, teacher, extra,
-                  {"manifest": md5, "validation": split["query_sha256"], "teachers": teacher_key})
+    tuning = Tuning(workspace, cfg, base_values, frame, model_cfg, teacher, extra,
+                    {"manifest": md5, "validation": split["query_sha256"], "teachers": teacher_key})
     # Not the searched schedule fields (applying tuned weights keeps the study), nor n_trials (it grows).
     searched = {t for k in cfg.space for t in k.targets}
     schedule = {k: v for k, v in (base_values.get("schedule") or {}).items() if k not in searched}
     key = {"space": [dataclasses.asdict(k) for k in cfg.space], "metric": cfg.metric, "seed": cfg.seed,
            "base": cfg.base, "train": {**base_values, "schedule": schedule}, "manifest": md5,
            "validation": split, "teachers": teacher_key, "model": model_cfg}
-    return ctx, key
+    return tuning, key
+
+
+def warn_if_fails(what: str, step: Any, *args: Any) -> None:
+    """`step(*args)`; a failure only warns: it must not hide why the study stopped."""
+    try:
+        step(*args)
+    except Exception as exc:
+        print(f"dgnet tune: warning: could not {what}: {short(exc)}", file=sys.stderr)
 
 
 def tune(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    ctx, key = prepare(args)
-    cfg, url = ctx.cfg, tracking.absolute_sqlite(ctx.cfg.storage)
-    check_storage(url)  # an unreachable storage or tracking store is said at once
-    client = tracking.connect(uri := tracking.tracking_uri())
-    experiment_id = ensure_experiment(client, mlflow_settings(load_params(ctx.workspace)).experiment,
-                                      tracking.artifact_location(uri))
-    tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", ctx.workspace),
-            "dgnet.score_split": SCORE_SPLIT}
-    tracker = StudyTracker(client, experiment_id, cfg.study, tags)
+    tuning, key = prepare(args)
+    cfg, url = tuning.cfg, tracking.absolute_sqlite(tuning.cfg.storage)
+    client = tuning.client = tracking.connect(uri := tracking.tracking_uri())
+    experiment = mlflow_settings(load_params(tuning.workspace)).experiment
+    tuning.experiment_id = ensure_experiment(client, experiment, tracking.artifact_location(uri))
+    tuning.tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", tuning.workspace),
+                   "dgnet.score_split": SCORE_SPLIT, "optuna.study": cfg.study}
     space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)} for k in cfg.space}
     params = {"seed": cfg.seed, "metric": cfg.metric, "base": cfg.base, "train": dict(cfg.train),
               "space": space, "sampler.n_startup_trials": cfg.sampler.n_startup_trials,
               "pruner": dataclasses.asdict(cfg.pruner), "score_split": SCORE_SPLIT,
-              "validation": dict(ctx.split)}
+              "validation": dict(tuning.split)}
     with startup_lock(url):
-        study, tracker.storage = open_study(url, cfg, key)
-        tracker.open_parent(study, {STAGE: params}, redact(url))
+        study, tuning.storage = open_study(url, cfg, key)
+        tuning.parent_id = open_parent(client, tuning.experiment_id, study,
+                                       {**tuning.tags, "optuna.storage": redact(url)}, {STAGE: params})
     print(f"tune: study {cfg.study!r} in {redact(url)}: {len(trials(study, *FINISHED))} of {cfg.n_trials} "
           f"trials finished", flush=True)
-    status, summarize = "FAILED", True
+    status = "FAILED"
     try:
-        if ctx.teacher is not None:
-            ctx.teachers = ensure_teacher(ctx, tracker)
-        run_trials(study, objective(ctx, tracker), cfg)
+        if tuning.teacher is not None:
+            tuning.teachers = ensure_teacher(tuning)
+        run_trials(study, tuning)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     except TrackingError:
-        summarize = False  # the store is away: the next run summarizes the study and ends the parent
+        status = None  # the store is away: the next run summarizes the study and ends the parent
         raise
     finally:
-        for what, step, arg in (("summarize the study in MLflow", tracker.summarize, cfg.n_trials),
-                                ("end the MLflow parent run", tracker.end_parent, status)):
-            try:  # a warning only: it must not hide why the study stopped
-                if summarize:
-                    step(study, arg)
-            except Exception as exc:
-                print(f"dgnet tune: warning: could not {what}: {short(exc)}", file=sys.stderr)
-    return report(study, ctx, args, tracker, time.monotonic() - started)
+        if status is not None:
+            warn_if_fails("summarize the study in MLflow", summarize, tuning, study)
+            if status == "FINISHED" or not trials(study, TrialState.RUNNING):  # else a trial runs elsewhere
+                warn_if_fails("end the MLflow parent run", client.set_terminated, tuning.parent_id, status)
+    return report(study, tuning, args, time.monotonic() - started)
 
 
-def report(study: optuna.Study, ctx: Context, args: argparse.Namespace, tracker: StudyTracker,
-           seconds: float) -> int:
+def report(study: optuna.Study, tuning: Tuning, args: argparse.Namespace, seconds: float) -> int:
     """params/tuned.yaml (params.yaml's layout), the metrics JSON and a summary on stdout: every
     figure comes from the validation split (`score_split`)."""
-    cfg, split, workspace = ctx.cfg, ctx.split, ctx.workspace
+    cfg, split, workspace = tuning.cfg, tuning.split, tuning.workspace
     counts = {s.name.lower(): len(trials(study, s)) for s in (*FINISHED, TrialState.FAIL)}
     summary: dict[str, Any] = {"metric": cfg.metric, "score_split": SCORE_SPLIT, **counts, "validation": {
         k: v for k, v in split.items() if k not in ("held_out_ids", "query_sha256")}}
@@ -643,11 +578,9 @@ def report(study: optuna.Study, ctx: Context, args: argparse.Namespace, tracker:
     exp_line = "dvc exp run " + " ".join(f"-S {cfg.base}.schedule.{k}={v!r}" for k, v in schedule.items())
     finished = len(trials(study, *FINISHED))
     header = (f"# The best loss weights of Optuna study {cfg.study!r}: trial {best.number} of {finished} "
-              f"finished, final {cfg.metric} {best.value:.6f} on the validation split\n"
-              f"# (tune.validation_fraction of the training ids held out; never the test split).\n"
-              f"# Written by `dgnet tune`; make the pipeline use them (then `dvc repro` retrains):\n"
-              f"#   dgnet tune --apply {Path(cfg.out).as_posix()}\n"
-              f"# or try them as a DVC experiment without touching params.yaml:\n#   {exp_line}\n")
+              f"finished, final {cfg.metric} {best.value:.6f} on the validation split (never the test\n"
+              f"# split). Use them: `dgnet tune --apply {Path(cfg.out).as_posix()}` then `dvc repro`; or try "
+              f"them without touching params.yaml:\n#   {exp_line}\n")
     tuned = {"tuned": {"study": cfg.study, "trial": best.number, "metric": cfg.metric,
                        "value": float(best.value), "score_split": SCORE_SPLIT, "finished_trials": finished},
              cfg.base: {"schedule": schedule}}
@@ -660,7 +593,7 @@ def report(study: optuna.Study, ctx: Context, args: argparse.Namespace, tracker:
           f"{split['query_images']} queries, {split['gallery_images']} gallery images; the test split's "
           f"figures come from `dvc repro` after --apply)")
     print(f"tuned weights: {out}; use them with `dgnet tune --apply {cfg.out}` (or: {exp_line}); MLflow "
-          f"parent run {tracker.parent_id} (view: {tracking.view_hint(tracker.client.tracking_uri)})")
+          f"parent run {tuning.parent_id} (view: {tracking.view_hint(tuning.client.tracking_uri)})")
     return 0
 
 
@@ -688,11 +621,9 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
         *parents, leaf = dotted.split(".")
         node = document
         for key in parents:  # a section holds only what differs from the profile: add what is missing
-            if isinstance(node, Mapping) and node.get(key) is None:
+            if node.get(key) is None:
                 node[key] = {}
-            node = node.get(key) if isinstance(node, Mapping) else None
-        if not isinstance(node, Mapping):
-            raise ConfigError(f"--apply {tuned}: {params_file} has no `{'.'.join(parents)}` to put {leaf} in")
+            node = node[key]
         changes.append(f"{dotted}: {node.get(leaf, '(default)')} -> {value}")
         node[leaf] = value
     with atomic_path(params_file) as tmp:
@@ -731,7 +662,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `dgnet tune` and `python -m dgnet_pipeline.tune`; unset: from params `tune`."""
+    """The options of `dgnet tune` and stages/tune.py; unset: from params `tune`."""
     add = parser.add_argument
     add("--study", help="study name (params tune.study)")
     add("--n-trials", type=int, help="run until the study has N finished (complete or pruned) trials")
@@ -756,13 +687,3 @@ def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     return add_arguments(subparsers.add_parser(
         "tune", help="tune DG-Net's loss weights with a resumable Optuna study tracked in MLflow",
         description=__doc__.split("\n\n")[0].replace("\n", " ")))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgnet_pipeline.tune",
-                                     description=__doc__.splitlines()[0])
-    return command(add_arguments(parser).parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

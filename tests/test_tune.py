@@ -28,6 +28,7 @@ from dgnet.training.trainer import DGNetTrainConfig
 from dgnet_pipeline import tune
 from dgnet_pipeline.tracking import connect
 from stages import train as train_stage
+from stages import tune as tune_stage
 from tests.fixtures import publish_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,8 +154,9 @@ def twice(workspace, mlflow_uri, tmp_path_factory):
     patch.setattr(trainer_module, "train_dgnet", recording("dgnet", trainer_module.train_dgnet))
     patch.setattr(teacher_module, "train_teacher", recording("teacher", teacher_module.train_teacher))
     try:
-        codes = [tune.main(["--storage", f"sqlite:///{stores}/{run}.db", "--out", str(stores / f"{run}.yaml"),
-                            "--metrics", str(stores / f"{run}.json")]) for run in ("a", "b")]
+        codes = [tune_stage.main(["--storage", f"sqlite:///{stores}/{run}.db", "--out",
+                                  str(stores / f"{run}.yaml"), "--metrics", str(stores / f"{run}.json")])
+                 for run in ("a", "b")]
     finally:
         patch.undo()
     return codes, stores, handed
@@ -252,7 +254,7 @@ def test_tune_refuses_a_split_that_holds_test_images(in_workspace, tmp_path, mon
 
     monkeypatch.setattr(tune, "validation_split", leaking)
     storage = f"sqlite:///{tmp_path}/leak.db"
-    assert tune.main(["--study", "leak", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
+    assert tune_stage.main(["--study", "leak", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
                       "--metrics", str(tmp_path / "t.json")]) == 1
     err = capsys.readouterr().err
     assert "rule tuning_never_reads_test_split" in err and "1 test image(s)" in err and "/query/" in err
@@ -284,7 +286,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
         return real_train(*a, hooks=[*hooks, *([InterruptAt(1)] if len(calls) == 2 else [])], **kw)
 
     monkeypatch.setattr(trainer_module, "train_dgnet", interrupted_second_trial)
-    assert tune.main(args) == 130
+    assert tune_stage.main(args) == 130
     study = load(storage, "resume")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert study.trials[2].params == study.trials[1].params  # re-queued with the same weights
@@ -304,7 +306,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
         "mlflow.parentRunId": parent.info.run_id})
     time.sleep(PARAMS["tune"]["grace_period"] + 1.5)  # SQLite's clock has whole seconds
 
-    assert tune.main(args) == 0
+    assert tune_stage.main(args) == 0
     study = load(storage, "resume")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
                                                TrialState.COMPLETE, TrialState.COMPLETE]
@@ -326,7 +328,7 @@ def test_interrupted_and_dead_trials_are_rerun_and_the_study_completes(in_worksp
     dead = optuna.load_study(study_name="resume", storage=heartbeat).ask()
     suggest(dead)
     heartbeat.record_heartbeat(dead._trial_id)
-    assert tune.main(args) == 0
+    assert tune_stage.main(args) == 0
     study = load(storage, "resume")
     assert [t.state for t in study.trials[5:]] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[6].params == study.trials[5].params
@@ -381,7 +383,7 @@ def test_tracking_outage_mid_trial_requeues_the_trial_and_the_rerun_completes_th
         return real_train(*a, hooks=[*hooks, *extra], **kw)
 
     monkeypatch.setattr(trainer_module, "train_dgnet", outage_in_second_trial)
-    assert tune.main(args) == 2
+    assert tune_stage.main(args) == 2
     out, err = capsys.readouterr()
     assert "dgnet tune: error: MLflow at" in err and "the store is unavailable" in err
     assert "re-run the same command once the tracking store is back" in err
@@ -393,7 +395,7 @@ def test_tracking_outage_mid_trial_requeues_the_trial_and_the_rerun_completes_th
     assert not (tmp_path / "t.yaml").exists()
 
     mlflow_outage["on"] = False  # the server is back: the same command resumes the study
-    assert tune.main(args) == 0
+    assert tune_stage.main(args) == 0
     assert "tune: trial 2 re-runs trial 1 (same weights), resuming at iteration 1" in capsys.readouterr().out
     study = load(storage, "outage")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
@@ -414,7 +416,7 @@ def test_tracking_outage_mid_trial_requeues_the_trial_and_the_rerun_completes_th
 def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlflow_uri, tmp_path):
     storage = f"sqlite:///{tmp_path}/prune.db"
     # mAP never exceeds 1: a threshold pruner at 1.01 prunes at the first intermediate evaluation.
-    code = tune.main(["--study", "prune", "--storage", storage, "--n-trials", "1",
+    code = tune_stage.main(["--study", "prune", "--storage", storage, "--n-trials", "1",
                       "--out", str(tmp_path / "t.yaml"), "--metrics", str(tmp_path / "t.json"),
                       "--set", "pruner={kind: threshold, lower: 1.01}"])
     assert code == 0
@@ -436,7 +438,7 @@ def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_ur
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    assert tune.main(["--apply", str(stores / "a.yaml")]) == 0
+    assert tune_stage.main(["--apply", str(stores / "a.yaml")]) == 0
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert (tmp_path / "params.yaml").read_text().startswith("# the comment stays\n")
     assert {k: params["train"]["schedule"][k] for k in tuned} == tuned
@@ -456,26 +458,27 @@ def test_tuned_weights_feed_back_into_a_training_run(twice, workspace, mlflow_ur
 
 def test_unreachable_storage_bad_split_and_changed_settings_exit_2(twice, in_workspace, tmp_path, capsys):
     url = "postgresql+psycopg://tuner:secret@127.0.0.1:1/optuna"
-    assert tune.main(["--storage", url]) == 2
+    assert tune_stage.main(["--storage", url]) == 2
     err = capsys.readouterr().err
     assert "Optuna storage postgresql+psycopg://tuner:***@127.0.0.1:1/optuna" in err and "secret" not in err
-    assert tune.main(["--storage", f"sqlite:///{tmp_path}/no/such/folder/o.db"]) == 2
+    assert tune_stage.main(["--storage", f"sqlite:///{tmp_path}/no/such/folder/o.db"]) == 2
     assert "no/such/folder/o.db" in capsys.readouterr().err
-    assert tune.main(["--storage", "not a url"]) == 2
-    assert "not a SQLAlchemy URL" in capsys.readouterr().err
+    assert tune_stage.main(["--storage", "not a url"]) == 2
+    assert "SQLAlchemy URL" in capsys.readouterr().err
     # The study of `twice` resumed with another search space is refused before any trial.
     _, stores, _ = twice
-    assert tune.main(["--storage", f"sqlite:///{stores}/a.db", "--set", "space.fine_alpha.high=0.9"]) == 2
+    assert tune_stage.main(["--storage", f"sqlite:///{stores}/a.db", "--set",
+                            "space.fine_alpha.high=0.9"]) == 2
     assert "started with other settings (changed: space)" in capsys.readouterr().err
     # Another validation split is another study.
-    assert tune.main(["--storage", f"sqlite:///{stores}/a.db", "--set", "validation_seed=1"]) == 2
+    assert tune_stage.main(["--storage", f"sqlite:///{stores}/a.db", "--set", "validation_seed=1"]) == 2
     assert "started with other settings (changed: teachers, validation)" in capsys.readouterr().err
-    assert tune.main(["--set", "space.cycle_max={low: 0}"]) == 2
+    assert tune_stage.main(["--set", "space.cycle_max={low: 0}"]) == 2
     assert "tune.space.cycle_max" in capsys.readouterr().err
     storage = f"sqlite:///{tmp_path}/split.db"
-    assert tune.main(["--storage", storage, "--set", "validation_fraction=1"]) == 2
+    assert tune_stage.main(["--storage", storage, "--set", "validation_fraction=1"]) == 2
     assert "tune.validation_fraction: must be a number with 0 <" in capsys.readouterr().err
-    assert tune.main(["--storage", storage, "--set", "validation_fraction=0.25"]) == 2  # 1 of 4 ids
+    assert tune_stage.main(["--storage", storage, "--set", "validation_fraction=0.25"]) == 2  # 1 of 4 ids
     assert "0.25 of the 4 training identities holds out 1" in capsys.readouterr().err
     assert not (tmp_path / "split.db").exists()
 
@@ -497,11 +500,10 @@ def test_workers_opening_a_new_study_together_make_one_study_and_one_parent_run(
 
     def worker() -> None:
         try:
-            tracker = tune.StudyTracker(client, experiment.experiment_id, "race", {})
             with tune.startup_lock(url):
-                study, tracker.storage = tune.open_study(url, cfg, {"space": "same"})
-                tracker.open_parent(study, {"tune": {"seed": 0}}, url)
-            parents.append(tracker.parent_id)
+                study, _ = tune.open_study(url, cfg, {"space": "same"})
+                parents.append(tune.open_parent(client, experiment.experiment_id, study,
+                                                {"optuna.study": "race"}, {"tune": {"seed": 0}}))
         except Exception as exc:  # pragma: no cover - the failure the test is about
             errors.append(exc)
 
@@ -540,7 +542,7 @@ def test_dgnet_cli_has_tune_and_dvc_repro_leaves_it_out(tmp_path, monkeypatch, c
     Repo.init(str(tmp_path), no_scm=True)
     with Repo(str(tmp_path)) as repo:
         (stage,) = repo.stage.collect("tuning/dvc.yaml:tune")
-        assert stage.cmd == "python -m dgnet_pipeline.tune" and Path(stage.wdir) == tmp_path
+        assert stage.cmd == "python stages/tune.py" and Path(stage.wdir) == tmp_path
         out = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["out"]
         assert out in [str(o) for o in stage.outs]
     # In child processes: DVC's state from earlier in-process calls changes what `dvc` prints here.
@@ -582,7 +584,7 @@ def test_diverging_trials_fail_and_stop_the_study_after_three(in_workspace, mlfl
 
     monkeypatch.setattr(trainer_module, "train_dgnet", diverging)
     storage = f"sqlite:///{tmp_path}/nan.db"
-    assert tune.main(["--study", "nan", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
+    assert tune_stage.main(["--study", "nan", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
                       "--metrics", str(tmp_path / "t.json")]) == 2
     assert "3 trials in a row failed" in capsys.readouterr().err
     study = load(storage, "nan")

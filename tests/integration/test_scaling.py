@@ -177,7 +177,7 @@ def mlflow_client(url: str) -> Any:
 
 def test_unreachable_storage_or_server_is_named_at_start(workspace, teacher, mlflow_server, logs):
     dead_db = f"postgresql+psycopg://dgnet:s3cret@127.0.0.1:{free_port()}/optuna"
-    code, output, seconds = run_stage(["dgnet_pipeline.tune", "--storage", dead_db, "--n-trials", "1"],
+    code, output, seconds = run_stage([STAGES + "/tune.py", "--storage", dead_db, "--n-trials", "1"],
                                       workspace, stage_env(mlflow_server.url), logs / "dead-storage.log",
                                       timeout=120)
     log(f"tune with a dead Optuna storage: exit {code} after {seconds:.0f} s: {output.strip()[-300:]}")
@@ -251,7 +251,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(
 
     storage = databases["optuna"]
     assert trial_rows(postgres) == []  # a new database: no tables yet
-    command = [sys.executable, "-m", "dgnet_pipeline.tune", "--study", STUDY, "--n-trials", str(N_TRIALS),
+    command = [sys.executable, STAGES + "/tune.py", "--study", STUDY, "--n-trials", str(N_TRIALS),
                "--storage", storage, "--seed", "0", "--heartbeat-interval", "1", "--grace-period", "3"]
     env = stage_env(mlflow_server.url)
     started = time.monotonic()
