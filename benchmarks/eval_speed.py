@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -90,11 +89,6 @@ def make_problem(size: str, kind: str, seed: int = 0, dim: int = 1024):
     return features(q_pids), features(g_pids), q_pids, q_cams, g_pids, g_cams
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
 def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) -> dict:
     """One measurement, in this process: best-of-`repeats` timings and peak memory."""
     qf, gf, q_pids, q_cams, g_pids, g_cams = make_problem(size, kind)
@@ -119,7 +113,7 @@ def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) ->
         sync()
         totals.append(time.perf_counter() - start)
         if len(totals) == 1:  # the evaluation's peak, before the distances-only loop adds its own
-            peak_rss = _peak_rss_mb()
+            peak_rss = proc_memory_mb("VmHWM")
             peak_gpu = torch.cuda.max_memory_allocated(dev) - base_gpu if dev.type == "cuda" else None
         start = time.perf_counter()
         with torch.no_grad():
@@ -156,8 +150,8 @@ def _child(args: argparse.Namespace, size: str, kind: str) -> dict:
 def record(info: dict, rows: list[dict], command: str) -> dict:
     """This script's RESULTS.json record of one section: figures and table cells."""
     return {
-        "title": f"Evaluation speed, {rows[0]['device'] if rows else 'cpu'}, {info['torch_threads']} torch "
-                 "thread(s) (`benchmarks/eval_speed.py`)",
+        "title": f"Evaluation speed, {rows[0]['device'] if rows else 'cpu'}, {info.get('torch_threads')} "
+                 "torch thread(s) (`benchmarks/eval_speed.py`)",
         "command": command, "machine": info, "rows": rows,
         "text": ["`rank_metrics_from_features` (mAP and mAP_finite), 1024-d L2-normalised features given; "
                  "total = distances (chunked matrix product) + exact ranking; best of the repeats (MSMT "
@@ -198,14 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size in args.sizes:
         for kind in args.kinds:
-            row = _child(args, size, kind)
-            rows.append(row)
-            peak = row.get("peak_gpu_mb", row["peak_rss_mb"])
-            print(f"{size:7s} {kind:8s} total {row['total_s']:6.2f} s  "
-                  f"distances {row['distances_s']:6.2f} s  ranking {row['ranking_s']:5.2f} s  "
-                  f"peak {peak:7.0f} MB (features {row['features_mb']:.0f} MB, "
-                  f"RSS before {row['rss_before_eval_mb'] or 0:.0f} MB)  rank-1 {100 * row['rank1']:.1f}  "
-                  f"mAP {100 * row['mAP']:.1f}  runs {row['all_totals_s']}", flush=True)
+            rows.append(_child(args, size, kind))
+            section = record(info, rows[-1:], "")
+            print("; ".join(f"{c} {v}" for c, v in zip(section["columns"], section["table"][0], strict=True)),
+                  flush=True)
     info["load_average_end"] = load_average()
     if not args.no_write:
         command = "python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])

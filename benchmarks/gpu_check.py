@@ -3,8 +3,8 @@
     bash benchmarks/gpu_check.sh --device cuda --profile paper --out /tmp/gpu_check   # <= 10 min, one GPU
     bash benchmarks/gpu_check.sh --device cpu --profile tiny --out /tmp/gpu_check_cpu  # <= 3 min, 2 cores
 
-Steps, each in a fresh child process with its own timeout (a step that hangs is killed, a failing one
-is recorded with its error, and the others still run):
+Steps, each in a fresh child process with its own timeout (a hanging step is killed, a failing one
+recorded with its error; the others still run):
   setup        the synthetic dataset, validated as `dgnet train --manifest` reads it; a short teacher;
   train_speed  benchmarks/train_speed.py per mode (fp32, bf16, fp16, bf16+cl, bf16+compile);
   train        `train_dgnet` in bf16, the schedule compressed: loss curves, the test swap grid and
@@ -15,14 +15,14 @@ is recorded with its error, and the others still run):
                must end with identical weights after seeing different images.
 On a CPU the counts are smaller, fp16 runs as fp32 under enabled GradScalers and bf16+compile is left
 out; the results say so. --out gets summary.json (per step: status, wall time, figures, error; the
-machine), RESULTS.section.md (rendered from summary.json) and a folder per step (log, pictures).
-Exit code 0 when every step passed (or was skipped for a reason that holds on this device), else 1.
-Child roles: `--run-step STEP --options OUT/options.json`, `--ddp-rank BACKEND --options ...` (torchrun).
+machine), RESULTS.section.md (rendered from it) and a folder per step (log, pictures). Exit code 0
+when every step passed (or was skipped for a reason that holds on this device), else 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -33,39 +33,64 @@ import shlex
 import shutil
 import signal
 import statistics
-import string
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas
 import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw, ImageFont
 
 from dgnet.data.datasets import TrainImages
 from dgnet.data.samplers import ImagePairSampler
-from dgnet.data.validated import read_validated_manifest
+from dgnet.data.synthetic import generate_dataset
+from dgnet.data.validated import read_validated_manifest, validate_dataset
+from dgnet.evaluation.benchmark import benchmark_model
+from dgnet.models.backbone import cached_imagenet_checkpoint
 from dgnet.models.config import get_profile
+from dgnet.models.persist import save_model
+from dgnet.models.teacher import ReidBaseline
+from dgnet.training.cli import FileLogHook
 from dgnet.training.loop import make_loader, training_labels
 from dgnet.training.objective import NonFiniteLossError
 from dgnet.training.runtime import DistContext, determinism, init_distributed, resolve_amp, select_device
-from dgnet.training.trainer import DGNetTrainConfig, build_joint_step
+from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
+from dgnet.training.trainer import DGNetTrainConfig, build_joint_step, train_dgnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when imported by path
 import common
 import eval_speed
 import train_speed
 
+SCRIPT = "benchmarks/gpu_check.sh"
+STEPS = ("setup", "train_speed", "train", "eval", "fp16", "ddp")
+NEEDS_SETUP = ("train", "fp16", "ddp")
 SPEED_MODES = ("fp32", "bf16", "fp16", "bf16+cl", "bf16+compile")  # compilation last: the slow one
 LEFT_OUT_ON_CPU = ("left out of the CPU run's default --speed-modes: compiling takes minutes on a few "
                    "cores (over 280 s measured on 2 busy ones); add it with --speed-modes")
+# Counts (on cuda, on cpu). The GPU run is the issue's; the CPU run the same code shrunk to fit 3 minutes
+# on 2 cores (a smoke test of the script itself, not a measurement of the method).
+COUNTS = {"ids": (120, 24), "cameras": (6, 3), "teacher_iterations": (100, 10),  # 0: an untrained teacher
+          "speed_iterations": (15, 3), "speed_warmup": (3, 1), "train_iterations": (1500, 30),
+          "fp16_iterations": (200, 10), "ddp_iterations": (10, 3), "eval_repeats": (3, 1),
+          "num_swaps": (512, 64), "num_recon": (2048, 64), "workers": (8, 0), "budget": (600, 420)}
+# Seconds per step. CUDA: they add up to the 10 minutes a lent GPU allows. CPU: twice what 2 idle cores need.
+TIMEOUTS = {"cuda": {"setup": 60, "train_speed": 170, "train": 190, "eval": 30, "fp16": 50, "ddp": 80},
+            "cpu": {"setup": 45, "train_speed": 90, "train": 90, "eval": 45, "fp16": 45, "ddp": 90}}
+# The train step's time besides its iterations (start-up, evaluation, benchmark_model), and how much
+# slower a training iteration may be than train_speed's (data loading, logging).
+TRAIN_OVERHEAD_S, TRAIN_SLOWDOWN = 50, 1.2
 # Rank metrics on the device must equal the CPU's to 0.01 points (sums in another order may swap ties).
 PARITY_TOLERANCE = 1e-4
 # A GradScaler starts at 2^16 and halves on each overflow: up to 16 skipped steps can be its calibration.
 SKIP_FLOOR, SKIP_FRACTION = 16, 0.1
+TARGET = (f"paper profile on one GPU: target <= {train_speed.TARGET_S_PER_ITER} s/it, <= "
+          f"{train_speed.TARGET_PEAK_GB:g} GB; published 1.2-1.9 s/it, >= 10 GB (fp16)")
 
 
 def step_dir(opts: argparse.Namespace, step: str) -> Path:
@@ -77,6 +102,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def _f(value: Any, spec: str = ".3f") -> str:
+    """A figure formatted, "-" when it is missing or not a number."""
+    return format(value, spec) if _finite(value) else "-"
+
+
 def _peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
 
@@ -86,9 +116,11 @@ def _amp(device: torch.device) -> str:
     return resolve_amp(device, "bf16" if device.type == "cuda" else "auto")
 
 
-def _verdict(figures: dict[str, Any], problems: list[str], **extra: Any) -> dict[str, Any]:
-    result = {"status": "failed" if problems else "ok", "figures": figures, **extra}
-    return result | ({"error": "; ".join(problems)} if problems else {})
+def _verdict(figures: dict[str, Any], problems: list[str], text: str, beside: str = "-",
+             **extra: Any) -> dict[str, Any]:
+    """A step's result: its figures, the summary table's cells (`text`, `beside`), its problems."""
+    result = {"status": "failed" if problems else "ok", "figures": figures, "text": text, "beside": beside}
+    return result | extra | ({"error": "; ".join(problems)} if problems else {})
 
 
 def _validated(opts: argparse.Namespace) -> tuple[Any, Any, dict[int, int]]:
@@ -116,7 +148,7 @@ def step_deadline(margin: float) -> float:
 def loss_curves_picture(rows: list[dict[str, Any]], title: str) -> Image.Image:
     """Small multiples of every `loss/*` series of a training log, one panel each, own y-range."""
     names = sorted({k for row in rows for k in row if k.startswith("loss/")})
-    cols, w, h = 4, 300, 170
+    cols, w, h, blue = 4, 300, 170, (31, 119, 180)
     sheet = Image.new("RGB", (cols * w, 36 + max(1, math.ceil(len(names) / cols)) * h), "white")
     draw, font, grey = ImageDraw.Draw(sheet), ImageFont.load_default(), (90, 90, 90)
     draw.text((10, 10), title, fill="black", font=font)
@@ -137,26 +169,17 @@ def loss_curves_picture(rows: list[dict[str, Any]], title: str) -> Image.Image:
         line = [(left + (x - x_lo) / (x_hi - x_lo) * (right - left),
                  bottom - (y - lo) / (hi - lo) * (bottom - top)) for x, y in points]
         if len(line) > 1:
-            draw.line(line, fill=(31, 119, 180), width=2)
+            draw.line(line, fill=blue, width=2)
         else:
-            draw.ellipse([line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2], fill=(31, 119,
-                                                                                                 180))
+            draw.ellipse([line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2], fill=blue)
     return sheet
 
 
-# The steps: each runs in its own child process and returns {"status", "figures", ...}
+# The steps: each runs in its own child process and returns _verdict(...)
 
 
 def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
     """Synthetic dataset -> validated manifest + report -> a short teacher."""
-    from dgnet.data.synthetic import generate_dataset
-    from dgnet.data.validated import validate_dataset
-    from dgnet.models.backbone import cached_imagenet_checkpoint
-    from dgnet.models.persist import save_model
-    from dgnet.models.teacher import ReidBaseline
-    from dgnet.training.cli import FileLogHook
-    from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
-
     start = time.perf_counter()
     table = generate_dataset(opts.data, seed=0, num_ids=opts.ids, num_cameras=opts.cameras)
     render_s = time.perf_counter() - start
@@ -164,7 +187,7 @@ def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
     label_map = training_labels(frame)
     model_cfg = get_profile(opts.profile, require_pretrained=False, num_classes=len(label_map))
     imagenet = cached_imagenet_checkpoint(model_cfg.backbone) if model_cfg.pretrained else None
-    figures: dict[str, Any] = {
+    f: dict[str, Any] = {
         "images": len(table), "train_ids": len(label_map), "render_s": round(render_s, 1),
         "splits": frame["split"].value_counts().to_dict(), "teacher_iterations": opts.teacher_iterations,
         "imagenet_weights": str(imagenet) if imagenet else None}
@@ -176,12 +199,14 @@ def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         result = train_teacher(frame, model_cfg, cfg, Path(opts.teacher).parent,
                                hooks=[FileLogHook(step_dir(opts, "setup") / "teacher")], resume=False)
-        figures |= {"teacher_s": round(time.perf_counter() - started, 1),
-                    "teacher_rank1": result.metrics.get("rank1"), "teacher_mAP": result.metrics.get("mAP")}
+        f |= {"teacher_s": round(time.perf_counter() - started, 1),
+              "teacher_rank1": result.metrics.get("rank1"), "teacher_mAP": result.metrics.get("mAP")}
     else:  # an untrained teacher: its soft labels are near-uniform, which costs the check nothing
         save_model(opts.teacher, ReidBaseline(model_cfg), "teacher", model_cfg,
                    extra={"label_map": label_map})
-    return {"status": "ok", "figures": figures}
+    return _verdict(f, [], f"{f['images']} images, {f['train_ids']} train ids, validated; teacher "
+                    f"{opts.teacher_iterations} iterations (mAP {_f(f.get('teacher_mAP'), '.1%')}); "
+                    + ("ImageNet weights found" if imagenet else "no ImageNet weights: random init"))
 
 
 def _expected_skip(row: dict[str, Any], on_cuda: bool) -> bool:
@@ -193,56 +218,48 @@ def _expected_skip(row: dict[str, Any], on_cuda: bool) -> bool:
 
 def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
     """train_speed.py's per-mode measurement, each mode in its own process, within this step's time."""
-    deadline, reserve = step_deadline(margin=8), 25 if opts.on_cuda else 10  # s left to each later mode
     threads = 0 if opts.on_cuda else opts.threads
-    args = train_speed.build_parser().parse_args(  # train_speed's own defaults for what its children read
-        ["--profile", opts.profile, "--device", opts.device, "--iterations", str(opts.speed_iterations),
-         "--warmup", str(opts.speed_warmup), "--batch-size", str(opts.batch_size), "--threads", str(threads)])
-    info, rows, cannot = common.machine(), [], {}
-    for mode in opts.speed_modes:  # a mode this device cannot run is skipped without a child to say so
-        try:
-            train_speed._check_mode(train_speed.Mode.parse(mode), torch.device(opts.device))
-        except train_speed.Skipped as exc:
-            cannot[mode] = str(exc)
-    runnable = [m for m in opts.speed_modes if m not in cannot]
-    for mode in opts.speed_modes:
-        if mode in cannot:
-            rows.append({"mode": mode, "status": "skipped", "reason": cannot[mode]})
-            continue
-        later = len(runnable) - runnable.index(mode) - 1
-        args.mode_timeout = max(5, int(deadline - time.monotonic() - reserve * later))
-        rows.append(train_speed.run_child(args, mode))
-        train_speed._print_row(rows[-1])
-    left_out = [] if opts.on_cuda else [m for m in SPEED_MODES if m not in opts.speed_modes]
-    rows += [{"mode": m, "status": "skipped", "reason": LEFT_OUT_ON_CPU} for m in left_out]  # said
-    rows = [{"profile": opts.profile, "device": opts.device, **r,
-             "mode": train_speed.Mode.parse(r["mode"]).name} for r in rows]
+    argv = ["--profile", opts.profile, "--device", opts.device, "--iterations", str(opts.speed_iterations),
+            "--warmup", str(opts.speed_warmup), "--batch-size", str(opts.batch_size),
+            "--threads", str(threads)]
+    info = common.machine()  # each later mode keeps 25 s on a GPU, 10 on a CPU:
+    rows = train_speed.run_modes(argv, opts.speed_modes, step_deadline(margin=8), 25 if opts.on_cuda else 10)
+    rows += [{"profile": opts.profile, "device": opts.device, "mode": m, "status": "skipped",
+              "reason": LEFT_OUT_ON_CPU}
+             for m in ([] if opts.on_cuda else SPEED_MODES) if m not in opts.speed_modes]
     info["load_average_end"] = common.load_average()
-    modes = {r["mode"]: {k: r.get(k) for k in ("status", "reason", "median_s", "first_iteration_s",
-                                                 "peak_reserved_mb", "peak_rss_mb")} for r in rows}
-    for entry in modes.values():
-        if entry["peak_reserved_mb"] is not None:
-            entry["peak_reserved_gb"] = gb = entry["peak_reserved_mb"] / 1024
-            entry["target_met"] = (entry["median_s"] <= train_speed.TARGET_S_PER_ITER
-                                   and gb <= train_speed.TARGET_PEAK_GB)
-    command = (f"python benchmarks/train_speed.py --profile {opts.profile} --device {opts.device} --modes "
-               f"{','.join(opts.speed_modes)} --iterations {opts.speed_iterations} "
-               f"--warmup {opts.speed_warmup}"
-               + ("" if opts.on_cuda else f" --threads {opts.threads}") + " (run by benchmarks/gpu_check.sh)")
+    modes, parts = {}, []
+    for r in rows:
+        entry = modes[r["mode"]] = {k: r.get(k) for k in ("status", "reason", "median_s", "first_iteration_s",
+                                                          "peak_reserved_mb", "peak_rss_mb")}
+        parts.append(f"{r['mode']} skipped ({r.get('reason')})" if r["status"] != "ok"
+                     else f"{r['mode']} {r['median_s']:.3f} s/it")
+        if r["status"] == "ok" and "peak_reserved_mb" in r:
+            entry["peak_reserved_gb"] = gb = r["peak_reserved_mb"] / 1024
+            entry["target_met"] = met = (r["median_s"] <= train_speed.TARGET_S_PER_ITER
+                                         and gb <= train_speed.TARGET_PEAK_GB)
+            parts[-1] += f", {gb:.1f} GB (target {'met' if met else 'not met'})"
+    command = (f"python benchmarks/train_speed.py {shlex.join(argv)} --modes {','.join(opts.speed_modes)}"
+               " (run by benchmarks/gpu_check.sh)")
     problems = [f"{r['mode']}: {r.get('reason')}" for r in rows
                 if r.get("status") != "ok" and not _expected_skip(r, opts.on_cuda)]
-    return _verdict({"modes": modes}, problems, rows=rows, machine=info, command=command,
-                    section=train_speed.section_name(opts.profile, opts.device, threads))
+    cpu = [r for r in common.recorded_rows("train_speed-cpu-cpu") if r["mode"] == "bf16" and "median_s" in r]
+    beside = TARGET + (f"; CPU: cpu profile (ResNet-18, 64x32) {cpu[0]['median_s']:.3f} s/it bf16 on 2 cores"
+                       if cpu else "")
+    return _verdict({"modes": modes}, problems, "; ".join(parts) or "-", beside, rows=rows, machine=info,
+                    command=command, section=train_speed.section_name(opts.profile, opts.device, threads))
 
 
 def step_train(opts: argparse.Namespace) -> dict[str, Any]:
     """A short paper-profile DG-Net training (compressed schedule), then recon_l1 and the swap grid."""
-    from dgnet.evaluation.benchmark import benchmark_model
-    from dgnet.training.cli import FileLogHook
-    from dgnet.training.trainer import train_dgnet
-
     device, (frame, model_cfg, _), out = select_device(opts.device), _validated(opts), step_dir(opts, "train")
-    n = opts.train_iterations
+    speed = Path(opts.out) / "train_speed" / "result.json"
+    fit = fit_train_iterations(opts, json.loads(speed.read_text()) if speed.is_file() else None,
+                               step_deadline(margin=0) - time.monotonic())
+    n = fit or opts.train_iterations
+    if fit:
+        print(f"{n} iterations instead of {opts.train_iterations}: at the measured bf16 speed, "
+              f"{opts.train_iterations} would not fit in this step's time", flush=True)
     cfg = _train_config(opts, n, amp=_amp(device), log_every=max(1, n // 60), eval_every=0,
                         image_every=max(1, n // 3), checkpoint_every=0)
     (out / "log.jsonl").unlink(missing_ok=True)
@@ -253,9 +270,8 @@ def step_train(opts: argparse.Namespace) -> dict[str, Any]:
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rows = [{k: v for k, v in r.items() if k != "event"} for r in records if r["event"] == "iteration"]
     losses = sorted({k for row in rows for k in row if k.startswith("loss/")})
-    columns = ["iteration", *sorted({k for row in rows for k in row} - {"iteration"})]
-    (out / "losses.csv").write_text("".join(",".join(str(row.get(c, "")) for c in columns) + "\n"
-                                            for row in [dict(zip(columns, columns, strict=True)), *rows]))
+    table = pandas.DataFrame(rows)
+    table[["iteration", *sorted(set(table.columns) - {"iteration"})]].to_csv(out / "losses.csv", index=False)
     loss_curves_picture(rows, f"DG-Net {opts.profile} profile, {n} iterations, {cfg.amp}, {device}").save(
         out / "loss_curves.png")
     # After the first window (cudnn autotuning, loader start-up): the steady time of an iteration.
@@ -265,71 +281,99 @@ def step_train(opts: argparse.Namespace) -> dict[str, Any]:
                             batch_size=64, num_workers=min(opts.workers, 4))
     bench.pictures["swap_grid"].save(out / "swap_grid.png")
     gen = bench.generation
-    recon = gen.get("recon_l1")
-    figures = {
-        "iterations": n, "amp": cfg.amp, "batch_size": cfg.batch_size, "train_s": round(train_s, 1),
-        "s_per_iteration": statistics.median(steady) if steady else None,
-        "data_s_per_iteration": statistics.median([row["time/data"] for row in rows]) if rows else None,
-        "peak_reserved_gb": peak, "logged_points": len(rows),
-        "first_losses": {k: rows[0].get(k) for k in losses} if rows else {},
-        "last_losses": {k: rows[-1].get(k) for k in losses} if rows else {},
-        "recon_l1": recon, "baselines": gen.get("baselines"), "swap_l1_person": gen.get("swap_l1_person"),
-        "swap_ssim_person": gen.get("swap_ssim_person"), "reid": bench.reid.get("alpha_0.5"),
-        "schedule": dataclasses.asdict(cfg.schedule)}
+    recon, base = gen.get("recon_l1"), gen.get("baselines") or {}
+    f = {"iterations": n, "iterations_reduced_from": opts.train_iterations if fit else None, "amp": cfg.amp,
+         "batch_size": cfg.batch_size, "train_s": round(train_s, 1),
+         "s_per_iteration": statistics.median(steady) if steady else None,
+         "data_s_per_iteration": statistics.median([row["time/data"] for row in rows]) if rows else None,
+         "peak_reserved_gb": peak, "logged_points": len(rows),
+         "first_losses": {k: rows[0].get(k) for k in losses} if rows else {},
+         "last_losses": {k: rows[-1].get(k) for k in losses} if rows else {},
+         "recon_l1": recon, "baselines": gen.get("baselines"), "swap_l1_person": gen.get("swap_l1_person"),
+         "swap_ssim_person": gen.get("swap_ssim_person"), "reid": bench.reid.get("alpha_0.5"),
+         "schedule": dataclasses.asdict(cfg.schedule)}
     # A ramped loss is absent from the log until its weight switches on; a logged one must be finite.
     problems = [f"{k} at {row['iteration']}" for row in rows for k in losses
                 if k in row and not _finite(row[k])][:5]
     problems += [] if _finite(recon) and 0 < recon < 1 else [f"recon_l1 {recon!r} is not in (0, 1)"]
-    return _verdict(figures, problems + ([] if rows else ["no loss was logged"]))
+    text = (f"{n} iterations {cfg.amp}, {_f(f['s_per_iteration'])} s/it"
+            + (f", {peak:.1f} GB" if _finite(peak) else "") + f"; recon_l1 {_f(recon)}; swap L1 (person) "
+            f"{_f(f['swap_l1_person'])}, SSIM (person) {_f(f['swap_ssim_person'])}")
+    copy = [_f(base.get(k, {}).get("swap_l1_person")) for k in ("copy_structure", "copy_appearance")]
+    beside = (f"recon: mean image {_f(base.get('recon_mean_image'))}, blur4 {_f(base.get('recon_blur4'))}; "
+              f"swap L1 (person) copy-structure {copy[0]} / copy-appearance {copy[1]}; {TARGET}")
+    return _verdict(f, problems + ([] if rows else ["no loss was logged"]), text, beside)
 
 
 def step_eval(opts: argparse.Namespace) -> dict[str, Any]:
     """eval_speed.py's Market-size ranking on the device, and the same ranking on the CPU: equal metrics."""
     rows, parity = [], {}
-    for kind in opts.eval_kinds:
-        row = eval_speed.measure(opts.eval_size, kind, opts.device, opts.eval_repeats, chunk_size=256)
-        reference = eval_speed.measure(opts.eval_size, kind, "cpu", 1,
-                                       chunk_size=256)  # on a CPU: repeatability
+    for kind in ("trained", "random") if opts.on_cuda else ("trained",):
+        row = eval_speed.measure("market", kind, opts.device, opts.eval_repeats, chunk_size=256)
+        reference = eval_speed.measure("market", kind, "cpu", 1, chunk_size=256)  # on a CPU: repeatability
         rows.append(row)
         parity[kind] = {"cpu_total_s": reference["total_s"],
                         **{f"{m}_diff": abs(row[m] - reference[m]) for m in ("rank1", "mAP", "mINP")}}
         print(f"{kind}: {row['device']} {row['total_s']:.3f} s, cpu {reference['total_s']:.3f} s, "
               f"mAP {row['mAP']:.4f} vs {reference['mAP']:.4f}", flush=True)
-    info = eval_speed.machine() | {"load_average_end": common.load_average()}
+    info = common.machine() | {"load_average_end": common.load_average()}
     worst = max(v for p in parity.values() for k, v in p.items() if k.endswith("_diff"))
     keys = ("total_s", "distances_s", "rank1", "mAP", "peak_gpu_mb")
-    figures = {"size": opts.eval_size, "queries": rows[0]["queries"], "gallery": rows[0]["gallery"],
+    figures = {"size": "market", "queries": rows[0]["queries"], "gallery": rows[0]["gallery"],
                "device": {r["kind"]: {k: r.get(k) for k in keys} for r in rows},
                "parity": parity, "max_diff": worst, "tolerance": PARITY_TOLERANCE}
     problems = [f"device and CPU metrics differ by {worst:.2e} (tolerance {PARITY_TOLERANCE:g})"] \
         if worst > PARITY_TOLERANCE else []
-    command = (f"python benchmarks/eval_speed.py --sizes {opts.eval_size} --device {opts.device} "
+    command = (f"python benchmarks/eval_speed.py --sizes market --device {opts.device} "
                f"--repeats {opts.eval_repeats} (run by benchmarks/gpu_check.sh)")
-    return _verdict(figures, problems, rows=rows, machine=info, command=command,
+    cpu = [r["total_s"] for r in common.recorded_rows("eval_speed-cpu")
+           if r["size"] == "market" and r["kind"] == "trained"]
+    text = (f"{rows[0]['queries']:,} x {rows[0]['gallery']:,}: {rows[0]['total_s']:.3f} s on {opts.device}; "
+            f"largest metric difference from the CPU {worst:.1e}")
+    beside = f"CPU, same run: {parity['trained']['cpu_total_s']:.3f} s" + (
+        f"; 2 CPU cores (RESULTS.json): {cpu[0]:.2f} s" if cpu else "")
+    return _verdict(figures, problems, text, beside, rows=rows, machine=info, command=command,
                     section=f"eval_speed-{'cuda' if opts.on_cuda else 'cpu'}")
+
+
+@contextlib.contextmanager
+def joint_training(opts: argparse.Namespace, ctx: DistContext, amp: str, iterations: int, workers: int,
+                   scalers: dict[str, torch.amp.GradScaler] | None = None) -> Iterator[tuple[Any, Any, Any]]:
+    """(the trainer's joint step, this rank's sampler, its batches) on the validated data, seeded per rank
+    (the ranks start from different weights: DDP's broadcast must make them equal)."""
+    frame, model_cfg, label_map = _validated(opts)
+    cfg = _train_config(opts, iterations, amp=amp, num_workers=workers)
+    with determinism(cfg.seed, False):
+        torch.manual_seed(cfg.seed + ctx.rank)
+        teacher = common.load_teacher(model_cfg, ctx.device, [opts.teacher], label_map)
+        built = build_joint_step(model_cfg, cfg, ctx, teacher, scalers=scalers)
+        dataset = TrainImages(frame, (model_cfg.image_height, model_cfg.image_width), cfg.augmentation)
+        sampler = ImagePairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+        yield built, sampler, make_loader(dataset, sampler, 0, iterations, workers, ctx.device)
+
+
+def _synchronize(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def step_fp16(opts: argparse.Namespace) -> dict[str, Any]:
     """fp16 training iterations with the GradScalers; count skipped steps and non-finite losses."""
-    (frame, model_cfg, label_map), n = _validated(opts), opts.fp16_iterations
-    device = select_device(opts.device)
-    # dgnet refuses fp16 autocast on a CPU: there fp32 under enabled GradScalers (their logic, not fp16's).
-    cfg = _train_config(opts, n, amp="fp16" if opts.on_cuda else "off")
+    n, device = opts.fp16_iterations, select_device(opts.device)
     scalers = {name: torch.amp.GradScaler(device.type) for name in ("discriminator", "joint")}
     rows, non_finite, skipped = [], [], {name: [] for name in scalers}
-    with determinism(cfg.seed, False):
-        teacher = common.load_teacher(model_cfg, device, [opts.teacher], label_map)
-        ctx = DistContext(0, 1, 0, device, False)
-        step = build_joint_step(model_cfg, cfg, ctx, teacher, scalers=scalers).step
-        dataset = TrainImages(frame, (model_cfg.image_height, model_cfg.image_width), cfg.augmentation)
-        sampler = ImagePairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed)
+    # dgnet refuses fp16 autocast on a CPU: there fp32 under enabled GradScalers (their logic, not fp16's).
+    amp = "fp16" if opts.on_cuda else "off"
+    single = DistContext(0, 1, 0, device, False)
+    with joint_training(opts, single, amp, n, opts.workers, scalers) as (built, _, batches):
         started, deadline = time.perf_counter(), step_deadline(margin=8)
-        for iteration, batch in enumerate(make_loader(dataset, sampler, 0, n, cfg.num_workers, device)):
+        for iteration, batch in enumerate(batches):
             if time.monotonic() > deadline:  # stop in time: what ran is reported, not lost to the kill
                 break
             before = {name: scaler.get_scale() for name, scaler in scalers.items()}
             try:
-                logs = step(iteration, batch)
+                logs = built.step(iteration, batch)
             except NonFiniteLossError as exc:  # recorded, and training goes on: how often is the question
                 non_finite.append({"iteration": iteration + 1, "error": str(exc)})
                 continue
@@ -338,28 +382,28 @@ def step_fp16(opts: argparse.Namespace) -> dict[str, Any]:
                     skipped[name].append(iteration + 1)
             rows.append({"iteration": iteration + 1, **logs,
                          **{f"scale/{k}": s.get_scale() for k, s in scalers.items()}})
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - started
+        wall = _synchronize(device) - started
     out = step_dir(opts, "fp16")
     loss_curves_picture(rows, f"fp16 + GradScaler, {n} iterations, {device}").save(out / "loss_curves.png")
     (out / "iterations.json").write_text(json.dumps(rows))
-    limit = max(SKIP_FLOOR, int(SKIP_FRACTION * n))
+    limit, done = max(SKIP_FLOOR, int(SKIP_FRACTION * n)), len(rows) + len(non_finite)
     r1 = [row["loss/d_r1"] for row in rows if "loss/d_r1" in row]
-    figures = {
-        "iterations": len(rows) + len(non_finite), "asked": n,
-        "precision": "fp16" if opts.on_cuda else "fp32 + GradScaler (CPU stand-in)",
-        "s_per_iteration": wall / max(len(rows) + len(non_finite), 1),
-        "skipped_steps": {k: len(v) for k, v in skipped.items()},
-        "skipped_at": {k: v[:20] for k, v in skipped.items()},
-        "skip_limit": limit, "non_finite_losses": len(non_finite), "non_finite": non_finite[:10],
-        "final_scale": {name: scaler.get_scale() for name, scaler in scalers.items()},
-        "d_r1_range": [min(r1), max(r1)] if r1 else None, "peak_reserved_gb": _peak_gb(device),
-        "last_losses": {k: v for k, v in rows[-1].items() if k.startswith("loss/")} if rows else {}}
+    precision = "fp16" if amp == "fp16" else "fp32 + GradScaler (CPU stand-in)"
+    f = {"iterations": done, "asked": n, "precision": precision,
+         "s_per_iteration": wall / max(done, 1), "skipped_steps": {k: len(v) for k, v in skipped.items()},
+         "skipped_at": {k: v[:20] for k, v in skipped.items()},
+         "skip_limit": limit, "non_finite_losses": len(non_finite), "non_finite": non_finite[:10],
+         "final_scale": {name: scaler.get_scale() for name, scaler in scalers.items()},
+         "d_r1_range": [min(r1), max(r1)] if r1 else None, "peak_reserved_gb": _peak_gb(device),
+         "last_losses": {k: v for k, v in rows[-1].items() if k.startswith("loss/")} if rows else {}}
     problems = [f"{len(non_finite)} non-finite loss(es), first: {e['error']}" for e in non_finite[:1]]
     problems += [f"{k} skipped {len(v)} of {n} steps (limit {limit})"
                  for k, v in skipped.items() if len(v) > limit]
-    return _verdict(figures, problems)
+    text = (f"{done} of {n} iterations ({precision}): skipped steps D {len(skipped['discriminator'])} / "
+            f"G+E_a "
+            f"{len(skipped['joint'])} (limit {limit}), non-finite losses {len(non_finite)}, final scales "
+            f"{f['final_scale']}")
+    return _verdict(f, problems, text, "the published code's fp16 (apex) overflowed")
 
 
 def _digests(module: torch.nn.Module) -> dict[str, str]:
@@ -380,26 +424,13 @@ def ddp_rank(opts: argparse.Namespace, backend: str) -> None:
     try:
         ctx = init_distributed(str(device))  # the trainer's context on the group: torchrun's RANK, WORLD_SIZE
         dist.all_reduce(torch.ones(1, device=ctx.device))  # an unusable backend fails here, before the set-up
-        frame, model_cfg, label_map = _validated(opts)
-        cfg = _train_config(opts, opts.ddp_iterations, amp=_amp(ctx.device), num_workers=0)
         times, seen = [], []
-        with determinism(cfg.seed, False):
-            torch.manual_seed(cfg.seed + ctx.rank)  # different weights per rank: the broadcast must fix it
-            teacher = common.load_teacher(model_cfg, ctx.device, [opts.teacher], label_map)
-            built = build_joint_step(model_cfg, cfg, ctx, teacher)
+        with joint_training(opts, ctx, _amp(ctx.device), opts.ddp_iterations, 0) as (built, sampler, batches):
             initial = _digests(built.model)
-            dataset = TrainImages(frame, (model_cfg.image_height, model_cfg.image_width), cfg.augmentation)
-            sampler = ImagePairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank,
-                                       ctx.world_size)
-            for iteration, batch in enumerate(make_loader(dataset, sampler, 0, opts.ddp_iterations, 0,
-                                                          ctx.device)):
-                if ctx.device.type == "cuda":
-                    torch.cuda.synchronize(ctx.device)
-                start = time.perf_counter()
+            for iteration, batch in enumerate(batches):
+                start = _synchronize(ctx.device)
                 logs = built.step(iteration, batch)
-                if ctx.device.type == "cuda":
-                    torch.cuda.synchronize(ctx.device)
-                times.append(time.perf_counter() - start)
+                times.append(_synchronize(ctx.device) - start)
                 seen.append(sampler.batch(iteration).indices.tolist())
         record = {"rank": ctx.rank, "backend": backend, "device": str(ctx.device), "times": times,
                   "seen": seen, "initial": initial, "final": _digests(built.model), "last_logs": logs}
@@ -436,8 +467,9 @@ def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
             f"the ranks did not finish within {left:.0f} s" if code is None else errors[-1][:300]))
         if code == 0:
             break
-    else:
-        return {"status": "failed", "error": "; ".join(attempts.values()), "figures": {"attempts": attempts}}
+    tried = "; ".join(f"{k}: {v}" for k, v in attempts.items())
+    if code != 0:
+        return _verdict({"attempts": attempts}, list(attempts.values()), "-", tried)
     first, second = [json.loads((folder / f"{backend}_rank{r}.json").read_text()) for r in range(2)]
     names, n = first["final"].keys(), opts.batch_size
     moved = sum(first["final"][k] != first["initial"][k] for k in names)
@@ -445,19 +477,22 @@ def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
     start_differs = [k for k in names if first["initial"][k] != second["initial"][k]]
     shared = [it + 1 for it, (s0, s1) in enumerate(zip(first["seen"], second["seen"], strict=True))
               if set(s0[:n]) & set(s1[:n]) or set(s0[2 * n:3 * n]) & set(s1[2 * n:3 * n])]
-    figures = {"backend": backend, "attempts": attempts, "device": first["device"],
-               "iterations": len(first["times"]), "tensors": len(names), "moved": moved,
-               "differing_after": len(different),
-               "differing_at_start": len(start_differs), "batches_sharing_images": shared,
-               "s_per_iteration": statistics.median(first["times"][1:] or first["times"]),
-               "last_losses": first["last_logs"]}
+    f = {"backend": backend, "attempts": attempts, "device": first["device"],
+         "iterations": len(first["times"]),
+         "tensors": len(names), "moved": moved, "differing_after": len(different),
+         "differing_at_start": len(start_differs), "batches_sharing_images": shared,
+         "s_per_iteration": statistics.median(first["times"][1:] or first["times"]),
+         "last_losses": first["last_logs"]}
     problems = [text for text, bad in (
         (f"the ranks' weights differ after training in {len(different)} tensors, e.g. {different[:1]}",
          different),
         (f"the ranks started from different weights ({len(start_differs)} tensors)", start_differs),
         (f"training moved only {moved} of {len(names)} tensors: nothing is proven", moved <= len(names) // 2),
         (f"the ranks saw the same images at iterations {shared[:5]}", shared)) if bad]
-    return _verdict(figures, problems)
+    text = (f"backend {backend} (torchrun), {f['iterations']} iterations, {f['s_per_iteration']:.3f} s/it; "
+            f"tensors differing between the ranks at the end: {len(different)} ({moved} of {len(names)} "
+            "moved)")
+    return _verdict(f, problems, text, tried)
 
 
 STEP_FUNCTIONS = {"setup": step_setup, "train_speed": step_train_speed, "train": step_train,
@@ -478,41 +513,12 @@ def run_step_here(opts: argparse.Namespace, name: str) -> None:
     (step_dir(opts, name) / "result.json").write_text(json.dumps(result, indent=1, default=str))
 
 
-
-STEPS = ("setup", "train_speed", "train", "eval", "fp16", "ddp")
-NEEDS_SETUP = ("train", "fp16", "ddp")
-CPU_SPEED_MODES = ("fp32", "bf16", "fp16", "bf16+cl")
-# option: (help, on cuda, on cpu). The GPU run is the issue's; the CPU run the same code shrunk to fit
-# 3 minutes on 2 cores (a smoke test of the script itself, not a measurement of the method).
-COUNTS: dict[str, tuple[str, Any, Any]] = {
-    "ids": ("synthetic identities", 120, 24), "cameras": ("synthetic cameras", 6, 3),
-    "teacher_iterations": ("0: an untrained teacher", 100, 10),
-    "speed_iterations": ("timed iterations per mode", 15, 3),
-    "speed_warmup": ("untimed iterations per mode", 3, 1),
-    "train_iterations": ("the bf16 training", 1500, 30), "fp16_iterations": ("fp16 + GradScaler", 200, 10),
-    "ddp_iterations": ("two-rank iterations", 10, 3), "eval_repeats": ("best of N on the device", 3, 1),
-    "num_swaps": ("test swap pairs scored", 512, 64), "num_recon": ("test images behind recon_l1", 2048, 64),
-    "workers": ("data loader workers", 8, 0), "budget": ("seconds for the whole check", 600, 420),
-}
-DEFAULTS = {kind: {k: v[1 + n] for k, v in COUNTS.items()} | {"eval_size": "market"}
-            for n, kind in enumerate(("cuda", "cpu"))}
-DEFAULTS["cuda"]["eval_kinds"], DEFAULTS["cpu"]["eval_kinds"] = ("trained", "random"), ("trained",)
-# Seconds per step. CUDA: they add up to the 10 minutes a lent GPU allows. CPU: twice what 2 idle cores need.
-TIMEOUTS = {"cuda": {"setup": 60, "train_speed": 170, "train": 190, "eval": 30, "fp16": 50, "ddp": 80},
-            "cpu": {"setup": 45, "train_speed": 90, "train": 90, "eval": 45, "fp16": 45, "ddp": 90}}
-PUBLISHED_S_PER_ITER, PUBLISHED_GB = (1.2, 1.9), 10.0  # the published implementation, fp16 on one GPU
-# The train step's time besides its iterations (start-up, evaluation, benchmark_model), and how much
-# slower a training iteration may be than train_speed's (data loading, logging).
-TRAIN_OVERHEAD_S, TRAIN_SLOWDOWN = 50, 1.2
-
-
 def run_step(opts: argparse.Namespace, name: str, timeout: float) -> dict[str, Any]:
     """One step in a child process; its result.json, or why there is none."""
     folder = step_dir(opts, name)
     (folder / "result.json").unlink(missing_ok=True)
     started = time.monotonic()
-    code = _run([sys.executable, __file__, "--run-step", name, "--options",
-                 str(Path(opts.out) / "options.json")],
+    code = _run([sys.executable, __file__, "--run-step", name, "--options", f"{opts.out}/options.json"],
                 folder / "log.txt", timeout, {**os.environ, "GPU_CHECK_KILL_AT": str(time.time() + timeout)})
     if code is None:
         result = {"status": "timeout", "error": f"did not finish within its {timeout:.0f} s"}
@@ -525,72 +531,6 @@ def run_step(opts: argparse.Namespace, name: str, timeout: float) -> dict[str, A
                      "log": str(folder / "log.txt")}
 
 
-# The one renderer: summary.json -> RESULTS.section.md. A (result, beside) template pair per step,
-# filled from the step's figures; a missing or non-numeric figure shows as "-".
-LINES = {
-    "setup": ("{images} images, {train_ids} train ids, validated; teacher {teacher_iterations} iterations "
-              "(mAP {teacher_mAP:.1%}); {weights}", "-"),
-    "train": ("{iterations} iterations {amp}, {s_per_iteration:.3f} s/it{memory}; recon_l1 "
-              "{recon_l1:.3f}; swap L1 (person) {swap_l1_person:.3f}, SSIM (person) {swap_ssim_person:.3f}",
-              "recon: mean image {baselines[recon_mean_image]:.3f}, blur4 {baselines[recon_blur4]:.3f}; "
-              "swap L1 (person) copy-structure {baselines[copy_structure][swap_l1_person]:.3f} / "
-              "copy-appearance "
-              "{baselines[copy_appearance][swap_l1_person]:.3f}; {target}"),
-    "eval": ("{queries:,} x {gallery:,}: {device[trained][total_s]:.3f} s on {on}; largest metric difference "
-             "from the CPU {max_diff:.1e}", "CPU, same run: {parity[trained][cpu_total_s]:.3f} s{cpu_eval}"),
-    "fp16": ("{iterations} of {asked} iterations ({precision}): skipped steps D "
-             "{skipped_steps[discriminator]} / G+E_a {skipped_steps[joint]} (limit {skip_limit}), "
-             "non-finite losses {non_finite_losses}, final scales {final_scale}",
-             "the published code's fp16 (apex) overflowed"),
-    "ddp": ("backend {backend} (torchrun), {iterations} iterations, {s_per_iteration:.3f} s/it; tensors "
-            "differing between the ranks at the end: {differing_after} ({moved} of {tensors} moved)",
-            "{attempts_text}"),
-    "train_speed": ("{modes_text}", "{target}{cpu_speed}"),
-}
-
-
-class _Lenient(string.Formatter):
-    def get_field(self, name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
-        try:
-            return super().get_field(name, args, kwargs)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return None, name
-
-    def format_field(self, value: Any, spec: str) -> str:
-        try:
-            return "-" if value is None else format(value, spec)
-        except (TypeError, ValueError):
-            return "-"
-
-
-def step_line(name: str, result: dict[str, Any], opts: argparse.Namespace) -> tuple[str, str]:
-    """(what the step measured, what it stands beside) for the summary table."""
-    f = dict(result.get("figures") or {})
-    cpu_bf16 = [r for r in common.recorded_rows("train_speed-cpu-cpu")
-                if r.get("mode") == "bf16" and "median_s" in r]
-    cpu_eval = [r for r in common.recorded_rows("eval_speed-cpu")
-                if (r.get("size"), r.get("kind")) == ("market", "trained")]
-    parts = [f"{m} skipped ({e.get('reason')})" if e.get("status") != "ok"
-             else f"{m} {e['median_s']:.3f} s/it"
-             + (f", {e['peak_reserved_gb']:.1f} GB (target {'met' if e['target_met'] else 'not met'})"
-                if "peak_reserved_gb" in e else "") for m, e in f.get("modes", {}).items()]
-    f |= {"on": opts.device,
-          "memory": f", {f['peak_reserved_gb']:.1f} GB" if _finite(f.get("peak_reserved_gb")) else "",
-          "modes_text": "; ".join(parts) or "-",
-          "weights": "ImageNet weights found" if f.get("imagenet_weights")
-          else "no ImageNet weights: random init",
-          "attempts_text": "; ".join(f"{k}: {v}" for k, v in f.get("attempts", {}).items()),
-          "target": f"paper profile on one GPU: target <= {train_speed.TARGET_S_PER_ITER} s/it, <= "
-                    f"{train_speed.TARGET_PEAK_GB:g} GB; published "
-                    f"{PUBLISHED_S_PER_ITER[0]}-{PUBLISHED_S_PER_ITER[1]} "
-                    f"s/it, >= {PUBLISHED_GB:g} GB (fp16)",
-          "cpu_speed": f"; CPU: cpu profile (ResNet-18, 64x32) {cpu_bf16[0]['median_s']:.3f} s/it bf16 "
-                       "on 2 cores" if cpu_bf16 else "",
-          "cpu_eval": f"; 2 CPU cores (RESULTS.json): {cpu_eval[0]['total_s']:.2f} s" if cpu_eval else ""}
-    return tuple(_Lenient().format(template, **f)  # type: ignore[return-value]
-                 for template in LINES.get(name, ("-", "-")))
-
-
 def render_markdown(summary: dict[str, Any]) -> str:
     """RESULTS.section.md: this check's table, then the train_speed and eval_speed sections (the
     benchmarks' one renderer, `common.render`, on the records the steps left)."""
@@ -598,11 +538,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
     passed = sum(r["status"] in ("ok", "skipped") for r in steps.values())
     table = []
     for step, result in steps.items():
-        text, beside = step_line(step, result, opts)
-        error = str(result.get("error", "?"))
+        text, error = result.get("text", "-"), str(result.get("error", "?"))
         if result["status"] not in ("ok", "skipped") and error[:60] not in text:
             text = error[:300] + ("" if text == "-" else f" ({text})")
-        table.append([step, result["status"], result.get("wall_s", "-"), text, beside])
+        table.append([step, result["status"], result.get("wall_s", "-"), text, result.get("beside", "-")])
     record = {"title": f"GPU check, {opts.profile} profile, {opts.device} (`benchmarks/gpu_check.sh`)",
               "measured": summary["started"][:10], "command": opts.command, "machine": summary["machine"],
               "text": [f"Total {summary['wall_s']:.0f} s (budget {opts.budget} s); {passed} of {len(steps)} "
@@ -617,18 +556,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
-def write_summary(summary: dict[str, Any]) -> None:
-    out = Path(summary["options"]["out"])
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "RESULTS.section.md").write_text(render_markdown(summary))
-
-
-def machine(device: str) -> dict[str, Any]:
-    """What the check ran on: the benchmarks' machine description (GPU, CUDA, cuDNN, NCCL, driver)."""
-    return common.machine() | {"device": device, "cuda_build": torch.version.cuda,
-                               "cuda_available": torch.cuda.is_available()}
-
-
 def fit_train_iterations(opts: argparse.Namespace, speed: dict[str, Any] | None,
                          timeout: float) -> int | None:
     """On a GPU: fewer training iterations when train_speed's bf16 figure says the asked-for number would
@@ -641,67 +568,55 @@ def fit_train_iterations(opts: argparse.Namespace, speed: dict[str, Any] | None,
     return max(10, fit) if fit < opts.train_iterations else None
 
 
-def default_threads() -> int:
-    """Every core the 1-minute load average leaves idle, at least one (torch threads beyond the free cores
-    wait on each other: a tiny-profile iteration took 6.5 s with 2 threads on 2 busy cores, 0.8 s with 1)."""
-    cores = os.cpu_count() or 1
-    return max(1, min(cores, cores - round(os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)))
+def _step_timeout(text: str) -> tuple[str, int]:
+    step, _, seconds = text.partition("=")
+    if step not in STEPS or not seconds.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STEP=SECONDS, STEP one of {','.join(STEPS)}")
+    return step, int(seconds)
 
 
-def parse_options(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line flags, the counts defaulted per device kind (see --help); JSON-able, for the children."""
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/gpu_check.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__,
-        epilog=f"Step timeouts (s): cuda {TIMEOUTS['cuda']}; cpu {TIMEOUTS['cpu']}.")
+def parse_options(argv: list[str]) -> argparse.Namespace:
+    """The flags, the counts defaulted per device kind (see --help); JSON-able, for the children."""
+    parser = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"Step timeouts (s): cuda {TIMEOUTS['cuda']}; "
+                                            f"cpu {TIMEOUTS['cpu']}.")
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when available)")
     parser.add_argument("--profile", default="paper", choices=sorted(train_speed.PROFILES))
     parser.add_argument("--out", type=Path, required=True,
                         help="summary.json, RESULTS.section.md, a folder per step")
-    parser.add_argument("--steps", default=",".join(STEPS),
-                        help=f"comma-separated subset of {','.join(STEPS)}")
-    for key, (text, cuda, cpu) in COUNTS.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int,
-                            help=f"{text} (default {cuda} on cuda, {cpu} on cpu)")
-    parser.add_argument("--speed-modes",
-                        help=f"default {','.join(SPEED_MODES)} on cuda, {','.join(CPU_SPEED_MODES)} on cpu")
-    parser.add_argument("--eval-size", choices=sorted(eval_speed.SIZES), help="default market")
-    parser.add_argument("--eval-kinds",
-                        help="comma-separated: trained and/or random (default both on cuda, trained on cpu)")
-    parser.add_argument("--batch-size", type=int, help="per stream (default: the profile's, 8 for paper)")
+    for key, (cuda, cpu) in COUNTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"{cuda} on cuda, {cpu} on cpu")
+    parser.add_argument("--speed-modes", type=lambda s: s.split(","),
+                        help=f"default {','.join(SPEED_MODES)} on cuda, all but bf16+compile on cpu")
     parser.add_argument("--threads", type=int, help="CPU runs: torch threads (default: the idle cores)")
-    parser.add_argument("--timeout", action="append", default=[], metavar="STEP=SECONDS",
+    parser.add_argument("--timeout", type=_step_timeout, action="append", default=[], metavar="STEP=SECONDS",
                         help="one step's (repeatable)")
     parser.add_argument("--keep-work", action="store_true", help="keep OUT/work (data, teacher, models)")
-    args = parser.parse_args(argv)
-    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {device}: CUDA is not available here (torch {torch.__version__}, CUDA build "
-                     f"{torch.version.cuda}); use --device cpu --profile tiny")
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-    if unknown := [s for s in split(args.steps) if s not in STEPS]:
-        parser.error(f"--steps: unknown {unknown}; choose from {','.join(STEPS)}")
-    timeouts = dict(TIMEOUTS[kind])
-    for item in args.timeout:
-        step, _, seconds = item.partition("=")
-        if step not in STEPS or not seconds.isdigit():
-            parser.error(f"--timeout {item!r}: expected STEP=SECONDS with STEP one of {','.join(STEPS)}")
-        timeouts[step] = int(seconds)
-    modes = split(args.speed_modes or ",".join(SPEED_MODES if kind == "cuda" else CPU_SPEED_MODES))
-    for mode in modes:
+    opts = parser.parse_args(argv)
+    opts.device = opts.device if opts.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    opts.on_cuda = opts.device.startswith("cuda")
+    if opts.on_cuda and not torch.cuda.is_available():
+        parser.error(f"--device {opts.device}: CUDA is not available here (torch {torch.__version__}, CUDA "
+                     f"build {torch.version.cuda}); use --device cpu --profile tiny")
+    for key, defaults in COUNTS.items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, defaults[0 if opts.on_cuda else 1])
+    opts.speed_modes = opts.speed_modes or [m for m in SPEED_MODES if opts.on_cuda or m != "bf16+compile"]
+    for mode in opts.speed_modes:
         train_speed.Mode.parse(mode)  # a typo fails now, not after minutes
-    values = {k: v if (v := getattr(args, k)) is not None else d for k, d in DEFAULTS[kind].items()}
-    work = Path(args.out).resolve() / "work"
-    return argparse.Namespace(**values | {
-        "eval_kinds": split(args.eval_kinds) if args.eval_kinds else list(DEFAULTS[kind]["eval_kinds"]),
-        "device": device, "on_cuda": kind == "cuda", "profile": args.profile, "out": str(work.parent),
-        "steps": split(args.steps), "speed_modes": modes, "timeouts": timeouts, "keep_work": args.keep_work,
-        "batch_size": args.batch_size or train_speed.DEFAULT_BATCH.get(args.profile, 8),
-        "threads": args.threads or default_threads(), "work": str(work), "data": str(work / "data"),
-        "manifest": str(work / "manifest.csv"), "report": str(work / "validation.json"),
-        "teacher": str(work / "teacher" / "model.pt"),
-        "command": "bash benchmarks/gpu_check.sh " + shlex.join(sys.argv[1:] if argv is None else argv)})
+    # Every core the 1-minute load average leaves idle, at least one (torch threads beyond the free cores
+    # wait on each other: a tiny-profile iteration took 6.5 s with 2 threads on 2 busy cores, 0.8 s with 1).
+    cores = os.cpu_count() or 1
+    work = opts.out.resolve() / "work"
+    vars(opts).update(
+        timeouts=TIMEOUTS["cuda" if opts.on_cuda else "cpu"] | dict(opts.timeout),
+        batch_size=train_speed.DEFAULT_BATCH.get(opts.profile, 8), out=str(work.parent), work=str(work),
+        threads=opts.threads or max(1, min(cores, cores - round(os.getloadavg()[0]))),
+        data=str(work / "data"), manifest=str(work / "manifest.csv"), report=str(work / "validation.json"),
+        teacher=str(work / "teacher" / "model.pt"), command=shlex.join(["bash", SCRIPT, *argv]))
+    del opts.timeout
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -714,43 +629,34 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "options.json").write_text(json.dumps(vars(opts), indent=1))
+    info = common.machine() | {"device": opts.device, "cuda_build": torch.version.cuda,
+                               "cuda_available": torch.cuda.is_available()}
     summary: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"),
-                               "command": opts.command,
-                               "options": dict(vars(opts)), "machine": machine(opts.device), "steps": {}}
-    where = summary["machine"].get("gpu", summary["machine"]["cpu"])
-    print(f"gpu_check: {opts.profile} profile on {opts.device} ({where}), "
-          f"torch {torch.__version__}; steps {', '.join(opts.steps)}; out {out}", flush=True)
+                               "command": opts.command, "options": vars(opts).copy(), "machine": info,
+                               "steps": {}}
+    print(f"gpu_check: {opts.profile} profile on {opts.device} ({info.get('gpu', info['cpu'])}), "
+          f"torch {torch.__version__}; out {out}", flush=True)
     begin = time.monotonic()
-    for name in opts.steps:
-        left, setup = opts.budget - (time.monotonic() - begin), summary["steps"].get("setup")
-        if name in NEEDS_SETUP and setup is not None and setup["status"] != "ok":
+    for name in STEPS:
+        left = opts.budget - (time.monotonic() - begin)
+        if name in NEEDS_SETUP and summary["steps"]["setup"]["status"] != "ok":
             result = {"status": "failed", "error": "setup failed: no validated data or teacher", "wall_s": 0}
         elif left < 5:
             result = {"status": "failed", "error": f"not run: the --budget of {opts.budget} s was spent",
                       "wall_s": 0}
         else:
-            timeout = min(opts.timeouts[name], left)
-            reduced = fit_train_iterations(opts, summary["steps"].get("train_speed"),
-                                           timeout) if name == "train" else None
-            if reduced is not None:
-                print(f"gpu_check: train: {reduced} iterations instead of {opts.train_iterations}: at the "
-                      f"measured bf16 speed, {opts.train_iterations} would not fit in {timeout:.0f} s",
-                      flush=True)
-                opts.train_iterations = reduced
-                (out / "options.json").write_text(json.dumps(vars(opts), indent=1))
-            print(f"gpu_check: {name} (timeout {timeout:.0f} s) ...", flush=True)
-            result = run_step(opts, name, timeout)
-            if reduced is not None:
-                result["iterations_reduced_from"] = summary["options"]["train_iterations"]
+            print(f"gpu_check: {name} (timeout {min(opts.timeouts[name], left):.0f} s) ...", flush=True)
+            result = run_step(opts, name, min(opts.timeouts[name], left))
         summary["steps"][name] = result
         summary["wall_s"] = time.monotonic() - begin
         summary["passed"] = all(r["status"] in ("ok", "skipped") for r in summary["steps"].values())
-        write_summary(summary)  # after every step: a killed run still leaves what it measured
-        ok = result["status"] in ("ok", "skipped")
-        shown = step_line(name, result, opts)[0] if ok else result.get("error", "")
+        for path, text in (("summary.json", json.dumps(summary, indent=1, default=str)),
+                           ("RESULTS.section.md", render_markdown(summary))):
+            (out / path).write_text(text)  # after every step: a killed run still leaves what it measured
+        shown = result.get("text", "-") if result["status"] in ("ok", "skipped") else result.get("error", "")
         print(f"gpu_check: {name}: {result['status']} in {result['wall_s']} s: {shown}", flush=True)
     summary["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    write_summary(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if not opts.keep_work:
         shutil.rmtree(opts.work, ignore_errors=True)
     print(f"gpu_check: {'PASSED' if summary['passed'] else 'FAILED'} in {summary['wall_s']:.0f} s; "

@@ -27,6 +27,7 @@ import argparse
 import bisect
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -70,10 +71,6 @@ TARGET_PEAK_GB = 8.0
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 PAPER_GPU_COMMAND = ("python benchmarks/train_speed.py --profile paper --device cuda "
                      "--modes fp32,bf16,fp16,compile,bf16+compile,bf16+cl --iterations 30 --warmup 5 --write")
-
-
-class Skipped(Exception):
-    """A mode this device or torch build cannot run; its message is the reason shown in the table."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +127,11 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
     }
     try:
         dev = select_device(device)
-        row["device"] = str(dev)
-        _check_mode(parsed, dev)
-    except (Skipped, ConfigError) as exc:
-        return {**row, "device": row.get("device", device), "status": "skipped", "reason": str(exc)}
+    except ConfigError as exc:
+        return {**row, "device": device, "status": "skipped", "reason": str(exc)}
+    row["device"] = str(dev)
+    if reason := cannot_run(parsed, dev):
+        return {**row, "status": "skipped", "reason": reason}
 
     # pretrained=False: no ImageNet lookup; weights do not change the cost.
     overrides: dict[str, Any] = {"pretrained": False, **(model_overrides or {})}
@@ -179,7 +177,9 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
     median = statistics.median(times)
     row.update({
         "status": "ok", "iterations": iterations, "times_s": [round(t, 4) for t in times],
-        "median_s": median, "p90_s": _p90(times), "min_s": min(times), "it_per_s": 1.0 / median,
+        "median_s": median, "min_s": min(times), "it_per_s": 1.0 / median,
+        # inclusive: within the observed range even for a few values
+        "p90_s": statistics.quantiles(times, n=10, method="inclusive")[8] if len(times) > 1 else times[0],
         "projected_100k_h": median * PAPER_ITERATIONS / 3600,
         "load_average_end": load_average(),
     })
@@ -193,26 +193,15 @@ def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
     return row
 
 
-def _check_mode(mode: Mode, dev: torch.device) -> None:
-    """Raise Skipped when `dev` cannot run `mode` (the trainer would refuse it or fail)."""
+def cannot_run(mode: Mode, dev: torch.device) -> str | None:
+    """Why `dev` cannot run `mode` (the trainer would refuse it or fail), the reason shown in the table."""
     if mode.amp == "fp16" and dev.type != "cuda":
-        raise Skipped("fp16 autocast needs CUDA (the trainer refuses it on the CPU; use bf16)")
+        return "fp16 autocast needs CUDA (the trainer refuses it on the CPU; use bf16)"
     if mode.amp == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise Skipped(f"bf16 is not supported on {torch.cuda.get_device_name(dev)}")
+        return f"bf16 is not supported on {torch.cuda.get_device_name(dev)}"
     if mode.compile and not hasattr(torch, "compile"):
-        raise Skipped(f"torch {torch.__version__} has no torch.compile")
-
-
-def _p90(values: list[float]) -> float:
-    """The 90th percentile (inclusive: within the observed range even for a few values)."""
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=10, method="inclusive")[8]
-
-
-# --------------------------------------------------------------------------------------------
-# Children, machine description, RESULTS.md
-# --------------------------------------------------------------------------------------------
+        return f"torch {torch.__version__} has no torch.compile"
+    return None
 
 
 def model_overrides(assignments: list[str]) -> dict[str, Any]:
@@ -226,30 +215,37 @@ def model_overrides(assignments: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    """One mode in a fresh interpreter, so that its peak memory and compile caches are its own."""
-    cmd = [sys.executable, __file__, "--child", mode, "--profile", args.profile, "--device", args.device,
-           "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-    for flag, value in (("--batch-size", args.batch_size), ("--num-classes", args.num_classes),
-                        ("--threads", args.threads)):
-        if value:
-            cmd += [flag, str(value)]
-    if args.channels_last:
-        cmd.append("--channels-last")
-    for assignment in args.model_set:
-        cmd += ["--model-set", assignment]
-    base = {"profile": args.profile, "mode": Mode.parse(mode, args.channels_last).name, "device": args.device,
-            "load_average_start": load_average()}
+def run_child(argv: list[str], mode: str, timeout: float) -> dict[str, Any]:
+    """One mode in a fresh interpreter (this script's command line `argv` and `--child MODE`), so that
+    its peak memory and compile caches are its own."""
+    args = build_parser().parse_args(argv)
+    row = {"profile": args.profile, "mode": Mode.parse(mode, args.channels_last).name, "device": args.device,
+           "load_average_start": load_average(), "status": "skipped"}
+    if reason := cannot_run(Mode.parse(mode), torch.device(args.device)):  # no child needed to say so
+        return row | {"reason": reason}
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
+        out = subprocess.run([sys.executable, __file__, *argv, "--child", mode], capture_output=True,
+                             text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**base, "status": "skipped",
-                "reason": f"did not finish within --mode-timeout {args.mode_timeout} s "
-                          f"(on {os.cpu_count()} cores; compilation is the slow part)"}
+        return row | {"reason": f"did not finish within --mode-timeout {timeout} s (on {os.cpu_count()} "
+                                "cores; compilation is the slow part)"}
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-        return {**base, "status": "skipped", "reason": f"child exited {out.returncode}: {tail}"}
+        return row | {"reason": f"child exited {out.returncode}: {tail}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_modes(argv: list[str], modes: list[str], until: float = math.inf, reserve: float = 0.0) -> list[dict]:
+    """run_child per mode, each printed as it ends; a mode gets the --mode-timeout or what time.monotonic()
+    `until` leaves after `reserve` s for each later mode that needs a child."""
+    args, rows = build_parser().parse_args(argv), []
+    runnable = [m for m in modes if not cannot_run(Mode.parse(m), torch.device(args.device))]
+    for mode in modes:
+        later = len(runnable) - runnable.index(mode) - 1 if mode in runnable else 0
+        rows.append(run_child(argv, mode, max(5, int(min(args.mode_timeout,
+                                                          until - time.monotonic() - reserve * later)))))
+        print_row(rows[-1])
+    return rows
 
 
 def section_name(profile: str, device: str, threads: int = 0) -> str:
@@ -309,21 +305,16 @@ def record(info: dict[str, Any], rows: list[dict[str, Any]], command: str,
             cells += [f"{r.get(k) or 0:,.0f}" for k in ("peak_rss_mb", "rss_at_start_mb")] + [_load(r)]
         table.append(cells)
     title = f"Training speed, {profile} profile, {device}" + (
-        "" if on_gpu else f", {info['torch_threads']} torch thread(s)") + " (`benchmarks/train_speed.py`)"
+        "" if on_gpu else f", {info.get('torch_threads')} torch thread(s)") + " (`benchmarks/train_speed.py`)"
     return {"title": title, "command": command, "machine": info, "rows": rows, "text": text,
             "columns": columns, "table": table}
 
 
-def _print_row(r: dict[str, Any]) -> None:
-    if r.get("status") != "ok":
-        print(f"{r['mode']:18s} skipped: {r.get('reason')}", flush=True)
-        return
-    memory = (f"peak allocated {r['peak_allocated_mb'] / 1024:.2f} GB, reserved "
-              f"{r['peak_reserved_mb'] / 1024:.2f} GB" if "peak_allocated_mb" in r
-              else f"peak RSS {r.get('peak_rss_mb') or 0:,.0f} MB")
-    print(f"{r['mode']:18s} median {r['median_s']:.3f} s  p90 {r['p90_s']:.3f} s  {r['it_per_s']:.2f} it/s  "
-          f"first {r['first_iteration_s']:.1f} s  {memory}  load {_load(r)}  times {r['times_s']}",
-          flush=True)
+def print_row(row: dict[str, Any]) -> None:
+    """One mode's figures as its RESULTS.md row shows them, each beside its column's name."""
+    section = record({}, [row], "")
+    cells = zip(section["columns"], section["table"][0], strict=True)
+    print("; ".join(f"{c} {v}" for c, v in cells if v != ""), flush=True)
 
 
 # --by-network: where one iteration's time goes, per network, forward and backward (torch.profiler)
@@ -458,10 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         info = machine()
         print(f"{args.profile} profile on {args.device}: {info['cpu']}, {info['cores']} cores, "
               f"torch {info['torch']}, load average {info['load_average']}", flush=True)
-        rows = []
-        for mode in modes:
-            rows.append(run_child(args, mode))
-            _print_row(rows[-1])
+        rows = run_modes([*(argv if argv is not None else sys.argv[1:]), "--device", args.device], modes)
         info["load_average_end"] = load_average()
         name = section_name(args.profile, args.device, args.threads)
         if args.model_set:

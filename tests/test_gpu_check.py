@@ -34,9 +34,9 @@ def gpu_check() -> ModuleType:
 def test_cpu_defaults_shrink_and_gpu_fit(gpu_check, tmp_path):
     opts = gpu_check.parse_options(["--device", "cpu", "--profile", "tiny", "--out", str(tmp_path),
                                     "--timeout", "train=7"])
-    cpu = gpu_check.DEFAULTS["cpu"]
-    assert opts.train_iterations == cpu["train_iterations"] < gpu_check.DEFAULTS["cuda"]["train_iterations"]
-    assert opts.timeouts["train"] == 7 and tuple(opts.steps) == gpu_check.STEPS
+    on_cuda, on_cpu = gpu_check.COUNTS["train_iterations"]
+    assert opts.train_iterations == on_cpu < on_cuda
+    assert opts.timeouts["train"] == 7
     assert "bf16+compile" not in opts.speed_modes and opts.batch_size == 4
     # On a GPU, a training that would outrun its timeout at the measured speed is cut to fit.
     gpu = argparse.Namespace(**{**vars(opts), "on_cuda": True, "device": "cuda", "train_iterations": 1500})
