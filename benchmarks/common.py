@@ -78,20 +78,11 @@ def load_average() -> list[float] | None:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    memory = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = int(line.split()[1]) / 2**20  # GiB
-    except (OSError, ValueError):
-        pass
+    memory = proc_field("/proc/meminfo", "MemTotal")
     info: dict[str, Any] = {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "torch_threads": torch.get_num_threads(),
+        "cpu": proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(), "memory_gib": int(memory.split()[0]) / 2**20 if memory else None,
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "load_average": load_average(),
         "platform": platform.platform(),
         "packages": {m.__name__.replace("PIL", "pillow"): m.__version__
@@ -115,15 +106,19 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def proc_field(path: str, name: str) -> str | None:
+    """The value of `name: value` in a /proc file (the first such line); None off Linux."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == name), None)
+
+
 def proc_memory_mb(field: str) -> float | None:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError):
-        pass
-    return None
+    value = proc_field("/proc/self/status", field)
+    return int(value.split()[0]) / 1024 if value else None  # kB
 
 
 def describe_machine(info: dict[str, Any]) -> str:
