@@ -95,15 +95,8 @@ class Mode:
 
     @property
     def name(self) -> str:
-        parts = [{"off": "fp32", "bf16": "bf16", "fp16": "fp16"}[self.amp]]
-        parts += ["compile"] if self.compile else []
-        parts += ["cl"] if self.channels_last else []
-        return "+".join(parts)
-
-
-# --------------------------------------------------------------------------------------------
-# Measuring one mode (in this process)
-# --------------------------------------------------------------------------------------------
+        flags = [flag for flag, on in (("compile", self.compile), ("cl", self.channels_last)) if on]
+        return "+".join([next(k for k, v in PRECISIONS.items() if v == self.amp), *flags])
 
 
 def measure(profile: str, device: str, mode: str, iterations: int, warmup: int,
