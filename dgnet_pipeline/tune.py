@@ -63,13 +63,12 @@ class StorageError(DgnetError):
 @contextlib.contextmanager
 def startup_lock(url: str) -> Iterator[None]:
     """Held while a worker opens the storage, the study and its MLflow parent run: Optuna's table creation
-    is not safe against a concurrent one, and neither Optuna nor MLflow (no create-if-absent) can elect
-    one parent among workers started together. PostgreSQL: an advisory lock (freed if the worker dies);
-    SQLite: a filelock beside the file; other backends: none (start workers one by one)."""
+    is not safe against a concurrent one, and MLflow cannot elect one parent among workers started
+    together. PostgreSQL: an advisory lock (freed if the worker dies); SQLite: a filelock; others: none."""
     import sqlalchemy
     from filelock import FileLock, Timeout
 
-    tracking.check_database(url, "Optuna storage", error=StorageError)
+    tracking.check_database(url, "Optuna storage", error=StorageError)  # unreachable: said at once
     parsed = sqlalchemy.engine.make_url(url)
     with contextlib.ExitStack() as held:
         try:
@@ -95,9 +94,8 @@ def startup_lock(url: str) -> Iterator[None]:
 
 
 class PerTrialSeedTPESampler(optuna.samplers.BaseSampler):
-    """A TPESampler seeded by (seed, trial number) for each trial. TPESampler(seed) seeds once per
-    process, so a resumed study would draw its start-up points from the start of the same sequence
-    again; here trial k draws from the same state whatever process runs it."""
+    """A TPESampler seeded by (seed, trial number) for each trial: TPESampler(seed) seeds once per process,
+    so a resumed study would draw its start-up points again; here trial k draws the same in any process."""
 
     def __init__(self, seed: int, n_startup_trials: int) -> None:
         self.seed, self.n_startup_trials = seed, n_startup_trials
@@ -167,10 +165,6 @@ def running_trial(study: optuna.Study, number: int) -> FrozenTrial:
     return next(t for t in trials(study, TrialState.RUNNING) if t.number == number)
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    return study.best_trial if trials(study, TrialState.COMPLETE) else None
-
-
 @contextlib.contextmanager
 def mlflow_errors(client: Any, what: str) -> Iterator[None]:
     """An MLflow client error in the block becomes TrackingError naming the store."""
@@ -192,6 +186,7 @@ class Tuning:
     cfg: TuneConfig
     base_values: dict[str, Any]  # the base section with tune.train applied
     frame: Any
+    split: dict[str, Any]  # frame.attrs[SPLIT_ATTR]
     model_cfg: Any
     teacher: tuple[Any, Path] | None
     extra_params: dict[str, Any]
@@ -203,28 +198,19 @@ class Tuning:
     storage: RDBStorage | None = None
     teachers: list[Path] = dataclasses.field(default_factory=list)
 
-    @property
-    def split(self) -> dict[str, Any]:
-        return self.frame.attrs[SPLIT_ATTR]
-
 
 class TrialHooks(MlflowHooks):
-    """A trial's MlflowHooks: the worker's line when it starts, the metric reported to Optuna at each
-    evaluation (TrialPruned when the pruner says so, never at the end), the model only with
-    `tune.log_models`."""
+    """A trial's MlflowHooks: a line when it starts, the metric reported to Optuna at each evaluation
+    (pruned when the pruner says so, never at the end), the model only with `tune.log_models`."""
 
-    def __init__(self, *args: Any, trial: optuna.Trial, history: Sequence[int], sampled: Mapping[str, float],
-                 cfg: TuneConfig, iterations: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, trial: optuna.Trial, intro: str, cfg: TuneConfig, iterations: int,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.trial, self.history, self.sampled, self.cfg = trial, history, sampled, cfg
-        self.iterations = iterations
+        self.trial, self.intro, self.cfg, self.iterations = trial, intro, cfg, iterations
 
     def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
         where = f"resuming at iteration {start_iteration}" if start_iteration else "from iteration 0"
-        weights = ", ".join(f"{k} {v:.4g}" for k, v in self.sampled.items())
-        what = f"re-runs trial {self.history[-1]} (same weights), {where}" if self.history else (
-            f"starts {where} with {weights}")
-        print(f"tune: trial {self.trial.number} {what}", flush=True)
+        print(f"tune: trial {self.trial.number} {self.intro}, {where}", flush=True)
         super().on_start(kind, config, start_iteration)
 
     def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
@@ -251,8 +237,8 @@ def requeue(study: optuna.Study, number: int, cfg: TuneConfig) -> None:
         print(f"tune: warning: could not re-queue trial {number}: {short(exc, 160)}", file=sys.stderr)
         return
     print(f"tune: trial {number} " + ("re-queued with the same weights (a re-run resumes from its last "
-          "checkpoint)" if again else f"not re-queued: its weights were re-run tune.max_retry "
-          f"({cfg.max_retry}) times already"), flush=True)
+          "checkpoint)" if again else f"not re-queued: its weights ran tune.max_retry ({cfg.max_retry}) "
+          "times again already"), flush=True)
 
 
 def retire_attempts(tuning: Tuning, history: Sequence[int], number: int) -> None:
@@ -271,15 +257,12 @@ def retire_attempts(tuning: Tuning, history: Sequence[int], number: int) -> None
 
 
 def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
-    """Optuna's objective: train one configuration in a child run `trial-NNNN` of the parent, ended
-    FINISHED (complete), KILLED (pruned, interrupted, a tracking outage) or FAILED and tagged
-    `optuna.state`; return its final metric (pruned on the way). A trial stopped from outside keeps its
-    checkpoints and is re-queued; its re-run (`optuna.retry_of`) retires the earlier attempts' runs."""
+    """Optuna's objective: train one configuration in child run `trial-NNNN`, return its final metric. A
+    trial stopped from outside keeps its checkpoints and is re-queued; its re-run retires the old runs."""
     from dgnet.config import DGNetTrainConfig
     from dgnet.training import trainer
 
-    cfg, client, number = tuning.cfg, tuning.client, trial.number
-    started, outcome, state, stopped = time.monotonic(), "FAIL", "FAIL", False
+    cfg, client, number, storage = tuning.cfg, tuning.client, trial.number, tuning.storage
     sampled = {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in cfg.space}
     history = RetryHeartbeatStaleTrialCallback.retry_history(running_trial(trial.study, number))
     schedule = {t: sampled[k.name] for k in cfg.space for t in k.targets}
@@ -287,18 +270,20 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
                                 f"tune (from {cfg.base})", STAGE_KEYS["train"])[0]
     folder = ws.work_dir(tuning.workspace, f"tune-{cfg.study}",
                          {"model": tuning.model_cfg, "train": train_cfg, **tuning.fingerprint})
-    storage = tuning.storage
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(cfg.study),
                                                                 number)
     tags = {**tuning.tags, "optuna.trial_number": str(number), "optuna.trial_id": str(trial_id),
             **({"optuna.retry_of": str(history[-1])} if history else {})}
+    intro = f"re-runs trial {history[-1]} (same weights)" if history else "starts with " + ", ".join(
+        f"{k} {v:.4g}" for k, v in sampled.items())
+    started = time.monotonic()
     try:
-        with tracked_run(client, tuning.experiment_id, f"trial-{number:04d}", tags,
-                         tuning.parent_id, killed_by=(optuna.TrialPruned, TrackingError)) as run:
-            trial.set_user_attr("mlflow_run_id", run_id := run.info.run_id)
-            hooks = TrialHooks(client, run_id, variant=STAGE, extra_params=tuning.extra_params,
-                               eval_prefix=VALIDATION_PREFIX, trial=trial, history=history, sampled=sampled,
-                               cfg=cfg, iterations=train_cfg.iterations)
+        with tracked_run(client, tuning.experiment_id, f"trial-{number:04d}", tags, tuning.parent_id,
+                         killed_by=(optuna.TrialPruned, TrackingError)) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)  # the `after_trial` callback tags it
+            hooks = TrialHooks(client, run.info.run_id, variant=STAGE, extra_params=tuning.extra_params,
+                               trial=trial, intro=intro, eval_prefix=VALIDATION_PREFIX, cfg=cfg,
+                               iterations=train_cfg.iterations)
             try:
                 retire_attempts(tuning, history, number)
                 hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
@@ -306,40 +291,33 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
                                              folder, hooks=[hooks], resume=True)
                 value = float(result.metrics[cfg.metric])
                 hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
-                hooks.flush()
-                state = "COMPLETE"
-            except optuna.TrialPruned:
-                state = "PRUNED"
-                raise
             finally:
                 hooks.close()
-                with contextlib.suppress(Exception), one_attempt(client.tracking_uri):  # the store may be
-                    client.set_tag(run_id, "optuna.state", state)  # why the trial stopped: one attempt
-        outcome = f"COMPLETE, {cfg.metric} {value:.4f}"
-        return value
-    except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome
-        outcome = f"{state} ({short(exc, 120)})"
+    except (optuna.TrialPruned, NonFiniteLossError):  # the trial's own outcome
+        shutil.rmtree(folder, ignore_errors=True)
         raise
     except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
-        stopped = True
-        outcome = f"stopped ({type(exc).__name__}{': ' + short(exc, 120) if str(exc) else ''})"
+        why = f"{type(exc).__name__}: {short(exc, 120)}" if str(exc) else type(exc).__name__
+        print(f"tune: trial {number} stopped ({why}) after {time.monotonic() - started:.0f} s", flush=True)
+        requeue(trial.study, number, cfg)
         raise
-    finally:
-        if not stopped:
-            shutil.rmtree(folder, ignore_errors=True)
-        print(f"tune: trial {number} {outcome} after {time.monotonic() - started:.0f} s", flush=True)
-        if stopped:
-            requeue(trial.study, number, cfg)
+    shutil.rmtree(folder, ignore_errors=True)
+    return value
 
 
 def run_trials(study: optuna.Study, tuning: Tuning) -> None:
-    """study.optimize until `n_trials` trials are finished and none waits to be re-run (with several
-    workers each stops there, so up to workers - 1 more may finish: MaxTrialsCallback's way); then wait
-    for trials running elsewhere (a grace period and a heartbeat at most), re-running those that die."""
-    cfg, failures, waited, heartbeat = tuning.cfg, [], 0, tuning.cfg.heartbeat_interval
+    """study.optimize until `n_trials` trials are finished and none waits (MaxTrialsCallback: up to
+    workers - 1 more may finish); then wait for trials running elsewhere, re-running those that die."""
+    cfg, client, failures, waited = tuning.cfg, tuning.client, [], 0
+    heartbeat = cfg.heartbeat_interval
     limit = (cfg.grace_period or 2 * heartbeat) + heartbeat if heartbeat else 0
 
-    def failed_in_a_row(study: optuna.Study, trial: FrozenTrial) -> None:
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        value = "" if trial.value is None else f", {cfg.metric} {trial.value:.4f}"
+        print(f"tune: trial {trial.number} {trial.state.name}{value} after "
+              f"{trial.duration.total_seconds():.0f} s", flush=True)
+        with contextlib.suppress(Exception), one_attempt(client.tracking_uri):  # the store may be away
+            client.set_tag(trial.user_attrs["mlflow_run_id"], "optuna.state", trial.state.name)
         failures[:] = [*failures, trial.number] if trial.state == TrialState.FAIL else []
         if len(failures) >= MAX_FAILURES_IN_A_ROW:
             study.stop()
@@ -349,7 +327,7 @@ def run_trials(study: optuna.Study, tuning: Tuning) -> None:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed and re-queued
         if len(trials(study, *FINISHED)) < cfg.n_trials or trials(study, TrialState.WAITING):
             study.optimize(functools.partial(run_trial, tuning), catch=(NonFiniteLossError,),
-                           callbacks=[MaxTrialsCallback(cfg.n_trials, states=FINISHED), failed_in_a_row])
+                           callbacks=[MaxTrialsCallback(cfg.n_trials, states=FINISHED), after_trial])
             if len(failures) >= MAX_FAILURES_IN_A_ROW:
                 raise DgnetError(f"study {cfg.study!r}: {len(failures)} trials in a row failed (non-finite "
                                  f"losses); narrow tune.space, e.g. lower the `high` of the largest weights")
@@ -365,8 +343,7 @@ def run_trials(study: optuna.Study, tuning: Tuning) -> None:
 
 def open_parent(client: Any, experiment_id: str, study: optuna.Study, tags: Mapping[str, str],
                 params: Mapping[str, Any]) -> str:
-    """The parent run the study remembers, set RUNNING; else a new one, recorded in the study (under
-    `startup_lock`, so that workers started together share it)."""
+    """The parent run the study remembers, set RUNNING; else a new one, recorded in the study."""
     with mlflow_errors(client, "open the study's parent run"):
         run_id = study.user_attrs.get(PARENT_ATTR)
         with contextlib.suppress(Exception):  # another store, or deleted: a new parent
@@ -381,8 +358,7 @@ def open_parent(client: Any, experiment_id: str, study: optuna.Study, tags: Mapp
 
 
 def summarize(tuning: Tuning, study: optuna.Study) -> None:
-    """On the parent: best weights and value (`best/...`, step = finished trials), trial counts, trials.csv
-    and Optuna's plots (PNG)."""
+    """On the parent: best weights and value (step: finished trials), trial counts, trials.csv, plots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,7 +369,8 @@ def summarize(tuning: Tuning, study: optuna.Study) -> None:
     counts = {s.name.lower(): len(trials(study, s)) for s in TrialState}
     metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
     tags = {"optuna.n_trials": tuning.cfg.n_trials}
-    if (best := best_trial(study)) is not None:
+    if counts["complete"]:
+        best = study.best_trial
         metrics.update({"best/value": best.value, "best/trial_number": best.number,
                         **{f"best/{k}": v for k, v in best.params.items()}})
         tags["optuna.best_trial"] = best.number
@@ -428,14 +405,15 @@ def teacher_recipe(values: Mapping[str, Any], key: dict[str, Any]) -> tuple[Any,
 
 
 def ensure_teacher(tuning: Tuning) -> list[Path]:
-    """The tuning teacher: cached, or trained now on the tuning-train split (by one worker of the
-    workspace at a time: a filelock) in a child run of the study's parent, published atomically."""
+    """The tuning teacher: cached, or trained now on the tuning-train split (one worker at a time: a
+    filelock) in a child run of the parent, published atomically."""
     from filelock import FileLock
 
     from dgnet.training.teacher_trainer import train_teacher
 
-    cfg, relative = tuning.teacher
-    folder, name, split = tuning.workspace / relative, f"tuning-teacher-seed{cfg.seed}", tuning.split
+    (cfg, relative), client, split = tuning.teacher, tuning.client, tuning.split
+    folder, name = tuning.workspace / relative, f"tuning-teacher-seed{cfg.seed}"
+    variant = f"tune-teacher-seed{cfg.seed}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{folder}.lock"):
         if (folder / TEACHER_INDEX).is_file():
@@ -443,9 +421,8 @@ def ensure_teacher(tuning: Tuning) -> list[Path]:
             return teacher_paths(tuning.workspace, relative)
         print(f"tune: training the teacher of the tuning split ({split['train_ids']} ids, "
               f"{split['train_images']} images) into {relative}", flush=True)
-        run_dir, variant = ws.work_dir(tuning.workspace, name, {"teacher": relative.name}), f"tune-{name[7:]}"
-        tags = {**tuning.tags, "dgnet.kind": "teacher", "dgnet.variant": variant}  # tune-teacher-seedN
-        client = tuning.client
+        run_dir = ws.work_dir(tuning.workspace, name, {"teacher": relative.name})
+        tags = {**tuning.tags, "dgnet.kind": "teacher", "dgnet.variant": variant}
         with tracked_run(client, tuning.experiment_id, name, tags, parent_run_id=tuning.parent_id) as run:
             link_previous_run(client, run_dir, run.info.run_id)
             hooks = MlflowHooks(client, run.info.run_id, variant=variant, eval_prefix=VALIDATION_PREFIX,
@@ -470,8 +447,8 @@ def ensure_teacher(tuning: Tuning) -> list[Path]:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Tuning, dict[str, Any]]:
-    """Params (`tune` after --set and the options), data, split and teacher recipe, checked before
-    anything is opened or trained: what the trials share and the study's settings key."""
+    """Params, data, split and teacher recipe, checked before anything is opened or trained: what the
+    trials share, and the study's settings key."""
     from dgnet.config import DGNetTrainConfig
 
     workspace = tracking.workspace_root()
@@ -500,7 +477,7 @@ def prepare(args: argparse.Namespace) -> tuple[Tuning, dict[str, Any]]:
              "data.validation_fraction": split["fraction"], "data.validation_seed": split["seed"],
              **{f"data.{k}": split[k] for k in ("validation_ids", "query_images", "gallery_images",
                                                 "train_images", "train_ids")}}
-    tuning = Tuning(workspace, cfg, base_values, frame, model_cfg, teacher, extra,
+    tuning = Tuning(workspace, cfg, base_values, frame, split, model_cfg, teacher, extra,
                     {"manifest": md5, "validation": split["query_sha256"], "teachers": teacher_key})
     # Not the searched schedule fields (applying tuned weights keeps the study), nor n_trials (it grows).
     searched = {t for k in cfg.space for t in k.targets}
@@ -560,46 +537,40 @@ def tune(args: argparse.Namespace) -> int:
 
 
 def report(study: optuna.Study, tuning: Tuning, args: argparse.Namespace, seconds: float) -> int:
-    """params/tuned.yaml (params.yaml's layout), the metrics JSON and a summary on stdout: every
-    figure comes from the validation split (`score_split`)."""
+    """params/tuned.yaml (params.yaml's layout), the metrics JSON and a summary on stdout."""
     cfg, split, workspace = tuning.cfg, tuning.split, tuning.workspace
     counts = {s.name.lower(): len(trials(study, s)) for s in (*FINISHED, TrialState.FAIL)}
     summary: dict[str, Any] = {"metric": cfg.metric, "score_split": SCORE_SPLIT, **counts, "validation": {
         k: v for k, v in split.items() if k not in ("held_out_ids", "query_sha256")}}
     if not trials(study, TrialState.RUNNING):
         ws.remove_work_dirs(workspace, f"tune-{cfg.study}")
-    if (best := best_trial(study)) is None:
+    if not counts["complete"]:
         write_json(workspace / args.metrics, summary)
         print(f"tune: no complete trial in study {cfg.study!r} ({counts}); no tuned weights written")
         return 0
+    best, finished = study.best_trial, counts["complete"] + counts["pruned"]
     summary.update({"best_value": round(float(best.value), 6), "best_trial": best.number,
                     **{f"best_{k}": v for k, v in best.params.items()}})
     schedule = {t: float(best.params[k.name]) for k in cfg.space for t in k.targets}
     exp_line = "dvc exp run " + " ".join(f"-S {cfg.base}.schedule.{k}={v!r}" for k, v in schedule.items())
-    finished = len(trials(study, *FINISHED))
-    header = (f"# The best loss weights of Optuna study {cfg.study!r}: trial {best.number} of {finished} "
-              f"finished, final {cfg.metric} {best.value:.6f} on the validation split (never the test\n"
-              f"# split). Use them: `dgnet tune --apply {Path(cfg.out).as_posix()}` then `dvc repro`; or try "
-              f"them without touching params.yaml:\n#   {exp_line}\n")
+    lines = [f"The best loss weights of Optuna study {cfg.study!r}: trial {best.number} of {finished} "
+             f"finished, {SCORE_SPLIT} {cfg.metric} {best.value:.6f} ({split['validation_ids']} held-out "
+             f"training ids; never the test split, which `dvc repro` benchmarks them on after --apply).",
+             f"Use them: `dgnet tune --apply {Path(cfg.out).as_posix()}`, or as a DVC experiment: {exp_line}"]
     tuned = {"tuned": {"study": cfg.study, "trial": best.number, "metric": cfg.metric,
                        "value": float(best.value), "score_split": SCORE_SPLIT, "finished_trials": finished},
              cfg.base: {"schedule": schedule}}
-    with atomic_path(out := workspace / cfg.out) as tmp:  # an absolute `out` stays itself
-        tmp.write_text(header + yaml.safe_dump(tuned, sort_keys=False))
+    with atomic_path(workspace / cfg.out) as tmp:  # an absolute `out` stays itself
+        tmp.write_text("".join(f"# {line}\n" for line in lines) + yaml.safe_dump(tuned, sort_keys=False))
     write_json(workspace / args.metrics, summary)
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
-    print(f"tune: {counts} after {seconds:.0f} s; best trial {best.number}: {SCORE_SPLIT} {cfg.metric} "
-          f"{best.value:.4f} with {shown} ({split['validation_ids']} held-out training ids, "
-          f"{split['query_images']} queries, {split['gallery_images']} gallery images; the test split's "
-          f"figures come from `dvc repro` after --apply)")
-    print(f"tuned weights: {out}; use them with `dgnet tune --apply {cfg.out}` (or: {exp_line}); MLflow "
-          f"parent run {tuning.parent_id} (view: {tracking.view_hint(tuning.client.tracking_uri)})")
+    print(f"tune: {counts} after {seconds:.0f} s. " + "\n".join(lines) + f"\nMLflow parent run "
+          f"{tuning.parent_id} (view: {tracking.view_hint(tuning.client.tracking_uri)})")
     return 0
 
 
 def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
-    """Copy a tuned file's weights into params.yaml (comments and layout kept, atomic); the result must
-    still build the training configuration. Returns the changes as `key: old -> new`."""
+    """Copy a tuned file's weights into params.yaml (comments and layout kept), which must still build
+    the training configuration; the changes as `key: old -> new`."""
     from ruamel.yaml import YAML
 
     from dgnet.config import DGNetTrainConfig
