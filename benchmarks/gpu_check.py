@@ -439,28 +439,36 @@ def ddp_rank(opts: argparse.Namespace, backend: str) -> None:
         dist.destroy_process_group()
 
 
-def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> int | None:
-    """`cmd` in its own session (a timeout kills its children too), output to `log`; None on a timeout."""
+def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None,
+         session: bool = True) -> int | None:
+    """`cmd`, output to `log`; None on a timeout, after SIGTERM (to its whole session when it has one: a
+    step and what it started) and SIGKILL 10 s later. SIGTERM first: torchrun then stops its ranks, which
+    run in sessions of their own (a SIGKILLed torchrun leaves them running)."""
     with open(log, "w", encoding="utf-8") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=session)
         try:
             return proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig) if session else proc.send_signal(sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+                    break
             return None
 
 
 def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
     """Two torchrun ranks on the one device: NCCL where it allows it, else gloo; lockstep weights."""
-    folder, deadline = step_dir(opts, "ddp"), step_deadline(margin=5)
+    folder, deadline = step_dir(opts, "ddp"), step_deadline(margin=15)  # torchrun's 10 s to stop its ranks
     backends = ["nccl", "gloo"] if opts.on_cuda and dist.is_nccl_available() else ["gloo"]
     attempts: dict[str, str] = {}
     for k, backend in enumerate(backends):
         left = deadline - time.monotonic()  # NCCL gets half: it refuses two ranks on one GPU at once
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               __file__, "--ddp-rank", backend, "--options", str(Path(opts.out) / "options.json")]
-        code = _run(cmd, folder / f"{backend}.log", left / 2 if k < len(backends) - 1 else left)
+        code = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                     __file__, "--ddp-rank", backend, "--options", f"{opts.out}/options.json"],
+                    folder / f"{backend}.log", left / 2 if k < len(backends) - 1 else left, session=False)
         lines = (folder / f"{backend}.log").read_text(errors="replace").strip().splitlines()
         errors = [line for line in lines if "Error" in line or "error" in line] or lines or ["(no output)"]
         attempts[backend] = ("ok" if code == 0 else f"{backend}: " + (
@@ -477,9 +485,8 @@ def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
     start_differs = [k for k in names if first["initial"][k] != second["initial"][k]]
     shared = [it + 1 for it, (s0, s1) in enumerate(zip(first["seen"], second["seen"], strict=True))
               if set(s0[:n]) & set(s1[:n]) or set(s0[2 * n:3 * n]) & set(s1[2 * n:3 * n])]
-    f = {"backend": backend, "attempts": attempts, "device": first["device"],
-         "iterations": len(first["times"]),
-         "tensors": len(names), "moved": moved, "differing_after": len(different),
+    f = {"backend": backend, "attempts": attempts, "device": first["device"], "tensors": len(names),
+         "iterations": len(first["times"]), "moved": moved, "differing_after": len(different),
          "differing_at_start": len(start_differs), "batches_sharing_images": shared,
          "s_per_iteration": statistics.median(first["times"][1:] or first["times"]),
          "last_losses": first["last_logs"]}
