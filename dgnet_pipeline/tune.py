@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -227,21 +227,7 @@ class TrialHooks(MlflowHooks):
         return super().log_model(result) if self.cfg.log_models else None
 
 
-def requeue(study: optuna.Study, number: int, cfg: TuneConfig) -> None:
-    """Re-queue running trial `number`, which this process stopped (not its weights), with `retry`."""
-    try:
-        trial = running_trial(study, number)
-        again = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) < cfg.max_retry
-        retry(cfg)(study, trial)  # past max_retry, it does nothing
-    except Exception as exc:  # the storage may be what broke; why the trial stopped matters more
-        print(f"tune: warning: could not re-queue trial {number}: {short(exc, 160)}", file=sys.stderr)
-        return
-    print(f"tune: trial {number} " + ("re-queued with the same weights (a re-run resumes from its last "
-          "checkpoint)" if again else f"not re-queued: its weights ran tune.max_retry ({cfg.max_retry}) "
-          "times again already"), flush=True)
-
-
-def retire_attempts(tuning: Tuning, history: Sequence[int], number: int) -> None:
+def retire_attempts(tuning: Tuning, history: list[int], number: int) -> None:
     """The MLflow runs of the attempts trial `number` re-runs: ended KILLED if a dead worker left them
     RUNNING, tagged `optuna.state` FAIL and `optuna.rerun_as` the trial."""
     client, study = tuning.client, tuning.cfg.study
@@ -299,7 +285,14 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
     except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
         why = f"{type(exc).__name__}: {short(exc, 120)}" if str(exc) else type(exc).__name__
         print(f"tune: trial {number} stopped ({why}) after {time.monotonic() - started:.0f} s", flush=True)
-        requeue(trial.study, number, cfg)
+        try:  # with its weights (`retry`, which does nothing past max_retry) and intermediate values
+            again = len(history) < cfg.max_retry
+            retry(cfg)(trial.study, running_trial(trial.study, number))
+            print(f"tune: trial {number} " + ("re-queued with the same weights (a re-run resumes from its "
+                  "last checkpoint)" if again else "not re-queued: re-run tune.max_retry times already"),
+                  flush=True)
+        except Exception as error:  # the storage may be what broke; why the trial stopped matters more
+            print(f"tune: warning: could not re-queue trial {number}: {short(error, 160)}", file=sys.stderr)
         raise
     shutil.rmtree(folder, ignore_errors=True)
     return value
