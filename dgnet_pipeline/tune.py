@@ -584,9 +584,13 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
     for dotted, value in flatten(sections).items():
         *parents, leaf = dotted.split(".")
         node = document
-        for key in parents:  # a section holds only what differs from the profile: add what is missing
+        for depth, key in enumerate(parents):  # a section holds what differs from the profile: add the rest
             if node.get(key) is None:
                 node[key] = {}
+            if not isinstance(node[key], dict):
+                where = ".".join(parents[:depth + 1])
+                raise ConfigError(f"--apply {tuned}: {params_file} has a value at `{where}`, where "
+                                  f"`{dotted}` needs a section (a mapping); nothing was changed")
             node = node[key]
         changes.append(f"{dotted}: {node.get(leaf, '(default)')} -> {value}")
         node[leaf] = value

@@ -592,3 +592,16 @@ def test_diverging_trials_fail_and_stop_the_study_after_three(in_workspace, mlfl
     assert {r.info.status for r in trial_runs(mlflow_uri, "nan").values()} == {"FAILED"}
     (parent,) = parent_runs(mlflow_uri, "nan")
     assert parent.info.status == "FAILED"
+
+
+def test_apply_refuses_a_value_where_a_section_belongs_and_changes_nothing(tmp_path):
+    from dgnet.errors import ConfigError
+    from dgnet_pipeline.tune import apply_tuned
+
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: cpu\ntrain:\n  schedule: 3\n")
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("train:\n  schedule:\n    recon_image: 2.0\n")
+    with pytest.raises(ConfigError, match=r"value at `train.schedule`.*needs a section"):
+        apply_tuned(tuned, params)
+    assert params.read_text() == "profile: cpu\ntrain:\n  schedule: 3\n"
