@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from dgnet.data.synthetic import generate_dataset
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
+from dgnet.profiles import get_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module
 from common import RESULTS, machine, write_results

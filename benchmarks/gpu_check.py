@@ -52,9 +52,9 @@ from dgnet.data.synthetic import generate_dataset
 from dgnet.data.validated import read_validated_manifest, validate_dataset
 from dgnet.evaluation.benchmark import benchmark_model
 from dgnet.models.backbone import cached_imagenet_checkpoint
-from dgnet.models.config import get_profile
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet.training.cli import FileLogHook
 from dgnet.training.loop import make_loader, training_labels
 from dgnet.training.objective import NonFiniteLossError

@@ -45,7 +45,7 @@ from torch.profiler import ProfilerActivity, record_function
 from torch.profiler import profile as profile_ops
 
 from dgnet.errors import ConfigError
-from dgnet.models.config import PROFILES, get_profile
+from dgnet.profiles import PROFILES, get_profile
 from dgnet.training.runtime import DistContext, determinism, resolve_amp, select_device
 from dgnet.training.schedule import loss_weights_at
 from dgnet.training.trainer import DGNetTrainConfig, build_joint_step

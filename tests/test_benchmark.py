@@ -11,10 +11,10 @@ from dgnet.errors import DatasetError
 from dgnet.evaluation import benchmark
 from dgnet.evaluation.benchmark import benchmark_model, generation_reference, markdown_table
 from dgnet.evaluation.generation import swap_fidelity
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 
 
 @pytest.fixture(scope="module")

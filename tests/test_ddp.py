@@ -20,10 +20,10 @@ import torch.multiprocessing as mp
 from dgnet.data.manifest import build_manifest
 from dgnet.data.samplers import IdentityPairSampler
 from dgnet.data.synthetic import generate_dataset
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.schedule import ScheduleConfig

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from dgnet.evaluation.features import extract_features, scale_fine_half
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 
 
 @pytest.fixture(scope="module")

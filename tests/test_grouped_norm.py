@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from dgnet.models.appearance import AppearanceEncoder
-from dgnet.models.config import get_profile
 from dgnet.models.frozen import frozen_call
 from dgnet.models.grouped_norm import GroupedBatchNorm2d, grouped_call, statistics_groups
 from dgnet.models.teacher import FrozenTeacher, ReidBaseline
+from dgnet.profiles import get_profile
 
 
 def _encoders() -> tuple[AppearanceEncoder, AppearanceEncoder]:

@@ -30,7 +30,7 @@ from dgnet.data.validated import (
     validate_dataset,
 )
 from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DataRuleError, DatasetError, OutputError
-from dgnet.models.config import get_profile
+from dgnet.profiles import get_profile
 from dgnet.training.checkpoint import list_checkpoints
 from dgnet.training.loop import worker_error_message
 from dgnet.training.runlock import HOLDER_NAME, RunLockedError, locked_by_another, run_lock

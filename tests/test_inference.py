@@ -22,10 +22,10 @@ from dgnet.evaluation.features import extract_features
 from dgnet.inference import extract as extract_module
 from dgnet.inference import onnx_export
 from dgnet.inference.extract import FeatureExtractor
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, load_model, save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 from tests.fixtures import truncate
 
 TINY = get_profile("tiny", num_classes=4)

@@ -47,9 +47,9 @@ def test_synth_and_generate_never_delete_what_they_did_not_write(tmp_path, capsy
     """--out replaces the whole folder: only an empty one or a previous output of the same command
     (its signature file) is replaced; a folder of the user's, `.` and the folders above are refused."""
     from dgnet.cli import main
-    from dgnet.models.config import get_profile
     from dgnet.models.dgnet import DGNet
     from dgnet.models.persist import save_model
+    from dgnet.profiles import get_profile
 
     data = tmp_path / "data"
     assert main(["synth", "--out", str(data), "--ids", "8", "--cameras", "3"]) == 0

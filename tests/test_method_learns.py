@@ -16,9 +16,9 @@ from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.data.transforms import denormalize
 from dgnet.evaluation.generation import image_l1, mean_image, mean_image_l1
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import load_model
+from dgnet.profiles import get_profile
 from dgnet.training.schedule import ScheduleConfig
 from dgnet.training.trainer import DGNetTrainConfig, train_dgnet
 

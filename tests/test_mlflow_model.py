@@ -22,9 +22,9 @@ from PIL import Image
 
 from dgnet.cli import main
 from dgnet.inference.extract import FeatureExtractor, find_images, prepare_image
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, save_model
+from dgnet.profiles import get_profile
 from dgnet.training.hooks import TrainingResult
 from dgnet_pipeline.mlflow_hooks import MlflowHooks
 from dgnet_pipeline.mlflow_model import save_pyfunc_model

@@ -14,13 +14,15 @@ from dgnet.errors import ConfigError
 from dgnet.models import backbone as backbone_module
 from dgnet.models.appearance import AppearanceEncoder, IdHead, appearance_code
 from dgnet.models.backbone import PretrainedWeightsMissingWarning, ResNetTrunk, build_trunk
-from dgnet.models.config import PROFILES, ModelConfig, get_profile
+from dgnet.models.config import ModelConfig
 from dgnet.models.decoder import Decoder
 from dgnet.models.dgnet import DGNet
 from dgnet.models.discriminator import MultiScaleDiscriminator
 from dgnet.models.structure import StructureEncoder, to_grayscale
 from dgnet.models.summary import count_parameters, summarize
 from dgnet.models.teacher import FrozenTeacher, ReidBaseline
+from dgnet.profiles import MODEL_PROFILES as PROFILES
+from dgnet.profiles import get_profile
 
 
 def n_params(module: nn.Module) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, load_model, read_model_file, save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 
 CFG = get_profile("tiny", num_classes=5)
 LABELS = {3: 0, 7: 1, 9: 2, 12: 3, 20: 4}

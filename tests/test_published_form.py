@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from dgnet.losses import r1_penalty
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.frozen import frozen_call
 from dgnet.models.layers import SampleLayerNorm
 from dgnet.models.teacher import FrozenTeacher, ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet.training.objective import ObjectiveConfig, discriminator_objective, generator_objective
 from dgnet.training.schedule import loss_weights_at
 from tests.test_routing import GENERATOR, backward_touched, make_batch, only

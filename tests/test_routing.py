@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.teacher import FrozenTeacher, ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet.training.objective import (
     DGNetBatch,
     NonFiniteLossError,

@@ -16,10 +16,10 @@ from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.evaluation.benchmark import ModelBenchmark, benchmark_model
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet_pipeline import evaluate as evaluate_stage
 from dgnet_pipeline import evaluate_report
 from tests.test_dvc_deps import ROOT

@@ -20,9 +20,8 @@ from dgnet.config import TeacherStage, build_train_config, stage_config
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError
 from dgnet.losses import NonFiniteLossError
-from dgnet.models.config import get_profile
 from dgnet.models.persist import load_model
-from dgnet.profiles import resolve_params
+from dgnet.profiles import get_profile, resolve_params
 from dgnet.training.teacher_trainer import TeacherTrainConfig
 from dgnet.training.trainer import DGNetTrainConfig
 from dgnet_pipeline.tracking import connect

@@ -15,9 +15,9 @@ from PIL import Image
 
 from dgnet.data.validated import validate_dataset
 from dgnet.errors import ConfigError, DgnetError
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
+from dgnet.profiles import get_profile
 from dgnet.training.hooks import HookList, TrainingHooks, TrainingResult
 from dgnet_pipeline import mlflow_runs, tracking
 from dgnet_pipeline.mlflow_hooks import (

@@ -19,10 +19,10 @@ from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid
 from dgnet.losses import NonFiniteLossError
-from dgnet.models.config import get_profile
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import ModelFileError, load_model, save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from dgnet.training.cli import add_train_commands, build_configs
 from dgnet.training.hooks import TrainingHooks

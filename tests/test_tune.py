@@ -19,9 +19,9 @@ import dgnet.training.trainer as trainer_module
 from dgnet.config import TuneConfig, build_train_config
 from dgnet.data.manifest import read_manifest
 from dgnet.data.synthetic import generate_dataset
-from dgnet.models.config import get_profile
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 from dgnet.training.hooks import TrainingHooks
 from dgnet.training.loop import training_labels
 from dgnet.training.trainer import DGNetTrainConfig

@@ -8,9 +8,7 @@ from importlib import import_module
 from typing import Any
 
 _HOMES = {
-    "PROFILES": "dgnet.models.config",
     "ModelConfig": "dgnet.models.config",
-    "get_profile": "dgnet.models.config",
     "DGNet": "dgnet.models.dgnet",
     "ParameterGroups": "dgnet.models.dgnet",
     "summarize": "dgnet.models.summary",

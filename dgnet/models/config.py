@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from dgnet.checks import check_choice, check_int, check_number
 from dgnet.errors import ConfigError
@@ -155,12 +154,3 @@ class ModelConfig:
         """Spatial size of the trunk's last map (16x8 in the paper)."""
         return self.image_height // TRUNK_STRIDE, self.image_width // TRUNK_STRIDE
 
-
-def __getattr__(name: str) -> Any:
-    """`PROFILES` (name -> ModelConfig) and `get_profile` are dgnet.profiles' (the one module of the
-    profiles), still importable from here."""
-    if name in ("PROFILES", "get_profile"):
-        import dgnet.profiles
-
-        return dgnet.profiles.MODEL_PROFILES if name == "PROFILES" else dgnet.profiles.get_profile
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
