@@ -25,8 +25,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from dgnet.models.config import get_profile
     from dgnet.models.summary import summarize
+    from dgnet.profiles import get_profile
 
     overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     print(summarize(get_profile(args.profile, **overrides)))

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from dgnet.errors import ModelFileError
-from dgnet.models.config import ModelConfig, get_profile
+from dgnet.models.config import ModelConfig
 from dgnet.models.dgnet import DGNet
 from dgnet.models.teacher import ReidBaseline
+from dgnet.profiles import get_profile
 
 # Each released file: what it is, the key prefix that identifies it, and whether it is {'a': state_dict}.
 NETWORKS = {
