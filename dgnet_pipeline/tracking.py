@@ -1,16 +1,11 @@
 """Where the MLflow store is, and reaching it: one quick check at start, MLflow's own retries mid-run.
 
-Runs land in `MLFLOW_TRACKING_URI` when set (a relative SQLite path in it is taken from the tracking
-root), else in `sqlite:///<tracking root>/mlflow.db` with artifacts in `<tracking root>/mlruns/<experiment>`
-(an absolute file URI). The tracking root is `DVC_ROOT` when DVC runs us (in a queued `dvc exp run` it
-names the parent repository, not the copy under .dvc/tmp/exps), else the folder holding params.yaml:
-every run of the pipeline lands in one store.
-
-`connect` makes one attempt, so an unreachable server or database is reported within seconds. Mid-run,
-requests to a server are retried by MLflow itself (`HTTP_RETRIES`: 5 retries, back-off 0, 4, 8, 16,
-32 s, about a minute; the MLFLOW_HTTP_REQUEST_* variables change it); if the server is still away the
-hook raises TrackingError, the stage stops (exit 2) and its checkpoints stay in checkpoints/, so
-re-running it once the server is back resumes from the newest one.
+Runs land in `MLFLOW_TRACKING_URI` when set, else in `sqlite:///<tracking root>/mlflow.db` (artifacts in
+`<tracking root>/mlruns/<experiment>`). The tracking root is `DVC_ROOT` when DVC runs us (in a queued
+`dvc exp run`: the parent repository, not its copy), else the folder holding params.yaml, so that every
+run of the pipeline lands in one store. `connect` makes one attempt: an unreachable store is reported
+within seconds. Mid-run MLflow retries a server itself (`HTTP_RETRIES`: about a minute); if it stays
+away the stage stops (exit 2) with its checkpoints kept, to resume once the server is back.
 """
 
 from __future__ import annotations
@@ -40,7 +35,6 @@ class TrackingError(DgnetError):
 
 
 def quiet_mlflow() -> None:
-    """No telemetry, no INFO chatter, synchronous logging, and `HTTP_RETRIES` (unless set)."""
     for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
                        "MLFLOW_LOGGING_LEVEL": "WARNING", **HTTP_RETRIES}.items():
         os.environ.setdefault(key, value)
@@ -56,8 +50,7 @@ def quiet_mlflow() -> None:
 
 
 def workspace_root() -> Path:
-    """The folder holding params.yaml, from the working directory upwards (in a queued experiment,
-    the temporary copy: its params.yaml has the `-S` overrides)."""
+    """The folder holding params.yaml, from the working directory up (in a queued experiment, its copy)."""
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / "params.yaml").is_file():
@@ -65,16 +58,17 @@ def workspace_root() -> Path:
     raise ConfigError(f"no params.yaml in {here} or its parents: run the stages from the repository")
 
 
-def tracking_root() -> Path:
-    """DVC_ROOT when DVC runs us (the parent repository in a queued `dvc exp run`), else the workspace."""
+def tracking_root(root: str | os.PathLike | None = None) -> Path:
+    """`root`, else DVC_ROOT when DVC runs us (a queued experiment's parent repo), else the workspace."""
+    if root is not None:
+        return Path(root).resolve()
     return Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else workspace_root()
 
 
 def tracking_uri(root: str | os.PathLike | None = None) -> str:
-    """MLFLOW_TRACKING_URI when set, else `sqlite:///<root>/mlflow.db`, always absolute: a relative
-    path in the variable is resolved against `root` (default `tracking_root()`), so that a DVC
-    experiment's temporary working directory never gets a store of its own."""
-    root = Path(root).resolve() if root is not None else tracking_root()
+    """MLFLOW_TRACKING_URI when set, else `sqlite:///<root>/mlflow.db`, always absolute (a relative path
+    taken from `root`): a DVC experiment's temporary copy never gets a store of its own."""
+    root = tracking_root(root)
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not env:
         return f"sqlite:///{root / DEFAULT_DB}"
@@ -84,22 +78,21 @@ def tracking_uri(root: str | os.PathLike | None = None) -> str:
 
 
 def absolute_sqlite(url: str, root: str | os.PathLike | None = None) -> str:
-    """`url`, a relative `sqlite:///PATH` taken from `root` (default `tracking_root()`)."""
+    """`url`, a relative `sqlite:///PATH` taken from `tracking_root(root)`."""
     path = url.removeprefix("sqlite:///")
     if url.startswith("sqlite:///") and path and path != ":memory:" and not path.startswith("/"):
-        return f"sqlite:///{(Path(root).resolve() if root is not None else tracking_root()) / path}"
+        return f"sqlite:///{tracking_root(root) / path}"
     return url
 
 
 def artifact_location(uri: str, root: str | os.PathLike | None = None) -> str | None:
-    """Beside a local SQLite database, `<its folder>/mlruns` as a file URI; None (the server decides)
-    otherwise."""
+    """Beside a local SQLite database, `<its folder>/mlruns` as a file URI; else None (the server decides)."""
     if not uri.startswith("sqlite:///"):
         return None
     path = uri.removeprefix("sqlite:///")
     if path and path != ":memory:":
         return (Path(path).parent / DEFAULT_ARTIFACTS).resolve().as_uri()
-    return ((Path(root).resolve() if root is not None else tracking_root()) / DEFAULT_ARTIFACTS).as_uri()
+    return (tracking_root(root) / DEFAULT_ARTIFACTS).as_uri()
 
 
 def is_http(uri: str) -> bool:
@@ -112,7 +105,6 @@ def short(exc: BaseException, limit: int = 300) -> str:
 
 
 def redact(url: str) -> str:
-    """`url` with its password (if any) replaced by `***`, for messages and logs."""
     from urllib.parse import urlsplit
 
     try:
@@ -132,17 +124,15 @@ def one_attempt(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> Iterator[None]:
     try:
         yield
     finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.update({key: value for key, value in old.items() if value is not None})
+        for key in [key for key, value in old.items() if value is None]:
+            os.environ.pop(key, None)
 
 
 def check_database(url: str, what: str, timeout_s: int = CHECK_TIMEOUT_S,
                    error: type[DgnetError] = TrackingError) -> None:
-    """One connection to the database at `url` (SQLAlchemy), or `error` naming `what` and the URL:
-    MLflow's engine set-up retries for about 100 s, and a host that drops packets would hang."""
+    """One connection to the database at `url`, or `error` naming `what` and the URL (MLflow's engine
+    set-up retries for about 100 s, and a host that drops packets would hang)."""
     import sqlalchemy
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
     from sqlalchemy.pool import NullPool
@@ -169,8 +159,8 @@ def check_database(url: str, what: str, timeout_s: int = CHECK_TIMEOUT_S,
 
 
 def check_sqlite(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
-    """For a `sqlite:///PATH` store: TrackingError naming the file unless it can be written (MLflow's
-    set-up would retry an unwritable one for about 100 s). Writes nothing."""
+    """TrackingError naming a `sqlite:///PATH` store unless it can be written (MLflow's set-up would
+    retry an unwritable one for about 100 s). Writes nothing."""
     import sqlite3
 
     path = uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
@@ -190,8 +180,7 @@ def check_sqlite(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
 
 
 def connect(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> Any:
-    """An MlflowClient on `uri` after one cheap call (`one_attempt`) proves the store answers;
-    TrackingError naming it else."""
+    """An MlflowClient on `uri` once one cheap call proves the store answers; else TrackingError."""
     quiet_mlflow()
     from mlflow import MlflowClient
 
