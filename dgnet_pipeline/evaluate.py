@@ -1,27 +1,16 @@
-"""The `evaluate` stage's code (stages/evaluate.py runs it): benchmark every trained model, write the report.
+"""The `evaluate` stage (stages/evaluate.py runs it): benchmark every trained model, write the report.
 
-Models: the teacher(s) of the teacher stage, DG-Net of the train stage, and every ablation found
-under outputs/ablations/<variant>/seed<S>/model.pt, each seed of a variant evaluated and summarised
-(mean, spread, the paired difference to DG-Net with its 95% interval). For each
-(dgnet.evaluation.benchmark): re-ID at the query alphas of params `evaluate.alphas` and with the
-fine-grained half alone, optional k-reciprocal re-ranking, swap fidelity against the synthetic
-ground truth, self-reconstruction L1, each beside its trivial baselines (copy a donor unchanged; the
-mean training image; a 4x blur), SSIM diversity, FID (skipped and said so without local Inception
-weights), a ranked-retrieval picture and a swap grid.
-Beside the models, a re-ID baseline with no learning (HSV histograms of three stripes): how far
-clothing colour alone gets on this data.
-The model-independent generation references are computed once and shared by the DG-Net models.
-Cross-domain: every dataset of params `evaluate.targets` (`- {name: duke, data: /datasets/DukeMTMC-reID,
-format: dukemtmc}`; format detected when left out) is validated with the same rules (pandas engine;
-report in reports/cross_domain/) and every model is ranked on its query/gallery at its main setting.
+Models: the teachers, DG-Net and every ablation of params, each seed (<variant>_seed<S>), benchmarked
+by dgnet.evaluation.benchmark (re-ID at params `evaluate.alphas`, swap fidelity, reconstruction,
+diversity, FID, pictures; the model-independent generation references computed once), beside an HSV
+colour-histogram baseline with no learning (how far clothing colour alone gets). Cross-domain: every
+dataset of params `evaluate.targets` is validated with the same rules (report in reports/cross_domain/)
+and every model ranked on it at its main setting.
 
-Writes reports/benchmark.md (its headline first, the tables, honest notes), reports/metrics/eval.json
-(every figure; `cross_domain/<target>/<model>` there for the targets), reports/metrics/summary/
-(`dvc metrics show`: one small file per variant, <variant>.json the mean over seeds and
-<variant>_seed<S>.json each seed: rank1, mAP, mAP_finite, mINP), reports/plots/cmc.csv (`dvc plots
-show`: rank, cmc, model; each variant at its main setting, the mean over its seeds), reports/figures/*.png,
-and one MLflow run `evaluate` holding all metrics and the report with its pictures, the report's
-headline as its description."""
+Writes reports/benchmark.md (headline first), reports/metrics/eval.json (every figure),
+reports/metrics/summary/<variant>[_seed<S>].json (`dvc metrics show`), reports/plots/cmc.csv and
+losses.csv (`dvc plots show`: each variant, the mean over its seeds), reports/figures/*.png, and one
+MLflow run `evaluate`: all metrics, the report with its pictures, the headline as its description."""
 
 from __future__ import annotations
 
@@ -36,10 +25,7 @@ import pandas as pd
 from dgnet.config import DataConfig, EvaluateConfig, section_config
 from dgnet.data.validated import validate_dataset
 from dgnet.errors import DgnetError
-from dgnet.evaluation.benchmark import (
-    ModelBenchmark,
-    benchmark_model,
-)
+from dgnet.evaluation.benchmark import ModelBenchmark, benchmark_model
 from dgnet.evaluation.evaluate import evaluate_reid
 from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
@@ -66,8 +52,7 @@ CROSS_DOMAIN = Path("reports/cross_domain")  # the targets' validation reports
 
 @dataclass(frozen=True)
 class Paths:
-    """What the stage reads and writes, relative to the workspace: dvc.yaml's `vars: paths`, which
-    its `cmd` passes (`of_dvc`: the same, read from the dvc.yaml beside a stage script)."""
+    """What the stage reads and writes, relative to the workspace (`of_dvc`: dvc.yaml's `vars: paths`)."""
 
     teachers: Path  # the teacher stage's output (its teachers.json)
     dgnet: Path  # seed<S>/model.pt
@@ -125,17 +110,12 @@ def cross_domain(models: dict[str, Path], results: list[ModelBenchmark], workspa
     return out
 
 
-def _by_seed(paths: list[Path]) -> list[Path]:
-    """Model files in folders seed<S>, in the order of S (seed10 after seed2)."""
-    return sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed") or 0))
-
-
 def models_to_evaluate(workspace: Path, params: dict[str, Any], paths: Paths) -> dict[str, Path]:
-    """<variant>_seed<S> -> model file: each teacher of the teacher stage, and DG-Net and each ablation
-    of params `ablations` for each seed of params `train.seeds`, from outputs/dgnet/seed<S> and
-    outputs/ablations/<name>/seed<S>. Exactly those: a folder of a variant or seed no longer in
-    params is left out, and said so; a missing one is an error that names its stage."""
-    teachers = _by_seed(teacher_paths(workspace, paths.teachers))
+    """<variant>_seed<S> -> model file: each teacher, DG-Net and each ablation of params for each seed of
+    `train.seeds`. A folder no longer in params is left out (and said so); a missing one is an error
+    naming its stage."""
+    teachers = sorted(teacher_paths(workspace, paths.teachers),  # seed10 after seed2
+                      key=lambda p: int(p.parent.name.removeprefix("seed") or 0))
     models = {f"teacher_{path.parent.name}": path for path in teachers}
     seeds = parse_seeds(params.get("train") or {}, "train")
     ablations = [name.removeprefix("ablation_") for name in ablation_changes(params)]
@@ -197,8 +177,9 @@ def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[Model
                   changes: dict[str, dict[str, Any]], trivial: dict[str, Any],
                   cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path],
                   paths: Paths) -> None:
-    """Every figure of the report as an MLflow metric, the report's headline as the run's description,
-    and the report with its pictures as artifacts."""
+    """Every figure as a metric, the headline as the description, the report and pictures as artifacts."""
+    from mlflow.entities import Metric
+
     metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
     metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
                 for variant, entry in seed_summaries(results, changes).items()
@@ -206,23 +187,16 @@ def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[Model
     metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in REID_KEYS}
     metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
                 for name, m in per_model.items() for k in REID_KEYS}
-    client.log_batch(run_id, metrics=_metric_entities(metrics))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k.replace("+", "_"), v, now, 0) for k, v in metrics.items()])
     client.set_tag(run_id, "mlflow.note.content", "\n".join(headline(results, changes)))  # its description
     client.log_param(run_id, "models", ", ".join(models))
     for path in [workspace / paths.report, *sorted((workspace / paths.figures).glob("eval_*.png"))]:
         client.log_artifact(run_id, str(path), artifact_path="report")
 
 
-def _metric_entities(metrics: dict[str, float]) -> list[Any]:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(key.replace("+", "_"), value, now, 0) for key, value in metrics.items()]
-
-
 def _finite_tree(values: dict[str, Any]) -> dict[str, Any]:
-    """The finite numbers of a nested dict, rounded to 6 digits (counts stay ints), nested dicts kept
-    (empty ones dropped); strings, None, NaN and infinities left out."""
+    """The finite numbers of a nested dict, rounded to 6 digits (ints stay), empty dicts dropped."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
@@ -243,8 +217,7 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
 
 def write_summary(folder: Path, results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None
                   ) -> None:
-    """folder/<variant>.json (the mean over its seeds) and folder/<variant>_seed<S>.json: rank1, mAP,
-    mAP_finite, mINP at the variant's main setting; one row each in `dvc metrics show`."""
+    """folder/<variant>.json (the mean over its seeds) and <variant>_seed<S>.json at its main setting."""
     for variant, runs in group_by_variant(results).items():
         per_seed = {seed: run.reid[main_setting(run, changes)] for seed, run in runs.items()}
         for seed, m in per_seed.items():
@@ -254,8 +227,7 @@ def write_summary(folder: Path, results: list[ModelBenchmark], changes: dict[str
 
 
 def cmc_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None) -> pd.DataFrame:
-    """rank, cmc, model: each variant's CMC at its main setting, the mean over its seeds (long format:
-    one chart, a curve per model, in `dvc plots show`)."""
+    """rank, cmc, model: each variant's mean CMC at its main setting (long format: one `dvc plots` chart)."""
     tables = []
     for variant, runs in group_by_variant(results).items():
         curves = [run.cmc[main_setting(run, changes)] for run in runs.values()]
@@ -265,17 +237,15 @@ def cmc_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] 
 
 
 def write_loss_curves(path: Path, models: dict[str, Path]) -> None:
-    """iteration, model, loss, value: the loss curves the training stages keep beside each model, the
-    mean over each variant's seeds (`dvc plots show`: a panel per loss term, a curve per variant).
-    Only the header when no model has one (imported models)."""
+    """iteration, model, loss, value: the training loss curves kept beside the models, the mean over each
+    variant's seeds; only the header when no model has one (imported models)."""
     curves: dict[str, list[Path]] = {}
     for name, model in models.items():
         if (model.parent / LOSS_CURVE).is_file():
             curves.setdefault(variant_of(name)[0], []).append(model.parent / LOSS_CURVE)
-    empty = pd.DataFrame(columns=["iteration", "model", "loss", "value"])
-    table = mean_loss_curves(curves) if curves else empty
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
+        (mean_loss_curves(curves) if curves else pd.DataFrame(columns=["iteration", "model", "loss", "value"])
+         ).to_csv(tmp, index=False)
 
 
 def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: EvaluateConfig,
@@ -283,15 +253,13 @@ def write_outputs(workspace: Path, results: list[ModelBenchmark], settings: Eval
                   trivial: dict[str, float] | None = None,
                   cross: dict[str, dict[str, dict[str, Any]]] | None = None, *, paths: Paths) -> None:
     """Metrics JSON, CMC CSVs, pictures, then the report (which links the pictures)."""
-    keys = REID_KEYS
     summary: dict[str, Any] = {}
     if trivial is not None:
-        summary["colour_histogram"] = {"baseline": {k: round(trivial[k], 6) for k in keys}}
+        summary["colour_histogram"] = {"baseline": {k: round(trivial[k], 6) for k in REID_KEYS}}
     for result in results:
-        summary[result.name] = {setting: {k: round(m[k], 6) for k in keys}
+        summary[result.name] = {setting: {k: round(m[k], 6) for k in REID_KEYS}
                                 for setting, m in result.reid.items()}
-        gen = _finite_tree(result.generation)
-        if gen:
+        if gen := _finite_tree(result.generation):
             summary[result.name]["generation"] = gen
         for picture, image in result.pictures.items():
             save(image, workspace / paths.figures / f"eval_{result.name}_{picture}.png")

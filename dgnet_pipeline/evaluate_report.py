@@ -32,7 +32,6 @@ BASELINE_FIGURES = (
 
 
 def cross_domain_section(cross: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """The models ranked on the other datasets of `evaluate.targets`, one table."""
     rows = [f"| {target} | {name} | {m['setting']} | "
             + " | ".join(f"{100 * m[k]:.1f}" for k in ("rank1", "mAP", "mAP_finite", "mINP")) + " |"
             for target, per_model in cross.items() for name, m in per_model.items()]
@@ -50,9 +49,8 @@ def variant_of(name: str) -> tuple[str, int]:
 
 
 def main_setting(result: ModelBenchmark, changes: dict[str, dict[str, Any]] | None = None) -> str:
-    """The setting the paper reports: query alpha 0.5 for DG-Net, the baseline for a teacher, and the
-    primary half alone (alpha 0) for a model trained without fine-grained mining (that head is
-    untrained there)."""
+    """The paper's setting: alpha 0.5 for DG-Net, the teacher's baseline, alpha 0 without fine-grained
+    mining (that head is untrained there)."""
     variant, _ = variant_of(result.name)
     fine_trained = (changes or {}).get(variant, {}).get("schedule.fine_mining") is not False
     if not fine_trained and "alpha_0" in result.reid:
@@ -81,11 +79,9 @@ def group_by_variant(results: list[ModelBenchmark]) -> dict[str, dict[int, Model
 
 def seed_summaries(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None = None,
                    ) -> dict[str, dict[str, Any]]:
-    """Per variant at its main setting: `seeds`, `<k>_mean`, `<k>_std` (sample std; left out for one
-    seed) and `<k>_per_seed` for mAP, mAP_finite and rank-1; and `vs_<reference>`: the paired
-    difference variant - reference over the seeds both have (dgnet.evaluation.spread: per seed, mean,
-    95% Student-t interval, verdict), DG-Net against its teacher (the teacher of seed S is paired with
-    DG-Net seed S, which learnt from it) and every other variant against DG-Net."""
+    """Per variant at its main setting: `seeds`, `<k>_mean`, `<k>_std` (none for one seed), `<k>_per_seed`,
+    and `vs_<reference>`: the paired difference over the seeds both have (teacher seed S is paired
+    with DG-Net seed S, which learnt from it)."""
     out: dict[str, dict[str, Any]] = {}
     values: dict[str, dict[str, dict[int, float]]] = {}  # variant -> key -> seed -> value
     for variant, runs in group_by_variant(results).items():
@@ -123,7 +119,6 @@ def _pm(entry: dict[str, Any], key: str) -> str:
 
 
 def _interval(diff: dict[str, Any] | None, percent: bool = True) -> str:
-    """mean [low, high]: in points (x 100, one decimal) or as it is (three decimals)."""
     if not diff:
         return "-"
     fmt = (lambda v: f"{100 * v:+.1f}") if percent else (lambda v: f"{v:+.3f}")
@@ -134,8 +129,6 @@ def _interval(diff: dict[str, Any] | None, percent: bool = True) -> str:
 
 def variants_table(summaries: dict[str, dict[str, Any]], groups: dict[str, dict[int, ModelBenchmark]],
                    changes: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per variant: mean ± std over seeds, the per-seed mAP, the paired difference to its
-    reference (variant - reference: DG-Net - teacher, ablation - DG-Net)."""
     lines = ["| variant | trained as | seeds | setting | rank-1 | mAP | mAP_finite | mAP per seed "
              "| reference | paired Δ mAP, variant - reference [95% t] | verdict |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- |"]
@@ -154,8 +147,6 @@ def variants_table(summaries: dict[str, dict[str, Any]], groups: dict[str, dict[
 
 def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]],
                    trivial: dict[str, float] | None = None) -> list[str]:
-    """One row per model at its main setting: what the variant changes, re-ID and generation; last,
-    the trivial colour-histogram baseline (no learning) when given."""
     lines = ["| model | trained as | setting | rank-1 | mAP | mAP_finite | swap L1 (person) "
              "| swap SSIM (person) | recon L1 | SSIM diversity |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -181,7 +172,7 @@ def _baseline_value(baselines: dict[str, Any], path: tuple[str, ...]) -> float |
 
 
 def _figures_and_baselines(result: ModelBenchmark) -> list[tuple[str, float, bool, list[tuple[str, float]]]]:
-    """(label, the model's value, lower is better, [(baseline, value)]) for each figure that has both."""
+    """(label, value, lower is better, [(baseline, value)]) for each figure that has both."""
     gen = result.generation
     baselines = gen.get("baselines") or {}
     out = []
@@ -195,32 +186,24 @@ def _figures_and_baselines(result: ModelBenchmark) -> list[tuple[str, float, boo
 
 
 def baseline_verdict(result: ModelBenchmark) -> str:
-    """One plain sentence, from the numbers: does each generation figure beat each of its trivial
-    baselines ("dgnet: swap L1 (person) 0.150 beats copy-structure 0.161 and ...")?"""
+    """"dgnet: swap L1 (person) 0.150 beats copy-structure 0.161 and ...": one sentence per model."""
     return _verdict(result.name, _figures_and_baselines(result))
 
 
 def _verdict(name: str, figures: list[tuple[str, float, bool, list[tuple[str, float]]]]) -> str:
     clauses = []
     for label, value, lower, found in figures:
-        beaten = [(n, v) for n, v in found if (value < v if lower else value > v)]
-        missed = [(n, v) for n, v in found if (n, v) not in beaten]
-        won = " and ".join(f"{n} {v:.3f}" for n, v in beaten)
-        lost = " or ".join(f"{n} {v:.3f}" for n, v in missed)
-        if not missed:
-            clauses.append(f"{label} {value:.3f} beats {won}")
-        elif not beaten:
-            clauses.append(f"{label} {value:.3f} does not beat {lost}")
-        else:
-            clauses.append(f"{label} {value:.3f} beats {won} but not {lost}")
+        won = " and ".join(f"{n} {v:.3f}" for n, v in found if (value < v if lower else value > v))
+        lost = " or ".join(f"{n} {v:.3f}" for n, v in found if not (value < v if lower else value > v))
+        said = (f"beats {won}" + (f" but not {lost}" if lost else "")) if won else f"does not beat {lost}"
+        clauses.append(f"{label} {value:.3f} {said}")
     if not clauses:
         return f"{name}: no generation figure with a baseline to compare."
     return f"{name}: " + "; ".join(clauses) + "."
 
 
 def _variant_figures(runs: list[ModelBenchmark]) -> list[tuple[str, float, bool, list[tuple[str, float]]]]:
-    """`_figures_and_baselines` with each figure the mean over the variant's seeds (the baselines do
-    not depend on the model: the same test images and pairs for every run)."""
+    """Each figure the mean over the seeds (the baselines are the same images and pairs for every run)."""
     per_run = [{label: value for label, value, _, _ in _figures_and_baselines(r)} for r in runs]
     out = []
     for label, _, lower, found in _figures_and_baselines(runs[0]):
@@ -230,8 +213,6 @@ def _variant_figures(runs: list[ModelBenchmark]) -> list[tuple[str, float, bool,
 
 
 def baseline_section(results: list[ModelBenchmark]) -> list[str]:
-    """Per DG-Net variant, its generation figures (the mean over its seeds) beside the trivial
-    baselines, and the verdict."""
     groups = {v: list(runs.values()) for v, runs in group_by_variant(results).items()
               if all(r.kind != "teacher" and r.generation for r in runs.values())}
     if not groups:
@@ -265,12 +246,12 @@ def baseline_section(results: list[ModelBenchmark]) -> list[str]:
 
 
 def first_seeds(results: list[ModelBenchmark]) -> list[ModelBenchmark]:
-    """Each variant's run of its lowest seed: the one the pictures and the CMC figure show."""
+    """Each variant's run of its lowest seed (the pictures and the CMC figure show it)."""
     return [runs[min(runs)] for runs in group_by_variant(results).values()]
 
 
 def _real_diversity(results: list[ModelBenchmark]) -> str:
-    """The real images' SSIM diversity: one figure when the models' samples agree (the same pairs)."""
+    """The real images' SSIM diversity: one figure when the models' samples agree."""
     values = {r.name: f"{r.generation['ssim_diversity_real']:.3f}" for r in results
               if "ssim_diversity_real" in r.generation}
     if len(set(values.values())) <= 1:
@@ -288,7 +269,6 @@ def _signs(differences: list[float], up: str = "above", down: str = "below") -> 
 
 def _comparison(variant: str, reference: str, figure: str, diff: dict[str, Any], percent: bool,
                 note: str = "") -> str:
-    """One headline line: the verdict first, then variant - reference with its interval and the signs."""
     verdict, n = diff["verdict"], len(diff["seeds"])
     if verdict in ("above", "below"):
         said = f"{variant} {verdict} {reference}"
@@ -303,10 +283,8 @@ def _comparison(variant: str, reference: str, figure: str, diff: dict[str, Any],
 
 
 def headline(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    """The report's first lines (and the evaluate run's MLflow description): DG-Net against its
-    teacher, each ablation against DG-Net (mAP), DG-Net's swaps against copying the input; each as
-    variant - reference paired over seeds, its 95% t interval, the sign in each seed and the verdict
-    (above / below when the interval excludes 0)."""
+    """The report's first lines (and the MLflow run's description): DG-Net - teacher, ablation - DG-Net
+    (mAP), DG-Net's swaps - copying the input, paired over seeds, with the verdict."""
     summaries = seed_summaries(results, changes)
     lines = []
     for variant, entry in summaries.items():
@@ -342,25 +320,19 @@ def headline(results: list[ModelBenchmark], changes: dict[str, dict[str, Any]] |
     return lines
 
 
-def trained_on_notes(results: list[ModelBenchmark]) -> list[str]:
-    """Where each model trained, one note per place (the models' own records)."""
-    places: dict[str, list[str]] = {}
-    for result in results:
-        places.setdefault(result.trained_on or "not recorded in the model file", []).append(result.name)
-    return [f"- Trained on {place}: {', '.join(names)}." for place, names in places.items()]
-
-
 def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
                  manifest: Path, seconds: float, changes: dict[str, dict[str, Any]] | None = None,
                  trivial: dict[str, float] | None = None,
                  cross: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
-    """reports/benchmark.md: the tables, what beats what (said plainly), and the pictures."""
     changes = changes or {}
     groups = group_by_variant(results)
     summaries = seed_summaries(results, changes)
     fid_notes = {r.generation.get("fid_skipped") for r in results if r.generation.get("fid_skipped")}
     fid_used = {(r.generation["fid_network"], r.generation["fid_weights"]) for r in results
                 if r.generation.get("fid_network")}
+    places: dict[str, list[str]] = {}  # where each model trained (its own record)
+    for result in results:
+        places.setdefault(result.trained_on or "not recorded in the model file", []).append(result.name)
     lines = [
         "# Benchmark report", "",
         "Each line: variant - reference, paired over seeds (mean and 95% Student-t interval), the sign in "
@@ -393,7 +365,7 @@ def write_report(path: Path, results: list[ModelBenchmark], settings: Any,
         "## Notes", "",
         *[f"- FID skipped: {reason}" for reason in sorted(fid_notes)],
         *[f"- FID computed with the {network} (`{weights}`)." for network, weights in sorted(fid_used)],
-        *trained_on_notes(results),
+        *[f"- Trained on {place}: {', '.join(names)}." for place, names in places.items()],
         f"- Evaluated in {seconds:.0f} s on {settings.device}"
         + (" with k-reciprocal re-ranking rows (`+rerank`)." if settings.rerank else "."), "",
         "## Pictures", "", "![CMC](figures/eval_cmc.png)", "",
