@@ -1,11 +1,9 @@
-"""The MLflow training hook and what it logs.
+"""The MLflow training hook (a `dgnet.training.hooks.TrainingHooks`: dgnet/ never imports mlflow).
 
-`MlflowHooks` is a `dgnet.training.hooks.TrainingHooks` (the loops in dgnet/ never import mlflow): the
-run's params and tags at the start, losses/weights/learning rates every few seconds (batched), re-ID
-metrics at evaluations, swap grids as images, and at the end the model as an MLflow pyfunc model
-(dgnet_pipeline.mlflow_model), registered as a new version whose alias (default `current`) then points
-at it: `mlflow.pyfunc.load_model("models:/dgnet@current")`, `dgnet.FeatureExtractor("models:/...")`.
-A server that does not answer is retried by MLflow (dgnet_pipeline.tracking.HTTP_RETRIES)."""
+It logs params and tags at the start, iteration logs in batches, evaluations, swap grids as images,
+and at the end the model as an MLflow pyfunc model (dgnet_pipeline.mlflow_model), registered as a new
+version under an alias: `mlflow.pyfunc.load_model("models:/dgnet@current")`. MLflow retries a server
+that does not answer (dgnet_pipeline.tracking.HTTP_RETRIES)."""
 
 from __future__ import annotations
 
@@ -39,18 +37,15 @@ MODEL_FORMAT = (" One version per training run and seed; aliases `current-seed<S
                 "(N, 3, H, W) float32, ImageNet-normalised, in; flip-averaged features out "
                 "(`mlflow models serve`); it holds model.pt (`dgnet extract --model models:/NAME@current`) "
                 "and config.json.")
-EVAL_PREFIX = "eval/"
-MODEL_ARTIFACT_DIR = "model"
-
-
-# MLflow's limits (mlflow.utils.validation): longer values are rejected. MlflowClient.log_batch splits
-# a batch itself; METRICS_PER_FLUSH bounds the buffer.
-MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY, METRICS_PER_FLUSH = 6000, 8000, 250, 1000
+EVAL_PREFIX, MODEL_ARTIFACT_DIR = "eval/", "model"
+# MLflow's limits (mlflow.utils.validation): a longer key is rejected, a longer param value cut without
+# a mark (and tags cut by MLflow itself). MlflowClient.log_batch splits a batch; METRICS_PER_FLUSH
+# bounds the buffer.
+MAX_PARAM_VALUE, MAX_KEY, METRICS_PER_FLUSH = 6000, 250, 1000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 
 def flatten(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings and dataclasses to one level with dotted keys."""
     if is_dataclass(config) and not isinstance(config, type):
         config = asdict(config)
     flat: dict[str, Any] = {}
@@ -75,11 +70,6 @@ def param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
 
 
-def _tag_value(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
-
-
 def _number(value: Any) -> float | None:
     try:
         return float(value)
@@ -88,12 +78,9 @@ def _number(value: Any) -> float | None:
 
 
 class MlflowHooks(TrainingHooks):
-    """Log one training loop into MLflow run `run_id` (created by the caller, e.g. `tracked_run`).
-
-    Iteration logs are buffered and written with `log_batch` every `flush_every_s` seconds, at
-    evaluations and at the end. `registered_model=None` skips the registry. A write that fails with
-    the store unavailable raises TrackingError, which stops the loop; its checkpoints stay on disk.
-    """
+    """Log one training loop into MLflow run `run_id`: iteration logs batched every `flush_every_s`
+    seconds; `registered_model=None` skips the registry. A write that fails with the store unavailable
+    raises TrackingError, which stops the loop (its checkpoints stay on disk)."""
 
     def __init__(self, client: Any, run_id: str, *, registered_model: str | None = None,
                  alias: str | None = DEFAULT_ALIAS, variant: str | None = None,
@@ -135,7 +122,6 @@ class MlflowHooks(TrainingHooks):
                 for k, v in values.items() if (number := _number(v)) is not None]
 
     def flush(self) -> None:
-        """Write the buffered iteration metrics."""
         pending, self._pending = self._pending, []
         if pending:
             self._call("log metrics", self.client.log_batch, self.run_id, metrics=pending, synchronous=True)
@@ -151,14 +137,12 @@ class MlflowHooks(TrainingHooks):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, _tag_value(v)) for k, v in tags.items()]
-        if items:
-            self._call("set tags", self.client.log_batch, self.run_id, tags=items, synchronous=True)
+        self._call("set tags", self.client.log_batch, self.run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
     @contextlib.contextmanager
     def logging_warnings(self) -> Iterator[None]:
-        """Warnings shown in the block (a teacher of other data, a schedule past the run's end) are
-        printed as ever and also become the run's tag `dgnet.warnings`, one per line."""
+        """Warnings shown in the block are printed as ever and also become the tag `dgnet.warnings`."""
         shown: list[str] = []
         with warnings.catch_warnings():
             show = warnings.showwarning
@@ -211,23 +195,20 @@ class MlflowHooks(TrainingHooks):
         self.log_model(result)  # the model file itself goes to the run's artifacts, model/
 
     def close(self) -> None:
-        """Write what is still buffered (call it in a `finally`); nothing once the store has gone."""
+        """Write what is still buffered (in a `finally`); nothing once the store has gone."""
         if self._pending and not self.gone:
             self.flush()
 
     def log_model(self, result: TrainingResult) -> Any:
-        """Log the model under `model/` as an MLflow pyfunc model (the model file inside) with its
-        configuration; register it if configured."""
+        """`model/`: the MLflow pyfunc model (the model file inside) and its card; registered if set."""
         from dgnet_pipeline.mlflow_model import save_pyfunc_model
 
         path = Path(result.model_path)
-        if not path.exists():
+        if not path.is_file():
             raise DgnetError(f"the {result.kind} model {path} does not exist after training")
         with tempfile.TemporaryDirectory(prefix="dgnet-mlflow-model-") as tmp:
-            folder = path if path.is_dir() else Path(tmp) / MODEL_ARTIFACT_DIR
-            if not path.is_dir():
-                save_pyfunc_model(path, folder)
-            self._call("log the model", self.client.log_artifacts, self.run_id, str(folder),
+            save_pyfunc_model(path, Path(tmp) / MODEL_ARTIFACT_DIR)
+            self._call("log the model", self.client.log_artifacts, self.run_id, f"{tmp}/{MODEL_ARTIFACT_DIR}",
                        MODEL_ARTIFACT_DIR)
         card = {"kind": result.kind, "iterations": int(result.iterations), "model_file": path.name,
                 "metrics": result.metrics, "config": result.config}
@@ -236,7 +217,6 @@ class MlflowHooks(TrainingHooks):
         return self.register(result) if self.registered_model else None
 
     def register(self, result: TrainingResult) -> Any:
-        """A new version of the registered model from this run's `model/`; the alias moves to it."""
         from mlflow.exceptions import MlflowException
 
         name = self.registered_model
@@ -267,7 +247,6 @@ class MlflowHooks(TrainingHooks):
         return self.model_version
 
     def set_alias(self, alias: str) -> None:
-        """Point `alias` of the registered model at the version this run registered."""
         alias = check_alias(alias)
         self._call(f"set alias {alias!r} of {self.registered_model!r}",
                    self.client.set_registered_model_alias, self.registered_model, alias,
@@ -275,12 +254,11 @@ class MlflowHooks(TrainingHooks):
 
 
 def finite(values: Mapping[str, Any]) -> dict[str, float]:
-    """The finite numbers of `values`, as floats (NaN/inf and non-numbers dropped)."""
     return {k: n for k, v in values.items() if (n := _number(v)) is not None and math.isfinite(n)}
 
 
 class LastImage(TrainingHooks):
-    """Keeps the newest picture of each name (the stage writes the last swap grid next to the model)."""
+    """The newest picture of each name (the stage writes the last swap grid next to the model)."""
 
     def __init__(self) -> None:
         self.images: dict[str, Any] = {}
@@ -290,11 +268,10 @@ class LastImage(TrainingHooks):
 
 
 def mlflow_settings(params: Mapping[str, Any]) -> MlflowConfig:
-    """params `mlflow:` (dgnet.config.MlflowConfig, its defaults and its alias rule)."""
     return section_config(MlflowConfig, params, "mlflow")
 
 
 def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """rank1, mAP, mAP_finite, mINP (fractions) of a run's last evaluation, for `dvc metrics`."""
+    """rank1, mAP, mAP_finite, mINP of a run's last evaluation, for `dvc metrics`."""
     clean = finite(metrics)
     return {name: round(clean[name], 6) for name in ("rank1", "mAP", "mAP_finite", "mINP") if name in clean}

@@ -1,12 +1,10 @@
 """A trained dgnet model as an MLflow model, and `models:/NAME@ALIAS` URIs for the dgnet commands.
 
-The MLflow model folder (what the training stages log under the run's `model/` and register) holds the
-MLmodel (pyfunc flavour, loader module this file, signature images (-1, 3, H, W) float32 -> features
-(-1, D) float32), model.pt (the dgnet model file), config.json (the model card) and MLflow's environment
-files: `mlflow.pyfunc.load_model("models:/dgnet@current").predict(images)` and `mlflow models serve -m
-models:/dgnet@current --env-manager local` (dgnet is not on PyPI) give `dgnet extract`'s features.
-`download_model` resolves the `dgnet.model_uris` entry points, through which dgnet's commands and
-`dgnet.FeatureExtractor` take `models:/` and `runs:/` URIs without importing MLflow.
+The MLflow model folder (the run's `model/`, registered) holds the MLmodel (pyfunc flavour, loader
+module this file), model.pt, config.json (the model card) and MLflow's environment files:
+`mlflow.pyfunc.load_model("models:/dgnet@current").predict(images)` and `mlflow models serve
+--env-manager local` (dgnet is not on PyPI) give `dgnet extract`'s features. `download_model` is the
+`dgnet.model_uris` entry point through which dgnet takes `models:/` and `runs:/` URIs without MLflow.
 """
 
 from __future__ import annotations
@@ -49,12 +47,11 @@ class FeaturePyfunc:
 
 
 def _load_pyfunc(path: str) -> FeaturePyfunc:
-    """MLflow's entry point into a loader module: `path` is the model folder (the MLmodel has no data)."""
+    """MLflow's entry point into a loader module: `path` is the model folder."""
     return FeaturePyfunc(path)
 
 
 def signature(info: ModelInfo) -> Any:
-    """images (-1, 3, H, W) float32 in, features (-1, D) float32 out."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -79,8 +76,7 @@ def _requirements() -> list[str]:
 
 
 def save_pyfunc_model(model_file: str | os.PathLike, folder: str | os.PathLike) -> ModelInfo:
-    """Write the MLflow model folder of the dgnet model file `model_file` to `folder` (which must not
-    exist yet); ModelFileError when the file is not a dgnet model."""
+    """The MLflow model folder of `model_file` in `folder` (new); ModelFileError for a non-dgnet file."""
     import mlflow.pyfunc
 
     _, info = read_model_file(model_file)

@@ -37,13 +37,15 @@ VIEW_STATE = {
 
 
 def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
-    """The id of experiment `name`, created or restored when needed. A new experiment keeps its
-    artifacts in `<artifact_root>/<name>` when `artifact_root` is given (see `artifact_location`)."""
+    """The id of experiment `name`, created (artifacts in `<artifact_root>/<name>`) or restored if needed."""
     from mlflow.exceptions import MlflowException
 
     location = artifact_root and (f"{artifact_root.rstrip('/')}/"
                                   f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'experiment'}")
-    tags = {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: saved_view()}
+    now = int(time.time() * 1000)  # the saved view in the envelope MLflow's UI writes
+    view = {"name": "Variants: rank-1 and mAP over seeds", "createdAt": now, "updatedAt": now,
+            "state": json.dumps(VIEW_STATE)}
+    tags = {**EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_ID: json.dumps(view)}
     try:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -63,13 +65,6 @@ def ensure_experiment(client: Any, name: str, artifact_root: str | None) -> str:
         raise TrackingError(f"MLflow experiment {name!r} at {client.tracking_uri}: {short(exc)}") from exc
 
 
-def saved_view() -> str:
-    """The saved view's tag value, in the envelope MLflow's UI writes ({name, createdAt, state})."""
-    now = int(time.time() * 1000)
-    return json.dumps({"name": "Variants: rank-1 and mAP over seeds", "createdAt": now, "updatedAt": now,
-                       "state": json.dumps(VIEW_STATE)})
-
-
 def git_commit(folder: str | os.PathLike) -> tuple[str | None, bool | None]:
     """(HEAD's commit, whether tracked files differ from it) of the git checkout at `folder`."""
     try:
@@ -83,7 +78,6 @@ def git_commit(folder: str | os.PathLike) -> tuple[str | None, bool | None]:
 
 
 def run_tags(stage: str, kind: str, variant: str, source: str, folder: str | os.PathLike) -> dict[str, str]:
-    """The tags every training run gets: git commit, DVC stage/experiment, dgnet kind and variant."""
     commit, dirty = git_commit(folder)
     return {"dvc.stage": os.environ.get("DVC_STAGE") or stage, "dgnet.kind": kind, "dgnet.variant": variant,
             "mlflow.source.name": source, "mlflow.source.type": "LOCAL",
@@ -125,11 +119,8 @@ RUN_ID_FILE = "mlflow_run_id"
 
 
 def link_previous_run(client: Any, folder: Path, run_id: str) -> str | None:
-    """Remember `run_id` in a training work dir; return the run that worked there before, if any.
-
-    When a run is resumed from that folder's checkpoints, the earlier (interrupted) run is tagged as
-    resumed by the new one, and ended KILLED if a hard kill left it RUNNING.
-    """
+    """Remember `run_id` in a training work dir; return the run that worked there before, if any: tagged
+    as resumed by the new one, and ended KILLED if a hard kill left it RUNNING."""
     marker = folder / RUN_ID_FILE
     previous = marker.read_text().strip() if marker.is_file() else None
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,10 @@
 """Make Great Expectations' Data Docs work offline.
 
-Why: GX's pages load jQuery, Bootstrap, bootstrap-table, Font Awesome, vega... from public CDNs;
-opened without internet (a lab, a cluster node) they are unstyled and their results tables empty,
-since bootstrap-table fills them from JavaScript. After GX writes the site, `make_docs_offline`
-copies each asset from an installed, pinned package (pyproject.toml; bootstrap-table, on no Python
-package, is vendored in gx_docs_assets/bootstrap-table/, MIT, its LICENSE beside it) into
-`static/vendor/` and points every `<script src>`, `<link href>`, `<img src>` and CSS `url()` at the
-copy. Nothing is fetched: an asset that no package carries is dropped (a comment in the page says
-what is lost, and an unknown one is named on stderr).
+GX's pages load jQuery, Bootstrap, bootstrap-table, Font Awesome, vega... from CDNs: offline they are
+unstyled and their results tables empty (bootstrap-table fills them). `make_docs_offline` copies each
+asset from a pinned package (pyproject.toml; bootstrap-table is vendored in gx_docs_assets/, MIT) into
+`static/vendor/` and points every `<script src>`, `<link href>`, `<img src>` and CSS `url()` at it.
+Nothing is fetched: an asset no package carries is dropped (the page says what is lost).
 """
 
 from __future__ import annotations
@@ -86,10 +83,8 @@ _CSS_LOCAL_URL = re.compile(r"""url\(\s*(["']?)(?!data:|https?:|#)([^"')\s?#]+)[
 _SRI = re.compile(r"""\s(integrity|crossorigin)(=(["'])[^"']*\3)?""", re.IGNORECASE)
 
 
-def _source_dir(docs: Path, name: str) -> Path | None:
+def _source_dir(name: str) -> Path | None:
     """The folder that package `name`'s files are in, or None when it is not installed."""
-    if name == "site":
-        return docs
     module, sub = SOURCES[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -112,8 +107,8 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
-    """Point every http(s) asset of the Data Docs at `docs_dir` to a local copy; return the warnings
-    (also printed): assets unknown to `ASSETS` or whose package is not installed, which are dropped."""
+    """Point every http(s) asset of the Data Docs at `docs_dir` to a local copy; return (and print) the
+    warnings: assets unknown to `ASSETS` or whose package is not installed, dropped."""
     docs = Path(docs_dir)
     local: dict[str, Path | str] = {}  # URL -> copied file, or why it is dropped
     warnings: list[str] = []
@@ -130,7 +125,7 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
             result = entry
         else:
             name, relative = entry
-            base = _source_dir(docs, name)
+            base = docs if name == "site" else _source_dir(name)
             if base is None or not (base / relative).is_file():
                 warnings.append(f"Data Docs: {name} is not installed; {relative} dropped from pages")
                 result = f"lost: {name}, not installed"
@@ -172,6 +167,7 @@ def make_docs_offline(docs_dir: str | os.PathLike) -> list[str]:
         new = _CSS_URL.sub(css_url, text if page.suffix == ".css" else _TAG.sub(tag, text))
         if new != text:
             page.write_text(new, encoding="utf-8")
-    for warning in dict.fromkeys(warnings):
+    warnings = list(dict.fromkeys(warnings))
+    for warning in warnings:
         print(warning, file=sys.stderr)
-    return list(dict.fromkeys(warnings))
+    return warnings
