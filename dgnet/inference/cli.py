@@ -1,13 +1,6 @@
-"""`dgnet extract`, `rank`, `generate`, `export`: a trained model at work on the command line.
-
-    dgnet extract --model outputs/dgnet/seed0/model.pt --images my_crops/ --out feats.npy
-    dgnet rank --model models:/dgnet@current --query q/ --gallery g/ --out ranking/ --rerank
-    dgnet generate --model outputs/dgnet/seed0/model.pt --images data/synthetic/bounding_box_train --out dg/
-    dgnet export --model outputs/dgnet/seed0/model.pt --format onnx --out dgnet.onnx
-    dgnet import-published --gen gen_00100000.pt --id id_00100000.pt --teacher net_last.pth --out published/
-    dgnet evaluate --model published/model.pt --model published/teacher/model.pt --data /datasets/Market-1501
-
-`--model` is a model file or a `models:/NAME@ALIAS` URI of the MLflow registry (the full install).
+"""`dgnet extract`, `rank`, `generate`, `export`, `import-published`, `evaluate`: trained models at work
+on the command line (usage: README.md). `--model` is a model file or a `models:/NAME@ALIAS` URI of the
+MLflow registry (the full install).
 """
 
 from __future__ import annotations
@@ -121,8 +114,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_writable(args.out / "benchmark.md", "evaluate")
     frame = validate_dataset(args.data, args.format, report=args.out / "validation.json")
     device = select_device(args.device)
-    names: list[str] = []
-    results, references = [], {}
+    names, results, references = [], [], {}
     limits = {k: v for k, v in (("num_swaps", args.swaps), ("num_recon", args.recon)) if v is not None}
     for path in args.model:
         name = path.parent.name or path.stem
@@ -163,7 +155,7 @@ def _add_device(parser: argparse.ArgumentParser, threads: bool) -> None:
 
 
 def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `extract`, `rank`, `generate` and `export` on the `dgnet` command's sub-parsers."""
+    """Register this module's commands on the `dgnet` command's sub-parsers."""
     extract = subparsers.add_parser(
         "extract", help="features of your own images (N x D .npy, names beside it in .csv)",
         description="Embed images with a trained model: the evaluator's test-time feature (per-head "

@@ -5,9 +5,8 @@
     features = extractor.features(batch)                     # a normalised (N, 3, H, W) float tensor
 
 The feature is the evaluator's (dgnet.evaluation.features), the gallery-side one: a query's
-fine-grained half is weighted afterwards (`scale_fine_half`). A `models:/NAME@ALIAS` (or `runs:/...`)
-URI is resolved by the plug-in of the `dgnet.model_uris` entry-point group (dgnet_pipeline.mlflow_model),
-so that dgnet never imports MLflow and a torch-only machine gets a clear message.
+fine-grained half is weighted afterwards (`scale_fine_half`). A `models:/` or `runs:/` URI is resolved
+by the `dgnet.model_uris` entry-point plug-in (dgnet_pipeline.mlflow_model): dgnet never imports MLflow.
 """
 
 from __future__ import annotations
@@ -135,9 +134,8 @@ def images_from_manifest(path: str | os.PathLike) -> pd.DataFrame:
 def prepare_image(item: ImageItem, size: tuple[int, int]) -> torch.Tensor:
     """An image file or PIL image as a model of input size=(height, width) sees it: (3, H, W), RGB,
     resized bicubically (as in training) and ImageNet-normalised."""
-    if isinstance(item, Image.Image):
-        return normalize(image_to_tensor(item, size))
-    return normalize(load_image(str(item), size))
+    image = image_to_tensor(item, size) if isinstance(item, Image.Image) else load_image(str(item), size)
+    return normalize(image)
 
 
 def _prepared_batch(items: list[ImageItem], size: tuple[int, int]) -> torch.Tensor:
@@ -145,11 +143,8 @@ def _prepared_batch(items: list[ImageItem], size: tuple[int, int]) -> torch.Tens
 
 
 class FeatureExtractor:
-    """A trained dgnet model turned into an image embedder.
-
-    `model`: a model file (teacher or DG-Net) or a `models:/NAME@ALIAS` URI. Images of any size are
-    resized to the model's input size (bicubic, as in training) and ImageNet-normalised.
-    """
+    """A trained dgnet model (a model file, teacher or DG-Net, or a `models:/NAME@ALIAS` URI) turned
+    into an image embedder; images of any size are prepared as `prepare_image` does."""
 
     def __init__(self, model: str | os.PathLike, device: str = "cpu", batch_size: int = 64,
                  num_workers: int = 0) -> None:

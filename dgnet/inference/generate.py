@@ -26,15 +26,10 @@ from dgnet.inference.extract import MAX_LISTED, find_images
 from dgnet.io import atomic_dir, atomic_path, check_replaceable
 from dgnet.models.dgnet import DGNet
 
-LAYOUT_FORMATS = ("market1501", "dukemtmc")  # the formats whose layout is Market-1501's
+# The formats whose layout is Market-1501's: file names from (person id, camera, image number).
+OUTPUT_NAMES = {"market1501": "{:04d}_c{}s1_{:06d}_00.jpg", "dukemtmc": "{:04d}_c{}_f{:07d}.jpg"}
+LAYOUT_FORMATS = tuple(OUTPUT_NAMES)
 JPEG_QUALITY = 95
-
-
-def output_name(fmt: str, person_id: int, camera_id: int, index: int) -> str:
-    """A file name in `fmt`'s pattern; `index` (the image's number) keeps every name unique."""
-    if fmt == "market1501":
-        return f"{person_id:04d}_c{camera_id}s1_{index:06d}_00.jpg"
-    return f"{person_id:04d}_c{camera_id}_f{index:07d}.jpg"
 
 
 def donor_table(images_dir: str | os.PathLike, fmt: str) -> pd.DataFrame:
@@ -119,10 +114,9 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
     check_replaceable(out_dir, "provenance.csv", "generate")
     donors = donor_table(images_dir, fmt)
     plan = plan_pairs(donors, len(donors) if pairs is None else pairs, test_fraction, seed)
-    device = next(model.parameters()).device
-    folders = _MARKET_DIRS
+    device, folders = next(model.parameters()).device, _MARKET_DIRS
     labels = zip(plan["split"], plan["person_id"], plan["camera_id"], strict=True)
-    files = [f"{folders[s]}/{output_name(fmt, p, c, k)}" for k, (s, p, c) in enumerate(labels)]
+    files = [f"{folders[s]}/{OUTPUT_NAMES[fmt].format(p, c, k)}" for k, (s, p, c) in enumerate(labels)]
     paths = donors["path"].tolist()
     model.eval()
     with atomic_dir(out_dir) as tmp, tqdm(total=len(plan), desc="generate", disable=not show_progress,

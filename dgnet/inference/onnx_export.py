@@ -47,31 +47,12 @@ def require(package: str, purpose: str) -> Any:
             f"pip install -e '.[onnx]' (or pip install {package})") from exc
 
 
-def parity(path: str | os.PathLike, feature_model: torch.nn.Module, image_size: tuple[int, int],
-           batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES, seed: int = 0) -> float:
-    """Max |ONNX - PyTorch| over the features of random normalised batches of `batch_sizes`."""
-    ort = require("onnxruntime", "the ONNX parity check")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    for n in batch_sizes:
-        images = torch.randn(n, 3, *image_size, generator=generator)
-        with torch.inference_mode():
-            expected = feature_model(images).numpy()
-        (got,) = session.run(["features"], {"images": images.numpy()})
-        if got.shape != expected.shape:
-            raise ParityError(f"{path}: ONNX gives features of shape {got.shape} for a batch of {n}, "
-                              f"PyTorch {expected.shape}")
-        worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
-
-
 def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | os.PathLike, *, opset: int = OPSET,
                 tolerance: float = TOLERANCE, source: str | None = None) -> dict[str, Any]:
     """Write `model`'s feature graph to `out` (atomically, only when the parity check passes) and
     return a report: input and output names and shapes, opset and the max abs difference."""
     onnx = require("onnx", "dgnet export --format onnx")
-    require("onnxruntime", "the ONNX parity check")
+    ort = require("onnxruntime", "the ONNX parity check")
     out = Path(out)
     size = (info.config.image_height, info.config.image_width)
     feature_model = FeatureModel(model).cpu().eval()
@@ -91,7 +72,17 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | os.PathLike,
         for key, value in meta.items():
             graph.metadata_props.add(key=key, value=value)
         onnx.save(graph, str(tmp))
-        difference = parity(tmp, feature_model, size)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        generator, difference = torch.Generator().manual_seed(0), 0.0
+        for n in CHECK_BATCH_SIZES:  # random normalised batches of sizes other than the traced one
+            images = torch.randn(n, 3, *size, generator=generator)
+            with torch.inference_mode():
+                expected = feature_model(images).numpy()
+            (got,) = session.run(["features"], {"images": images.numpy()})
+            if got.shape != expected.shape:
+                raise ParityError(f"{out}: ONNX gives features of shape {got.shape} for a batch of {n}, "
+                                  f"PyTorch {expected.shape}")
+            difference = max(difference, float(np.abs(got - expected).max()))
         if not difference <= tolerance:  # also catches NaN
             raise ParityError(f"{out}: the ONNX features differ from PyTorch's by up to {difference:.3g}, "
                               f"more than {tolerance:g}; nothing written")

@@ -52,10 +52,8 @@ class ResNetTrunk(nn.Module):
         strided_conv = first.conv2 if isinstance(first, torchvision.models.resnet.Bottleneck) else first.conv1
         strided_conv.stride = (last_stride, last_stride)
         first.downsample[0].stride = (last_stride, last_stride)
-        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
-        )  # fmt: skip
+        for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, part, getattr(resnet, part))
         self.out_channels = resnet.inplanes  # torchvision's builder leaves the last stage's width here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,14 +64,12 @@ class ResNetTrunk(nn.Module):
 def _narrow(resnet: torchvision.models.ResNet, width: int) -> None:
     """Rebuild `resnet`'s stem and stages in place at `width` channels, with torchvision's init."""
     block = type(resnet.layer1[0])
-    depths = [len(resnet.layer1), len(resnet.layer2), len(resnet.layer3), len(resnet.layer4)]
     resnet.inplanes = width
     resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
     resnet.bn1 = GroupedBatchNorm2d(width)
-    resnet.layer1 = resnet._make_layer(block, width, depths[0])
-    resnet.layer2 = resnet._make_layer(block, 2 * width, depths[1], stride=2)
-    resnet.layer3 = resnet._make_layer(block, 4 * width, depths[2], stride=2)
-    resnet.layer4 = resnet._make_layer(block, 8 * width, depths[3], stride=2)
+    for i, stage in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        depth = len(getattr(resnet, stage))
+        setattr(resnet, stage, resnet._make_layer(block, width * 2**i, depth, stride=2 if i else 1))
     for module in resnet.modules():  # as torchvision's ResNet.__init__
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

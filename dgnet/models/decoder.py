@@ -74,10 +74,8 @@ class UpsampleBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """G: (structure code, appearance code) -> image in normalised image space (no final activation).
-
-    `mapping` (the AdaIN MLPs) is a sub-module; `body_parameters()` are the decoder proper.
-    """
+    """G: (structure code, appearance code) -> image in normalised image space (no final activation);
+    `mapping` holds the AdaIN MLPs, `body_parameters()` are the decoder proper."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -92,7 +90,6 @@ class Decoder(nn.Module):
         init_generator(self)
 
     def body_parameters(self) -> list[nn.Parameter]:
-        """The decoder's own parameters, without the AdaIN mapping MLPs."""
         mapping = {id(p) for p in self.mapping.parameters()}
         return [p for p in self.parameters() if id(p) not in mapping]
 

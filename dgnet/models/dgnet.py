@@ -29,10 +29,8 @@ class ParameterGroups:
 
 
 class DGNet(nn.Module):
-    """appearance_encoder (E_a), structure_encoder (E_s), decoder (G, with AdaIN mapping), discriminator (D).
-
-    The teacher is not part of it: it is trained first and held in a `FrozenTeacher`.
-    """
+    """appearance_encoder (E_a), structure_encoder (E_s), decoder (G, with AdaIN mapping), discriminator
+    (D). The teacher is not part of it: it is trained first and held in a `FrozenTeacher`."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -56,7 +54,6 @@ class DGNet(nn.Module):
         return self.decode(structure, appearance.code)
 
     def parameter_groups(self) -> ParameterGroups:
-        """Parameters per optimiser group (see ParameterGroups)."""
         encoder = self.appearance_encoder
         return ParameterGroups(
             generator=[*self.structure_encoder.parameters(), *self.decoder.parameters()],

@@ -10,10 +10,8 @@ from dgnet.models.layers import ConvBlock, ResidualBlock
 
 
 class PatchDiscriminator(nn.Module):
-    """One scale: conv1x1 -> 3 conv3x3 (one stride 2) -> conv3x3 s2 -> residual blocks -> conv1x1 to 1.
-
-    No normalisation, LeakyReLU(0.2), reflect padding. Output: N x 1 x H/4 x W/4 patch scores.
-    """
+    """One scale: conv1x1 -> 3 conv3x3 (one stride 2) -> conv3x3 s2 -> residual blocks -> conv1x1 to 1;
+    no normalisation, LeakyReLU(0.2), reflect padding. Output: N x 1 x H/4 x W/4 patch scores."""
 
     def __init__(self, widths: tuple[int, int], residual_blocks: int) -> None:
         super().__init__()

@@ -9,33 +9,22 @@ and, as published (`train_bn`), eval mode with every BatchNorm on the batch's ow
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 
-@contextlib.contextmanager
-def batch_statistics_eval(module: nn.Module) -> Iterator[None]:
-    """Within the block: `module` in eval mode (dropout off) but its BatchNorm layers in train mode
-    (normalise with the batch's statistics). Every submodule's flag is restored on exit."""
+def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """`module(*args, **kwargs)` as a frozen copy of it would compute it (see above), without copying it;
+    every submodule's training flag is restored afterwards."""
+    tensors = {name: p.detach() for name, p in module.named_parameters()}
+    tensors.update({name: b.clone() for name, b in module.named_buffers()})
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train()
+    for m in module.modules():  # eval mode (dropout off), BatchNorm on the batch's statistics
+        m.training = isinstance(m, nn.modules.batchnorm._BatchNorm)
     try:
-        yield
+        return torch.func.functional_call(module, tensors, args, kwargs)
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """`module(*args, **kwargs)` as a frozen copy of it would compute it (see above), without copying it."""
-    tensors = {name: p.detach() for name, p in module.named_parameters()}
-    tensors.update({name: b.clone() for name, b in module.named_buffers()})
-    with batch_statistics_eval(module):
-        return torch.func.functional_call(module, tensors, args, kwargs)

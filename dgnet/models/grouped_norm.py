@@ -90,13 +90,8 @@ def grouped_call(module: Callable[..., Any], images: torch.Tensor, groups: int, 
     if all(isinstance(m, _GroupedBatchNorm) for m in norms):
         with statistics_groups(owner, groups):
             return module(images, *args)
-    return _concat([module(part, *args) for part in images.chunk(groups)])
-
-
-def _concat(outputs: list[Any]) -> Any:
-    """Per-part outputs (tensors, or tuples / NamedTuples of them) concatenated along the batch."""
-    first = outputs[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(outputs)
-    fields = [torch.cat(parts) for parts in zip(*outputs, strict=True)]
-    return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
+    parts = [module(part, *args) for part in images.chunk(groups)]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    fields = [torch.cat(outputs) for outputs in zip(*parts, strict=True)]  # tuples / NamedTuples of tensors
+    return type(parts[0])(*fields) if hasattr(parts[0], "_fields") else type(parts[0])(fields)

@@ -46,11 +46,8 @@ class ModelInfo:
 
 def save_model(path: str | os.PathLike, model: nn.Module, kind: str, model_cfg: ModelConfig,
                extra: Mapping[str, Any] | None = None) -> Path:
-    """Write `model`'s weights, kind and config to `path` atomically; return the path.
-
-    `extra` must hold plain values (numbers, strings, lists, dicts); put the training label map
-    under "label_map" so that a consumer can check it trained on the same identities.
-    """
+    """Write `model`'s weights, kind and config to `path` atomically; return the path. `extra` holds
+    plain values; the training label map under "label_map" lets a consumer check the identities."""
     if kind not in KINDS:
         raise ValueError(f"save_model: kind must be one of {sorted(KINDS)}, got {kind!r}")
     model = getattr(model, "module", model)  # the plain module behind DDP / DataParallel ...
@@ -58,14 +55,10 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str, model_cfg: 
     if not isinstance(model, KINDS[kind]):
         raise TypeError(f"save_model: kind {kind!r} holds a {KINDS[kind].__name__}, "
                         f"got {type(model).__name__}")
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": kind,
-        "model_config": dataclasses.asdict(model_cfg),
-        "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
+    payload = {"format": FORMAT, "version": VERSION, "kind": kind,
+               "model_config": dataclasses.asdict(model_cfg),
+               "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
+               "extra": dict(extra or {})}
     # torch.save names the zip's top folder after the file; saving to memory first keeps it
     # "archive", so equal weights give byte-identical files (DVC then skips downstream stages).
     buffer = io.BytesIO()
@@ -89,10 +82,8 @@ def read_model_file(path: str | os.PathLike, kind: str | None = None,
         raise ModelFileError(f"{what} file {path} cannot be read ({type(exc).__name__}: {exc}); is it a "
                              "dgnet model file?") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{what} file {path} is not a dgnet model file (no '{FORMAT}' marker); "
-            "model files are written by `dgnet train-teacher` / `dgnet train`"
-        )
+        raise ModelFileError(f"{what} file {path} is not a dgnet model file (no '{FORMAT}' marker); "
+                             "model files are written by `dgnet train-teacher` / `dgnet train`")
     if payload.get("version") != VERSION:
         raise ModelFileError(f"{what} file {path}: format version {payload.get('version')!r}, "
                              f"this dgnet reads version {VERSION}")
@@ -114,11 +105,8 @@ def read_model_file(path: str | os.PathLike, kind: str | None = None,
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                kind: str | None = None) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the network stored in `path` (a ReidBaseline or a DGNet) with its weights, in eval mode.
-
-    `kind` ("teacher" / "dgnet") is checked when given. ImageNet weights are never looked for: the
-    stored state dict replaces them anyway.
-    """
+    """Rebuild the network stored in `path` with its weights, in eval mode; `kind` checked when given.
+    ImageNet weights are never looked for: the stored state dict replaces them anyway."""
     payload, info = read_model_file(path, kind, map_location)
     build_cfg = dataclasses.replace(info.config, pretrained=False, require_pretrained=False)
     model = KINDS[info.kind](build_cfg)

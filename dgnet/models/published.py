@@ -160,45 +160,25 @@ def _imported(network: type[nn.Module], paths: dict[str, Path],
         raise ModelFileError(f"{paths[net]}: no classifier weight {key!r} to read the number of classes from")
     cfg = get_profile("paper", num_classes=int(states[net][key].shape[0]), **profile)
     model = network(dataclasses.replace(cfg, pretrained=False, require_pretrained=False))
-    mapped: dict[str, tuple[str, torch.Tensor]] = {}
-    sources: dict[str, Path] = {}  # dgnet key prefix: the file that fills it
+    ours, filled = model.state_dict(), {}
     for net, state in states.items():
-        mapped |= map_keys(state, net, paths[net])
-        sources |= dict.fromkeys(_PREFIXES[net], paths[net])
-    prefixes = tuple(sources)
-    ours = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
-    for key, (theirs, value) in mapped.items():
-        source = next(sources[p] for p in prefixes if key.startswith(p))
-        if key not in ours:
-            raise ModelFileError(f"{source}: key {theirs!r} (our {key!r}) has no place in the paper profile")
-        if tuple(value.shape) != tuple(ours[key].shape):
-            raise ModelFileError(f"{source}: {theirs!r} has shape {tuple(value.shape)}, the paper profile's "
-                                 f"{key!r} has {tuple(ours[key].shape)} (a checkpoint of another width or "
-                                 "class count?)")
-    missing = sorted(set(ours) - set(mapped))
+        for key, (theirs, value) in map_keys(state, net, paths[net]).items():
+            if key not in ours:
+                raise ModelFileError(f"{paths[net]}: key {theirs!r} (our {key!r}) has no place in the paper "
+                                     "profile")
+            if tuple(value.shape) != tuple(ours[key].shape):
+                raise ModelFileError(f"{paths[net]}: {theirs!r} has shape {tuple(value.shape)}, the paper "
+                                     f"profile's {key!r} has {tuple(ours[key].shape)} (a checkpoint of "
+                                     "another width or class count?)")
+            filled[key] = value
+    source = {prefix: paths[net] for net in paths for prefix in _PREFIXES[net]}
+    missing = sorted(k for k in ours if k.startswith(tuple(source)) and k not in filled)
     if missing:
-        source = next(sources[p] for p in prefixes if missing[0].startswith(p))
-        raise ModelFileError(f"{source}: no published key fills our {missing[0]!r} "
-                             f"({len(missing)} of ours unfilled; a truncated or partial checkpoint?)")
-    model.load_state_dict({**model.state_dict(), **{k: v for k, (_, v) in mapped.items()}}, strict=True)
+        raise ModelFileError(f"{next(source[p] for p in source if missing[0].startswith(p))}: no published "
+                             f"key fills our {missing[0]!r} ({len(missing)} of ours unfilled; a truncated "
+                             "or partial checkpoint?)")
+    model.load_state_dict({**ours, **filled}, strict=True)
     return model.eval(), cfg, {net: {"path": str(p), "sha256": sha256(p)} for net, p in paths.items()}
-
-
-def import_dgnet(gen: str | os.PathLike, id_: str | os.PathLike, dis: str | os.PathLike | None = None,
-                 ) -> tuple[DGNet, ModelConfig, dict[str, Any]]:
-    """A paper-profile DGNet holding the released generator, appearance encoder and (optional) D:
-    (model, config, provenance). Without `dis`, D keeps its initialisation (only training uses it)."""
-    paths = {"gen": Path(gen), "id": Path(id_), **({"dis": Path(dis)} if dis is not None else {})}
-    model, cfg, files = _imported(DGNet, paths)
-    return model, cfg, {"source": "published DG-Net checkpoints", "files": files,
-                        "discriminator": "published" if dis is not None else "initialised (no --dis given)"}
-
-
-def import_teacher(path: str | os.PathLike, stride: int) -> tuple[ReidBaseline, ModelConfig, dict[str, Any]]:
-    """The released teacher (a ResNet-50 baseline, average pooling) with last stride `stride`."""
-    model, cfg, files = _imported(ReidBaseline, {"teacher": Path(path)}, teacher_pooling="avg",
-                                  teacher_last_stride=stride)
-    return model, cfg, {"source": "published DG-Net teacher", "stride": stride, "files": files}
 
 
 def teacher_stride(path: str | os.PathLike, given: int | None) -> int:
@@ -226,17 +206,23 @@ def teacher_stride(path: str | os.PathLike, given: int | None) -> int:
 def import_published(out: str | os.PathLike, gen: str | os.PathLike, id_: str | os.PathLike,
                      dis: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None,
                      stride: int | None = None) -> dict[str, Path]:
-    """Write OUT/model.pt (DG-Net, paper profile) and, with `teacher`, OUT/teacher/model.pt: dgnet
-    model files whose `extra["provenance"]` names the released files and their SHA-256. Everything
-    is read and checked before anything is written."""
+    """Write OUT/model.pt (DG-Net, paper profile; without `dis`, D keeps its initialisation: only
+    training uses it) and, with `teacher`, OUT/teacher/model.pt (a ResNet-50 baseline, average
+    pooling): dgnet model files whose `extra["provenance"]` names the released files and their
+    SHA-256. Everything is read and checked before anything is written."""
     from dgnet.models.persist import save_model
 
     out = Path(out)
-    model, cfg, provenance = import_dgnet(gen, id_, dis)
-    imported = import_teacher(teacher, teacher_stride(teacher, stride)) if teacher is not None else None
+    paths = {"gen": Path(gen), "id": Path(id_), **({"dis": Path(dis)} if dis is not None else {})}
+    model, cfg, files = _imported(DGNet, paths)
+    provenance = {"source": "published DG-Net checkpoints", "files": files,
+                  "discriminator": "published" if dis is not None else "initialised (no --dis given)"}
+    if teacher is not None:
+        stride = teacher_stride(teacher, stride)
+        net, net_cfg, net_files = _imported(ReidBaseline, {"teacher": Path(teacher)}, teacher_pooling="avg",
+                                            teacher_last_stride=stride)
     written = {"dgnet": save_model(out / "model.pt", model, "dgnet", cfg, extra={"provenance": provenance})}
-    if imported is not None:
-        net, net_cfg, net_provenance = imported
-        written["teacher"] = save_model(out / "teacher" / "model.pt", net, "teacher", net_cfg,
-                                        extra={"provenance": net_provenance})
+    if teacher is not None:
+        written["teacher"] = save_model(out / "teacher" / "model.pt", net, "teacher", net_cfg, extra={
+            "provenance": {"source": "published DG-Net teacher", "stride": stride, "files": net_files}})
     return written

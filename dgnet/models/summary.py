@@ -19,11 +19,8 @@ def count_parameters(module: nn.Module | list[nn.Parameter]) -> int:
 
 
 def summarize(cfg: ModelConfig) -> str:
-    """A text table of per-module parameter counts and code shapes for `cfg`.
-
-    The networks are built on the meta device (no memory, no weights loaded) and the shapes come from
-    a meta forward of one image at the configured size.
-    """
+    """A text table of per-module parameter counts and code shapes for `cfg`, from networks built on
+    the meta device (no memory, no weights) and a meta forward of one image at the configured size."""
     cfg = dataclasses.replace(cfg, pretrained=False)  # counts and shapes do not depend on the weights
     with torch.device("meta"):
         model = DGNet(cfg).eval()  # eval: BatchNorm1d accepts a batch of one

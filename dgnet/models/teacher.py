@@ -45,8 +45,7 @@ class FrozenTeacher(nn.Module):
         if not members:
             raise ValueError("FrozenTeacher needs at least one teacher")
         self.members = nn.ModuleList(members)
-        for parameter in self.members.parameters():
-            parameter.requires_grad_(False)
+        self.requires_grad_(False)
         super().train(False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
@@ -66,10 +65,8 @@ class FrozenTeacher(nn.Module):
         """
         probabilities = None
         for member in self.members:
-            if batch_statistics:
-                output = grouped_call(lambda x, m=member: frozen_call(m, x), images, batches, norms_of=member)
-            else:
-                output = member(images)
+            output = grouped_call(lambda x, m=member: frozen_call(m, x), images, batches, norms_of=member) \
+                if batch_statistics else member(images)
             logits = output[0] if isinstance(output, tuple | list) else output
             p = F.softmax(logits.float(), dim=1)
             if probabilities is not None and p.shape != probabilities.shape:
