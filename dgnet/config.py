@@ -1,11 +1,7 @@
-"""The configuration's one schema: a frozen dataclass per params.yaml section, and one parser.
-
-`data:` DataConfig, `validate:` ValidateConfig, `model:` dgnet.models.config.ModelConfig, `teacher:`
-TeacherTrainConfig (+ TeacherStage), `train:` DGNetTrainConfig (+ TrainStage; `ablations:` are `train`
-with a few keys changed), `tune:` TuneConfig, `mlflow:` MlflowConfig, `evaluate:` EvaluateConfig.
-Defaults are the paper's (docs/method.md sections 2-4); dgnet.profiles holds the other whole
-configurations. Every check goes through dgnet.checks, so an error always reads
-`section.key: rule, got value`. Imports no torch: a configuration error comes before any heavy import.
+"""The configuration's one schema: a frozen dataclass per params.yaml section (Params: all of them;
+dgnet.profiles.read_params builds it), and one parser. Defaults are the paper's (docs/method.md
+sections 2-4). Checks go through dgnet.checks, so an error reads `section.key: rule, got value`.
+Imports no torch: a configuration error comes before any heavy import.
 """
 
 from __future__ import annotations
@@ -46,11 +42,8 @@ def read_params_file(path: Path | None) -> dict[str, Any]:
 
 
 def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    """`cls(**values)` for a (nested) frozen config dataclass, from JSON/YAML values.
-
-    Nested dataclass fields take a mapping of their own fields; lists become tuples. An unknown
-    key is a ConfigError that names it and lists the known ones.
-    """
+    """`cls(**values)` from JSON/YAML values: nested dataclass fields from mappings, lists as tuples,
+    an unknown key a ConfigError naming it and the known ones."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{section}: expected a mapping of fields, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
@@ -146,8 +139,7 @@ class RunConfig:
             check_int(getattr(self, name), f"{section}.{name}", 1)
         for name in ("log_every", "eval_every", "checkpoint_every", "num_workers", "seed"):
             check_int(getattr(self, name), f"{section}.{name}")
-        for name in ("head_lr_mult",):
-            check_number(getattr(self, name), f"{section}.{name}", low_open=True)
+        check_number(self.head_lr_mult, f"{section}.head_lr_mult", low_open=True)
         check_number(self.momentum, f"{section}.momentum", 0.0, 1.0)
         check_number(self.weight_decay, f"{section}.weight_decay")
         if not str(self.device).startswith("cuda:"):
@@ -223,32 +215,25 @@ class DGNetTrainConfig(RunConfig):
         check_choice(self.sampling, "train.sampling", SAMPLINGS)
         check_number(self.query_alpha, "train.query_alpha", 0.0, 1.0,
                      why="the query-side weight of the fine-grained half")
-        if isinstance(self.swap_images, bool) or not isinstance(self.swap_images, int) or not (
-                2 <= self.swap_images <= 8):
+        if check_int(self.swap_images, "train.swap_images", 2) > 8:
             raise ConfigError(f"train.swap_images: must be an integer in 2..8, got {self.swap_images!r}")
 
     def scaled_to(self, iterations: int) -> DGNetTrainConfig:
-        """This run compressed or stretched to `iterations`: warm-up and LR steps at the same fractions."""
+        """The same run compressed or stretched to `iterations`: the schedule at the same fractions."""
         schedule = self.schedule.scaled_to(iterations, reference=self.iterations)
         return dataclasses.replace(self, iterations=iterations, schedule=schedule)
 
     def needs_teacher(self) -> bool:
-        """Whether lambda_prim becomes > 0 within the run (the weights ramp up, never down), or E_a
-        starts from the teacher."""
+        """lambda_prim > 0 within the run (the weights ramp up, never down), or E_a from the teacher."""
         primary = loss_weights_at(self.iterations - 1, self.schedule).primary > 0
         return primary or self.init_appearance_from_teacher
 
 
 def build_train_config(cls: type, values: Mapping[str, Any], section: str,
                        fixed: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
-    """(the `cls` run config of a params section, its stage keys as STAGE_CLASSES[cls.SECTION]).
-
-    `fixed` keys are set by the stage (e.g. the seed), never in params. `scale_schedule_from: N`
-    means the section's schedule numbers (LR milestones, warm-up) are written for a run of N
-    iterations and are compressed to `iterations` (`cls.scaled_to`).
-    """
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"params `{section}:` must be a mapping")
+    """(the `cls` run config of a params section, its stage keys). `fixed` keys are the stage's (the
+    seed), never in params; `scale_schedule_from: N`: the schedule is written for N iterations and
+    compressed to `iterations` (`cls.scaled_to`)."""
     stage = stage_config(cls.SECTION, values, section)
     fields = {k: v for k, v in values.items()
               if k not in vars(stage) and k != "scale_schedule_from"}
@@ -268,8 +253,7 @@ def build_train_config(cls: type, values: Mapping[str, Any], section: str,
 
 @dataclass(frozen=True)
 class TeacherStage:
-    """The keys of params `teacher` that shape the pipeline rather than one run (dvc.yaml's foreach
-    reads them): one teacher per seed."""
+    """params `teacher`'s keys that shape the pipeline (dvc.yaml's foreach): one teacher a seed."""
 
     seeds: tuple[int, ...] = (0,)
 
@@ -290,8 +274,8 @@ class TeacherStage:
 
 @dataclass(frozen=True)
 class TrainStage(TeacherStage):
-    """params `train`'s stage keys: one run per seed and variant; `teachers: paired` (DG-Net seed S
-    learns from the teacher of seed S) or `ensemble` (from all of them)."""
+    """params `train`'s stage keys: a run per seed and variant; `teachers`: paired (seed S learns from the
+    teacher of seed S) or ensemble."""
 
     teachers: str = "paired"
 
@@ -306,8 +290,9 @@ STAGE_CLASSES = {"teacher": TeacherStage, "train": TrainStage}
 
 
 def stage_config(name: str, values: Mapping[str, Any], section: str | None = None) -> Any:
-    """The stage keys of params `teacher` / `train` (`name`) as their dataclass; the other keys are
-    the run's configuration."""
+    """The stage keys of params `teacher` / `train` (`name`) as their dataclass."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"params `{section or name}:` must be a mapping")
     cls = STAGE_CLASSES[name]
     keys = {f.name for f in dataclasses.fields(cls)}
     return config_from_mapping(cls, {k: v for k, v in values.items() if k in keys}, section or name)
@@ -464,8 +449,7 @@ _STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 @dataclass(frozen=True)
 class Knob:
-    """One searched loss weight of train.schedule: a float in [low, high] (log scale when `log`),
-    written to the field `name` and to every field of `also`."""
+    """A searched loss weight of train.schedule in [low, high] (log scale: `log`), set in `name`, `also`."""
 
     name: str
     low: float
@@ -589,3 +573,27 @@ def _knobs(values: Any) -> tuple[Knob, ...]:
             raise ConfigError(f"{where}: {sorted(taken or knob.targets)} set by two entries of tune.space")
         knobs.append(knob)
     return tuple(knobs)
+
+
+TOP_LEVEL = ("profile", "data", "validate", "model", "teacher", "train", "ablations", "tune", "mlflow",
+             "evaluate")
+
+
+@dataclass(frozen=True)
+class Params:
+    """A params file with every section built. `values` is the same, resolved, in params.yaml's layout
+    (the profile under `model`, `teacher`, `train`): what MLflow records and tune starts from."""
+
+    values: dict[str, Any]
+    data: DataConfig
+    validate: ValidateConfig
+    model: Any  # ModelConfig; num_classes is the manifest's, set by the stage
+    teacher: TeacherTrainConfig  # seed: the first of teacher.seeds
+    teacher_stage: TeacherStage
+    train: DGNetTrainConfig  # the ablation's when read with one; seed: the first of train.seeds
+    train_stage: TrainStage
+    ablations: dict[str, DGNetTrainConfig]  # `train` changed by `ablations.<name>`
+    tune: TuneConfig | None  # None without a `tune:` section
+    mlflow: MlflowConfig
+    evaluate: EvaluateConfig
+

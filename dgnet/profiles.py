@@ -1,12 +1,10 @@
-"""The profiles: one `profile:` key selects the model, teacher and train settings together.
+"""The profiles: one `profile:` key selects the model, teacher and train settings together, and
+`read_params`, the one reader of a params file.
 
-params.yaml says `profile: cpu` (or paper, tiny) and its `model`, `teacher` and `train` sections hold
-only what differs from that profile, in the same key names; `resolve_params` merges the two (the
-stages and `dgnet train` / `train-teacher` both go through it, `dgnet config show` prints the result).
-A profile is written as its differences from the dataclass defaults, which are the paper's
-(docs/method.md sections 2-4). Schedule numbers are written for the paper's run lengths
-(`scale_schedule_from`: 24k teacher iterations, 100k DG-Net) and compressed to `iterations`, so
-changing only the length keeps the warm-up and the LR steps at the same fractions of the run.
+params.yaml's `model`, `teacher` and `train` hold only what differs from the profile, in the same key
+names. A profile is written as its differences from the dataclass defaults (the paper's). Schedule
+numbers are written for the paper's run lengths (`scale_schedule_from`) and compressed to
+`iterations`, so that changing only the length keeps the warm-up and LR steps at the same fractions.
 Imports no torch.
 """
 
@@ -22,11 +20,20 @@ import yaml
 
 from dgnet.config import (
     STAGE_CLASSES,
+    TOP_LEVEL,
+    DataConfig,
     DGNetTrainConfig,
+    EvaluateConfig,
+    MlflowConfig,
+    Params,
     TeacherTrainConfig,
+    TuneConfig,
+    ValidateConfig,
     build_train_config,
     config_from_mapping,
     read_params_file,
+    section_config,
+    stage_config,
 )
 from dgnet.errors import ConfigError
 from dgnet.models.config import ModelConfig
@@ -132,43 +139,28 @@ def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]
     """`base` with `changes` applied key by key, nested mappings merged (neither is modified)."""
     merged = copy.deepcopy(dict(base))
     for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
+        both = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = merge(merged[key], value) if both else copy.deepcopy(value)
     return merged
 
 
-def profile_name(params: Mapping[str, Any]) -> str:
-    name = params.get("profile", DEFAULT_PROFILE)
-    if name not in PROFILES:
-        raise ConfigError(f"profile: {name!r} is not one of {sorted(PROFILES)}")
-    return name
-
-
 def resolve_params(params: Mapping[str, Any], profile: str | None = None) -> dict[str, Any]:
-    """params with `model`, `teacher` and `train` completed from the profile (params' keys win).
-
-    `profile` overrides params' own `profile:`. The model section stays a mapping of ModelConfig
-    fields (`model_config` builds it); the old `model: {profile, overrides}` form is refused.
-    """
+    """params with `teacher` and `train` put over the profile's (params' keys win; `profile`, else
+    params' `profile:`). `model` stays the user's ModelConfig fields: `model_config` applies them."""
     if not isinstance(params, Mapping):
         raise ConfigError("params must be a mapping of sections")
-    name = profile_name({**params, **({"profile": profile} if profile else {})})
-    resolved = copy.deepcopy(dict(params))
-    resolved["profile"] = name
+    name = profile or params.get("profile", DEFAULT_PROFILE)
+    if name not in PROFILES:
+        raise ConfigError(f"profile: {name!r} is not one of {sorted(PROFILES)}")
+    resolved = {**copy.deepcopy(dict(params)), "profile": name}
     for section in SECTIONS:
-        values = params.get(section)
-        if values is None:
-            values = {}
+        values = {} if params.get(section) is None else params[section]
         if not isinstance(values, Mapping):
             raise ConfigError(f"params `{section}:` must be a mapping, got {type(values).__name__}")
         if section == "model" and ({"profile", "overrides"} & set(values)):
             raise ConfigError("model.profile / model.overrides: the profile is now the top-level "
                               "`profile:` key, and `model:` holds ModelConfig fields directly "
                               "(e.g. `model: {backbone: resnet34}`)")
-        # `model` stays the user's fields: model_config applies them to the profile's (num_classes
-        # is then the data's unless set here).
         resolved[section] = dict(values) if section == "model" else merge(PROFILES[name][section], values)
     return resolved
 
@@ -185,8 +177,7 @@ def apply_assignments(values: Mapping[str, Any], assignments: Iterable[str],
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
-        node = values
-        *parents, leaf = key.split(".")
+        node, (*parents, leaf) = values, key.split(".")
         for depth, name in enumerate(parents):
             node = node.setdefault(name, {})
             if not isinstance(node, dict):
@@ -198,31 +189,29 @@ def apply_assignments(values: Mapping[str, Any], assignments: Iterable[str],
 
 def resolve_cli_params(path: Path | None, assignments: Iterable[str] = (), profile: str | None = None,
                        default: str = CLI_PROFILE) -> dict[str, Any]:
-    """The params a command line asks for: `--params FILE`, then `--set`, then `--profile` (else the
-    file's `profile:`, else `default`), completed from the profile."""
+    """`--params FILE`, then `--set`, over `--profile` (else the file's `profile:`, else `default`)."""
     params = apply_assignments(read_params_file(path), assignments)
     return resolve_params(params, profile=profile or params.get("profile") or default)
 
 
 def set_iterations(params: dict[str, Any], section: str, iterations: int) -> None:
-    """`--iterations N`: resolved params' `section` runs N iterations with its whole schedule (warm-up,
-    ramps, LR steps) at the same fractions of the run; numbers without `scale_schedule_from` (the tiny
-    profile, a params file) are taken as written for the section's own length."""
+    """`--iterations N`: `section` of resolved params runs N iterations with its schedule at the same
+    fractions (numbers without `scale_schedule_from` are taken as written for its own length)."""
     values = params[section]
     default = next(f.default for f in dataclasses.fields(CONFIG_CLASSES[section]) if f.name == "iterations")
     values.setdefault("scale_schedule_from", values.get("iterations", default))
     values["iterations"] = iterations
 
 
-def model_config(params: Mapping[str, Any], num_classes: int | None = None) -> Any:
+def model_config(params: Mapping[str, Any], num_classes: int | None = None) -> ModelConfig:
     """The ModelConfig of resolved params: the profile's, changed by `model:` (and the data's classes)."""
     overrides = dict(params.get("model") or {})
     if num_classes is not None:
-        if "num_classes" in overrides and overrides["num_classes"] != num_classes:
+        if overrides.get("num_classes", num_classes) != num_classes:
             raise ConfigError(f"model.num_classes: {overrides['num_classes']} differs from the {num_classes} "
                               f"training identities of the manifest; leave it out (it is set from there)")
         overrides["num_classes"] = num_classes
-    return get_profile(profile_name(params), **overrides)
+    return get_profile(params.get("profile", DEFAULT_PROFILE), **overrides)
 
 
 def run_config(params: Mapping[str, Any], section: str, fixed: Mapping[str, Any] | None = None) -> Any:
@@ -231,17 +220,14 @@ def run_config(params: Mapping[str, Any], section: str, fixed: Mapping[str, Any]
 
 
 def resolved_config(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything a run of resolved params trains with, in params.yaml's key names: the model's
-    fields, then the teacher's and DG-Net's after scaling (what the trainers receive), with the
-    stage keys beside them. `model.num_classes` is null: it is the manifest's training identities."""
-    shown: dict[str, Any] = {"profile": profile_name(params)}
-    model = dataclasses.asdict(model_config(params))
-    shown["model"] = {**model, "num_classes": None}
+    """What `dgnet config show` prints: the model's fields (`num_classes` null: it is the manifest's),
+    the teacher's and DG-Net's after scaling (what the trainers get), their stage keys beside them."""
+    shown: dict[str, Any] = {"profile": params["profile"],
+                             "model": {**dataclasses.asdict(model_config(params)), "num_classes": None}}
     for section in ("teacher", "train"):
         stage = {k: params[section][k] for k in STAGE_KEYS[section] if k in params[section]}
-        values = dataclasses.asdict(run_config(params, section))
-        reference = params[section].get("scale_schedule_from")
-        shown[section] = {**values, **stage, "scale_schedule_from": reference}
+        shown[section] = {**dataclasses.asdict(run_config(params, section)), **stage,
+                          "scale_schedule_from": params[section].get("scale_schedule_from")}
     return _plain(shown)
 
 
@@ -249,6 +235,39 @@ def _plain(value: Any) -> Any:
     """Tuples as lists, recursively (JSON and YAML print them alike)."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+def read_params(path: Path, ablation: str | None = None, assignments: Iterable[str] = ()) -> Params:
+    """The one reader of a params file: its sections over the profile (`resolve_params`), `train`
+    changed by `ablations.<ablation>`, then `--set` (dotted from the top: `train.lr_generator=0.002`),
+    every section built by the schema (dgnet.config)."""
+    values = resolve_params(read_params_file(path))
+    if unknown := sorted(set(values) - set(TOP_LEVEL)):
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; known sections are {list(TOP_LEVEL)}")
+    ablations = values.get("ablations") or {}
+    for name, changes in ablations.items():
+        if not isinstance(changes, Mapping):
+            raise ConfigError(f"ablations.{name}: must be a mapping of the `train` keys it changes")
+    base = values["train"]
+    if ablation is not None:
+        if ablation not in ablations:
+            raise ConfigError(f"--ablation {ablation!r}: params.yaml has no `ablations.{ablation}` mapping; "
+                              f"defined: {sorted(ablations) or 'none'}")
+        values["train"] = merge(base, ablations[ablation])
+    values = apply_assignments(values, assignments)
+
+    def run(cls: type, section: Mapping[str, Any], name: str) -> tuple[Any, Any]:
+        seeds = stage_config(cls.SECTION, section, name).seeds  # the stage sets each run's seed
+        return build_train_config(cls, section, name, fixed={"seed": seeds[0]})
+
+    teacher, teacher_stage = run(TeacherTrainConfig, values["teacher"], "teacher")
+    train, train_stage = run(DGNetTrainConfig, values["train"], "train")
+    variants = {name: run(DGNetTrainConfig, merge(base, changes), f"ablations.{name}")[0]
+                for name, changes in ablations.items()}
+    tune = section_config(TuneConfig, values, "tune") if values.get("tune") is not None else None
+    data, validate, mlflow, evaluate = (section_config(cls, values, name) for cls, name in (
+        (DataConfig, "data"), (ValidateConfig, "validate"), (MlflowConfig, "mlflow"),
+        (EvaluateConfig, "evaluate")))
+    return Params(values, data, validate, model_config(values), teacher, teacher_stage, train, train_stage,
+                  variants, tune, mlflow, evaluate)

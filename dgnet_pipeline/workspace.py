@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgnet.config import MlflowConfig, ValidateConfig, build_train_config, read_params_file, section_config
+from dgnet.config import MlflowConfig, ValidateConfig, section_config
 from dgnet.errors import DgnetError
-from dgnet.profiles import resolve_params
 from dgnet_pipeline.common import resolve
 from dgnet_pipeline.mlflow_hooks import mlflow_settings
 from dgnet_pipeline.mlflow_runs import ensure_experiment
-from dgnet_pipeline.tracking import artifact_location, connect, quiet_mlflow, tracking_uri, workspace_root
+from dgnet_pipeline.tracking import artifact_location, connect, quiet_mlflow, tracking_uri
 
 CHECKPOINT_ROOT = "checkpoints"
 
@@ -38,9 +37,8 @@ def report_path(params: Mapping[str, Any], workspace: Path) -> Path:
 
 
 def read_manifest(path: Path, report: Path) -> Any:
-    """The manifest the validate stage wrote (only for data that passed every rule), checked against
-    the record in its validation report `report` (a manifest changed since is refused, naming what
-    changed) and its cheap invariants re-checked; label kept int."""
+    """The manifest the validate stage wrote, checked against the record in its validation `report`
+    (dgnet.data.validated), with training images."""
     from dgnet.data.validated import read_validated_manifest
     from dgnet.errors import DatasetError
 
@@ -60,13 +58,6 @@ def model_config(params: Mapping[str, Any], frame: Any) -> Any:
     return profile_model(params, int(frame.loc[frame["split"] == "train", "person_id"].nunique()))
 
 
-def train_config(cls: type, values: Mapping[str, Any], section: str, stage_keys: Any = (),
-                 fixed: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
-    """dgnet.config.build_train_config. `stage_keys` is not used (the schema's stage classes name
-    them); it stays until dgnet_pipeline/tune.py stops passing it."""
-    return build_train_config(cls, values, section, fixed)
-
-
 def file_md5(path: Path) -> str:
     import hashlib
 
@@ -75,8 +66,7 @@ def file_md5(path: Path) -> str:
 
 
 def model_fingerprint(path: Path) -> str:
-    """A hash of a dgnet model file's content (kind, config, weights), not of its bytes: files that
-    other tools (or older dgnet versions) saved may differ in bytes for the same weights."""
+    """A hash of a model file's kind, config and weights, not of its bytes (other savers differ in bytes)."""
     import hashlib
 
     import torch
@@ -91,12 +81,8 @@ def model_fingerprint(path: Path) -> str:
 
 
 def work_dir(workspace: Path, kind: str, key: Mapping[str, Any]) -> Path:
-    """`checkpoints/<kind>-<hash of key>`: where a training run keeps its checkpoints.
-
-    Not a DVC output (DVC deletes outputs before a stage runs, which would make resuming impossible)
-    and keyed by everything the run depends on, so an interrupted `dvc repro` resumes only a run of
-    the very same configuration and data. The stage deletes it once the run has succeeded.
-    """
+    """`checkpoints/<kind>-<hash of key>`: a run's checkpoints. Not a DVC output (DVC deletes those before
+    a stage runs) and keyed by all the run depends on, so that `dvc repro` resumes only the same run."""
     import hashlib
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -104,8 +90,8 @@ def work_dir(workspace: Path, kind: str, key: Mapping[str, Any]) -> Path:
 
 
 def hold_run_locks(folders: Any, what: str) -> contextlib.ExitStack:
-    """The run locks of `folders` (dgnet.training.runlock), all held, in an ExitStack that releases
-    them; RunLockedError naming the holder (and none held) when another live run has one."""
+    """The run locks of `folders` (dgnet.training.runlock) in an ExitStack; RunLockedError naming the
+    holder (and none held) when another live run has one."""
     from dgnet.training.runlock import run_lock
 
     stack = contextlib.ExitStack()
@@ -123,9 +109,8 @@ def _slug(name: str) -> str:
 
 
 def remove_work_dirs(workspace: Path, prefix: str) -> None:
-    """Delete `checkpoints/<prefix>-*`: the finished run's folder and those of earlier, abandoned
-    configurations of the same run (they could only resume with those exact settings again), but
-    not one that a live run holds (see dgnet.training.runlock)."""
+    """Delete `checkpoints/<prefix>-*`: the finished run's and those of abandoned configurations of the
+    same run, but not one that a live run holds (dgnet.training.runlock)."""
     from dgnet.training.runlock import locked_by_another
 
     root, prefix = workspace / CHECKPOINT_ROOT, _slug(prefix)
@@ -139,8 +124,7 @@ def remove_work_dirs(workspace: Path, prefix: str) -> None:
 
 
 def interrupt_on_sigterm() -> None:
-    """Turn SIGTERM (a killed `dvc repro`, a CI timeout) into KeyboardInterrupt, so that `tracked_run`
-    ends the MLflow run as KILLED instead of leaving it RUNNING for ever."""
+    """SIGTERM (a killed `dvc repro`) as KeyboardInterrupt: `tracked_run` then ends the run KILLED."""
     import signal
 
     def handler(signum: int, frame: Any) -> None:
@@ -152,8 +136,8 @@ def interrupt_on_sigterm() -> None:
 
 def stage_main(name: str, interrupted: str = "re-run to resume from the last checkpoint"
                ) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """A stage's `main`: MLflow quiet, SIGTERM an interrupt, and every DgnetError (bad params, data,
-    store) printed as `stages/<name>.py: error: ...` with its exit code, never a traceback."""
+    """A stage's `main`: MLflow quiet, SIGTERM an interrupt, a DgnetError printed as
+    `stages/<name>.py: error: ...` with its exit code, never a traceback."""
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
@@ -171,12 +155,6 @@ def stage_main(name: str, interrupted: str = "re-run to resume from the last che
     return decorate
 
 
-def read_params() -> tuple[Path, dict[str, Any]]:
-    """(the workspace, its params.yaml completed from its profile)."""
-    workspace = workspace_root()
-    return workspace, resolve_params(read_params_file(workspace / "params.yaml"))
-
-
 @dataclass(frozen=True)
 class StageInputs:
     """The validated data and the open store a tracked stage runs with."""
@@ -192,7 +170,6 @@ class StageInputs:
     experiment_id: str
 
     def data_params(self) -> dict[str, Any]:
-        """What the MLflow run records of its data and profile."""
         train = self.frame[self.frame["split"] == "train"]
         return {"profile": self.params.get("profile"), "data.manifest": str(self.manifest),
                 "data.manifest_md5": self.manifest_md5, "data.train_images": len(train),

@@ -7,8 +7,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from dgnet.profiles import read_params
 from dgnet_pipeline.evaluate import Paths, evaluate_models
-from dgnet_pipeline.workspace import read_params, stage_main
+from dgnet_pipeline.tracking import workspace_root
+from dgnet_pipeline.workspace import stage_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 @stage_main("evaluate", interrupted="re-run to evaluate again")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    workspace, params = read_params()
-    return evaluate_models(workspace, params, Paths(**vars(args)))
+    workspace = workspace_root()
+    return evaluate_models(workspace, read_params(workspace / "params.yaml").values, Paths(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ unreachable tracking store, or a training error (MLflow run FAILED, outputs unto
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from dgnet.config import TeacherTrainConfig, build_train_config
-from dgnet_pipeline.common import section, stage_paths
+from dgnet.profiles import read_params
+from dgnet_pipeline.common import stage_paths
 from dgnet_pipeline.teacher import train_teachers
-from dgnet_pipeline.workspace import open_inputs, read_params, stage_main
+from dgnet_pipeline.tracking import workspace_root
+from dgnet_pipeline.workspace import open_inputs, stage_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 @stage_main("teacher")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    workspace, params = read_params()
-    values = section(params, "teacher")
-    stage = build_train_config(TeacherTrainConfig, values, "teacher")[1]
-    configs = {seed: build_train_config(TeacherTrainConfig, values, "teacher", fixed={"seed": seed})[0]
-               for seed in stage.seeds}
-    return train_teachers(open_inputs(workspace, params), args, configs)
+    workspace = workspace_root()
+    params = read_params(workspace / "params.yaml")
+    configs = {seed: dataclasses.replace(params.teacher, seed=seed) for seed in params.teacher_stage.seeds}
+    return train_teachers(open_inputs(workspace, params.values), args, configs)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ FAILED, outputs untouched); 130 interrupted.
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from dgnet.config import DGNetTrainConfig, build_train_config, stage_config
 from dgnet.errors import ConfigError
-from dgnet.profiles import apply_assignments
-from dgnet_pipeline.common import section, stage_paths
-from dgnet_pipeline.train import ablation_settings, train_variant, warmup_config
-from dgnet_pipeline.workspace import open_inputs, read_params, stage_main
+from dgnet.profiles import read_params
+from dgnet_pipeline.common import stage_paths
+from dgnet_pipeline.tracking import workspace_root
+from dgnet_pipeline.train import train_variant, warmup_config
+from dgnet_pipeline.workspace import open_inputs, stage_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="the run's seed (default: the first of train.seeds)")
     parser.add_argument("--warmup", action="store_true", help="train the warm-up the variants share")
     parser.add_argument("--fork", type=Path, metavar="DIR", help="start from the warm-up checkpoint in DIR")
-    parser.add_argument("--section", default="train", help="params.yaml section of the training config")
     parser.add_argument("--variant", help="the `dgnet.variant` tag of the MLflow run")
     parser.add_argument("--teachers", type=Path, help="the teacher stage's output folder")
     parser.add_argument("--out", type=Path, help="model folder (replaced)")
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--swap-grid", type=Path, help="where the last swap grid goes")
     parser.add_argument("--registered-model", help="registry name (default: params mlflow.model; '': none)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of the section (dotted, YAML value); repeatable")
+                        help="override a key of params `train` (dotted, YAML value); repeatable")
+    parser.set_defaults(section="train")  # the MLflow record's `stage.section`
     return parser
 
 
@@ -61,16 +62,14 @@ def with_defaults(args: argparse.Namespace, seed: int) -> argparse.Namespace:
 @stage_main("train")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    workspace, params = read_params()
-    stage = stage_config("train", section(params, "train"))
-    seed = stage.seeds[0] if args.seed is None else args.seed
+    workspace = workspace_root()
+    params = read_params(workspace / "params.yaml", args.ablation, [f"train.{a}" for a in args.assignments])
+    seed = params.train_stage.seeds[0] if args.seed is None else args.seed
     args = with_defaults(args, seed)
-    base = ablation_settings(params, args.ablation) if args.ablation else section(params, args.section)
-    values = apply_assignments(base, args.assignments, args.section)
-    cfg = build_train_config(DGNetTrainConfig, values, args.section, fixed={"seed": seed})[0]
+    cfg = dataclasses.replace(params.train, seed=seed)
     if args.warmup:  # the run up to schedule.warmup_start, which every variant shares
         cfg = warmup_config(cfg)
-    return train_variant(open_inputs(workspace, params), args, cfg, stage)
+    return train_variant(open_inputs(workspace, params.values), args, cfg, params.train_stage)
 
 
 if __name__ == "__main__":

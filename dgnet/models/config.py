@@ -1,12 +1,9 @@
-"""The model configuration: one frozen object whose defaults are docs/method.md section 2 exactly.
-
-Fields are flat so that params.yaml's `model:` maps onto them one to one; the profiles (paper, cpu,
-tiny) are in dgnet.profiles: `get_profile("cpu", num_classes=10)`.
+"""The model configuration, defaults docs/method.md section 2 exactly; flat, so that params.yaml's
+`model:` maps onto it one to one. The profiles are dgnet.profiles': `get_profile("cpu", num_classes=10)`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from dgnet.checks import check_choice, check_int, check_number
@@ -69,9 +66,9 @@ class ModelConfig:
     teacher_last_stride: int = 1
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):  # YAML gives lists; a frozen config holds tuples
-            if isinstance(getattr(self, field.name), list):
-                object.__setattr__(self, field.name, tuple(getattr(self, field.name)))
+        for name, value in vars(self).items():  # YAML gives lists; a frozen config holds tuples
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         check_choice(self.backbone, "model.backbone", sorted(BACKBONE_CHANNELS))
         check_choice(self.teacher_pooling, "model.teacher_pooling", POOLINGS)
         for name, choices in (("teacher_last_stride", (1, 2)), ("structure_downsamplings", (1, 2))):
@@ -124,33 +121,28 @@ class ModelConfig:
                               f"code must split evenly into one slice per residual block, "
                               f"{self.decoder_residual_blocks} does not divide it")
 
+    # The derived sizes; the paper's in the comments.
     @property
-    def backbone_channels(self) -> int:
-        """Channels of the appearance map and size of the global feature (2048 for ResNet-50 at width 64)."""
+    def backbone_channels(self) -> int:  # the appearance map's channels, the global feature's size: 2048
         return BACKBONE_CHANNELS[self.backbone] * self.backbone_width // RESNET_WIDTH
 
     @property
-    def appearance_code_dim(self) -> int:
-        """Length of the flattened appearance code: channels x rows (8192 in the paper)."""
+    def appearance_code_dim(self) -> int:  # the flattened appearance code, channels x rows: 8192
         return self.backbone_channels * self.appearance_rows
 
     @property
-    def adain_slice_dim(self) -> int:
-        """Length of the code slice that drives one decoder residual block (2048 in the paper)."""
+    def adain_slice_dim(self) -> int:  # the code slice that drives one decoder residual block: 2048
         return self.appearance_code_dim // self.decoder_residual_blocks
 
     @property
-    def structure_size(self) -> tuple[int, int]:
-        """Spatial size of the structure code (64x32 in the paper)."""
+    def structure_size(self) -> tuple[int, int]:  # the structure code's: 64x32
         return self.image_height // self.structure_stride, self.image_width // self.structure_stride
 
     @property
-    def structure_stride(self) -> int:
-        """How many image pixels one structure-code cell spans per side (4 in the paper)."""
+    def structure_stride(self) -> int:  # image pixels one structure-code cell spans per side: 4
         return 2**self.structure_downsamplings
 
     @property
-    def appearance_map_size(self) -> tuple[int, int]:
-        """Spatial size of the trunk's last map (16x8 in the paper)."""
+    def appearance_map_size(self) -> tuple[int, int]:  # the trunk's last map: 16x8
         return self.image_height // TRUNK_STRIDE, self.image_width // TRUNK_STRIDE
 
