@@ -1,15 +1,11 @@
-"""The `teacher` stage's shared code (stages/teacher.py runs it): the re-ID teacher(s) on the
-validated manifest, tracked in MLflow.
+"""The `teacher` stage (stages/teacher.py runs it): the re-ID teacher of each seed of params
+`teacher.seeds`, which DG-Net's runs of the same seed learn from (or all, as an ensemble: train.teachers).
 
-One teacher per seed (params `teacher.seeds`), which DG-Net's runs of the same seed learn from (or
-all of them as an ensemble: train.teachers). Writes OUT/seed<S>/model.pt for every seed and
-OUT/teachers.json (the index the train stage reads), all at once when every teacher has trained;
-METRICS: rank1, mAP, mAP_finite, mINP (the mean over seeds, and per seed); one MLflow run `teacher`
-(with one more run per seed when there are several: tagged dgnet.variant `teacher`, dgnet.seed and
-dgnet.stage_run, the stage run `teacher-mean` holding their mean), each teacher registered as a version of
-`mlflow.teacher_model` with the aliases `<mlflow.alias>-seed<S>` (and `<mlflow.alias>` for the first).
-Checkpoints live in checkpoints/teacher-seed<S>-<config hash>/ (outside DVC's outputs) so that an
-interrupted run resumes; they are deleted once the stage has succeeded.
+Writes OUT/seed<S>/model.pt and OUT/teachers.json (the index the train stage reads) at once when every
+teacher has trained, and METRICS (the mean over seeds, and per seed). One MLflow run `teacher`; with
+several seeds one more run per seed (dgnet.variant `teacher`, dgnet.seed, dgnet.stage_run), the stage
+run (`teacher-mean`) holding their mean. Each teacher is registered in `mlflow.teacher_model` under
+`<alias>-seed<S>` (the first also `<alias>`). Checkpoints: checkpoints/teacher-seed<S>-<config hash>/.
 """
 
 from __future__ import annotations
@@ -43,9 +39,8 @@ STAGE = "teacher"
 @contextlib.contextmanager
 def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: bool,
               tags: dict[str, str]) -> Iterator[str]:
-    """The run one teacher logs into: the stage run itself, or with several seeds one run per seed,
-    tagged with the stage run (not nested in it: MLflow's UI adds a matched child's parent to every
-    filtered runs table, which would put the mean among the variants' runs)."""
+    """The run one teacher logs into: the stage run, or with several seeds a run of its own tagged with
+    the stage run (not nested: MLflow's UI would add the parent, the mean, to every filtered runs table)."""
     if not nested:
         yield parent.info.run_id
         return
@@ -56,7 +51,6 @@ def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: b
 
 
 def train_teachers(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any]) -> int:
-    """Every seed's teacher (`configs`: seed -> TeacherTrainConfig), each in its locked run folder."""
     seeds = list(configs)
     model_cfg = model_config(inputs.params, inputs.frame)
     # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
@@ -74,7 +68,6 @@ def train_teachers(inputs: StageInputs, args: argparse.Namespace, configs: dict[
 
 def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
                 manifest_md5: str) -> dict[int, Path]:
-    """{seed: checkpoints/teacher-seed<S>-<hash of configuration and data>}: each teacher's run folder."""
     return {seed: work_dir(workspace, f"teacher-seed{seed}", {"model": model_cfg, "teacher": cfg,
                                                                "manifest": manifest_md5})
             for seed, cfg in configs.items()}
@@ -83,7 +76,6 @@ def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
 def train_and_publish(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any],
                       seeds: list[int], folders: dict[int, Path], model_cfg: Any, extra: dict[str, Any],
                       tags: dict[str, str]) -> int:
-    """Train every seed's teacher in its (locked) folder, log and register them, write the outputs."""
     from dgnet.training.teacher_trainer import train_teacher
 
     client, settings, nested = inputs.client, inputs.mlflow, len(seeds) > 1
@@ -125,7 +117,6 @@ def train_and_publish(inputs: StageInputs, args: argparse.Namespace, configs: di
 
 
 def _write_outputs(out: Path, metrics: Path, seeds: list[int], results: dict[int, Any]) -> dict[str, Any]:
-    """`out` (models + index) in one atomic swap, then the metrics JSON."""
     entries = []
     with atomic_dir(out) as tmp:
         for seed in seeds:
@@ -142,11 +133,10 @@ def _write_outputs(out: Path, metrics: Path, seeds: list[int], results: dict[int
                             "model_version": result.config.get("mlflow.model_version")})
         write_json(tmp / INDEX, {"kind": "teacher", "teachers": entries})
     per_seed = {str(e["seed"]): e["metrics"] for e in entries}
-    names = [name for name in ("rank1", "mAP", "mAP_finite", "mINP")
-             if any(name in m for m in per_seed.values())]
-    summary: dict[str, Any] = {
-        name: round(sum(m[name] for m in per_seed.values() if name in m)
-                    / sum(1 for m in per_seed.values() if name in m), 6) for name in names}
+    summary: dict[str, Any] = {}
+    for name in ("rank1", "mAP", "mAP_finite", "mINP"):
+        if values := [m[name] for m in per_seed.values() if name in m]:
+            summary[name] = round(sum(values) / len(values), 6)
     if len(seeds) > 1:
         summary["seeds"] = per_seed
     write_json(metrics, summary)

@@ -1,14 +1,12 @@
-"""The `warmup`, `train` and `ablation` stages' shared code (stages/train.py runs them): joint DG-Net
-training of one seed and variant, tracked in MLflow.
+"""The `warmup`, `train` and `ablation` stages (stages/train.py runs them): DG-Net training of one seed
+and variant (params `train`, or changed by `ablations.<name>`; `--set` over it), tracked in MLflow.
 
-The run's configuration is params `train` (or an ablation's: `train` changed by `ablations.<name>`),
-`--set` over it, the seed fixed by the stage. `--warmup` stops at `schedule.warmup_start`, which every
-variant shares (the paper's ablation switches act only on losses whose weight is 0 until then); a
-variant `--fork`s from that checkpoint: the same result, bit for bit in deterministic mode
-(tests/test_warmup_fork.py). Every MLflow run is tagged `dgnet.variant` and `dgnet.seed`; the full
-model's every seed is registered as a version of `mlflow.model` with the alias `<alias>-seed<S>`, the
-first seed's also with `<alias>`. Checkpoints live in checkpoints/dgnet-<variant>-seed<S>-<config hash>/
-(outside DVC's outputs) so that an interrupted run resumes; they are deleted once the stage succeeds.
+`--warmup` stops at `schedule.warmup_start`, which every variant shares (the ablation switches act only
+on losses weighted 0 until then); a variant `--fork`s from that checkpoint, bit for bit the same in
+deterministic mode (tests/test_warmup_fork.py). Runs are tagged `dgnet.variant` and `dgnet.seed`; each
+seed of the full model is registered under `<alias>-seed<S>`, the first also under `<alias>`.
+Checkpoints live in checkpoints/dgnet-<variant>-seed<S>-<config hash>/ (outside DVC's outputs) so that
+an interrupted run resumes; they are deleted once the stage succeeds.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ WARMUP_CHECKPOINT = "checkpoint.pt"
 
 
 def ablation_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The training section of ablation `name`: params `train` changed by `ablations.<name>`."""
     ablations = params.get("ablations") or {}
     if not isinstance(ablations.get(name), dict):
         known = sorted(k for k, v in ablations.items() if isinstance(v, dict))
@@ -69,7 +66,6 @@ def seed_teachers(workspace: Path, teachers: Path, seed: int, mode: str) -> list
 
 
 def warmup_config(cfg: Any) -> Any:
-    """The run stopped at the warm-up: the same configuration, `schedule.warmup_start` iterations."""
     start = cfg.schedule.warmup_start
     if not 0 < start < cfg.iterations:
         raise ConfigError(f"--warmup: schedule.warmup_start is {start} (after scaling) in a run of "
@@ -78,7 +74,6 @@ def warmup_config(cfg: Any) -> Any:
 
 
 def fork_checkpoint(workspace: Path, args: argparse.Namespace, seed: int) -> Path | None:
-    """The warm-up checkpoint `--fork` names, which must exist."""
     if args.fork is None:
         return None
     fork = workspace / args.fork / WARMUP_CHECKPOINT
@@ -90,7 +85,7 @@ def fork_checkpoint(workspace: Path, args: argparse.Namespace, seed: int) -> Pat
 
 def run_params(inputs: StageInputs, args: argparse.Namespace, mode: str, teacher_prints: list[str],
                fork: Path | None) -> dict[str, Any]:
-    """What the MLflow run records beside the configuration: data, teachers, how the run was made."""
+    """What the MLflow run records beside the configuration."""
     extra = {**inputs.data_params(), "stage.section": args.section, "train.teachers": mode,
              "teacher.fingerprints": [fingerprint[:16] for fingerprint in teacher_prints]}
     if args.assignments:
@@ -104,9 +99,7 @@ def run_params(inputs: StageInputs, args: argparse.Namespace, mode: str, teacher
 
 
 def train_variant(inputs: StageInputs, args: argparse.Namespace, cfg: Any, stage: TrainStage) -> int:
-    """One seed of one variant (args: the stage's command line) in its locked run folder: its
-    teachers, the MLflow run, the model registered (alias `<alias>-seed<S>`, and `<alias>` for the
-    first seed), the outputs."""
+    """One seed of one variant (args: the stage's command line) in its locked run folder."""
     from dgnet.training.checkpoint import checkpoint_path
     from dgnet.training.trainer import train_dgnet
 
