@@ -1,5 +1,4 @@
-"""Plumbing shared by the stage scripts (stages/*.py): the repo root, params.yaml, dvc.yaml's output
-paths, seeds and the teachers."""
+"""Plumbing of the stage scripts (stages/*.py): the repo root, params.yaml, dvc.yaml's paths, the teachers."""
 
 from __future__ import annotations
 
@@ -18,9 +17,8 @@ LOSS_CURVE = "losses.csv"  # a training run's loss curves (LossCurve), kept besi
 
 
 def repo_root() -> Path:
-    """The workspace: the nearest folder upwards holding params.yaml. DVC runs stages from the
-    workspace root, which for a queued `dvc exp run` is its temporary copy (whose params differ
-    from the parent's), so DVC_ROOT is not used here; only the MLflow store lives at DVC_ROOT."""
+    """The nearest folder upwards holding params.yaml: not DVC_ROOT, since a queued `dvc exp run` runs
+    in a temporary copy with params of its own (only the MLflow store lives at DVC_ROOT)."""
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / "params.yaml").is_file():
@@ -29,7 +27,7 @@ def repo_root() -> Path:
 
 
 def load_params(root: Path | None = None) -> dict[str, Any]:
-    """params.yaml as a dict (the single source of truth for every knob)."""
+    """params.yaml as a dict (unresolved; dgnet.profiles.read_params builds it)."""
     return read_params_file((root or repo_root()) / "params.yaml")
 
 
@@ -54,8 +52,8 @@ def parse_seeds(values: dict[str, Any], section: str = "teacher") -> list[int]:
 
 
 def stage_paths(script: str | os.PathLike) -> dict[str, Path]:
-    """dvc.yaml's `vars: paths` (where the stages write; dvc.yaml passes them to each stage), read from
-    the dvc.yaml beside the stage script's folder: the defaults when a stage is run by hand."""
+    """dvc.yaml's `vars: paths` (where the stages write), from the dvc.yaml above the script's folder:
+    a stage's defaults when run by hand."""
     dvc = Path(script).resolve().parents[1] / "dvc.yaml"
     entries = [entry for entry in yaml.safe_load(dvc.read_text())["vars"] if isinstance(entry, dict)]
     return {k: Path(v) for entry in entries for k, v in entry.get("paths", {}).items()}
