@@ -1,9 +1,8 @@
 """DVC stage and `dgnet validate`: check a re-ID dataset with Great Expectations, then write its manifest.
 
-GX decides every rule: the expectations of `dgnet.data.validation.expectations`, on the measured
-columns, run as GX's own, tagged with their rule in `meta`; the pandas engine there decides the
-same list and must agree (tests/test_validation.py). Data Docs are built over the results, then
-made to work offline (`dgnet_pipeline.offline_docs`).
+GX decides the expectations of `dgnet.data.validation.expectations`, tagged with their rule in
+`meta`; the pandas engine there decides the same list and must agree (tests/test_validation.py).
+Data Docs are built over the results, then made to work offline (`dgnet_pipeline.offline_docs`).
 
 Exit codes: 0 valid (report, docs and manifest CSV written, the manifest's record in the report),
 1 a rule failed (report and docs written, no manifest, message on stderr), 2 the dataset could not
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
+from dgnet.config import DataConfig, ValidateConfig, section_config
 from dgnet.data.manifest import FORMATS, build_manifest
 from dgnet.data.validated import publish
 from dgnet.data.validation import (
@@ -31,22 +30,17 @@ from dgnet.data.validation import (
     Expectation,
     RuleResult,
     ValidationReport,
-    check_format,
     expectations,
-    measure_files,
     rule_results,
-    rule_tables,
-    split_counts,
     table_problems,
+    validate,
 )
 from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DgnetError
 from dgnet.io import atomic_dir, check_writable
 from dgnet_pipeline.common import load_params, repo_root, resolve, section
 from dgnet_pipeline.offline_docs import make_docs_offline
 
-DEFAULT_REPORT = "reports/validation.json"
-DEFAULT_DOCS = "reports/gx_docs"
-DEFAULT_MANIFEST = "data/manifest.csv"
+DEFAULTS = ValidateConfig()  # params `validate`: report, docs, manifest
 DOCS_SITE = "dgnet"
 
 
@@ -72,8 +66,8 @@ def _gx_outcome(expectation: Expectation, result: Any) -> tuple[bool, list[str]]
 
 def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLike | None = None
            ) -> list[RuleResult]:
-    """Decide `expectations(fmt)` on the tables of `rule_tables` with GX, one suite and Checkpoint
-    per table (a Checkpoint feeds one dataframe to all its definitions); Data Docs into `docs_dir`."""
+    """Decide `expectations(fmt)` on the tables of `rule_tables` with GX, one suite and validation
+    definition per table; Data Docs into `docs_dir`."""
     every = expectations(fmt)
     outcomes: dict[int, tuple[Expectation, bool, list[str]]] = {}  # by number in `every`
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -87,25 +81,20 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         source = context.data_sources.add_pandas("dgnet")
         for table in dict.fromkeys(e.table for e in every):
-            suite = gx.ExpectationSuite(name=f"dgnet_{table}")
-            for number, e in enumerate(every):
-                if e.table == table:
-                    kind = getattr(gx.expectations, e.type.title().replace("_", ""))
-                    suite.add_expectation(kind(**e.kwargs, meta={"rule": e.rule, "number": number},
-                                               notes=f"dgnet rule `{e.rule}`: {RULES[e.rule]}"))
+            suite = context.suites.add(gx.ExpectationSuite(name=f"dgnet_{table}", expectations=[
+                getattr(gx.expectations, e.type.title().replace("_", ""))(
+                    **e.kwargs, meta={"rule": e.rule, "number": number},
+                    notes=f"dgnet rule `{e.rule}`: {RULES[e.rule]}")
+                for number, e in enumerate(every) if e.table == table]))
             batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
             definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"dgnet_{table}", data=batch, suite=context.suites.add(suite)))
+                gx.ValidationDefinition(name=f"dgnet_{table}", data=batch, suite=suite))
             # COMPLETE: every offending row, so that a rule of several expectations counts each row once
-            result_format = {"result_format": "COMPLETE",
-                             "unexpected_index_column_names": [TABLE_INDEX[table]]}
-            checkpoint = context.checkpoints.add(gx.Checkpoint(
-                name=f"dgnet_{table}", validation_definitions=[definition], result_format=result_format))
-            run = checkpoint.run(batch_parameters={"dataframe": tables[table]})
-            for suite_result in run.run_results.values():
-                for result in suite_result.results:
-                    number = result.expectation_config.meta["number"]
-                    outcomes[number] = (every[number], *_gx_outcome(every[number], result))
+            run = definition.run(batch_parameters={"dataframe": tables[table]}, result_format={
+                "result_format": "COMPLETE", "unexpected_index_column_names": [TABLE_INDEX[table]]})
+            for result in run.results:
+                number = result.expectation_config.meta["number"]
+                outcomes[number] = (every[number], *_gx_outcome(every[number], result))
         if docs_dir is not None:
             with atomic_dir(docs_dir) as tmp:
                 context.add_data_docs_site(site_name=DOCS_SITE, site_config={
@@ -121,19 +110,14 @@ def run_gx(tables: dict[str, pd.DataFrame], fmt: str, docs_dir: str | os.PathLik
 
 def gx_validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFrame | None = None,
                 docs_dir: str | os.PathLike | None = None, workers: int | None = None) -> ValidationReport:
-    """Like `dgnet.data.validation.validate`, with Great Expectations as the engine."""
-    fmt = check_format(fmt or frame.attrs.get("format"))
-    if measured is None:  # with a progress bar: a full decode of Market takes a few seconds
-        with tqdm(total=len(frame), desc="decoding images", dynamic_ncols=True) as bar:
-            measured = measure_files(frame, fmt, workers=workers, progress=bar.update)
-    results = run_gx(rule_tables(measured, fmt), fmt, docs_dir)
-    return ValidationReport(results, split_counts(frame), fmt, str(frame.attrs.get("root", "")),
-                            engine="great_expectations")
+    """`dgnet.data.validation.validate` with Great Expectations as the engine, and a progress bar."""
+    return validate(frame, fmt, measured=measured, workers=workers, progress=True,
+                    engine="great_expectations", decide=lambda tables, fmt: run_gx(tables, fmt, docs_dir))
 
 
 def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
-                   report: str | os.PathLike = DEFAULT_REPORT, docs: str | os.PathLike = DEFAULT_DOCS,
-                   manifest: str | os.PathLike = DEFAULT_MANIFEST, include_gt_bbox: bool = False,
+                   report: str | os.PathLike = DEFAULTS.report, docs: str | os.PathLike = DEFAULTS.docs,
+                   manifest: str | os.PathLike = DEFAULTS.manifest, include_gt_bbox: bool = False,
                    msmt_include_val: bool = True, workers: int | None = None) -> int:
     """Build, validate and (if valid) publish the manifest of the dataset at `data`; return the exit
     code. The published manifest's record goes into the report (`dgnet.data.validated`)."""
@@ -161,12 +145,6 @@ def run_validation(data: str | os.PathLike, fmt: str | None = None, *,
     return 0
 
 
-def _command(args: argparse.Namespace) -> int:
-    return run_validation(args.data, args.format, report=args.report, docs=args.docs, manifest=args.manifest,
-                          include_gt_bbox=args.include_gt_bbox, msmt_include_val=not args.no_msmt_val,
-                          workers=args.workers)
-
-
 def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `dgnet validate` on the CLI's sub-parsers (entry point group `dgnet.commands`)."""
     parser = subparsers.add_parser(
@@ -177,15 +155,17 @@ def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
                     "Exit 0 valid, 1 a rule failed, 2 the dataset cannot be read.")
     parser.add_argument("--data", required=True, type=Path, help="dataset root folder")
     parser.add_argument("--format", choices=FORMATS, default=None, help="dataset format (default: detect)")
-    parser.add_argument("--report", type=Path, default=Path(DEFAULT_REPORT), help="JSON report path")
-    parser.add_argument("--docs", type=Path, default=Path(DEFAULT_DOCS), help="Data Docs folder")
-    parser.add_argument("--manifest", type=Path, default=Path(DEFAULT_MANIFEST),
+    parser.add_argument("--report", type=Path, default=Path(DEFAULTS.report), help="JSON report path")
+    parser.add_argument("--docs", type=Path, default=Path(DEFAULTS.docs), help="Data Docs folder")
+    parser.add_argument("--manifest", type=Path, default=Path(DEFAULTS.manifest),
                         help="manifest CSV, written only when every rule passes")
     parser.add_argument("--include-gt-bbox", action="store_true",
                         help="add Market's gt_bbox/ as split gt_bbox (outside the standard protocol)")
     parser.add_argument("--no-msmt-val", action="store_true", help="MSMT17: leave list_val.txt out of train")
     parser.add_argument("--workers", type=int, default=None, help="threads decoding images")
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=lambda args: run_validation(
+        args.data, args.format, report=args.report, docs=args.docs, manifest=args.manifest,
+        include_gt_bbox=args.include_gt_bbox, msmt_include_val=not args.no_msmt_val, workers=args.workers))
     return parser
 
 
@@ -196,20 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = repo_root()
         params = load_params(root)
-        data, stage = section(params, "data"), params.get("validate") or {}
-        if "root" not in data:
+        if "root" not in section(params, "data"):
             raise ConfigError(f"{root / 'params.yaml'}: section data needs a `root`")
+        data = section_config(DataConfig, params, "data")
+        stage = section_config(ValidateConfig, params, "validate")
     except ConfigError as err:
         print(f"dgnet_pipeline.validate: {err}", file=sys.stderr)
         return 2
-    fmt = data.get("format")
-    return run_validation(
-        resolve(root, data["root"]), None if fmt in (None, "", "auto") else fmt,
-        report=resolve(root, stage.get("report", DEFAULT_REPORT)),
-        docs=resolve(root, stage.get("docs", DEFAULT_DOCS)),
-        manifest=resolve(root, stage.get("manifest", DEFAULT_MANIFEST)),
-        include_gt_bbox=bool(data.get("include_gt_bbox", False)),
-        msmt_include_val=bool(data.get("msmt_include_val", True)), workers=stage.get("workers"))
+    return run_validation(resolve(root, data.root), data.format, report=resolve(root, stage.report),
+                          docs=resolve(root, stage.docs), manifest=resolve(root, stage.manifest),
+                          include_gt_bbox=data.include_gt_bbox, msmt_include_val=data.msmt_include_val,
+                          workers=stage.workers)
 
 
 if __name__ == "__main__":

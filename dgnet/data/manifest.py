@@ -73,12 +73,17 @@ _LAYOUTS = (
 )
 
 
+def check_format(fmt: str | None) -> str:
+    """`fmt`, or DatasetError when it is not one of FORMATS."""
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def parse_file_name(name: str, fmt: str, where: str | os.PathLike | None = None) -> tuple[int, int]:
     """(person_id, camera_id) from an image file name of format `fmt`; `where` (the full path, a
     list line) names the file in the error."""
-    if fmt not in PATTERNS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    match = PATTERNS[fmt].match(name)
+    match = PATTERNS[check_format(fmt)].match(name)
     if match is None:
         raise DatasetError(f"{where or name}: file name does not follow the {fmt} pattern "
                            f"{PATTERN_EXAMPLES[fmt]}")
@@ -226,10 +231,7 @@ def build_manifest(root: str | os.PathLike, fmt: str | None = None, *, include_g
     if not root.is_dir():
         raise DatasetError(
             f"{root}: dataset root does not exist or is not a folder; expected one of: {_LAYOUTS}")
-    if fmt is None:
-        fmt = detect_format(root)
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    fmt = check_format(detect_format(root) if fmt is None else fmt)
     rows = (_msmt_rows(root, msmt_include_val) if fmt == "msmt17"
             else _market_like_rows(root, fmt, include_gt_bbox))
     frame = pd.DataFrame(rows, columns=list(COLUMNS[:5])).astype(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dgnet.data.manifest import train_label_map
-from dgnet.data.validation import NON_IDENTITY_IDS
+from dgnet.data.validation import NON_IDENTITY_IDS, listed
 from dgnet.errors import ConfigError, DataRuleError
 
 # A gallery of one identity ranks only its own images: mAP 1 whatever the model. Two ids at least
@@ -30,7 +30,6 @@ MIN_VALIDATION_IDS = 2
 MIN_TRAIN_IDS = 2
 TEST_SPLITS = ("query", "gallery")
 SPLIT_ATTR = "validation_split"  # frame.attrs key of `validation_split`'s summary
-MAX_NAMED = 5  # offending images named in an error
 
 
 def check_fraction(value: Any, where: str = "tune.validation_fraction") -> float:
@@ -123,11 +122,6 @@ def check_no_test_images(frame: pd.DataFrame, test: pd.DataFrame, what: str = "t
     shared = sorted(set(frame["person_id"].tolist()) & test_ids)
     if not leaked and not shared:
         return
-
-    def listed(items: list[Any]) -> str:
-        more = f", ... and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
-        return ", ".join(map(str, items[:MAX_NAMED])) + more
-
     found = [f"{len(leaked)} test image(s): {listed(leaked)}"] if leaked else []
     if shared:
         found.append(f"{len(shared)} test identit{'y' if len(shared) == 1 else 'ies'}: {listed(shared)}")

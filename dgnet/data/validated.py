@@ -21,21 +21,23 @@ from typing import Any
 import pandas as pd
 
 from dgnet.data.manifest import FORMATS, build_manifest, mislabelled_train_rows, read_manifest, write_manifest
-from dgnet.data.validation import ValidationReport, expectations, pandas_outcome, rule_tables, validate
+from dgnet.data.validation import (
+    ValidationReport,
+    expectations,
+    listed,
+    pandas_outcome,
+    rule_tables,
+    validate,
+)
 from dgnet.errors import DataRuleError, DatasetError
 from dgnet.io import atomic_path, output_errors, write_json
 
 RECORD_KEY = "manifest_record"
 DEFAULT_REPORT = Path("reports") / "validation.json"
-MAX_LISTED = 5  # offending items named in a message
 
 
-def _sha256(parts: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
+def _sha256(lines: Iterable[str]) -> str:
+    return hashlib.sha256("".join(f"{line}\n" for line in lines).encode()).hexdigest()
 
 
 def manifest_record(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,29 +133,22 @@ def check_invariants(frame: pd.DataFrame, fmt: str | None = None) -> None:
     every image file present, no identity in both train and query/gallery, train labels 0..C-1 in
     sorted person_id order. DataRuleError names the rule and the first offending items."""
     fmt = fmt or frame.attrs.get("format") or "market1501"  # unknown: Market/Duke's junk and distractors
+
+    def stop(rule: str, what: str, items: list[str]) -> None:
+        if items:
+            raise DataRuleError(f"manifest rule {rule}: {len(items)} {what}: {listed(items)}")
+
     tables = rule_tables(frame.assign(exists=frame["path"].astype(str).map(os.path.isfile)), fmt)
     what = {"files_exist": "listed image file(s) do not exist",
             "train_test_ids_disjoint": "person id(s) in both train and query/gallery"}
     for expectation in expectations(fmt):
         if expectation.rule in what:
-            passed, offending = pandas_outcome(expectation, tables)
-            if not passed:
-                raise DataRuleError(_listed(expectation.rule, what[expectation.rule],
-                                            list(dict.fromkeys(offending))))
-    wrong = mislabelled_train_rows(frame)["path"].astype(str).tolist()
-    if wrong:
-        raise DataRuleError(_listed("labels", "train label(s) are not the person ids numbered 0..C-1 in "
-                                              "sorted order", wrong))
-    other = frame.loc[(frame["split"] != "train") & (frame["label"].to_numpy() != -1), "path"]
-    if len(other):
-        raise DataRuleError(_listed("labels", "query/gallery rows must have label -1",
-                                    other.astype(str).tolist()))
-
-
-def _listed(rule: str, what: str, items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_LISTED]) + (f", ... and {len(items) - MAX_LISTED} more"
-                                             if len(items) > MAX_LISTED else "")
-    return f"manifest rule {rule}: {len(items)} {what}: {shown}"
+            offending = pandas_outcome(expectation, tables)[1]
+            stop(expectation.rule, what[expectation.rule], list(dict.fromkeys(offending)))
+    stop("labels", "train label(s) are not the person ids numbered 0..C-1 in sorted order",
+         mislabelled_train_rows(frame)["path"].astype(str).tolist())
+    not_train = frame.loc[(frame["split"] != "train") & (frame["label"].to_numpy() != -1), "path"]
+    stop("labels", "query/gallery rows must have label -1", not_train.astype(str).tolist())
 
 
 def publish(frame: pd.DataFrame, result: ValidationReport, report: str | os.PathLike,

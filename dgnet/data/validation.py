@@ -1,17 +1,16 @@
 """Dataset validation: measured columns, the expectations on them, and the plain-pandas engine.
 
-`measure_files` adds what is measured per image to a manifest (exists, decodes, the ids its name
-gives, aspect); `rule_tables` adds the query and identity tables. `expectations(fmt)` lists every
-rule's checks as Great Expectations expectations (type and kwargs, as GX 1.x names them). Two
-engines decide them and must agree: `validate` here (pandas: the GPU machines lack GX) and
-Great Expectations itself (`dgnet_pipeline/validate.py`).
+`measure_files` adds what is measured per image to a manifest; `rule_tables` adds the query and
+identity tables. `expectations(fmt)` lists every rule's checks as Great Expectations expectations
+(type and kwargs, as GX 1.x names them). Two engines decide them and must agree: pandas here (the
+GPU machines lack GX) and Great Expectations itself (`dgnet_pipeline/validate.py`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -19,17 +18,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile
+from tqdm.auto import tqdm
 
 from dgnet.data.manifest import (
     COLUMNS,
-    FORMATS,
     MSMT_TEST_ID_OFFSET,
     NUM_CAMERAS,
     PATTERNS,
     SPLITS,
     STR_COLUMNS,
+    check_format,
 )
-from dgnet.errors import DatasetError
 
 # Plausible person crops: Market images are 128x64, Duke and MSMT17 crops vary, but a crop a few
 # pixels tall, wider than twice its height or a whole 4K frame means a broken file or box.
@@ -44,44 +43,44 @@ MEASURED_COLUMNS = ("exists", "decodes", "name_person_id", "name_camera_id", "as
 # any split. MSMT17 has neither: its id 0 is a real person.
 NON_IDENTITY_IDS = {"market1501": (-1, 0), "dukemtmc": (-1, 0), "msmt17": ()}
 MAX_OFFENDING = 20  # offending items kept per rule in a report
+MAX_LISTED = 5  # offending items named in an error message
 # The column naming a table's offending rows.
 TABLE_INDEX = {"files": "path", "queries": "path", "ids": "person_id"}
 
 RULES: dict[str, str] = {
-    "schema": "manifest columns are " + ", ".join(COLUMNS) + " in this order (then the measured columns "
-              + ", ".join(MEASURED_COLUMNS) + "), with string, int64, bool and float64 dtypes",
+    "schema": f"manifest columns are {', '.join(COLUMNS)} in this order (then the measured columns "
+              f"{', '.join(MEASURED_COLUMNS)}), with string, int64, bool and float64 dtypes",
     "split_counts": "the train, query and gallery splits each hold at least one image",
     "files_exist": "every image file listed in the manifest exists",
-    "images_decode": "every image decodes fully with PIL (no truncated, corrupt, non-image or missing "
-                     "file)",
-    "file_names_follow_pattern": "every file name follows the dataset's naming pattern and agrees with "
-                                 "its person_id and camera_id",
-    "camera_ids_in_range": "every camera id lies in 1..number of cameras of the dataset "
-                           "(Market 6, Duke 8, MSMT17 15)",
+    "images_decode": "every image decodes fully with PIL (no truncated, corrupt, non-image or missing file)",
+    "file_names_follow_pattern": "every file name follows the dataset's naming pattern and agrees with its "
+                                 "person_id and camera_id",
+    "camera_ids_in_range": "every camera id lies in 1..number of cameras of the dataset (Market 6, Duke 8, "
+                           "MSMT17 15)",
     "person_ids_in_range": "every person id is at least -1 (Market/Duke: -1 junk, 0 distractor) or 0 "
                            "(MSMT17)",
-    "image_sizes_plausible": f"every image is {MIN_HEIGHT}..{MAX_HEIGHT} px tall, "
-                             f"{MIN_WIDTH}..{MAX_WIDTH} px wide, "
-                             f"with height/width in {MIN_ASPECT}..{MAX_ASPECT}",
-    "train_test_ids_disjoint": "no person id is in both train and query/gallery (Market/Duke junk -1 "
-                               "and distractor 0 aside)",
+    "image_sizes_plausible": f"every image is {MIN_HEIGHT}..{MAX_HEIGHT} px tall, {MIN_WIDTH}..{MAX_WIDTH} "
+                             f"px wide, with height/width in {MIN_ASPECT}..{MAX_ASPECT}",
+    "train_test_ids_disjoint": "no person id is in both train and query/gallery (Market/Duke junk -1 and "
+                               "distractor 0 aside)",
     "query_has_cross_camera_gallery": "every query id has at least one gallery image of the same id from "
                                       "another camera",
 }
 # What the offending items of each rule are, for messages (every other rule lists file paths).
 OFFENDING_KIND = {"schema": "", "split_counts": "split ", "train_test_ids_disjoint": "person id "}
-
-
-def string_dtype_name() -> str:
-    """Name of the dtype pandas gives a string column: "str" on pandas 3, "object" before."""
-    return "str" if isinstance(pd.Series(["a"]).dtype, pd.StringDtype) else "object"
-
-
+# The dtype pandas gives a string column: "str" on pandas 3, "object" before.
+_STR_DTYPE = "str" if isinstance(pd.Series(["a"]).dtype, pd.StringDtype) else "object"
 EXPECTED_DTYPES: dict[str, str] = {
-    **{c: (string_dtype_name() if c in STR_COLUMNS else "int64") for c in COLUMNS},
+    **{c: (_STR_DTYPE if c in STR_COLUMNS else "int64") for c in COLUMNS},
     "exists": "bool", "decodes": "bool", "name_person_id": "float64", "name_camera_id": "float64",
     "aspect": "float64",
 }
+
+
+def listed(items: Sequence[Any], limit: int = MAX_LISTED) -> str:
+    """The first `limit` items, comma-separated, and how many more there are."""
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(map(str, items[:limit])) + more
 
 
 @dataclass
@@ -158,28 +157,19 @@ def _check_file(path: str) -> tuple[bool, bool]:
         return True, False
 
 
-def check_format(fmt: str | None) -> str:
-    """`fmt`, or DatasetError when it is not one of FORMATS."""
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    return fmt
-
-
 def measure_files(frame: pd.DataFrame, fmt: str, *, workers: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                  progress: bool = False) -> pd.DataFrame:
     """The manifest plus the `MEASURED_COLUMNS`. Decoding runs on a thread pool (file reads and
-    libjpeg release the GIL); `progress`, if given, is called with 1 per file from this thread."""
+    libjpeg release the GIL), with a progress bar if `progress` (a full decode of Market takes a few
+    seconds); the bar is updated from this thread only (tqdm is not thread-safe)."""
     check_format(fmt)
     # A truncated JPEG only fails to load while this PIL global is False; some training code sets it
     # True to survive bad files, so force it off for the check and restore it after.
     saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-    results = []
     try:
         with ThreadPoolExecutor(max_workers=workers or min(16, 4 * (os.cpu_count() or 1))) as pool:
-            for result in pool.map(_check_file, frame["path"].astype(str).tolist()):
-                results.append(result)
-                if progress is not None:  # from this thread: progress bars are not thread-safe
-                    progress(1)
+            results = list(tqdm(pool.map(_check_file, frame["path"].astype(str).tolist()), total=len(frame),
+                                desc="decoding images", dynamic_ncols=True, disable=not progress))
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
     out = frame.copy()
@@ -338,9 +328,12 @@ def rule_results(tables: dict[str, pd.DataFrame], outcomes: list[tuple[Expectati
 
 
 def validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFrame | None = None,
-             workers: int | None = None) -> ValidationReport:
-    """Check a manifest against every rule with plain pandas (no Great Expectations). Pass
-    `measured` (from `measure_files`) to reuse decoded results instead of decoding again."""
+             workers: int | None = None, progress: bool = False, engine: str = "pandas",
+             decide: Callable[[dict[str, pd.DataFrame], str], list[RuleResult]] | None = None
+             ) -> ValidationReport:
+    """Check a manifest against every rule: with pandas, or with `decide` (rule tables, format) ->
+    results, the engine named `engine`. Pass `measured` (from `measure_files`) to reuse decoded
+    results instead of decoding again."""
     fmt = check_format(fmt or frame.attrs.get("format"))
     root = str(frame.attrs.get("root", ""))
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -349,7 +342,10 @@ def validate(frame: pd.DataFrame, fmt: str | None = None, *, measured: pd.DataFr
                             [f"column {c} missing" for c in missing])
         rest = [RuleResult(n, d, False, 0, ["not checked: the manifest schema is broken"])
                 for n, d in RULES.items() if n != "schema"]
-        return ValidationReport([schema, *rest], {}, fmt, root)
-    tables = rule_tables(measure_files(frame, fmt, workers=workers) if measured is None else measured, fmt)
-    outcomes = [(e, *pandas_outcome(e, tables)) for e in expectations(fmt)]
-    return ValidationReport(rule_results(tables, outcomes), split_counts(frame), fmt, root)
+        return ValidationReport([schema, *rest], {}, fmt, root, engine)
+    if measured is None:
+        measured = measure_files(frame, fmt, workers=workers, progress=progress)
+    tables = rule_tables(measured, fmt)
+    results = (decide(tables, fmt) if decide is not None
+               else rule_results(tables, [(e, *pandas_outcome(e, tables)) for e in expectations(fmt)]))
+    return ValidationReport(results, split_counts(frame), fmt, root, engine)
