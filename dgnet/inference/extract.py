@@ -167,7 +167,6 @@ class FeatureExtractor:
             return self.feature_model(images.to(self.device, torch.float32)).float().cpu()
 
     def load(self, item: ImageItem) -> torch.Tensor:
-        """One image file or PIL image as the model sees it: (3, H, W), resized and normalised."""
         return prepare_image(item, self.image_size)
 
     def __call__(self, inputs: ImageItem | Sequence[ImageItem] | torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from dgnet.data.manifest import _MARKET_DIRS, PATTERN_EXAMPLES, PATTERNS
-from dgnet.data.transforms import load_image, normalize
 from dgnet.data.validation import NON_IDENTITY_IDS
 from dgnet.errors import ConfigError, DataRuleError
 from dgnet.evaluation.pictures import to_pil
-from dgnet.inference.extract import MAX_LISTED, find_images
+from dgnet.inference.extract import MAX_LISTED, find_images, prepare_image
 from dgnet.io import atomic_dir, atomic_path, check_replaceable
 from dgnet.models.dgnet import DGNet
 
@@ -127,8 +126,7 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
             rows = plan.iloc[start:start + batch_size]
 
             def batch(column: str, rows: pd.DataFrame = rows) -> torch.Tensor:
-                images = [normalize(load_image(paths[i], image_size)) for i in rows[column]]
-                return torch.stack(images).to(device)
+                return torch.stack([prepare_image(paths[i], image_size) for i in rows[column]]).to(device)
 
             with torch.inference_mode():
                 appearance = model.appearance_encoder(batch("appearance")).code
