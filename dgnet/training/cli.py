@@ -98,35 +98,26 @@ def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> t
     return model_config(params), run_config(params, section)
 
 
-def _report(result: TrainingResult) -> None:
-    shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("rank1", "mAP", "mINP") if k in result.metrics)
-    print(f"{result.kind}: {result.iterations} iterations; model {result.model_path}" +
-          (f"; {shown}" if shown else ""))
-
-
-def _cmd_train_teacher(args: argparse.Namespace) -> int:
-    model_cfg, cfg = build_configs(args, TeacherTrainConfig, "teacher")  # errors before torch loads
+def _cmd_train(args: argparse.Namespace) -> int:
+    """`dgnet train-teacher` (args.teacher is None) or `dgnet train`; the result on rank 0."""
+    teacher = args.teacher is None
+    model_cfg, cfg = build_configs(args, TeacherTrainConfig if teacher else DGNetTrainConfig,
+                                   "teacher" if teacher else "train")  # errors before torch loads
     from dgnet.training.runtime import is_main_process
     from dgnet.training.teacher_trainer import train_teacher
-
-    frame = _load_frame(args)
-    result = train_teacher(frame, model_cfg, cfg, args.out, hooks=[FileLogHook(args.out)],
-                           resume=not args.no_resume)
-    if is_main_process():
-        _report(result)
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    model_cfg, cfg = build_configs(args, DGNetTrainConfig, "train")  # errors before torch loads
-    from dgnet.training.runtime import is_main_process
     from dgnet.training.trainer import train_dgnet
 
-    frame = _load_frame(args)
-    result = train_dgnet(frame, model_cfg, cfg, args.teacher, args.out, hooks=[FileLogHook(args.out)],
-                         resume=not args.no_resume, init_from=args.init)
+    frame, hooks, resume = _load_frame(args), [FileLogHook(args.out)], not args.no_resume
+    if teacher:
+        result = train_teacher(frame, model_cfg, cfg, args.out, hooks=hooks, resume=resume)
+    else:
+        result = train_dgnet(frame, model_cfg, cfg, args.teacher, args.out, hooks=hooks, resume=resume,
+                             init_from=args.init)
     if is_main_process():
-        _report(result)
+        metrics = result.metrics
+        shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("rank1", "mAP", "mINP") if k in metrics)
+        print(f"{result.kind}: {result.iterations} iterations; model {result.model_path}" +
+              (f"; {shown}" if shown else ""))
     return 0
 
 
@@ -179,7 +170,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
                     "is several runs with different --seed.",
     )  # fmt: skip
     _add_common(teacher)
-    teacher.set_defaults(func=_cmd_train_teacher)
+    teacher.set_defaults(func=_cmd_train, teacher=None)
 
     train = subparsers.add_parser(
         "train", help="train DG-Net jointly (generator, discriminator, re-ID encoder)",

@@ -6,7 +6,7 @@ the DVC stages add an MLflow hook (dgnet_pipeline/), which is why dgnet itself n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,32 +51,21 @@ class TrainingHooks:
 
 
 class HookList(TrainingHooks):
-    """Calls several hooks in order."""
+    """Calls several hooks in order: each `on_*` method calls that method of every hook."""
 
     def __init__(self, hooks: Sequence[TrainingHooks] = ()) -> None:
         self.hooks = list(hooks)
 
-    def _each(self, method: str, *args: Any) -> None:
+
+def _call_each(method: str) -> Callable[..., None]:
+    def call(self: HookList, *args: Any) -> None:
         for hook in self.hooks:
             getattr(hook, method)(*args)
+    return call
 
-    def on_start(self, kind: str, config: dict[str, Any], start_iteration: int) -> None:
-        self._each("on_start", kind, config, start_iteration)
 
-    def on_iteration(self, iteration: int, logs: dict[str, float]) -> None:
-        self._each("on_iteration", iteration, logs)
-
-    def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
-        self._each("on_evaluation", iteration, metrics)
-
-    def on_image(self, iteration: int, name: str, image: Image.Image) -> None:
-        self._each("on_image", iteration, name, image)
-
-    def on_checkpoint(self, iteration: int, path: Path) -> None:
-        self._each("on_checkpoint", iteration, path)
-
-    def on_end(self, result: TrainingResult) -> None:
-        self._each("on_end", result)
+for _method in [name for name in vars(TrainingHooks) if name.startswith("on_")]:
+    setattr(HookList, _method, _call_each(_method))
 
 
 class LossCurve(TrainingHooks):

@@ -1,7 +1,8 @@
 """The loop skeleton both trainers share: resume, cadences, progress, hooks, checkpoints.
 
 A trainer builds its networks and optimisers, then hands a `TrainingSession`:
-- the objects to checkpoint (anything with state_dict / load_state_dict), to `resume`;
+- the objects to checkpoint (anything with state_dict / load_state_dict), to `resume`, which
+  restores the newest checkpoint into them;
 - a `step(iteration, batch) -> logs` function and the batches, to `run`, which calls the step
   for iterations [start, total) and, on their cadences, logs (window means of the step's logs plus
   the trainer's weights / learning rates), pictures, checkpoints and evaluations, then the same at
@@ -18,7 +19,6 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from dgnet.data.manifest import mislabelled_train_rows, train_label_map
-from dgnet.data.samplers import (
-    IdentityPairSampler,
-    ImagePairSampler,
-    IterationBatchSampler,
-    RandomImageSampler,
-)
+from dgnet.config import RunConfig
+from dgnet.data.manifest import TRAIN_DATA_KEY, mislabelled_train_rows, train_label_map
+from dgnet.data.samplers import IterationBatchSampler
+from dgnet.data.validated import check_invariants
 from dgnet.errors import DatasetError, DgnetError
 from dgnet.models.config import ModelConfig
 from dgnet.models.persist import save_model
@@ -56,72 +53,80 @@ from dgnet.training.runtime import (
     cleanup_distributed,
     determinism,
     init_distributed,
+    resolve_amp,
     trained_on,
 )
 
-StepFn = Callable[[int, Any], Mapping[str, float]]
-
 
 @contextlib.contextmanager
-def training_process(device: str, out_dir: Path, seed: int, deterministic: bool) -> Iterator[DistContext]:
-    """This process's part of a run: the torchrun group (if any), the run lock (rank 0), the seeds."""
-    ctx = init_distributed(device)
+def training_process(cfg: RunConfig, out_dir: Path) -> Iterator[tuple[DistContext, Any]]:
+    """This process's part of a run: the torchrun group (if any), the run lock (rank 0), the seeds;
+    yields the context and `cfg` with its amp resolved ("auto" -> what runs, which is logged)."""
+    ctx = init_distributed(cfg.device)
     try:
-        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), determinism(seed, deterministic):
-            yield ctx
+        with run_lock(out_dir) if ctx.is_main else contextlib.nullcontext(), \
+                determinism(cfg.seed, cfg.deterministic):
+            yield ctx, dataclasses.replace(cfg, amp=resolve_amp(ctx.device, cfg.amp))
     finally:
         cleanup_distributed(ctx)
 
 
-@dataclass(frozen=True)
-class Cadence:
-    """How often things happen, in completed iterations (0 = only at the end of the run)."""
-
-    iterations: int
-    log_every: int = 100
-    eval_every: int = 0
-    image_every: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-
-    @staticmethod
-    def due(every: int, done: int) -> bool:
-        return every > 0 and done % every == 0
+def _due(every: int, done: int) -> bool:
+    """Whether a cadence of `every` completed iterations falls on `done` (0 = only at the end)."""
+    return every > 0 and done % every == 0
 
 
-def make_loader(dataset: Dataset, sampler: IdentityPairSampler | ImagePairSampler | RandomImageSampler,
-                start: int, stop: int,
-                num_workers: int, device: torch.device) -> DataLoader:
+def training_labels(frame: pd.DataFrame) -> dict[int, int]:
+    """The training split's label map {person_id: label}, checked against the manifest's label column
+    (training takes its number of classes from here, whatever the model profile says)."""
+    train = frame[frame["split"] == "train"]
+    if train.empty:
+        raise DatasetError("training: the manifest has no training images (split 'train')")
+    if len(mislabelled_train_rows(frame)):
+        raise DatasetError(
+            "training: the manifest's label column does not number the train ids 0..C-1 in sorted "
+            "person_id order; rebuild the manifest with dgnet.data.manifest.build_manifest"
+        )
+    return train_label_map(frame)
+
+
+def training_split(frame: pd.DataFrame, model_cfg: ModelConfig) -> tuple[dict[int, int], ModelConfig]:
+    """The checked manifest's label map, and `model_cfg` with one class per training identity."""
+    check_invariants(frame)
+    label_map = training_labels(frame)
+    return label_map, dataclasses.replace(model_cfg, num_classes=len(label_map))
+
+
+def make_loader(dataset: Dataset, sampler: Iterable[Any], start: int, stop: int, num_workers: int,
+                device: torch.device) -> DataLoader:
     """Batches of iterations [start, stop). Workers change nothing: each image's augmentation is seeded
     by the sampler, and the loader gets its own generator so it draws nothing from the global RNG."""
-    return DataLoader(
-        dataset,
-        batch_sampler=IterationBatchSampler(sampler, start, stop),
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator(),
-    )
+    return DataLoader(dataset, batch_sampler=IterationBatchSampler(sampler, start, stop),
+                      num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator())
 
 
 class TrainingSession:
-    """One training run on this process (see the module docstring)."""
+    """One training run on this process (see the module docstring): `cfg`'s cadences; the run's flat
+    configuration is `cfg` and `model_cfg` with the given extra `sections`."""
 
-    def __init__(self, kind: str, out_dir: str | Path, cadence: Cadence, ctx: DistContext,
-                 hooks: Sequence[TrainingHooks] = (), config: Mapping[str, Any] | None = None) -> None:
-        self.kind, self.cadence, self.ctx = kind, cadence, ctx
+    def __init__(self, kind: str, out_dir: str | Path, ctx: DistContext, cfg: RunConfig,
+                 model_cfg: ModelConfig, hooks: Sequence[TrainingHooks] = (), **sections: Any) -> None:
+        self.kind, self.ctx, self.cfg, self.model_cfg = kind, ctx, cfg, model_cfg
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.hooks = HookList(hooks if ctx.is_main else ())
-        self.config = dict(config or {})
+        self.config = flat_config(train=cfg, model=model_cfg, **sections, world_size=ctx.world_size)
         self.metrics: dict[str, float] = {}
 
     def resume(self, stateful: Mapping[str, Any], identity: Mapping[str, Any], resume: bool = True) -> int:
-        """Load the newest checkpoint of out_dir/checkpoints into `stateful`; return the start iteration.
+        """Load the newest checkpoint of out_dir/checkpoints into `stateful` (what the session then
+        checkpoints); return the start iteration.
 
         `identity` (e.g. the model configuration) must equal the checkpoint's (another model's is an
         error, not something to half-load). Without `resume`, old checkpoints are deleted, so that a
         fresh run never resumes from a stale one later. Every rank loads rank 0's choice.
         """
+        self.stateful, self.identity = stateful, identity
         path, state = None, None
         if self.ctx.is_main:
             if resume:
@@ -157,83 +162,75 @@ class TrainingSession:
     def _warn(self, message: str) -> None:
         print(f"{self.kind}: warning: {message}", file=sys.stderr)
 
-    def _save(self, done: int, stateful: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+    def _save(self, done: int) -> None:
         if not self.ctx.is_main:
             return
-        state = {"kind": self.kind, "identity": dict(identity),
-                 "state": {name: obj.state_dict() for name, obj in stateful.items()}}
-        path = save_checkpoint(self.checkpoint_dir, done, state, keep=self.cadence.keep_checkpoints)
+        state = {"kind": self.kind, "identity": dict(self.identity),
+                 "state": {name: obj.state_dict() for name, obj in self.stateful.items()}}
+        path = save_checkpoint(self.checkpoint_dir, done, state, keep=self.cfg.keep_checkpoints)
         self.hooks.on_checkpoint(done, path)
 
     def run(
         self,
         start: int,
         batches: Iterable[Any],
-        step: StepFn,
-        *,
-        stateful: Mapping[str, Any],
-        identity: Mapping[str, Any],
-        describe: Callable[[int], Mapping[str, float]] = lambda _: {},
+        step: Callable[[int, Any], Mapping[str, float]],
+        describe: Callable[[int], Mapping[str, float]],
         evaluate: Callable[[], Mapping[str, float]] | None = None,
         picture: Callable[[], tuple[str, Image.Image]] | None = None,
         postfix: Sequence[str] = (),
     ) -> dict[str, float]:
-        """Run iterations [start, total); return the last evaluation's metrics ({} without evaluation).
+        """Run iterations [start, total) (after `resume`); return the last evaluation's metrics ({}
+        without evaluation).
 
         `describe(iteration)` adds values that are not window means (loss weights, learning rates) to
         each log line; `postfix` names the logs shown on the progress bar.
         """
-        cadence, main = self.cadence, self.ctx.is_main
+        total, main = self.cfg.iterations, self.ctx.is_main
         self.hooks.on_start(self.kind, self.config, start)
         sums: dict[str, float] = {}
         count, busy, waiting = 0, 0.0, 0.0
-        bar = tqdm(total=cadence.iterations, initial=start, desc=self.kind, disable=not main,
-                   dynamic_ncols=True)
-        completed, fetching = start, False
+        bar = tqdm(total=total, initial=start, desc=self.kind, disable=not main, dynamic_ncols=True)
+        done, fetching = start, False
         try:
             iterator = iter(batches)
-            for iteration in range(start, cadence.iterations):
+            for iteration in range(start, total):
                 tick = time.perf_counter()
                 fetching = True
                 batch = next(iterator)
-                fetching = False
-                fetched = time.perf_counter()
+                fetching, fetched = False, time.perf_counter()
                 logs = step(iteration, batch)
-                completed = iteration + 1
+                done = iteration + 1
                 busy += time.perf_counter() - tick
                 waiting += fetched - tick
                 count += 1
                 for name, value in logs.items():
                     sums[name] = sums.get(name, 0.0) + value
-                done = iteration + 1
                 bar.update(1)
-                if main and (done % 10 == 0 or done == cadence.iterations) and postfix:
+                if main and (done % 10 == 0 or done == total) and postfix:
                     bar.set_postfix({name.split("/")[-1]: logs[name] for name in postfix if name in logs})
-                last = done == cadence.iterations and cadence.log_every > 0
-                if Cadence.due(cadence.log_every, done) or last:
-                    window = {name: total / count for name, total in sums.items()}
+                if _due(self.cfg.log_every, done) or (done == total and self.cfg.log_every > 0):
+                    window = {name: value / count for name, value in sums.items()}
                     window.update(describe(iteration))
                     window.update({"time/iteration": busy / count, "time/data": waiting / count,
                                    "speed/it_per_s": count / max(busy, 1e-9)})
                     self.hooks.on_iteration(done, window)
                     sums, count, busy, waiting = {}, 0, 0.0, 0.0
-                if done < cadence.iterations:
-                    self._events(done, stateful, identity, evaluate, picture, at_end=False)
+                if done < total:
+                    self._events(done, evaluate, picture, at_end=False)
         except Exception as exc:
             # Reading a batch failed, or an image of a picture or evaluation: the networks hold the
-            # state of `completed` iterations. (Not so inside a step, which may have updated some of
+            # state of `done` iterations. (Not so inside a step, which may have updated some of
             # them; other failures, e.g. of the tracking store, keep their own handling.)
             if fetching or isinstance(exc, DatasetError):
-                raise self._stopped(completed, exc, stateful, identity) from exc
+                raise self._stopped(done, exc) from exc
             raise
         finally:
             bar.close()
-        done = max(start, cadence.iterations)
-        self._events(done, stateful, identity, evaluate, picture, at_end=start < cadence.iterations)
+        self._events(max(start, total), evaluate, picture, at_end=start < total)
         return self.metrics
 
-    def _stopped(self, completed: int, exc: Exception, stateful: Mapping[str, Any],
-                 identity: Mapping[str, Any]) -> DgnetError:
+    def _stopped(self, completed: int, exc: Exception) -> DgnetError:
         """The error to stop with when reading data (a picture, an evaluation) failed between steps: the
         state of `completed` iterations is checkpointed first (rank 0) and the message says where; the
         error keeps the original's class (and exit code) when it is ours."""
@@ -249,13 +246,13 @@ class TrainingSession:
             saved = f"checkpoint {kept} holds the {completed} completed iterations"
         else:
             try:
-                self._save(completed, stateful, identity)
+                self._save(completed)
                 saved = (f"wrote checkpoint {checkpoint_path(self.checkpoint_dir, completed)} of the "
                          f"{completed} completed iterations")
             except Exception as save_exc:
                 saved = (f"could not write a checkpoint ({type(save_exc).__name__}: {save_exc}); the "
                          f"newest kept is {kept}")
-        where = (f"{self.kind}: stopped after {completed} of {self.cadence.iterations} iterations: "
+        where = (f"{self.kind}: stopped after {completed} of {self.cfg.iterations} iterations: "
                  f"{message}; {saved}; fix the cause and run the same command again to resume")
         kind = type(exc) if isinstance(exc, DgnetError) else DgnetError
         try:
@@ -263,37 +260,36 @@ class TrainingSession:
         except TypeError:  # an error class with another constructor
             return DgnetError(where)
 
-    def _events(self, done: int, stateful: Mapping[str, Any], identity: Mapping[str, Any],
-                evaluate: Callable[[], Mapping[str, float]] | None,
+    def _events(self, done: int, evaluate: Callable[[], Mapping[str, float]] | None,
                 picture: Callable[[], tuple[str, Image.Image]] | None, at_end: bool) -> None:
         """Checkpoint first (it protects the progress), then picture and evaluation (rank 0)."""
-        cadence = self.cadence
-        final = done >= cadence.iterations
-        if at_end or Cadence.due(cadence.checkpoint_every, done):
-            self._save(done, stateful, identity)
+        cfg, final = self.cfg, done >= self.cfg.iterations
+        if at_end or _due(cfg.checkpoint_every, done):
+            self._save(done)
         if not self.ctx.is_main:
             return
-        if picture is not None and (final or Cadence.due(cadence.image_every, done)):
+        if picture is not None and (final or _due(getattr(cfg, "image_every", 0), done)):
             name, image = picture()
             self.hooks.on_image(done, name, image)
-        if evaluate is not None and (final or Cadence.due(cadence.eval_every, done)):
+        if evaluate is not None and (final or _due(cfg.eval_every, done)):
             self.metrics = dict(evaluate())
             self.hooks.on_evaluation(done, self.metrics)
             shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("rank1", "mAP") if k in self.metrics)
             print(f"{self.kind}: iteration {done}: {shown}")
 
-    def finish(self, model: torch.nn.Module, model_cfg: ModelConfig, amp: str, extra: dict[str, Any],
+    def finish(self, model: torch.nn.Module, label_map: dict[int, int], data: str, **extra: Any
                ) -> TrainingResult:
-        """Rank 0 writes out_dir/model.pt (`extra` + the metrics and where it trained); every rank
-        returns the run's result once the file exists; rank 0 tells the hooks."""
-        model_path = self.out_dir / "model.pt"
+        """Rank 0 writes out_dir/model.pt (label map, training data, iterations, seed, `extra`, the
+        metrics and where it trained); every rank returns the run's result once the file exists; rank 0
+        tells the hooks."""
+        model_path, cfg = self.out_dir / "model.pt", self.cfg
         if self.ctx.is_main:
-            save_model(model_path, model, self.kind, model_cfg, extra={
-                **extra, "metrics": self.metrics,
-                "trained_on": trained_on(self.ctx.device, amp, self.ctx.world_size)})
+            save_model(model_path, model, self.kind, self.model_cfg, extra={
+                "label_map": label_map, TRAIN_DATA_KEY: data, "iterations": cfg.iterations, "seed": cfg.seed,
+                **extra, "metrics": self.metrics, "trained_on": trained_on(self.ctx.device, cfg.amp,
+                                                                           self.ctx.world_size)})
         barrier()
-        iterations = self.cadence.iterations
-        result = TrainingResult(self.kind, model_path, iterations, dict(self.metrics), dict(self.config))
+        result = TrainingResult(self.kind, model_path, cfg.iterations, dict(self.metrics), dict(self.config))
         self.hooks.on_end(result)
         return result
 
@@ -326,17 +322,3 @@ def flat_config(**sections: Any) -> dict[str, Any]:
     for name, value in sections.items():
         visit(name, value)
     return flat
-
-
-def training_labels(frame: pd.DataFrame) -> dict[int, int]:
-    """The training split's label map {person_id: label}, checked against the manifest's label column
-    (training takes its number of classes from here, whatever the model profile says)."""
-    train = frame[frame["split"] == "train"]
-    if train.empty:
-        raise DatasetError("training: the manifest has no training images (split 'train')")
-    if len(mislabelled_train_rows(frame)):
-        raise DatasetError(
-            "training: the manifest's label column does not number the train ids 0..C-1 in sorted "
-            "person_id order; rebuild the manifest with dgnet.data.manifest.build_manifest"
-        )
-    return train_label_map(frame)

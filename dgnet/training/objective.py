@@ -165,14 +165,9 @@ def _pair(loss_fn: Any, first: torch.Tensor, second: torch.Tensor) -> torch.Tens
     return loss_fn(first_a, second_a) + loss_fn(first_b, second_b)
 
 
-def _per_batch(module: torch.nn.Module, images: torch.Tensor, parts: int = 2) -> Any:
-    """`module` on each of `parts` equal batches of `images` as if on its own (BatchNorm statistics
-    and running-statistic updates per batch, in order) in one forward (dgnet.models.grouped_norm)."""
-    return grouped_call(module, images, parts)
-
-
 def _frozen_per_batch(module: torch.nn.Module, images: torch.Tensor, parts: int = 2) -> Any:
-    """`_per_batch` through the frozen view of `module` (dgnet.models.frozen)."""
+    """`grouped_call` (each of `parts` batches of `images` normalised on its own, in one forward)
+    through the frozen view of `module` (dgnet.models.frozen)."""
     return grouped_call(lambda x: frozen_call(module, x), images, parts, norms_of=module)
 
 
@@ -209,12 +204,12 @@ def generator_objective(
     # --- Real images through the live E_a, one batch of N at a time: clean (codes), then erased (ids).
     real = torch.cat([batch.a, batch.b, batch.pos_a, batch.pos_b])
     if batch.erased is None:
-        id_outputs = _per_batch(encoder, real, 4)
+        id_outputs = grouped_call(encoder, real, 4)
         codes = id_outputs.code.detach()
     else:
         with torch.no_grad():  # the codes are detached anyway; BN still counts these batches
-            codes = _per_batch(encoder, real, 4).code
-        id_outputs = _per_batch(encoder, torch.cat(batch.erased), 4)
+            codes = grouped_call(encoder, real, 4).code
+        id_outputs = grouped_call(encoder, torch.cat(batch.erased), 4)
     code_a, code_b, code_pos_a, code_pos_b = codes.chunk(4)
     primary_logits = id_outputs.primary_logits.chunk(2)  # (a, b) | (pos_a, pos_b)
     terms["id"] = (weights.id, _pair(identity_loss, primary_logits[0], labels))
@@ -278,7 +273,7 @@ def generator_objective(
     # --- Discriminative module on detached generated images, one stream at a time: trains E_a, not G.
     if weights.primary > 0 or weights.fine > 0:
         detached = cross.detach()
-        student = _per_batch(encoder, detached)
+        student = grouped_call(encoder, detached, 2)
         if weights.primary > 0:
             soft_labels = teacher.soft_labels(detached, flip_average=cfg.teacher_flip_average,
                                               batch_statistics=cfg.teacher_batch_statistics, batches=2)

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dgnet.config import AMP_MODES, DEVICES
+from dgnet.config import AMP_MODES, DEVICES, RunConfig
 from dgnet.errors import ConfigError
 
 # Elements per all-reduce call: large enough to amortise latency, small enough to bound the copy.
@@ -105,17 +105,15 @@ def resolve_amp(device: torch.device, amp: str) -> str:
     return amp
 
 
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """The autocast region for forward passes: a no-op for "off", bf16 or fp16 autocast otherwise.
+def autocast_context(device: torch.device, amp: str) -> torch.amp.autocast:
+    """The autocast region for forward passes: disabled for "off", bf16 or fp16 autocast otherwise.
 
     Pass the resolved mode (`resolve_amp`); "auto" is resolved here too, without the warning.
     """
     amp = resolve_amp(device, amp) if amp == "auto" else amp  # the trainers resolve once and pass it
     _check_amp(device, amp)
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.amp.autocast(device_type=device.type, dtype=dtype)
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.amp.autocast(device_type=device.type, dtype=dtype, enabled=amp != "off")
 
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
@@ -165,6 +163,17 @@ def prepare_module(module: nn.Module, *, channels_last: bool, compile: bool) -> 
     if compile:
         module.compile()
     return module
+
+
+def sgd_with_heads(trunk: Iterable[nn.Parameter], heads: Iterable[nn.Parameter], lr: float,
+                   cfg: RunConfig) -> torch.optim.SGD:
+    """SGD (Nesterov) of a re-ID network: its id heads at `lr` x head_lr_mult (each param group's
+    "lr_mult", by which the trainers multiply the scheduled learning rate)."""
+    return torch.optim.SGD(
+        [{"params": trunk, "lr": lr, "lr_mult": 1.0},
+         {"params": heads, "lr": lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
+        lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
+    )
 
 
 def to_channels_last(images: torch.Tensor, channels_last: bool) -> torch.Tensor:

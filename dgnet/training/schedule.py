@@ -100,19 +100,14 @@ class LossWeights:
     fine: float  # fine_alpha * lambda_prim, on generated and on real images
 
 
-def ramp(iteration: int, start: int, rate: float, maximum: float) -> float:
-    """0 until `start`, then `rate` per iteration, capped at `maximum`."""
-    return min(maximum, rate * max(0, iteration - start))
-
-
 def loss_weights_at(iteration: int, cfg: ScheduleConfig | None = None) -> LossWeights:
     """The loss weights at `iteration` (a pure function: same input, same output)."""
     if iteration < 0:
         raise ConfigError(f"iteration: must be >= 0, got {iteration}")
     cfg = cfg if cfg is not None else ScheduleConfig()
 
-    def ramped(maximum: float) -> float:
-        return ramp(iteration, cfg.warmup_start, cfg.warmup_rate, maximum)
+    def ramped(maximum: float) -> float:  # 0 until warmup_start, then warmup_rate per iteration, capped
+        return min(maximum, cfg.warmup_rate * max(0, iteration - cfg.warmup_start))
 
     code = ramped(cfg.code_max)
     lambda_prim = ramped(cfg.primary_max)

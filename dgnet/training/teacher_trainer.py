@@ -17,22 +17,14 @@ import torch
 
 from dgnet.config import TeacherTrainConfig
 from dgnet.data.datasets import TrainImages
-from dgnet.data.manifest import TRAIN_DATA_KEY, train_fingerprint
+from dgnet.data.manifest import train_fingerprint
 from dgnet.data.samplers import RandomImageSampler
-from dgnet.data.validated import check_invariants
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
 from dgnet.losses import identity_loss
 from dgnet.models.config import ModelConfig
 from dgnet.models.teacher import ReidBaseline
 from dgnet.training.hooks import TrainingHooks, TrainingResult
-from dgnet.training.loop import (
-    Cadence,
-    TrainingSession,
-    flat_config,
-    make_loader,
-    training_labels,
-    training_process,
-)
+from dgnet.training.loop import TrainingSession, make_loader, training_process, training_split
 from dgnet.training.objective import check_finite
 from dgnet.training.runtime import (
     autocast_context,
@@ -43,7 +35,7 @@ from dgnet.training.runtime import (
     iteration_seed,
     mean_over_ranks,
     prepare_module,
-    resolve_amp,
+    sgd_with_heads,
     to_channels_last,
 )
 from dgnet.training.schedule import learning_rate_at
@@ -63,46 +55,30 @@ def train_teacher(
     the query/gallery splits (when the manifest has them) every `eval_every` iterations and at the
     end. Under torchrun every rank trains on its own images and rank 0 writes everything.
     """
-    out_dir = Path(out_dir)
-    check_invariants(frame)
-    label_map = training_labels(frame)
-    model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
-    with training_process(cfg.device, out_dir, cfg.seed, cfg.deterministic) as ctx:
+    label_map, model_cfg = training_split(frame, model_cfg)
+    with training_process(cfg, out_dir) as (ctx, cfg):
         device = ctx.device
-        cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
         model = ReidBaseline(model_cfg).to(device)
         broadcast_module(model, ctx)
         prepare_module(model, channels_last=cfg.channels_last, compile=cfg.compile)
         head = list(model.head.parameters())
-        head_ids = {id(p) for p in head}
-        trunk = [p for p in model.parameters() if id(p) not in head_ids]
-        optimizer = torch.optim.SGD(
-            [{"params": trunk, "lr": cfg.lr, "lr_mult": 1.0},
-             {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
-            lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
-        )
+        trunk = [p for p in model.parameters() if all(p is not h for h in head)]
+        optimizer = sgd_with_heads(trunk, head, cfg.lr, cfg)
         scaler = grad_scaler(device, cfg.amp)
-        stateful = {"model": model, "optimizer": optimizer, "scaler": scaler}
-        identity = {"model_config": dataclasses.asdict(model_cfg)}
-
-        config = flat_config(train=cfg, model=model_cfg, world_size=ctx.world_size)
-        cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, 0, cfg.checkpoint_every,
-                          cfg.keep_checkpoints)
-        session = TrainingSession("teacher", out_dir, cadence, ctx, hooks, config)
-        start = session.resume(stateful, identity, resume)
+        session = TrainingSession("teacher", out_dir, ctx, cfg, model_cfg, hooks)
+        start = session.resume({"model": model, "optimizer": optimizer, "scaler": scaler},
+                               {"model_config": dataclasses.asdict(model_cfg)}, resume)
 
         size = (model_cfg.image_height, model_cfg.image_width)
         dataset = TrainImages(frame, size, cfg.augmentation)
         sampler = RandomImageSampler(len(dataset), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
         loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
-        def learning_rate(iteration: int) -> float:
-            return learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma)
-
         def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
             torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
+            lr = learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(iteration) * group["lr_mult"]
+                group["lr"] = lr * group["lr_mult"]
             images = to_channels_last(batch["image_erased"].to(device, non_blocking=True), cfg.channels_last)
             labels = batch["label"].to(device, non_blocking=True)
             with autocast_context(device, cfg.amp):
@@ -119,16 +95,13 @@ def train_teacher(
             average_buffers(model, ctx)
             return logs
 
-        def describe(iteration: int) -> dict[str, float]:
-            lr = learning_rate(iteration)
-            return {"lr/trunk": lr, "lr/head": lr * cfg.head_lr_mult}
+        def describe(iteration: int) -> dict[str, float]:  # the learning rates the step set
+            return {"lr/trunk": optimizer.param_groups[0]["lr"], "lr/head": optimizer.param_groups[1]["lr"]}
 
         def evaluate() -> dict[str, float]:
             return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size)
 
         model.train()
-        session.run(start, loader, step, stateful=stateful, identity=identity, describe=describe,
-                    evaluate=evaluate if has_eval_splits(frame) else None, postfix=("loss/id",))
-        return session.finish(model, model_cfg, cfg.amp, {
-            "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
-            "seed": cfg.seed})
+        session.run(start, loader, step, describe, evaluate if has_eval_splits(frame) else None,
+                    postfix=("loss/id",))
+        return session.finish(model, label_map, train_fingerprint(frame))

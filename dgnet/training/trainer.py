@@ -30,7 +30,6 @@ from dgnet.data.datasets import TrainImages
 from dgnet.data.manifest import TRAIN_DATA_KEY, train_fingerprint
 from dgnet.data.samplers import IdentityPairSampler, ImagePairSampler
 from dgnet.data.transforms import load_image, normalize
-from dgnet.data.validated import check_invariants
 from dgnet.errors import ConfigError
 from dgnet.evaluation.evaluate import evaluate_reid, has_eval_splits
 from dgnet.evaluation.pictures import swap_grid
@@ -42,12 +41,10 @@ from dgnet.models.teacher import FrozenTeacher
 from dgnet.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from dgnet.training.loop import (
-    Cadence,
     TrainingSession,
-    flat_config,
     make_loader,
-    training_labels,
     training_process,
+    training_split,
 )
 from dgnet.training.objective import DGNetBatch, check_finite, discriminator_objective, generator_objective
 from dgnet.training.runtime import (
@@ -60,7 +57,7 @@ from dgnet.training.runtime import (
     iteration_seed,
     mean_over_ranks,
     prepare_module,
-    resolve_amp,
+    sgd_with_heads,
     to_channels_last,
 )
 from dgnet.training.schedule import learning_rate_at, loss_weights_at
@@ -187,15 +184,6 @@ def init_from_model(model: DGNet, path: Path, model_cfg: ModelConfig, label_map:
     return new
 
 
-def learning_rates_at(iteration: int, cfg: DGNetTrainConfig) -> dict[str, float]:
-    """The generator's, D's and E_a trunk's learning rates at `iteration` (id heads: x head_lr_mult)."""
-    base = {"generator": cfg.lr_generator, "discriminator": cfg.lr_discriminator,
-            "appearance": cfg.lr_appearance}
-    schedule = cfg.schedule
-    return {name: learning_rate_at(iteration, lr, schedule.lr_milestones, schedule.lr_gamma)
-            for name, lr in base.items()}
-
-
 @dataclasses.dataclass
 class JointStep:
     """The training iteration, `step(iteration, batch) -> logs`, and what it trains."""
@@ -238,12 +226,7 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
     optimizers = {
         "generator": torch.optim.Adam(groups.generator, lr=cfg.lr_generator, **adam),
         "discriminator": torch.optim.Adam(groups.discriminator, lr=cfg.lr_discriminator, **adam),
-        "appearance": torch.optim.SGD(
-            [{"params": groups.appearance_trunk, "lr": cfg.lr_appearance, "lr_mult": 1.0},
-             {"params": groups.id_heads, "lr": cfg.lr_appearance * cfg.head_lr_mult,
-              "lr_mult": cfg.head_lr_mult}],
-            lr=cfg.lr_appearance, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
-        ),
+        "appearance": sgd_with_heads(groups.appearance_trunk, groups.id_heads, cfg.lr_appearance, cfg),
     }
     if scalers is None:
         scalers = {"discriminator": grad_scaler(device, cfg.amp), "joint": grad_scaler(device, cfg.amp)}
@@ -251,11 +234,22 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
 
     def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
-        for name, lr in learning_rates_at(iteration, cfg).items():
+        schedule = cfg.schedule
+        for name, base_lr in (("generator", cfg.lr_generator), ("discriminator", cfg.lr_discriminator),
+                              ("appearance", cfg.lr_appearance)):
+            lr = learning_rate_at(iteration, base_lr, schedule.lr_milestones, schedule.lr_gamma)
             for group in optimizers[name].param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
-        weights = loss_weights_at(iteration, cfg.schedule)
-        real = split_batch(batch, device, cfg.channels_last)
+
+        def move(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return to_channels_last(images.to(device, non_blocking=True), cfg.channels_last).chunk(4)
+
+        # The sampler's [a, pos_a, b, pos_b] batch, clean and random-erased.
+        a, pos_a, b, pos_b = move(batch["image"])
+        a_erased, pos_a_erased, b_erased, pos_b_erased = move(batch["image_erased"])
+        label_a, _, label_b, _ = batch["label"].to(device, non_blocking=True).chunk(4)
+        real = DGNetBatch(a, label_a, b, label_b, pos_a, pos_b,
+                          a_erased, b_erased, pos_a_erased, pos_b_erased)
 
         d_logs: dict[str, float] = {}
 
@@ -273,8 +267,8 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
 
         # 2. The joint step of the generator and E_a, whose forward runs the D step when x_ij exist.
         with autocast_context(device, cfg.amp):
-            g_loss, g_logs = generator_objective(model, teacher, real, weights, cfg.objective,
-                                                 on_cross=discriminator_step)
+            g_loss, g_logs = generator_objective(model, teacher, real, loss_weights_at(iteration, schedule),
+                                                 cfg.objective, on_cross=discriminator_step)
         g_logs = mean_over_ranks(g_logs, ctx)
         check_finite(g_logs, iteration + 1)
         optimizers["generator"].zero_grad(set_to_none=True)
@@ -326,9 +320,7 @@ def train_dgnet(
     init_from = Path(init_from) if init_from is not None else None
     if init_from is not None:
         read_model_file(init_from, "dgnet")  # a missing or wrong file stops before anything is written
-    check_invariants(frame)
-    label_map = training_labels(frame)
-    model_cfg = dataclasses.replace(model_cfg, num_classes=len(label_map))
+    label_map, model_cfg = training_split(frame, model_cfg)
     if cfg.schedule.primary_max > 0 and not cfg.needs_teacher():
         warnings.warn(
             f"schedule.warmup_start {cfg.schedule.warmup_start} is past the run's {cfg.iterations} "
@@ -336,11 +328,10 @@ def train_dgnet(
             "(DGNetTrainConfig.scaled_to(iterations) keeps the paper's proportions)",
             stacklevel=2,
         )
-    with training_process(cfg.device, out_dir, cfg.seed, cfg.deterministic) as ctx:
-        teacher = load_teachers(teacher_paths, label_map, model_cfg, ctx.device, train_fingerprint(frame),
-                                cfg.cross_dataset_teacher)
+    data = train_fingerprint(frame)
+    with training_process(cfg, out_dir) as (ctx, cfg):
         device = ctx.device
-        cfg = dataclasses.replace(cfg, amp=resolve_amp(device, cfg.amp))  # "auto" -> what runs; logged
+        teacher = load_teachers(teacher_paths, label_map, model_cfg, device, data, cfg.cross_dataset_teacher)
         if init_from is not None:  # the file's weights replace ImageNet's
             model_cfg = dataclasses.replace(model_cfg, pretrained=False, require_pretrained=False)
 
@@ -351,16 +342,12 @@ def train_dgnet(
                               f"({len(new)} tensors)", stacklevel=2)
 
         built = build_joint_step(model_cfg, cfg, ctx, teacher, None if init_from is None else start_from_file)
-        model = built.model
-        stateful = {"model": model, **{f"optimizer.{k}": v for k, v in built.optimizers.items()},
+        model, optimizers = built.model, built.optimizers
+        stateful = {"model": model, **{f"optimizer.{k}": v for k, v in optimizers.items()},
                     **{f"scaler.{k}": v for k, v in built.scalers.items()}}
         identity = {"model_config": dataclasses.asdict(model_cfg), "warmup": warmup_fingerprint(cfg)}
-
-        config = flat_config(train=cfg, model=model_cfg, teachers=[str(p) for p in teacher_paths],
-                             world_size=ctx.world_size)
-        cadence = Cadence(cfg.iterations, cfg.log_every, cfg.eval_every, cfg.image_every,
-                          cfg.checkpoint_every, cfg.keep_checkpoints)
-        session = TrainingSession("dgnet", out_dir, cadence, ctx, hooks, config)
+        session = TrainingSession("dgnet", out_dir, ctx, cfg, model_cfg, hooks,
+                                  teachers=[str(p) for p in teacher_paths])
         if fork_from is not None:
             if ctx.is_main:
                 fork_from_warmup(session.checkpoint_dir, Path(fork_from), identity, cfg.schedule.warmup_start,
@@ -375,13 +362,14 @@ def train_dgnet(
         loader = make_loader(dataset, sampler, start, cfg.iterations, cfg.num_workers, device)
 
         def describe(iteration: int) -> dict[str, float]:
+            """The loss weights, and the learning rates the step set (id heads: x head_lr_mult)."""
             weights = dataclasses.asdict(loss_weights_at(iteration, cfg.schedule))
-            logs = {f"weight/{k}": float(v) for k, v in weights.items()}
-            lrs = learning_rates_at(iteration, cfg)
-            logs.update({"lr/generator": lrs["generator"], "lr/discriminator": lrs["discriminator"],
-                         "lr/appearance_trunk": lrs["appearance"],
-                         "lr/id_heads": lrs["appearance"] * cfg.head_lr_mult})
-            return logs
+            lrs = {"generator": optimizers["generator"].param_groups[0]["lr"],
+                   "discriminator": optimizers["discriminator"].param_groups[0]["lr"],
+                   "appearance_trunk": optimizers["appearance"].param_groups[0]["lr"],
+                   "id_heads": optimizers["appearance"].param_groups[1]["lr"]}
+            return {**{f"weight/{k}": float(v) for k, v in weights.items()},
+                    **{f"lr/{k}": v for k, v in lrs.items()}}
 
         def evaluate() -> dict[str, float]:
             return evaluate_reid(model, frame, size, device=device, batch_size=cfg.eval_batch_size,
@@ -392,26 +380,9 @@ def train_dgnet(
         def picture() -> tuple[str, Image.Image]:
             return "swap_grid", swap_grid_picture(model, grid_images)
 
-        session.run(start, loader, built.step, stateful=stateful, identity=identity, describe=describe,
-                    evaluate=evaluate if has_eval_splits(frame) else None, picture=picture,
-                    postfix=("loss/total", "loss/d_total"))
-        return session.finish(model, model_cfg, cfg.amp, {
-            "label_map": label_map, TRAIN_DATA_KEY: train_fingerprint(frame), "iterations": cfg.iterations,
-            "seed": cfg.seed, "teachers": [str(p) for p in teacher_paths]})
-
-
-
-def split_batch(batch: dict[str, torch.Tensor], device: torch.device,
-                channels_last: bool = False) -> DGNetBatch:
-    """The sampler's [a, pos_a, b, pos_b] batch (clean and random-erased images) as a DGNetBatch."""
-
-    def move(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return to_channels_last(images.to(device, non_blocking=True), channels_last).chunk(4)
-
-    a, pos_a, b, pos_b = move(batch["image"])
-    a_erased, pos_a_erased, b_erased, pos_b_erased = move(batch["image_erased"])
-    label_a, _, label_b, _ = batch["label"].to(device, non_blocking=True).chunk(4)
-    return DGNetBatch(a, label_a, b, label_b, pos_a, pos_b, a_erased, b_erased, pos_a_erased, pos_b_erased)
+        session.run(start, loader, built.step, describe, evaluate if has_eval_splits(frame) else None,
+                    picture, postfix=("loss/total", "loss/d_total"))
+        return session.finish(model, label_map, data, teachers=[str(p) for p in teacher_paths])
 
 
 def swap_grid_inputs(frame: pd.DataFrame, size: tuple[int, int], count: int) -> torch.Tensor:
