@@ -1,19 +1,26 @@
-"""What the benchmarks share: the untrained teacher, a loader-shaped batch, the machine, the results files.
+"""What the benchmarks share: options, child processes, the untrained teacher, a loader-shaped batch,
+the machine, and the results files.
 
-The joint step itself is `dgnet.training.trainer.build_joint_step`, the trainer's own. Results: each
-script's figures are a JSON record in benchmarks/RESULTS.json (keyed by its section name) and its
-Markdown, rendered from the same figures, its section of benchmarks/RESULTS.md; a script that needs
-another's figure reads the JSON. Imports only dgnet, torch and the standard library.
+Each script's figures are a JSON record in benchmarks/RESULTS.json (keyed by its section name); its
+section of benchmarks/RESULTS.md is rendered from that record by `render`, the one renderer. Imports
+only dgnet and its dependencies (the GPU machines have nothing else).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
+import shlex
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +30,9 @@ import pandas
 import PIL
 import torch
 import torchvision
+from PIL import Image, ImageDraw, ImageFont
 
-from dgnet.io import replace_marked_section
+from dgnet.io import atomic_path, replace_marked_section
 from dgnet.models.config import ModelConfig
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import FrozenTeacher, ReidBaseline
@@ -40,6 +48,73 @@ Never timed asserts: these are measurements, not tests.
 # The paper's schedule reaches its full ramped weights at 34k (code 1 at 32k) and steps the LR at 60k:
 # 40k is a fully warmed-up iteration, the most expensive kind.
 TIMED_ITERATION = 40_000
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An ArgumentParser with the options every benchmark shares: --device, --threads, --results."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the RESULTS.md to write into")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
+    """`argv` parsed, --device auto resolved, --threads applied, the command line kept for the record."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.argv, args.command = argv, f"python benchmarks/{script} {shlex.join(argv)}".strip()
+    return args
+
+
+def section_name(script: str, device: str, threads: int = 0) -> str:
+    """One section per script (and profile) and device kind, and per --threads when given."""
+    name = f"{script}-{'cuda' if device.startswith('cuda') else 'cpu'}"
+    return name + (f"-{threads}thread{'s' if threads > 1 else ''}" if threads else "")
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float | None = None, env: dict[str, str] | None = None,
+               session: bool = True, errors: Path | None = None) -> int | None:
+    """`cmd`, its output to `log` (stderr too, unless to `errors`); None on a timeout, after SIGTERM (to
+    its whole session when it has one: the command and what it started) and SIGKILL 10 s later. SIGTERM
+    first: torchrun then stops its ranks, which run in sessions of their own (SIGKILLed, it leaves them)."""
+    with open(log, "w", encoding="utf-8") as out, open(errors or os.devnull, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err if errors else subprocess.STDOUT, env=env,
+                                start_new_session=session)
+        try:
+            return proc.wait(timeout=None if timeout is None else max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig) if session else proc.send_signal(sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+                    break
+            return None
+
+
+def run_child(argv: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """A benchmark script in a fresh interpreter (its peak memory and compile caches are its own): the
+    JSON of its last output line; TimeoutError, or RuntimeError with its last error line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out.txt", Path(tmp) / "err.txt"
+        code = run_logged([sys.executable, *argv], out, timeout, errors=err)
+        lines, errors = out.read_text().strip().splitlines(), err.read_text().strip().splitlines()
+    if code is None:
+        raise TimeoutError(f"did not finish within {timeout} s")
+    if code != 0:
+        raise RuntimeError(f"child exited {code}: {(errors or ['(no output)'])[-1][:300]}")
+    return json.loads(lines[-1])
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once `device` has run what was queued on it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def load_teacher(model_cfg: ModelConfig, device: torch.device, paths: Sequence[str | Path] | None = None,
@@ -67,9 +142,40 @@ def synthetic_batch(height: int, width: int, batch_size: int, num_classes: int,
     label_b = (label_a + max(1, num_classes // 2)) % num_classes  # another person
     labels = torch.cat([label_a, label_a, label_b, label_b])
     batch = {"image": images, "image_erased": erased, "label": labels}
-    if device.type == "cuda":
-        batch = {k: v.pin_memory() for k, v in batch.items()}
-    return batch
+    return {k: v.pin_memory() for k, v in batch.items()} if device.type == "cuda" else batch
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def loss_curves_picture(rows: list[dict[str, Any]], title: str) -> Image.Image:
+    """Small multiples of every `loss/*` series of a training log, one panel each, own y-range."""
+    names = sorted({k for row in rows for k in row if k.startswith("loss/")})
+    cols, w, h, blue, grey = 4, 300, 170, (31, 119, 180), (90, 90, 90)
+    sheet = Image.new("RGB", (cols * w, 36 + max(1, math.ceil(len(names) / cols)) * h), "white")
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
+    draw.text((10, 10), title, fill="black", font=font)
+    for n, name in enumerate(names):
+        x0, y0 = (n % cols) * w, 36 + (n // cols) * h
+        points = [(row["iteration"], row[name]) for row in rows if finite(row.get(name))]
+        left, right, top, bottom = x0 + 50, x0 + w - 12, y0 + 22, y0 + h - 24
+        draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+        last = f"{points[-1][1]:.4g}" if points else "no finite value"
+        draw.text((x0 + 8, y0 + 4), f"{name[5:]}  (last {last})", fill="black", font=font)
+        if not points:
+            continue
+        (x_lo, x_hi), (lo, hi) = [(min(v), max(v)) for v in zip(*points, strict=True)]
+        x_hi, hi = max(x_hi, x_lo + 1), hi if hi > lo else lo + 1e-9
+        for xy, text in (((x0 + 4, top), f"{hi:.3g}"), ((x0 + 4, bottom - 10), f"{lo:.3g}"),
+                         ((left, bottom + 4), f"{x_lo}"), ((right - 30, bottom + 4), f"{x_hi}")):
+            draw.text(xy, text, fill=grey, font=font)
+        line = [(left + (x - x_lo) / (x_hi - x_lo) * (right - left),
+                 bottom - (y - lo) / (hi - lo) * (bottom - top)) for x, y in points]
+        (x, y), *_ = line
+        draw.line(line, fill=blue, width=2) if len(line) > 1 else draw.ellipse([x - 2, y - 2, x + 2, y + 2],
+                                                                               fill=blue)
+    return sheet
 
 
 def load_average() -> list[float] | None:
@@ -82,9 +188,8 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "memory_gib": int(memory.split()[0]) / 2**20 if memory else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "load_average": load_average(),
-        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(), "load_average": load_average(), "platform": platform.platform(),
         "packages": {m.__name__.replace("PIL", "pillow"): m.__version__
                      for m in (torchvision, numpy, pandas, PIL)},
     }
@@ -123,14 +228,12 @@ def proc_memory_mb(field: str) -> float | None:
 
 def describe_machine(info: dict[str, Any]) -> str:
     """One sentence: the CPU, threads, GPU, versions and load averages of `machine()`."""
-    threads = info.get("torch_threads", "?")
     gpu = f", GPU {info['gpu']} (CUDA {info.get('cuda')})" if "gpu" in info else ""
-    load = (info.get("load_average") or ["-"])[0]
     end = f", {info['load_average_end'][0]} at the end" if info.get("load_average_end") else ""
-    return (f"Machine: {info['cpu']}, {info['cores']} cores, {threads} torch thread(s){gpu}; torch "
-            f"{info['torch']}, Python {info['python']}; load average {load} at the start{end} (other "
-            "processes slow CPU figures down, more so with several torch threads: an op waits for its "
-            "slowest thread).")
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, {info.get('torch_threads', '?')} torch thread(s)"
+            f"{gpu}; torch {info['torch']}, Python {info['python']}; load average "
+            f"{(info.get('load_average') or ['-'])[0]} at the start{end} (other processes slow CPU figures "
+            "down, more so with several torch threads: an op waits for its slowest thread).")
 
 
 def render(name: str, record: dict[str, Any]) -> str:
@@ -147,18 +250,23 @@ def render(name: str, record: dict[str, Any]) -> str:
         "", f"<!-- END {name} -->", ""])
 
 
+def print_cells(record: dict[str, Any]) -> None:
+    """The first table row of a record, each cell beside its column's name (a row as it is measured)."""
+    cells = zip(record["columns"], record["table"][0], strict=True)
+    print("; ".join(f"{c} {v}" for c, v in cells if v != ""), flush=True)
+
+
 def write_results(path: Path, name: str, record: dict[str, Any]) -> str:
-    """Replace (or add) section `name`: its figures in the JSON file beside `path` (RESULTS.json),
-    its Markdown, rendered from them, in `path` (RESULTS.md). Returns the Markdown."""
+    """Replace (or add) section `name`: its record in the JSON file beside `path` (RESULTS.json), its
+    Markdown, rendered from it, in `path` (RESULTS.md). Returns the Markdown."""
     record = {"measured": dt.date.today().isoformat(), **record}
     markdown = render(name, record)
     replace_marked_section(path, name, markdown, HEADER)
     store = path.with_suffix(".json")
-    records = json.loads(store.read_text()) if store.is_file() else {}
-    records[name] = record
-    tmp = store.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1, default=str) + "\n")
-    tmp.replace(store)
+    records = (json.loads(store.read_text()) if store.is_file() else {}) | {name: record}
+    with atomic_path(store) as tmp:
+        tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1, default=str) + "\n")
+    print(f"wrote {path} ({name})")
     return markdown
 
 

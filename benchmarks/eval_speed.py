@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,8 @@ import torch
 from dgnet.evaluation.rank import pairwise_distance, rank_metrics_from_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported by path
-from common import RESULTS, load_average, machine, proc_memory_mb, write_results
+import common
+from common import clock, proc_memory_mb
 
 # name: (queries, gallery, ids, cameras, images per id, distractors (id 0)); the rest of the
 # gallery is junk (id -1): about 2,600 at Market size (the real Market-1501 has 3,819 on top).
@@ -98,7 +97,6 @@ def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) ->
     keep = torch.as_tensor(g_pids != -1, device=dev)
     gallery = gf[keep]  # what rank_metrics_from_features multiplies by, for the distances-only loop
     rss_before = proc_memory_mb("VmRSS")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     base_gpu = 0
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -106,45 +104,26 @@ def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) ->
 
     totals, dists, metrics = [], [], {}
     for _ in range(repeats):  # interleaved, so that a busy spell of the machine hits both alike
-        sync()
-        start = time.perf_counter()
+        start = clock(dev)
         metrics = rank_metrics_from_features(qf, gf, q_pids, q_cams, g_pids, g_cams,
                                              chunk_size=chunk_size)
-        sync()
-        totals.append(time.perf_counter() - start)
+        totals.append(clock(dev) - start)
         if len(totals) == 1:  # the evaluation's peak, before the distances-only loop adds its own
             peak_rss = proc_memory_mb("VmHWM")
             peak_gpu = torch.cuda.max_memory_allocated(dev) - base_gpu if dev.type == "cuda" else None
-        start = time.perf_counter()
+        start = clock(dev)
         with torch.no_grad():
             for s in range(0, len(qf), chunk_size):
                 pairwise_distance(qf[s:s + chunk_size], gallery)
-        sync()
-        dists.append(time.perf_counter() - start)
-    result = {
+        dists.append(clock(dev) - start)
+    return {
         "size": size, "kind": kind, "device": str(dev), "queries": len(qf), "gallery": len(gf),
         "total_s": min(totals), "distances_s": min(dists),
         "ranking_s": max(min(totals) - min(dists), 0.0),  # noise can make the difference negative
-        "all_totals_s": [round(x, 3) for x in totals],
-        "features_mb": features_mb, "rank1": metrics["rank1"], "mAP": metrics["mAP"],
-        "mINP": metrics["mINP"],
-    }
-    if peak_gpu is not None:
-        result["peak_gpu_mb"] = peak_gpu / 2**20
-    result["peak_rss_mb"] = peak_rss
-    result["rss_before_eval_mb"] = rss_before
-    return result
-
-
-def _child(args: argparse.Namespace, size: str, kind: str) -> dict:
-    """Run one measurement in a fresh interpreter, so that its peak RSS is its own."""
-    cmd = [sys.executable, __file__, "--child", size, kind, "--device", args.device,
-           "--repeats", str(args.repeats if size != "msmt" else min(args.repeats, 2)),
-           "--chunk-size", str(args.chunk_size)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        "all_totals_s": [round(x, 3) for x in totals], "features_mb": features_mb,
+        **{m: metrics[m] for m in ("rank1", "mAP", "mINP")},
+        **({} if peak_gpu is None else {"peak_gpu_mb": peak_gpu / 2**20}),
+        "peak_rss_mb": peak_rss, "rss_before_eval_mb": rss_before}
 
 
 def record(info: dict, rows: list[dict], command: str) -> dict:
@@ -169,41 +148,29 @@ def record(info: dict, rows: list[dict], command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--sizes", nargs="+", default=["market", "msmt"], choices=sorted(SIZES))
     parser.add_argument("--kinds", nargs="+", default=["trained", "random"], choices=["trained", "random"])
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (MSMT size: at most 2)")
     parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "KIND"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = common.parse(parser, argv, "eval_speed.py")
     if args.child:
         print(json.dumps(measure(*args.child, args.device, args.repeats, args.chunk_size)))
         return
-
-    info = machine()
-    rows = []
+    info, rows = common.machine(), []
     for size in args.sizes:
-        for kind in args.kinds:
-            rows.append(_child(args, size, kind))
-            section = record(info, rows[-1:], "")
-            print("; ".join(f"{c} {v}" for c, v in zip(section["columns"], section["table"][0], strict=True)),
-                  flush=True)
-    info["load_average_end"] = load_average()
-    if not args.no_write:
-        command = "python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        name = f"eval_speed-{'cuda' if args.device.startswith('cuda') else 'cpu'}"
-        if args.threads:  # a thread count of its own: its own section
-            name += f"-{args.threads}thread{'s' if args.threads > 1 else ''}"
-        write_results(args.results, name, record(info, rows, command.strip()))
-        print(f"wrote {args.results}")
+        for kind in args.kinds:  # each in a fresh interpreter, so that its peak RSS is its own
+            repeats = args.repeats if size != "msmt" else min(args.repeats, 2)
+            rows.append(common.run_child([__file__, "--child", size, kind, "--device", args.device,
+                                          "--repeats", str(repeats), "--chunk-size", str(args.chunk_size),
+                                          "--threads", str(args.threads)]))
+            common.print_cells(record(info, rows[-1:], ""))
+    info["load_average_end"] = common.load_average()
+    if not args.no_write:  # a thread count of its own: its own section
+        common.write_results(args.results, common.section_name("eval_speed", args.device, args.threads),
+                             record(info, rows, args.command))
 
 
 if __name__ == "__main__":

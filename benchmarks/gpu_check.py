@@ -3,20 +3,10 @@
     bash benchmarks/gpu_check.sh --device cuda --profile paper --out /tmp/gpu_check   # <= 10 min, one GPU
     bash benchmarks/gpu_check.sh --device cpu --profile tiny --out /tmp/gpu_check_cpu  # <= 3 min, 2 cores
 
-Steps, each in a fresh child process with its own timeout (a hanging step is killed, a failing one
-recorded with its error; the others still run):
-  setup        the synthetic dataset, validated as `dgnet train --manifest` reads it; a short teacher;
-  train_speed  benchmarks/train_speed.py per mode (fp32, bf16, fp16, bf16+cl, bf16+compile);
-  train        `train_dgnet` in bf16, the schedule compressed: loss curves, the test swap grid and
-               recon_l1 beside their trivial baselines (`benchmark_model`);
-  eval         benchmarks/eval_speed.py's Market-size ranking on the device, and its parity with the CPU;
-  fp16         fp16 iterations with the GradScalers: skipped steps and non-finite losses, counted;
-  ddp          two torchrun ranks on the one device running the trainer's step (NCCL, else gloo): they
-               must end with identical weights after seeing different images.
-On a CPU the counts are smaller, fp16 runs as fp32 under enabled GradScalers and bf16+compile is left
-out; the results say so. --out gets summary.json (per step: status, wall time, figures, error; the
-machine), RESULTS.section.md (rendered from it) and a folder per step (log, pictures). Exit code 0
-when every step passed (or was skipped for a reason that holds on this device), else 1.
+Steps (STEPS), each in a child process with its own timeout: a hanging one is killed, a failing one
+recorded, the others still run. benchmarks/RESULTS.md ("GPU check") says what each shows. --out gets
+summary.json (per step: status, wall time, figures, error; the machine), RESULTS.section.md rendered
+from it, and a folder per step. Exit code 0 when every step passed.
 """
 
 from __future__ import annotations
@@ -27,13 +17,10 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -41,10 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas
 import torch
 import torch.distributed as dist
-from PIL import Image, ImageDraw, ImageFont
 
 from dgnet.data.datasets import TrainImages
 from dgnet.data.samplers import ImagePairSampler
@@ -56,6 +41,7 @@ from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
 from dgnet.profiles import get_profile
 from dgnet.training.cli import FileLogHook
+from dgnet.training.hooks import LossCurve
 from dgnet.training.loop import make_loader, training_labels
 from dgnet.training.objective import NonFiniteLossError
 from dgnet.training.runtime import DistContext, determinism, init_distributed, resolve_amp, select_device
@@ -66,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 import common
 import eval_speed
 import train_speed
+from common import clock, finite, loss_curves_picture, run_logged
 
 SCRIPT = "benchmarks/gpu_check.sh"
 STEPS = ("setup", "train_speed", "train", "eval", "fp16", "ddp")
@@ -89,8 +76,9 @@ TRAIN_OVERHEAD_S, TRAIN_SLOWDOWN = 50, 1.2
 PARITY_TOLERANCE = 1e-4
 # A GradScaler starts at 2^16 and halves on each overflow: up to 16 skipped steps can be its calibration.
 SKIP_FLOOR, SKIP_FRACTION = 16, 0.1
-TARGET = (f"paper profile on one GPU: target <= {train_speed.TARGET_S_PER_ITER} s/it, <= "
-          f"{train_speed.TARGET_PEAK_GB:g} GB; published 1.2-1.9 s/it, >= 10 GB (fp16)")
+TARGET_GB = train_speed.TARGET_PEAK_GB
+TARGET = (f"paper profile on one GPU: target <= {train_speed.TARGET_S_PER_ITER} s/it, <= {TARGET_GB:g} GB; "
+          "published 1.2-1.9 s/it, >= 10 GB (fp16)")
 
 
 def step_dir(opts: argparse.Namespace, step: str) -> Path:
@@ -98,26 +86,19 @@ def step_dir(opts: argparse.Namespace, step: str) -> Path:
     return path
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def _f(value: Any, spec: str = ".3f") -> str:
-    """A figure formatted, "-" when it is missing or not a number."""
-    return format(value, spec) if _finite(value) else "-"
+    return format(value, spec) if finite(value) else "-"
 
 
 def _peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
 
 
-def _amp(device: torch.device) -> str:
-    """bf16 on a GPU (the paper profile's precision); on a CPU bf16 only where it runs in hardware."""
+def _amp(device: torch.device) -> str:  # bf16 on a GPU; on a CPU only where it runs in hardware
     return resolve_amp(device, "bf16" if device.type == "cuda" else "auto")
 
 
-def _verdict(figures: dict[str, Any], problems: list[str], text: str, beside: str = "-",
-             **extra: Any) -> dict[str, Any]:
+def _verdict(figures: dict, problems: list[str], text: str, beside: str = "-", **extra: Any) -> dict:
     """A step's result: its figures, the summary table's cells (`text`, `beside`), its problems."""
     result = {"status": "failed" if problems else "ok", "figures": figures, "text": text, "beside": beside}
     return result | extra | ({"error": "; ".join(problems)} if problems else {})
@@ -143,36 +124,6 @@ def step_deadline(margin: float) -> float:
     """time.monotonic() at which this step must wrap up: `margin` s before the parent kills it."""
     kill_at = float(os.environ.get("GPU_CHECK_KILL_AT", time.time() + 600))  # wall clock, set by the parent
     return time.monotonic() + (kill_at - time.time()) - margin
-
-
-def loss_curves_picture(rows: list[dict[str, Any]], title: str) -> Image.Image:
-    """Small multiples of every `loss/*` series of a training log, one panel each, own y-range."""
-    names = sorted({k for row in rows for k in row if k.startswith("loss/")})
-    cols, w, h, blue = 4, 300, 170, (31, 119, 180)
-    sheet = Image.new("RGB", (cols * w, 36 + max(1, math.ceil(len(names) / cols)) * h), "white")
-    draw, font, grey = ImageDraw.Draw(sheet), ImageFont.load_default(), (90, 90, 90)
-    draw.text((10, 10), title, fill="black", font=font)
-    for n, name in enumerate(names):
-        x0, y0 = (n % cols) * w, 36 + (n // cols) * h
-        points = [(row["iteration"], row[name]) for row in rows if _finite(row.get(name))]
-        left, right, top, bottom = x0 + 50, x0 + w - 12, y0 + 22, y0 + h - 24
-        draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
-        last = f"{points[-1][1]:.4g}" if points else "no finite value"
-        draw.text((x0 + 8, y0 + 4), f"{name[5:]}  (last {last})", fill="black", font=font)
-        if not points:
-            continue
-        (x_lo, x_hi), (lo, hi) = [(min(v), max(v)) for v in zip(*points, strict=True)]
-        x_hi, hi = max(x_hi, x_lo + 1), hi if hi > lo else lo + 1e-9
-        for xy, text in (((x0 + 4, top), f"{hi:.3g}"), ((x0 + 4, bottom - 10), f"{lo:.3g}"),
-                         ((left, bottom + 4), f"{x_lo}"), ((right - 30, bottom + 4), f"{x_hi}")):
-            draw.text(xy, text, fill=grey, font=font)
-        line = [(left + (x - x_lo) / (x_hi - x_lo) * (right - left),
-                 bottom - (y - lo) / (hi - lo) * (bottom - top)) for x, y in points]
-        if len(line) > 1:
-            draw.line(line, fill=blue, width=2)
-        else:
-            draw.ellipse([line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2], fill=blue)
-    return sheet
 
 
 # The steps: each runs in its own child process and returns _verdict(...)
@@ -202,8 +153,7 @@ def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
         f |= {"teacher_s": round(time.perf_counter() - started, 1),
               "teacher_rank1": result.metrics.get("rank1"), "teacher_mAP": result.metrics.get("mAP")}
     else:  # an untrained teacher: its soft labels are near-uniform, which costs the check nothing
-        save_model(opts.teacher, ReidBaseline(model_cfg), "teacher", model_cfg,
-                   extra={"label_map": label_map})
+        save_model(opts.teacher, ReidBaseline(model_cfg), "teacher", model_cfg, {"label_map": label_map})
     return _verdict(f, [], f"{f['images']} images, {f['train_ids']} train ids, validated; teacher "
                     f"{opts.teacher_iterations} iterations (mAP {_f(f.get('teacher_mAP'), '.1%')}); "
                     + ("ImageNet weights found" if imagenet else "no ImageNet weights: random init"))
@@ -224,20 +174,18 @@ def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
             "--threads", str(threads)]
     info = common.machine()  # each later mode keeps 25 s on a GPU, 10 on a CPU:
     rows = train_speed.run_modes(argv, opts.speed_modes, step_deadline(margin=8), 25 if opts.on_cuda else 10)
-    rows += [{"profile": opts.profile, "device": opts.device, "mode": m, "status": "skipped",
-              "reason": LEFT_OUT_ON_CPU}
-             for m in ([] if opts.on_cuda else SPEED_MODES) if m not in opts.speed_modes]
+    rows += [{"profile": opts.profile, "device": opts.device, "mode": m, "status": "skipped", "reason":
+              LEFT_OUT_ON_CPU} for m in ([] if opts.on_cuda else SPEED_MODES) if m not in opts.speed_modes]
     info["load_average_end"] = common.load_average()
     modes, parts = {}, []
     for r in rows:
-        entry = modes[r["mode"]] = {k: r.get(k) for k in ("status", "reason", "median_s", "first_iteration_s",
-                                                          "peak_reserved_mb", "peak_rss_mb")}
+        keys = ("status", "reason", "median_s", "first_iteration_s", "peak_reserved_mb", "peak_rss_mb")
+        entry = modes[r["mode"]] = {k: r.get(k) for k in keys}
         parts.append(f"{r['mode']} skipped ({r.get('reason')})" if r["status"] != "ok"
                      else f"{r['mode']} {r['median_s']:.3f} s/it")
         if r["status"] == "ok" and "peak_reserved_mb" in r:
             entry["peak_reserved_gb"] = gb = r["peak_reserved_mb"] / 1024
-            entry["target_met"] = met = (r["median_s"] <= train_speed.TARGET_S_PER_ITER
-                                         and gb <= train_speed.TARGET_PEAK_GB)
+            entry["target_met"] = met = r["median_s"] <= train_speed.TARGET_S_PER_ITER and gb <= TARGET_GB
             parts[-1] += f", {gb:.1f} GB (target {'met' if met else 'not met'})"
     command = (f"python benchmarks/train_speed.py {shlex.join(argv)} --modes {','.join(opts.speed_modes)}"
                " (run by benchmarks/gpu_check.sh)")
@@ -248,6 +196,17 @@ def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
                        if cpu else "")
     return _verdict({"modes": modes}, problems, "; ".join(parts) or "-", beside, rows=rows, machine=info,
                     command=command, section=train_speed.section_name(opts.profile, opts.device, threads))
+
+
+def fit_train_iterations(opts: argparse.Namespace, speed: dict | None, timeout: float) -> int | None:
+    """On a GPU: fewer training iterations when train_speed's bf16 figure says the asked-for number would
+    not finish within the step's timeout (a cut run still gives curves, grid and recon_l1; a killed one
+    gives nothing); None when they fit or nothing was measured."""
+    bf16 = ((speed or {}).get("figures", {}).get("modes", {})).get("bf16", {})
+    if not opts.on_cuda or not finite(bf16.get("median_s")):
+        return None
+    fit = int((timeout - TRAIN_OVERHEAD_S) / (bf16["median_s"] * TRAIN_SLOWDOWN))
+    return max(10, fit) if fit < opts.train_iterations else None
 
 
 def step_train(opts: argparse.Namespace) -> dict[str, Any]:
@@ -265,39 +224,34 @@ def step_train(opts: argparse.Namespace) -> dict[str, Any]:
     (out / "log.jsonl").unlink(missing_ok=True)
     started = time.perf_counter()
     result = train_dgnet(frame, model_cfg, cfg, [opts.teacher], Path(opts.work) / "train",
-                         hooks=[FileLogHook(out)], resume=False)
+                         hooks=[FileLogHook(out), LossCurve(out / "losses.csv")], resume=False)
     train_s, peak = time.perf_counter() - started, _peak_gb(device)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rows = [{k: v for k, v in r.items() if k != "event"} for r in records if r["event"] == "iteration"]
     losses = sorted({k for row in rows for k in row if k.startswith("loss/")})
-    table = pandas.DataFrame(rows)
-    table[["iteration", *sorted(set(table.columns) - {"iteration"})]].to_csv(out / "losses.csv", index=False)
     loss_curves_picture(rows, f"DG-Net {opts.profile} profile, {n} iterations, {cfg.amp}, {device}").save(
         out / "loss_curves.png")
-    # After the first window (cudnn autotuning, loader start-up): the steady time of an iteration.
-    steady = [row["time/iteration"] for row in rows[1:] or rows]
     bench = benchmark_model(result.model_path, frame, name="gpu_check", device=device, alphas=(0.5,),
                             data_root=opts.data, num_swaps=opts.num_swaps, num_recon=opts.num_recon,
                             batch_size=64, num_workers=min(opts.workers, 4))
     bench.pictures["swap_grid"].save(out / "swap_grid.png")
-    gen = bench.generation
+    # After the first window (cudnn autotuning, loader start-up): the steady time of an iteration.
+    gen, steady = bench.generation, [row["time/iteration"] for row in rows[1:] or rows]
     recon, base = gen.get("recon_l1"), gen.get("baselines") or {}
     f = {"iterations": n, "iterations_reduced_from": opts.train_iterations if fit else None, "amp": cfg.amp,
          "batch_size": cfg.batch_size, "train_s": round(train_s, 1),
          "s_per_iteration": statistics.median(steady) if steady else None,
          "data_s_per_iteration": statistics.median([row["time/data"] for row in rows]) if rows else None,
-         "peak_reserved_gb": peak, "logged_points": len(rows),
-         "first_losses": {k: rows[0].get(k) for k in losses} if rows else {},
-         "last_losses": {k: rows[-1].get(k) for k in losses} if rows else {},
+         "peak_reserved_gb": peak, "logged_points": len(rows),  # the losses: losses.csv
          "recon_l1": recon, "baselines": gen.get("baselines"), "swap_l1_person": gen.get("swap_l1_person"),
          "swap_ssim_person": gen.get("swap_ssim_person"), "reid": bench.reid.get("alpha_0.5"),
          "schedule": dataclasses.asdict(cfg.schedule)}
     # A ramped loss is absent from the log until its weight switches on; a logged one must be finite.
     problems = [f"{k} at {row['iteration']}" for row in rows for k in losses
-                if k in row and not _finite(row[k])][:5]
-    problems += [] if _finite(recon) and 0 < recon < 1 else [f"recon_l1 {recon!r} is not in (0, 1)"]
+                if k in row and not finite(row[k])][:5]
+    problems += [] if finite(recon) and 0 < recon < 1 else [f"recon_l1 {recon!r} is not in (0, 1)"]
     text = (f"{n} iterations {cfg.amp}, {_f(f['s_per_iteration'])} s/it"
-            + (f", {peak:.1f} GB" if _finite(peak) else "") + f"; recon_l1 {_f(recon)}; swap L1 (person) "
+            + (f", {peak:.1f} GB" if finite(peak) else "") + f"; recon_l1 {_f(recon)}; swap L1 (person) "
             f"{_f(f['swap_l1_person'])}, SSIM (person) {_f(f['swap_ssim_person'])}")
     copy = [_f(base.get(k, {}).get("swap_l1_person")) for k in ("copy_structure", "copy_appearance")]
     beside = (f"recon: mean image {_f(base.get('recon_mean_image'))}, blur4 {_f(base.get('recon_blur4'))}; "
@@ -309,31 +263,28 @@ def step_eval(opts: argparse.Namespace) -> dict[str, Any]:
     """eval_speed.py's Market-size ranking on the device, and the same ranking on the CPU: equal metrics."""
     rows, parity = [], {}
     for kind in ("trained", "random") if opts.on_cuda else ("trained",):
-        row = eval_speed.measure("market", kind, opts.device, opts.eval_repeats, chunk_size=256)
+        rows.append(row := eval_speed.measure("market", kind, opts.device, opts.eval_repeats, 256))
         reference = eval_speed.measure("market", kind, "cpu", 1, chunk_size=256)  # on a CPU: repeatability
-        rows.append(row)
         parity[kind] = {"cpu_total_s": reference["total_s"],
                         **{f"{m}_diff": abs(row[m] - reference[m]) for m in ("rank1", "mAP", "mINP")}}
         print(f"{kind}: {row['device']} {row['total_s']:.3f} s, cpu {reference['total_s']:.3f} s, "
               f"mAP {row['mAP']:.4f} vs {reference['mAP']:.4f}", flush=True)
-    info = common.machine() | {"load_average_end": common.load_average()}
     worst = max(v for p in parity.values() for k, v in p.items() if k.endswith("_diff"))
-    keys = ("total_s", "distances_s", "rank1", "mAP", "peak_gpu_mb")
     figures = {"size": "market", "queries": rows[0]["queries"], "gallery": rows[0]["gallery"],
-               "device": {r["kind"]: {k: r.get(k) for k in keys} for r in rows},
-               "parity": parity, "max_diff": worst, "tolerance": PARITY_TOLERANCE}
+               "parity": parity, "max_diff": worst, "tolerance": PARITY_TOLERANCE}  # the timings: in rows
     problems = [f"device and CPU metrics differ by {worst:.2e} (tolerance {PARITY_TOLERANCE:g})"] \
         if worst > PARITY_TOLERANCE else []
-    command = (f"python benchmarks/eval_speed.py --sizes market --device {opts.device} "
-               f"--repeats {opts.eval_repeats} (run by benchmarks/gpu_check.sh)")
     cpu = [r["total_s"] for r in common.recorded_rows("eval_speed-cpu")
            if r["size"] == "market" and r["kind"] == "trained"]
     text = (f"{rows[0]['queries']:,} x {rows[0]['gallery']:,}: {rows[0]['total_s']:.3f} s on {opts.device}; "
             f"largest metric difference from the CPU {worst:.1e}")
     beside = f"CPU, same run: {parity['trained']['cpu_total_s']:.3f} s" + (
         f"; 2 CPU cores (RESULTS.json): {cpu[0]:.2f} s" if cpu else "")
-    return _verdict(figures, problems, text, beside, rows=rows, machine=info, command=command,
-                    section=f"eval_speed-{'cuda' if opts.on_cuda else 'cpu'}")
+    command = (f"python benchmarks/eval_speed.py --sizes market --device {opts.device} --repeats "
+               f"{opts.eval_repeats} (run by benchmarks/gpu_check.sh)")
+    return _verdict(figures, problems, text, beside, rows=rows, command=command,
+                    machine=common.machine() | {"load_average_end": common.load_average()},
+                    section=common.section_name("eval_speed", opts.device))
 
 
 @contextlib.contextmanager
@@ -352,127 +303,95 @@ def joint_training(opts: argparse.Namespace, ctx: DistContext, amp: str, iterati
         yield built, sampler, make_loader(dataset, sampler, 0, iterations, workers, ctx.device)
 
 
-def _synchronize(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def step_fp16(opts: argparse.Namespace) -> dict[str, Any]:
     """fp16 training iterations with the GradScalers; count skipped steps and non-finite losses."""
-    n, device = opts.fp16_iterations, select_device(opts.device)
+    n, device, deadline = opts.fp16_iterations, select_device(opts.device), step_deadline(margin=8)
     scalers = {name: torch.amp.GradScaler(device.type) for name in ("discriminator", "joint")}
     rows, non_finite, skipped = [], [], {name: [] for name in scalers}
     # dgnet refuses fp16 autocast on a CPU: there fp32 under enabled GradScalers (their logic, not fp16's).
-    amp = "fp16" if opts.on_cuda else "off"
-    single = DistContext(0, 1, 0, device, False)
+    amp, single = "fp16" if opts.on_cuda else "off", DistContext(0, 1, 0, device, False)
     with joint_training(opts, single, amp, n, opts.workers, scalers) as (built, _, batches):
-        started, deadline = time.perf_counter(), step_deadline(margin=8)
-        for iteration, batch in enumerate(batches):
+        started = time.perf_counter()
+        for iteration, batch in enumerate(batches, 1):
             if time.monotonic() > deadline:  # stop in time: what ran is reported, not lost to the kill
                 break
             before = {name: scaler.get_scale() for name, scaler in scalers.items()}
             try:
-                logs = built.step(iteration, batch)
+                logs = built.step(iteration - 1, batch)
             except NonFiniteLossError as exc:  # recorded, and training goes on: how often is the question
-                non_finite.append({"iteration": iteration + 1, "error": str(exc)})
+                non_finite.append({"iteration": iteration, "error": str(exc)})
                 continue
-            for name, scaler in scalers.items():
-                if scaler.get_scale() < before[name]:  # update() backs off only after an inf/NaN gradient
-                    skipped[name].append(iteration + 1)
-            rows.append({"iteration": iteration + 1, **logs,
-                         **{f"scale/{k}": s.get_scale() for k, s in scalers.items()}})
-        wall = _synchronize(device) - started
+            for name, scaler in scalers.items():  # update() backs off only after an inf/NaN gradient
+                skipped[name] += [iteration] if scaler.get_scale() < before[name] else []
+            rows.append({"iteration": iteration, **logs, **{f"scale/{k}": s.get_scale() for k, s in
+                                                            scalers.items()}})
+        wall = clock(device) - started
     out = step_dir(opts, "fp16")
     loss_curves_picture(rows, f"fp16 + GradScaler, {n} iterations, {device}").save(out / "loss_curves.png")
     (out / "iterations.json").write_text(json.dumps(rows))
     limit, done = max(SKIP_FLOOR, int(SKIP_FRACTION * n)), len(rows) + len(non_finite)
     r1 = [row["loss/d_r1"] for row in rows if "loss/d_r1" in row]
     precision = "fp16" if amp == "fp16" else "fp32 + GradScaler (CPU stand-in)"
-    f = {"iterations": done, "asked": n, "precision": precision,
-         "s_per_iteration": wall / max(done, 1), "skipped_steps": {k: len(v) for k, v in skipped.items()},
+    f = {"iterations": done, "asked": n, "precision": precision, "s_per_iteration": wall / max(done, 1),
+         "skipped_steps": {k: len(v) for k, v in skipped.items()},
          "skipped_at": {k: v[:20] for k, v in skipped.items()},
          "skip_limit": limit, "non_finite_losses": len(non_finite), "non_finite": non_finite[:10],
          "final_scale": {name: scaler.get_scale() for name, scaler in scalers.items()},
          "d_r1_range": [min(r1), max(r1)] if r1 else None, "peak_reserved_gb": _peak_gb(device),
          "last_losses": {k: v for k, v in rows[-1].items() if k.startswith("loss/")} if rows else {}}
-    problems = [f"{len(non_finite)} non-finite loss(es), first: {e['error']}" for e in non_finite[:1]]
-    problems += [f"{k} skipped {len(v)} of {n} steps (limit {limit})"
-                 for k, v in skipped.items() if len(v) > limit]
+    problems = [f"{len(non_finite)} non-finite loss(es), first: {e['error']}" for e in non_finite[:1]] + [
+        f"{k} skipped {len(v)} of {n} steps (limit {limit})" for k, v in skipped.items() if len(v) > limit]
     text = (f"{done} of {n} iterations ({precision}): skipped steps D {len(skipped['discriminator'])} / "
-            f"G+E_a "
-            f"{len(skipped['joint'])} (limit {limit}), non-finite losses {len(non_finite)}, final scales "
-            f"{f['final_scale']}")
+            f"G+E_a {len(skipped['joint'])} (limit {limit}), non-finite losses {len(non_finite)}, "
+            f"final scales {f['final_scale']}")
     return _verdict(f, problems, text, "the published code's fp16 (apex) overflowed")
-
-
-def _digests(module: torch.nn.Module) -> dict[str, str]:
-    """SHA-256 of every parameter and buffer's bytes: equal digests are bit-identical weights."""
-    return {name: hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
-            for name, t in module.state_dict().items()}
 
 
 def ddp_rank(opts: argparse.Namespace, backend: str) -> None:
     """One torchrun rank: the trainer's step (gradient and BN averaging) on this rank's share of each
-    global batch; writes the weights' digests and what it saw to ddp/BACKEND_rankN.json."""
+    global batch; writes SHA-256 digests of its weights (equal: bit-identical) and what it saw."""
     device = select_device(opts.device)  # cuda:0 for both ranks (LOCAL_RANK 1 has no GPU of its own)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(max(1, opts.threads // 2))
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=60))  # torchrun's rendezvous (env://)
+
+    def digests(module: torch.nn.Module) -> dict[str, str]:
+        return {k: hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+                .hexdigest() for k, t in module.state_dict().items()}
+
     try:
         ctx = init_distributed(str(device))  # the trainer's context on the group: torchrun's RANK, WORLD_SIZE
         dist.all_reduce(torch.ones(1, device=ctx.device))  # an unusable backend fails here, before the set-up
         times, seen = [], []
         with joint_training(opts, ctx, _amp(ctx.device), opts.ddp_iterations, 0) as (built, sampler, batches):
-            initial = _digests(built.model)
+            initial = digests(built.model)
             for iteration, batch in enumerate(batches):
-                start = _synchronize(ctx.device)
+                start = clock(ctx.device)
                 logs = built.step(iteration, batch)
-                times.append(_synchronize(ctx.device) - start)
+                times.append(clock(ctx.device) - start)
                 seen.append(sampler.batch(iteration).indices.tolist())
-        record = {"rank": ctx.rank, "backend": backend, "device": str(ctx.device), "times": times,
-                  "seen": seen, "initial": initial, "final": _digests(built.model), "last_logs": logs}
-        (step_dir(opts, "ddp") / f"{backend}_rank{ctx.rank}.json").write_text(json.dumps(record))
+        (step_dir(opts, "ddp") / f"{backend}_rank{ctx.rank}.json").write_text(json.dumps({
+            "rank": ctx.rank, "backend": backend, "device": str(ctx.device), "times": times, "seen": seen,
+            "initial": initial, "final": digests(built.model), "last_logs": logs}))
     finally:
         dist.destroy_process_group()
-
-
-def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None,
-         session: bool = True) -> int | None:
-    """`cmd`, output to `log`; None on a timeout, after SIGTERM (to its whole session when it has one: a
-    step and what it started) and SIGKILL 10 s later. SIGTERM first: torchrun then stops its ranks, which
-    run in sessions of their own (a SIGKILLed torchrun leaves them running)."""
-    with open(log, "w", encoding="utf-8") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=session)
-        try:
-            return proc.wait(timeout=max(1.0, timeout))
-        except subprocess.TimeoutExpired:
-            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig) if session else proc.send_signal(sig)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(grace)
-                    break
-            return None
 
 
 def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
     """Two torchrun ranks on the one device: NCCL where it allows it, else gloo; lockstep weights."""
     folder, deadline = step_dir(opts, "ddp"), step_deadline(margin=15)  # torchrun's 10 s to stop its ranks
-    backends = ["nccl", "gloo"] if opts.on_cuda and dist.is_nccl_available() else ["gloo"]
-    attempts: dict[str, str] = {}
+    backends, attempts = ["nccl", "gloo"] if opts.on_cuda and dist.is_nccl_available() else ["gloo"], {}
     for k, backend in enumerate(backends):
         left = deadline - time.monotonic()  # NCCL gets half: it refuses two ranks on one GPU at once
-        code = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                     __file__, "--ddp-rank", backend, "--options", f"{opts.out}/options.json"],
-                    folder / f"{backend}.log", left / 2 if k < len(backends) - 1 else left, session=False)
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        code = run_logged([*torchrun, __file__, "--ddp-rank", backend, opts.out], folder / f"{backend}.log",
+                          left / 2 if k < len(backends) - 1 else left, session=False)
         lines = (folder / f"{backend}.log").read_text(errors="replace").strip().splitlines()
         errors = [line for line in lines if "Error" in line or "error" in line] or lines or ["(no output)"]
-        attempts[backend] = ("ok" if code == 0 else f"{backend}: " + (
-            f"the ranks did not finish within {left:.0f} s" if code is None else errors[-1][:300]))
+        attempts[backend] = "ok" if code == 0 else f"{backend}: " + (
+            f"the ranks did not finish within {left:.0f} s" if code is None else errors[-1][:300])
         if code == 0:
             break
     tried = "; ".join(f"{k}: {v}" for k, v in attempts.items())
@@ -491,8 +410,7 @@ def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
          "s_per_iteration": statistics.median(first["times"][1:] or first["times"]),
          "last_losses": first["last_logs"]}
     problems = [text for text, bad in (
-        (f"the ranks' weights differ after training in {len(different)} tensors, e.g. {different[:1]}",
-         different),
+        (f"the ranks' weights differ after training in {len(different)} tensors: {different[:1]}", different),
         (f"the ranks started from different weights ({len(start_differs)} tensors)", start_differs),
         (f"training moved only {moved} of {len(names)} tensors: nothing is proven", moved <= len(names) // 2),
         (f"the ranks saw the same images at iterations {shared[:5]}", shared)) if bad]
@@ -502,31 +420,25 @@ def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
     return _verdict(f, problems, text, tried)
 
 
-STEP_FUNCTIONS = {"setup": step_setup, "train_speed": step_train_speed, "train": step_train,
-                  "eval": step_eval, "fp16": step_fp16, "ddp": step_ddp}
-
-
 def run_step_here(opts: argparse.Namespace, name: str) -> None:
     """A child's whole job: run one step, write its result (an exception becomes a failed result)."""
     if not opts.on_cuda:
         torch.set_num_threads(opts.threads)
     try:
-        result = STEP_FUNCTIONS[name](opts)
+        result = globals()[f"step_{name}"](opts)
     except BaseException as exc:
-        trace = traceback.format_exc()
+        print(trace := traceback.format_exc(), file=sys.stderr)
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
                   "traceback": trace[-4000:]}
-        print(trace, file=sys.stderr)
     (step_dir(opts, name) / "result.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 def run_step(opts: argparse.Namespace, name: str, timeout: float) -> dict[str, Any]:
     """One step in a child process; its result.json, or why there is none."""
-    folder = step_dir(opts, name)
+    folder, started = step_dir(opts, name), time.monotonic()
     (folder / "result.json").unlink(missing_ok=True)
-    started = time.monotonic()
-    code = _run([sys.executable, __file__, "--run-step", name, "--options", f"{opts.out}/options.json"],
-                folder / "log.txt", timeout, {**os.environ, "GPU_CHECK_KILL_AT": str(time.time() + timeout)})
+    code = run_logged([sys.executable, __file__, "--run-step", name, opts.out], folder / "log.txt", timeout,
+                      {**os.environ, "GPU_CHECK_KILL_AT": str(time.time() + timeout)})
     if code is None:
         result = {"status": "timeout", "error": f"did not finish within its {timeout:.0f} s"}
     elif (folder / "result.json").is_file():
@@ -542,8 +454,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     """RESULTS.section.md: this check's table, then the train_speed and eval_speed sections (the
     benchmarks' one renderer, `common.render`, on the records the steps left)."""
     opts, steps = argparse.Namespace(**summary["options"]), summary["steps"]
-    passed = sum(r["status"] in ("ok", "skipped") for r in steps.values())
-    table = []
+    passed, table = sum(r["status"] in ("ok", "skipped") for r in steps.values()), []
     for step, result in steps.items():
         text, error = result.get("text", "-"), str(result.get("error", "?"))
         if result["status"] not in ("ok", "skipped") and error[:60] not in text:
@@ -555,24 +466,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        "steps passed. Pictures: `train/loss_curves.png`, `train/swap_grid.png` (test images, "
                        "row = appearance, column = structure), `fp16/loss_curves.png`."],
               "columns": ["step", "status", "wall (s)", "result", "beside"], "table": table}
-    sections = [common.render(f"gpu_check-{opts.profile}-{'cuda' if opts.on_cuda else 'cpu'}", record)]
+    sections = [common.render(common.section_name(f"gpu_check-{opts.profile}", opts.device), record)]
     for step, make in (("train_speed", train_speed.record), ("eval", eval_speed.record)):
         if (r := steps.get(step, {})).get("rows"):
             sections.append(common.render(r["section"], {"measured": record["measured"],
                                                           **make(r["machine"], r["rows"], r["command"])}))
     return "\n".join(sections)
-
-
-def fit_train_iterations(opts: argparse.Namespace, speed: dict[str, Any] | None,
-                         timeout: float) -> int | None:
-    """On a GPU: fewer training iterations when train_speed's bf16 figure says the asked-for number would
-    not finish within the step's timeout (a cut run still gives curves, grid and recon_l1; a killed one
-    gives nothing); None when they fit or nothing was measured."""
-    bf16 = ((speed or {}).get("figures", {}).get("modes", {})).get("bf16", {})
-    if not opts.on_cuda or not _finite(bf16.get("median_s")):
-        return None
-    fit = int((timeout - TRAIN_OVERHEAD_S) / (bf16["median_s"] * TRAIN_SLOWDOWN))
-    return max(10, fit) if fit < opts.train_iterations else None
 
 
 def _step_timeout(text: str) -> tuple[str, int]:
@@ -586,12 +485,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     """The flags, the counts defaulted per device kind (see --help); JSON-able, for the children."""
     parser = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"Step timeouts (s): cuda {TIMEOUTS['cuda']}; "
-                                            f"cpu {TIMEOUTS['cpu']}.")
+                                     epilog=f"Step timeouts (s): {TIMEOUTS}.")
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when available)")
     parser.add_argument("--profile", default="paper", choices=sorted(train_speed.PROFILES))
-    parser.add_argument("--out", type=Path, required=True,
-                        help="summary.json, RESULTS.section.md, a folder per step")
+    parser.add_argument("--out", type=Path, required=True, help="for summary.json and the rest")
     for key, (cuda, cpu) in COUNTS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"{cuda} on cuda, {cpu} on cpu")
     parser.add_argument("--speed-modes", type=lambda s: s.split(","),
@@ -602,45 +499,40 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep-work", action="store_true", help="keep OUT/work (data, teacher, models)")
     opts = parser.parse_args(argv)
     opts.device = opts.device if opts.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    opts.on_cuda = opts.device.startswith("cuda")
-    if opts.on_cuda and not torch.cuda.is_available():
+    if (on_cuda := opts.device.startswith("cuda")) and not torch.cuda.is_available():
         parser.error(f"--device {opts.device}: CUDA is not available here (torch {torch.__version__}, CUDA "
                      f"build {torch.version.cuda}); use --device cpu --profile tiny")
     for key, defaults in COUNTS.items():
         if getattr(opts, key) is None:
-            setattr(opts, key, defaults[0 if opts.on_cuda else 1])
-    opts.speed_modes = opts.speed_modes or [m for m in SPEED_MODES if opts.on_cuda or m != "bf16+compile"]
+            setattr(opts, key, defaults[0 if on_cuda else 1])
+    opts.speed_modes = opts.speed_modes or [m for m in SPEED_MODES if on_cuda or m != "bf16+compile"]
     for mode in opts.speed_modes:
         train_speed.Mode.parse(mode)  # a typo fails now, not after minutes
     # Every core the 1-minute load average leaves idle, at least one (torch threads beyond the free cores
     # wait on each other: a tiny-profile iteration took 6.5 s with 2 threads on 2 busy cores, 0.8 s with 1).
-    cores = os.cpu_count() or 1
-    work = opts.out.resolve() / "work"
+    cores, work = os.cpu_count() or 1, opts.out.resolve() / "work"
     vars(opts).update(
-        timeouts=TIMEOUTS["cuda" if opts.on_cuda else "cpu"] | dict(opts.timeout),
+        on_cuda=on_cuda, timeouts=TIMEOUTS["cuda" if on_cuda else "cpu"] | dict(vars(opts).pop("timeout")),
         batch_size=train_speed.DEFAULT_BATCH.get(opts.profile, 8), out=str(work.parent), work=str(work),
         threads=opts.threads or max(1, min(cores, cores - round(os.getloadavg()[0]))),
         data=str(work / "data"), manifest=str(work / "manifest.csv"), report=str(work / "validation.json"),
         teacher=str(work / "teacher" / "model.pt"), command=shlex.join(["bash", SCRIPT, *argv]))
-    del opts.timeout
     return opts
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["--run-step"], ["--ddp-rank"]):  # a step's child process, or one torchrun rank
-        opts = argparse.Namespace(**json.loads(Path(argv[3]).read_text()))
+        opts = argparse.Namespace(**json.loads((Path(argv[2]) / "options.json").read_text()))
         run_step_here(opts, argv[1]) if argv[0] == "--run-step" else ddp_rank(opts, argv[1])
         return 0
     opts = parse_options(argv)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(opts.out)).mkdir(parents=True, exist_ok=True)
     (out / "options.json").write_text(json.dumps(vars(opts), indent=1))
     info = common.machine() | {"device": opts.device, "cuda_build": torch.version.cuda,
                                "cuda_available": torch.cuda.is_available()}
-    summary: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"),
-                               "command": opts.command, "options": vars(opts).copy(), "machine": info,
-                               "steps": {}}
+    summary: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "steps": {},
+                               "command": opts.command, "options": vars(opts).copy(), "machine": info}
     print(f"gpu_check: {opts.profile} profile on {opts.device} ({info.get('gpu', info['cpu'])}), "
           f"torch {torch.__version__}; out {out}", flush=True)
     begin = time.monotonic()
@@ -655,11 +547,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpu_check: {name} (timeout {min(opts.timeouts[name], left):.0f} s) ...", flush=True)
             result = run_step(opts, name, min(opts.timeouts[name], left))
         summary["steps"][name] = result
-        summary["wall_s"] = time.monotonic() - begin
-        summary["passed"] = all(r["status"] in ("ok", "skipped") for r in summary["steps"].values())
-        for path, text in (("summary.json", json.dumps(summary, indent=1, default=str)),
-                           ("RESULTS.section.md", render_markdown(summary))):
-            (out / path).write_text(text)  # after every step: a killed run still leaves what it measured
+        summary |= {"wall_s": time.monotonic() - begin,
+                    "passed": all(r["status"] in ("ok", "skipped") for r in summary["steps"].values())}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        (out / "RESULTS.section.md").write_text(render_markdown(summary))  # a killed run keeps what it did
         shown = result.get("text", "-") if result["status"] in ("ok", "skipped") else result.get("error", "")
         print(f"gpu_check: {name}: {result['status']} in {result['wall_s']} s: {shown}", flush=True)
     summary["finished"] = dt.datetime.now().isoformat(timespec="seconds")

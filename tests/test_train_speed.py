@@ -33,7 +33,7 @@ def test_mode_parsing(train_speed):
     mode = train_speed.Mode.parse("bf16+compile+cl")
     assert (mode.amp, mode.compile, mode.channels_last, mode.name) == ("bf16", True, True, "bf16+compile+cl")
     assert train_speed.Mode.parse("compile").name == "fp32+compile"
-    assert train_speed.Mode.parse("fp32", channels_last=True).name == "fp32+cl"
+    assert train_speed.Mode.parse("fp32+cl").name == "fp32+cl"
     for bad in ("fp8", "bf16+fp16", ""):
         with pytest.raises(ConfigError, match="--modes"):
             train_speed.Mode.parse(bad)
@@ -64,16 +64,16 @@ def test_measure_tiny_and_write_section(train_speed, tmp_path, one_thread):
 
     # A copy of the real results file (or a fresh one): the real one is never touched.
     results = tmp_path / "RESULTS.md"
-    if train_speed.RESULTS.exists():
-        shutil.copy(train_speed.RESULTS, results)
+    if train_speed.common.RESULTS.exists():
+        shutil.copy(train_speed.common.RESULTS, results)
     before = results.read_text() if results.exists() else ""
-    info = train_speed.machine()
+    info = train_speed.common.machine()
     info["load_average_end"] = info["load_average"]
     name = train_speed.section_name("tiny", "cpu")
     command = "python benchmarks/train_speed.py --profile tiny"
     record = train_speed.record(info, [row, skipped], command, gpu_pending=True)
-    train_speed.write_results(results, name, record)
-    train_speed.write_results(results, name, record)  # replaced, not appended twice
+    train_speed.common.write_results(results, name, record)
+    train_speed.common.write_results(results, name, record)  # replaced, not appended twice
     text = results.read_text()
     assert text.count(f"<!-- BEGIN {name} -->") == 1 and text.count(f"<!-- END {name} -->") == 1
     assert "| fp32 |" in text and "| fp16 | skipped:" in text and "pending" in text
