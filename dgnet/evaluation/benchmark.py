@@ -1,11 +1,9 @@
 """Benchmark one trained model: re-ID at several query alphas, generation quality, pictures.
 
 Features are extracted once per model; the alpha sweep only rescales the queries' fine-grained
-half (docs/method.md section 5): a ranking per alpha, not a forward pass. Generation figures stand
-beside trivial baselines on the same pairs and images: copying the structure or appearance donor
-unchanged (swaps), the mean training image and a 4x blur (self-reconstruction). Those, the test
-pairs and the synthetic ground truth depend on the data and the image size only: a
-`GenerationReference` is built once and shared by every model of that size (`references`).
+half (docs/method.md section 5). Generation figures stand beside trivial baselines on the same
+pairs and images (copying a donor unchanged; the mean training image, a 4x blur), which depend on
+the data and the image size only: one `GenerationReference` per size, shared (`references`).
 """
 
 from __future__ import annotations
@@ -67,8 +65,7 @@ class ModelBenchmark:
     trained_on: str = ""  # where its training ran (the model file's record; "" when it has none)
 
     def flat_metrics(self) -> dict[str, float]:
-        """`setting/metric` -> value, plus `generation/...` with nested dicts joined by '/'
-        (`generation/baselines/copy_structure/swap_l1_person`): for metrics files and MLflow."""
+        """`setting/metric` -> value, plus `generation/...` (nested keys joined by '/'): for metrics files."""
         flat = {f"{setting}/{k}": v for setting, m in self.reid.items() for k, v in m.items()}
         flat |= _flatten_numbers(self.generation, "generation")
         return flat
@@ -106,10 +103,8 @@ def benchmark_model(
     """Benchmark the model file at `path` on the manifest `frame`'s query and gallery splits.
 
     A DG-Net model is ranked at each query alpha and with the fine-grained half alone; a teacher
-    baseline has one feature, ranked once ("baseline"). `data_root` holding a synthetic dataset's
-    factors.csv enables swap fidelity against the exact ground truth. `references`: a dict shared
-    by the calls of one evaluation, in which the model-independent generation references (pairs,
-    ground truth, baselines) are kept per image size and data, so that they are computed once.
+    once ("baseline"). A synthetic `data_root` (factors.csv) adds swap fidelity against the exact
+    ground truth. `references`: a dict shared by one evaluation's calls (see `cached_reference`).
     """
     device = torch.device(device)
     model, info = load_model(path, map_location=device)
@@ -135,9 +130,8 @@ def benchmark_model(
         metrics = rank_metrics_from_features(queries, g_feat, *ids)
         result.cmc[setting], result.reid[setting] = metrics["cmc"], scalar_metrics(metrics)
     main_setting = f"alpha_{MAIN_ALPHA:g}" if two_headed else "baseline"
-    main_queries = settings.get(main_setting)
-    if main_queries is None:  # the pictures' / re-ranking's alpha is outside the sweep
-        main_queries = scale_fine_half(q_feat, MAIN_ALPHA)
+    # The pictures' / re-ranking's alpha may lie outside the sweep.
+    main_queries = settings[main_setting] if main_setting in settings else scale_fine_half(q_feat, MAIN_ALPHA)
     if rerank:
         metrics = rank_metrics(k_reciprocal_rerank(main_queries, g_feat), *ids)
         result.cmc[f"{main_setting}+rerank"] = metrics["cmc"]
@@ -180,11 +174,8 @@ def _test_images(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _swap_pairs(frame: pd.DataFrame, count: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Exactly `count` (appearance, structure) pairs of test images of different identities.
-
-    The appearance donor is uniform over the test images; the structure donor uniform over the
-    test images of the other identities (drawn directly, not by rejection, so the count is exact).
-    """
+    """Exactly `count` (appearance, structure) pairs of test images of different identities: appearance
+    uniform over the test images, structure uniform over the others' (drawn directly, not rejected)."""
     if count < 1:
         raise ValueError(f"swap pairs: count must be >= 1, got {count}")
     test = _test_images(frame)
@@ -219,12 +210,9 @@ def _load(rows: pd.DataFrame, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class GenerationReference:
-    """What every model's generation figures at one image size share (nothing here depends on a model).
-
-    Images are ImageNet-normalised, on the CPU. `ground_truth` is the synthetic render of each pair
-    (images on [0, 1], person masks) and `factors` the pairs' factor rows, both None without
-    factors.csv. `baselines`: the trivial baselines' scores, in the units of the model's figures.
-    """
+    """What every model's generation figures at one image size share. Images ImageNet-normalised, on
+    the CPU; `ground_truth` (images on [0, 1], person masks) and `factors` of the pairs: None without
+    factors.csv; `baselines`: the trivial baselines' scores, in the units of the model's figures."""
 
     appearance: torch.Tensor
     structure: torch.Tensor
@@ -241,10 +229,9 @@ def generation_reference(frame: pd.DataFrame, size: tuple[int, int], data_root: 
                          num_workers: int = 0) -> GenerationReference:
     """The test pairs, the reconstruction images, the ground truth and the baselines' scores at `size`.
 
-    Baselines: `recon_mean_image` (the manifest's train split's mean image against each test image)
-    and `recon_blur4` (each test image blurred 4x) in recon_l1's units; with factors.csv,
-    `copy_structure` / `copy_appearance`: `swap_fidelity` (keys prefixed `swap_`) of the structure /
-    appearance donor itself, unchanged, as the "generated" swap of the same pairs.
+    Baselines: `recon_mean_image` (the train split's mean image) and `recon_blur4` in recon_l1's
+    units; with factors.csv, `copy_structure` / `copy_appearance`: `swap_fidelity` (keys `swap_*`)
+    of the unchanged structure / appearance donor as the "generated" swap of the same pairs.
     """
     appearance_rows, structure_rows = _swap_pairs(frame, count, seed)
     appearance, structure = _load(appearance_rows, size), _load(structure_rows, size)
@@ -297,10 +284,8 @@ def cached_reference(references: dict[tuple[Any, ...], GenerationReference] | No
 
 def _swaps(model: DGNet, structure: torch.Tensor, appearance: torch.Tensor, device: torch.device,
            batch_size: int = DECODE_BATCH) -> torch.Tensor:
-    """G(E_s(structure[n]), E_a(appearance[n]).code) for each n, in batches: (N, 3, H, W) on the CPU.
-
-    Each donor goes through its own encoder only (`DGNet.encode` would run both on both).
-    """
+    """G(E_s(structure[n]), E_a(appearance[n]).code) for each n, in batches: (N, 3, H, W) on the CPU
+    (each donor through its own encoder only: `DGNet.encode` would run both on both)."""
     out = []
     for start in tqdm(range(0, len(structure), batch_size), desc="generating swaps", dynamic_ncols=True):
         s_code = model.structure_encoder(structure[start:start + batch_size].to(device))

@@ -30,13 +30,9 @@ def evaluate_reid(
     query_alpha: float | None = None,
     num_workers: int = 0,
 ) -> dict[str, float]:
-    """rank1, rank5, rank10, mAP, mAP_finite, mINP (fractions) and query counts of `model` on `frame`'s
-    test splits.
-
-    `model`: a DGNet (1024-d primary + fine feature), its appearance encoder, or a ReidBaseline.
-    `query_alpha` weights the queries' fine-grained half (0.5 in the published numbers); it is
-    ignored for a single-head model. The model's train/eval mode is left as it was.
-    """
+    """rank1, rank5, rank10, mAP, mAP_finite, mINP (fractions) and query counts of `model` (a DGNet,
+    its appearance encoder or a ReidBaseline) on `frame`'s test splits. `query_alpha` weights the
+    queries' fine-grained half (0.5 in the published numbers; ignored for a single-head model)."""
     # DG-Net's E_a has a primary and a fine-grained head; the teacher baseline has one.
     two_headed = hasattr(getattr(model, "appearance_encoder", model), "fine_head")
 

@@ -61,13 +61,9 @@ def extract_features(
     flip: bool = True,
     query_alpha: float | None = None,
 ) -> torch.Tensor:
-    """Features (N x D, float32, on the CPU) of every image of `data`.
-
-    `model`: a DGNet, an AppearanceEncoder or a ReidBaseline. `data`: an N x 3 x H x W tensor (cut
-    into batches of `batch_size`) or an iterable of batches (a DataLoader; a batch is a tensor, a
-    tuple/list whose first item is the images, or a dict with an "image" key). The model runs under
-    `torch.inference_mode()` in eval mode; its previous train/eval mode is restored afterwards.
-    `query_alpha`: give it for query images only; it scales the fine-grained half.
+    """Features (N x D, float32, on the CPU) of every image of `data`, in eval mode (the model's mode
+    is restored after). `model`: a DGNet, an AppearanceEncoder or a ReidBaseline. `data`: an
+    (N, 3, H, W) tensor or an iterable of batches (see `_images_of`). `query_alpha`: for queries only.
     """
     encoder = getattr(model, "appearance_encoder", model)  # a DGNet's E_a gives the embeddings
     device = next(encoder.parameters()).device if device is None else device

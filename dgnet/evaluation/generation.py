@@ -56,11 +56,8 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = tor
 
 
 def _filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable 'valid' Gaussian filtering of (..., H, W): weighted sums of shifted slices.
-
-    Plain elementwise arithmetic in a fixed order: exact to reproduce, and free of the thread
-    start-up that a grouped float64 conv2d pays on every call (which dominates small batches).
-    """
+    """Separable 'valid' Gaussian filtering of (..., H, W): weighted sums of shifted slices, in a fixed
+    order (exact to reproduce; no thread start-up as a float64 conv2d pays on every call)."""
     k = len(window)
     h, w = x.shape[-2] - k + 1, x.shape[-1] - k + 1
     rows = sum(window[i] * x[..., i:i + h, :] for i in range(k))
@@ -109,11 +106,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, win
 
 def ssim_diversity(images: torch.Tensor, num_pairs: int = 1000, seed: int = 0,
                    batch_size: int = 64) -> float:
-    """Mean SSIM over random pairs of distinct images of a (N, C, H, W) set in [0, 1].
-
-    Lower = more diverse. Pairs (i, j), i != j, are drawn uniformly with a seeded generator;
-    when `num_pairs` reaches the number of unordered pairs, every pair is used once.
-    """
+    """Mean SSIM over seeded uniform pairs i != j of a (N, C, H, W) set in [0, 1] (lower = more diverse);
+    every unordered pair once when `num_pairs` reaches their number."""
     n = len(images)
     if n < 2:
         raise ValueError(f"ssim_diversity needs at least 2 images, got {n}")
@@ -134,8 +128,8 @@ def ssim_diversity(images: torch.Tensor, num_pairs: int = 1000, seed: int = 0,
 def swap_ground_truth(appearance_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
                       structure_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
                       size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`render_swap(appearance_rows[n], structure_rows[n])` for each n: ((N, 3, H, W) in [0, 1],
-    (N, H, W) bool person masks), resized to size = (H, W) when given (bilinear; masks nearest)."""
+    """`render_swap(appearance_rows[n], structure_rows[n])`: ((N, 3, H, W) in [0, 1], (N, H, W) bool
+    masks), resized to size = (H, W) when given (bilinear; masks nearest)."""
     a_rows, s_rows = (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
                       for rows in (appearance_rows, structure_rows))
     if len(a_rows) != len(s_rows):
@@ -194,10 +188,8 @@ def swap_fidelity(
 # Self-reconstruction and its trivial baselines
 
 def image_l1(fake: torch.Tensor, real: torch.Tensor) -> float:
-    """mean over n, c, h, w of |clamp(fake, 0, 1) - real|: two (N, 3, H, W) batches on [0, 1], in float64.
-
-    The clamp is what `swap_fidelity` does to a generated image: only the visible [0, 1] range counts.
-    """
+    """mean over n, c, h, w of |clamp(fake, 0, 1) - real|: two (N, 3, H, W) batches on [0, 1], in float64
+    (the clamp as in `swap_fidelity`: only the visible range counts)."""
     if fake.shape != real.shape or fake.dim() != 4:
         raise ValueError(f"image_l1 needs two (N, C, H, W) batches of one shape, got {tuple(fake.shape)} "
                          f"and {tuple(real.shape)}")
@@ -219,9 +211,8 @@ def mean_image(batches: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 def mean_image_l1(mean: torch.Tensor, images: torch.Tensor) -> float:
-    """The mean-image baseline of self-reconstruction: mean over n, c, h, w of |m - x_n| on [0, 1],
-    where m is the (3, H, W) mean training image: what "reconstructing" every image as the average
-    person scores."""
+    """The mean-image baseline of self-reconstruction: `image_l1` of the (3, H, W) mean training image
+    against every image."""
     return image_l1(mean.to(images.device).expand_as(images), images)
 
 
@@ -236,8 +227,7 @@ def blur(images: torch.Tensor, factor: int = 4) -> torch.Tensor:
 
 
 def blur_l1(images: torch.Tensor, factor: int = 4) -> float:
-    """The blur baseline of self-reconstruction: mean over n, c, h, w of |blur_factor(x_n) - x_n| on
-    [0, 1]: what keeping only a `factor`-times coarser image scores."""
+    """The blur baseline of self-reconstruction: `image_l1` of `blur(x, factor)` against x."""
     return image_l1(blur(images, factor), images)
 
 
@@ -258,13 +248,10 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2):
-    |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+    """Frechet distance |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) of two Gaussians.
 
-    sigma1 sigma2 is not symmetric, but it is similar to the symmetric PSD matrix
-    S = sigma1^(1/2) sigma2 sigma1^(1/2) (conjugate by sigma1^(1/2)), so tr((sigma1 sigma2)^(1/2))
-    = sum of sqrt(eigenvalues of S): two symmetric eigen-decompositions, no complex arithmetic,
-    eigenvalues clipped at 0 against rounding.
+    sigma1 sigma2 is similar to the symmetric PSD S = sigma1^(1/2) sigma2 sigma1^(1/2), so the trace
+    is the sum of sqrt(eig(S)): symmetric eigen-decompositions only, eigenvalues clipped at 0.
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))

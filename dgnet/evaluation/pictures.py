@@ -1,10 +1,6 @@
-"""Pictures of results, drawn with PIL only (dgnet cannot import matplotlib): swap grids,
-ranked retrieval lists and CMC curves. Every function returns a PIL Image; `save` writes one
-atomically.
-
-Images may be given as PIL Images, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1]
-(generator outputs: `denormalize` them first, or pass `normalized=True`).
-"""
+"""Pictures of results, drawn with PIL only (dgnet cannot import matplotlib): swap grids, ranked
+retrieval lists, CMC curves. Images: PIL Images, (H, W, 3) uint8 arrays or (3, H, W) tensors in [0, 1]
+(`normalized=True` for ImageNet-normalised ones)."""
 
 from __future__ import annotations
 
@@ -81,8 +77,7 @@ def save(image: Image.Image, path: str | os.PathLike) -> Path:
 
 
 def _cell_size(images: Sequence[Any], scale: float, normalized: bool) -> tuple[int, int]:
-    w, h = to_pil(images[0], normalized).size
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    return tuple(max(1, round(n * scale)) for n in to_pil(images[0], normalized).size)
 
 
 def swap_grid(
@@ -95,11 +90,8 @@ def swap_grid(
     appearance_label: str = "appearance from",
     structure_label: str = "structure from",
 ) -> Image.Image:
-    """A grid of generated swaps: cell (i, j) = G(s_j, a_i), the clothing of appearance image i
-    in the pose, body and background of structure image j. The first column shows the
-    appearance donors, the first row the structure donors, and the corner says which is which.
-    `generated`: a nested list (len(appearance) x len(structure)) or a (A, S, 3, H, W) tensor.
-    """
+    """Cell (i, j) = G(s_j, a_i): appearance image i's clothing in structure image j's pose, body and
+    background; donors in the first column / row. `generated`: A x S nested lists or (A, S, 3, H, W)."""
     num_a, num_s = len(appearance_images), len(structure_images)
     if num_a == 0 or num_s == 0:
         raise ValueError("swap_grid needs at least one appearance and one structure image")
@@ -186,14 +178,9 @@ def ranked_list(
     gallery_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
     title: str | None = None,
 ) -> Image.Image:
-    """Retrieval results: each row is a query, then its top-k gallery images in rank order,
-    framed green (hit: same id, other camera), red (miss), grey (junk) or blue (unknown: no ids),
-    with rank numbers.
-
-    One query: `query_image`, its ranked `gallery_images` and `matches` ("hit", "miss" or
-    "junk", or "unknown", per image). Several queries, stacked: lists of each (`matches` a list of lists).
-    Optional captions: `query_labels` (one per query), `gallery_labels` (like `matches`).
-    """
+    """Rows of a query and its top-k gallery images, framed by `matches`: green hit (same id, other
+    camera), red miss, grey junk, blue unknown (no ids). One query, or lists of each for several;
+    captions: `query_labels` (one per query), `gallery_labels` (shaped like `matches`)."""
     single = len(matches) == 0 or isinstance(matches[0], str)
     queries, galleries, match_rows, label_rows = (None if x is None else [x] if single else list(x) for x in
                                                   (query_image, gallery_images, matches, gallery_labels))
@@ -272,8 +259,7 @@ def cmc_plot(
     size: tuple[int, int] = (720, 460),
     percent: bool = True,
 ) -> Image.Image:
-    """A line chart of CMC curves (matching rate against rank 1..max_rank), one per name, with
-    axes, ticks, a grid and a legend. Values are fractions (shown as percentages)."""
+    """Line chart of CMC curves (fractions, shown as percentages) over ranks 1..max_rank, with a legend."""
     if not curves:
         raise ValueError("cmc_plot needs at least one curve")
     width, height = size
@@ -356,10 +342,7 @@ def cmc_plot(
     return sheet
 
 
-# --------------------------------------------------------------------------------------------
 # The synthetic dataset (dgnet.data.synthetic) at a glance
-# --------------------------------------------------------------------------------------------
-
 
 def _interleave(groups: Sequence[Sequence[Any]], n: int) -> list[Any]:
     """Up to n items, one of each group in turn."""

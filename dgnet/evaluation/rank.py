@@ -19,10 +19,9 @@ and a query has few positives (Market: about 14 of 16k). Per chunk of queries:
    with a positive (well under 1% of the row) are compared exactly, by (distance, gallery index).
 4. Negatives before positive k = all valid items before it - same-id items before it.
 
-Gallery ids -1 are dropped once (their features, or their columns of a given distance matrix,
-chunk by chunk). Scratch buffers are reused from chunk to chunk (fresh multi-megabyte tensors cost
-page faults), and work is bounded per chunk: MSMT17 size (11,659 x 82,161) fits in well under
-4 GB, on whatever device the tensors live. Timings: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
+Gallery ids -1 are dropped once. Scratch buffers are reused from chunk to chunk (fresh tensors cost
+page faults) and work is bounded per chunk: MSMT17 size fits in well under 4 GB, on any device.
+Timings: benchmarks/eval_speed.py, benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -69,8 +68,7 @@ def _comes_before(d: torch.Tensor, i: torch.Tensor, t: torch.Tensor, j: torch.Te
 
 
 class _Scratch(dict):
-    """Reusable buffers, one per name: a fresh (queries x gallery) tensor at every chunk costs
-    page faults, several times the arithmetic done in it on a CPU."""
+    """Reusable buffers, one per name (a fresh one per chunk costs more page faults than arithmetic)."""
 
     def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
                  device: torch.device) -> torch.Tensor:
@@ -83,14 +81,9 @@ class _Scratch(dict):
 
 def _buckets(values: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, num_buckets: int,
              row_offset: torch.Tensor, scratch: _Scratch | None = None) -> torch.Tensor:
-    """Monotone map of distances to int32 buckets 0..B+1, plus each row's offset, so that the rows
-    of a chunk share one flat histogram.
-
-    A composition of monotone float operations (subtract, scale by >= 0, clamp, truncate), so
-    a < b implies bucket(a) <= bucket(b); NaN goes to the top like +inf. The same function
-    maps the positives' distances, so an item and a positive of equal distance share a bucket
-    (plain IEEE operations, no fused multiply-add: the same inputs give the same bits).
-    """
+    """Monotone map of distances to int32 buckets 0..B+1, plus each row's offset (one flat histogram
+    per chunk). Monotone float operations only (subtract, scale by >= 0, clamp, truncate; NaN to the
+    top); the positives go through the same IEEE operations, so equal distances share a bucket."""
     scratch = _Scratch() if scratch is None else scratch
     v = torch.sub(values, lo, out=scratch("float", values.shape, values.dtype, values.device))
     v.mul_(scale)
@@ -105,12 +98,9 @@ def _positive_ranks(
     dist: torch.Tensor, same_idx: torch.Tensor, same_valid: torch.Tensor, same_cams: torch.Tensor,
     q_camids: torch.Tensor, scratch: _Scratch, max_refine: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-based ranks (among non-junk gallery items) of each query's positives, ascending.
-
-    `same_idx` (queries x M): the query's same-id gallery columns, ascending, padded (where
-    `same_valid` is False); `same_cams` their cameras. Returns (ranks, is_positive), both
-    (num_queries, max_positives); padding has is_positive False.
-    """
+    """1-based ranks (among non-junk gallery items) of each query's positives, ascending: (ranks,
+    is_positive), both (num_queries, max_positives). `same_idx`: the query's same-id gallery columns,
+    ascending, padded where `same_valid` is False; `same_cams` their cameras."""
     num_q, num_g = dist.shape
     device = dist.device
     is_pos = same_valid & (same_cams != q_camids[:, None])
@@ -258,24 +248,17 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
 
 
-def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = "cosine",
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Distances between rows: `cosine` = -dot product (features L2-normalised by the caller, as
-    the paper's protocol scores by dot product), `euclidean` = squared Euclidean distance."""
+    the paper's protocol scores by dot product; into `out` when given), `euclidean` = squared
+    Euclidean distance."""
     if metric == "cosine":
-        return (query @ gallery.T).neg_()  # in place: no second (queries x gallery) buffer
+        return torch.mm(query, gallery.T, out=out).neg_()  # in place: no second (queries x gallery) buffer
     if metric == "euclidean":
         dist = query.pow(2).sum(1, keepdim=True) + gallery.pow(2).sum(1)[None, :] - 2 * query @ gallery.T
         return dist.clamp_(min=0)
     raise ValueError(f"metric must be 'cosine' or 'euclidean', not {metric!r}")
-
-
-def _chunk_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str,
-                    scratch: _Scratch) -> torch.Tensor:
-    """`pairwise_distance` into a reused buffer (cosine, the common case)."""
-    if metric != "cosine" or query.dtype != gallery.dtype:
-        return pairwise_distance(query, gallery, metric)
-    out = scratch("dist", (query.shape[0], gallery.shape[0]), query.dtype, query.device)
-    return torch.mm(query, gallery.T, out=out).neg_()
 
 
 def rank_metrics_from_features(
@@ -297,9 +280,13 @@ def rank_metrics_from_features(
         raise ValueError(f"{gallery_features.shape[0]} gallery features but {len(keep)} gallery ids")
     gallery = gallery_features.to(device)
     gallery = gallery if bool(keep.all()) else gallery[keep]
-    return _accumulate(
-        lambda start, stop, scratch: _chunk_distance(query_features[start:stop], gallery, metric, scratch),
-        int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, keep, max_rank, chunk_size, device)
+    def rows(start: int, stop: int, scratch: _Scratch) -> torch.Tensor:
+        query = query_features[start:stop]
+        out = scratch("dist", (len(query), len(gallery)), query.dtype, device) if metric == "cosine" else None
+        return pairwise_distance(query, gallery, metric, out)
+
+    return _accumulate(rows, int(query_features.shape[0]), q_pids, q_camids, g_pids, g_camids, keep, max_rank,
+                       chunk_size, device)
 
 
 def _accumulate(dist_chunk, num_queries, q_pids, q_camids, g_pids, g_camids, keep, max_rank,

@@ -19,12 +19,10 @@ With features, d is the squared Euclidean distance (for L2-normalised features: 
 dot product, the same order as the protocol's similarity). So lambda = 1 gives back the
 original distance, divided by one positive constant: the same ranking.
 
-Cost: nothing N x N is held. One chunked pass over the distances finds the k1 + 1 nearest
-neighbours; the few distances inside each R* are recomputed pair by pair. V is sparse, and
-sum_l min(V_ql, V_gl) is accumulated over the (query, gallery) pairs sharing a column of V, a chunk
-of queries at a time: memory about twice the (Q, G) result; Market-1501 size, seconds to tens of
-seconds on a CPU. Ties break as `torch.topk` breaks them; deterministic on a CPU (on a GPU,
-`index_add_` sums in no fixed order: last-bit differences).
+Nothing N x N is held: one chunked pass finds the k1 + 1 nearest neighbours, distances inside each
+R* are recomputed pair by pair, V is sparse and sum_l min(V_ql, V_gl) is accumulated over the pairs
+sharing a column of V (memory about twice the (Q, G) result). Ties break as `torch.topk` breaks
+them; deterministic on a CPU (on a GPU `index_add_` sums in no fixed order: last-bit differences).
 """
 
 from __future__ import annotations
@@ -42,11 +40,8 @@ def k_reciprocal_rerank(
     lambda_value: float = 0.3,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Re-ranked (num_query, num_gallery) distances (smaller = more similar) from features.
-
-    The features are used as given (L2-normalise them first, as the protocol does); their
-    squared Euclidean distances are the original distances. Runs on the features' device.
-    """
+    """Re-ranked (num_query, num_gallery) distances (smaller = more similar) from features used as
+    given (L2-normalise them first, as the protocol does), on the features' device."""
     for name, value, paper in (("k1", k1, 20), ("k2", k2, 6)):
         if int(value) != value or value < 1:
             raise ConfigError(f"re-ranking {name}={value}: must be an integer >= 1 (the paper uses {paper})")
