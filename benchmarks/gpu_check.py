@@ -159,13 +159,6 @@ def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
                     + ("ImageNet weights found" if imagenet else "no ImageNet weights: random init"))
 
 
-def _expected_skip(row: dict[str, Any], on_cuda: bool) -> bool:
-    """A mode this device cannot run (train_speed's own reasons), or a compiler missing on a CPU."""
-    reason = str(row.get("reason", ""))
-    cannot = ("fp16 autocast needs CUDA", "is not supported on", "has no torch.compile", LEFT_OUT_ON_CPU)
-    return any(text in reason for text in cannot) or (not on_cuda and "torch.compile failed" in reason)
-
-
 def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
     """train_speed.py's per-mode measurement, each mode in its own process, within this step's time."""
     threads = 0 if opts.on_cuda else opts.threads
@@ -174,8 +167,9 @@ def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
             "--threads", str(threads)]
     info = common.machine()  # each later mode keeps 25 s on a GPU, 10 on a CPU:
     rows = train_speed.run_modes(argv, opts.speed_modes, step_deadline(margin=8), 25 if opts.on_cuda else 10)
-    rows += [{"profile": opts.profile, "device": opts.device, "mode": m, "status": "skipped", "reason":
-              LEFT_OUT_ON_CPU} for m in ([] if opts.on_cuda else SPEED_MODES) if m not in opts.speed_modes]
+    left_out = [m for m in SPEED_MODES if not opts.on_cuda and m not in opts.speed_modes]
+    rows += [{"profile": opts.profile, "device": opts.device, "mode": m, "status": "skipped",
+              "expected": True, "reason": LEFT_OUT_ON_CPU} for m in left_out]
     info["load_average_end"] = common.load_average()
     modes, parts = {}, []
     for r in rows:
@@ -189,8 +183,9 @@ def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
             parts[-1] += f", {gb:.1f} GB (target {'met' if met else 'not met'})"
     command = (f"python benchmarks/train_speed.py {shlex.join(argv)} --modes {','.join(opts.speed_modes)}"
                " (run by benchmarks/gpu_check.sh)")
-    problems = [f"{r['mode']}: {r.get('reason')}" for r in rows
-                if r.get("status") != "ok" and not _expected_skip(r, opts.on_cuda)]
+    problems = [f"{r['mode']}: {r.get('reason')}" for r in rows  # expected: what the device cannot run
+                if r["status"] != "ok" and not r.get("expected") and (opts.on_cuda or "torch.compile failed"
+                                                                      not in r.get("reason", ""))]
     cpu = [r for r in common.recorded_rows("train_speed-cpu-cpu") if r["mode"] == "bf16" and "median_s" in r]
     beside = TARGET + (f"; CPU: cpu profile (ResNet-18, 64x32) {cpu[0]['median_s']:.3f} s/it bf16 on 2 cores"
                        if cpu else "")

@@ -20,17 +20,13 @@ if [ -z "$python" ]; then
 fi
 
 # Fail fast, naming what is missing, before any step starts (a GPU machine may lack pandas).
-missing="$("$python" - <<'PY'
-import importlib.util
-needed = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "pandas": "pandas",
-          "PIL": "pillow", "filelock": "filelock"}
-print(" ".join(package for module, package in needed.items() if importlib.util.find_spec(module) is None))
-PY
-)" || { echo "gpu_check: cannot run $python" >&2; exit 2; }
+missing="$("$python" -c 'import importlib.util as u
+print(*(p for m, p in [("torch", "torch"), ("torchvision", "torchvision"), ("numpy", "numpy"),
+      ("pandas", "pandas"), ("PIL", "pillow"), ("filelock", "filelock")] if u.find_spec(m) is None))')" \
+  || { echo "gpu_check: cannot run $python" >&2; exit 2; }
 if [ -n "$missing" ]; then
-  echo "gpu_check: $python lacks the Python package(s): $missing. dgnet needs torch, torchvision, numpy," \
-       "pandas, pillow and filelock; install them (pip install $missing) or set PYTHON to an interpreter" \
-       "that has them." >&2
+  echo "gpu_check: $python lacks the Python package(s): $missing; install them (pip install $missing)" \
+       "or set PYTHON to an interpreter that has them." >&2
   exit 2
 fi
 

@@ -157,7 +157,7 @@ def run_modes(argv: list[str], modes: list[str], until: float = math.inf, reserv
         row = {"profile": args.profile, "mode": Mode.parse(mode).name, "device": args.device,
                "load_average_start": load_average(), "status": "skipped"}
         if reason := cannot_run(Mode.parse(mode), torch.device(args.device)):  # no child needed to say so
-            rows.append(row | {"reason": reason})
+            rows.append(row | {"reason": reason, "expected": True})
         else:
             later = len(runnable) - runnable.index(mode) - 1
             timeout = max(5, int(min(args.mode_timeout, until - time.monotonic() - reserve * later)))
