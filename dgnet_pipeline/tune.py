@@ -5,9 +5,7 @@ A trial trains params `tune.base` changed by `tune.train` with the `tune.space` 
 scores `tune.metric` on a validation split of the training ids (never the test split), with a teacher
 trained on the rest of them (cached in outputs/tuning/). Workers share the study through Optuna's
 RDBStorage; a dead worker's trial, or one stopped by Ctrl-C or a tracking outage, is re-queued with its
-weights and resumes from its checkpoint. Exit codes: 0 done; 1 a test image in a trial's data; 2 bad
-params, data, storage or tracking store, a study resumed with other settings, too many failed trials;
-130 interrupted (re-run to go on)."""
+weights and resumes from its checkpoint. Exit codes: stages/tune.py."""
 
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import shutil
 import sys
 import time
@@ -33,18 +30,17 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from dgnet.config import PrunerConfig, TuneConfig, section_config
+from dgnet.config import DGNetTrainConfig, TuneConfig, build_train_config
 from dgnet.data.splits import SPLIT_ATTR, benchmark_rows, check_no_test_images, validation_split
 from dgnet.errors import ConfigError, DgnetError
 from dgnet.io import atomic_dir, atomic_path, write_json
 from dgnet.losses import NonFiniteLossError
-from dgnet.profiles import STAGE_KEYS, apply_assignments, merge, resolve_params
-from dgnet.training.hooks import TrainingResult
+from dgnet.profiles import merge, read_params
 from dgnet_pipeline import tracking
 from dgnet_pipeline import workspace as ws
-from dgnet_pipeline.common import TEACHER_INDEX, load_params, parse_seeds, section, teacher_paths
-from dgnet_pipeline.mlflow_hooks import MlflowHooks, flatten, metrics_summary, mlflow_settings
-from dgnet_pipeline.mlflow_runs import ensure_experiment, link_previous_run, run_tags, tracked_run
+from dgnet_pipeline.common import TEACHER_INDEX, section, teacher_paths
+from dgnet_pipeline.mlflow_hooks import MlflowHooks, flatten, metrics_summary
+from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
 from dgnet_pipeline.tracking import TrackingError, one_attempt, redact, short
 
 STAGE = "tune"  # the params section; the runs' dgnet.stage and dgnet.variant
@@ -52,6 +48,8 @@ SCORE_SPLIT, VALIDATION_PREFIX = "validation", "val/"  # what tuning figures are
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings", "dgnet.mlflow_parent_run_id"  # study user attributes
 MAX_FAILURES_IN_A_ROW, LOCK_TIMEOUT_S, ADVISORY_LOCK = 3, 300, 74121
+# retry(max_retry): re-queues a trial with its weights and intermediate values, at most max_retry times
+retry = functools.partial(RetryHeartbeatStaleTrialCallback, inherit_intermediate_values=True)
 WAITING = "tune: another worker is opening the study; waiting for it"
 DEFAULT_METRICS, TEACHER_ROOT = Path("reports/metrics/tune.json"), Path("outputs/tuning")
 
@@ -93,55 +91,36 @@ def startup_lock(url: str) -> Iterator[None]:
         yield
 
 
-class PerTrialSeedTPESampler(optuna.samplers.BaseSampler):
-    """A TPESampler seeded by (seed, trial number) for each trial: TPESampler(seed) seeds once per process,
-    so a resumed study would draw its start-up points again; here trial k draws the same in any process."""
+class PerTrialSeedTPESampler(optuna.samplers.TPESampler):
+    """TPESampler(seed) seeds once per process, so a resumed study would draw its start-up points again:
+    here each trial re-initialises it (its one public way to set a seed) with (seed, trial number), so
+    trial k draws the same in any process."""
 
     def __init__(self, seed: int, n_startup_trials: int) -> None:
         self.seed, self.n_startup_trials = seed, n_startup_trials
+        super().__init__(seed=seed, n_startup_trials=n_startup_trials)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:  # a trial's first call
         state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
-        self.tpe = optuna.samplers.TPESampler(seed=state, n_startup_trials=self.n_startup_trials)
-        self.tpe.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self.tpe.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: dict) -> dict[str, Any]:
-        return self.tpe.sample_relative(study, trial, space)
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any) -> Any:
-        return self.tpe.sample_independent(study, trial, name, dist)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
-        self.tpe.after_trial(study, trial, state, values)
-
-
-def make_pruner(pruner: PrunerConfig) -> optuna.pruners.BasePruner:
-    steps = {"n_warmup_steps": pruner.n_warmup_steps, "interval_steps": pruner.interval_steps}
-    if pruner.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials, **steps)
-    if pruner.kind == "threshold":
-        return optuna.pruners.ThresholdPruner(lower=pruner.lower, **steps)
-    return optuna.pruners.NopPruner()
-
-
-def retry(cfg: TuneConfig) -> RetryHeartbeatStaleTrialCallback:
-    """Re-queues a trial with its weights and intermediate values, at most `max_retry` times."""
-    return RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry, inherit_intermediate_values=True)
+        super().__init__(seed=state, n_startup_trials=self.n_startup_trials)
+        super().before_trial(study, trial)
 
 
 def open_study(url: str, cfg: TuneConfig, key: Mapping[str, Any]) -> tuple[optuna.Study, RDBStorage]:
     """The study (created or loaded; its settings must be `key`) and its storage; under `startup_lock`."""
     heartbeat = {"heartbeat_interval": cfg.heartbeat_interval, "grace_period": cfg.grace_period,
-                 "heartbeat_stale_trial_callback": retry(cfg)} if cfg.heartbeat_interval else {}
+                 "heartbeat_stale_trial_callback": retry(cfg.max_retry)} if cfg.heartbeat_interval else {}
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    pruner, steps = cfg.pruner, {"n_warmup_steps": cfg.pruner.n_warmup_steps,
+                                 "interval_steps": cfg.pruner.interval_steps}
     try:
         storage = RDBStorage(url, engine_kwargs=engine, **heartbeat)
-        study = optuna.create_study(storage=storage, study_name=cfg.study, direction="maximize",
-                                    load_if_exists=True, pruner=make_pruner(cfg.pruner),
-                                    sampler=PerTrialSeedTPESampler(cfg.seed, cfg.sampler.n_startup_trials))
+        study = optuna.create_study(
+            storage=storage, study_name=cfg.study, direction="maximize", load_if_exists=True,
+            sampler=PerTrialSeedTPESampler(cfg.seed, cfg.sampler.n_startup_trials),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials, **steps)
+            if pruner.kind == "median" else optuna.pruners.ThresholdPruner(lower=pruner.lower, **steps)
+            if pruner.kind == "threshold" else optuna.pruners.NopPruner())
     except Exception as exc:
         raise StorageError(f"Optuna storage {redact(url)} cannot be opened (check the path, the server and "
                            f"the credentials): {short(exc)}") from exc
@@ -179,24 +158,23 @@ def mlflow_errors(client: Any, what: str) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Tuning:
-    """What the trials share: `frame` is the validation split, `fingerprint` (data, split, teacher) part
-    of the checkpoint folders' key, `teacher` (its config, its cache folder) None when no trial needs one."""
+    """What the trials share: `frame` is the validation split (`split` its attrs[SPLIT_ATTR]),
+    `fingerprint` part of the checkpoint folders' key, `teacher` (its config and cache folder) or None."""
 
-    workspace: Path
+    inputs: ws.StageInputs
     cfg: TuneConfig
     base_values: dict[str, Any]  # the base section with tune.train applied
     frame: Any
-    split: dict[str, Any]  # frame.attrs[SPLIT_ATTR]
+    split: dict[str, Any]
     model_cfg: Any
     teacher: tuple[Any, Path] | None
     extra_params: dict[str, Any]
     fingerprint: dict[str, Any]
-    client: Any = None
-    experiment_id: str = ""
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    tags: dict[str, str]
     parent_id: str | None = None
     storage: RDBStorage | None = None
     teachers: list[Path] = dataclasses.field(default_factory=list)
+    outcomes: dict[int, str] = dataclasses.field(default_factory=dict)  # why a trial was pruned or failed
 
 
 class TrialHooks(MlflowHooks):
@@ -215,7 +193,7 @@ class TrialHooks(MlflowHooks):
 
     def on_evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
         super().on_evaluation(iteration, metrics)
-        if (value := metrics.get(self.cfg.metric)) is None or not math.isfinite(value):
+        if (value := metrics.get(self.cfg.metric)) is None or not np.isfinite(value):
             return
         with warnings.catch_warnings():  # a resumed retry re-reports inherited steps: ignored, fine
             warnings.simplefilter("ignore", UserWarning)
@@ -223,19 +201,19 @@ class TrialHooks(MlflowHooks):
         if iteration < self.iterations and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.cfg.metric} {value:.4f} at iteration {iteration}")
 
-    def log_model(self, result: TrainingResult) -> Any:
+    def log_model(self, result: Any) -> Any:
         return super().log_model(result) if self.cfg.log_models else None
 
 
 def retire_attempts(tuning: Tuning, history: list[int], number: int) -> None:
     """The MLflow runs of the attempts trial `number` re-runs: ended KILLED if a dead worker left them
     RUNNING, tagged `optuna.state` FAIL and `optuna.rerun_as` the trial."""
-    client, study = tuning.client, tuning.cfg.study
+    client = tuning.inputs.client
     with mlflow_errors(client, f"retire the earlier attempts of trial {number}"):
         for old in history:
-            query = (f"tags.`optuna.study` = '{study}' and tags.`optuna.trial_number` = '{old}' and "
-                     f"tags.`mlflow.parentRunId` = '{tuning.parent_id}'")
-            for run in client.search_runs([tuning.experiment_id], query):
+            query = (f"tags.`optuna.study` = '{tuning.cfg.study}' and tags.`optuna.trial_number` = '{old}' "
+                     f"and tags.`mlflow.parentRunId` = '{tuning.parent_id}'")
+            for run in client.search_runs([tuning.inputs.experiment_id], query):
                 if run.info.status == "RUNNING":
                     client.set_terminated(run.info.run_id, "KILLED")
                 client.set_tag(run.info.run_id, "optuna.state", "FAIL")
@@ -245,16 +223,15 @@ def retire_attempts(tuning: Tuning, history: list[int], number: int) -> None:
 def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
     """Optuna's objective: train one configuration in child run `trial-NNNN`, return its final metric. A
     trial stopped from outside keeps its checkpoints and is re-queued; its re-run retires the old runs."""
-    from dgnet.config import DGNetTrainConfig
     from dgnet.training import trainer
 
-    cfg, client, number, storage = tuning.cfg, tuning.client, trial.number, tuning.storage
+    cfg, client, number, storage = tuning.cfg, tuning.inputs.client, trial.number, tuning.storage
     sampled = {k.name: trial.suggest_float(k.name, k.low, k.high, log=k.log) for k in cfg.space}
     history = RetryHeartbeatStaleTrialCallback.retry_history(running_trial(trial.study, number))
     schedule = {t: sampled[k.name] for k in cfg.space for t in k.targets}
-    train_cfg = ws.train_config(DGNetTrainConfig, merge(tuning.base_values, {"schedule": schedule}),
-                                f"tune (from {cfg.base})", STAGE_KEYS["train"])[0]
-    folder = ws.work_dir(tuning.workspace, f"tune-{cfg.study}",
+    train_cfg, _ = build_train_config(DGNetTrainConfig, merge(tuning.base_values, {"schedule": schedule}),
+                                      f"tune (from {cfg.base})")
+    folder = ws.work_dir(tuning.inputs.workspace, f"tune-{cfg.study}",
                          {"model": tuning.model_cfg, "train": train_cfg, **tuning.fingerprint})
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(cfg.study),
                                                                 number)
@@ -264,7 +241,7 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
         f"{k} {v:.4g}" for k, v in sampled.items())
     started = time.monotonic()
     try:
-        with tracked_run(client, tuning.experiment_id, f"trial-{number:04d}", tags, tuning.parent_id,
+        with tracked_run(client, tuning.inputs.experiment_id, f"trial-{number:04d}", tags, tuning.parent_id,
                          killed_by=(optuna.TrialPruned, TrackingError)) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)  # the `after_trial` callback tags it
             hooks = TrialHooks(client, run.info.run_id, variant=STAGE, extra_params=tuning.extra_params,
@@ -279,15 +256,16 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
                 hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
             finally:
                 hooks.close()
-    except (optuna.TrialPruned, NonFiniteLossError):  # the trial's own outcome
+    except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome
+        tuning.outcomes[number] = short(exc, 120)
         shutil.rmtree(folder, ignore_errors=True)
         raise
     except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
         why = f"{type(exc).__name__}: {short(exc, 120)}" if str(exc) else type(exc).__name__
         print(f"tune: trial {number} stopped ({why}) after {time.monotonic() - started:.0f} s", flush=True)
-        try:  # with its weights (`retry`, which does nothing past max_retry) and intermediate values
+        try:  # with its weights and intermediate values (`retry` does nothing past max_retry)
             again = len(history) < cfg.max_retry
-            retry(cfg)(trial.study, running_trial(trial.study, number))
+            retry(cfg.max_retry)(trial.study, running_trial(trial.study, number))
             print(f"tune: trial {number} " + ("re-queued with the same weights (a re-run resumes from its "
                   "last checkpoint)" if again else "not re-queued: re-run tune.max_retry times already"),
                   flush=True)
@@ -301,13 +279,15 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
 def run_trials(study: optuna.Study, tuning: Tuning) -> None:
     """study.optimize until `n_trials` trials are finished and none waits (MaxTrialsCallback: up to
     workers - 1 more may finish); then wait for trials running elsewhere, re-running those that die."""
-    cfg, client, failures, waited = tuning.cfg, tuning.client, [], 0
+    cfg, client, failures, waited = tuning.cfg, tuning.inputs.client, [], 0
     heartbeat = cfg.heartbeat_interval
     limit = (cfg.grace_period or 2 * heartbeat) + heartbeat if heartbeat else 0
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        value = "" if trial.value is None else f", {cfg.metric} {trial.value:.4f}"
-        print(f"tune: trial {trial.number} {trial.state.name}{value} after "
+        why = tuning.outcomes.pop(trial.number, None)  # a pruned or failed trial's reason
+        complete = trial.state == TrialState.COMPLETE  # a pruned trial's value is its last reported one
+        outcome = f", {cfg.metric} {trial.value:.4f}" if complete else f" ({why})" * bool(why)
+        print(f"tune: trial {trial.number} {trial.state.name}{outcome} after "
               f"{trial.duration.total_seconds():.0f} s", flush=True)
         with contextlib.suppress(Exception), one_attempt(client.tracking_uri):  # the store may be away
             client.set_tag(trial.user_attrs["mlflow_run_id"], "optuna.state", trial.state.name)
@@ -325,13 +305,13 @@ def run_trials(study: optuna.Study, tuning: Tuning) -> None:
                 raise DgnetError(f"study {cfg.study!r}: {len(failures)} trials in a row failed (non-finite "
                                  f"losses); narrow tune.space, e.g. lower the `high` of the largest weights")
             waited = 0
-            continue
-        if not heartbeat or not trials(study, TrialState.RUNNING) or waited >= limit:
+        elif heartbeat and trials(study, TrialState.RUNNING) and waited < limit:
+            if not waited:
+                print(f"tune: waiting up to {limit} s for trials running elsewhere", file=sys.stderr)
+            time.sleep(heartbeat)
+            waited += heartbeat
+        else:
             return
-        if not waited:
-            print(f"tune: waiting up to {limit} s for trials running elsewhere", file=sys.stderr)
-        time.sleep(heartbeat)
-        waited += heartbeat
 
 
 def open_parent(client: Any, experiment_id: str, study: optuna.Study, tags: Mapping[str, str],
@@ -358,7 +338,7 @@ def summarize(tuning: Tuning, study: optuna.Study) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
 
-    client, parent = tuning.client, tuning.parent_id
+    client, parent = tuning.inputs.client, tuning.parent_id
     counts = {s.name.lower(): len(trials(study, s)) for s in TrialState}
     metrics = {f"trials/{name}": n for name, n in counts.items() if name != "waiting"}
     tags = {"optuna.n_trials": tuning.cfg.n_trials}
@@ -384,19 +364,6 @@ def summarize(tuning: Tuning, study: optuna.Study) -> None:
             plt.close(figure)
 
 
-def teacher_recipe(values: Mapping[str, Any], key: dict[str, Any]) -> tuple[Any, Path]:
-    """params `teacher`, deterministic, with its first seed (a trial learns from one teacher), and its
-    cache folder, named by the hash of it, the model, the manifest and the split (`key`)."""
-    from dgnet.config import TeacherTrainConfig
-
-    values = {k: v for k, v in values.items() if k != "deterministic"}
-    seed = parse_seeds(values)[0]
-    cfg = ws.train_config(TeacherTrainConfig, values, "teacher", ("seeds",),
-                          fixed={"seed": seed, "deterministic": True})[0]
-    digest = hashlib.sha256(json.dumps({**key, "teacher": {seed: cfg}}, sort_keys=True, default=str).encode())
-    return cfg, TEACHER_ROOT / f"teacher-{digest.hexdigest()[:12]}"
-
-
 def ensure_teacher(tuning: Tuning) -> list[Path]:
     """The tuning teacher: cached, or trained now on the tuning-train split (one worker at a time: a
     filelock) in a child run of the parent, published atomically."""
@@ -404,21 +371,22 @@ def ensure_teacher(tuning: Tuning) -> list[Path]:
 
     from dgnet.training.teacher_trainer import train_teacher
 
-    (cfg, relative), client, split = tuning.teacher, tuning.client, tuning.split
-    folder, name = tuning.workspace / relative, f"tuning-teacher-seed{cfg.seed}"
+    (cfg, relative), inputs, split = tuning.teacher, tuning.inputs, tuning.split
+    folder, name = inputs.workspace / relative, f"tuning-teacher-seed{cfg.seed}"
     variant = f"tune-teacher-seed{cfg.seed}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{folder}.lock"):
         if (folder / TEACHER_INDEX).is_file():
             print(f"tune: teacher of the tuning split: {relative} (cached)", flush=True)
-            return teacher_paths(tuning.workspace, relative)
+            return teacher_paths(inputs.workspace, relative)
         print(f"tune: training the teacher of the tuning split ({split['train_ids']} ids, "
               f"{split['train_images']} images) into {relative}", flush=True)
-        run_dir = ws.work_dir(tuning.workspace, name, {"teacher": relative.name})
+        run_dir = ws.work_dir(inputs.workspace, name, {"teacher": relative.name})
         tags = {**tuning.tags, "dgnet.kind": "teacher", "dgnet.variant": variant}
-        with tracked_run(client, tuning.experiment_id, name, tags, parent_run_id=tuning.parent_id) as run:
-            link_previous_run(client, run_dir, run.info.run_id)
-            hooks = MlflowHooks(client, run.info.run_id, variant=variant, eval_prefix=VALIDATION_PREFIX,
+        with tracked_run(inputs.client, inputs.experiment_id, name, tags, tuning.parent_id) as run:
+            link_previous_run(inputs.client, run_dir, run.info.run_id)
+            hooks = MlflowHooks(inputs.client, run.info.run_id, variant=variant,
+                                eval_prefix=VALIDATION_PREFIX,
                                 extra_params={**tuning.extra_params, "teacher.seeds": [cfg.seed]})
             try:
                 result = train_teacher(tuning.frame, tuning.model_cfg, cfg, run_dir, hooks=[hooks],
@@ -433,45 +401,44 @@ def ensure_teacher(tuning: Tuning) -> list[Path]:
                      "metrics": metrics, "score_split": SCORE_SPLIT, "mlflow_run_id": run.info.run_id}
             write_json(tmp / TEACHER_INDEX, {"kind": "teacher", "trained_on": "tuning split", "split": split,
                                              "teachers": [entry]})
-        ws.remove_work_dirs(tuning.workspace, name)
+        ws.remove_work_dirs(inputs.workspace, name)
         print(f"tune: tuning teacher trained ({', '.join(f'val {k} {v:.4f}' for k, v in metrics.items())})",
               flush=True)
-    return teacher_paths(tuning.workspace, relative)
+    return teacher_paths(inputs.workspace, relative)
 
 
 def prepare(args: argparse.Namespace) -> tuple[Tuning, dict[str, Any]]:
-    """Params, data, split and teacher recipe, checked before anything is opened or trained: what the
-    trials share, and the study's settings key."""
-    from dgnet.config import DGNetTrainConfig
-
+    """Params, data, split and teacher recipe, checked before a study is opened or anything trained: what
+    the trials share, and the study's settings key."""
     workspace = tracking.workspace_root()
-    params = resolve_params(load_params(workspace))
-    values = apply_assignments(section(params, STAGE), args.assignments, STAGE)
+    params = read_params(workspace / "params.yaml", assignments=[f"{STAGE}.{a}" for a in args.assignments])
+    if params.tune is None:
+        raise ConfigError(f"params.yaml has no `{STAGE}:` section")
     options = ("study", "n_trials", "seed", "storage", "heartbeat_interval", "grace_period", "out")
-    values.update({k: getattr(args, k) for k in options if getattr(args, k) is not None})
-    cfg = section_config(TuneConfig, {STAGE: values}, STAGE)
-    mlflow_settings(params)  # checked here; read again when tracking starts
-    base_values = merge(section(params, cfg.base), cfg.train)
-    base_cfg = ws.train_config(DGNetTrainConfig, base_values, f"tune (from {cfg.base})",
-                               STAGE_KEYS["train"])[0]
-    manifest_file = ws.manifest_path(params, workspace)
-    manifest = ws.read_manifest(manifest_file, ws.report_path(params, workspace))
-    frame = validation_split(manifest, cfg.validation_fraction, cfg.validation_seed)
-    check_no_test_images(frame, benchmark_rows(manifest)[["path", "person_id"]], "tuning")  # never opened
-    split, md5 = frame.attrs[SPLIT_ATTR], ws.file_md5(manifest_file)
-    model_cfg = ws.model_config(params, frame)
+    cfg = dataclasses.replace(params.tune, **{k: v for k in options if (v := getattr(args, k)) is not None})
+    base_values = merge(section(params.values, cfg.base), cfg.train)
+    base_cfg, _ = build_train_config(DGNetTrainConfig, base_values, f"tune (from {cfg.base})")
+    inputs = ws.open_inputs(workspace, params.values)
+    frame = validation_split(inputs.frame, cfg.validation_fraction, cfg.validation_seed)
+    check_no_test_images(frame, benchmark_rows(inputs.frame)[["path", "person_id"]], "tuning")  # never opened
+    split, md5 = frame.attrs[SPLIT_ATTR], inputs.manifest_md5
+    model_cfg = ws.model_config(params.values, frame)
     teacher = None  # it enters the settings by its recipe, so they are checked before it trains
     if base_cfg.needs_teacher() or any("primary_max" in k.targets for k in cfg.space):
-        teacher = teacher_recipe(section(params, "teacher"), {"model": model_cfg, "manifest": md5,
-                                                              "split": dict(split)})
+        teacher_cfg = dataclasses.replace(params.teacher, deterministic=True)  # its first seed: one teacher
+        recipe = {"model": model_cfg, "manifest": md5, "split": dict(split),
+                  "teacher": {teacher_cfg.seed: teacher_cfg}}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+        teacher = teacher_cfg, TEACHER_ROOT / f"teacher-{digest[:12]}"
     teacher_key = teacher[1].name if teacher is not None else None
-    extra = {"profile": params["profile"], "stage.section": cfg.base, "data.manifest": str(manifest_file),
-             "data.manifest_md5": md5, "data.score_split": SCORE_SPLIT, "optuna.study": cfg.study,
-             "data.validation_fraction": split["fraction"], "data.validation_seed": split["seed"],
-             **{f"data.{k}": split[k] for k in ("validation_ids", "query_images", "gallery_images",
-                                                "train_images", "train_ids")}}
-    tuning = Tuning(workspace, cfg, base_values, frame, split, model_cfg, teacher, extra,
-                    {"manifest": md5, "validation": split["query_sha256"], "teachers": teacher_key})
+    extra = {**inputs.data_params(), "stage.section": cfg.base, "data.score_split": SCORE_SPLIT,
+             "optuna.study": cfg.study, "data.validation_fraction": split["fraction"],
+             "data.validation_seed": split["seed"], **{f"data.{k}": split[k] for k in (
+                 "validation_ids", "query_images", "gallery_images", "train_images", "train_ids")}}
+    tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", workspace),
+            "dgnet.score_split": SCORE_SPLIT, "optuna.study": cfg.study}
+    tuning = Tuning(inputs, cfg, base_values, frame, split, model_cfg, teacher, extra,
+                    {"manifest": md5, "validation": split["query_sha256"], "teachers": teacher_key}, tags)
     # Not the searched schedule fields (applying tuned weights keeps the study), nor n_trials (it grows).
     searched = {t for k in cfg.space for t in k.targets}
     schedule = {k: v for k, v in (base_values.get("schedule") or {}).items() if k not in searched}
@@ -492,12 +459,7 @@ def warn_if_fails(what: str, step: Any, *args: Any) -> None:
 def tune(args: argparse.Namespace) -> int:
     started = time.monotonic()
     tuning, key = prepare(args)
-    cfg, url = tuning.cfg, tracking.absolute_sqlite(tuning.cfg.storage)
-    client = tuning.client = tracking.connect(uri := tracking.tracking_uri())
-    experiment = mlflow_settings(load_params(tuning.workspace)).experiment
-    tuning.experiment_id = ensure_experiment(client, experiment, tracking.artifact_location(uri))
-    tuning.tags = {**run_tags(STAGE, "dgnet", STAGE, "dgnet_pipeline/tune.py", tuning.workspace),
-                   "dgnet.score_split": SCORE_SPLIT, "optuna.study": cfg.study}
+    cfg, client, url = tuning.cfg, tuning.inputs.client, tracking.absolute_sqlite(tuning.cfg.storage)
     space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)} for k in cfg.space}
     params = {"seed": cfg.seed, "metric": cfg.metric, "base": cfg.base, "train": dict(cfg.train),
               "space": space, "sampler.n_startup_trials": cfg.sampler.n_startup_trials,
@@ -505,7 +467,7 @@ def tune(args: argparse.Namespace) -> int:
               "validation": dict(tuning.split)}
     with startup_lock(url):
         study, tuning.storage = open_study(url, cfg, key)
-        tuning.parent_id = open_parent(client, tuning.experiment_id, study,
+        tuning.parent_id = open_parent(client, tuning.inputs.experiment_id, study,
                                        {**tuning.tags, "optuna.storage": redact(url)}, {STAGE: params})
     print(f"tune: study {cfg.study!r} in {redact(url)}: {len(trials(study, *FINISHED))} of {cfg.n_trials} "
           f"trials finished", flush=True)
@@ -531,7 +493,7 @@ def tune(args: argparse.Namespace) -> int:
 
 def report(study: optuna.Study, tuning: Tuning, args: argparse.Namespace, seconds: float) -> int:
     """params/tuned.yaml (params.yaml's layout), the metrics JSON and a summary on stdout."""
-    cfg, split, workspace = tuning.cfg, tuning.split, tuning.workspace
+    cfg, split, workspace = tuning.cfg, tuning.split, tuning.inputs.workspace
     counts = {s.name.lower(): len(trials(study, s)) for s in (*FINISHED, TrialState.FAIL)}
     summary: dict[str, Any] = {"metric": cfg.metric, "score_split": SCORE_SPLIT, **counts, "validation": {
         k: v for k, v in split.items() if k not in ("held_out_ids", "query_sha256")}}
@@ -557,7 +519,7 @@ def report(study: optuna.Study, tuning: Tuning, args: argparse.Namespace, second
         tmp.write_text("".join(f"# {line}\n" for line in lines) + yaml.safe_dump(tuned, sort_keys=False))
     write_json(workspace / args.metrics, summary)
     print(f"tune: {counts} after {seconds:.0f} s. " + "\n".join(lines) + f"\nMLflow parent run "
-          f"{tuning.parent_id} (view: {tracking.view_hint(tuning.client.tracking_uri)})")
+          f"{tuning.parent_id} (view: {tracking.view_hint(tuning.inputs.uri)})")
     return 0
 
 
@@ -565,8 +527,6 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
     """Copy a tuned file's weights into params.yaml (comments and layout kept), which must still build
     the training configuration; the changes as `key: old -> new`."""
     from ruamel.yaml import YAML
-
-    from dgnet.config import DGNetTrainConfig
 
     editor = YAML()  # round-trip: comments, order and quoting of params.yaml survive
     editor.indent(mapping=2, sequence=4, offset=2)
@@ -597,10 +557,7 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
     with atomic_path(params_file) as tmp:
         with open(tmp, "w") as handle:
             editor.dump(document, handle)
-        updated = resolve_params(yaml.safe_load(tmp.read_text()))
-        for name in sections:  # a training section must still build a training configuration
-            if name == "train" or {"iterations", "schedule"} <= set(updated.get(name) or {}):
-                ws.train_config(DGNetTrainConfig, updated[name], name, STAGE_KEYS["train"])
+        read_params(tmp)  # every section must still build its configuration
     return changes
 
 

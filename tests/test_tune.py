@@ -413,7 +413,7 @@ def test_tracking_outage_mid_trial_requeues_the_trial_and_the_rerun_completes_th
     assert (tmp_path / "t.yaml").exists()
 
 
-def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlflow_uri, tmp_path):
+def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlflow_uri, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path}/prune.db"
     # mAP never exceeds 1: a threshold pruner at 1.01 prunes at the first intermediate evaluation.
     code = tune_stage.main(["--study", "prune", "--storage", storage, "--n-trials", "1",
@@ -422,6 +422,9 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(in_workspace, mlf
     assert code == 0
     (trial,) = load(storage, "prune").trials
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    # The outcome line says why: the metric and the iteration the pruner stopped it at.
+    assert f"tune: trial 0 PRUNED (mAP {trial.intermediate_values[1]:.4f} at iteration 1) after" in (
+        capsys.readouterr().out)
     run = trial_runs(mlflow_uri, "prune")[0]
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
     assert "val/mAP" in run.data.metrics and "optuna/value" not in run.data.metrics
@@ -586,7 +589,11 @@ def test_diverging_trials_fail_and_stop_the_study_after_three(in_workspace, mlfl
     storage = f"sqlite:///{tmp_path}/nan.db"
     assert tune_stage.main(["--study", "nan", "--storage", storage, "--out", str(tmp_path / "t.yaml"),
                       "--metrics", str(tmp_path / "t.json")]) == 2
-    assert "3 trials in a row failed" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "3 trials in a row failed" in err
+    for number in range(3):  # each outcome line gives the exception's message
+        assert (f"tune: trial {number} FAIL (loss 'loss/total' is not finite (nan) at iteration 1) after"
+                in out)
     study = load(storage, "nan")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3  # failed for their weights: no retry
     assert {r.info.status for r in trial_runs(mlflow_uri, "nan").values()} == {"FAILED"}
