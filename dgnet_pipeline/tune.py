@@ -195,8 +195,8 @@ class TrialHooks(MlflowHooks):
         super().on_evaluation(iteration, metrics)
         if (value := metrics.get(self.cfg.metric)) is None or not np.isfinite(value):
             return
-        with warnings.catch_warnings():  # a resumed retry re-reports inherited steps: ignored, fine
-            warnings.simplefilter("ignore", UserWarning)
+        # A resumed retry re-reports inherited steps: ignored, fine.
+        with warnings.catch_warnings(action="ignore", category=UserWarning):
             self.trial.report(float(value), int(iteration))
         if iteration < self.iterations and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.cfg.metric} {value:.4f} at iteration {iteration}")
@@ -347,16 +347,14 @@ def summarize(tuning: Tuning, study: optuna.Study) -> None:
         metrics.update({"best/value": best.value, "best/trial_number": best.number,
                         **{f"best/{k}": v for k, v in best.params.items()}})
         tags["optuna.best_trial"] = best.number
-    hooks = MlflowHooks(client, parent)
-    hooks.on_iteration(counts["complete"] + counts["pruned"], metrics)
-    hooks.flush()
+    hooks = MlflowHooks(client, parent, eval_prefix="")
+    hooks.on_evaluation(counts["complete"] + counts["pruned"], metrics)  # logged at once
     hooks.set_tags(tags)
     if study.trials:
         client.log_text(parent, study.trials_dataframe().to_csv(index=False), "trials.csv")
     for name, needed in [("optimization_history", 1), ("intermediate_values", 1), ("param_importances", 2)]:
         if counts["complete"] >= needed:  # importances need two complete trials
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings(action="ignore", category=UserWarning):
                 figure = getattr(plots, f"plot_{name}")(study).figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
