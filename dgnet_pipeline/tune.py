@@ -158,16 +158,15 @@ def mlflow_errors(client: Any, what: str) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Tuning:
-    """What the trials share: `frame` is the validation split (`split` its attrs[SPLIT_ATTR]),
-    `fingerprint` part of the checkpoint folders' key, `teacher` (its config and cache folder) or None."""
+    """What the trials share; `fingerprint`: part of the checkpoint folders' key."""
 
     inputs: ws.StageInputs
     cfg: TuneConfig
     base_values: dict[str, Any]  # the base section with tune.train applied
-    frame: Any
-    split: dict[str, Any]
+    frame: Any  # the validation split
+    split: dict[str, Any]  # frame.attrs[SPLIT_ATTR]
     model_cfg: Any
-    teacher: tuple[Any, Path] | None
+    teacher: tuple[Any, Path] | None  # its config and cache folder; None when no trial needs one
     extra_params: dict[str, Any]
     fingerprint: dict[str, Any]
     tags: dict[str, str]
@@ -206,8 +205,7 @@ class TrialHooks(MlflowHooks):
 
 
 def retire_attempts(tuning: Tuning, history: list[int], number: int) -> None:
-    """The MLflow runs of the attempts trial `number` re-runs: ended KILLED if a dead worker left them
-    RUNNING, tagged `optuna.state` FAIL and `optuna.rerun_as` the trial."""
+    """The runs of the attempts trial `number` re-runs: KILLED if left RUNNING, tagged FAIL, rerun_as."""
     client = tuning.inputs.client
     with mlflow_errors(client, f"retire the earlier attempts of trial {number}"):
         for old in history:
@@ -560,7 +558,6 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
 
 
 def command(args: argparse.Namespace) -> int:
-    """`dgnet tune`: run (or resume) the study, then write the tuned weights and the metrics; or --apply."""
     try:
         if args.apply is None:
             tracking.quiet_mlflow()
@@ -606,7 +603,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `dgnet tune` on the CLI's sub-parsers (entry point group `dgnet.commands`)."""
+    # the entry point of group `dgnet.commands` (pyproject.toml)
     return add_arguments(subparsers.add_parser(
         "tune", help="tune DG-Net's loss weights with a resumable Optuna study tracked in MLflow",
         description=__doc__.split("\n\n")[0].replace("\n", " ")))
