@@ -1,6 +1,5 @@
-"""Checkpoint files: atomic, rotated, RNG states restored, clear errors."""
+"""Checkpoint files: atomic, rotated, clear errors."""
 
-import random
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,13 @@ from dgnet.training.checkpoint import (
     load_checkpoint,
     newest_readable_checkpoint,
     save_checkpoint,
-    set_rng_state,
 )
 
 
-def test_roundtrip_restores_rng_and_state(tmp_path):
+def test_roundtrip_restores_state(tmp_path):
     model = torch.nn.Linear(3, 2)
-    torch.manual_seed(0)
-    random.seed(1)
     path = save_checkpoint(tmp_path, 10, {"model": model.state_dict()})
-    expected = (torch.rand(3), random.random())
     state = load_checkpoint(path)
-    set_rng_state(state["rng"])
-    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
     assert state["iteration"] == 10
     assert torch.equal(state["model"]["weight"], model.weight)
 

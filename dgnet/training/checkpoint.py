@@ -1,6 +1,6 @@
-"""Checkpoints that let a resumed run equal an uninterrupted one: the iteration, every state dict
-(models, optimisers, AMP scalers) and the global RNG states; batches and augmentation need none (the
-samplers derive them from (seed, iteration)). Written to a temporary name and renamed, so a crash
+"""Checkpoints that let a resumed run equal an uninterrupted one: the iteration and every state dict
+(models, optimisers, AMP scalers). No RNG state: every draw of an iteration is seeded from
+(seed, iteration) (runtime.iteration_seed, the samplers). Written to a temporary name and renamed, so a crash
 mid-write keeps the previous checkpoint whole.
 """
 
@@ -9,14 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import random
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dgnet.errors import DgnetError, OutputError
@@ -29,37 +27,15 @@ class CheckpointError(DgnetError):
     """A checkpoint that is missing, unreadable or from another configuration."""
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG a training step may draw from, as tensors and plain values only (so that the
-    checkpoint loads with `weights_only=True`): numpy's key array becomes an int64 tensor."""
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "position": int(position), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    numpy = state["numpy"]
-    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def checkpoint_path(folder: str | os.PathLike, iteration: int) -> Path:
     return Path(folder) / f"iter_{iteration:08d}.pt"
 
 
 def save_checkpoint(folder: str | os.PathLike, iteration: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `state` (+ iteration and RNG states) as folder/iter_XXXXXXXX.pt, atomically; keep the
+    """Write `state` (+ the iteration) as folder/iter_XXXXXXXX.pt, atomically; keep the
     newest `keep` checkpoints."""
     path = checkpoint_path(folder, iteration)
-    state = {**state, "iteration": iteration, "rng": rng_state()}
+    state = {**state, "iteration": iteration}
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
