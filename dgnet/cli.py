@@ -13,6 +13,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from dgnet.errors import DgnetError
+from dgnet.inference.cli import add_inference_commands
+from dgnet.training.cli import add_setting_options, add_train_commands
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -84,20 +86,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     show.add_argument("--profile", default=None, help="paper, cpu or tiny (default: the params' `profile:`)")
     show.add_argument("--params", type=Path, default=None, metavar="FILE",
                       help="a params file (default: ./params.yaml unless --profile is given)")
-    show.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                      help="one setting, e.g. train.iterations=300 (YAML value); repeatable")
-    show.add_argument("--iterations", type=int, default=None,
-                      help="what `dgnet train-teacher` / `dgnet train --iterations N` get: that length, the "
-                           "schedule at the same fractions")
+    add_setting_options(show)
     show.add_argument("--format", choices=("json", "yaml"), default="yaml")
     show.set_defaults(func=_cmd_config_show)
-
-    from dgnet.training.cli import add_train_commands
-
     add_train_commands(sub)
-
-    from dgnet.inference.cli import add_inference_commands
-
     add_inference_commands(sub)
 
     for ep in entry_points(group="dgnet.commands"):
@@ -105,12 +97,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(ep.name, help=f"see `dgnet {ep.name} --help`")
             continue
         try:
-            add_command = ep.load()
+            ep.load()(sub)
         except ImportError as exc:  # the MLOps stack is absent (e.g. a GPU box with torch only)
             sub.add_parser(ep.name, help=f"unavailable: {exc}").set_defaults(
                 func=lambda _args, exc=exc, name=ep.name: _unavailable(name, exc))
-            continue
-        add_command(sub)
     return parser
 
 

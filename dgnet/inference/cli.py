@@ -73,11 +73,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     check_writable(args.out, "generate")  # the new dataset is made beside --out, then renamed onto it
     _set_threads(args)
     model, info = load_trained_model(args.model, select_device(args.device), kind="dgnet")
-    size = (info.config.image_height, info.config.image_width)
     with output_errors("generate", args.out):
-        provenance = generate_dataset(model, size, args.images, args.out, fmt=args.format, pairs=args.pairs,
-                                      test_fraction=args.test_fraction, seed=args.seed,
-                                      batch_size=args.batch_size)
+        provenance = generate_dataset(model, (info.config.image_height, info.config.image_width), args.images,
+                                      args.out, fmt=args.format, pairs=args.pairs, seed=args.seed,
+                                      test_fraction=args.test_fraction, batch_size=args.batch_size)
     counts = provenance.groupby("split").size().to_dict()
     print(f"generate: {len(provenance)} images, {provenance['person_id'].nunique()} ids, in {args.out} ("
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "); provenance.csv names the donors")

@@ -29,20 +29,12 @@ OPSET = 17
 CHECK_BATCH_SIZES = (1, 5)  # the export traces a batch of 2
 
 
-class MissingPackageError(DgnetError):
-    """An optional package that a command needs is not installed; the message names it."""
-
-
-class ParityError(DgnetError):
-    """The exported graph's features differ from PyTorch's by more than the tolerance."""
-
-
 def require(package: str, purpose: str) -> Any:
-    """`import package`, or MissingPackageError naming it and the install command."""
+    """`import package`, or DgnetError naming it and the install command."""
     try:
         return importlib.import_module(package)
     except ImportError as exc:
-        raise MissingPackageError(
+        raise DgnetError(
             f"{purpose} needs the Python package `{package}`, which is not installed: "
             f"pip install -e '.[onnx]' (or pip install {package})") from exc
 
@@ -65,12 +57,11 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | os.PathLike,
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph)
-        meta = {"dgnet.kind": info.kind, "dgnet.version": dgnet.__version__, "dgnet.source": source or "",
-                "dgnet.image_size": f"{size[0]}x{size[1]}",
-                "dgnet.feature": "flip-averaged test-time feature, per-head L2-normalised; input "
-                                 "ImageNet-normalised RGB"}
-        for key, value in meta.items():
-            graph.metadata_props.add(key=key, value=value)
+        onnx.helper.set_model_props(graph, {
+            "dgnet.kind": info.kind, "dgnet.version": dgnet.__version__, "dgnet.source": source or "",
+            "dgnet.image_size": f"{size[0]}x{size[1]}",
+            "dgnet.feature": "flip-averaged test-time feature, per-head L2-normalised; input "
+                             "ImageNet-normalised RGB"})
         onnx.save(graph, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         generator, difference = torch.Generator().manual_seed(0), 0.0
@@ -80,11 +71,11 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | os.PathLike,
                 expected = feature_model(images).numpy()
             (got,) = session.run(["features"], {"images": images.numpy()})
             if got.shape != expected.shape:
-                raise ParityError(f"{out}: ONNX gives features of shape {got.shape} for a batch of {n}, "
+                raise DgnetError(f"{out}: ONNX gives features of shape {got.shape} for a batch of {n}, "
                                   f"PyTorch {expected.shape}")
             difference = max(difference, float(np.abs(got - expected).max()))
         if not difference <= tolerance:  # also catches NaN
-            raise ParityError(f"{out}: the ONNX features differ from PyTorch's by up to {difference:.3g}, "
+            raise DgnetError(f"{out}: the ONNX features differ from PyTorch's by up to {difference:.3g}, "
                               f"more than {tolerance:g}; nothing written")
     return {"path": str(out), "input": f"images (N, 3, {size[0]}, {size[1]}) float32",
             "output": f"features (N, {feature_dim(info.config, info.kind)}) float32", "opset": opset,

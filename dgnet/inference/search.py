@@ -10,7 +10,6 @@ rank metrics are computed; otherwise results are "unknown".
 from __future__ import annotations
 
 import html
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from dgnet.evaluation.pictures import ranked_list, save
 from dgnet.evaluation.rank import pairwise_distance, rank_metrics
 from dgnet.evaluation.reranking import k_reciprocal_rerank
 from dgnet.inference.extract import FeatureExtractor, find_images
-from dgnet.io import atomic_path
+from dgnet.io import atomic_path, write_json
 
 
 @dataclass
@@ -142,6 +141,5 @@ def rank_folders(extractor: FeatureExtractor, query: str | os.PathLike, gallery:
                           query_labels=[r["label"] for r in shown], title=title)
     picture_path = save(picture, out_dir / "ranking.png")
     if metrics:
-        with atomic_path(out_dir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps({"id_format": fmt, "rerank": rerank, **metrics}, indent=2) + "\n")
+        write_json(out_dir / "metrics.json", {"id_format": fmt, "rerank": rerank, **metrics})
     return Ranking(csv_path, picture_path, page_path, len(q_paths), len(g_paths), fmt, metrics)

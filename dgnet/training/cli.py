@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
+# The flags that override the settings of the trained section; `cross_dataset_teacher`: `dgnet train` only.
+FLAGS = ("batch_size", "device", "amp", "seed", "compile", "channels_last", "deterministic", "num_workers",
+         "cross_dataset_teacher")
 
 
 class FileLogHook(TrainingHooks):
@@ -86,13 +89,8 @@ def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> t
 
     `--iterations` sets `<section>.iterations` and moves the whole schedule to the same fractions of
     the new length (`dgnet.profiles.set_iterations`; `dgnet config show --iterations N` prints it)."""
-    flags = {"batch_size": args.batch_size, "device": args.device,
-             "amp": args.amp, "seed": args.seed, "compile": args.compile,
-             "channels_last": args.channels_last, "deterministic": args.deterministic,
-             "num_workers": args.num_workers,
-             "cross_dataset_teacher": getattr(args, "cross_dataset_teacher", None)}  # `dgnet train` only
     params = resolve_cli_params(args.params, args.assignments, args.profile)
-    params[section].update({k: v for k, v in flags.items() if v is not None})
+    params[section].update({k: v for k in FLAGS if (v := getattr(args, k, None)) is not None})
     if args.iterations is not None:
         set_iterations(params, section, args.iterations)
     return model_config(params), run_config(params, section)
@@ -107,18 +105,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dgnet.training.teacher_trainer import train_teacher
     from dgnet.training.trainer import train_dgnet
 
-    frame, hooks, resume = _load_frame(args), [FileLogHook(args.out)], not args.no_resume
+    frame, run = _load_frame(args), dict(hooks=[FileLogHook(args.out)], resume=not args.no_resume)
     if teacher:
-        result = train_teacher(frame, model_cfg, cfg, args.out, hooks=hooks, resume=resume)
+        result = train_teacher(frame, model_cfg, cfg, args.out, **run)
     else:
-        result = train_dgnet(frame, model_cfg, cfg, args.teacher, args.out, hooks=hooks, resume=resume,
-                             init_from=args.init)
+        result = train_dgnet(frame, model_cfg, cfg, args.teacher, args.out, init_from=args.init, **run)
     if is_main_process():
         metrics = result.metrics
         shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("rank1", "mAP", "mINP") if k in metrics)
         print(f"{result.kind}: {result.iterations} iterations; model {result.model_path}" +
               (f"; {shown}" if shown else ""))
     return 0
+
+
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """--set and --iterations, which `dgnet train`, `train-teacher` and `config show` resolve alike."""
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="one setting, dotted from the section (YAML value), e.g. "
+                             "train.objective.r1_weight=0 or model.backbone=resnet34; repeatable")
+    parser.add_argument("--iterations", type=int,
+                        help="number of iterations (of `dgnet train-teacher` / `dgnet train`): the whole "
+                             "schedule (warm-up, ramps, LR steps) keeps its fractions of the run")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -140,12 +147,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, metavar="FILE",
                         help="a params file (YAML or JSON, params.yaml's layout): what differs from the "
                              "profile in `model:`, `teacher:`, `train:`; the options below override it")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="one setting, dotted from the section (YAML value), e.g. "
-                             "train.objective.r1_weight=0 or model.backbone=resnet34; repeatable")
-    parser.add_argument("--iterations", type=int,
-                        help="number of iterations; the whole schedule (warm-up, ramps, LR steps) keeps its "
-                             "fractions of the run, as `dgnet config show --iterations N` prints")
+    add_setting_options(parser)
     parser.add_argument("--batch-size", type=int, help="batch size per rank (DG-Net: per stream)")
     parser.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
     parser.add_argument("--amp", choices=AMP_MODES,
@@ -167,15 +169,13 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     teacher = subparsers.add_parser(
         "train-teacher", help="train the teacher re-ID baseline (ID loss only)",
         description="Train a ResNet re-ID baseline, the teacher of DG-Net's primary loss. An ensemble "
-                    "is several runs with different --seed.",
-    )  # fmt: skip
+                    "is several runs with different --seed.")  # fmt: skip
     _add_common(teacher)
     teacher.set_defaults(func=_cmd_train, teacher=None)
 
     train = subparsers.add_parser(
         "train", help="train DG-Net jointly (generator, discriminator, re-ID encoder)",
-        description="Joint DG-Net training (docs/method.md section 4). Resumes from OUT/checkpoints.",
-    )  # fmt: skip
+        description="Joint DG-Net training (docs/method.md section 4). Resumes from OUT/checkpoints.")
     _add_common(train)
     train.add_argument("--teacher", action="append", type=Path, default=[], metavar="PATH",
                        help="teacher model file (repeat for an ensemble)")
