@@ -145,7 +145,7 @@ def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def evaluate_models(workspace: Path, params: dict[str, Any], paths: Paths) -> int:
-    """Benchmark every model of params (`models_to_evaluate`), write the outputs, log one MLflow run."""
+    """Benchmark every model of params, write the outputs, log one MLflow run."""
     started = time.monotonic()
     settings, changes = _settings(params), ablation_changes(params)
     models = models_to_evaluate(workspace, params, paths)
@@ -162,8 +162,22 @@ def evaluate_models(workspace: Path, params: dict[str, Any], paths: Paths) -> in
         write_outputs(workspace, results, settings, inputs.manifest, time.monotonic() - started, changes,
                       trivial, cross, paths=paths)
         write_loss_curves(workspace / paths.losses, models)
-        log_to_mlflow(inputs.client, run.info.run_id, workspace, results, changes, trivial, cross, models,
-                      paths)
+        # Every figure as a metric, the headline as the description, the report and pictures as artifacts.
+        from mlflow.entities import Metric
+
+        metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
+        metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
+                    for variant, entry in seed_summaries(results, changes).items()
+                    for k, v in finite(flatten(entry)).items()}
+        metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in REID_KEYS}
+        metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
+                    for name, m in per_model.items() for k in REID_KEYS}
+        client, run_id, now = inputs.client, run.info.run_id, int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k.replace("+", "_"), v, now, 0) for k, v in metrics.items()])
+        client.set_tag(run_id, "mlflow.note.content", "\n".join(headline(results, changes)))
+        client.log_param(run_id, "models", ", ".join(models))
+        for path in [workspace / paths.report, *sorted((workspace / paths.figures).glob("eval_*.png"))]:
+            client.log_artifact(run_id, str(path), artifact_path="report")
     for result in results:
         setting = main_setting(result, changes)
         m = result.reid[setting]
@@ -171,28 +185,6 @@ def evaluate_models(workspace: Path, params: dict[str, Any], paths: Paths) -> in
               f"  mAP_finite {100 * m['mAP_finite']:.1f}")
     print(f"report: {workspace / paths.report}; MLflow run {run.info.run_id} (view: {view_hint(inputs.uri)})")
     return 0
-
-
-def log_to_mlflow(client: Any, run_id: str, workspace: Path, results: list[ModelBenchmark],
-                  changes: dict[str, dict[str, Any]], trivial: dict[str, Any],
-                  cross: dict[str, dict[str, dict[str, Any]]], models: dict[str, Path],
-                  paths: Paths) -> None:
-    """Every figure as a metric, the headline as the description, the report and pictures as artifacts."""
-    from mlflow.entities import Metric
-
-    metrics = {f"{r.name}/{k}": v for r in results for k, v in finite(r.flat_metrics()).items()}
-    metrics |= {f"{variant}/summary/{k.replace('.', '/')}": v
-                for variant, entry in seed_summaries(results, changes).items()
-                for k, v in finite(flatten(entry)).items()}
-    metrics |= {f"colour_histogram/baseline/{k}": trivial[k] for k in REID_KEYS}
-    metrics |= {f"cross_domain/{t}/{name}/{k}": m[k] for t, per_model in cross.items()
-                for name, m in per_model.items() for k in REID_KEYS}
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k.replace("+", "_"), v, now, 0) for k, v in metrics.items()])
-    client.set_tag(run_id, "mlflow.note.content", "\n".join(headline(results, changes)))  # its description
-    client.log_param(run_id, "models", ", ".join(models))
-    for path in [workspace / paths.report, *sorted((workspace / paths.figures).glob("eval_*.png"))]:
-        client.log_artifact(run_id, str(path), artifact_path="report")
 
 
 def _finite_tree(values: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ figures beside their trivial baselines, and plain sentences for what the numbers
 from __future__ import annotations
 
 import re
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +165,6 @@ def ablation_table(results: list[ModelBenchmark], changes: dict[str, dict[str, A
     return lines
 
 
-def _baseline_value(baselines: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    value: Any = baselines
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, int | float) else None
-
-
 def _figures_and_baselines(result: ModelBenchmark) -> list[tuple[str, float, bool, list[tuple[str, float]]]]:
     """(label, value, lower is better, [(baseline, value)]) for each figure that has both."""
     gen = result.generation
@@ -178,8 +172,9 @@ def _figures_and_baselines(result: ModelBenchmark) -> list[tuple[str, float, boo
     out = []
     for label, key, lower, candidates in BASELINE_FIGURES:
         value = gen.get(key)
-        found = [(name, v) for name, path in candidates
-                 if (v := _baseline_value(baselines, path)) is not None]
+        found = [(name, float(v)) for name, path in candidates
+                 if isinstance(v := reduce(lambda d, k: d.get(k) if isinstance(d, dict) else None,
+                                           path, baselines), int | float)]
         if isinstance(value, int | float) and found:
             out.append((label, float(value), lower, found))
     return out
