@@ -74,8 +74,6 @@ SKIN_COLORS = ((246, 208, 178), (226, 178, 140), (196, 144, 104), (150, 102, 70)
 
 
 # Reading a factor record: DatasetError on a bad one.
-
-
 def get_field(f: Mapping[str, Any], name: str) -> Any:
     try:
         return f[name]
@@ -122,8 +120,6 @@ def market_name(person_id: int, camera_id: int, frame: int, k: int = 1) -> str:
 
 
 # Sampling: one numpy Generator, the order of its draws is the dataset (do not reorder them).
-
-
 def _hex(rgb: Sequence[float]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(np.clip(round(c), 0, 255)) for c in rgb))
 
@@ -216,13 +212,10 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
 def sample_factors(*, seed: int = 0, num_ids: int = 120, num_cameras: int = 6,
                    shared_clothing_fraction: float = 0.3, num_distractors: int | None = None,
                    num_junk: int | None = None) -> pd.DataFrame:
-    """The factors table of a dataset (no rendering): one row per image, columns COLUMNS.
-
-    Identities 1..num_ids//2 are train, the rest test. Each identity is seen by 2-4 cameras:
-    a train identity 2-5 times per camera; a test identity once as a query and 1-3 times in
-    the gallery per camera. Distractors (id 0) default to num_ids//3, junk (id -1) to
-    num_ids//6 (at least 2 each).
-    """
+    """The factors table of a dataset (no rendering): one row per image, columns COLUMNS. Ids
+    1..num_ids//2 are train, the rest test; each is seen by 2-4 cameras, a train id 2-5 times per
+    camera, a test id once as a query and 1-3 times in the gallery. Distractors (id 0) default to
+    num_ids//3, junk (id -1) to num_ids//6 (at least 2 each)."""
     seed = _check_int("seed", seed, 0, 2**63 - 1)
     num_ids = _check_int("num_ids", num_ids, 4, 9999)
     num_cameras = _check_int("num_cameras", num_cameras, 2, 99)

@@ -1,10 +1,7 @@
-"""The person, drawn as a map of part labels at SS scale: body, head, hair, hat and bag, in a
-walking pose seen from the front, the back or a side.
-
-The labels depend on STRUCTURE_FIELDS only (the chest logo aside, which lies inside the torso),
-so the person mask does too. Each limb has its own label: an outline then separates an arm from
-the torso in the same shirt, and sleeves and shorts are cut along the limb's own axis.
-"""
+"""The person as part labels at SS scale, walking, seen from the front, the back or a side. The labels
+depend on STRUCTURE_FIELDS only (the chest logo lies inside the torso), so the mask does too. Each limb
+has its own label: an outline then parts an arm from a torso in the same shirt, and sleeves and shorts
+are cut along the limb's own axis."""
 
 from __future__ import annotations
 
@@ -37,12 +34,9 @@ _BEANIE = (HAT, 0, -0.15, 1.12, 1.05, 180, 360)
 
 
 def _limb(root: Point, a1: float, a2: float, l1: float, l2: float, side: float, spread: float):
-    """Joint positions of a two-segment limb swinging in the walking plane.
-
-    a1, a2: angles of the upper / lower segment from the vertical, positive = forwards.
-    side: +1 / -1 the way the person faces in a side view; 0 for front and back views, where
-    a forward swing only foreshortens the limb, and `spread` moves it sideways instead.
-    """
+    """Joint positions of a two-segment limb; a1, a2: its segments' angles from the vertical (+ =
+    forwards); side: +1 / -1 the way a side view faces, 0 in front and back views, where a swing only
+    foreshortens the limb and `spread` moves it sideways."""
     if side:
         mid = (root[0] + side * l1 * math.sin(a1), root[1] + l1 * math.cos(a1))
         end = (mid[0] + side * l2 * math.sin(a2), mid[1] + l2 * math.cos(a2))

@@ -48,11 +48,9 @@ def _segment_distance(py: np.ndarray, px: np.ndarray, a, b) -> tuple[np.ndarray,
 
 
 def _materials(f: Mapping[str, Any], labels: np.ndarray, y0: int, x0: int, fig: p.Figure) -> np.ndarray:
-    """Material index (into MATERIALS) of each pixel of a label-map window at (y0, x0), SS scale.
-
-    Short sleeves and shorts only recolour part of a limb (the part beyond 55% of the upper
-    arm, 62% of the thigh): the silhouette, hence the mask, does not depend on the clothing.
-    """
+    """Material index (into MATERIALS) of each pixel of a label-map window at (y0, x0), SS scale. Short
+    sleeves and shorts only recolour a limb beyond 55% of the upper arm, 62% of the thigh: the
+    silhouette, hence the mask, does not depend on the clothing."""
     mat = _LABEL_MATERIAL[labels]
     arm_cut = 0.55 if get_choice(f, "sleeves") == "short" else None
     leg_cut = 0.62 if get_choice(f, "bottom_style") == "shorts" else None
@@ -114,10 +112,7 @@ def _draw_labels(f: Mapping[str, Any]) -> tuple[np.ndarray, p.Figure]:
 
 
 def render(factors: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image from its factor record: (HxWx3 uint8 image, HxW bool person mask).
-
-    META_FIELDS are ignored; the mask depends on STRUCTURE_FIELDS only.
-    """
+    """(HxWx3 uint8 image, HxW bool person mask) of one factor record (META_FIELDS are ignored)."""
     f = factors
     labels, fig = _draw_labels(f)
 
@@ -168,9 +163,6 @@ def part_labels(factors: Mapping[str, Any]) -> np.ndarray:
 def render_swap(
     appearance_from: Mapping[str, Any], structure_from: Mapping[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth for DG-Net's G(s_j, a_i): image i's clothing in image j's structure.
-
-    Structure means j's pose, viewpoint, body shape, skin, hair, hat, bag, position, background,
-    camera and noise; the mask is therefore exactly j's.
-    """
+    """Ground truth for DG-Net's G(s_j, a_i): i's clothing on everything else of j (pose, body, hair,
+    hat, bag, position, scene, camera, noise), so the mask is exactly j's."""
     return render(swap_factors(appearance_from, structure_from))

@@ -1,9 +1,7 @@
 """Backgrounds: one scene per camera, a pure function of its kind and seed, drawn once and cached.
 
-The scenes are drawn at half saturation and out of focus (SCENE_SATURATION, SCENE_DEFOCUS), as in
-real surveillance crops: the camera focuses on the walking person, and streets, walls and floors
-are dull next to clothing. With saturated, sharp scenes the appearance code (a re-ID feature,
-trained to ignore the background) cannot carry the background's colours, and the generator's
+Dulled and out of focus, as in real surveillance crops: with saturated, sharp scenes the appearance
+code (trained to ignore the background) cannot carry their colours, and the generator's
 self-reconstruction lost about 0.01 L1 there (docs/generator_diagnosis.md).
 """
 
@@ -21,17 +19,15 @@ from dgnet.data.synthetic.factors import BG_W, CLOTHING_COLORS, H
 SCENE_SATURATION = 0.5  # colour saturation kept
 SCENE_DEFOCUS = 2.0  # the defocus blur's sigma in output pixels
 
-RGB = tuple[int, int, int]
+RGB = tuple[int, ...]
 
 
 def _mix(rng: np.random.Generator, base: Sequence[int], spread: float = 18) -> RGB:
-    r, g, b = (int(np.clip(c + rng.uniform(-spread, spread), 0, 255)) for c in base)
-    return (r, g, b)
+    return tuple(int(np.clip(c + rng.uniform(-spread, spread), 0, 255)) for c in base)
 
 
 def _shade(rgb: Sequence[int], k: float) -> RGB:
-    r, g, b = (int(np.clip(c * k, 0, 255)) for c in rgb)
-    return (r, g, b)
+    return tuple(int(np.clip(c * k, 0, 255)) for c in rgb)
 
 
 def _floor(pen: Pen, rng: np.random.Generator, hz: float, color: RGB, lines: bool) -> None:

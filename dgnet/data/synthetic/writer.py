@@ -35,11 +35,8 @@ def decode_jpeg(data: bytes | str | os.PathLike) -> np.ndarray:
 
 
 def generate_dataset(out_dir: str | os.PathLike, **sampling: Any) -> pd.DataFrame:
-    """Render a synthetic dataset into `out_dir` (Market-1501 layout), replacing it atomically.
-
-    `sampling`: `sample_factors`' keyword arguments (seed, num_ids, num_cameras, ...). Returns the
-    factors table, also written to `out_dir/factors.csv`.
-    """
+    """Render the dataset of `sample_factors(**sampling)` into `out_dir`, replacing it atomically;
+    returns the factors table, also written to `out_dir/factors.csv`."""
     table = sample_factors(**sampling)
     out = Path(out_dir)
     check_replaceable(out, "factors.csv", "synth")
