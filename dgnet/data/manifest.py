@@ -1,17 +1,9 @@
 """Dataset manifests: Market-1501, DukeMTMC-reID and MSMT17 parsed into one pandas DataFrame.
 
-One row per image, columns in this order (see `COLUMNS`):
-
-- ``path``: absolute path (str); ``file_name``: the original file name (str)
-- ``person_id`` (int64): the original id. Market/Duke: -1 = junk, 0 = distractor. MSMT17 has no
-  junk or distractor id; its test ids are shifted by `MSMT_TEST_ID_OFFSET` (see below).
-- ``camera_id`` (int64): 1-based, as written in the file name
-- ``split``: "train", "query", "gallery" (and "gt_bbox", Market only, on request)
-- ``width``, ``height`` (int64): from the image header, 0 when the header cannot be read (the
-  validation rule ``images_decode`` then reports the file)
-- ``label`` (int64): train ids relabelled 0..C-1 in sorted person_id order; -1 elsewhere
-
-``frame.attrs`` holds ``format``, ``root`` and ``label_map`` ({person_id: label}).
+One row per image, columns `COLUMNS`: person_id as the file name gives it (Market/Duke: -1 junk,
+0 distractor; MSMT17 test ids shifted by `MSMT_TEST_ID_OFFSET`), camera_id 1-based, width and height
+from the header (0 when unreadable: rule images_decode reports the file), label the train ids
+numbered 0..C-1 in sorted order (-1 elsewhere). frame.attrs: format, root, label_map.
 """
 
 from __future__ import annotations
@@ -19,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +28,7 @@ COLUMNS = ("path", "file_name", "person_id", "camera_id", "split", "width", "hei
 INT_COLUMNS = ("person_id", "camera_id", "width", "height", "label")
 STR_COLUMNS = ("path", "file_name", "split")
 SPLITS = ("train", "query", "gallery")
-MAX_LISTED_NAMES = 10  # offending file names listed in an error
+MAX_LISTED = 5  # offending items named in an error message
 
 # MSMT17 numbers its test identities 0..3059 independently of its train identities 0..1040.
 # Test ids are shifted by this offset so that the two sets stay disjoint; the original test id
@@ -71,6 +65,12 @@ _LAYOUTS = (
     "dukemtmc: the same folders with names like 0001_c2_f0046182.jpg; "
     f"msmt17: {_MSMT_LAYOUT}"
 )
+
+
+def listed(items: Sequence[Any], limit: int = MAX_LISTED) -> str:
+    """The first `limit` items, comma-separated, and how many more there are."""
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(map(str, items[:limit])) + more
 
 
 def check_format(fmt: str | None) -> str:
@@ -155,11 +155,8 @@ def _market_like_rows(root: Path, fmt: str, include_gt_bbox: bool) -> list[tuple
             else:
                 rows.append((str(folder / name), name, int(match["pid"]), int(match["cam"]), split))
     if offending:  # every split's bad names in one report
-        shown = "\n".join(f"    {item}" for item in offending[:MAX_LISTED_NAMES])
-        more = len(offending) - MAX_LISTED_NAMES
         raise DataRuleError(f"rule file_names_follow_pattern: {len(offending)} file name(s) do not follow "
-                            f"the {fmt} pattern {PATTERN_EXAMPLES[fmt]}:\n{shown}"
-                            + (f"\n    ... and {more} more" if more > 0 else ""))
+                            f"the {fmt} pattern {PATTERN_EXAMPLES[fmt]}: {listed(offending, 10)}")
     return rows
 
 
@@ -194,18 +191,14 @@ def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[s
 
 
 def _msmt_rows(root: Path, include_val: bool) -> list[tuple]:
-    dirs = {}
+    dirs, existing = {}, {}  # existing: the relative paths under each folder, one walk, not a stat per line
     for kind, names in _MSMT_DIRS.items():
-        dirs[kind] = next((root / n for n in names if (root / n).is_dir()), None)
-        if dirs[kind] is None:
+        folder = dirs[kind] = next((root / n for n in names if (root / n).is_dir()), None)
+        if folder is None:
             raise DatasetError(f"{root / names[0]}: MSMT17 {kind} folder missing (also looked for "
                                f"{names[1]}/); expected layout: {_MSMT_LAYOUT}")
-    existing = {}  # relative paths (with '/') under each folder: one walk instead of a stat per line
-    for kind, folder in dirs.items():
-        existing[kind] = set()
-        for dirpath, _, files in os.walk(folder):
-            rel = os.path.relpath(dirpath, folder)
-            existing[kind].update(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}" for f in files)
+        existing[kind] = {os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
+                          for dirpath, _, files in os.walk(folder) for f in files}
     # list_val holds further images of the train identities (same id space as list_train).
     lists = [("train", "train", 0), *([("val", "train", 0)] if include_val else []),
              ("query", "query", MSMT_TEST_ID_OFFSET), ("gallery", "gallery", MSMT_TEST_ID_OFFSET)]
@@ -218,12 +211,9 @@ def _msmt_rows(root: Path, include_val: bool) -> list[tuple]:
 
 def build_manifest(root: str | os.PathLike, fmt: str | None = None, *, include_gt_bbox: bool = False,
                    msmt_include_val: bool = True) -> pd.DataFrame:
-    """Parse the dataset at `root` into a manifest DataFrame (columns `COLUMNS`).
-
-    `fmt` is detected from the layout when None. `include_gt_bbox` adds Market's hand-drawn
-    boxes as split "gt_bbox": they are outside the standard train/query/gallery protocol.
-    `msmt_include_val` adds MSMT17's list_val.txt to the training split (the usual protocol).
-    """
+    """The manifest of the dataset at `root` (`fmt` detected when None). `include_gt_bbox` adds Market's
+    hand-drawn boxes as split "gt_bbox" (outside the train/query/gallery protocol); `msmt_include_val`
+    adds MSMT17's list_val.txt to the training split (the usual protocol)."""
     try:
         root = Path(root).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError on a symlink loop
@@ -287,9 +277,8 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read_manifest(path: str | os.PathLike, how_to_make: str) -> pd.DataFrame:
-    """A manifest CSV written by validation, ids and sizes kept int64, image paths absolute (relative
-    ones are resolved against the manifest's folder); DatasetError naming the file (and
-    `how_to_make` it) when it is missing, unreadable or lacks a column."""
+    """A manifest CSV, ids and sizes int64, image paths absolute (relative ones against its folder);
+    DatasetError naming the file and `how_to_make` it when it is missing, unreadable or lacks a column."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"manifest {path} does not exist; {how_to_make}")

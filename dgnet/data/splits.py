@@ -1,13 +1,9 @@
 """A validation split carved from a manifest's training identities, and the guard that keeps the
 test split out of whatever is tuned on it (tuning that scores on query/gallery fits the test set).
 
-`validation_split` holds out a seeded fraction of the *queryable* training ids (2+ cameras, one of
-them with 2+ images; the others always stay on the training side, so exactly round(fraction x ids)
-are held out) and lays them out as Market-1501 does: per held-out id, every camera with 2+ images
-gives one query (drawn, seeded) and keeps the rest in the gallery, a single-image camera goes to the
-gallery only. The evaluator treats a gallery image of the query's id *and* camera as junk, so every
-query thus has a true match in each other camera. `check_no_test_images` refuses a frame that holds
-any image (or identity) of the manifest's query/gallery splits.
+Held-out ids are laid out as Market-1501 does: per id, every camera with 2+ images gives one query
+and keeps the rest in the gallery, a single-image camera goes to the gallery. The evaluator takes a
+gallery image of the query's id and camera for junk, so every query has a match in each other camera.
 """
 
 from __future__ import annotations
@@ -20,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dgnet.data.manifest import train_label_map
-from dgnet.data.validation import NON_IDENTITY_IDS, listed
+from dgnet.data.manifest import listed, train_label_map
+from dgnet.data.validation import NON_IDENTITY_IDS
 from dgnet.errors import ConfigError, DataRuleError
 
 # A gallery of one identity ranks only its own images: mAP 1 whatever the model. Two ids at least
@@ -49,14 +45,11 @@ def queryable_ids(train: pd.DataFrame) -> list[int]:
 
 def validation_split(manifest: pd.DataFrame, fraction: float, seed: int,
                      where: str = "tune.validation_fraction") -> pd.DataFrame:
-    """A manifest-shaped frame from `manifest`'s train rows only: the held-out ids as `query` and
-    `gallery` (label -1, original person_id), the other train ids as `train` (labels 0..C'-1 in
-    sorted person_id order, as `build_manifest` numbers them). Deterministic in (rows, fraction,
-    seed), whatever the row order. frame.attrs[SPLIT_ATTR] summarises it (see `split_summary`).
-
-    ConfigError naming `where` when the fraction is out of (0, 1) or leaves fewer than
-    MIN_VALIDATION_IDS held-out or MIN_TRAIN_IDS training ids.
-    """
+    """A manifest-shaped frame of `manifest`'s train rows: round(fraction x ids), seeded, of the
+    `queryable_ids` (the others always train) as query and gallery (label -1), the rest as train
+    (labels numbered as `build_manifest` does); deterministic in (rows, fraction, seed) whatever the
+    row order, frame.attrs[SPLIT_ATTR] its `split_summary`. ConfigError naming `where` when the
+    fraction is out of (0, 1) or leaves fewer than MIN_VALIDATION_IDS or MIN_TRAIN_IDS ids."""
     fraction = check_fraction(fraction, where)
     fmt = manifest.attrs.get("format")
     train = manifest[manifest["split"] == "train"].sort_values("path", kind="stable")

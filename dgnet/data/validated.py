@@ -1,12 +1,9 @@
 """The manifest training may read: validated, unchanged since, and cheaply re-checked at load.
 
-Validation records a `manifest_record` in its report when it publishes a manifest: the SHA-256 of
-the file, and per split and per column the counts and hashes that name what changed when the file
-no longer matches. Every training entry point then either validates first (`--data DIR`, with the
-pandas engine: the rules of Great Expectations' suite, no MLOps stack needed) or reads a manifest
-through `read_validated_manifest`, which refuses one that differs from its record. Whatever the
-route, `check_invariants` re-checks the rules that are cheap at load (files present, train and
-test identities disjoint, labels 0..C-1) just before training.
+A published manifest's `manifest_record` (the file's SHA-256, per split and column counts and
+hashes) lands in the validation report. Training either validates first (`--data DIR`, pandas
+engine) or reads through `read_validated_manifest`, which names what changed in a manifest that no
+longer matches; either way `check_invariants` re-checks the cheap rules just before training.
 """
 
 from __future__ import annotations
@@ -20,15 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.data.manifest import FORMATS, build_manifest, mislabelled_train_rows, read_manifest, write_manifest
-from dgnet.data.validation import (
-    ValidationReport,
-    expectations,
+from dgnet.data.manifest import (
+    FORMATS,
+    build_manifest,
     listed,
-    pandas_outcome,
-    rule_tables,
-    validate,
+    mislabelled_train_rows,
+    read_manifest,
+    write_manifest,
 )
+from dgnet.data.validation import ValidationReport, expectations, pandas_outcome, rule_tables, validate
 from dgnet.errors import DataRuleError, DatasetError
 from dgnet.io import atomic_path, output_errors, write_json
 
@@ -129,9 +126,8 @@ def read_validated_manifest(manifest: str | os.PathLike, report: str | os.PathLi
 
 
 def check_invariants(frame: pd.DataFrame, fmt: str | None = None) -> None:
-    """The rules that are cheap at load, re-checked before any training whatever the manifest's route:
-    every image file present, no identity in both train and query/gallery, train labels 0..C-1 in
-    sorted person_id order. DataRuleError names the rule and the first offending items."""
+    """DataRuleError naming the rule and its first offenders unless every image file is present, no id
+    is in both train and query/gallery, and the train labels are the ids numbered 0..C-1 in order."""
     fmt = fmt or frame.attrs.get("format") or "market1501"  # unknown: Market/Duke's junk and distractors
 
     def stop(rule: str, what: str, items: list[str]) -> None:

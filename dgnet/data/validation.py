@@ -1,16 +1,13 @@
-"""Dataset validation: measured columns, the expectations on them, and the plain-pandas engine.
-
-`measure_files` adds what is measured per image to a manifest; `rule_tables` adds the query and
-identity tables. `expectations(fmt)` lists every rule's checks as Great Expectations expectations
-(type and kwargs, as GX 1.x names them). Two engines decide them and must agree: pandas here (the
-GPU machines lack GX) and Great Expectations itself (`dgnet_pipeline/validate.py`).
+"""Dataset validation: measured columns, every rule's checks as Great Expectations expectations (GX 1.x
+types and kwargs), and the pandas engine that decides them here (the GPU machines lack GX); it must
+agree with GX itself (`dgnet_pipeline/validate.py`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -43,7 +40,6 @@ MEASURED_COLUMNS = ("exists", "decodes", "name_person_id", "name_camera_id", "as
 # any split. MSMT17 has neither: its id 0 is a real person.
 NON_IDENTITY_IDS = {"market1501": (-1, 0), "dukemtmc": (-1, 0), "msmt17": ()}
 MAX_OFFENDING = 20  # offending items kept per rule in a report
-MAX_LISTED = 5  # offending items named in an error message
 # The column naming a table's offending rows.
 TABLE_INDEX = {"files": "path", "queries": "path", "ids": "person_id"}
 
@@ -75,12 +71,6 @@ EXPECTED_DTYPES: dict[str, str] = {
     "exists": "bool", "decodes": "bool", "name_person_id": "float64", "name_camera_id": "float64",
     "aspect": "float64",
 }
-
-
-def listed(items: Sequence[Any], limit: int = MAX_LISTED) -> str:
-    """The first `limit` items, comma-separated, and how many more there are."""
-    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(map(str, items[:limit])) + more
 
 
 @dataclass
@@ -159,9 +149,8 @@ def _check_file(path: str) -> tuple[bool, bool]:
 
 def measure_files(frame: pd.DataFrame, fmt: str, *, workers: int | None = None,
                   progress: bool = False) -> pd.DataFrame:
-    """The manifest plus the `MEASURED_COLUMNS`. Decoding runs on a thread pool (file reads and
-    libjpeg release the GIL), with a progress bar if `progress` (a full decode of Market takes a few
-    seconds); the bar is updated from this thread only (tqdm is not thread-safe)."""
+    """The manifest plus the `MEASURED_COLUMNS`, decoded on a thread pool (file reads and libjpeg release
+    the GIL); the progress bar is updated from this thread only (tqdm is not thread-safe)."""
     check_format(fmt)
     # A truncated JPEG only fails to load while this PIL global is False; some training code sets it
     # True to survive bad files, so force it off for the check and restore it after.
@@ -193,14 +182,9 @@ def split_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def rule_tables(files: pd.DataFrame, fmt: str) -> dict[str, pd.DataFrame]:
-    """The tables the expectations read.
-
-    files:   the output of `measure_files` (one row per image)
-    queries: path, person_id, camera_id, cross_camera_gallery_images (gallery images of its id
-             from another camera), one row per query image
-    ids:     person_id, side ("train" / "test"): each identity once per side, so an id shared by
-             train and test is exactly a duplicated person_id
-    """
+    """The tables the expectations read: files (`measure_files`' output), queries (per query image its
+    gallery images of the same id from another camera) and ids (each identity once per side, train or
+    test: an id in both is exactly a duplicated person_id)."""
     split = files["split"]
     query = files.loc[split == "query", ["path", "person_id", "camera_id"]].reset_index(drop=True)
     gallery = files.loc[split == "gallery"]
