@@ -1,8 +1,5 @@
 """The checks every configuration value goes through: ConfigError names the key, the rule and the value.
-
-Imports nothing of dgnet's but its errors, so that any schema (models, schedule, training, the
-pipeline's sections) can use them without import cycles, and without torch.
-"""
+Imports nothing of dgnet's but its errors, so any schema can use them without import cycles or torch."""
 
 from __future__ import annotations
 

@@ -89,10 +89,8 @@ def output_errors(command: str, path: str | os.PathLike) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `path`; it replaces `path` only if the block succeeds.
-
-    Whatever `path` held is gone then: commands that take the folder from the user check it first
-    (`check_replaceable`)."""
+    """Yield a fresh temporary folder beside `path`; it replaces `path` (all of it: a user's folder
+    is checked first by `check_replaceable`) only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

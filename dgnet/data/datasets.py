@@ -28,9 +28,8 @@ class EvalImages(Dataset):
 
 
 class TrainImages(EvalImages):
-    """Training images indexed by (row, augmentation seed) pairs from a dgnet sampler: `image` (flip
-    + edge pad/crop, normalised), `image_erased` (the same with random erasing, for the identity
-    losses only), `label` (0..C-1) and `camera`."""
+    """Training images keyed by a sampler's (row, augmentation seed): `image` (flip, pad/crop), `label`,
+    `camera`, and `image_erased` (randomly erased as well, for the identity losses only)."""
 
     def __init__(self, frame: pd.DataFrame, size: tuple[int, int], augmentation: Augmentation | None = None):
         frame = frame[frame["split"] == "train"]

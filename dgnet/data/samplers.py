@@ -1,11 +1,9 @@
 """Batch samplers whose batches are pure functions of (seed, iteration, rank): resuming at iteration
 t needs nothing but t, and under DDP all ranks compute the same global batch and keep disjoint slices.
 
-DG-Net batches, laid out [a (N), positives of a (N), b (N), positives of b (N)], come from
-`ImagePairSampler`, the published recipe (streams a and b are independent epoch-wise shuffles of
-all training images, so a and b can hold the same identity by chance), or `IdentityPairSampler`,
-the alternative (identity-uniform, a and b always different people, as the cross-identity losses
-assume). The teacher's come from `RandomImageSampler`.
+DG-Net batches [a (N), positives of a, b (N), positives of b] come from `ImagePairSampler` (the
+published recipe: a and b may hold the same identity by chance) or `IdentityPairSampler` (a and b
+always different people, as the cross-identity losses assume); the teacher's from `RandomImageSampler`.
 """
 
 from __future__ import annotations
@@ -90,14 +88,10 @@ class IdentityPairSampler(_RankSampler):
 
 
 class ImagePairSampler(_RankSampler):
-    """DG-Net batches as published: two independent image-uniform streams a and b.
-
-    Epoch e of stream s is a permutation of all training images drawn from default_rng([seed, s, e]).
-    Iteration t takes global positions t*N*W .. (t+1)*N*W - 1 of each stream (W = world_size),
-    running on into the next epoch's permutation across a boundary: every image appears once per
-    stream per epoch, and W ranks of N see exactly what one process with N*W would. Each image's
-    positive is another image of its identity (itself if the identity has only one).
-    """
+    """DG-Net batches as published: two independent image-uniform streams a and b. Epoch e of stream s
+    is a permutation from default_rng([seed, s, e]); iteration t takes its positions t*N*W ..
+    (t+1)*N*W - 1 (on into the next epoch across a boundary), so every image appears once per stream
+    per epoch and W ranks of N see what one process of N*W would. Positives: another image of the id."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         labels = np.asarray(labels)

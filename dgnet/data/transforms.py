@@ -1,9 +1,6 @@
-"""Image transforms driven by an explicit torch.Generator.
-
-Every random choice takes its generator from the caller, who seeds it from (seed, iteration,
-slot). Augmentation is then a pure function of the training position: a resumed run, a run
-with another number of loader workers, and an uninterrupted run see the same pixels.
-"""
+"""Image transforms whose every random choice draws from the caller's torch.Generator, seeded from
+(seed, iteration, slot): a resumed run, one with other loader workers and an uninterrupted run see
+the same pixels."""
 
 from __future__ import annotations
 
@@ -37,8 +34,7 @@ def load_image(path: str, size: tuple[int, int]) -> torch.Tensor:
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """RGB, resized to size=(height, width), [0, 1]. BICUBIC, as the published DG-Net
-    (`transforms.Resize(..., interpolation=3)`), at train and at test time alike."""
+    """RGB, resized to size=(height, width) BICUBIC as published (`interpolation=3`), in [0, 1]."""
     image = image.convert("RGB")
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
@@ -64,9 +60,8 @@ def random_flip(image: torch.Tensor, generator: torch.Generator, p: float = 0.5)
 
 
 def pad_random_crop(image: torch.Tensor, generator: torch.Generator, padding: int = 10) -> torch.Tensor:
-    """Pad by `padding` pixels on each side by replicating the border (the published
-    `transforms.Pad(10, padding_mode='edge')`: a shifted crop shows no black band for the networks
-    to latch on to), then crop back to the original size at random."""
+    """Edge-pad by `padding` (the published `Pad(10, padding_mode='edge')`: no black band for the
+    networks to latch on to), then crop back to the original size at random."""
     if padding <= 0:
         return image
     height, width = image.shape[-2:]
@@ -79,10 +74,9 @@ def pad_random_crop(image: torch.Tensor, generator: torch.Generator, padding: in
 def random_erasing(image: torch.Tensor, generator: torch.Generator, p: float = 0.5,
                    area: tuple[float, float] = (0.02, 0.4), aspect: tuple[float, float] = (0.3, 3.3),
                    attempts: int = 100) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2020) on a normalised image: with probability p, a rectangle
-    of `area` (fraction of the image) and aspect ratio h/w, both drawn uniformly as the published
-    `RandomErasing` does (a box that does not fit is redrawn), is filled with zeros, i.e. the
-    dataset mean. Returns a new tensor; the input is left untouched."""
+    """Random erasing (Zhong et al. 2020) as the published `RandomErasing`: with probability p, a box of
+    uniform `area` fraction and h/w `aspect` (redrawn until it fits) is zeroed, i.e. set to the mean of
+    the normalised image; in a new tensor."""
     if torch.rand((), generator=generator) >= p:
         return image
     height, width = image.shape[-2:]
