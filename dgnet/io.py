@@ -122,9 +122,8 @@ def replace_marked_section(path: str | os.PathLike, name: str, section: str, hea
     path = Path(path)
     text = path.read_text() if path.exists() else header
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
+    text, found = pattern.subn(lambda _: section, text)
+    if not found:
         text = text.rstrip("\n") + "\n\n" + section
     with atomic_path(path) as tmp:
         tmp.write_text(text)

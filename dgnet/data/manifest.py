@@ -264,15 +264,10 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     (so the file and DVC's hash survive moving or cloning the checkout), others absolute."""
     path = Path(path)
     base = path.parent.resolve()
-
-    def stored(image: str) -> str:
-        absolute = Path(image).resolve()
-        return absolute.relative_to(base).as_posix() if absolute.is_relative_to(base) else str(absolute)
-
-    out = frame.copy()
-    out["path"] = [stored(p) for p in frame["path"]]
+    images = [Path(p).resolve() for p in frame["path"]]
+    stored = [p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p) for p in images]
     with atomic_path(path) as tmp:
-        out.to_csv(tmp, index=False)
+        frame.assign(path=stored).to_csv(tmp, index=False)
     return path
 
 

@@ -24,7 +24,6 @@ from dgnet.errors import ConfigError, DataRuleError
 # on the validation side; two classes at least for the identity losses on the training side.
 MIN_VALIDATION_IDS = 2
 MIN_TRAIN_IDS = 2
-TEST_SPLITS = ("query", "gallery")
 SPLIT_ATTR = "validation_split"  # frame.attrs key of `validation_split`'s summary
 
 
@@ -102,7 +101,7 @@ def split_summary(frame: pd.DataFrame, fraction: float, seed: int) -> dict[str, 
 
 def benchmark_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest's test rows: its query and gallery images, what benchmarks report on."""
-    return manifest[manifest["split"].isin(TEST_SPLITS)]
+    return manifest[manifest["split"].isin(("query", "gallery"))]
 
 
 def check_no_test_images(frame: pd.DataFrame, test: pd.DataFrame, what: str = "tuning") -> None:

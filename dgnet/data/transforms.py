@@ -48,9 +48,7 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
     """Back to [0, 1] RGB, for pictures."""
-    shape = (-1, 1, 1) if image.dim() == 3 else (1, -1, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(shape)
+    mean, std = (image.new_tensor(v).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return (image * std + mean).clamp(0, 1)
 
 

@@ -79,10 +79,12 @@ def record_differences(validated: Mapping[str, Any], current: Mapping[str, Any])
     return found or ["the file's bytes differ (same rows and values: formatting only)"]
 
 
-def verify_manifest(manifest: str | os.PathLike, report: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Check `manifest` against the record its validation report (by default reports/validation.json
-    in its folder or the nearest above) holds; return the report. DatasetError (exit 2) when there is
-    no usable report, DataRuleError (exit 1) naming what changed since validation."""
+def read_validated_manifest(manifest: str | os.PathLike, report: str | os.PathLike | None = None
+                            ) -> pd.DataFrame:
+    """The manifest (paths absolute, the report's format in frame.attrs, its invariants checked) once
+    it matches the record of its validation report (by default reports/validation.json in its folder
+    or the nearest above). DatasetError (exit 2) when there is no usable report, DataRuleError (exit
+    1) naming what changed since validation."""
     manifest = Path(manifest)
     how = "run `dgnet validate --data DIR --manifest ...` (or `dvc repro validate`), or train with --data DIR"
     if not manifest.is_file():
@@ -98,26 +100,15 @@ def verify_manifest(manifest: str | os.PathLike, report: str | os.PathLike | Non
         content = json.loads(report_path.read_text())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"validation report {report_path} cannot be read ({exc}); {how}") from exc
-    if not isinstance(content, dict):
-        raise DatasetError(f"validation report {report_path} is not a JSON object; {how}")
-    record = content.get(RECORD_KEY)
-    if not content.get("ok") or not isinstance(record, dict):
+    record = content.get(RECORD_KEY) if isinstance(content, dict) else None
+    if not isinstance(record, dict) or not content.get("ok"):
         raise DatasetError(f"validation report {report_path} records no validated manifest (the dataset "
                            f"failed validation, or an older dgnet wrote it); {how}")
-    differences = record_differences(record, manifest_record(manifest))
-    if differences:
+    if differences := record_differences(record, manifest_record(manifest)):
         raise DataRuleError(
             f"manifest {manifest} changed since validation (report {report_path}, manifest "
             f"{content.get('manifest')}): " + "; ".join(differences) + f"; nothing trains on data that "
             f"has not passed validation: {how}")
-    return content
-
-
-def read_validated_manifest(manifest: str | os.PathLike, report: str | os.PathLike | None = None
-                            ) -> pd.DataFrame:
-    """`verify_manifest`, then the manifest (paths absolute), its invariants checked; the report's
-    format lands in frame.attrs."""
-    content = verify_manifest(manifest, report)
     frame = read_manifest(manifest, "run `dgnet validate`")
     if content.get("format") in FORMATS:
         frame.attrs["format"] = content["format"]

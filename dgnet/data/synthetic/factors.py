@@ -4,6 +4,7 @@ sampling a whole dataset's records from one seed."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hat": ("none", "cap", "beanie"), "bag": ("none", "backpack", "shoulder", "handbag"),
     "scene": ("street", "plaza", "corridor", "park", "station", "shops"),
 }
-SCENES = CHOICES["scene"]
 _CHOICE_P = {"viewpoint": (0.35, 0.35, 0.15, 0.15), "top_texture": (0.4, 0.2, 0.2, 0.2),  # how often each
              "sleeves": (0.6, 0.4), "bottom_style": (0.75, 0.25), "hair_length": (0.6, 0.4),  # value is drawn
              "hat": (0.55, 0.25, 0.2), "bag": (0.35, 0.25, 0.2, 0.2)}
@@ -97,13 +97,9 @@ def get_number(f: Mapping[str, Any], name: str) -> float:
 
 def get_color(f: Mapping[str, Any], name: str) -> np.ndarray:
     value = get_field(f, name)
-    s = str(value)
-    if len(s) == 7 and s.startswith("#"):
-        try:
-            return np.array([int(s[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float32)
-        except ValueError:
-            pass
-    raise DatasetError(f"factor {name}={value!r}: a colour must be written '#rrggbb'")
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(value)):
+        raise DatasetError(f"factor {name}={value!r}: a colour must be written '#rrggbb'")
+    return np.array(list(bytes.fromhex(str(value)[1:])), dtype=np.float32)
 
 
 def swap_factors(appearance_from: Mapping[str, Any], structure_from: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,7 +222,7 @@ def sample_factors(*, seed: int = 0, num_ids: int = 120, num_cameras: int = 6,
     num_junk = _check_int("num_junk", max(2, num_ids // 6) if num_junk is None else num_junk, 0, 100_000)
 
     rng = np.random.default_rng(seed)
-    kinds = [SCENES[i] for i in rng.permutation(len(SCENES))]
+    kinds = [CHOICES["scene"][i] for i in rng.permutation(len(CHOICES["scene"]))]
     cameras = {c: _sample_camera(rng, kinds[(c - 1) % len(kinds)]) for c in range(1, num_cameras + 1)}
     n_train = num_ids // 2
     train_ids, test_ids = list(range(1, n_train + 1)), list(range(n_train + 1, num_ids + 1))
