@@ -39,9 +39,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def check_replaceable(path: str | os.PathLike, marker: str, command: str) -> None:
-    """OutputError unless the folder `path` may be replaced by `command`'s output: it is absent, empty,
-    or a previous output of that command (it holds `marker`, a file the command always writes), and
-    it is neither the current folder nor one above it."""
+    """OutputError unless `command` may replace the folder `path`: absent, empty or its own earlier output
+    (it holds `marker`), and neither the current folder nor one above it."""
     path, here = Path(path).resolve(), Path.cwd().resolve()
     if path == here or here.is_relative_to(path):
         raise OutputError(f"{command} --out {path}: the current folder or one above it is never replaced; "
@@ -55,9 +54,8 @@ def check_replaceable(path: str | os.PathLike, marker: str, command: str) -> Non
 
 
 def check_writable(path: str | os.PathLike, command: str, need_bytes: int = 0) -> None:
-    """OutputError unless a file can be created where `path` goes (its nearest existing folder takes a
-    new file) with `need_bytes` free there: checked before the work, so a command never computes
-    what it then cannot write."""
+    """OutputError unless a file of `need_bytes` can be created where `path` goes: checked before the
+    work, so a command never computes what it then cannot write."""
     path = Path(path)
     folder = path.parent.resolve()
     while not folder.exists():
@@ -116,9 +114,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def replace_marked_section(path: str | os.PathLike, name: str, section: str, header: str = "") -> Path:
-    """Put `section` (which holds its own `<!-- BEGIN name -->` ... `<!-- END name -->` lines) into
-    the text file `path` in place of the old one, or append it; a new file starts with `header`.
-    Atomic: benchmark scripts share one results file and each rewrites only its own sections."""
+    """Put `section` (with its own `<!-- BEGIN name -->` ... `<!-- END name -->` lines) in place of the old
+    one in `path`, or append it (a new file starts with `header`), atomically: scripts share the file."""
     path = Path(path)
     text = path.read_text() if path.exists() else header
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)

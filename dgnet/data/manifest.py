@@ -1,10 +1,8 @@
-"""Dataset manifests: Market-1501, DukeMTMC-reID and MSMT17 parsed into one pandas DataFrame.
-
-One row per image, columns `COLUMNS`: person_id as the file name gives it (Market/Duke: -1 junk,
-0 distractor; MSMT17 test ids shifted by `MSMT_TEST_ID_OFFSET`), camera_id 1-based, width and height
-from the header (0 when unreadable: rule images_decode reports the file), label the train ids
-numbered 0..C-1 in sorted order (-1 elsewhere). frame.attrs: format, root, label_map.
-"""
+"""Market-1501, DukeMTMC-reID and MSMT17 parsed into one manifest DataFrame, one row per image, columns
+`COLUMNS`: person_id as the file name gives it (Market/Duke: -1 junk, 0 distractor; MSMT17 test ids
+shifted by `MSMT_TEST_ID_OFFSET`), width and height from the header (0 when unreadable: rule
+images_decode reports it), label the train ids numbered 0..C-1 (-1 elsewhere). frame.attrs: format,
+root, label_map."""
 
 from __future__ import annotations
 

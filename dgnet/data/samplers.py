@@ -1,10 +1,7 @@
-"""Batch samplers whose batches are pure functions of (seed, iteration, rank): resuming at iteration
-t needs nothing but t, and under DDP all ranks compute the same global batch and keep disjoint slices.
-
-DG-Net batches [a (N), positives of a, b (N), positives of b] come from `ImagePairSampler` (the
-published recipe: a and b may hold the same identity by chance) or `IdentityPairSampler` (a and b
-always different people, as the cross-identity losses assume); the teacher's from `RandomImageSampler`.
-"""
+"""Batch samplers whose batches are pure functions of (seed, iteration, rank): a resume needs only the
+iteration, and DDP ranks compute the same global batch and keep disjoint slices. DG-Net batches [a,
+positives of a, b, positives of b] come from `ImagePairSampler` (published: a and b may share an id by
+chance) or `IdentityPairSampler` (a and b always different people, as the cross-identity losses assume)."""
 
 from __future__ import annotations
 
@@ -76,14 +73,10 @@ class IdentityPairSampler(_RankSampler):
             chosen = rng.choice(self.ids, size=2 * total, replace=False)
             ids_a, ids_b = chosen[:total], chosen[total:]
         rows = []
-        for ids in (ids_a, ids_b):
-            anchor, positive = [], []
-            for i in ids:
-                images = self.images_of[int(i)]
-                pick = rng.permutation(len(images))[:2]
-                anchor.append(images[pick[0]])
-                positive.append(images[pick[-1]])  # the same image when the id has only one
-            rows += [np.asarray(anchor), np.asarray(positive)]
+        for ids in (ids_a, ids_b):  # an anchor and a positive per id: the same image when it has only one
+            pairs = [images[rng.permutation(len(images))[:2]]
+                     for images in map(self.images_of.get, ids.tolist())]
+            rows += [np.array([pair[0] for pair in pairs]), np.array([pair[-1] for pair in pairs])]
         return Batch(self._mine(rows), self._mine(rng.integers(0, _SEED_BOUND, size=(4, total))))
 
 

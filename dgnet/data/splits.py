@@ -1,10 +1,8 @@
-"""A validation split carved from a manifest's training identities, and the guard that keeps the
-test split out of whatever is tuned on it (tuning that scores on query/gallery fits the test set).
-
-Held-out ids are laid out as Market-1501 does: per id, every camera with 2+ images gives one query
-and keeps the rest in the gallery, a single-image camera goes to the gallery. The evaluator takes a
-gallery image of the query's id and camera for junk, so every query has a match in each other camera.
-"""
+"""A validation split carved from the training identities, and the guard that keeps the test split out
+of whatever is tuned (tuning that scores on query/gallery fits the test set). Held-out ids are laid out
+as Market-1501's: per id, each camera with 2+ images gives one query and keeps the rest in the gallery
+(a one-image camera: gallery only); the evaluator takes same-id same-camera gallery images for junk,
+so every query has a match in each other camera."""
 
 from __future__ import annotations
 

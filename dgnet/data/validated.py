@@ -1,10 +1,7 @@
-"""The manifest training may read: validated, unchanged since, and cheaply re-checked at load.
-
-A published manifest's `manifest_record` (the file's SHA-256, per split and column counts and
-hashes) lands in the validation report. Training either validates first (`--data DIR`, pandas
-engine) or reads through `read_validated_manifest`, which names what changed in a manifest that no
-longer matches; either way `check_invariants` re-checks the cheap rules just before training.
-"""
+"""The manifest training may read: validated, unchanged since, and cheaply re-checked at load. Its
+`manifest_record` (SHA-256, per split and column counts and hashes) in the validation report names
+what changed when `read_validated_manifest` refuses it; `check_invariants` re-checks the cheap rules
+just before training, whether it validated first (`--data DIR`) or read a manifest."""
 
 from __future__ import annotations
 
