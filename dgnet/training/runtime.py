@@ -244,24 +244,19 @@ def cleanup_distributed(ctx: DistContext) -> None:
 
 def _all_reduce_mean(tensors: list[torch.Tensor], world_size: int) -> None:
     """Average `tensors` over ranks in place, a few large all-reduces instead of one per tensor."""
-    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    buckets: list[list[torch.Tensor]] = []
     for tensor in tensors:
-        by_dtype.setdefault((tensor.dtype, tensor.device), []).append(tensor)
-    for group in by_dtype.values():
-        start = 0
-        while start < len(group):
-            bucket, size = [], 0
-            while start < len(group) and (not bucket or size + group[start].numel() <= _BUCKET_ELEMENTS):
-                bucket.append(group[start])
-                size += group[start].numel()
-                start += 1
-            flat = torch.cat([t.reshape(-1) for t in bucket])
-            dist.all_reduce(flat)
-            flat /= world_size
-            offset = 0
-            for tensor in bucket:
-                tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
-                offset += tensor.numel()
+        last = buckets[-1] if buckets else []
+        if (not last or (last[0].dtype, last[0].device) != (tensor.dtype, tensor.device)
+                or sum(t.numel() for t in last) + tensor.numel() > _BUCKET_ELEMENTS):
+            buckets.append([])
+        buckets[-1].append(tensor)
+    for bucket in buckets:
+        flat = torch.cat([t.reshape(-1) for t in bucket])
+        dist.all_reduce(flat)
+        flat /= world_size
+        for tensor, mean in zip(bucket, flat.split([t.numel() for t in bucket]), strict=True):
+            tensor.copy_(mean.view_as(tensor))
 
 
 def average_gradients(parameters: Iterable[nn.Parameter], ctx: DistContext) -> None:
