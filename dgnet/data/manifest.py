@@ -90,15 +90,11 @@ def parse_file_name(name: str, fmt: str, where: str | os.PathLike | None = None)
 
 def _jpg_names(folder: Path) -> list[str]:
     """Sorted .jpg file names in `folder`; other files (Thumbs.db, README) are ignored."""
-    names = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            try:
-                if entry.name.lower().endswith(".jpg") and entry.is_file():
-                    names.append(entry.name)
-            except OSError as exc:  # a symlink loop
-                raise DatasetError(f"{entry.path}: cannot be read ({exc.strerror or exc})") from exc
-    return sorted(names)
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.name.lower().endswith(".jpg") and e.is_file())
+    except OSError as exc:  # a symlink loop
+        raise DatasetError(f"{exc.filename or folder}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def detect_format(root: str | os.PathLike) -> str:
@@ -227,8 +223,7 @@ def build_manifest(root: str | os.PathLike, fmt: str | None = None, *, include_g
     sizes = np.array([_read_size(p) for p in frame["path"]], dtype=np.int64).reshape(-1, 2)
     frame["width"], frame["height"] = sizes[:, 0], sizes[:, 1]
     label_map = train_label_map(frame)
-    is_train = frame["split"] == "train"
-    frame["label"] = frame["person_id"].map(label_map).where(is_train, -1).astype("int64")
+    frame["label"] = frame["person_id"].map(label_map).where(frame["split"] == "train", -1).astype("int64")
     frame.attrs.update(format=fmt, root=str(root), label_map=label_map)
     return frame
 

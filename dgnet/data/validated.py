@@ -70,8 +70,7 @@ def record_differences(validated: Mapping[str, Any], current: Mapping[str, Any])
     old_columns, new_columns = validated.get("columns", {}), current.get("columns", {})
     if list(old_columns) != list(new_columns):
         found.append(f"columns {list(new_columns)}, validated {list(old_columns)}")
-    changed = [c for c in new_columns if c in old_columns and old_columns[c] != new_columns[c]]
-    if changed:
+    if changed := [c for c in new_columns if c in old_columns and old_columns[c] != new_columns[c]]:
         found.append("values changed in column(s) " + ", ".join(changed))
     return found or ["the file's bytes differ (same rows and values: formatting only)"]
 

@@ -1,9 +1,7 @@
 """Backgrounds: one scene per camera, a pure function of its kind and seed, drawn once and cached.
-
-Dulled and out of focus, as in real surveillance crops: with saturated, sharp scenes the appearance
-code (trained to ignore the background) cannot carry their colours, and the generator's
-self-reconstruction lost about 0.01 L1 there (docs/generator_diagnosis.md).
-"""
+Dulled and out of focus, as in real surveillance crops: with saturated, sharp scenes the appearance code
+(trained to ignore the background) cannot carry their colours, and the generator's self-reconstruction
+lost about 0.01 L1 there (docs/generator_diagnosis.md)."""
 
 from __future__ import annotations
 
