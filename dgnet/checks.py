@@ -20,8 +20,7 @@ def check_int(value: Any, key: str, minimum: int = 0) -> int:
 
 def check_number(value: Any, key: str, low: float = 0.0, high: float | None = None,
                  low_open: bool = False, why: str = "") -> float:
-    """`value` when it is a number in [low, high] ((low, high] with `low_open`), else ConfigError
-    (which says `why` the rule is there, when given)."""
+    """`value` if a number in [low, high] ((low, high] with `low_open`), else ConfigError (saying `why`)."""
     if isinstance(value, str):
         raise ConfigError(float_string_message(key, value))
     number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

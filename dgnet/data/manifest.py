@@ -112,16 +112,13 @@ def detect_format(root: str | os.PathLike) -> str:
                 for fmt in ("market1501", "dukemtmc"):
                     if PATTERNS[fmt].match(name):
                         return fmt
-                raise DatasetError(
-                    f"{folder / name}: cannot tell the dataset format from this file name; expected "
-                    f"{PATTERN_EXAMPLES['market1501']} or {PATTERN_EXAMPLES['dukemtmc']}"
-                )
+                raise DatasetError(f"{folder / name}: cannot tell the dataset format from this file name; "
+                                   f"expected {PATTERN_EXAMPLES['market1501']} or "
+                                   f"{PATTERN_EXAMPLES['dukemtmc']}")
         raise DatasetError(f"{root}: the split folders hold no .jpg images; expected layouts: {_LAYOUTS}")
     present = sorted(p.name for p in root.iterdir())[:20]
-    raise DatasetError(
-        f"{root}: no known dataset layout found (present: {', '.join(present) or 'nothing'}); "
-        f"expected one of: {_LAYOUTS}"
-    )
+    raise DatasetError(f"{root}: no known dataset layout found (present: {', '.join(present) or 'nothing'}); "
+                       f"expected one of: {_LAYOUTS}")
 
 
 def _read_size(path: str) -> tuple[int, int]:
@@ -166,11 +163,9 @@ def _msmt_list_rows(root: Path, list_name: str, image_dir: Path, existing: set[s
             if not fields:
                 continue
             if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise DatasetError(
-                    f"{list_path}, line {line_no}: malformed line {line.strip()!r}; expected "
-                    "'<id folder>/<file name>.jpg <person id>', "
-                    "e.g. '0000/0000_000_01_0303morning_0015_0.jpg 0'"
-                )
+                raise DatasetError(f"{list_path}, line {line_no}: malformed line {line.strip()!r}; expected "
+                                   "'<id folder>/<file name>.jpg <person id>', "
+                                   "e.g. '0000/0000_000_01_0303morning_0015_0.jpg 0'")
             rel, label = fields[0], int(fields[1])
             name = rel.rsplit("/", 1)[-1]
             where = f"{list_path}, line {line_no}: {image_dir / rel}"

@@ -46,9 +46,8 @@ class _RankSampler:
 
 
 class IdentityPairSampler(_RankSampler):
-    """DG-Net batches, identity-uniform: streams a and b of `batch_size` images each, all of
-    distinct identities, plus one positive (another image of the same identity) for each image.
-    Under DDP the ranks hold disjoint identities."""
+    """DG-Net batches, identity-uniform: streams a and b of `batch_size` images of distinct identities
+    (disjoint across DDP ranks), each with a positive (another image of its identity)."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         super().__init__(batch_size, seed, rank, world_size)

@@ -293,8 +293,7 @@ def pandas_outcome(expectation: Expectation, tables: dict[str, pd.DataFrame]) ->
 
 def rule_results(tables: dict[str, pd.DataFrame], outcomes: list[tuple[Expectation, bool, list[str]]]
                  ) -> list[RuleResult]:
-    """Each rule's result from its expectations' outcomes (either engine's): offending rows once
-    each, in table order."""
+    """Each rule's result from its expectations' outcomes (either engine's): offenders once, in order."""
     results = []
     for name, description in RULES.items():
         parts = [(e, passed, items) for e, passed, items in outcomes if e.rule == name]

@@ -1,5 +1,4 @@
 """The embedded synthetic re-ID dataset: procedurally drawn pedestrians in Market-1501 layout.
-
 Why: the pipeline must run end to end on a 2-core CPU in minutes, with no download, on a problem
 where DG-Net's two codes mean something. Every image is a pure function of its factors: the clothing
 (APPEARANCE_FIELDS: the appearance code a) and everything else (STRUCTURE_FIELDS: the structure code
