@@ -240,16 +240,7 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
             lr = learning_rate_at(iteration, base_lr, schedule.lr_milestones, schedule.lr_gamma)
             for group in optimizers[name].param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
-
-        def move(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return to_channels_last(images.to(device, non_blocking=True), cfg.channels_last).chunk(4)
-
-        # The sampler's [a, pos_a, b, pos_b] batch, clean and random-erased.
-        a, pos_a, b, pos_b = move(batch["image"])
-        a_erased, pos_a_erased, b_erased, pos_b_erased = move(batch["image_erased"])
-        label_a, _, label_b, _ = batch["label"].to(device, non_blocking=True).chunk(4)
-        real = DGNetBatch(a, label_a, b, label_b, pos_a, pos_b,
-                          a_erased, b_erased, pos_a_erased, pos_b_erased)
+        real = split_batch(batch, device, cfg.channels_last)
 
         d_logs: dict[str, float] = {}
 
@@ -283,6 +274,18 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
 
     model.train()
     return JointStep(model, teacher, optimizers, scalers, step)
+
+
+def split_batch(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> DGNetBatch:
+    """The sampler's [a, pos_a, b, pos_b] batch (clean and random-erased images) as a DGNetBatch."""
+
+    def move(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return to_channels_last(images.to(device, non_blocking=True), channels_last).chunk(4)
+
+    a, pos_a, b, pos_b = move(batch["image"])
+    a_erased, pos_a_erased, b_erased, pos_b_erased = move(batch["image_erased"])
+    label_a, _, label_b, _ = batch["label"].to(device, non_blocking=True).chunk(4)
+    return DGNetBatch(a, label_a, b, label_b, pos_a, pos_b, a_erased, b_erased, pos_a_erased, pos_b_erased)
 
 
 def train_dgnet(
