@@ -17,12 +17,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -285,21 +284,6 @@ def fid_network(weights: Path) -> str:
     return "tf" if weights.name.startswith(FID_INCEPTION_FILE.rsplit("-", 1)[0]) else "torchvision"
 
 
-@contextlib.contextmanager
-def _hub_holding(weights: Path) -> Iterator[None]:
-    """The torch hub cache pointed at a folder whose checkpoints/ holds `weights` under pytorch-fid's
-    file name, so that pytorch-fid loads that file and has nothing to download."""
-    previous = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "checkpoints").mkdir()
-        (Path(tmp) / "checkpoints" / FID_INCEPTION_FILE).symlink_to(weights.resolve())
-        torch.hub.set_dir(tmp)
-        try:
-            yield
-        finally:
-            torch.hub.set_dir(previous)
-
-
 def _inception(weights: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """Images in [0, 1], any size -> N x 2048 pool features, with the network `weights` hold."""
     if fid_network(weights) == "tf":
@@ -308,7 +292,10 @@ def _inception(weights: Path, device: torch.device) -> Callable[[torch.Tensor], 
         except ImportError as exc:
             raise ImportError(f"{weights} is the TF FID Inception, which needs pytorch-fid "
                               "(pip install pytorch-fid)") from exc
-        with _hub_holding(weights):  # resizes to 299 (bilinear) and scales to [-1, 1] itself
+        # pytorch-fid loads its weights from a URL: hand it the file instead (never a download). The
+        # network resizes to 299 (bilinear) and scales to [-1, 1] itself.
+        with mock.patch("pytorch_fid.inception.load_state_dict_from_url",
+                        lambda *_, **__: torch.load(weights, map_location="cpu", weights_only=True)):
             tf = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
         return lambda x: tf(x)[0].flatten(1)
     from torchvision.models import inception_v3

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+Ids = torch.Tensor | np.ndarray | Sequence[int]  # person ids or cameras, one per row
+
 
 def _as_tensor(values: torch.Tensor | np.ndarray | Sequence, device: torch.device) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
@@ -214,13 +216,8 @@ def _query_scores(
 
 
 def rank_metrics(
-    dist: torch.Tensor | np.ndarray,
-    q_pids: torch.Tensor | np.ndarray | Sequence[int],
-    q_camids: torch.Tensor | np.ndarray | Sequence[int],
-    g_pids: torch.Tensor | np.ndarray | Sequence[int],
-    g_camids: torch.Tensor | np.ndarray | Sequence[int],
-    max_rank: int = 50,
-    chunk_size: int = 256,
+    dist: torch.Tensor | np.ndarray, q_pids: Ids, q_camids: Ids, g_pids: Ids, g_camids: Ids,
+    max_rank: int = 50, chunk_size: int = 256,
 ) -> dict:
     """CMC, mAP and mINP from a (num_query, num_gallery) distance matrix; smaller = more similar.
 
@@ -262,15 +259,9 @@ def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 
 
 
 def rank_metrics_from_features(
-    query_features: torch.Tensor,
-    gallery_features: torch.Tensor,
-    q_pids: torch.Tensor | np.ndarray | Sequence[int],
-    q_camids: torch.Tensor | np.ndarray | Sequence[int],
-    g_pids: torch.Tensor | np.ndarray | Sequence[int],
-    g_camids: torch.Tensor | np.ndarray | Sequence[int],
-    metric: str = "cosine",
-    max_rank: int = 50,
-    chunk_size: int = 256,
+    query_features: torch.Tensor, gallery_features: torch.Tensor,
+    q_pids: Ids, q_camids: Ids, g_pids: Ids, g_camids: Ids,
+    metric: str = "cosine", max_rank: int = 50, chunk_size: int = 256,
 ) -> dict:
     """`rank_metrics` without ever holding the full distance matrix: distances are computed
     chunk by chunk of queries, on the features' device."""
