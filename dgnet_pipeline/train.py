@@ -22,10 +22,9 @@ from typing import Any
 from dgnet.config import TrainStage
 from dgnet.errors import ConfigError
 from dgnet.io import atomic_dir, atomic_path, write_json
-from dgnet.profiles import merge
 from dgnet.training.hooks import LossCurve
 from dgnet_pipeline.common import LOSS_CURVE as LOSSES
-from dgnet_pipeline.common import section, teacher_paths
+from dgnet_pipeline.common import teacher_paths
 from dgnet_pipeline.mlflow_hooks import LastImage, MlflowHooks, metrics_summary
 from dgnet_pipeline.mlflow_runs import link_previous_run, run_tags, tracked_run
 from dgnet_pipeline.tracking import view_hint
@@ -38,17 +37,7 @@ from dgnet_pipeline.workspace import (
     work_dir,
 )
 
-STAGE = "train"
 WARMUP_CHECKPOINT = "checkpoint.pt"
-
-
-def ablation_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
-    ablations = params.get("ablations") or {}
-    if not isinstance(ablations.get(name), dict):
-        known = sorted(k for k, v in ablations.items() if isinstance(v, dict))
-        raise ConfigError(f"--ablation {name!r}: params.yaml has no `ablations.{name}` mapping; "
-                          f"defined: {known or 'none'}")
-    return merge(section(params, STAGE), ablations[name])
 
 
 def seed_teachers(workspace: Path, teachers: Path, seed: int, mode: str) -> list[Path]:

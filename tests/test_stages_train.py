@@ -21,11 +21,10 @@ from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError
 from dgnet.losses import NonFiniteLossError
 from dgnet.models.persist import load_model
-from dgnet.profiles import get_profile, resolve_params
+from dgnet.profiles import get_profile, read_params, resolve_params
 from dgnet.training.teacher_trainer import TeacherTrainConfig
 from dgnet.training.trainer import DGNetTrainConfig
 from dgnet_pipeline.tracking import connect
-from dgnet_pipeline.train import ablation_settings
 from stages import teacher as teacher_stage
 from stages import train as train_stage
 from tests.fixtures import publish_manifest
@@ -221,13 +220,19 @@ def test_seed_and_fork_refusals_are_named(trained, in_workspace, capsys):
         stage_config("train", {"seeds": [0], "teachers": "mine"})
 
 
-def test_ablation_changes_merge_into_the_train_section():
-    params = {"train": {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0}},
+def test_ablation_changes_merge_into_the_train_section(tmp_path):
+    params = {"profile": "tiny",
+              "train": {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0}},
               "ablations": {"no_primary": {"schedule": {"primary_learning": False}}}}
-    merged = ablation_settings(params, "no_primary")
-    assert merged == {"iterations": 5, "schedule": {"fine_alpha": 0.2, "primary_max": 2.0,
-                                                    "primary_learning": False}}
-    assert "primary_learning" not in params["train"]["schedule"]  # the section itself is untouched
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    base, ablated = read_params(path), read_params(path, "no_primary")
+    for cfg in (ablated.train, ablated.ablations["no_primary"], base.ablations["no_primary"]):
+        assert not cfg.schedule.primary_learning
+        assert (cfg.iterations, cfg.schedule.fine_alpha, cfg.schedule.primary_max) == (5, 0.2, 2.0)
+    assert base.train.schedule.primary_learning  # the section itself is untouched
+    with pytest.raises(ConfigError, match=r"no `ablations\.no_such` mapping"):
+        read_params(path, "no_such")
 
 
 def test_missing_manifest_exits_non_zero_without_a_run(in_workspace, store, tmp_path, monkeypatch, capsys):
