@@ -3,6 +3,7 @@ Imports nothing of dgnet's but its errors, so any schema can use them without im
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +33,17 @@ def check_number(value: Any, key: str, low: float = 0.0, high: float | None = No
             where = "(finite)"
         raise ConfigError(f"{key}: must be a number {where}{f' ({why})' if why else ''}, got {value!r}")
     return value
+
+
+def check_fields(cfg: Any, section: str) -> None:
+    """What every config's fields share: YAML's lists held as tuples (the configs are frozen), and each
+    `bool` field true or false."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if isinstance(value, list):
+            object.__setattr__(cfg, field.name, tuple(value))
+        elif field.type == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{section}.{field.name}: must be true or false, got {value!r}")
 
 
 def check_choice(value: Any, key: str, choices: Iterable[str]) -> str:

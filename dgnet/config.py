@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from dgnet.checks import check_choice, check_int, check_number, float_string_message
+from dgnet.checks import check_choice, check_fields, check_int, check_number, float_string_message
 from dgnet.errors import ConfigError
 from dgnet.training.schedule import ScheduleConfig, check_milestones, loss_weights_at
 
@@ -78,6 +78,7 @@ class Augmentation:
     erasing_p: float = 0.5
 
     def __post_init__(self) -> None:
+        check_fields(self, "augmentation")
         check_int(self.padding, "augmentation.padding")
         check_number(self.erasing_p, "augmentation.erasing_p", 0.0, 1.0)
 
@@ -101,6 +102,7 @@ class ObjectiveConfig:
     structure_reencode_p: float = 0.5
 
     def __post_init__(self) -> None:
+        check_fields(self, "objective")
         check_number(self.r1_weight, "objective.r1_weight")
         check_number(self.structure_reencode_p, "objective.structure_reencode_p", 0.0, 1.0)
 
@@ -131,10 +133,8 @@ class RunConfig:
     SECTION: typing.ClassVar[str] = "run"
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():  # YAML gives lists; a frozen config holds tuples
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
         section = self.SECTION
+        check_fields(self, section)
         for name in ("iterations", "batch_size", "keep_checkpoints", "eval_batch_size"):
             check_int(getattr(self, name), f"{section}.{name}", 1)
         for name in ("log_every", "eval_every", "checkpoint_every", "num_workers", "seed"):
@@ -324,6 +324,7 @@ class DataConfig:
     synthetic: SyntheticData = field(default_factory=SyntheticData)
 
     def __post_init__(self) -> None:
+        check_fields(self, "data")
         if self.format in ("", "auto"):
             object.__setattr__(self, "format", None)
         if self.format is not None:
@@ -385,8 +386,7 @@ class EvaluateConfig:
         for alpha in self.alphas:
             check_number(alpha, "evaluate.alphas", 0.0, 1.0)
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        if not isinstance(self.rerank, bool):
-            raise ConfigError(f"evaluate.rerank: must be true or false, got {self.rerank!r}")
+        check_fields(self, "evaluate")
         check_int(self.num_swaps, "evaluate.num_swaps", 2)  # SSIM diversity needs two images
         for name in ("ranked_queries", "batch_size"):
             check_int(getattr(self, name), f"evaluate.{name}", 1)
@@ -467,8 +467,7 @@ class Knob:
         high = float(check_number(self.high, f"{where}.high"))
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
-        if not isinstance(self.log, bool):
-            raise ConfigError(f"{where}.log: must be true or false, got {self.log!r}")
+        check_fields(self, where)
         if not low < high or (self.log and low == 0):
             raise ConfigError(f"{where}: needs 0 <= low < high (low > 0 on a log scale), got low {low}, "
                               f"high {high}")
@@ -550,8 +549,7 @@ class TuneConfig:
         object.__setattr__(self, "heartbeat_interval", heartbeat)
         object.__setattr__(self, "grace_period", grace)
         check_int(self.max_retry, "tune.max_retry")
-        if not isinstance(self.log_models, bool):
-            raise ConfigError(f"tune.log_models: must be true or false, got {self.log_models!r}")
+        check_fields(self, "tune")
         object.__setattr__(self, "out", str(self.out))
         object.__setattr__(self, "validation_fraction", check_fraction(self.validation_fraction))
         check_int(self.validation_seed, "tune.validation_seed")

@@ -329,6 +329,18 @@ def test_query_alpha_must_lie_in_0_1() -> None:
     assert DGNetTrainConfig(query_alpha=1).query_alpha == 1
 
 
+def test_every_boolean_setting_must_be_true_or_false() -> None:
+    from dgnet.config import DataConfig, EvaluateConfig
+
+    for build, key in ((lambda: DGNetTrainConfig(compile=1), "train.compile"),
+                       (lambda: get_profile("tiny", pretrained="no"), "model.pretrained"),
+                       (lambda: DataConfig(include_gt_bbox="yes"), "data.include_gt_bbox"),
+                       (lambda: EvaluateConfig(rerank=0), "evaluate.rerank")):
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}: must be true or false"):
+            build()
+    assert DGNetTrainConfig(adam_betas=[0.5, 0.9]).adam_betas == (0.5, 0.9)  # YAML's lists as tuples
+
+
 def test_a_float_written_1e_3_gets_the_yaml_hint() -> None:
     with pytest.raises(ConfigError, match=r"teacher.lr: must be a number, got the string '1e-3'; .*write "
                                           r"1.0e-3"):

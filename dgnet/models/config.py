@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dgnet.checks import check_choice, check_int, check_number
+from dgnet.checks import check_choice, check_fields, check_int, check_number
 from dgnet.errors import ConfigError
 
 # Channels of the last ResNet stage, i.e. of the appearance map and of the global feature, at
@@ -66,9 +66,7 @@ class ModelConfig:
     teacher_last_stride: int = 1
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():  # YAML gives lists; a frozen config holds tuples
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        check_fields(self, "model")
         check_choice(self.backbone, "model.backbone", sorted(BACKBONE_CHANNELS))
         check_choice(self.teacher_pooling, "model.teacher_pooling", POOLINGS)
         for name, choices in (("teacher_last_stride", (1, 2)), ("structure_downsamplings", (1, 2))):

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dgnet.checks import check_int, check_number
+from dgnet.checks import check_fields, check_int, check_number
 from dgnet.errors import ConfigError
 
 
@@ -48,18 +48,14 @@ class ScheduleConfig:
     lr_gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if isinstance(self.lr_milestones, list):
-            object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        check_fields(self, "schedule")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "lr_milestones":
                 check_milestones(value, "schedule.lr_milestones")
             elif field.name == "id_generated_ramp":
                 check_int(value, "schedule.id_generated_ramp")
-            elif field.name in ("primary_learning", "fine_mining"):
-                if not isinstance(value, bool):
-                    raise ConfigError(f"schedule.{field.name}: must be true or false, got {value!r}")
-            else:
+            elif field.type != "bool":
                 check_number(value, f"schedule.{field.name}", low_open=field.name == "warmup_rate")
 
     def scaled_to(self, iterations: int, reference: int = 100_000) -> ScheduleConfig:
