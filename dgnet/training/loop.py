@@ -307,18 +307,14 @@ def worker_error_message(text: str) -> str:
 def flat_config(**sections: Any) -> dict[str, Any]:
     """{"section.field": value} for dataclasses / mappings, nested fields dotted; JSON-friendly values."""
     flat: dict[str, Any] = {}
-
-    def visit(prefix: str, value: Any) -> None:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                visit(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, tuple | list):
-            flat[prefix] = [str(v) if isinstance(v, Path) else v for v in value]
-        else:
-            flat[prefix] = str(value) if isinstance(value, Path) else value
-
     for name, value in sections.items():
-        visit(name, value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping):
+            inner = flat_config(**{str(key): item for key, item in value.items()})
+            flat.update({f"{name}.{key}": item for key, item in inner.items()})
+        elif isinstance(value, tuple | list):
+            flat[name] = [str(v) if isinstance(v, Path) else v for v in value]
+        else:
+            flat[name] = str(value) if isinstance(value, Path) else value
     return flat

@@ -167,13 +167,18 @@ def prepare_module(module: nn.Module, *, channels_last: bool, compile: bool) -> 
 
 def sgd_with_heads(trunk: Iterable[nn.Parameter], heads: Iterable[nn.Parameter], lr: float,
                    cfg: RunConfig) -> torch.optim.SGD:
-    """SGD (Nesterov) of a re-ID network: its id heads at `lr` x head_lr_mult (each param group's
-    "lr_mult", by which the trainers multiply the scheduled learning rate)."""
+    """SGD (Nesterov) of a re-ID network: its id heads at `lr` x head_lr_mult (`set_learning_rate`)."""
     return torch.optim.SGD(
         [{"params": trunk, "lr": lr, "lr_mult": 1.0},
          {"params": heads, "lr": lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],
         lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
     )
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Each param group at the scheduled `lr` x its "lr_mult" (the id heads' head_lr_mult, else 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def to_channels_last(images: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -35,6 +35,7 @@ from dgnet.training.runtime import (
     iteration_seed,
     mean_over_ranks,
     prepare_module,
+    set_learning_rate,
     sgd_with_heads,
     to_channels_last,
 )
@@ -50,11 +51,7 @@ def train_teacher(
     resume: bool = True,
 ) -> TrainingResult:
     """Train a ReidBaseline on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
-
-    Checkpoints go to out_dir/checkpoints; with `resume` the newest one is continued. Evaluated on
-    the query/gallery splits (when the manifest has them) every `eval_every` iterations and at the
-    end. Under torchrun every rank trains on its own images and rank 0 writes everything.
-    """
+    Under torchrun every rank trains on its own images and rank 0 writes everything."""
     label_map, model_cfg = training_split(frame, model_cfg)
     with training_process(cfg, out_dir) as (ctx, cfg):
         device = ctx.device
@@ -76,9 +73,7 @@ def train_teacher(
 
         def step(iteration: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
             torch.manual_seed(iteration_seed(cfg.seed, iteration, ctx.rank))  # dropout masks
-            lr = learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
+            set_learning_rate(optimizer, learning_rate_at(iteration, cfg.lr, cfg.lr_milestones, cfg.lr_gamma))
             images = to_channels_last(batch["image_erased"].to(device, non_blocking=True), cfg.channels_last)
             labels = batch["label"].to(device, non_blocking=True)
             with autocast_context(device, cfg.amp):

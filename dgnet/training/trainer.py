@@ -57,6 +57,7 @@ from dgnet.training.runtime import (
     iteration_seed,
     mean_over_ranks,
     prepare_module,
+    set_learning_rate,
     sgd_with_heads,
     to_channels_last,
 )
@@ -199,14 +200,9 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
                      teacher: FrozenTeacher | None, init: Callable[[DGNet], None] | None = None,
                      scalers: dict[str, torch.amp.GradScaler] | None = None) -> JointStep:
     """DG-Net on `ctx.device` with its optimisers, gradient scalers and iteration: what `train_dgnet`
-    runs, and the one place the benchmarks (train_speed, gpu_check) set it up too.
-
-    `init(model)` starts the weights (default: E_a's trunk from the teacher when
-    `cfg.init_appearance_from_teacher`); under a process group rank 0's weights are then broadcast.
-    Optimisers: Adam for the generator and D; SGD (Nesterov) for E_a, its id heads at x head_lr_mult
-    (each param group's "lr_mult"). `scalers`: one per backward pass (D's and G's losses differ in
-    scale), pass-through unless fp16. `batch` of the step is the loader's {"image", "image_erased", "label"}.
-    """
+    runs, and the benchmarks (train_speed, gpu_check) too. `init(model)` starts the weights (default:
+    E_a's trunk from the teacher if `cfg.init_appearance_from_teacher`), then rank 0's are broadcast.
+    `scalers`: one per backward pass (D's and G's losses differ in scale), pass-through unless fp16."""
     device = ctx.device
     model = DGNet(model_cfg).to(device)
     if init is not None:
@@ -237,9 +233,8 @@ def build_joint_step(model_cfg: ModelConfig, cfg: DGNetTrainConfig, ctx: DistCon
         schedule = cfg.schedule
         for name, base_lr in (("generator", cfg.lr_generator), ("discriminator", cfg.lr_discriminator),
                               ("appearance", cfg.lr_appearance)):
-            lr = learning_rate_at(iteration, base_lr, schedule.lr_milestones, schedule.lr_gamma)
-            for group in optimizers[name].param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
+            set_learning_rate(optimizers[name],
+                              learning_rate_at(iteration, base_lr, schedule.lr_milestones, schedule.lr_gamma))
         real = split_batch(batch, device, cfg.channels_last)
 
         d_logs: dict[str, float] = {}
@@ -299,13 +294,10 @@ def train_dgnet(
     fork_from: str | Path | None = None,
     init_from: str | Path | None = None,
 ) -> TrainingResult:
-    """Train DG-Net on `frame`'s train split; write out_dir/model.pt (see dgnet.models.persist).
-
-    `teacher_paths`: model files of `train_teacher` runs (several = an ensemble), needed when the
-    primary loss switches on within `cfg.iterations`. Checkpoints go to out_dir/checkpoints; with
-    `resume` the newest one is continued. Rank 0 logs, evaluates, draws the swap grid and writes.
-    `fork_from`: a checkpoint of a warm-up run (same `warmup_fingerprint`) to start from when out_dir
-    has none of its own; the result equals an unforked run bit for bit in deterministic mode.
+    """Train DG-Net on `frame`'s train split; write out_dir/model.pt. `teacher_paths`: `train_teacher`
+    model files (several = an ensemble), needed when the primary loss switches on within the run.
+    `fork_from`: a warm-up run's checkpoint (same `warmup_fingerprint`) to start from when out_dir has
+    no checkpoint of its own; the result equals an unforked run bit for bit in deterministic mode.
     `init_from`: a DG-Net model file to fine-tune (`init_from_model`); a checkpoint of this run comes first.
     """
     out_dir = Path(out_dir)
@@ -398,8 +390,7 @@ def swap_grid_inputs(frame: pd.DataFrame, size: tuple[int, int], count: int) -> 
 
 @torch.no_grad()
 def swap_grid_picture(model: DGNet, images: torch.Tensor) -> Image.Image:
-    """`dgnet.evaluation.pictures.swap_grid` of `images`: cell (i, j) = G(s_j, a_i), decoded in eval
-    mode (the model's mode is restored afterwards)."""
+    """`dgnet.evaluation.pictures.swap_grid` of `images`: cell (i, j) = G(s_j, a_i), in eval mode."""
     was_training = model.training
     model.eval()
     try:
