@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +35,6 @@ from dgnet_pipeline.workspace import (
 STAGE = "teacher"
 
 
-@contextlib.contextmanager
-def _seed_run(client: Any, experiment_id: str, parent: Any, seed: int, nested: bool,
-              tags: dict[str, str]) -> Iterator[str]:
-    """The run one teacher logs into: the stage run, or with several seeds a run of its own tagged with
-    the stage run (not nested: MLflow's UI would add the parent, the mean, to every filtered runs table)."""
-    if not nested:
-        yield parent.info.run_id
-        return
-    with tracked_run(client, experiment_id, f"{STAGE}-seed{seed}",
-                     {**tags, "dgnet.variant": STAGE, "dgnet.seed": str(seed),
-                      "dgnet.stage_run": parent.info.run_id}) as child:
-        yield child.info.run_id
-
-
-def train_teachers(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any]) -> int:
-    seeds = list(configs)
-    model_cfg = model_config(inputs.params, inputs.frame)
-    # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
-    # their mean, apart, so that it does not count as one more seed.
-    variant = STAGE if len(seeds) == 1 else f"{STAGE}-mean"
-    tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", inputs.workspace)
-    if len(seeds) == 1:
-        tags["dgnet.seed"] = str(seeds[0])
-    folders = run_folders(inputs.workspace, model_cfg, configs, inputs.manifest_md5)
-    # One run per folder: a second stage in this workspace stops here, before any MLflow run.
-    with hold_run_locks(folders.values(), "teacher run folder"):
-        return train_and_publish(inputs, args, configs, seeds, folders, model_cfg,
-                                 {**inputs.data_params(), "teacher.seeds": seeds}, tags)
-
-
 def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
                 manifest_md5: str) -> dict[int, Path]:
     return {seed: work_dir(workspace, f"teacher-seed{seed}", {"model": model_cfg, "teacher": cfg,
@@ -73,41 +42,55 @@ def run_folders(workspace: Path, model_cfg: Any, configs: dict[int, Any],
             for seed, cfg in configs.items()}
 
 
-def train_and_publish(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any],
-                      seeds: list[int], folders: dict[int, Path], model_cfg: Any, extra: dict[str, Any],
-                      tags: dict[str, str]) -> int:
+def train_teachers(inputs: StageInputs, args: argparse.Namespace, configs: dict[int, Any]) -> int:
     from dgnet.training.teacher_trainer import train_teacher
 
+    seeds, model_cfg = list(configs), model_config(inputs.params, inputs.frame)
+    # Group by dgnet.variant in the UI: the per-seed runs are `teacher`; the parent of several holds
+    # their mean, apart, so that it does not count as one more seed.
+    variant = STAGE if len(seeds) == 1 else f"{STAGE}-mean"
+    tags = run_tags(STAGE, "teacher", variant, "stages/teacher.py", inputs.workspace)
+    if len(seeds) == 1:
+        tags["dgnet.seed"] = str(seeds[0])
+    folders = run_folders(inputs.workspace, model_cfg, configs, inputs.manifest_md5)
+    extra = {**inputs.data_params(), "teacher.seeds": seeds}
     client, settings, nested = inputs.client, inputs.mlflow, len(seeds) > 1
     started, results = time.monotonic(), {}
-    with tracked_run(client, inputs.experiment_id, STAGE, tags) as parent:
-        for index, seed in enumerate(seeds):
-            alias = settings.alias or None  # every seed gets <alias>-seed<S>, the first also <alias>
-            aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])] if alias else []
-            with _seed_run(client, inputs.experiment_id, parent, seed, nested, tags) as run_id:
-                link_previous_run(client, folders[seed], run_id)
-                hooks = MlflowHooks(client, run_id, registered_model=settings.teacher_model or None,
-                                    alias=aliases[0] if aliases else None, variant=STAGE,
-                                    extra_params=extra, version_tags={"dgnet.seed": seed})
-                try:
-                    curve = LossCurve(folders[seed] / LOSSES)
-                    results[seed] = train_teacher(inputs.frame, model_cfg, configs[seed], folders[seed],
-                                                  hooks=[hooks, curve], resume=True)
-                finally:
-                    hooks.close()
-                results[seed].config["mlflow.run_id"] = run_id
-                if hooks.model_version is not None:
-                    for more in aliases[1:]:
-                        hooks.set_alias(more)
-                    results[seed].config["mlflow.model_version"] = hooks.model_version.version
-        summary = _write_outputs(inputs.workspace / args.out, inputs.workspace / args.metrics, seeds, results)
-        if nested:
-            hooks = MlflowHooks(client, parent.info.run_id, extra_params=extra)
-            hooks.log_params({"teacher.iterations": configs[seeds[0]].iterations})
-            hooks.on_evaluation(configs[seeds[0]].iterations,
-                                {k: v for k, v in summary.items() if not isinstance(v, dict)})
-    for seed in seeds:
-        remove_work_dirs(inputs.workspace, f"teacher-seed{seed}")
+    # One run per folder: a second stage in this workspace stops here, before any MLflow run.
+    with hold_run_locks(folders.values(), "teacher run folder"):
+        with tracked_run(client, inputs.experiment_id, STAGE, tags) as parent:
+            for index, seed in enumerate(seeds):
+                alias = settings.alias  # every seed gets <alias>-seed<S>, the first also <alias>
+                aliases = [f"{alias}-seed{seed}", *([alias] if index == 0 else [])] if alias else []
+                # With several seeds each logs into a run of its own tagged with the stage run (not nested:
+                # MLflow's UI would add the parent, the mean, to every filtered runs table).
+                seed_tags = {**tags, "dgnet.variant": STAGE, "dgnet.seed": str(seed),
+                             "dgnet.stage_run": parent.info.run_id}
+                with (tracked_run(client, inputs.experiment_id, f"{STAGE}-seed{seed}", seed_tags) if nested
+                      else contextlib.nullcontext(parent)) as run:
+                    run_id = run.info.run_id
+                    link_previous_run(client, folders[seed], run_id)
+                    with contextlib.closing(MlflowHooks(
+                            client, run_id, registered_model=settings.teacher_model or None,
+                            alias=aliases[0] if aliases else None, variant=STAGE, extra_params=extra,
+                            version_tags={"dgnet.seed": seed})) as hooks:
+                        curve = LossCurve(folders[seed] / LOSSES)
+                        results[seed] = train_teacher(inputs.frame, model_cfg, configs[seed], folders[seed],
+                                                      hooks=[hooks, curve], resume=True)
+                    results[seed].config["mlflow.run_id"] = run_id
+                    if hooks.model_version is not None:
+                        for more in aliases[1:]:
+                            hooks.set_alias(more)
+                        results[seed].config["mlflow.model_version"] = hooks.model_version.version
+            summary = _write_outputs(inputs.workspace / args.out, inputs.workspace / args.metrics, seeds,
+                                     results)
+            if nested:
+                hooks = MlflowHooks(client, parent.info.run_id, extra_params=extra)
+                hooks.log_params({"teacher.iterations": configs[seeds[0]].iterations})
+                hooks.on_evaluation(configs[seeds[0]].iterations,
+                                    {k: v for k, v in summary.items() if not isinstance(v, dict)})
+        for seed in seeds:
+            remove_work_dirs(inputs.workspace, f"teacher-seed{seed}")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not isinstance(v, dict))
     print(f"teacher: {len(seeds)} model(s) in {inputs.workspace / args.out} after "
           f"{time.monotonic() - started:.0f} s; {shown}")
