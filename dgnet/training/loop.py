@@ -119,13 +119,10 @@ class TrainingSession:
         self.metrics: dict[str, float] = {}
 
     def resume(self, stateful: Mapping[str, Any], identity: Mapping[str, Any], resume: bool = True) -> int:
-        """Load the newest checkpoint of out_dir/checkpoints into `stateful` (what the session then
-        checkpoints); return the start iteration.
-
-        `identity` (e.g. the model configuration) must equal the checkpoint's (another model's is an
-        error, not something to half-load). Without `resume`, old checkpoints are deleted, so that a
-        fresh run never resumes from a stale one later. Every rank loads rank 0's choice.
-        """
+        """Load the newest checkpoint into `stateful` (what the session then checkpoints); return the
+        start iteration. `identity` (e.g. the model configuration) must equal the checkpoint's: another
+        model's is an error, not something to half-load. Without `resume`, old checkpoints are deleted,
+        so that a fresh run never resumes from a stale one later. Every rank loads rank 0's choice."""
         self.stateful, self.identity = stateful, identity
         path, state = None, None
         if self.ctx.is_main:
@@ -180,12 +177,9 @@ class TrainingSession:
         picture: Callable[[], tuple[str, Image.Image]] | None = None,
         postfix: Sequence[str] = (),
     ) -> dict[str, float]:
-        """Run iterations [start, total) (after `resume`); return the last evaluation's metrics ({}
-        without evaluation).
-
+        """Run iterations [start, total) (after `resume`); return the last evaluation's metrics ({} without).
         `describe(iteration)` adds values that are not window means (loss weights, learning rates) to
-        each log line; `postfix` names the logs shown on the progress bar.
-        """
+        each log line; `postfix` names the logs shown on the progress bar."""
         total, main = self.cfg.iterations, self.ctx.is_main
         self.hooks.on_start(self.kind, self.config, start)
         sums: dict[str, float] = {}

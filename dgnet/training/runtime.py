@@ -77,9 +77,7 @@ def _check_amp(device: torch.device, amp: str) -> None:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 runs in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
-
-    Elsewhere (an AVX2 CPU, say) autocast emulates bf16, and a convolution is ~30 times slower.
-    """
+    Elsewhere (an AVX2 CPU, say) autocast emulates bf16, and a convolution is ~30 times slower."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if (info := _cpuinfo()) is None:  # not Linux: trust torch's vector-capability probe
@@ -90,9 +88,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_amp(device: torch.device, amp: str) -> str:
     """The precision a run uses: "auto" is bf16 where it runs in hardware (`native_bf16`), else off.
-
-    An explicit "bf16" is kept, with a warning where it is emulated, since the user asked for it.
-    """
+    An explicit "bf16" is kept, with a warning where it is emulated, since the user asked for it."""
     _check_amp(device, amp)
     if amp == "auto":
         return "bf16" if native_bf16(device) else "off"
@@ -106,10 +102,7 @@ def resolve_amp(device: torch.device, amp: str) -> str:
 
 
 def autocast_context(device: torch.device, amp: str) -> torch.amp.autocast:
-    """The autocast region for forward passes: disabled for "off", bf16 or fp16 autocast otherwise.
-
-    Pass the resolved mode (`resolve_amp`); "auto" is resolved here too, without the warning.
-    """
+    """The autocast region for forward passes: disabled for "off", bf16 or fp16 autocast otherwise."""
     amp = resolve_amp(device, amp) if amp == "auto" else amp  # the trainers resolve once and pass it
     _check_amp(device, amp)
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
@@ -125,12 +118,10 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
 @contextlib.contextmanager
 def determinism(seed: int, deterministic: bool) -> Iterator[None]:
     """Seed every global RNG; with `deterministic`, also deterministic kernels; for the block only
-    (torch's global flags are restored afterwards).
-
-    On the CPU a run is then bit-for-bit repeatable for a given thread count (CPU reductions split
-    work by thread). On CUDA some kernels this model uses (max-pool and reflect-pad backward) have no
-    deterministic version: torch warns about them instead of failing (close to, not exactly, repeatable).
-    """
+    (torch's global flags are restored afterwards). On the CPU a run is then bit-for-bit repeatable
+    for a given thread count (CPU reductions split work by thread). On CUDA some kernels this model
+    uses (max-pool and reflect-pad backward) have no deterministic version: torch warns about them
+    instead of failing (close to, not exactly, repeatable)."""
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled(),
                 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
