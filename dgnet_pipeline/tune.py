@@ -1,11 +1,10 @@
-"""`dgnet tune` (stages/tune.py is its DVC entry): an Optuna study of DG-Net's loss weights, each trial a
+"""`dgnet tune` (DVC entry: stages/tune.py): an Optuna study of DG-Net's loss weights, each trial a
 short training run tracked in MLflow (a parent run per study, a child per trial attempt).
 
-A trial trains params `tune.base` changed by `tune.train` with the `tune.space` weights TPE samples and
-scores `tune.metric` on a validation split of the training ids (never the test split), with a teacher
-trained on the rest of them (cached in outputs/tuning/). Workers share the study through Optuna's
-RDBStorage; a dead worker's trial, or one stopped by Ctrl-C or a tracking outage, is re-queued with its
-weights and resumes from its checkpoint. Exit codes: stages/tune.py."""
+A trial trains params `tune.base` with `tune.train` and the sampled `tune.space` weights, and scores
+`tune.metric` on a validation split of the training ids (never the test split), with a teacher trained
+on the rest (cached in outputs/tuning/). Workers share the study's RDBStorage; a trial stopped by a dead
+worker, Ctrl-C or a tracking outage is re-queued with its weights and resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import shutil
 import sys
@@ -47,11 +45,10 @@ STAGE = "tune"  # the params section; the runs' dgnet.stage and dgnet.variant
 SCORE_SPLIT, VALIDATION_PREFIX = "validation", "val/"  # what tuning figures are scored on; their prefix
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR, PARENT_ATTR = "dgnet.settings", "dgnet.mlflow_parent_run_id"  # study user attributes
+OUTCOME_ATTR = "dgnet.outcome"  # a trial's: why it was pruned or failed
 MAX_FAILURES_IN_A_ROW, LOCK_TIMEOUT_S, ADVISORY_LOCK = 3, 300, 74121
-# retry(max_retry): re-queues a trial with its weights and intermediate values, at most max_retry times
-retry = functools.partial(RetryHeartbeatStaleTrialCallback, inherit_intermediate_values=True)
+retry = functools.partial(RetryHeartbeatStaleTrialCallback, inherit_intermediate_values=True)  # (max_retry)
 WAITING = "tune: another worker is opening the study; waiting for it"
-DEFAULT_METRICS, TEACHER_ROOT = Path("reports/metrics/tune.json"), Path("outputs/tuning")
 
 
 class StorageError(DgnetError):
@@ -73,11 +70,11 @@ def startup_lock(url: str) -> Iterator[None]:
             if parsed.get_backend_name() == "postgresql":
                 engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                                   isolation_level="AUTOCOMMIT")
-                session = held.enter_context(engine.connect())  # closing it frees the lock
-                session.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-                if not session.exec_driver_sql(f"SELECT pg_try_advisory_lock({ADVISORY_LOCK})").scalar():
+                sql = held.enter_context(engine.connect()).exec_driver_sql  # closing it frees the lock
+                sql(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                if not sql(f"SELECT pg_try_advisory_lock({ADVISORY_LOCK})").scalar():
                     print(WAITING, flush=True)
-                    session.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK})")
+                    sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK})")
             elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 lock = FileLock(f"{parsed.database}.lock", timeout=LOCK_TIMEOUT_S)
                 try:
@@ -93,14 +90,14 @@ def startup_lock(url: str) -> Iterator[None]:
 
 class PerTrialSeedTPESampler(optuna.samplers.TPESampler):
     """TPESampler(seed) seeds once per process, so a resumed study would draw its start-up points again:
-    here each trial re-initialises it (its one public way to set a seed) with (seed, trial number), so
-    trial k draws the same in any process."""
+    each trial re-initialises it (its one public way to set a seed) with (seed, trial number), so trial k
+    draws the same in any process."""
 
     def __init__(self, seed: int, n_startup_trials: int) -> None:
         self.seed, self.n_startup_trials = seed, n_startup_trials
         super().__init__(seed=seed, n_startup_trials=n_startup_trials)
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:  # a trial's first call
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
         super().__init__(seed=state, n_startup_trials=self.n_startup_trials)
         super().before_trial(study, trial)
@@ -111,8 +108,8 @@ def open_study(url: str, cfg: TuneConfig, key: Mapping[str, Any]) -> tuple[optun
     heartbeat = {"heartbeat_interval": cfg.heartbeat_interval, "grace_period": cfg.grace_period,
                  "heartbeat_stale_trial_callback": retry(cfg.max_retry)} if cfg.heartbeat_interval else {}
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    pruner, steps = cfg.pruner, {"n_warmup_steps": cfg.pruner.n_warmup_steps,
-                                 "interval_steps": cfg.pruner.interval_steps}
+    pruner = cfg.pruner
+    steps = {"n_warmup_steps": pruner.n_warmup_steps, "interval_steps": pruner.interval_steps}
     try:
         storage = RDBStorage(url, engine_kwargs=engine, **heartbeat)
         study = optuna.create_study(
@@ -129,7 +126,7 @@ def open_study(url: str, cfg: TuneConfig, key: Mapping[str, Any]) -> tuple[optun
         study.set_user_attr(SETTINGS_ATTR, text)
     elif stored != text:
         before, now = json.loads(stored), json.loads(text)
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["?"]
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)) or ["?"]
         raise ConfigError(f"study {cfg.study!r} in {redact(url)} was started with other settings (changed: "
                           f"{', '.join(changed)}); resume it with those, or give this search another name "
                           f"(--study NAME, params tune.study)")
@@ -173,7 +170,6 @@ class Tuning:
     parent_id: str | None = None
     storage: RDBStorage | None = None
     teachers: list[Path] = dataclasses.field(default_factory=list)
-    outcomes: dict[int, str] = dataclasses.field(default_factory=dict)  # why a trial was pruned or failed
 
 
 class TrialHooks(MlflowHooks):
@@ -194,8 +190,7 @@ class TrialHooks(MlflowHooks):
         super().on_evaluation(iteration, metrics)
         if (value := metrics.get(self.cfg.metric)) is None or not np.isfinite(value):
             return
-        # A resumed retry re-reports inherited steps: ignored, fine.
-        with warnings.catch_warnings(action="ignore", category=UserWarning):
+        with warnings.catch_warnings(action="ignore", category=UserWarning):  # a retry re-reports its steps
             self.trial.report(float(value), int(iteration))
         if iteration < self.iterations and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.cfg.metric} {value:.4f} at iteration {iteration}")
@@ -239,34 +234,30 @@ def run_trial(tuning: Tuning, trial: optuna.Trial) -> float:
         f"{k} {v:.4g}" for k, v in sampled.items())
     started = time.monotonic()
     try:
-        with tracked_run(client, tuning.inputs.experiment_id, f"trial-{number:04d}", tags, tuning.parent_id,
-                         killed_by=(optuna.TrialPruned, TrackingError)) as run:
+        with (tracked_run(client, tuning.inputs.experiment_id, f"trial-{number:04d}", tags, tuning.parent_id,
+                          killed_by=(optuna.TrialPruned, TrackingError)) as run,
+              contextlib.closing(TrialHooks(client, run.info.run_id, variant=STAGE, trial=trial, intro=intro,
+                                            extra_params=tuning.extra_params, eval_prefix=VALIDATION_PREFIX,
+                                            cfg=cfg, iterations=train_cfg.iterations)) as hooks):
             trial.set_user_attr("mlflow_run_id", run.info.run_id)  # the `after_trial` callback tags it
-            hooks = TrialHooks(client, run.info.run_id, variant=STAGE, extra_params=tuning.extra_params,
-                               trial=trial, intro=intro, eval_prefix=VALIDATION_PREFIX, cfg=cfg,
-                               iterations=train_cfg.iterations)
-            try:
-                retire_attempts(tuning, history, number)
-                hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
-                result = trainer.train_dgnet(tuning.frame, tuning.model_cfg, train_cfg, tuning.teachers,
-                                             folder, hooks=[hooks], resume=True)
-                value = float(result.metrics[cfg.metric])
-                hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
-            finally:
-                hooks.close()
-    except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome
-        tuning.outcomes[number] = short(exc, 120)
+            retire_attempts(tuning, history, number)
+            hooks.log_params({f"tune.{k}": v for k, v in sampled.items()})
+            result = trainer.train_dgnet(tuning.frame, tuning.model_cfg, train_cfg, tuning.teachers, folder,
+                                         hooks=[hooks], resume=True)
+            value = float(result.metrics[cfg.metric])
+            hooks.on_iteration(train_cfg.iterations, {"optuna/value": value})
+    except (optuna.TrialPruned, NonFiniteLossError) as exc:  # the trial's own outcome, said by `after_trial`
+        trial.set_user_attr(OUTCOME_ATTR, short(exc, 120))
         shutil.rmtree(folder, ignore_errors=True)
         raise
     except BaseException as exc:  # interrupted, or broken from outside: re-run from its checkpoint
         why = f"{type(exc).__name__}: {short(exc, 120)}" if str(exc) else type(exc).__name__
         print(f"tune: trial {number} stopped ({why}) after {time.monotonic() - started:.0f} s", flush=True)
-        try:  # with its weights and intermediate values (`retry` does nothing past max_retry)
-            again = len(history) < cfg.max_retry
+        try:  # `retry` re-queues it with its weights and intermediate values, at most max_retry times
             retry(cfg.max_retry)(trial.study, running_trial(trial.study, number))
             print(f"tune: trial {number} " + ("re-queued with the same weights (a re-run resumes from its "
-                  "last checkpoint)" if again else "not re-queued: re-run tune.max_retry times already"),
-                  flush=True)
+                  "last checkpoint)" if len(history) < cfg.max_retry else
+                  "not re-queued: re-run tune.max_retry times already"), flush=True)
         except Exception as error:  # the storage may be what broke; why the trial stopped matters more
             print(f"tune: warning: could not re-queue trial {number}: {short(error, 160)}", file=sys.stderr)
         raise
@@ -282,9 +273,9 @@ def run_trials(study: optuna.Study, tuning: Tuning) -> None:
     limit = (cfg.grace_period or 2 * heartbeat) + heartbeat if heartbeat else 0
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        why = tuning.outcomes.pop(trial.number, None)  # a pruned or failed trial's reason
-        complete = trial.state == TrialState.COMPLETE  # a pruned trial's value is its last reported one
-        outcome = f", {cfg.metric} {trial.value:.4f}" if complete else f" ({why})" * bool(why)
+        why = trial.user_attrs.get(OUTCOME_ATTR)  # why it was pruned or failed
+        outcome = (f", {cfg.metric} {trial.value:.4f}" if trial.state == TrialState.COMPLETE
+                   else f" ({why})" * bool(why))  # (a pruned trial's value is its last reported one)
         print(f"tune: trial {trial.number} {trial.state.name}{outcome} after "
               f"{trial.duration.total_seconds():.0f} s", flush=True)
         with contextlib.suppress(Exception), one_attempt(client.tracking_uri):  # the store may be away
@@ -368,8 +359,8 @@ def ensure_teacher(tuning: Tuning) -> list[Path]:
     from dgnet.training.teacher_trainer import train_teacher
 
     (cfg, relative), inputs, split = tuning.teacher, tuning.inputs, tuning.split
-    folder, name = inputs.workspace / relative, f"tuning-teacher-seed{cfg.seed}"
-    variant = f"tune-teacher-seed{cfg.seed}"
+    folder, seed = inputs.workspace / relative, f"seed{cfg.seed}"
+    name, variant = f"tuning-teacher-{seed}", f"tune-teacher-{seed}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{folder}.lock"):
         if (folder / TEACHER_INDEX).is_file():
@@ -379,21 +370,17 @@ def ensure_teacher(tuning: Tuning) -> list[Path]:
               f"{split['train_images']} images) into {relative}", flush=True)
         run_dir = ws.work_dir(inputs.workspace, name, {"teacher": relative.name})
         tags = {**tuning.tags, "dgnet.kind": "teacher", "dgnet.variant": variant}
-        with tracked_run(inputs.client, inputs.experiment_id, name, tags, tuning.parent_id) as run:
+        extra = {**tuning.extra_params, "teacher.seeds": [cfg.seed]}
+        with (tracked_run(inputs.client, inputs.experiment_id, name, tags, tuning.parent_id) as run,
+              contextlib.closing(MlflowHooks(inputs.client, run.info.run_id, variant=variant,
+                                             extra_params=extra, eval_prefix=VALIDATION_PREFIX)) as hooks):
             link_previous_run(inputs.client, run_dir, run.info.run_id)
-            hooks = MlflowHooks(inputs.client, run.info.run_id, variant=variant,
-                                eval_prefix=VALIDATION_PREFIX,
-                                extra_params={**tuning.extra_params, "teacher.seeds": [cfg.seed]})
-            try:
-                result = train_teacher(tuning.frame, tuning.model_cfg, cfg, run_dir, hooks=[hooks],
-                                       resume=True)
-            finally:
-                hooks.close()
+            result = train_teacher(tuning.frame, tuning.model_cfg, cfg, run_dir, hooks=[hooks], resume=True)
         metrics = metrics_summary(result.metrics)
         with atomic_dir(folder) as tmp:
-            (tmp / f"seed{cfg.seed}").mkdir()
-            shutil.copy2(result.model_path, tmp / f"seed{cfg.seed}" / "model.pt")
-            entry = {"seed": cfg.seed, "path": f"seed{cfg.seed}/model.pt", "iterations": result.iterations,
+            (tmp / seed).mkdir()
+            shutil.copy2(result.model_path, tmp / seed / "model.pt")
+            entry = {"seed": cfg.seed, "path": f"{seed}/model.pt", "iterations": result.iterations,
                      "metrics": metrics, "score_split": SCORE_SPLIT, "mlflow_run_id": run.info.run_id}
             write_json(tmp / TEACHER_INDEX, {"kind": "teacher", "trained_on": "tuning split", "split": split,
                                              "teachers": [entry]})
@@ -424,8 +411,8 @@ def prepare(args: argparse.Namespace) -> tuple[Tuning, dict[str, Any]]:
         teacher_cfg = dataclasses.replace(params.teacher, deterministic=True)  # its first seed: one teacher
         recipe = {"model": model_cfg, "manifest": md5, "split": dict(split),
                   "teacher": {teacher_cfg.seed: teacher_cfg}}
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
-        teacher = teacher_cfg, TEACHER_ROOT / f"teacher-{digest[:12]}"
+        # named `teacher-<hash of the recipe>` as work dirs are named
+        teacher = teacher_cfg, Path("outputs/tuning") / ws.work_dir(workspace, "teacher", recipe).name
     teacher_key = teacher[1].name if teacher is not None else None
     extra = {**inputs.data_params(), "stage.section": cfg.base, "data.score_split": SCORE_SPLIT,
              "optuna.study": cfg.study, "data.validation_fraction": split["fraction"],
@@ -456,9 +443,9 @@ def tune(args: argparse.Namespace) -> int:
     started = time.monotonic()
     tuning, key = prepare(args)
     cfg, client, url = tuning.cfg, tuning.inputs.client, tracking.absolute_sqlite(tuning.cfg.storage)
-    space = {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)} for k in cfg.space}
     params = {"seed": cfg.seed, "metric": cfg.metric, "base": cfg.base, "train": dict(cfg.train),
-              "space": space, "sampler.n_startup_trials": cfg.sampler.n_startup_trials,
+              "space": {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)}
+                        for k in cfg.space}, "sampler.n_startup_trials": cfg.sampler.n_startup_trials,
               "pruner": dataclasses.asdict(cfg.pruner), "score_split": SCORE_SPLIT,
               "validation": dict(tuning.split)}
     with startup_lock(url):
@@ -533,21 +520,21 @@ def apply_tuned(tuned: Path, params_file: Path) -> list[str]:
         values, document = yaml.safe_load(tuned.read_text()), editor.load(params_file.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"--apply {tuned}: cannot read it or {params_file} ({short(exc)})") from exc
-    sections = {k: v for k, v in (values or {}).items() if k != "tuned"} if isinstance(values, dict) else {}
+    sections = {k: v for k, v in values.items() if k != "tuned"} if isinstance(values, dict) else {}
     if not sections or not all(isinstance(v, dict) for v in sections.values()):
         raise ConfigError(f"--apply {tuned}: expected params sections such as `train: schedule: ...`")
     changes = []
     for dotted, value in flatten(sections).items():
         *parents, leaf = dotted.split(".")
         node = document
-        for depth, key in enumerate(parents):  # a section holds what differs from the profile: add the rest
+        for depth, key in enumerate(parents, 1):  # a section holds what differs from the profile
             if node.get(key) is None:
                 node[key] = {}
-            if not isinstance(node[key], dict):
-                where = ".".join(parents[:depth + 1])
+            node = node[key]
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth])
                 raise ConfigError(f"--apply {tuned}: {params_file} has a value at `{where}`, where "
                                   f"`{dotted}` needs a section (a mapping); nothing was changed")
-            node = node[key]
         changes.append(f"{dotted}: {node.get(leaf, '(default)')} -> {value}")
         node[leaf] = value
     with atomic_path(params_file) as tmp:
@@ -592,7 +579,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--heartbeat-interval", type=int, help="seconds between a running trial's heartbeats (0: none)")
     add("--grace-period", type=int, help="seconds without a heartbeat after which a trial is re-queued")
     add("--out", type=Path, help="tuned weights file (params tune.out)")
-    add("--metrics", type=Path, default=DEFAULT_METRICS, help="summary JSON (dvc metrics)")
+    add("--metrics", type=Path, default=Path("reports/metrics/tune.json"), help="summary JSON (dvc metrics)")
     add("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of params `tune` (dotted, YAML value), e.g. train.iterations=50")
     add("--apply", type=Path, metavar="TUNED_YAML", help="instead of tuning: copy a tuned file's weights "
