@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +116,10 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def load_teacher(model_cfg: ModelConfig, device: torch.device, paths: Sequence[str | Path] | None = None,
-                 label_map: dict[int, int] | None = None) -> FrozenTeacher | None:
-    """The teachers at `paths`, loaded as training loads them; None: an untrained `ReidBaseline` of the
-    profile, saved and loaded the same way (its weights do not change the cost)."""
-    label_map = label_map if label_map is not None else {i: i for i in range(model_cfg.num_classes)}
-    if paths is not None:
-        return load_teachers(paths, label_map, model_cfg, device)
+def load_teacher(model_cfg: ModelConfig, device: torch.device) -> FrozenTeacher | None:
+    """An untrained `ReidBaseline` of the profile, saved and loaded as training loads its teachers (the
+    weights do not change the cost)."""
+    label_map = {i: i for i in range(model_cfg.num_classes)}
     with tempfile.TemporaryDirectory() as tmp:
         path = save_model(Path(tmp) / "teacher.pt", ReidBaseline(model_cfg), "teacher", model_cfg,
                           extra={"label_map": label_map})
@@ -256,23 +252,20 @@ def print_cells(record: dict[str, Any]) -> None:
     print("; ".join(f"{c} {v}" for c, v in cells if v != ""), flush=True)
 
 
+def recorded(path: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """The records in the RESULTS.json beside `path`, by section name."""
+    store = path.with_suffix(".json")
+    return json.loads(store.read_text()) if store.is_file() else {}
+
+
 def write_results(path: Path, name: str, record: dict[str, Any]) -> str:
     """Replace (or add) section `name`: its record in the JSON file beside `path` (RESULTS.json), its
     Markdown, rendered from it, in `path` (RESULTS.md). Returns the Markdown."""
     record = {"measured": dt.date.today().isoformat(), **record}
     markdown = render(name, record)
     replace_marked_section(path, name, markdown, HEADER)
-    store = path.with_suffix(".json")
-    records = (json.loads(store.read_text()) if store.is_file() else {}) | {name: record}
-    with atomic_path(store) as tmp:
+    records = recorded(path) | {name: record}
+    with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1, default=str) + "\n")
     print(f"wrote {path} ({name})")
     return markdown
-
-
-def recorded_rows(name: str, path: Path = RESULTS) -> list[dict[str, Any]]:
-    """The rows of section `name` as its script recorded them in RESULTS.json; [] when there are none."""
-    try:
-        return json.loads(path.with_suffix(".json").read_text()).get(name, {}).get("rows", [])
-    except (OSError, ValueError):
-        return []

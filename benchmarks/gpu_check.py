@@ -4,9 +4,9 @@
     bash benchmarks/gpu_check.sh --device cpu --profile tiny --out /tmp/gpu_check_cpu  # <= 3 min, 2 cores
 
 Steps (STEPS), each in a child process with its own timeout: a hanging one is killed, a failing one
-recorded, the others still run. benchmarks/RESULTS.md ("GPU check") says what each shows. --out gets
-summary.json (per step: status, wall time, figures, error; the machine), RESULTS.section.md rendered
-from it, and a folder per step. Exit code 0 when every step passed.
+recorded, the others still run. Each returns figures (benchmarks/RESULTS.md, "GPU check", says what they
+show); --out gets summary.json (per step: status, wall time, figures, error; the machine), the Markdown
+rendered from it (RESULTS.section.md) and a folder per step. Exit code 0 when every step passed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import statistics
+import string
 import sys
 import time
 import traceback
@@ -46,7 +47,7 @@ from dgnet.training.loop import make_loader, training_labels
 from dgnet.training.objective import NonFiniteLossError
 from dgnet.training.runtime import DistContext, determinism, init_distributed, resolve_amp, select_device
 from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
-from dgnet.training.trainer import DGNetTrainConfig, build_joint_step, train_dgnet
+from dgnet.training.trainer import DGNetTrainConfig, build_joint_step, load_teachers, train_dgnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when imported by path
 import common
@@ -76,18 +77,14 @@ TRAIN_OVERHEAD_S, TRAIN_SLOWDOWN = 50, 1.2
 PARITY_TOLERANCE = 1e-4
 # A GradScaler starts at 2^16 and halves on each overflow: up to 16 skipped steps can be its calibration.
 SKIP_FLOOR, SKIP_FRACTION = 16, 0.1
-TARGET_GB = train_speed.TARGET_PEAK_GB
-TARGET = (f"paper profile on one GPU: target <= {train_speed.TARGET_S_PER_ITER} s/it, <= {TARGET_GB:g} GB; "
-          "published 1.2-1.9 s/it, >= 10 GB (fp16)")
+TARGET = (f"paper profile's target on one GPU, <= {train_speed.TARGET_S_PER_ITER} s/it and <= "
+          f"{train_speed.TARGET_PEAK_GB:g} GB (the published code: 1.2-1.9 s/it, >= 10 GB in fp16)")
+Figures = tuple[dict[str, Any], list[str]]  # what a step returns: its figures, its problems (none: passed)
 
 
 def step_dir(opts: argparse.Namespace, step: str) -> Path:
     (path := Path(opts.out) / step).mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _f(value: Any, spec: str = ".3f") -> str:
-    return format(value, spec) if finite(value) else "-"
 
 
 def _peak_gb(device: torch.device) -> float | None:
@@ -98,19 +95,11 @@ def _amp(device: torch.device) -> str:  # bf16 on a GPU; on a CPU only where it 
     return resolve_amp(device, "bf16" if device.type == "cuda" else "auto")
 
 
-def _verdict(figures: dict, problems: list[str], text: str, beside: str = "-", **extra: Any) -> dict:
-    """A step's result: its figures, the summary table's cells (`text`, `beside`), its problems."""
-    result = {"status": "failed" if problems else "ok", "figures": figures, "text": text, "beside": beside}
-    return result | extra | ({"error": "; ".join(problems)} if problems else {})
-
-
 def _validated(opts: argparse.Namespace) -> tuple[Any, Any, dict[int, int]]:
-    """The manifest as `dgnet train --manifest` reads it, the profile sized to it, the label map."""
-    if not Path(opts.manifest).is_file() or not Path(opts.teacher).is_file():
-        raise RuntimeError(f"setup did not leave {opts.manifest} and {opts.teacher}; see the setup step")
+    """The manifest as `dgnet train --manifest` reads it, the profile sized to it (random init without
+    ImageNet weights in the torch cache: GPU machines have no network), the label map."""
     frame = read_validated_manifest(opts.manifest, opts.report)
     label_map = training_labels(frame)
-    # Without ImageNet weights in the torch cache (no network on GPU machines): random init.
     return frame, get_profile(opts.profile, require_pretrained=False, num_classes=len(label_map)), label_map
 
 
@@ -126,10 +115,10 @@ def step_deadline(margin: float) -> float:
     return time.monotonic() + (kill_at - time.time()) - margin
 
 
-# The steps: each runs in its own child process and returns _verdict(...)
+# The steps, each run in its own child process
 
 
-def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
+def step_setup(opts: argparse.Namespace) -> Figures:
     """Synthetic dataset -> validated manifest + report -> a short teacher."""
     start = time.perf_counter()
     table = generate_dataset(opts.data, seed=0, num_ids=opts.ids, num_cameras=opts.cameras)
@@ -138,59 +127,36 @@ def step_setup(opts: argparse.Namespace) -> dict[str, Any]:
     label_map = training_labels(frame)
     model_cfg = get_profile(opts.profile, require_pretrained=False, num_classes=len(label_map))
     imagenet = cached_imagenet_checkpoint(model_cfg.backbone) if model_cfg.pretrained else None
-    f: dict[str, Any] = {
-        "images": len(table), "train_ids": len(label_map), "render_s": round(render_s, 1),
-        "splits": frame["split"].value_counts().to_dict(), "teacher_iterations": opts.teacher_iterations,
-        "imagenet_weights": str(imagenet) if imagenet else None}
-    if opts.teacher_iterations > 0:
-        cfg = dataclasses.replace(
-            TeacherTrainConfig().scaled_to(opts.teacher_iterations), batch_size=4 * opts.batch_size,
-            device=opts.device, amp=_amp(select_device(opts.device)), num_workers=opts.workers, eval_every=0,
-            checkpoint_every=0, log_every=max(1, opts.teacher_iterations // 10))
-        started = time.perf_counter()
-        result = train_teacher(frame, model_cfg, cfg, Path(opts.teacher).parent,
-                               hooks=[FileLogHook(step_dir(opts, "setup") / "teacher")], resume=False)
-        f |= {"teacher_s": round(time.perf_counter() - started, 1),
-              "teacher_rank1": result.metrics.get("rank1"), "teacher_mAP": result.metrics.get("mAP")}
-    else:  # an untrained teacher: its soft labels are near-uniform, which costs the check nothing
+    f = {"images": len(table), "train_ids": len(label_map), "render_s": round(render_s, 1),
+         "splits": frame["split"].value_counts().to_dict(), "teacher_iterations": opts.teacher_iterations,
+         "imagenet_weights": str(imagenet) if imagenet else None}
+    if opts.teacher_iterations == 0:  # an untrained teacher: near-uniform soft labels cost the check nothing
         save_model(opts.teacher, ReidBaseline(model_cfg), "teacher", model_cfg, {"label_map": label_map})
-    return _verdict(f, [], f"{f['images']} images, {f['train_ids']} train ids, validated; teacher "
-                    f"{opts.teacher_iterations} iterations (mAP {_f(f.get('teacher_mAP'), '.1%')}); "
-                    + ("ImageNet weights found" if imagenet else "no ImageNet weights: random init"))
+        return f, []
+    cfg = dataclasses.replace(
+        TeacherTrainConfig().scaled_to(opts.teacher_iterations), batch_size=4 * opts.batch_size,
+        device=opts.device, amp=_amp(select_device(opts.device)), num_workers=opts.workers, eval_every=0,
+        checkpoint_every=0, log_every=max(1, opts.teacher_iterations // 10))
+    started = time.perf_counter()
+    metrics = train_teacher(frame, model_cfg, cfg, Path(opts.teacher).parent, resume=False,
+                            hooks=[FileLogHook(step_dir(opts, "setup") / "teacher")]).metrics
+    return f | {"teacher_s": round(time.perf_counter() - started, 1), "teacher_rank1": metrics.get("rank1"),
+                "teacher_mAP": metrics.get("mAP")}, []
 
 
-def step_train_speed(opts: argparse.Namespace) -> dict[str, Any]:
+def step_train_speed(opts: argparse.Namespace) -> Figures:
     """train_speed.py's per-mode measurement, each mode in its own process, within this step's time."""
-    threads = 0 if opts.on_cuda else opts.threads
-    argv = ["--profile", opts.profile, "--device", opts.device, "--iterations", str(opts.speed_iterations),
-            "--warmup", str(opts.speed_warmup), "--batch-size", str(opts.batch_size),
-            "--threads", str(threads)]
     info = common.machine()  # each later mode keeps 25 s on a GPU, 10 on a CPU:
-    rows = train_speed.run_modes(argv, opts.speed_modes, step_deadline(margin=8), 25 if opts.on_cuda else 10)
-    left_out = [m for m in SPEED_MODES if not opts.on_cuda and m not in opts.speed_modes]
+    rows = train_speed.run_modes(opts.speed_argv, opts.speed_modes, step_deadline(margin=8),
+                                 25 if opts.on_cuda else 10)
     rows += [{"profile": opts.profile, "device": opts.device, "mode": m, "status": "skipped",
-              "expected": True, "reason": LEFT_OUT_ON_CPU} for m in left_out]
+              "expected": True, "reason": LEFT_OUT_ON_CPU}
+             for m in SPEED_MODES if not opts.on_cuda and m not in opts.speed_modes]
     info["load_average_end"] = common.load_average()
-    modes, parts = {}, []
-    for r in rows:
-        keys = ("status", "reason", "median_s", "first_iteration_s", "peak_reserved_mb", "peak_rss_mb")
-        entry = modes[r["mode"]] = {k: r.get(k) for k in keys}
-        parts.append(f"{r['mode']} skipped ({r.get('reason')})" if r["status"] != "ok"
-                     else f"{r['mode']} {r['median_s']:.3f} s/it")
-        if r["status"] == "ok" and "peak_reserved_mb" in r:
-            entry["peak_reserved_gb"] = gb = r["peak_reserved_mb"] / 1024
-            entry["target_met"] = met = r["median_s"] <= train_speed.TARGET_S_PER_ITER and gb <= TARGET_GB
-            parts[-1] += f", {gb:.1f} GB (target {'met' if met else 'not met'})"
-    command = (f"python benchmarks/train_speed.py {shlex.join(argv)} --modes {','.join(opts.speed_modes)}"
-               " (run by benchmarks/gpu_check.sh)")
     problems = [f"{r['mode']}: {r.get('reason')}" for r in rows  # expected: what the device cannot run
                 if r["status"] != "ok" and not r.get("expected") and (opts.on_cuda or "torch.compile failed"
                                                                       not in r.get("reason", ""))]
-    cpu = [r for r in common.recorded_rows("train_speed-cpu-cpu") if r["mode"] == "bf16" and "median_s" in r]
-    beside = TARGET + (f"; CPU: cpu profile (ResNet-18, 64x32) {cpu[0]['median_s']:.3f} s/it bf16 on 2 cores"
-                       if cpu else "")
-    return _verdict({"modes": modes}, problems, "; ".join(parts) or "-", beside, rows=rows, machine=info,
-                    command=command, section=train_speed.section_name(opts.profile, opts.device, threads))
+    return {"modes": {r["mode"]: r for r in rows}, "machine": info}, problems
 
 
 def fit_train_iterations(opts: argparse.Namespace, speed: dict | None, timeout: float) -> int | None:
@@ -204,16 +170,13 @@ def fit_train_iterations(opts: argparse.Namespace, speed: dict | None, timeout: 
     return max(10, fit) if fit < opts.train_iterations else None
 
 
-def step_train(opts: argparse.Namespace) -> dict[str, Any]:
+def step_train(opts: argparse.Namespace) -> Figures:
     """A short paper-profile DG-Net training (compressed schedule), then recon_l1 and the swap grid."""
     device, (frame, model_cfg, _), out = select_device(opts.device), _validated(opts), step_dir(opts, "train")
     speed = Path(opts.out) / "train_speed" / "result.json"
     fit = fit_train_iterations(opts, json.loads(speed.read_text()) if speed.is_file() else None,
                                step_deadline(margin=0) - time.monotonic())
     n = fit or opts.train_iterations
-    if fit:
-        print(f"{n} iterations instead of {opts.train_iterations}: at the measured bf16 speed, "
-              f"{opts.train_iterations} would not fit in this step's time", flush=True)
     cfg = _train_config(opts, n, amp=_amp(device), log_every=max(1, n // 60), eval_every=0,
                         image_every=max(1, n // 3), checkpoint_every=0)
     (out / "log.jsonl").unlink(missing_ok=True)
@@ -223,7 +186,6 @@ def step_train(opts: argparse.Namespace) -> dict[str, Any]:
     train_s, peak = time.perf_counter() - started, _peak_gb(device)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rows = [{k: v for k, v in r.items() if k != "event"} for r in records if r["event"] == "iteration"]
-    losses = sorted({k for row in rows for k in row if k.startswith("loss/")})
     loss_curves_picture(rows, f"DG-Net {opts.profile} profile, {n} iterations, {cfg.amp}, {device}").save(
         out / "loss_curves.png")
     bench = benchmark_model(result.model_path, frame, name="gpu_check", device=device, alphas=(0.5,),
@@ -231,55 +193,35 @@ def step_train(opts: argparse.Namespace) -> dict[str, Any]:
                             batch_size=64, num_workers=min(opts.workers, 4))
     bench.pictures["swap_grid"].save(out / "swap_grid.png")
     # After the first window (cudnn autotuning, loader start-up): the steady time of an iteration.
-    gen, steady = bench.generation, [row["time/iteration"] for row in rows[1:] or rows]
-    recon, base = gen.get("recon_l1"), gen.get("baselines") or {}
+    steady = [row["time/iteration"] for row in rows[1:] or rows]
     f = {"iterations": n, "iterations_reduced_from": opts.train_iterations if fit else None, "amp": cfg.amp,
          "batch_size": cfg.batch_size, "train_s": round(train_s, 1),
          "s_per_iteration": statistics.median(steady) if steady else None,
          "data_s_per_iteration": statistics.median([row["time/data"] for row in rows]) if rows else None,
          "peak_reserved_gb": peak, "logged_points": len(rows),  # the losses: losses.csv
-         "recon_l1": recon, "baselines": gen.get("baselines"), "swap_l1_person": gen.get("swap_l1_person"),
-         "swap_ssim_person": gen.get("swap_ssim_person"), "reid": bench.reid.get("alpha_0.5"),
-         "schedule": dataclasses.asdict(cfg.schedule)}
+         **{k: bench.generation.get(k) for k in ("recon_l1", "swap_l1_person", "swap_ssim_person")},
+         "baselines": bench.generation.get("baselines"),
+         "reid": bench.reid.get("alpha_0.5"), "schedule": dataclasses.asdict(cfg.schedule)}
     # A ramped loss is absent from the log until its weight switches on; a logged one must be finite.
-    problems = [f"{k} at {row['iteration']}" for row in rows for k in losses
-                if k in row and not finite(row[k])][:5]
-    problems += [] if finite(recon) and 0 < recon < 1 else [f"recon_l1 {recon!r} is not in (0, 1)"]
-    text = (f"{n} iterations {cfg.amp}, {_f(f['s_per_iteration'])} s/it"
-            + (f", {peak:.1f} GB" if finite(peak) else "") + f"; recon_l1 {_f(recon)}; swap L1 (person) "
-            f"{_f(f['swap_l1_person'])}, SSIM (person) {_f(f['swap_ssim_person'])}")
-    copy = [_f(base.get(k, {}).get("swap_l1_person")) for k in ("copy_structure", "copy_appearance")]
-    beside = (f"recon: mean image {_f(base.get('recon_mean_image'))}, blur4 {_f(base.get('recon_blur4'))}; "
-              f"swap L1 (person) copy-structure {copy[0]} / copy-appearance {copy[1]}; {TARGET}")
-    return _verdict(f, problems + ([] if rows else ["no loss was logged"]), text, beside)
+    problems = [f"{k} at {row['iteration']}" for row in rows for k, v in row.items()
+                if k.startswith("loss/") and not finite(v)][:5] + ([] if rows else ["no loss was logged"])
+    recon = f["recon_l1"]
+    return f, problems + ([] if finite(recon) and 0 < recon < 1 else [f"recon_l1 {recon!r} is not in (0, 1)"])
 
 
-def step_eval(opts: argparse.Namespace) -> dict[str, Any]:
+def step_eval(opts: argparse.Namespace) -> Figures:
     """eval_speed.py's Market-size ranking on the device, and the same ranking on the CPU: equal metrics."""
-    rows, parity = [], {}
+    kinds, parity = {}, {}
     for kind in ("trained", "random") if opts.on_cuda else ("trained",):
-        rows.append(row := eval_speed.measure("market", kind, opts.device, opts.eval_repeats, 256))
+        row = kinds[kind] = eval_speed.measure("market", kind, opts.device, opts.eval_repeats, 256)
         reference = eval_speed.measure("market", kind, "cpu", 1, chunk_size=256)  # on a CPU: repeatability
         parity[kind] = {"cpu_total_s": reference["total_s"],
                         **{f"{m}_diff": abs(row[m] - reference[m]) for m in ("rank1", "mAP", "mINP")}}
-        print(f"{kind}: {row['device']} {row['total_s']:.3f} s, cpu {reference['total_s']:.3f} s, "
-              f"mAP {row['mAP']:.4f} vs {reference['mAP']:.4f}", flush=True)
     worst = max(v for p in parity.values() for k, v in p.items() if k.endswith("_diff"))
-    figures = {"size": "market", "queries": rows[0]["queries"], "gallery": rows[0]["gallery"],
-               "parity": parity, "max_diff": worst, "tolerance": PARITY_TOLERANCE}  # the timings: in rows
-    problems = [f"device and CPU metrics differ by {worst:.2e} (tolerance {PARITY_TOLERANCE:g})"] \
-        if worst > PARITY_TOLERANCE else []
-    cpu = [r["total_s"] for r in common.recorded_rows("eval_speed-cpu")
-           if r["size"] == "market" and r["kind"] == "trained"]
-    text = (f"{rows[0]['queries']:,} x {rows[0]['gallery']:,}: {rows[0]['total_s']:.3f} s on {opts.device}; "
-            f"largest metric difference from the CPU {worst:.1e}")
-    beside = f"CPU, same run: {parity['trained']['cpu_total_s']:.3f} s" + (
-        f"; 2 CPU cores (RESULTS.json): {cpu[0]:.2f} s" if cpu else "")
-    command = (f"python benchmarks/eval_speed.py --sizes market --device {opts.device} --repeats "
-               f"{opts.eval_repeats} (run by benchmarks/gpu_check.sh)")
-    return _verdict(figures, problems, text, beside, rows=rows, command=command,
-                    machine=common.machine() | {"load_average_end": common.load_average()},
-                    section=common.section_name("eval_speed", opts.device))
+    f = {"kinds": kinds, "parity": parity, "max_diff": worst, "tolerance": PARITY_TOLERANCE,
+         "machine": common.machine() | {"load_average_end": common.load_average()}}
+    return f, [f"device and CPU metrics differ by {worst:.2e} (tolerance {PARITY_TOLERANCE:g})"
+               ] if worst > PARITY_TOLERANCE else []
 
 
 @contextlib.contextmanager
@@ -291,14 +233,14 @@ def joint_training(opts: argparse.Namespace, ctx: DistContext, amp: str, iterati
     cfg = _train_config(opts, iterations, amp=amp, num_workers=workers)
     with determinism(cfg.seed, False):
         torch.manual_seed(cfg.seed + ctx.rank)
-        teacher = common.load_teacher(model_cfg, ctx.device, [opts.teacher], label_map)
+        teacher = load_teachers([opts.teacher], label_map, model_cfg, ctx.device)
         built = build_joint_step(model_cfg, cfg, ctx, teacher, scalers=scalers)
         dataset = TrainImages(frame, (model_cfg.image_height, model_cfg.image_width), cfg.augmentation)
         sampler = ImagePairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
         yield built, sampler, make_loader(dataset, sampler, 0, iterations, workers, ctx.device)
 
 
-def step_fp16(opts: argparse.Namespace) -> dict[str, Any]:
+def step_fp16(opts: argparse.Namespace) -> Figures:
     """fp16 training iterations with the GradScalers; count skipped steps and non-finite losses."""
     n, device, deadline = opts.fp16_iterations, select_device(opts.device), step_deadline(margin=8)
     scalers = {name: torch.amp.GradScaler(device.type) for name in ("discriminator", "joint")}
@@ -326,20 +268,16 @@ def step_fp16(opts: argparse.Namespace) -> dict[str, Any]:
     (out / "iterations.json").write_text(json.dumps(rows))
     limit, done = max(SKIP_FLOOR, int(SKIP_FRACTION * n)), len(rows) + len(non_finite)
     r1 = [row["loss/d_r1"] for row in rows if "loss/d_r1" in row]
-    precision = "fp16" if amp == "fp16" else "fp32 + GradScaler (CPU stand-in)"
-    f = {"iterations": done, "asked": n, "precision": precision, "s_per_iteration": wall / max(done, 1),
+    f = {"iterations": done, "asked": n, "precision": "fp16" if amp == "fp16" else
+         "fp32 + GradScaler (CPU stand-in)", "s_per_iteration": wall / max(done, 1),
          "skipped_steps": {k: len(v) for k, v in skipped.items()},
          "skipped_at": {k: v[:20] for k, v in skipped.items()},
          "skip_limit": limit, "non_finite_losses": len(non_finite), "non_finite": non_finite[:10],
          "final_scale": {name: scaler.get_scale() for name, scaler in scalers.items()},
          "d_r1_range": [min(r1), max(r1)] if r1 else None, "peak_reserved_gb": _peak_gb(device),
          "last_losses": {k: v for k, v in rows[-1].items() if k.startswith("loss/")} if rows else {}}
-    problems = [f"{len(non_finite)} non-finite loss(es), first: {e['error']}" for e in non_finite[:1]] + [
+    return f, [f"{len(non_finite)} non-finite loss(es), first: {e['error']}" for e in non_finite[:1]] + [
         f"{k} skipped {len(v)} of {n} steps (limit {limit})" for k, v in skipped.items() if len(v) > limit]
-    text = (f"{done} of {n} iterations ({precision}): skipped steps D {len(skipped['discriminator'])} / "
-            f"G+E_a {len(skipped['joint'])} (limit {limit}), non-finite losses {len(non_finite)}, "
-            f"final scales {f['final_scale']}")
-    return _verdict(f, problems, text, "the published code's fp16 (apex) overflowed")
 
 
 def ddp_rank(opts: argparse.Namespace, backend: str) -> None:
@@ -374,24 +312,23 @@ def ddp_rank(opts: argparse.Namespace, backend: str) -> None:
         dist.destroy_process_group()
 
 
-def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
+def step_ddp(opts: argparse.Namespace) -> Figures:
     """Two torchrun ranks on the one device: NCCL where it allows it, else gloo; lockstep weights."""
     folder, deadline = step_dir(opts, "ddp"), step_deadline(margin=15)  # torchrun's 10 s to stop its ranks
     backends, attempts = ["nccl", "gloo"] if opts.on_cuda and dist.is_nccl_available() else ["gloo"], {}
-    for k, backend in enumerate(backends):
-        left = deadline - time.monotonic()  # NCCL gets half: it refuses two ranks on one GPU at once
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-        code = run_logged([*torchrun, __file__, "--ddp-rank", backend, opts.out], folder / f"{backend}.log",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for k, backend in enumerate(backends):  # NCCL gets half the time: it refuses two ranks on one GPU
+        left, log = deadline - time.monotonic(), folder / f"{backend}.log"
+        code = run_logged([*torchrun, __file__, "--ddp-rank", backend, opts.out], log,
                           left / 2 if k < len(backends) - 1 else left, session=False)
-        lines = (folder / f"{backend}.log").read_text(errors="replace").strip().splitlines()
+        lines = log.read_text(errors="replace").strip().splitlines()
         errors = [line for line in lines if "Error" in line or "error" in line] or lines or ["(no output)"]
         attempts[backend] = "ok" if code == 0 else f"{backend}: " + (
             f"the ranks did not finish within {left:.0f} s" if code is None else errors[-1][:300])
         if code == 0:
             break
-    tried = "; ".join(f"{k}: {v}" for k, v in attempts.items())
-    if code != 0:
-        return _verdict({"attempts": attempts}, list(attempts.values()), "-", tried)
+    else:
+        return {"attempts": attempts}, list(attempts.values())
     first, second = [json.loads((folder / f"{backend}_rank{r}.json").read_text()) for r in range(2)]
     names, n = first["final"].keys(), opts.batch_size
     moved = sum(first["final"][k] != first["initial"][k] for k in names)
@@ -404,15 +341,11 @@ def step_ddp(opts: argparse.Namespace) -> dict[str, Any]:
          "differing_at_start": len(start_differs), "batches_sharing_images": shared,
          "s_per_iteration": statistics.median(first["times"][1:] or first["times"]),
          "last_losses": first["last_logs"]}
-    problems = [text for text, bad in (
+    return f, [text for text, bad in (
         (f"the ranks' weights differ after training in {len(different)} tensors: {different[:1]}", different),
         (f"the ranks started from different weights ({len(start_differs)} tensors)", start_differs),
         (f"training moved only {moved} of {len(names)} tensors: nothing is proven", moved <= len(names) // 2),
         (f"the ranks saw the same images at iterations {shared[:5]}", shared)) if bad]
-    text = (f"backend {backend} (torchrun), {f['iterations']} iterations, {f['s_per_iteration']:.3f} s/it; "
-            f"tensors differing between the ranks at the end: {len(different)} ({moved} of {len(names)} "
-            "moved)")
-    return _verdict(f, problems, text, tried)
 
 
 def run_step_here(opts: argparse.Namespace, name: str) -> None:
@@ -420,7 +353,8 @@ def run_step_here(opts: argparse.Namespace, name: str) -> None:
     if not opts.on_cuda:
         torch.set_num_threads(opts.threads)
     try:
-        result = globals()[f"step_{name}"](opts)
+        figures, problems = globals()[f"step_{name}"](opts)
+        result = {"status": "failed" if problems else "ok", "figures": figures, "error": "; ".join(problems)}
     except BaseException as exc:
         print(trace := traceback.format_exc(), file=sys.stderr)
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
@@ -432,6 +366,7 @@ def run_step(opts: argparse.Namespace, name: str, timeout: float) -> dict[str, A
     """One step in a child process; its result.json, or why there is none."""
     folder, started = step_dir(opts, name), time.monotonic()
     (folder / "result.json").unlink(missing_ok=True)
+    print(f"gpu_check: {name} (timeout {timeout:.0f} s) ...", flush=True)
     code = run_logged([sys.executable, __file__, "--run-step", name, opts.out], folder / "log.txt", timeout,
                       {**os.environ, "GPU_CHECK_KILL_AT": str(time.time() + timeout)})
     if code is None:
@@ -445,42 +380,79 @@ def run_step(opts: argparse.Namespace, name: str, timeout: float) -> dict[str, A
                      "log": str(folder / "log.txt")}
 
 
+# The one renderer: summary.json -> RESULTS.section.md. A step's cell in its table, from its figures (the
+# train_speed and eval steps also get their scripts' own sections: every row and figure in them).
+CELLS = {
+    "setup": "{images} images, {train_ids} train ids, validated; teacher {teacher_iterations} iterations "
+             "(mAP {teacher_mAP:.1%}); ImageNet weights {imagenet_weights} (-: random init)",
+    "train_speed": "s/it: " + ", ".join(f"{m} {{modes[{m}][median_s]:.3f}}" for m in SPEED_MODES)
+                   + "; bf16 peak reserved {modes[bf16][peak_reserved_mb]:,.0f} MB",
+    "train": "{iterations} iterations {amp}, {s_per_iteration:.3f} s/it, {peak_reserved_gb:.1f} GB; "
+             "recon_l1 {recon_l1:.3f} (mean image {baselines[recon_mean_image]:.3f}, blur4 "
+             "{baselines[recon_blur4]:.3f}); swap L1 (person) {swap_l1_person:.3f} (copy-structure "
+             "{baselines[copy_structure][swap_l1_person]:.3f}, copy-appearance "
+             "{baselines[copy_appearance][swap_l1_person]:.3f}), SSIM (person) {swap_ssim_person:.3f}",
+    "eval": "{kinds[trained][queries]:,} x {kinds[trained][gallery]:,}: {kinds[trained][total_s]:.3f} s on "
+            "{kinds[trained][device]}, {parity[trained][cpu_total_s]:.3f} s on the CPU; largest metric "
+            "difference {max_diff:.1e}",
+    "fp16": "{iterations} of {asked} iterations ({precision}): skipped steps D "
+            "{skipped_steps[discriminator]} / G+E_a {skipped_steps[joint]} (limit {skip_limit}), non-finite "
+            "losses {non_finite_losses}, final scales {final_scale}",
+    "ddp": "backend {backend} (torchrun; tried {attempts}), {iterations} iterations, {s_per_iteration:.3f} "
+           "s/it; tensors differing between the ranks at the end: {differing_after} ({moved} of {tensors} "
+           "moved)",
+}
+
+
+class Cells(string.Formatter):
+    """str.format on a step's figures, "-" for one that is missing or None (a mode not run, no GPU)."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, IndexError, TypeError):
+            return None, field_name
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return "-" if value is None else super().format_field(value, format_spec)
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
-    """RESULTS.section.md: this check's table, then the train_speed and eval_speed sections (the
-    benchmarks' one renderer, `common.render`, on the records the steps left)."""
-    opts, steps = argparse.Namespace(**summary["options"]), summary["steps"]
-    passed, table = sum(r["status"] in ("ok", "skipped") for r in steps.values()), []
+    """RESULTS.section.md from summary.json: this check's table, then the train_speed and eval_speed
+    sections of the figures those steps left, all by the benchmarks' one renderer, `common.render`."""
+    opts, steps, table = argparse.Namespace(**summary["options"]), summary["steps"], []
     for step, result in steps.items():
-        text, error = result.get("text", "-"), str(result.get("error", "?"))
-        if result["status"] not in ("ok", "skipped") and error[:60] not in text:
-            text = error[:300] + ("" if text == "-" else f" ({text})")
-        table.append([step, result["status"], result.get("wall_s", "-"), text, result.get("beside", "-")])
-    record = {"title": f"GPU check, {opts.profile} profile, {opts.device} (`benchmarks/gpu_check.sh`)",
+        text = Cells().format(CELLS[step], **result["figures"]) if "figures" in result else ""
+        if result["status"] != "ok":
+            text = str(result.get("error", "?"))[:300] + (f" ({text})" if text else "")
+        table.append([step, result["status"], result.get("wall_s", "-"), text or "-"])
+    passed = sum(r["status"] == "ok" for r in steps.values())
+    record = {"title": f"GPU check, {opts.profile} profile, {opts.device} (`{SCRIPT}`)",
               "measured": summary["started"][:10], "command": opts.command, "machine": summary["machine"],
               "text": [f"Total {summary['wall_s']:.0f} s (budget {opts.budget} s); {passed} of {len(steps)} "
                        "steps passed. Pictures: `train/loss_curves.png`, `train/swap_grid.png` (test images, "
-                       "row = appearance, column = structure), `fp16/loss_curves.png`."],
-              "columns": ["step", "status", "wall (s)", "result", "beside"], "table": table}
+                       "row = appearance, column = structure), `fp16/loss_curves.png`. Beside: recon_l1 of "
+                       "the mean image and of a 4x blur, swap L1 of copying the structure or appearance "
+                       f"image; the {TARGET}; the published code's fp16 (apex) overflowed."],
+              "columns": ["step", "status", "wall (s)", "result"], "table": table}
     sections = [common.render(common.section_name(f"gpu_check-{opts.profile}", opts.device), record)]
-    for step, make in (("train_speed", train_speed.record), ("eval", eval_speed.record)):
-        if (r := steps.get(step, {})).get("rows"):
-            sections.append(common.render(r["section"], {"measured": record["measured"],
-                                                          **make(r["machine"], r["rows"], r["command"])}))
+    speed = train_speed.section_name(opts.profile, opts.device, opts.speed_threads)
+    scripts = {"train_speed": (train_speed, speed, "modes", f"train_speed.py {shlex.join(opts.speed_argv)} "
+                               f"--modes {','.join(opts.speed_modes)}"),
+               "eval": (eval_speed, common.section_name("eval_speed", opts.device), "kinds",
+                        f"eval_speed.py --sizes market --device {opts.device} --repeats {opts.eval_repeats}")}
+    for step, (module, section, key, command) in scripts.items():
+        if rows := list(steps.get(step, {}).get("figures", {}).get(key, {}).values()):
+            made = module.record(steps[step]["figures"]["machine"], rows,
+                                 f"python benchmarks/{command} (run by {SCRIPT})")
+            sections.append(common.render(section, {"measured": record["measured"], **made}))
     return "\n".join(sections)
-
-
-def _step_timeout(text: str) -> tuple[str, int]:
-    step, _, seconds = text.partition("=")
-    if step not in STEPS or not seconds.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected STEP=SECONDS, STEP one of {','.join(STEPS)}")
-    return step, int(seconds)
 
 
 def parse_options(argv: list[str]) -> argparse.Namespace:
     """The flags, the counts defaulted per device kind (see --help); JSON-able, for the children."""
-    parser = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"Step timeouts (s): {TIMEOUTS}.")
+    parser = argparse.ArgumentParser(prog=SCRIPT, description=__doc__, epilog=f"Step timeouts: {TIMEOUTS}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when available)")
     parser.add_argument("--profile", default="paper", choices=sorted(train_speed.PROFILES))
     parser.add_argument("--out", type=Path, required=True, help="for summary.json and the rest")
@@ -489,10 +461,13 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--speed-modes", type=lambda s: s.split(","),
                         help=f"default {','.join(SPEED_MODES)} on cuda, all but bf16+compile on cpu")
     parser.add_argument("--threads", type=int, help="CPU runs: torch threads (default: the idle cores)")
-    parser.add_argument("--timeout", type=_step_timeout, action="append", default=[], metavar="STEP=SECONDS",
+    parser.add_argument("--timeout", action="append", default=[], metavar="STEP=SECONDS",
+                        type=lambda text: (text.partition("=")[0], int(text.partition("=")[2])),
                         help="one step's (repeatable)")
     parser.add_argument("--keep-work", action="store_true", help="keep OUT/work (data, teacher, models)")
     opts = parser.parse_args(argv)
+    if unknown := {step for step, _ in opts.timeout} - set(STEPS):
+        parser.error(f"--timeout {unknown.pop()}=...: STEP is one of {','.join(STEPS)}")
     opts.device = opts.device if opts.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     if (on_cuda := opts.device.startswith("cuda")) and not torch.cuda.is_available():
         parser.error(f"--device {opts.device}: CUDA is not available here (torch {torch.__version__}, CUDA "
@@ -506,12 +481,17 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     # Every core the 1-minute load average leaves idle, at least one (torch threads beyond the free cores
     # wait on each other: a tiny-profile iteration took 6.5 s with 2 threads on 2 busy cores, 0.8 s with 1).
     cores, work = os.cpu_count() or 1, opts.out.resolve() / "work"
+    threads = opts.threads or max(1, min(cores, cores - round(os.getloadavg()[0])))
+    batch_size, speed_threads = train_speed.DEFAULT_BATCH.get(opts.profile, 8), 0 if on_cuda else threads
     vars(opts).update(
         on_cuda=on_cuda, timeouts=TIMEOUTS["cuda" if on_cuda else "cpu"] | dict(vars(opts).pop("timeout")),
-        batch_size=train_speed.DEFAULT_BATCH.get(opts.profile, 8), out=str(work.parent), work=str(work),
-        threads=opts.threads or max(1, min(cores, cores - round(os.getloadavg()[0]))),
-        data=str(work / "data"), manifest=str(work / "manifest.csv"), report=str(work / "validation.json"),
-        teacher=str(work / "teacher" / "model.pt"), command=shlex.join(["bash", SCRIPT, *argv]))
+        batch_size=batch_size, out=str(work.parent), work=str(work), threads=threads, data=str(work / "data"),
+        manifest=str(work / "manifest.csv"), report=str(work / "validation.json"),
+        teacher=str(work / "teacher" / "model.pt"), command=shlex.join(["bash", SCRIPT, *argv]),
+        speed_threads=speed_threads, speed_argv=[  # train_speed.py's command line, less --modes
+            "--profile", opts.profile, "--device", opts.device, "--iterations", str(opts.speed_iterations),
+            "--warmup", str(opts.speed_warmup), "--batch-size", str(batch_size),
+            "--threads", str(speed_threads)])
     return opts
 
 
@@ -530,23 +510,20 @@ def main(argv: list[str] | None = None) -> int:
                                "command": opts.command, "options": vars(opts).copy(), "machine": info}
     print(f"gpu_check: {opts.profile} profile on {opts.device} ({info.get('gpu', info['cpu'])}), "
           f"torch {torch.__version__}; out {out}", flush=True)
-    begin = time.monotonic()
+    begin, steps = time.monotonic(), summary["steps"]
     for name in STEPS:
         left = opts.budget - (time.monotonic() - begin)
-        if name in NEEDS_SETUP and summary["steps"]["setup"]["status"] != "ok":
-            result = {"status": "failed", "error": "setup failed: no validated data or teacher", "wall_s": 0}
-        elif left < 5:
-            result = {"status": "failed", "error": f"not run: the --budget of {opts.budget} s was spent",
-                      "wall_s": 0}
-        else:
-            print(f"gpu_check: {name} (timeout {min(opts.timeouts[name], left):.0f} s) ...", flush=True)
-            result = run_step(opts, name, min(opts.timeouts[name], left))
-        summary["steps"][name] = result
-        summary |= {"wall_s": time.monotonic() - begin,
-                    "passed": all(r["status"] in ("ok", "skipped") for r in summary["steps"].values())}
+        setup_failed = name in NEEDS_SETUP and steps["setup"]["status"] != "ok"
+        why = ("setup failed: no validated data or teacher" if setup_failed else
+               f"not run: the --budget of {opts.budget} s was spent" if left < 5 else None)
+        steps[name] = result = ({"status": "failed", "error": why, "wall_s": 0} if why
+                                else run_step(opts, name, min(opts.timeouts[name], left)))
+        summary |= {"wall_s": time.monotonic() - begin, "passed": all(r["status"] == "ok" for r in
+                                                                      steps.values())}
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         (out / "RESULTS.section.md").write_text(render_markdown(summary))  # a killed run keeps what it did
-        shown = result.get("text", "-") if result["status"] in ("ok", "skipped") else result.get("error", "")
+        shown = Cells().format(CELLS[name], **result["figures"]) if result["status"] == "ok" else \
+            result["error"]
         print(f"gpu_check: {name}: {result['status']} in {result['wall_s']} s: {shown}", flush=True)
     summary["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

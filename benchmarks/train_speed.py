@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         name = section_name(args.profile, args.device, args.threads)
         if args.model_set:
             name += "-" + re.sub(r"[^A-Za-z0-9_.=]+", "", "-".join(args.model_set))
-        existing = args.results.read_text() if args.results.exists() else ""
-        gpu_pending = not args.device.startswith("cuda") and "BEGIN train_speed-paper-cuda" not in existing
+        gpu_pending = not args.device.startswith("cuda") and "train_speed-paper-cuda" not in common.recorded(
+            args.results)
         result = record(info, rows, args.command, gpu_pending)
     if args.write:
         common.write_results(args.results, name, result)
