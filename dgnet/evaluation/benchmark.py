@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from dgnet.data.datasets import EvalImages
 from dgnet.data.synthetic import read_factors
 from dgnet.data.transforms import denormalize
 from dgnet.errors import DatasetError
+from dgnet.evaluation.evaluate import query_and_gallery
 from dgnet.evaluation.features import extract_features, scale_fine_half
 from dgnet.evaluation.generation import (
     blur_l1,
@@ -109,13 +111,9 @@ def benchmark_model(
     device = torch.device(device)
     model, info = load_model(path, map_location=device)
     size = (info.config.image_height, info.config.image_width)
-    query = frame[frame["split"] == "query"].reset_index(drop=True)
-    gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)
-    if query.empty or gallery.empty:
-        raise DatasetError("evaluation: the manifest needs query and gallery images (split column)")
+    q_images, g_images = query_and_gallery(frame, size)
     result = ModelBenchmark(name or Path(path).parent.name, info.kind,
                             trained_on=str(info.extra.get("trained_on", "")))
-    q_images, g_images = EvalImages(query, size), EvalImages(gallery, size)
     q_feat, g_feat = (extract_features(model, DataLoader(x, batch_size=batch_size, num_workers=num_workers),
                                        device=device) for x in (q_images, g_images))
     ids = (q_images.person_ids, q_images.cameras, g_images.person_ids, g_images.cameras)
@@ -282,23 +280,12 @@ def cached_reference(references: dict[tuple[Any, ...], GenerationReference] | No
     return references[key]
 
 
-def _swaps(model: DGNet, structure: torch.Tensor, appearance: torch.Tensor, device: torch.device,
-           batch_size: int = DECODE_BATCH) -> torch.Tensor:
-    """G(E_s(structure[n]), E_a(appearance[n]).code) for each n, in batches: (N, 3, H, W) on the CPU
-    (each donor through its own encoder only: `DGNet.encode` would run both on both)."""
-    out = []
-    for start in tqdm(range(0, len(structure), batch_size), desc="generating swaps", dynamic_ncols=True):
-        s_code = model.structure_encoder(structure[start:start + batch_size].to(device))
-        a_code = model.appearance_encoder(appearance[start:start + batch_size].to(device)).code
-        out.append(model.decode(s_code, a_code).float().cpu())
-    return torch.cat(out)
-
-
-def _reconstructions(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
-                     batch_size: int = DECODE_BATCH) -> torch.Tensor:
-    """model(x) = G(E_s(x), E_a(x).code) (DGNet.forward) for each image, in batches: on the CPU."""
-    return torch.cat([model(images[start:start + batch_size].to(device)).float().cpu()
-                      for start in range(0, len(images), batch_size)])
+def _in_batches(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, device: torch.device,
+                desc: str | None = None) -> torch.Tensor:
+    """fn(*batches) for batches of DECODE_BATCH rows of `inputs`, on `device`: concatenated, on the CPU."""
+    starts = range(0, len(inputs[0]), DECODE_BATCH)
+    return torch.cat([fn(*(x[s:s + DECODE_BATCH].to(device) for x in inputs)).float().cpu()
+                      for s in (tqdm(starts, desc=desc, dynamic_ncols=True) if desc else starts)])
 
 
 @torch.inference_mode()
@@ -308,20 +295,22 @@ def _generation(model: DGNet, reference: GenerationReference, device: torch.devi
     them, SSIM diversity of swaps vs real, FID, a swap grid."""
     model.eval()
     appearance, structure = reference.appearance, reference.structure
-    fakes = _swaps(model, structure, appearance, device)
-    report: dict[str, Any] = {"num_swaps": len(fakes)}
-    real01 = denormalize(structure.float())
-    report["ssim_diversity_generated"] = ssim_diversity(denormalize(fakes), seed=seed)
-    report["ssim_diversity_real"] = reference.ssim_diversity_real
+    def swap(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:  # each donor through its own encoder only
+        return model.decode(model.structure_encoder(s), model.appearance_encoder(a).code)
+
+    fakes = _in_batches(swap, structure, appearance, device=device, desc="generating swaps")
+    report: dict[str, Any] = {"num_swaps": len(fakes),
+                              "ssim_diversity_generated": ssim_diversity(denormalize(fakes), seed=seed),
+                              "ssim_diversity_real": reference.ssim_diversity_real}
     if reference.factors is not None:
         scores = swap_fidelity(fakes, *reference.factors, ground_truth=reference.ground_truth)
         report |= {f"swap_{k}": v for k, v in scores.items()}
-    recon = _reconstructions(model, reference.recon_images, device)
+    recon = _in_batches(model, reference.recon_images, device=device)  # model(x) = G(E_s(x), E_a(x).code)
     report["recon_l1"] = image_l1(denormalize(recon), denormalize(reference.recon_images))
     report["recon_num_images"] = len(recon)
     report |= reference.notes
     report["baselines"] = {k: dict(v) if isinstance(v, dict) else v for k, v in reference.baselines.items()}
-    report |= fid(real01, denormalize(fakes), weights=inception_weights, device=device)
+    report |= fid(denormalize(structure), denormalize(fakes), weights=inception_weights, device=device)
     # A 5x5 grid of the same 5 test images on both axes: cell (i, j) = G(s_j, a_i), so the diagonal
     # is each image's own reconstruction and every other cell a swap.
     donors = structure[:min(5, len(structure))]

@@ -45,6 +45,14 @@ def evaluate_reid(
     return rank_test_splits(frame, image_size, features_of)
 
 
+def query_and_gallery(frame: pd.DataFrame, image_size: tuple[int, int]) -> tuple[EvalImages, EvalImages]:
+    """The query and gallery images of `frame`."""
+    if not has_eval_splits(frame):
+        raise DatasetError("evaluation: the manifest has no query and gallery images (split column)")
+    return EvalImages(frame[frame["split"] == "query"], image_size), \
+        EvalImages(frame[frame["split"] == "gallery"], image_size)
+
+
 def rank_test_splits(
     frame: pd.DataFrame,
     image_size: tuple[int, int],
@@ -52,11 +60,7 @@ def rank_test_splits(
 ) -> dict[str, float]:
     """`evaluate_reid`'s metrics of the features that `features_of(images, split)` gives for `frame`'s
     query and gallery images."""
-    if not has_eval_splits(frame):
-        raise DatasetError("evaluation: the manifest has no query and gallery images (split column)")
-    features, labels = [], []
-    for split in ("query", "gallery"):
-        images = EvalImages(frame[frame["split"] == split], image_size)
-        features.append(features_of(images, split))
-        labels += [images.person_ids, images.cameras]
-    return scalar_metrics(rank_metrics_from_features(*features, *labels))
+    query, gallery = query_and_gallery(frame, image_size)
+    features = features_of(query, "query"), features_of(gallery, "gallery")
+    return scalar_metrics(rank_metrics_from_features(*features, query.person_ids, query.cameras,
+                                                     gallery.person_ids, gallery.cameras))

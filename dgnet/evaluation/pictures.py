@@ -135,8 +135,7 @@ def swap_grid(
         for j in range(num_s):
             sheet.paste(_tile(generated[i][j], (cw, ch), normalized), (x_of(j + 1), y_of(i + 1)))
     # Separators between the donors and the generated block.
-    line_x = x_of(1) - sep // 2 - 1
-    line_y = y_of(1) - sep // 2 - 1
+    line_x, line_y = x_of(1) - sep // 2 - 1, y_of(1) - sep // 2 - 1
     draw.line([(line_x, top), (line_x, height - margin)], fill=GREY_INK, width=2)
     draw.line([(margin, line_y), (width - margin, line_y)], fill=GREY_INK, width=2)
     return sheet
@@ -190,14 +189,13 @@ def ranked_list(
     if bad := sorted({m for row in match_rows for m in row} - set(MATCH_COLOURS)):
         raise ValueError(f"matches must be 'hit', 'miss' or 'junk' ('unknown' without ids), got {bad}")
     cw, ch = _cell_size(queries, scale, normalized)
-    border, gap, margin, sep = 4, 6, 10, 22
+    border, gap, margin, sep, legend_h = 4, 6, 10, 22, 22
     number_h, caption_h = 18, (14 if label_rows or query_labels else 0)
     font, small = _font(14), _font(11)
     title_h = 28 if title else 0
     k = min(top_k, max((len(g) for g in galleries), default=0))
     cell_w, row_h = cw + 2 * border, number_h + ch + 2 * border + caption_h
     width = 2 * margin + cell_w + sep + k * cell_w + max(k - 1, 0) * gap
-    legend_h = 22
     height = 2 * margin + title_h + len(queries) * (row_h + gap) + legend_h
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -226,8 +224,7 @@ def ranked_list(
             framed(x, y, image, colour,
                    label_rows[q][r] if label_rows is not None and r < len(label_rows[q]) else None)
     # Legend: the id states, and "unknown" only where it is used.
-    y = height - margin - legend_h + 6
-    x = margin
+    x, y = margin, height - margin - legend_h + 6
     entries = [("hit", "same id, other camera"), ("miss", "other id"), ("junk", "junk")]
     if any("unknown" in row for row in match_rows):
         entries = [e for e in entries if any(e[0] in row for row in match_rows)]
@@ -300,11 +297,10 @@ def cmc_plot(
         tick += step
     # X ticks: every rank up to 20, then a round step.
     x_step = 1 if ranks <= 20 else int(_nice_step(ranks, 10))
-    for rank in range(1, ranks + 1):
-        if rank == 1 or rank % x_step == 0:
-            x = px(rank)
-            draw.line([(x, lower), (x, lower + 5)], fill=INK, width=1)
-            _centred(draw, str(rank), int(x), lower + 8, small, GREY_INK)
+    for rank in sorted({1, *range(x_step, ranks + 1, x_step)}):
+        x = px(rank)
+        draw.line([(x, lower), (x, lower + 5)], fill=INK, width=1)
+        _centred(draw, str(rank), int(x), lower + 8, small, GREY_INK)
     # Axes and their names.
     draw.line([(left, upper), (left, lower), (right, lower)], fill=INK, width=2)
     _centred(draw, "rank", (left + right) // 2, height - 24, font, INK)

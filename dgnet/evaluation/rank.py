@@ -35,9 +35,7 @@ Ids = torch.Tensor | np.ndarray | Sequence[int]  # person ids or cameras, one pe
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray | Sequence, device: torch.device) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        return values.to(device)
-    return torch.as_tensor(np.asarray(values), device=device)
+    return torch.as_tensor(values if isinstance(values, torch.Tensor) else np.asarray(values), device=device)
 
 
 def _num_buckets(num_gallery: int) -> int:
@@ -221,9 +219,9 @@ def rank_metrics(
 ) -> dict:
     """CMC, mAP and mINP from a (num_query, num_gallery) distance matrix; smaller = more similar.
 
-    Returns fractions: `rank1`, `rank5`, `rank10`, `mAP` (Market-1501 convention), `mAP_finite`
-    (torchreid / fast-reid convention), `mINP`, the `cmc` curve (list of
-    `max_rank` values), `num_queries`, `num_valid_queries` and `num_queries_without_match`.
+    Returns fractions: `rank1`, `rank5`, `rank10`, `mAP` (Market-1501 convention), `mAP_finite` (torchreid
+    / fast-reid), `mINP`, the `cmc` curve (`max_rank` values), and `num_queries`, `num_valid_queries`,
+    `num_queries_without_match`.
     Ties rank by gallery index (a stable sort), NaN distances last.
     """
     device = dist.device if isinstance(dist, torch.Tensor) else torch.device("cpu")
