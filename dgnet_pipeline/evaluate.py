@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.config import DataConfig, EvaluateConfig, section_config
+from dgnet.config import EvaluateConfig
 from dgnet.data.validated import validate_dataset
 from dgnet.errors import DgnetError
 from dgnet.evaluation.benchmark import ModelBenchmark, benchmark_model
@@ -31,6 +31,7 @@ from dgnet.evaluation.handcrafted import colour_histogram_reid
 from dgnet.evaluation.pictures import cmc_plot, save
 from dgnet.io import atomic_path, write_json
 from dgnet.models.persist import load_model
+from dgnet.profiles import Params
 from dgnet.training.hooks import mean_loss_curves
 from dgnet_pipeline.common import LOSS_CURVE, parse_seeds, resolve, stage_paths, teacher_paths
 from dgnet_pipeline.evaluate_report import (
@@ -80,12 +81,11 @@ BENCHMARK_KEYS = ("device", "alphas", "rerank", "batch_size", "ranked_queries", 
                   "inception_weights", "seed")
 
 
-def _settings(params: dict[str, Any]) -> EvaluateConfig:
-    """params `evaluate:` (dgnet.config.EvaluateConfig; the report's swap figures want num_swaps >= 500)."""
+def _settings(settings: EvaluateConfig) -> EvaluateConfig:
+    """params `evaluate:` on its device ("auto" -> cpu / cuda:0)."""
     from dgnet.training.runtime import select_device
 
-    settings = section_config(EvaluateConfig, params, "evaluate")
-    return dataclasses.replace(settings, device=str(select_device(settings.device)))  # "auto" -> cpu / cuda:0
+    return dataclasses.replace(settings, device=str(select_device(settings.device)))
 
 
 def cross_domain(models: dict[str, Path], results: list[ModelBenchmark], workspace: Path,
@@ -144,13 +144,13 @@ def ablation_changes(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if isinstance(changes, dict)}
 
 
-def evaluate_models(workspace: Path, params: dict[str, Any], paths: Paths) -> int:
+def evaluate_models(workspace: Path, params: Params, paths: Paths) -> int:
     """Benchmark every model of params, write the outputs, log one MLflow run."""
     started = time.monotonic()
-    settings, changes = _settings(params), ablation_changes(params)
-    models = models_to_evaluate(workspace, params, paths)
-    data_root = resolve(workspace, section_config(DataConfig, params, "data").root)
-    inputs = open_inputs(workspace, params)
+    settings, changes = _settings(params.evaluate), ablation_changes(params.values)
+    models = models_to_evaluate(workspace, params.values, paths)
+    data_root = resolve(workspace, params.data.root)
+    inputs = open_inputs(workspace, params.values)
     tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
     with tracked_run(inputs.client, inputs.experiment_id, "evaluate", tags) as run:
         references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     workspace = workspace_root()
-    return evaluate_models(workspace, read_params(workspace / "params.yaml").values, Paths(**vars(args)))
+    return evaluate_models(workspace, read_params(workspace / "params.yaml"), Paths(**vars(args)))
 
 
 if __name__ == "__main__":

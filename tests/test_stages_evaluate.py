@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from dgnet.config import EvaluationTarget
+from dgnet.config import EvaluateConfig, EvaluationTarget, section_config
 from dgnet.data.manifest import build_manifest
 from dgnet.data.synthetic import generate_dataset
 from dgnet.errors import ConfigError, DgnetError
@@ -25,6 +25,11 @@ from dgnet_pipeline import evaluate_report
 from tests.test_dvc_deps import ROOT
 
 PATHS = evaluate_stage.Paths.of_dvc(ROOT / "stages" / "evaluate.py")  # dvc.yaml's
+
+
+def _settings(params: dict) -> EvaluateConfig:
+    """params `evaluate:` as read_params builds it, on the stage's device."""
+    return evaluate_stage._settings(section_config(EvaluateConfig, params, "evaluate"))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,7 @@ def test_finite_tree_keeps_nested_numbers_rounded():
 
 
 def test_write_outputs_keeps_the_baselines_and_reports_them(results, tmp_path):
-    settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
+    settings = _settings({"evaluate": {"num_swaps": 8}})
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0,
                                  {"ablation_no_fine": {"schedule.fine_mining": False}}, paths=PATHS)
     summary = json.loads((tmp_path / PATHS.metrics).read_text())
@@ -123,15 +128,15 @@ def test_flat_metrics_of_nested_baselines_are_what_mlflow_gets(results):
 
 
 def test_num_swaps_default_and_params():
-    assert evaluate_stage._settings({}).num_swaps == 512
+    assert _settings({}).num_swaps == 512
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    assert evaluate_stage._settings(params).num_swaps >= 500  # what the report is read on
+    assert _settings(params).num_swaps >= 500  # what the report is read on
     with pytest.raises(ConfigError, match="num_swaps"):
-        evaluate_stage._settings({"evaluate": {"num_swaps": 1}})
+        _settings({"evaluate": {"num_swaps": 1}})
 
 
 def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_path):
-    settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
+    settings = _settings({"evaluate": {"num_swaps": 8}})
     trivial = {"rank1": 0.05, "rank5": 0.1, "rank10": 0.2, "mAP": 0.0314, "mAP_finite": 0.0401, "mINP": 0.01}
     evaluate_stage.write_outputs(tmp_path, results, settings, Path("data/manifest.csv"), 12.0, {}, trivial,
                                  paths=PATHS)
@@ -144,15 +149,15 @@ def test_the_trivial_colour_baseline_is_reported_beside_the_models(results, tmp_
 
 
 def test_targets_params_are_checked():
-    assert evaluate_stage._settings({}).targets == ()
-    targets = evaluate_stage._settings({"evaluate": {"targets": [{"name": "duke", "data": "/d"}]}}).targets
+    assert _settings({}).targets == ()
+    targets = _settings({"evaluate": {"targets": [{"name": "duke", "data": "/d"}]}}).targets
     assert targets == (EvaluationTarget("duke", "/d", None),)
     for bad, message in ((["duke"], "mapping with `name` and `data`"),
                          ([{"name": "a", "data": "x", "fmt": "m"}], r"unknown field\(s\) \['fmt'\]"),
                          ([{"name": "a", "data": "x"}, {"name": "a", "data": "y"}], "must be unique"),
                          ([{"name": "a", "data": "x", "format": "viper"}], "is not one of")):
         with pytest.raises(ConfigError, match=message):
-            evaluate_stage._settings({"evaluate": {"targets": bad}})
+            _settings({"evaluate": {"targets": bad}})
 
 
 def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
@@ -172,7 +177,7 @@ def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
     for result in results:
         result.cmc = {setting: [0.3, 0.5] for setting in result.reid}
     changes = {"ablation_no_fine": {"schedule.fine_mining": False}}
-    settings = evaluate_stage._settings({"evaluate": {"targets": [{"name": "other", "data": "other"}]}})
+    settings = _settings({"evaluate": {"targets": [{"name": "other", "data": "other"}]}})
     cross = evaluate_stage.cross_domain(models, results, tmp_path, settings, changes)
     assert list(cross["other"]) == ["teacher", "dgnet", "ablation_no_fine"]
     assert [m["setting"] for m in cross["other"].values()] == ["baseline", "alpha_0.5", "alpha_0"]
@@ -189,7 +194,7 @@ def test_cross_domain_ranks_every_model_on_another_dataset(tmp_path):
     report = (tmp_path / PATHS.report).read_text()
     assert "## Cross-domain" in report and "| other | ablation_no_fine | alpha_0 |" in report
 
-    broken = evaluate_stage._settings({"evaluate": {"targets": [{"name": "x", "data": "absent"}]}})
+    broken = _settings({"evaluate": {"targets": [{"name": "x", "data": "absent"}]}})
     with pytest.raises(DgnetError, match="absent"):
         evaluate_stage.cross_domain(models, results, tmp_path, broken, changes)
 
@@ -262,7 +267,7 @@ def test_headline_signs_are_variant_minus_reference(teacher_maps, sign, verdict)
 
 def test_report_opens_with_the_headline(tmp_path):
     results = [*_seeded("teacher", [0.40, 0.41]), *_seeded("dgnet", [0.50, 0.52], swap_l1=0.150)]
-    settings = evaluate_stage._settings({"evaluate": {"num_swaps": 8}})
+    settings = _settings({"evaluate": {"num_swaps": 8}})
     evaluate_report.write_report(tmp_path / "r.md", results, settings, Path("m.csv"), 1.0)
     lines = (tmp_path / "r.md").read_text().splitlines()
     headline = evaluate_report.headline(results)
