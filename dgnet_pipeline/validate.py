@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from dgnet.config import ValidateConfig
+from dgnet.config import DataConfig, ValidateConfig, section_config
 from dgnet.data.manifest import FORMATS, build_manifest
 from dgnet.data.validated import publish
 from dgnet.data.validation import (
@@ -37,8 +37,7 @@ from dgnet.data.validation import (
 )
 from dgnet.errors import EXIT_DATA_RULE, EXIT_USAGE, ConfigError, DgnetError
 from dgnet.io import atomic_dir, check_writable
-from dgnet.profiles import read_params
-from dgnet_pipeline.common import repo_root, resolve
+from dgnet_pipeline.common import load_params, repo_root, resolve, section
 from dgnet_pipeline.offline_docs import make_docs_offline
 
 DEFAULTS = ValidateConfig()  # params `validate`: report, docs, manifest
@@ -176,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     try:
         root = repo_root()
-        params = read_params(root / "params.yaml")
-        if "root" not in (params.values.get("data") or {}):
+        params = load_params(root)
+        if "root" not in section(params, "data"):
             raise ConfigError(f"{root / 'params.yaml'}: section data needs a `root`")
+        data = section_config(DataConfig, params, "data")
+        stage = section_config(ValidateConfig, params, "validate")
     except ConfigError as err:
         print(f"dgnet_pipeline.validate: {err}", file=sys.stderr)
         return 2
-    data, stage = params.data, params.validate
     return run_validation(resolve(root, data.root), data.format, report=resolve(root, stage.report),
                           docs=resolve(root, stage.docs), manifest=resolve(root, stage.manifest),
                           include_gt_bbox=data.include_gt_bbox, msmt_include_val=data.msmt_include_val,
