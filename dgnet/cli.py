@@ -50,10 +50,8 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
         for section in ("teacher", "train"):
             set_iterations(params, section, args.iterations)
     shown = resolved_config(params)
-    if args.format == "json":
-        print(json.dumps(shown, indent=2))
-    else:
-        print(yaml.safe_dump(shown, sort_keys=False), end="")
+    print(json.dumps(shown, indent=2) if args.format == "json" else
+          yaml.safe_dump(shown, sort_keys=False).removesuffix("\n"))
     return 0
 
 

@@ -38,19 +38,15 @@ def donor_table(images_dir: str | os.PathLike, fmt: str) -> pd.DataFrame:
         raise ConfigError(f"--format {fmt}: generate writes the Market-1501 layout, whose file names are "
                           f"{' or '.join(LAYOUT_FORMATS)}'s")
     images_dir = Path(images_dir)
-    rows, offending = [], []
-    for path in find_images(images_dir):
-        match = PATTERNS[fmt].match(path.name)
-        if match is None:
-            offending.append(str(path))
-            continue
-        name = path.relative_to(images_dir).as_posix()
-        rows.append((str(path), name, int(match["pid"]), int(match["cam"])))
-    if offending:
+    paths = find_images(images_dir)
+    matches = [PATTERNS[fmt].match(path.name) for path in paths]
+    if offending := [str(path) for path, match in zip(paths, matches, strict=True) if match is None]:
         shown = "\n".join(f"    {p}" for p in offending[:MAX_LISTED])
         raise DataRuleError(f"rule file_names_follow_pattern: {len(offending)} image(s) in {images_dir} do "
                             f"not follow the {fmt} pattern {PATTERN_EXAMPLES[fmt]} (the ids and cameras "
                             f"come from the names):\n{shown}")
+    rows = [(str(path), path.relative_to(images_dir).as_posix(), int(match["pid"]), int(match["cam"]))
+            for path, match in zip(paths, matches, strict=True)]
     table = pd.DataFrame(rows, columns=["path", "name", "person_id", "camera_id"])
     return table[~table["person_id"].isin(NON_IDENTITY_IDS[fmt])].reset_index(drop=True)
 
@@ -67,7 +63,7 @@ def plan_pairs(donors: pd.DataFrame, pairs: int, test_fraction: float, seed: int
     rng = np.random.default_rng(seed)
     ids = np.unique(donors["person_id"].to_numpy())
     num_test = round(len(ids) * test_fraction)
-    if len(ids) < 4 or num_test < 2 or len(ids) - num_test < 2:
+    if num_test < 2 or len(ids) - num_test < 2:
         raise ConfigError(f"generate: {len(ids)} identities among the donor images, {num_test} of them for "
                           "query/gallery: each side needs at least 2 (a structure donor is another person "
                           "of the same side); give more identities or change --test-fraction")
@@ -76,10 +72,8 @@ def plan_pairs(donors: pd.DataFrame, pairs: int, test_fraction: float, seed: int
     pid = donors["person_id"].to_numpy()
     order = rng.permutation(len(donors))
     appearance = order[np.arange(pairs) % len(donors)]
-    structure = np.empty(pairs, dtype=np.int64)
-    for k, a in enumerate(appearance):
-        candidates = np.flatnonzero((side == side[a]) & (pid != pid[a]))
-        structure[k] = candidates[rng.integers(len(candidates))]
+    structure = np.array([rng.choice(np.flatnonzero((side == side[a]) & (pid != pid[a])))
+                          for a in appearance])
     plan = pd.DataFrame({"appearance": appearance, "structure": structure, "person_id": pid[appearance],
                          "camera_id": donors["camera_id"].to_numpy()[structure], "side": side[appearance]})
     plan["split"] = np.where(plan["side"] == "train", "train", "gallery")
@@ -107,7 +101,7 @@ def generate_dataset(model: DGNet, image_size: tuple[int, int], images_dir: str 
     input size, `image_size` = (height, width).
     """
     images_dir, out_dir = Path(images_dir).resolve(), Path(out_dir).resolve()
-    if images_dir == out_dir or images_dir.is_relative_to(out_dir):
+    if images_dir.is_relative_to(out_dir):  # also when they are the same folder
         raise ConfigError(f"--out {out_dir}: would replace the donor images' folder {images_dir}; "
                           "choose another folder")
     check_replaceable(out_dir, "provenance.csv", "generate")

@@ -45,8 +45,7 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | os.PathLike,
     return a report: input and output names and shapes, opset and the max abs difference."""
     onnx = require("onnx", "dgnet export --format onnx")
     ort = require("onnxruntime", "the ONNX parity check")
-    out = Path(out)
-    size = (info.config.image_height, info.config.image_width)
+    out, size = Path(out), (info.config.image_height, info.config.image_width)
     feature_model = FeatureModel(model).cpu().eval()
     example = torch.zeros(2, 3, *size)
     with atomic_path(out) as tmp:

@@ -117,13 +117,11 @@ def rank_folders(extractor: FeatureExtractor, query: str | os.PathLike, gallery:
         metrics = {key: float(v) for key, v in rank_metrics(dist, q_ids, q_cams, g_ids, g_cams).items()
                    if not isinstance(v, list)}
 
-    records, rows = [], []
+    rows = []
     for q, ranked in enumerate(order.tolist()):
         results = [{"rank": r, "name": g_names[g], "path": str(g_paths[g]), "distance": float(dist[q, g]),
                     "match": _match(q_ids[q], q_cams[q], g_ids[g], g_cams[g]) if fmt else "unknown"}
                    for r, g in enumerate(ranked, start=1)]
-        records += [{"query": q_names[q], "rank": x["rank"], "gallery": x["name"], "distance": x["distance"],
-                     "match": x["match"]} for x in results]
         label = f"id {q_ids[q]} c{q_cams[q]}" if fmt else Path(q_names[q]).stem[:10]  # fits under a tile
         rows.append({"query": q_names[q], "query_path": str(q_paths[q]), "label": label, "results": results})
 
@@ -131,7 +129,8 @@ def rank_folders(extractor: FeatureExtractor, query: str | os.PathLike, gallery:
     title = f"{len(q_paths)} queries against {len(g_paths)} gallery images, top {k} ({how})"
     csv_path, page_path = out_dir / "ranking.csv", out_dir / "index.html"
     with atomic_path(csv_path) as tmp:
-        pd.DataFrame.from_records(records).to_csv(tmp, index=False)
+        ranking = pd.json_normalize(rows, "results", ["query"]).rename(columns={"name": "gallery"})
+        ranking[["query", "rank", "gallery", "distance", "match"]].to_csv(tmp, index=False)
     with atomic_path(page_path) as tmp:
         tmp.write_text(_page(rows, out_dir, title), encoding="utf-8")
     shown = rows[:picture_queries]
