@@ -12,10 +12,8 @@ rendered from it (RESULTS.section.md) and a folder per step. Exit code 0 when ev
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import shlex
@@ -25,35 +23,33 @@ import string
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from dgnet.data.datasets import TrainImages
-from dgnet.data.samplers import ImagePairSampler
 from dgnet.data.synthetic import generate_dataset
-from dgnet.data.validated import read_validated_manifest, validate_dataset
+from dgnet.data.validated import validate_dataset
 from dgnet.evaluation.benchmark import benchmark_model
+from dgnet.inference.extract import idle_cores
 from dgnet.models.backbone import cached_imagenet_checkpoint
 from dgnet.models.persist import save_model
 from dgnet.models.teacher import ReidBaseline
-from dgnet.profiles import get_profile
 from dgnet.training.cli import FileLogHook
 from dgnet.training.hooks import LossCurve
-from dgnet.training.loop import make_loader, training_labels
 from dgnet.training.objective import NonFiniteLossError
-from dgnet.training.runtime import DistContext, determinism, init_distributed, resolve_amp, select_device
+from dgnet.training.runtime import DistContext, select_device
 from dgnet.training.teacher_trainer import TeacherTrainConfig, train_teacher
-from dgnet.training.trainer import DGNetTrainConfig, build_joint_step, load_teachers, train_dgnet
+from dgnet.training.trainer import train_dgnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when imported by path
 import common
 import eval_speed
+import gpu_check_joint
 import train_speed
 from common import clock, finite, loss_curves_picture, run_logged
+from gpu_check_joint import amp_for, joint_training, train_config, validated
 
 SCRIPT = "benchmarks/gpu_check.sh"
 STEPS = ("setup", "train_speed", "train", "eval", "fp16", "ddp")
@@ -91,24 +87,6 @@ def _peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
 
 
-def _amp(device: torch.device) -> str:  # bf16 on a GPU; on a CPU only where it runs in hardware
-    return resolve_amp(device, "bf16" if device.type == "cuda" else "auto")
-
-
-def _validated(opts: argparse.Namespace) -> tuple[Any, Any, dict[int, int]]:
-    """The manifest as `dgnet train --manifest` reads it, the profile sized to it (random init without
-    ImageNet weights in the torch cache: GPU machines have no network), the label map."""
-    frame = read_validated_manifest(opts.manifest, opts.report)
-    label_map = training_labels(frame)
-    return frame, get_profile(opts.profile, require_pretrained=False, num_classes=len(label_map)), label_map
-
-
-def _train_config(opts: argparse.Namespace, iterations: int, **fields: Any) -> DGNetTrainConfig:
-    """The paper's DGNetTrainConfig compressed to `iterations` (warm-up from 30%, LR steps at 60%/90%)."""
-    return dataclasses.replace(DGNetTrainConfig().scaled_to(iterations), **{
-        "batch_size": opts.batch_size, "device": opts.device, "num_workers": opts.workers, **fields})
-
-
 def step_deadline(margin: float) -> float:
     """time.monotonic() at which this step must wrap up: `margin` s before the parent kills it."""
     kill_at = float(os.environ.get("GPU_CHECK_KILL_AT", time.time() + 600))  # wall clock, set by the parent
@@ -123,9 +101,8 @@ def step_setup(opts: argparse.Namespace) -> Figures:
     start = time.perf_counter()
     table = generate_dataset(opts.data, seed=0, num_ids=opts.ids, num_cameras=opts.cameras)
     render_s = time.perf_counter() - start
-    frame = validate_dataset(opts.data, report=opts.report, manifest=opts.manifest)
-    label_map = training_labels(frame)
-    model_cfg = get_profile(opts.profile, require_pretrained=False, num_classes=len(label_map))
+    validate_dataset(opts.data, report=opts.report, manifest=opts.manifest)
+    frame, model_cfg, label_map = validated(opts)
     imagenet = cached_imagenet_checkpoint(model_cfg.backbone) if model_cfg.pretrained else None
     f = {"images": len(table), "train_ids": len(label_map), "render_s": round(render_s, 1),
          "splits": frame["split"].value_counts().to_dict(), "teacher_iterations": opts.teacher_iterations,
@@ -135,7 +112,7 @@ def step_setup(opts: argparse.Namespace) -> Figures:
         return f, []
     cfg = dataclasses.replace(
         TeacherTrainConfig().scaled_to(opts.teacher_iterations), batch_size=4 * opts.batch_size,
-        device=opts.device, amp=_amp(select_device(opts.device)), num_workers=opts.workers, eval_every=0,
+        device=opts.device, amp=amp_for(select_device(opts.device)), num_workers=opts.workers, eval_every=0,
         checkpoint_every=0, log_every=max(1, opts.teacher_iterations // 10))
     started = time.perf_counter()
     metrics = train_teacher(frame, model_cfg, cfg, Path(opts.teacher).parent, resume=False,
@@ -172,12 +149,12 @@ def fit_train_iterations(opts: argparse.Namespace, speed: dict | None, timeout: 
 
 def step_train(opts: argparse.Namespace) -> Figures:
     """A short paper-profile DG-Net training (compressed schedule), then recon_l1 and the swap grid."""
-    device, (frame, model_cfg, _), out = select_device(opts.device), _validated(opts), step_dir(opts, "train")
+    device, (frame, model_cfg, _), out = select_device(opts.device), validated(opts), step_dir(opts, "train")
     speed = Path(opts.out) / "train_speed" / "result.json"
     fit = fit_train_iterations(opts, json.loads(speed.read_text()) if speed.is_file() else None,
                                step_deadline(margin=0) - time.monotonic())
     n = fit or opts.train_iterations
-    cfg = _train_config(opts, n, amp=_amp(device), log_every=max(1, n // 60), eval_every=0,
+    cfg = train_config(opts, n, amp=amp_for(device), log_every=max(1, n // 60), eval_every=0,
                         image_every=max(1, n // 3), checkpoint_every=0)
     (out / "log.jsonl").unlink(missing_ok=True)
     started = time.perf_counter()
@@ -224,22 +201,6 @@ def step_eval(opts: argparse.Namespace) -> Figures:
                ] if worst > PARITY_TOLERANCE else []
 
 
-@contextlib.contextmanager
-def joint_training(opts: argparse.Namespace, ctx: DistContext, amp: str, iterations: int, workers: int,
-                   scalers: dict[str, torch.amp.GradScaler] | None = None) -> Iterator[tuple[Any, Any, Any]]:
-    """(the trainer's joint step, this rank's sampler, its batches) on the validated data, seeded per rank
-    (the ranks start from different weights: DDP's broadcast must make them equal)."""
-    frame, model_cfg, label_map = _validated(opts)
-    cfg = _train_config(opts, iterations, amp=amp, num_workers=workers)
-    with determinism(cfg.seed, False):
-        torch.manual_seed(cfg.seed + ctx.rank)
-        teacher = load_teachers([opts.teacher], label_map, model_cfg, ctx.device)
-        built = build_joint_step(model_cfg, cfg, ctx, teacher, scalers=scalers)
-        dataset = TrainImages(frame, (model_cfg.image_height, model_cfg.image_width), cfg.augmentation)
-        sampler = ImagePairSampler(dataset.labels.numpy(), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
-        yield built, sampler, make_loader(dataset, sampler, 0, iterations, workers, ctx.device)
-
-
 def step_fp16(opts: argparse.Namespace) -> Figures:
     """fp16 training iterations with the GradScalers; count skipped steps and non-finite losses."""
     n, device, deadline = opts.fp16_iterations, select_device(opts.device), step_deadline(margin=8)
@@ -280,38 +241,6 @@ def step_fp16(opts: argparse.Namespace) -> Figures:
         f"{k} skipped {len(v)} of {n} steps (limit {limit})" for k, v in skipped.items() if len(v) > limit]
 
 
-def ddp_rank(opts: argparse.Namespace, backend: str) -> None:
-    """One torchrun rank: the trainer's step (gradient and BN averaging) on this rank's share of each
-    global batch; writes SHA-256 digests of its weights (equal: bit-identical) and what it saw."""
-    device = select_device(opts.device)  # cuda:0 for both ranks (LOCAL_RANK 1 has no GPU of its own)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(max(1, opts.threads // 2))
-    dist.init_process_group(backend, timeout=dt.timedelta(seconds=60))  # torchrun's rendezvous (env://)
-
-    def digests(module: torch.nn.Module) -> dict[str, str]:
-        return {k: hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-                .hexdigest() for k, t in module.state_dict().items()}
-
-    try:
-        ctx = init_distributed(str(device))  # the trainer's context on the group: torchrun's RANK, WORLD_SIZE
-        dist.all_reduce(torch.ones(1, device=ctx.device))  # an unusable backend fails here, before the set-up
-        times, seen = [], []
-        with joint_training(opts, ctx, _amp(ctx.device), opts.ddp_iterations, 0) as (built, sampler, batches):
-            initial = digests(built.model)
-            for iteration, batch in enumerate(batches):
-                start = clock(ctx.device)
-                logs = built.step(iteration, batch)
-                times.append(clock(ctx.device) - start)
-                seen.append(sampler.batch(iteration).indices.tolist())
-        (step_dir(opts, "ddp") / f"{backend}_rank{ctx.rank}.json").write_text(json.dumps({
-            "rank": ctx.rank, "backend": backend, "device": str(ctx.device), "times": times, "seen": seen,
-            "initial": initial, "final": digests(built.model), "last_logs": logs}))
-    finally:
-        dist.destroy_process_group()
-
-
 def step_ddp(opts: argparse.Namespace) -> Figures:
     """Two torchrun ranks on the one device: NCCL where it allows it, else gloo; lockstep weights."""
     folder, deadline = step_dir(opts, "ddp"), step_deadline(margin=15)  # torchrun's 10 s to stop its ranks
@@ -319,7 +248,7 @@ def step_ddp(opts: argparse.Namespace) -> Figures:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     for k, backend in enumerate(backends):  # NCCL gets half the time: it refuses two ranks on one GPU
         left, log = deadline - time.monotonic(), folder / f"{backend}.log"
-        code = run_logged([*torchrun, __file__, "--ddp-rank", backend, opts.out], log,
+        code = run_logged([*torchrun, gpu_check_joint.__file__, backend, opts.out], log,
                           left / 2 if k < len(backends) - 1 else left, session=False)
         lines = log.read_text(errors="replace").strip().splitlines()
         errors = [line for line in lines if "Error" in line or "error" in line] or lines or ["(no output)"]
@@ -431,9 +360,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
               "measured": summary["started"][:10], "command": opts.command, "machine": summary["machine"],
               "text": [f"Total {summary['wall_s']:.0f} s (budget {opts.budget} s); {passed} of {len(steps)} "
                        "steps passed. Pictures: `train/loss_curves.png`, `train/swap_grid.png` (test images, "
-                       "row = appearance, column = structure), `fp16/loss_curves.png`. Beside: recon_l1 of "
-                       "the mean image and of a 4x blur, swap L1 of copying the structure or appearance "
-                       f"image; the {TARGET}; the published code's fp16 (apex) overflowed."],
+                       "row = appearance, column = structure), `fp16/loss_curves.png`. In brackets: recon_l1 "
+                       "of the mean image and of a 4x blur, swap L1 of copying the structure or appearance "
+                       f"image. The {TARGET}; the published code's fp16 (apex) overflowed."],
               "columns": ["step", "status", "wall (s)", "result"], "table": table}
     sections = [common.render(common.section_name(f"gpu_check-{opts.profile}", opts.device), record)]
     speed = train_speed.section_name(opts.profile, opts.device, opts.speed_threads)
@@ -478,10 +407,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     opts.speed_modes = opts.speed_modes or [m for m in SPEED_MODES if on_cuda or m != "bf16+compile"]
     for mode in opts.speed_modes:
         train_speed.Mode.parse(mode)  # a typo fails now, not after minutes
-    # Every core the 1-minute load average leaves idle, at least one (torch threads beyond the free cores
-    # wait on each other: a tiny-profile iteration took 6.5 s with 2 threads on 2 busy cores, 0.8 s with 1).
-    cores, work = os.cpu_count() or 1, opts.out.resolve() / "work"
-    threads = opts.threads or max(1, min(cores, cores - round(os.getloadavg()[0])))
+    # Torch threads beyond the free cores wait on each other: a tiny-profile iteration took 6.5 s with 2
+    # threads on 2 busy cores, 0.8 s with 1.
+    work, threads = opts.out.resolve() / "work", opts.threads or idle_cores()
     batch_size, speed_threads = train_speed.DEFAULT_BATCH.get(opts.profile, 8), 0 if on_cuda else threads
     vars(opts).update(
         on_cuda=on_cuda, timeouts=TIMEOUTS["cuda" if on_cuda else "cpu"] | dict(vars(opts).pop("timeout")),
@@ -497,9 +425,8 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["--run-step"], ["--ddp-rank"]):  # a step's child process, or one torchrun rank
-        opts = argparse.Namespace(**json.loads((Path(argv[2]) / "options.json").read_text()))
-        run_step_here(opts, argv[1]) if argv[0] == "--run-step" else ddp_rank(opts, argv[1])
+    if argv[:1] == ["--run-step"]:  # a step's child process
+        run_step_here(argparse.Namespace(**json.loads((Path(argv[2]) / "options.json").read_text())), argv[1])
         return 0
     opts = parse_options(argv)
     (out := Path(opts.out)).mkdir(parents=True, exist_ok=True)
