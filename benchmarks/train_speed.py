@@ -16,7 +16,6 @@ one the device cannot run (fp16 on the CPU, a failed or too slow compile) is a s
 from __future__ import annotations
 
 import argparse
-import bisect
 import dataclasses
 import json
 import math
@@ -244,15 +243,11 @@ def _scoped(name: str, module: torch.nn.Module) -> None:
 def attribute(events: Any) -> dict[str, dict[str, float]]:
     """Seconds per network: forward ops inside its scope, backward ops linked to those forward ops by
     the profiler's autograd sequence numbers."""
-    scopes = sorted((e.time_range.start, e.time_range.end, e.name[len(SCOPE):])
-                    for e in events if e.name.startswith(SCOPE))
-    starts = [s[0] for s in scopes]
 
-    def scope_of(t: float) -> str | None:  # the innermost scope that contains t
-        i = bisect.bisect_right(starts, t) - 1
-        while i >= 0 and not scopes[i][0] <= t <= scopes[i][1]:
-            i -= 1
-        return scopes[i][2] if i >= 0 else None
+    def scope_of(event: Any) -> str | None:  # the innermost scope the op ran in
+        while event is not None and not event.name.startswith(SCOPE):
+            event = event.cpu_parent
+        return None if event is None else event.name[len(SCOPE):]
 
     owner: dict[int, str] = {}
     totals: dict[str, dict[str, float]] = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
@@ -260,7 +255,7 @@ def attribute(events: Any) -> dict[str, dict[str, float]]:
         if e.name.startswith(SCOPE):
             totals[e.name[len(SCOPE):]]["forward"] += e.cpu_time_total / 1e6
         elif e.sequence_nr >= 0 and e.name.startswith("aten::") \
-                and (name := scope_of(e.time_range.start)) is not None:  # a forward op with a graph node
+                and (name := scope_of(e)) is not None:  # a forward op with a graph node
             owner.setdefault(e.sequence_nr, name)
     for e in events:
         if e.name.startswith("autograd::engine::evaluate_function"):
