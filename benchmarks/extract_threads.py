@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from dgnet.data.synthetic import generate_dataset
 from dgnet.models.dgnet import DGNet
 from dgnet.models.persist import save_model
@@ -82,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             "text": [f"cpu-profile DG-Net (random weights), {8 * args.ids} synthetic 128x64 crops, batch "
                      "64. 'picked' = no --threads: the cores the 1-minute load average shows idle. The "
                      "spinners run 60 s before the first measurement, so that the load average sees them."]})
-    torch.set_num_threads(1)
     return 0
 
 

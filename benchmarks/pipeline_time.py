@@ -17,12 +17,13 @@ benchmarks/RESULTS.md and RESULTS.json. Needs mlflow (the `pipeline` extra).
 from __future__ import annotations
 
 import argparse
-import itertools
 import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module
 import common
@@ -34,13 +35,9 @@ def step_seconds(client: Any, run_id: str, name: str) -> tuple[float, int]:
     if not history:
         return 0.0, 0
     steps = [m.step for m in history]
-    gaps = [b - a for a, b in itertools.pairwise(steps)]
-    first = statistics.median(gaps) if gaps else steps[0]
-    total, previous = 0.0, steps[0] - first
-    for m in history:
-        total += m.value * (m.step - previous)
-        previous = m.step
-    return total, int(steps[-1] - (steps[0] - first))
+    first = statistics.median(numpy.diff(steps)) if len(steps) > 1 else steps[0]  # the first: typical
+    windows = numpy.diff(steps, prepend=steps[0] - first)
+    return float(numpy.dot([m.value for m in history], windows)), int(steps[-1] - (steps[0] - first))
 
 
 def runs_of(client: Any, experiment: str, since: float) -> list[Any]:
@@ -120,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                      "optimisers); the rest of a run = evaluations, pictures, checkpoints, model logging; "
                      "before the run = the stage's start-up and DVC's work since the previous run ended.",
                      *summary]})
-        print(f"wrote {args.results} ({name})")
     return 0
 
 
