@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from dgnet.config import DEVICES
@@ -15,8 +16,6 @@ from dgnet.io import check_writable, output_errors
 
 def _set_threads(args: argparse.Namespace) -> None:
     """--threads, else OMP_NUM_THREADS when set, else the idle cores (`idle_cores`)."""
-    import os
-
     import torch
 
     from dgnet.errors import ConfigError
@@ -57,8 +56,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
                               lambda_value=args.rerank_lambda)
     print(f"rank: {result.num_queries} queries x {result.num_gallery} gallery images -> {result.csv}, "
           f"{result.page}, {result.picture}")
-    if result.metrics:
-        m = result.metrics
+    if m := result.metrics:
         print(f"ids from the {result.id_format} file names: rank-1 {100 * m['rank1']:.1f}, "
               f"mAP {100 * m['mAP']:.1f} (finite-sum AP: {100 * m['mAP_finite']:.1f}; "
               f"{int(m['num_valid_queries'])} queries with a match)")
@@ -107,7 +105,7 @@ def _cmd_import_published(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dgnet.data.validated import validate_dataset
-    from dgnet.evaluation.benchmark import DEFAULT_ALPHAS, benchmark_model, write_benchmark
+    from dgnet.evaluation.benchmark import benchmark_model, write_benchmark
     from dgnet.training.runtime import select_device
 
     check_writable(args.out / "benchmark.md", "evaluate")
@@ -117,12 +115,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     limits = {k: v for k, v in (("num_swaps", args.swaps), ("num_recon", args.recon)) if v is not None}
     for path in args.model:
         name = path.parent.name or path.stem
-        name = name if name not in names else f"{name}_{len(names)}"  # two seed0/model.pt
-        names.append(name)
-        results.append(benchmark_model(path, frame, name=name, device=device, alphas=DEFAULT_ALPHAS,
-                                       rerank=args.rerank, batch_size=args.batch_size, data_root=args.data,
-                                       inception_weights=args.inception_weights, references=references,
-                                       **limits))
+        names.append(name if name not in names else f"{name}_{len(names)}")  # two seed0/model.pt
+        results.append(benchmark_model(path, frame, name=names[-1], device=device, rerank=args.rerank,
+                                       batch_size=args.batch_size, data_root=args.data, references=references,
+                                       inception_weights=args.inception_weights, **limits))
     counts = frame["split"].value_counts()
     heading = (f"# Benchmark on {args.data} ({frame.attrs['format']}: {counts.get('query', 0)} queries, "
                f"{counts.get('gallery', 0)} gallery images)\n\n"
@@ -148,9 +144,8 @@ def _add_device(parser: argparse.ArgumentParser, threads: bool) -> None:
                         help="auto (default: CUDA when present, else the CPU), cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
     if threads:
-        parser.add_argument("--threads", type=int, metavar="N",
-                            help="CPU threads (default: OMP_NUM_THREADS, else the cores the load average "
-                                 "shows idle)")
+        parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: "
+                            "OMP_NUM_THREADS, else the cores the load average shows idle)")
 
 
 def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -163,9 +158,8 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_model(extract)
     source = extract.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of images (sub-folders too)")
-    source.add_argument("--manifest", type=Path, metavar="CSV",
-                        help="CSV with a `path` column (relative paths: against its folder), e.g. "
-                             "data/manifest.csv")
+    source.add_argument("--manifest", type=Path, metavar="CSV", help="CSV with a `path` column (relative "
+                        "paths: against its folder), e.g. data/manifest.csv")
     extract.add_argument("--out", type=Path, required=True, metavar="FILE", help="features file, .npy")
     extract.add_argument("--num-workers", type=int, default=0, help="image loading processes")
     extract.set_defaults(func=_cmd_extract)
@@ -224,9 +218,8 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
                     "(docs/published_model.md).")
     imported.add_argument("--gen", type=Path, required=True, metavar="GEN.pt", help="gen_00100000.pt")
     imported.add_argument("--id", type=Path, required=True, metavar="ID.pt", help="id_00100000.pt")
-    imported.add_argument("--dis", type=Path, metavar="DIS.pt",
-                          help="dis_00100000.pt (optional: only fine-tuning uses D; without it D is "
-                               "initialised)")
+    imported.add_argument("--dis", type=Path, metavar="DIS.pt", help="dis_00100000.pt (optional: only "
+                          "fine-tuning uses D; without it D is initialised)")
     imported.add_argument("--teacher", type=Path, metavar="net_last.pth", help="the teacher's state dict")
     imported.add_argument("--teacher-stride", type=int, choices=(1, 2),
                           help="the teacher's last stride when no opts.yaml lies beside it")
