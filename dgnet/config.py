@@ -54,8 +54,8 @@ def config_from_mapping(cls: type, values: Mapping[str, Any], section: str) -> A
     kwargs = {}
     for name, value in values.items():
         kind = hints[name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
-            value = config_from_mapping(kind, value, f"{section}.{name}")
+        if dataclasses.is_dataclass(kind) and not isinstance(value, kind):
+            value = config_from_mapping(kind, value, f"{section}.{name}")  # not a mapping: ConfigError
         elif isinstance(value, list):
             value = tuple(value)
         elif kind is float and isinstance(value, str):

@@ -347,6 +347,13 @@ def test_a_float_written_1e_3_gets_the_yaml_hint() -> None:
         config_from_mapping(TeacherTrainConfig, {"lr": "1e-3"}, "teacher")
 
 
+def test_a_nested_section_given_a_number_is_named() -> None:
+    from dgnet.profiles import read_params
+
+    with pytest.raises(ConfigError, match=r"train.schedule: expected a mapping of fields, got int"):
+        read_params(Path(__file__).parents[1] / "params.yaml", assignments=["train.schedule=3"])
+
+
 def test_params_help_says_it_takes_a_file(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
