@@ -132,30 +132,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model(parser: argparse.ArgumentParser, batch: bool = True) -> None:
-    parser.add_argument("--model", required=True, metavar="M",
-                        help="model file (model.pt of `dgnet train` / `train-teacher`) or models:/NAME@ALIAS")
-    if batch:  # the commands that run the model on images
-        _add_device(parser, threads=True)
-
-
-def _add_device(parser: argparse.ArgumentParser, threads: bool) -> None:
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="auto (default: CUDA when present, else the CPU), cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
-    if threads:
-        parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: "
-                            "OMP_NUM_THREADS, else the cores the load average shows idle)")
-
-
 def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register this module's commands on the `dgnet` command's sub-parsers."""
+    model = argparse.ArgumentParser(add_help=False)  # the options commands share, as their `parents`
+    model.add_argument("--model", required=True, metavar="M",
+                       help="model file (model.pt of `dgnet train` / `train-teacher`) or models:/NAME@ALIAS")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (default: CUDA when present, else the CPU), cpu or cuda")
+    device.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    runs = argparse.ArgumentParser(add_help=False, parents=[model, device])  # run the model on images
+    runs.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: OMP_NUM_THREADS, "
+                      "else the cores the load average shows idle)")
     extract = subparsers.add_parser(
-        "extract", help="features of your own images (N x D .npy, names beside it in .csv)",
+        "extract", help="features of your own images (N x D .npy, names beside it in .csv)", parents=[runs],
         description="Embed images with a trained model: the evaluator's test-time feature (per-head "
                     "L2-normalised, flip-averaged). Writes OUT (.npy, float32 N x D) and OUT with .csv "
                     "(one row per feature: name and path, or the manifest's columns).")  # fmt: skip
-    _add_model(extract)
     source = extract.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of images (sub-folders too)")
     source.add_argument("--manifest", type=Path, metavar="CSV", help="CSV with a `path` column (relative "
@@ -166,10 +159,10 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 
     rank = subparsers.add_parser(
         "rank", help="ranked search of a gallery folder for each query image (CSV, picture, HTML)",
+        parents=[runs],
         description="Rank the gallery's images for each query: OUT/ranking.csv (top-k per query), "
                     "OUT/ranking.png, OUT/index.html; with ids in the file names (Market/Duke/MSMT "
                     "patterns) also hit/miss/junk marks and OUT/metrics.json.")  # fmt: skip
-    _add_model(rank)
     rank.add_argument("--query", type=Path, required=True, metavar="DIR", help="folder of query images")
     rank.add_argument("--gallery", type=Path, required=True, metavar="DIR", help="folder of gallery images")
     rank.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -184,10 +177,10 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 
     generate = subparsers.add_parser(
         "generate", help="a generated dataset in Market-1501 layout (ids of the appearance donors)",
+        parents=[runs],
         description="Decode appearance/structure pairs of the donor images into a new dataset: "
                     "bounding_box_train/, query/, bounding_box_test/ and provenance.csv (both donors "
                     "of every image). OUT is replaced atomically.")  # fmt: skip
-    _add_model(generate)
     generate.add_argument("--images", type=Path, required=True, metavar="DIR",
                           help="donor images named in the --format pattern, e.g. DATA/bounding_box_train")
     generate.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to write")
@@ -202,9 +195,9 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 
     export = subparsers.add_parser(
         "export", help="export the feature extractor (ONNX, dynamic batch), checked against PyTorch",
+        parents=[model],
         description="Write the test-time feature graph (images N x 3 x H x W -> features N x D) and "
                     "check it with onnxruntime; needs `pip install -e '.[onnx]'`.")  # fmt: skip
-    _add_model(export, batch=False)
     export.add_argument("--format", choices=("onnx",), required=True, help="onnx")
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file: dgnet.onnx")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -228,6 +221,7 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
 
     evaluate = subparsers.add_parser(
         "evaluate", help="benchmark model files on a dataset: rank-1/5/10, mAP, mINP, re-ranking",
+        parents=[device],
         description="Validate the dataset (the pipeline's rules), then rank its query split against its "
                     "gallery with each model: DG-Net at query alpha 0 / 0.5 / 1 and fine-grained only, a "
                     "teacher once; with --rerank also k-reciprocal re-ranking. Prints the table and writes "
@@ -246,5 +240,4 @@ def add_inference_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="test images behind the reconstruction L1 (default: the report's 2048)")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"), metavar="DIR",
                           help="output folder (default ./evaluation)")
-    _add_device(evaluate, threads=False)
     evaluate.set_defaults(func=_cmd_evaluate)
