@@ -180,11 +180,10 @@ def load_average() -> list[float] | None:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    memory = proc_field("/proc/meminfo", "MemTotal")
     info: dict[str, Any] = {
         "cpu": proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
-        "cores": os.cpu_count(), "memory_gib": int(memory.split()[0]) / 2**20 if memory else None,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
         "python": platform.python_version(), "load_average": load_average(), "platform": platform.platform(),
         "packages": {m.__name__.replace("PIL", "pillow"): m.__version__
                      for m in (torchvision, numpy, pandas, PIL)},

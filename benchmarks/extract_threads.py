@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ids", type=int, default=64, help="synthetic identities (8 images each)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    cores = len(os.sched_getaffinity(0))
-    info = machine()
-    rows = []
+    cores, info, rows = len(os.sched_getaffinity(0)), machine(), []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate_dataset(tmp / "data", seed=0, num_ids=args.ids)
