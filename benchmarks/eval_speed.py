@@ -105,8 +105,7 @@ def measure(size: str, kind: str, device: str, repeats: int, chunk_size: int) ->
     totals, dists, metrics = [], [], {}
     for _ in range(repeats):  # interleaved, so that a busy spell of the machine hits both alike
         start = clock(dev)
-        metrics = rank_metrics_from_features(qf, gf, q_pids, q_cams, g_pids, g_cams,
-                                             chunk_size=chunk_size)
+        metrics = rank_metrics_from_features(qf, gf, q_pids, q_cams, g_pids, g_cams, chunk_size=chunk_size)
         totals.append(clock(dev) - start)
         if len(totals) == 1:  # the evaluation's peak, before the distances-only loop adds its own
             peak_rss = proc_memory_mb("VmHWM")
