@@ -445,9 +445,8 @@ def tune(args: argparse.Namespace) -> int:
     cfg, client, url = tuning.cfg, tuning.inputs.client, tracking.absolute_sqlite(tuning.cfg.storage)
     params = {"seed": cfg.seed, "metric": cfg.metric, "base": cfg.base, "train": dict(cfg.train),
               "space": {k.name: {"low": k.low, "high": k.high, "log": k.log, "also": list(k.also)}
-                        for k in cfg.space}, "sampler.n_startup_trials": cfg.sampler.n_startup_trials,
-              "pruner": dataclasses.asdict(cfg.pruner), "score_split": SCORE_SPLIT,
-              "validation": dict(tuning.split)}
+                        for k in cfg.space}, "sampler": cfg.sampler, "pruner": cfg.pruner,  # flattened
+              "score_split": SCORE_SPLIT, "validation": dict(tuning.split)}
     with startup_lock(url):
         study, tuning.storage = open_study(url, cfg, key)
         tuning.parent_id = open_parent(client, tuning.inputs.experiment_id, study,
