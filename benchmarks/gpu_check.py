@@ -73,8 +73,6 @@ TRAIN_OVERHEAD_S, TRAIN_SLOWDOWN = 50, 1.2
 PARITY_TOLERANCE = 1e-4
 # A GradScaler starts at 2^16 and halves on each overflow: up to 16 skipped steps can be its calibration.
 SKIP_FLOOR, SKIP_FRACTION = 16, 0.1
-TARGET = (f"paper profile's target on one GPU, <= {train_speed.TARGET_S_PER_ITER} s/it and <= "
-          f"{train_speed.TARGET_PEAK_GB:g} GB (the published code: 1.2-1.9 s/it, >= 10 GB in fp16)")
 Figures = tuple[dict[str, Any], list[str]]  # what a step returns: its figures, its problems (none: passed)
 
 
@@ -362,7 +360,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        "steps passed. Pictures: `train/loss_curves.png`, `train/swap_grid.png` (test images, "
                        "row = appearance, column = structure), `fp16/loss_curves.png`. In brackets: recon_l1 "
                        "of the mean image and of a 4x blur, swap L1 of copying the structure or appearance "
-                       f"image. The {TARGET}; the published code's fp16 (apex) overflowed."],
+                       f"image. Paper-profile target on one GPU: {train_speed.TARGET}; that fp16 (apex) "
+                       "overflowed."],
               "columns": ["step", "status", "wall (s)", "result"], "table": table}
     sections = [common.render(common.section_name(f"gpu_check-{opts.profile}", opts.device), record)]
     speed = train_speed.section_name(opts.profile, opts.device, opts.speed_threads)
@@ -401,9 +400,8 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     if (on_cuda := opts.device.startswith("cuda")) and not torch.cuda.is_available():
         parser.error(f"--device {opts.device}: CUDA is not available here (torch {torch.__version__}, CUDA "
                      f"build {torch.version.cuda}); use --device cpu --profile tiny")
-    for key, defaults in COUNTS.items():
-        if getattr(opts, key) is None:
-            setattr(opts, key, defaults[0 if on_cuda else 1])
+    vars(opts).update({key: counts[0 if on_cuda else 1] for key, counts in COUNTS.items()
+                       if getattr(opts, key) is None})  # the counts not given: this device kind's
     opts.speed_modes = opts.speed_modes or [m for m in SPEED_MODES if on_cuda or m != "bf16+compile"]
     for mode in opts.speed_modes:
         train_speed.Mode.parse(mode)  # a typo fails now, not after minutes

@@ -48,6 +48,9 @@ DEFAULT_BATCH = {"paper": 8, "cpu": 8, "tiny": 4}
 # The targets for the paper profile on one GPU, and the published code's figures.
 TARGET_S_PER_ITER = 0.1
 TARGET_PEAK_GB = 8.0
+TARGET = (f"<= {TARGET_S_PER_ITER} s per iteration (100k iterations in under 3 hours) with peak GPU "
+          f"memory <= {TARGET_PEAK_GB:g} GB (reserved); the published code needed 1.2-1.9 s per "
+          "iteration and >= 10 GB in fp16")
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 PAPER_GPU_COMMAND = ("python benchmarks/train_speed.py --profile paper --device cuda "
                      "--modes fp32,bf16,fp16,compile,bf16+compile,bf16+cl --iterations 30 --warmup 5 --write")
@@ -182,9 +185,6 @@ def record(info: dict[str, Any], rows: list[dict[str, Any]], command: str,
     memory = ("`torch.cuda.max_memory_allocated` / `max_memory_reserved` over the process" if on_gpu else
               "the process's peak RSS (VmHWM), torch itself included; 'RSS at start' = after importing torch "
               "and dgnet")
-    target = (f"<= {TARGET_S_PER_ITER} s per iteration (100k iterations in under 3 hours) with peak GPU "
-              f"memory <= {TARGET_PEAK_GB:g} GB (reserved); the published code needed 1.2-1.9 s per "
-              "iteration and >= 10 GB in fp16")
     text = [f"One joint DG-Net iteration as `train_dgnet` runs it (`build_joint_step`: a D step, then the "
             f"joint G + E_a step), batch {batch} per stream, at iteration {TIMED_ITERATION:,} of the paper's "
             "schedule, every loss on" + (f" (code {w['code_appearance']:g}, cycle {w['cycle']:g}, "
@@ -193,8 +193,8 @@ def record(info: dict[str, Any], rows: list[dict[str, Any]], command: str,
             "mode in a fresh process; median, p90 and min over the timed iterations; '100k' = median x "
             f"{PAPER_ITERATIONS:,}; 'first' = the first iteration (compilation, cudnn autotuning). Peak "
             f"memory: {memory}. Load: 1-minute load average at the mode's start / end."]
-    text += [f"Paper-profile target on one GPU: {target}."] if profile == "paper" else []
-    text += [f"GPU figures of the paper profile: pending (target {target}). On a CUDA machine: "
+    text += [f"Paper-profile target on one GPU: {TARGET}."] if profile == "paper" else []
+    text += [f"GPU figures of the paper profile: pending (target {TARGET}). On a CUDA machine: "
              f"`{PAPER_GPU_COMMAND}`."] if gpu_pending else []
     columns = ["mode", "median s/iter", "p90 s/iter", "min s/iter", "it/s", "100k iterations (h)",
                "first (s)", *(["peak allocated (GB)", "peak reserved (GB)"] if on_gpu
