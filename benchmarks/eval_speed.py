@@ -61,8 +61,7 @@ def make_problem(size: str, kind: str, seed: int = 0, dim: int = 1024):
     g_pids, g_cams = np.asarray(g_pids)[order], np.asarray(g_cams)[order]
     # One query per (id, camera) seen, repeated or cut to the wanted number.
     pick = rng.choice(len(seen), size=num_q, replace=num_q > len(seen))
-    q_pids = np.asarray([seen[i][0] for i in pick])
-    q_cams = np.asarray([seen[i][1] for i in pick])
+    q_pids, q_cams = np.asarray(seen)[pick].T.copy()  # contiguous rows, as torch.searchsorted wants
 
     gen = torch.Generator().manual_seed(seed)
     if kind not in ("trained", "random"):

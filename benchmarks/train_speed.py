@@ -26,7 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.profiler import ProfilerActivity, record_function
@@ -56,8 +56,7 @@ PAPER_GPU_COMMAND = ("python benchmarks/train_speed.py --profile paper --device 
                      "--modes fp32,bf16,fp16,compile,bf16+compile,bf16+cl --iterations 30 --warmup 5 --write")
 
 
-@dataclasses.dataclass(frozen=True)
-class Mode:
+class Mode(NamedTuple):
     """One measured configuration: autocast precision (the trainer's amp), compilation, memory format."""
 
     amp: str
@@ -263,8 +262,7 @@ def attribute(events: Any) -> dict[str, dict[str, float]]:
 
 def by_network(profile: str, mode: str, iterations: int, command: str) -> dict[str, Any]:
     """The CPU step of `mode` under torch.profiler after one warm-up: seconds per network and iteration."""
-    device = torch.device("cpu")
-    model_cfg = get_profile(profile, pretrained=False)
+    device, model_cfg = torch.device("cpu"), get_profile(profile, pretrained=False)
     cfg = DGNetTrainConfig(amp=resolve_amp(device, Mode.parse(mode).amp), num_workers=0)
     ctx = DistContext(0, 1, 0, device, False)
     built = build_joint_step(model_cfg, cfg, ctx, load_teacher(model_cfg, device))
