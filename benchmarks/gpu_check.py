@@ -153,7 +153,7 @@ def step_train(opts: argparse.Namespace) -> Figures:
                                step_deadline(margin=0) - time.monotonic())
     n = fit or opts.train_iterations
     cfg = train_config(opts, n, amp=amp_for(device), log_every=max(1, n // 60), eval_every=0,
-                        image_every=max(1, n // 3), checkpoint_every=0)
+                       image_every=max(1, n // 3), checkpoint_every=0)
     (out / "log.jsonl").unlink(missing_ok=True)
     started = time.perf_counter()
     result = train_dgnet(frame, model_cfg, cfg, [opts.teacher], Path(opts.work) / "train",
@@ -401,12 +401,12 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--device {opts.device}: CUDA is not available here (torch {torch.__version__}, CUDA "
                      f"build {torch.version.cuda}); use --device cpu --profile tiny")
     vars(opts).update({key: counts[0 if on_cuda else 1] for key, counts in COUNTS.items()
-                       if getattr(opts, key) is None})  # the counts not given: this device kind's
+                       if getattr(opts, key) is None})  # the counts not given: this device kind's defaults
     opts.speed_modes = opts.speed_modes or [m for m in SPEED_MODES if on_cuda or m != "bf16+compile"]
     for mode in opts.speed_modes:
         train_speed.Mode.parse(mode)  # a typo fails now, not after minutes
-    # Torch threads beyond the free cores wait on each other: a tiny-profile iteration took 6.5 s with 2
-    # threads on 2 busy cores, 0.8 s with 1.
+    # Torch threads: the cores the load average leaves idle (threads beyond them wait on each other: a
+    # tiny-profile iteration took 6.5 s with 2 threads on 2 busy cores, 0.8 s with 1).
     work, threads = opts.out.resolve() / "work", opts.threads or idle_cores()
     batch_size, speed_threads = train_speed.DEFAULT_BATCH.get(opts.profile, 8), 0 if on_cuda else threads
     vars(opts).update(
