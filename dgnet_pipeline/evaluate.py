@@ -150,7 +150,7 @@ def evaluate_models(workspace: Path, params: Params, paths: Paths) -> int:
     settings, changes = _settings(params.evaluate), ablation_changes(params.values)
     models = models_to_evaluate(workspace, params.values, paths)
     data_root = resolve(workspace, params.data.root)
-    inputs = open_inputs(workspace, params.values)
+    inputs = open_inputs(workspace, params)
     tags = run_tags("evaluate", "evaluation", "all", "stages/evaluate.py", workspace)
     with tracked_run(inputs.client, inputs.experiment_id, "evaluate", tags) as run:
         references: dict[tuple[Any, ...], Any] = {}  # pairs, ground truth, baselines: once per size

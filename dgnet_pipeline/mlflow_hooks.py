@@ -20,7 +20,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from dgnet.config import MlflowConfig, check_alias, section_config
+from dgnet.config import MlflowConfig, check_alias
 from dgnet.errors import DgnetError
 from dgnet.training.hooks import TrainingHooks, TrainingResult
 from dgnet_pipeline.tracking import TrackingError, is_transient, redact, short
@@ -265,10 +265,6 @@ class LastImage(TrainingHooks):
 
     def on_image(self, iteration: int, name: str, image: Any) -> None:
         self.images[name] = image.copy()
-
-
-def mlflow_settings(params: Mapping[str, Any]) -> MlflowConfig:
-    return section_config(MlflowConfig, params, "mlflow")
 
 
 def metrics_summary(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -401,7 +401,7 @@ def prepare(args: argparse.Namespace) -> tuple[Tuning, dict[str, Any]]:
     cfg = dataclasses.replace(params.tune, **{k: v for k in options if (v := getattr(args, k)) is not None})
     base_values = merge(section(params.values, cfg.base), cfg.train)
     base_cfg, _ = build_train_config(DGNetTrainConfig, base_values, f"tune (from {cfg.base})")
-    inputs = ws.open_inputs(workspace, params.values)
+    inputs = ws.open_inputs(workspace, params)
     frame = validation_split(inputs.frame, cfg.validation_fraction, cfg.validation_seed)
     check_no_test_images(frame, benchmark_rows(inputs.frame)[["path", "person_id"]], "tuning")  # never opened
     split, md5 = frame.attrs[SPLIT_ATTR], inputs.manifest_md5

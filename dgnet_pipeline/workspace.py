@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgnet.config import MlflowConfig, ValidateConfig, section_config
+from dgnet.config import MlflowConfig, Params, ValidateConfig, section_config
 from dgnet.errors import DgnetError
 from dgnet_pipeline.common import resolve
-from dgnet_pipeline.mlflow_hooks import mlflow_settings
 from dgnet_pipeline.mlflow_runs import ensure_experiment
 from dgnet_pipeline.tracking import artifact_location, connect, quiet_mlflow, tracking_uri
 
@@ -176,14 +175,13 @@ class StageInputs:
                 "data.train_ids": int(train["person_id"].nunique())}
 
 
-def open_inputs(workspace: Path, params: dict[str, Any]) -> StageInputs:
+def open_inputs(workspace: Path, params: Params) -> StageInputs:
     """Read the validated manifest, then reach the tracking store (a quick check) and its experiment."""
-    settings = mlflow_settings(params)
-    manifest = manifest_path(params, workspace)
-    frame = read_manifest(manifest, report_path(params, workspace))
+    manifest = manifest_path(params.values, workspace)
+    frame = read_manifest(manifest, report_path(params.values, workspace))
     uri = tracking_uri()
     client = connect(uri)
-    experiment_id = ensure_experiment(client, settings.experiment, artifact_location(uri))
-    return StageInputs(workspace, params, settings, manifest, file_md5(manifest), frame, uri, client,
-                       experiment_id)
+    experiment_id = ensure_experiment(client, params.mlflow.experiment, artifact_location(uri))
+    return StageInputs(workspace, params.values, params.mlflow, manifest, file_md5(manifest), frame, uri,
+                       client, experiment_id)
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = workspace_root()
     params = read_params(workspace / "params.yaml")
     configs = {seed: dataclasses.replace(params.teacher, seed=seed) for seed in params.teacher_stage.seeds}
-    return train_teachers(open_inputs(workspace, params.values), args, configs)
+    return train_teachers(open_inputs(workspace, params), args, configs)
 
 
 if __name__ == "__main__":

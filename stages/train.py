@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(params.train, seed=seed)
     if args.warmup:  # the run up to schedule.warmup_start, which every variant shares
         cfg = warmup_config(cfg)
-    return train_variant(open_inputs(workspace, params.values), args, cfg, params.train_stage)
+    return train_variant(open_inputs(workspace, params), args, cfg, params.train_stage)
 
 
 if __name__ == "__main__":
