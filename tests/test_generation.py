@@ -224,6 +224,7 @@ def test_fid_pipeline_with_a_stand_in_network(tmp_path, monkeypatch):
     assert fid(real, fake, weights=weights)["fid"] > 1
 
 
+@pytest.mark.slow  # ~9 s: a full Inception-v3 on the CPU
 def test_fid_uses_the_tf_inception_file_through_pytorch_fid_without_downloading(tmp_path, monkeypatch):
     """With pytorch-fid's TF Inception file on disk (random weights of its architecture stand in for
     the real file), FID runs pytorch-fid's network on that file and says which network it was."""

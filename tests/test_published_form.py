@@ -86,6 +86,7 @@ def test_structure_code_loss_frozen_encoder_trains_generator(setup) -> None:
     assert backward_touched(model, teacher, batch, only(code_structure=1.0)) == GENERATOR
 
 
+@pytest.mark.slow  # ~6 s: 68 generator passes
 def test_structure_code_coin_is_drawn_with_probability_p(setup) -> None:
     _, model, teacher, batch = setup
     picks = []

@@ -48,7 +48,8 @@ def test_the_variants_differ_only_after_the_warmup():
     assert warmup_fingerprint(cfg(lr_generator=0.5)) != warmup_fingerprint(cfg())
 
 
-@pytest.mark.parametrize("variant", ["dgnet", "no_generated_reid"])
+# The full model in the slow tier (~8 s): the quick tier keeps the variant that differs most from the warm-up.
+@pytest.mark.parametrize("variant", [pytest.param("dgnet", marks=pytest.mark.slow), "no_generated_reid"])
 def test_a_forked_variant_equals_its_unforked_run_bit_for_bit(tmp_path, frame, teacher_path, variant):  # noqa: F811
     fork = warmup(tmp_path, frame, teacher_path)
     straight = train_dgnet(frame, TINY, cfg(variant), [teacher_path], tmp_path / "straight")
@@ -88,6 +89,7 @@ def test_a_checkpoint_past_the_warmup_is_refused(tmp_path, frame, teacher_path):
                     fork_from=checkpoint_path(tmp_path / "long" / "checkpoints", 3))
 
 
+@pytest.mark.slow  # ~8 s: two forked runs
 def test_the_equality_is_not_trivial_the_variants_do_differ_after_the_warmup(tmp_path, frame, teacher_path):  # noqa: F811
     fork = warmup(tmp_path, frame, teacher_path)
     for variant in ("dgnet", "no_generated_reid"):
