@@ -159,8 +159,11 @@ def evaluate_models(workspace: Path, params: Params, paths: Paths) -> int:
                    for name, path in models.items()]
         trivial = colour_histogram_reid(inputs.frame, TRIVIAL_SIZE)
         cross = cross_domain(models, results, workspace, settings, changes)
-        write_outputs(workspace, results, settings, inputs.manifest, time.monotonic() - started, changes,
-                      trivial, cross, paths=paths)
+        # The report names the manifest as params.yaml does: relative, so it reads alike in every clone.
+        manifest = (inputs.manifest.relative_to(workspace) if inputs.manifest.is_relative_to(workspace)
+                    else inputs.manifest)
+        write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes, trivial,
+                      cross, paths=paths)
         write_loss_curves(workspace / paths.losses, models)
         # Every figure as a metric, the headline as the description, the report and pictures as artifacts.
         from mlflow.entities import Metric
