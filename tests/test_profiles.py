@@ -13,7 +13,6 @@ import yaml
 
 from dgnet.errors import ConfigError
 from dgnet.profiles import (
-    CONFIG_CLASSES,
     PROFILES,
     _plain,
     apply_assignments,
@@ -169,7 +168,7 @@ def test_iterations_flag_scales_the_whole_schedule_of_every_profile(profile):
     def configs(command: str, section: str) -> object:
         args = build_parser(command).parse_args(
             [command, "--profile", profile, "--iterations", "60", "--data", "d", "--out", "o"])
-        return build_configs(args, CONFIG_CLASSES[section], section)[1]
+        return build_configs(args, section)[1]
 
     train, teacher = configs("train", "train"), configs("train-teacher", "teacher")
     schedule = train.schedule

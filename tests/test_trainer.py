@@ -249,9 +249,9 @@ def test_a_teacher_of_other_data_with_the_same_ids_is_refused_unless_accepted(tm
     add_train_commands(parser.add_subparsers(dest="command"))
     for flags in (["--cross-dataset-teacher"], ["--set", "train.cross_dataset_teacher=true"]):
         args = parser.parse_args(["train", "--data", "x", "--out", "y", "--profile", "tiny", *flags])
-        assert build_configs(args, DGNetTrainConfig, "train")[1].cross_dataset_teacher
+        assert build_configs(args, "train")[1].cross_dataset_teacher
     args = parser.parse_args(["train", "--data", "x", "--out", "y", "--profile", "tiny"])
-    assert not build_configs(args, DGNetTrainConfig, "train")[1].cross_dataset_teacher
+    assert not build_configs(args, "train")[1].cross_dataset_teacher
 
 
 def test_a_trained_teacher_records_its_data_and_is_taken_without_a_warning(tmp_path, frame, recwarn):
@@ -382,7 +382,7 @@ def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
                               "--out", str(tmp_path / "out"), "--params", str(config), "--iterations", "2",
                               "--set", "teacher.augmentation.erasing_p=0.0",
                               "--device", "cpu", "--deterministic", "--batch-size", "8"])
-    model_cfg, cfg = build_configs(args, TeacherTrainConfig, "teacher")
+    model_cfg, cfg = build_configs(args, "teacher")
     assert model_cfg.embedding_dim == 8 and cfg.lr == 0.02 and cfg.iterations == 2 and cfg.deterministic
     assert cfg.augmentation.erasing_p == 0.0 and cfg.batch_size == 8 and not cfg.channels_last
     assert args.func(args) == 0
@@ -395,13 +395,13 @@ def test_cli_config_precedence_and_teacher_run(tmp_path, frame):
     bad.write_text(json.dumps({"train": {"iterationz": 3}}))
     args = parser.parse_args(["train", "--data", "x", "--out", "y", "--params", str(bad)])
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['iterationz'\]"):
-        build_configs(args, DGNetTrainConfig, "train")
+        build_configs(args, "train")
     args = parser.parse_args(["train", "--data", "x", "--out", "y", "--iterations", "800"])
-    _, cfg = build_configs(args, DGNetTrainConfig, "train")  # the profile's schedule, compressed
+    _, cfg = build_configs(args, "train")  # the profile's schedule, compressed
     assert cfg.schedule.warmup_start == 240 and cfg.schedule.lr_milestones == (480, 720)
     args = parser.parse_args(["train", "--data", "x", "--out", "y", "--iterations", "800", "--profile", "cpu",
                               "--set", "train.scale_schedule_from=null"])
-    _, cfg = build_configs(args, DGNetTrainConfig, "train")  # the numbers as written
+    _, cfg = build_configs(args, "train")  # the numbers as written
     assert cfg.schedule.warmup_start == 30_000 and cfg.lr_generator == 0.001 and cfg.device == "auto"
 
 

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dgnet.config import AMP_MODES, DEVICES, DGNetTrainConfig, TeacherTrainConfig
+from dgnet.config import AMP_MODES, DEVICES
 from dgnet.data.manifest import FORMATS
 from dgnet.io import atomic_path
 from dgnet.models.config import ModelConfig
@@ -84,7 +84,7 @@ def _load_frame(args: argparse.Namespace) -> pd.DataFrame:
     return frame
 
 
-def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> tuple[ModelConfig, Any]:
+def build_configs(args: argparse.Namespace, section: str) -> tuple[ModelConfig, Any]:
     """(model config, training config): the profile, `--params`, `--set`, then the flags, in that order.
 
     `--iterations` sets `<section>.iterations` and moves the whole schedule to the same fractions of
@@ -99,8 +99,7 @@ def build_configs(args: argparse.Namespace, config_cls: type, section: str) -> t
 def _cmd_train(args: argparse.Namespace) -> int:
     """`dgnet train-teacher` (args.teacher is None) or `dgnet train`; the result on rank 0."""
     teacher = args.teacher is None
-    model_cfg, cfg = build_configs(args, TeacherTrainConfig if teacher else DGNetTrainConfig,
-                                   "teacher" if teacher else "train")  # errors before torch loads
+    model_cfg, cfg = build_configs(args, "teacher" if teacher else "train")  # errors before torch loads
     from dgnet.training.runtime import is_main_process
     from dgnet.training.teacher_trainer import train_teacher
     from dgnet.training.trainer import train_dgnet
