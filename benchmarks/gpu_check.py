@@ -377,6 +377,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
+def _step_timeout(text: str) -> tuple[str, int]:
+    step, _, seconds = text.partition("=")
+    if step not in STEPS or not seconds.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STEP=SECONDS, STEP one of {','.join(STEPS)}")
+    return step, int(seconds)
+
+
 def parse_options(argv: list[str]) -> argparse.Namespace:
     """The flags, the counts defaulted per device kind (see --help); JSON-able, for the children."""
     parser = argparse.ArgumentParser(prog=SCRIPT, description=__doc__, epilog=f"Step timeouts: {TIMEOUTS}",
@@ -389,13 +396,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--speed-modes", type=lambda s: s.split(","),
                         help=f"default {','.join(SPEED_MODES)} on cuda, all but bf16+compile on cpu")
     parser.add_argument("--threads", type=int, help="CPU runs: torch threads (default: the idle cores)")
-    parser.add_argument("--timeout", action="append", default=[], metavar="STEP=SECONDS",
-                        type=lambda text: (text.partition("=")[0], int(text.partition("=")[2])),
+    parser.add_argument("--timeout", type=_step_timeout, action="append", default=[], metavar="STEP=SECONDS",
                         help="one step's (repeatable)")
     parser.add_argument("--keep-work", action="store_true", help="keep OUT/work (data, teacher, models)")
     opts = parser.parse_args(argv)
-    if unknown := {step for step, _ in opts.timeout} - set(STEPS):
-        parser.error(f"--timeout {unknown.pop()}=...: STEP is one of {','.join(STEPS)}")
     opts.device = opts.device if opts.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     if (on_cuda := opts.device.startswith("cuda")) and not torch.cuda.is_available():
         parser.error(f"--device {opts.device}: CUDA is not available here (torch {torch.__version__}, CUDA "

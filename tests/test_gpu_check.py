@@ -31,12 +31,16 @@ def gpu_check() -> ModuleType:
     return module
 
 
-def test_cpu_defaults_shrink_and_gpu_fit(gpu_check, tmp_path):
+def test_cpu_defaults_shrink_and_gpu_fit(gpu_check, tmp_path, capsys):
     opts = gpu_check.parse_options(["--device", "cpu", "--profile", "tiny", "--out", str(tmp_path),
                                     "--timeout", "train=7"])
     on_cuda, on_cpu = gpu_check.COUNTS["train_iterations"]
     assert opts.train_iterations == on_cpu < on_cuda
     assert opts.timeouts["train"] == 7
+    for bad in ("train", "nope=3"):  # the flag's form and the steps named, not a bare ValueError
+        with pytest.raises(SystemExit):
+            gpu_check.parse_options(["--out", str(tmp_path), "--device", "cpu", "--timeout", bad])
+        assert "expected STEP=SECONDS, STEP one of setup," in capsys.readouterr().err
     assert "bf16+compile" not in opts.speed_modes and opts.batch_size == 4
     # On a GPU, a training that would outrun its timeout at the measured speed is cut to fit.
     gpu = argparse.Namespace(**{**vars(opts), "on_cuda": True, "device": "cuda", "train_iterations": 1500})
