@@ -159,9 +159,8 @@ def evaluate_models(workspace: Path, params: Params, paths: Paths) -> int:
                    for name, path in models.items()]
         trivial = colour_histogram_reid(inputs.frame, TRIVIAL_SIZE)
         cross = cross_domain(models, results, workspace, settings, changes)
-        # The report names the manifest as params.yaml does: relative, so it reads alike in every clone.
-        manifest = (inputs.manifest.relative_to(workspace) if inputs.manifest.is_relative_to(workspace)
-                    else inputs.manifest)
+        # The manifest as params names it (not the clone's absolute path): the report reads alike anywhere.
+        manifest = Path(params.validate.manifest)
         write_outputs(workspace, results, settings, manifest, time.monotonic() - started, changes, trivial,
                       cross, paths=paths)
         write_loss_curves(workspace / paths.losses, models)
